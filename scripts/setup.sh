@@ -1,0 +1,43 @@
+#!/usr/bin/env bash
+# Installs everything ntmobile needs on a fresh Debian 12 machine (as root): system packages
+# (apt-get) and the Python package with its pinned dependencies in ./.venv (pip).
+# Idempotent and quick when everything is already there.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+
+APT_PACKAGES=(
+  python3-venv python3-pip
+  iproute2 nftables conntrack iputils-ping procps psmisc
+  dnsmasq-base nsd unbound bind9-dnsutils
+  iperf3 iperf curl openssh-server openssh-client vsftpd lftp busybox
+  wireguard-go wireguard-tools openvpn socat
+)
+
+if [ "$(id -u)" -ne 0 ]; then
+  echo "ntmobile setup: run as root (it installs system packages with apt-get)" >&2
+  exit 1
+fi
+
+missing=()
+for p in "${APT_PACKAGES[@]}"; do
+  dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" || missing+=("$p")
+done
+if [ "${#missing[@]}" -gt 0 ]; then
+  echo "ntmobile setup: installing ${missing[*]}"
+  export DEBIAN_FRONTEND=noninteractive
+  apt-get update -qq
+  # Service packages must not start daemons on the host: the lab starts its own, in namespaces.
+  printf '#!/bin/sh\nexit 101\n' > /usr/sbin/policy-rc.d && chmod +x /usr/sbin/policy-rc.d
+  apt-get install -y -qq --no-install-recommends "${missing[@]}" >/dev/null
+  rm -f /usr/sbin/policy-rc.d
+fi
+
+PY=${NTM_PYTHON:-python3}
+if [ ! -x .venv/bin/python ]; then
+  "$PY" -m venv .venv
+fi
+stamp=.venv/.ntm-installed
+if [ ! -f "$stamp" ] || [ pyproject.toml -nt "$stamp" ]; then
+  .venv/bin/pip install -q --disable-pip-version-check -e '.[dev]'
+  touch "$stamp"
+fi
