@@ -1,0 +1,120 @@
+"""Key derivation. Every key is 32 bytes and used with AES-256-GCM in one direction only.
+
+Labels (HKDF-SHA256 ``info``) are part of the protocol; docs/security.md lists them.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Callable
+from dataclasses import dataclass
+
+from cryptography.hazmat.primitives import hashes
+from cryptography.hazmat.primitives.asymmetric.x25519 import X25519PrivateKey, X25519PublicKey
+from cryptography.hazmat.primitives.kdf.hkdf import HKDF
+
+RandomBytes = Callable[[int], bytes]
+
+KEY_SIZE = 32
+
+
+def hkdf(secret: bytes, *, salt: bytes, info: bytes, length: int = KEY_SIZE) -> bytes:
+    return HKDF(algorithm=hashes.SHA256(), length=length, salt=salt, info=info).derive(secret)
+
+
+@dataclass(frozen=True, slots=True)
+class KeyPair:
+    """A directional pair: ``send`` seals what we send, ``recv`` opens what we receive."""
+
+    send: bytes
+    recv: bytes
+
+    def swapped(self) -> KeyPair:
+        return KeyPair(self.recv, self.send)
+
+
+def long_term_keys(psk: bytes, client_id: bytes) -> KeyPair:
+    """Keys between an enrolled client (node or RS) and its DC, from the enrolment secret.
+
+    Returned from the client's point of view (send = client→DC); the DC uses ``.swapped()``.
+    """
+    up = hkdf(psk, salt=client_id, info=b"ntm1 long-term up")
+    down = hkdf(psk, salt=client_id, info=b"ntm1 long-term down")
+    return KeyPair(up, down)
+
+
+def peer_dc_keys(secret: bytes, my_dc_id: bytes, peer_dc_id: bytes) -> KeyPair:
+    """Keys between two DCs that share a federation secret; each direction has its own label."""
+    send = hkdf(secret, salt=b"", info=b"ntm1 dc-dc " + my_dc_id + peer_dc_id)
+    recv = hkdf(secret, salt=b"", info=b"ntm1 dc-dc " + peer_dc_id + my_dc_id)
+    return KeyPair(send, recv)
+
+
+class Ephemeral:
+    """An X25519 ephemeral key for one registration handshake."""
+
+    __slots__ = ("_private", "public")
+
+    def __init__(self, random_bytes: RandomBytes = os.urandom) -> None:
+        self._private = X25519PrivateKey.from_private_bytes(random_bytes(32))
+        self.public = self._private.public_key().public_bytes_raw()
+
+    def exchange(self, peer_public: bytes) -> bytes:
+        shared = self._private.exchange(X25519PublicKey.from_public_bytes(peer_public))
+        if shared == bytes(32):
+            raise ValueError("degenerate X25519 shared secret")
+        return shared
+
+
+def session_keys(psk: bytes, shared: bytes, client_id: bytes, client_eph: bytes, server_eph: bytes) -> KeyPair:
+    """Session keys after a registration handshake, from the client's point of view.
+
+    Mixing the enrolment secret (salt) and the ephemeral DH output gives mutual authentication and
+    forward secrecy: a later leak of the enrolment secret does not open recorded sessions.
+    """
+    transcript = client_id + client_eph + server_eph
+    up = hkdf(shared, salt=psk, info=b"ntm1 session up" + transcript)
+    down = hkdf(shared, salt=psk, info=b"ntm1 session down" + transcript)
+    return KeyPair(up, down)
+
+
+@dataclass(frozen=True, slots=True)
+class PathKeys:
+    """Keys of one path, derived from the path key the DC made.
+
+    ``data_*`` seal data capsules, ``sig_*`` seal tunnel signalling (Tunnel Request/Response, path
+    keepalives); ``i2r`` is initiator → responder (an RS-N is the responder of its paths).
+    """
+
+    data_i2r: bytes
+    data_r2i: bytes
+    sig_i2r: bytes
+    sig_r2i: bytes
+
+    def for_initiator(self) -> tuple[KeyPair, KeyPair]:
+        """(signalling keys, data keys) as the initiator uses them."""
+        return KeyPair(self.sig_i2r, self.sig_r2i), KeyPair(self.data_i2r, self.data_r2i)
+
+    def for_responder(self) -> tuple[KeyPair, KeyPair]:
+        return KeyPair(self.sig_r2i, self.sig_i2r), KeyPair(self.data_r2i, self.data_i2r)
+
+
+def path_keys(path_key: bytes, path_id: bytes) -> PathKeys:
+    return PathKeys(
+        data_i2r=hkdf(path_key, salt=path_id, info=b"ntm1 data i2r"),
+        data_r2i=hkdf(path_key, salt=path_id, info=b"ntm1 data r2i"),
+        sig_i2r=hkdf(path_key, salt=path_id, info=b"ntm1 tsig i2r"),
+        sig_r2i=hkdf(path_key, salt=path_id, info=b"ntm1 tsig r2i"),
+    )
+
+
+def relay_leg_keys(relay_key: bytes, path_id: bytes, *, responder_leg: bool) -> KeyPair:
+    """Keys between one node and an RS-S for one leg of a path, from the node's point of view.
+
+    The RS-S holds the relay key, never the path key, so it authenticates each leg's signalling
+    (and learns each leg's address from it) but cannot read or forge the end-to-end data.
+    """
+    leg = b"r" if responder_leg else b"i"
+    up = hkdf(relay_key, salt=path_id, info=b"ntm1 relay up " + leg)
+    down = hkdf(relay_key, salt=path_id, info=b"ntm1 relay down " + leg)
+    return KeyPair(up, down)

@@ -1,0 +1,122 @@
+"""Protocol constants: version, ports, message types, status codes and enumerations.
+
+docs/protocol.md is the byte-level description of everything here.
+"""
+
+from __future__ import annotations
+
+from enum import IntEnum, IntFlag
+
+VERSION = 1
+SUPPORTED_VERSIONS = (1, 1)
+
+DC_PORT = 7410
+RS_PORT = 7411
+NODE_PORT = 7412
+
+#: Signalling datagrams never exceed this size, so they fit any path MTU without fragmentation.
+MAX_SIGNAL_SIZE = 1200
+#: The AEAD tag size (AES-256-GCM).
+TAG_SIZE = 16
+KEY_SIZE = 32
+ID_SIZE = 8
+
+
+class MessageType(IntEnum):
+    REGISTRATION_REQUEST = 0x01
+    REGISTRATION_RESPONSE = 0x02
+    DIRECTION_REQUEST = 0x03
+    RELAY_DIRECTION = 0x04
+    DIRECTION_RESPONSE = 0x05
+    ROUTE_DIRECTION = 0x06
+    ROUTE_DIRECTION_ACK = 0x07
+    TUNNEL_REQUEST = 0x08
+    TUNNEL_RESPONSE = 0x09
+    KEEPALIVE = 0x0A
+    KEEPALIVE_ACK = 0x0B
+    STATUS = 0x0C
+    PEER_QUERY = 0x0D
+    PEER_ANSWER = 0x0E
+    PATH_RELEASE = 0x0F
+    PATH_RELEASE_ACK = 0x10
+    VERSION_NOT_SUPPORTED = 0x3F
+    DATA = 0x40
+
+
+#: Types carried in the signalling framing (everything but DATA).
+SIGNAL_TYPES = frozenset(t for t in MessageType if t is not MessageType.DATA)
+
+
+class SignalFlags(IntFlag):
+    NONE = 0
+    #: Sealed with the long-term (enrolment) keys instead of the session keys.
+    LONG_TERM = 0x01
+    #: The sender is the responder side of a path (tunnel signalling only).
+    FROM_RESPONDER = 0x02
+
+
+class CapsuleFlags(IntFlag):
+    NONE = 0
+    #: Sent by the responder side of the path (selects key and nonce direction).
+    FROM_RESPONDER = 0x01
+    #: Payload starts with a 10-byte virtio_net_hdr: one encrypted TCP/UDP super-packet (offload path).
+    GSO = 0x02
+
+
+class Status(IntEnum):
+    OK = 0
+    BAD_REQUEST = 1
+    AUTH_FAILED = 2
+    UNKNOWN_NODE = 3
+    REREGISTER = 4
+    NXDOMAIN = 5
+    SERVFAIL = 6
+    NO_RELAY = 7
+    RELAY_FAILED = 8
+    PEER_UNREACHABLE = 9
+    UNSUPPORTED_VERSION = 10
+    NOT_AUTHORIZED = 11
+    STORAGE_ERROR = 12
+    BUSY = 13
+    UNKNOWN_PATH = 14
+    NODATA = 15
+    PATH_ID_IN_USE = 16
+    STALE = 17
+
+
+class Role(IntEnum):
+    """Who registers: an NTM node or a relay server."""
+
+    NODE = 1
+    RELAY = 2
+
+
+class PathRole(IntEnum):
+    INITIATOR = 1
+    RESPONDER = 2
+
+
+class RsType(IntEnum):
+    """The RS type of the paper's NTM Relay Direction."""
+
+    S = 1  # relay between two NTM nodes (outer header rewrite only, never decrypts)
+    N = 2  # relay to a general node (decapsulate, kernel NAPT)
+
+
+class PathMode(IntEnum):
+    DIRECT = 1
+    RS_S = 2
+    RS_N = 3
+
+
+class NatKind(IntEnum):
+    NONE = 0  # reported address == observed address: globally reachable
+    NAT = 1  # address or port translated on the way to the DC
+
+
+class Capability(IntFlag):
+    NONE = 0
+    #: Understands GSO capsules (virtio_net_hdr + super-packet) on this path.
+    GSO = 0x01
+    #: Understands IPv6 inner packets.
+    INNER6 = 0x02

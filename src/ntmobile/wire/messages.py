@@ -1,0 +1,313 @@
+"""Typed signalling messages and their attribute schemas.
+
+Each message is a frozen dataclass. Its fields map one-to-one onto attributes (see tlv.Attr) by the
+``attr`` metadata; ``required`` fields must be present when decoding, ``list`` fields are repeated
+attributes. docs/protocol.md lists every message with its attributes and sizes.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from dataclasses import dataclass, field
+from typing import Any, ClassVar
+
+from .constants import MessageType
+from .errors import CodecError
+from .tlv import Attr, Endpoint, Kind, decode_value, encode_value, iter_attrs, pack_attr
+
+
+def _f(attr: Attr, kind: Kind, *, required: bool = False, default: Any = None) -> Any:
+    return field(default=default, metadata={"attr": attr, "kind": kind, "required": required})
+
+
+def _rep(attr: Attr, kind: Kind) -> Any:
+    return field(default_factory=tuple, metadata={"attr": attr, "kind": kind, "repeated": True})
+
+
+@dataclass(frozen=True, slots=True)
+class Message:
+    """Base class of signalling message bodies."""
+
+    TYPE: ClassVar[MessageType]
+
+
+@dataclass(frozen=True, slots=True)
+class RegistrationRequest(Message):
+    """Node (or relay server) → DC. Sealed with the long-term keys; starts a session."""
+
+    TYPE: ClassVar[MessageType] = MessageType.REGISTRATION_REQUEST
+    role: int = _f(Attr.ROLE, Kind.U8, required=True)
+    name: str = _f(Attr.NAME, Kind.STR, required=True)
+    ephemeral: bytes = _f(Attr.EPHEMERAL, Kind.KEY32, required=True)
+    versions: tuple[int, int] = _f(Attr.VERSIONS, Kind.VERSIONS, required=True)
+    local_endpoints: tuple[Endpoint, ...] = _rep(Attr.LOCAL_ENDPOINT, Kind.ENDPOINT)
+    capabilities: int = _f(Attr.CAPABILITIES, Kind.U32, default=0)
+    load: int | None = _f(Attr.LOAD, Kind.U32)
+
+
+@dataclass(frozen=True, slots=True)
+class RegistrationResponse(Message):
+    """DC → node or relay. Sealed with the long-term keys; completes the session handshake."""
+
+    TYPE: ClassVar[MessageType] = MessageType.REGISTRATION_RESPONSE
+    ephemeral: bytes = _f(Attr.EPHEMERAL, Kind.KEY32, required=True)
+    version: int = _f(Attr.VERSION, Kind.U8, required=True)
+    observed: Endpoint = _f(Attr.OBSERVED_ENDPOINT, Kind.ENDPOINT, required=True)
+    nat: int = _f(Attr.NAT, Kind.U8, required=True)
+    keepalive: int = _f(Attr.KEEPALIVE, Kind.U16, required=True)
+    vip4: str | None = _f(Attr.VIP4, Kind.IP4)
+    vip6: str | None = _f(Attr.VIP6, Kind.IP6)
+    name: str | None = _f(Attr.NAME, Kind.STR)
+
+
+@dataclass(frozen=True, slots=True)
+class DirectionRequest(Message):
+    """Node → its DC: set up a path to the peer named ``fqdn`` (or to ``peer_vip4/6``)."""
+
+    TYPE: ClassVar[MessageType] = MessageType.DIRECTION_REQUEST
+    fqdn: str | None = _f(Attr.FQDN, Kind.STR)
+    peer_vip4: str | None = _f(Attr.PEER_VIP4, Kind.IP4)
+    peer_vip6: str | None = _f(Attr.PEER_VIP6, Kind.IP6)
+    capabilities: int = _f(Attr.CAPABILITIES, Kind.U32, default=0)
+
+
+@dataclass(frozen=True, slots=True)
+class RelayDirection(Message):
+    """DC → RS: prepare to relay a path (the paper's NTM Relay Direction, with the RS type)."""
+
+    TYPE: ClassVar[MessageType] = MessageType.RELAY_DIRECTION
+    path_id: bytes = _f(Attr.PATH_ID, Kind.ID8, required=True)
+    rs_type: int = _f(Attr.RS_TYPE, Kind.U8, required=True)
+    idle_timeout: int = _f(Attr.IDLE_TIMEOUT, Kind.U16, required=True)
+    #: RS-N: the end-to-end path key (the RS-N terminates the tunnel). Absent for RS-S.
+    path_key: bytes | None = _f(Attr.PATH_KEY, Kind.KEY32)
+    #: RS-S: the relay key that authenticates each leg's tunnel signalling. Absent for RS-N.
+    relay_key: bytes | None = _f(Attr.RELAY_KEY, Kind.KEY32)
+    node_vip4: str | None = _f(Attr.NODE_VIP4, Kind.IP4)
+    node_vip6: str | None = _f(Attr.NODE_VIP6, Kind.IP6)
+    #: RS-N: the VIP that stands for the general node, and the GN's real address.
+    peer_vip4: str | None = _f(Attr.PEER_VIP4, Kind.IP4)
+    peer_vip6: str | None = _f(Attr.PEER_VIP6, Kind.IP6)
+    gn_addr4: str | None = _f(Attr.GN_ADDR4, Kind.IP4)
+    gn_addr6: str | None = _f(Attr.GN_ADDR6, Kind.IP6)
+    #: Where the initiator's tunnel signalling is expected from (NAT-observed), informative.
+    node_endpoint: Endpoint | None = _f(Attr.NODE_ENDPOINT, Kind.ENDPOINT)
+    responder_endpoint: Endpoint | None = _f(Attr.RESPONDER_ENDPOINT, Kind.ENDPOINT)
+    capabilities: int = _f(Attr.CAPABILITIES, Kind.U32, default=0)
+
+
+@dataclass(frozen=True, slots=True)
+class DirectionResponse(Message):
+    """RS → DC: the relay entry is ready (status OK) or refused (status, reason)."""
+
+    TYPE: ClassVar[MessageType] = MessageType.DIRECTION_RESPONSE
+    path_id: bytes = _f(Attr.PATH_ID, Kind.ID8, required=True)
+    load: int = _f(Attr.LOAD, Kind.U32, default=0)
+    capabilities: int = _f(Attr.CAPABILITIES, Kind.U32, default=0)
+
+
+@dataclass(frozen=True, slots=True)
+class RouteDirection(Message):
+    """DC → node: build the tunnel for a path. Answers the initiator's Direction Request (same
+    transaction ID); sent as a new request to a responder node, which acknowledges it."""
+
+    TYPE: ClassVar[MessageType] = MessageType.ROUTE_DIRECTION
+    path_id: bytes = _f(Attr.PATH_ID, Kind.ID8, required=True)
+    path_role: int = _f(Attr.PATH_ROLE, Kind.U8, required=True)
+    mode: int = _f(Attr.MODE, Kind.U8, required=True)
+    path_key: bytes = _f(Attr.PATH_KEY, Kind.KEY32, required=True)
+    idle_timeout: int = _f(Attr.IDLE_TIMEOUT, Kind.U16, required=True)
+    keepalive: int = _f(Attr.KEEPALIVE, Kind.U16, default=0)
+    peer_name: str | None = _f(Attr.PEER_NAME, Kind.STR)
+    peer_vip4: str | None = _f(Attr.PEER_VIP4, Kind.IP4)
+    peer_vip6: str | None = _f(Attr.PEER_VIP6, Kind.IP6)
+    #: Where to send Tunnel Requests (peer or RS), in order of preference. Empty for a responder
+    #: that must wait for the initiator.
+    peer_endpoints: tuple[Endpoint, ...] = _rep(Attr.PEER_ENDPOINT, Kind.ENDPOINT)
+    rs_endpoint: Endpoint | None = _f(Attr.RS_ENDPOINT, Kind.ENDPOINT)
+    rs_name: str | None = _f(Attr.RS_NAME, Kind.STR)
+    relay_key: bytes | None = _f(Attr.RELAY_KEY, Kind.KEY32)
+    capabilities: int = _f(Attr.CAPABILITIES, Kind.U32, default=0)
+
+
+@dataclass(frozen=True, slots=True)
+class RouteDirectionAck(Message):
+    TYPE: ClassVar[MessageType] = MessageType.ROUTE_DIRECTION_ACK
+    path_id: bytes = _f(Attr.PATH_ID, Kind.ID8, required=True)
+
+
+@dataclass(frozen=True, slots=True)
+class TunnelRequest(Message):
+    """Node → peer or RS, sealed with the path's (or the relay leg's) keys; header ID = Path ID."""
+
+    TYPE: ClassVar[MessageType] = MessageType.TUNNEL_REQUEST
+    capabilities: int = _f(Attr.CAPABILITIES, Kind.U32, default=0)
+    vip4: str | None = _f(Attr.VIP4, Kind.IP4)
+    vip6: str | None = _f(Attr.VIP6, Kind.IP6)
+
+
+@dataclass(frozen=True, slots=True)
+class TunnelResponse(Message):
+    TYPE: ClassVar[MessageType] = MessageType.TUNNEL_RESPONSE
+    capabilities: int = _f(Attr.CAPABILITIES, Kind.U32, default=0)
+    observed: Endpoint | None = _f(Attr.OBSERVED_ENDPOINT, Kind.ENDPOINT)
+
+
+@dataclass(frozen=True, slots=True)
+class Keepalive(Message):
+    TYPE: ClassVar[MessageType] = MessageType.KEEPALIVE
+    load: int | None = _f(Attr.LOAD, Kind.U32)
+
+
+@dataclass(frozen=True, slots=True)
+class KeepaliveAck(Message):
+    TYPE: ClassVar[MessageType] = MessageType.KEEPALIVE_ACK
+    observed: Endpoint | None = _f(Attr.OBSERVED_ENDPOINT, Kind.ENDPOINT)
+
+
+@dataclass(frozen=True, slots=True)
+class StatusMessage(Message):
+    """Error/status reply to the request with the same transaction ID (header status != 0)."""
+
+    TYPE: ClassVar[MessageType] = MessageType.STATUS
+    answers: int = _f(Attr.ANSWERS, Kind.U8, required=True)
+    reason: str = _f(Attr.REASON, Kind.STR, default="")
+
+
+@dataclass(frozen=True, slots=True)
+class PeerQuery(Message):
+    """DC → DC: my node ``name`` wants a path to your node ``fqdn``."""
+
+    TYPE: ClassVar[MessageType] = MessageType.PEER_QUERY
+    fqdn: str = _f(Attr.FQDN, Kind.STR, required=True)
+    name: str = _f(Attr.NAME, Kind.STR, required=True)
+    path_id: bytes = _f(Attr.PATH_ID, Kind.ID8, required=True)
+    path_key: bytes = _f(Attr.PATH_KEY, Kind.KEY32, required=True)
+    relay_key: bytes = _f(Attr.RELAY_KEY, Kind.KEY32, required=True)
+    timestamp: int = _f(Attr.TIMESTAMP, Kind.U64, required=True)
+    nat: int = _f(Attr.NAT, Kind.U8, required=True)
+    vip4: str | None = _f(Attr.VIP4, Kind.IP4)
+    vip6: str | None = _f(Attr.VIP6, Kind.IP6)
+    observed: Endpoint | None = _f(Attr.OBSERVED_ENDPOINT, Kind.ENDPOINT)
+    local_endpoints: tuple[Endpoint, ...] = _rep(Attr.LOCAL_ENDPOINT, Kind.ENDPOINT)
+    capabilities: int = _f(Attr.CAPABILITIES, Kind.U32, default=0)
+
+
+@dataclass(frozen=True, slots=True)
+class PeerAnswer(Message):
+    """DC → DC: the peer node's addresses and the route its DC decided (mode, role, RS)."""
+
+    TYPE: ClassVar[MessageType] = MessageType.PEER_ANSWER
+    path_id: bytes = _f(Attr.PATH_ID, Kind.ID8, required=True)
+    mode: int = _f(Attr.MODE, Kind.U8, required=True)
+    path_role: int = _f(Attr.PATH_ROLE, Kind.U8, required=True)
+    peer_name: str = _f(Attr.PEER_NAME, Kind.STR, required=True)
+    peer_nat: int = _f(Attr.PEER_NAT, Kind.U8, required=True)
+    peer_vip4: str | None = _f(Attr.PEER_VIP4, Kind.IP4)
+    peer_vip6: str | None = _f(Attr.PEER_VIP6, Kind.IP6)
+    peer_endpoints: tuple[Endpoint, ...] = _rep(Attr.PEER_ENDPOINT, Kind.ENDPOINT)
+    rs_endpoint: Endpoint | None = _f(Attr.RS_ENDPOINT, Kind.ENDPOINT)
+    rs_name: str | None = _f(Attr.RS_NAME, Kind.STR)
+    capabilities: int = _f(Attr.CAPABILITIES, Kind.U32, default=0)
+
+
+@dataclass(frozen=True, slots=True)
+class PathRelease(Message):
+    """Node → DC or DC → RS: the path is no longer needed."""
+
+    TYPE: ClassVar[MessageType] = MessageType.PATH_RELEASE
+    path_id: bytes = _f(Attr.PATH_ID, Kind.ID8, required=True)
+
+
+@dataclass(frozen=True, slots=True)
+class PathReleaseAck(Message):
+    TYPE: ClassVar[MessageType] = MessageType.PATH_RELEASE_ACK
+    path_id: bytes = _f(Attr.PATH_ID, Kind.ID8, required=True)
+
+
+MESSAGE_CLASSES: dict[MessageType, type[Message]] = {
+    cls.TYPE: cls
+    for cls in (
+        RegistrationRequest,
+        RegistrationResponse,
+        DirectionRequest,
+        RelayDirection,
+        DirectionResponse,
+        RouteDirection,
+        RouteDirectionAck,
+        TunnelRequest,
+        TunnelResponse,
+        Keepalive,
+        KeepaliveAck,
+        StatusMessage,
+        PeerQuery,
+        PeerAnswer,
+        PathRelease,
+        PathReleaseAck,
+    )
+}
+
+
+@dataclass(frozen=True, slots=True)
+class _FieldSpec:
+    name: str
+    attr: int
+    kind: Kind
+    required: bool
+    repeated: bool
+
+
+def _schema(cls: type[Message]) -> tuple[_FieldSpec, ...]:
+    specs = []
+    for f in dataclasses.fields(cls):
+        md = f.metadata
+        specs.append(
+            _FieldSpec(f.name, int(md["attr"]), md["kind"], bool(md.get("required")), bool(md.get("repeated")))
+        )
+    return tuple(specs)
+
+
+SCHEMAS: dict[type[Message], tuple[_FieldSpec, ...]] = {cls: _schema(cls) for cls in MESSAGE_CLASSES.values()}
+
+
+def encode_body(msg: Message) -> bytes:
+    """Encode a message's attributes (the plaintext body)."""
+    out = []
+    for spec in SCHEMAS[type(msg)]:
+        value = getattr(msg, spec.name)
+        if spec.repeated:
+            for item in value:
+                out.append(pack_attr(spec.attr, encode_value(spec.kind, item)))
+        elif value is None:
+            if spec.required:
+                raise CodecError(f"{type(msg).__name__}.{spec.name} is required")
+        else:
+            out.append(pack_attr(spec.attr, encode_value(spec.kind, value)))
+    return b"".join(out)
+
+
+def decode_body(mtype: MessageType, body: bytes) -> Message:
+    """Decode a plaintext body of the given type. Raises CodecError only."""
+    cls = MESSAGE_CLASSES.get(mtype)
+    if cls is None:
+        raise CodecError(f"no body schema for message type 0x{int(mtype):02x}")
+    specs = SCHEMAS[cls]
+    by_attr = {s.attr: s for s in specs}
+    values: dict[str, Any] = {}
+    for atype, raw in iter_attrs(body):
+        spec = by_attr.get(atype)
+        if spec is None:
+            if atype < 0x80:
+                raise CodecError(f"unknown critical attribute 0x{atype:02x} in {cls.__name__}")
+            continue
+        value = decode_value(spec.kind, raw)
+        if spec.repeated:
+            values[spec.name] = values.get(spec.name, ()) + (value,)
+        elif spec.name in values:
+            raise CodecError(f"attribute 0x{atype:02x} repeated in {cls.__name__}")
+        else:
+            values[spec.name] = value
+    for spec in specs:
+        if spec.required and spec.name not in values:
+            raise CodecError(f"{cls.__name__} lacks required attribute 0x{spec.attr:02x} ({spec.name})")
+    return cls(**values)
