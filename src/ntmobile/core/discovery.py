@@ -1,0 +1,685 @@
+"""Sans-IO peer discovery: is the owner of an FQDN an NTM node (behind a DC) or a general node?
+
+The DC runs one `Discovery` per Direction Request for a name it does not serve itself:
+
+1. zone cut: ask the recursive resolver for NS of the name, walking up one label at a time; a SOA in
+   the authority section of a NODATA answer names the zone directly, NXDOMAIN ends the search;
+2. NS host addresses: glue from the NS answer, else A and AAAA of the NS hosts via the resolver;
+3. TXT at the zone apex, asked of the zone's own name servers directly (RD=0, answer must be AA);
+4. a DC marker in that TXT -> NTM peer; none -> general node, whose A and AAAA come from the resolver.
+
+The machine is driven like aioquic/dnspython's `_Resolution`: `next_queries(now)` gives datagrams to
+send (or TCP exchanges when `tcp` is set), `receive(query_id, wire, now)` feeds responses,
+`handle_timer(now)` fires at `get_timer()`. Every step is written to `result.evidence`.
+No clock, sockets or asyncio here.
+"""
+
+import enum
+import secrets
+from collections import OrderedDict
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+
+import dns.flags
+import dns.message
+import dns.name
+import dns.rcode
+import dns.rdataclass
+import dns.rdatatype
+import dns.rrset
+
+from ntmobile.core.dnsauth import DcMarker, parse_marker, txt_strings
+
+Address = tuple[str, int]
+
+QUERY_PAYLOAD = 1232
+
+
+class Outcome(enum.Enum):
+    NTM_PEER = "ntm-peer"
+    GENERAL_NODE = "general-node"
+    NXDOMAIN = "nxdomain"
+    NODATA = "nodata"  # the name exists but has no A/AAAA and no DC marker
+    SERVFAIL = "servfail"  # servers unreachable or broken, or the deadline passed
+
+
+@dataclass(frozen=True)
+class OutgoingQuery:
+    id: int  # handle for receive()/fail(); not the DNS message id
+    dest: Address
+    wire: bytes  # the DNS message (no TCP length prefix)
+    tcp: bool
+
+
+@dataclass(frozen=True)
+class Evidence:
+    lines: tuple[str, ...] = ()
+    zone: str | None = None
+    ns_names: tuple[str, ...] = ()
+    ns_addresses: tuple[str, ...] = ()
+    txt_server: str | None = None
+    txt: tuple[str, ...] = ()
+    a: tuple[str, ...] = ()
+    aaaa: tuple[str, ...] = ()
+    cnames: tuple[str, ...] = ()
+
+
+@dataclass(frozen=True)
+class DiscoveryResult:
+    fqdn: str
+    outcome: Outcome
+    ttl: int  # seconds this result may be cached
+    reason: str
+    evidence: Evidence
+    marker: DcMarker | None = None
+    a: tuple[str, ...] = ()
+    aaaa: tuple[str, ...] = ()
+
+
+@dataclass
+class DiscoveryStats:
+    sent: int = 0
+    retransmits: int = 0
+    tcp_fallbacks: int = 0
+    responses: int = 0
+    ignored: int = 0  # unparseable, mismatched or late responses
+
+
+class _Purpose(enum.Enum):
+    ZONE = "zone"
+    NSADDR = "nsaddr"
+    TXT = "txt"
+    ADDR = "addr"
+
+
+@dataclass
+class _Query:
+    purpose: _Purpose
+    qname: dns.name.Name
+    rdtype: dns.rdatatype.RdataType
+    servers: list[Address]
+    recursive: bool
+    timeout: float
+    server_index: int = 0
+    attempt: int = 0
+    tcp: bool = False
+    msg_id: int = 0
+    wire: bytes = b""
+    expires: float = 0.0
+    finished: bool = False
+    failed: bool = False
+    nxdomain: bool = False
+    label: str = ""
+
+
+@dataclass
+class _Sent:
+    query: _Query
+    server: Address
+    msg_id: int
+    tcp: bool
+
+
+def _fmt_server(server: Address) -> str:
+    host, port = server
+    return f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
+
+
+def _rcode_text(rcode: int) -> str:
+    try:
+        return dns.rcode.to_text(dns.rcode.Rcode(rcode))
+    except ValueError:
+        return f"RCODE{rcode}"
+
+
+def _negative_ttl(msg: dns.message.Message) -> int | None:
+    for rrset in msg.authority:
+        if rrset.rdtype == dns.rdatatype.SOA and len(rrset) > 0:
+            minimum = int(getattr(rrset[0], "minimum", rrset.ttl))
+            return min(rrset.ttl, minimum)
+    return None
+
+
+class Discovery:
+    """One discovery of one FQDN. Raises ValueError for a name that is not a valid DNS name."""
+
+    def __init__(
+        self,
+        fqdn: str,
+        resolvers: Sequence[Address],
+        now: float,
+        *,
+        timeout: float = 0.4,
+        retries: int = 2,
+        backoff: float = 2.0,
+        max_timeout: float = 2.0,
+        deadline: float = 4.0,
+        ns_port: int = 53,
+        max_ns: int = 4,
+        servfail_ttl: int = 1,
+        id_source: Callable[[], int] | None = None,
+    ) -> None:
+        if not resolvers:
+            raise ValueError("at least one resolver is needed")
+        try:
+            self.name = dns.name.from_text(fqdn)
+        except Exception as exc:
+            raise ValueError(f"invalid domain name {fqdn!r}: {exc}") from exc
+        self.fqdn = self.name.to_text()
+        self.resolvers = [(h, p) for h, p in resolvers]
+        self.timeout = timeout
+        self.retries = retries
+        self.backoff = backoff
+        self.max_timeout = max_timeout
+        self.deadline = now + deadline
+        self.deadline_s = deadline
+        self.ns_port = ns_port
+        self.max_ns = max_ns
+        self.servfail_ttl = servfail_ttl
+        self._id_source = id_source or (lambda: secrets.randbelow(65536))
+        self.stats = DiscoveryStats()
+
+        self._result: DiscoveryResult | None = None
+        self._outbox: list[OutgoingQuery] = []
+        self._handles: dict[int, _Sent] = {}
+        self._next_handle = 1
+        self._active: list[_Query] = []
+        self._phase = "finding the zone cut"
+
+        # evidence being collected
+        self._lines: list[str] = []
+        self._ttl: int | None = None
+        self._zone: dns.name.Name | None = None
+        self._zone_asked: set[dns.name.Name] = set()
+        self._cnames: list[str] = []
+        self._cname_targets: list[dns.name.Name] = []
+        self._ns_names: list[dns.name.Name] = []
+        self._ns_addrs: dict[dns.name.Name, list[str]] = {}
+        self._ns_looked_up: set[dns.name.Name] = set()
+        self._txt_tried: set[str] = set()
+        self._txt_server: str | None = None
+        self._txt: list[str] = []
+        self._a: list[str] = []
+        self._aaaa: list[str] = []
+
+        self._ask_zone(self.name, now)
+
+    # ---------------------------------------------------------------------------------------- API
+
+    @property
+    def done(self) -> bool:
+        return self._result is not None
+
+    @property
+    def result(self) -> DiscoveryResult:
+        if self._result is None:
+            raise RuntimeError("discovery is not finished")
+        return self._result
+
+    def next_queries(self, now: float) -> list[OutgoingQuery]:
+        out, self._outbox = self._outbox, []
+        return out
+
+    def get_timer(self) -> float | None:
+        if self._result is not None:
+            return None
+        expiries = [q.expires for q in self._active if not q.finished]
+        return min([self.deadline, *expiries])
+
+    def handle_timer(self, now: float) -> None:
+        if self._result is not None:
+            return
+        if now >= self.deadline:
+            self._finish_fail(f"deadline of {self.deadline_s:g} s exceeded while {self._phase}")
+            return
+        for q in list(self._active):
+            if q.finished or q.expires > now or self._result is not None:
+                continue
+            server = q.servers[q.server_index]
+            if not q.tcp and q.attempt <= self.retries:
+                self._log(
+                    f"no answer from {_fmt_server(server)} for {q.label} within {q.timeout:g} s: "
+                    "retransmitting"
+                )
+                q.timeout = min(q.timeout * self.backoff, self.max_timeout)
+                self.stats.retransmits += 1
+                self._emit(q, now)
+            else:
+                self._next_server(q, now, f"no answer from {_fmt_server(server)} for {q.label}")
+
+    def fail(self, query_id: int, reason: str, now: float) -> None:
+        """The runtime could not send or got a hard error (ICMP unreachable, TCP reset)."""
+        sent = self._handles.get(query_id)
+        if self._result is not None or sent is None or sent.query.finished:
+            return
+        q = sent.query
+        if sent.server != q.servers[q.server_index] or sent.tcp != q.tcp:
+            return  # about an earlier attempt
+        self._next_server(q, now, f"{_fmt_server(sent.server)} failed for {q.label}: {reason}")
+
+    def receive(self, query_id: int, response_wire: bytes, now: float) -> None:
+        sent = self._handles.get(query_id)
+        if self._result is not None or sent is None or sent.query.finished:
+            self.stats.ignored += 1
+            return
+        q = sent.query
+        if len(response_wire) < 12 or int.from_bytes(response_wire[:2], "big") != sent.msg_id:
+            self.stats.ignored += 1
+            return
+        flags = int.from_bytes(response_wire[2:4], "big")
+        if not flags & dns.flags.QR:
+            self.stats.ignored += 1
+            return
+        if flags & dns.flags.TC and not sent.tcp:
+            if q.tcp:
+                return  # already switched to TCP for this query
+            self._log(f"{_fmt_server(sent.server)} truncated the answer to {q.label}: retrying over TCP")
+            self.stats.tcp_fallbacks += 1
+            q.tcp = True
+            q.timeout = min(max(q.timeout, self.timeout) * self.backoff, self.max_timeout)
+            self._emit(q, now, new_id=True)
+            return
+        try:
+            msg = dns.message.from_wire(response_wire)
+        except Exception:
+            self.stats.ignored += 1
+            return
+        if (
+            len(msg.question) != 1
+            or msg.question[0].name != q.qname
+            or msg.question[0].rdtype != q.rdtype
+            or msg.question[0].rdclass != dns.rdataclass.IN
+        ):
+            self.stats.ignored += 1
+            return
+        self.stats.responses += 1
+        server = sent.server
+        if q.purpose is _Purpose.ZONE:
+            self._on_zone(q, server, msg, now)
+        elif q.purpose is _Purpose.NSADDR:
+            self._on_nsaddr(q, server, msg, now)
+        elif q.purpose is _Purpose.TXT:
+            self._on_txt(q, server, msg, now)
+        else:
+            self._on_addr(q, server, msg, now)
+
+    # ------------------------------------------------------------------------------- query plumbing
+
+    def _new_query(
+        self,
+        purpose: _Purpose,
+        qname: dns.name.Name,
+        rdtype: dns.rdatatype.RdataType,
+        servers: list[Address],
+        recursive: bool,
+        now: float,
+    ) -> _Query:
+        label = f"{dns.rdatatype.to_text(rdtype)}? {qname}"
+        q = _Query(purpose, qname, rdtype, servers, recursive, self.timeout, label=label)
+        self._active.append(q)
+        self._emit(q, now, new_id=True)
+        return q
+
+    def _emit(self, q: _Query, now: float, *, new_id: bool = False) -> None:
+        if new_id or not q.wire:
+            q.msg_id = self._id_source() & 0xFFFF
+            msg = dns.message.make_query(
+                q.qname,
+                q.rdtype,
+                use_edns=0,
+                payload=QUERY_PAYLOAD,
+                id=q.msg_id,
+                flags=dns.flags.RD if q.recursive else 0,
+            )
+            q.wire = msg.to_wire()
+            q.attempt = 0
+        q.attempt += 1
+        q.expires = now + q.timeout
+        server = q.servers[q.server_index]
+        handle = self._next_handle
+        self._next_handle += 1
+        self._handles[handle] = _Sent(q, server, q.msg_id, q.tcp)
+        self._outbox.append(OutgoingQuery(handle, server, q.wire, q.tcp))
+        self.stats.sent += 1
+
+    def _next_server(self, q: _Query, now: float, why: str) -> None:
+        q.server_index += 1
+        if q.server_index < len(q.servers):
+            self._log(f"{why}: trying {_fmt_server(q.servers[q.server_index])}")
+            q.tcp = False
+            q.timeout = self.timeout
+            self._emit(q, now, new_id=True)
+            return
+        self._log(f"{why}: no server left for {q.label}")
+        q.finished = True
+        q.failed = True
+        self._on_failed(q, now)
+
+    def _done_with(self, q: _Query) -> None:
+        q.finished = True
+
+    def _log(self, line: str) -> None:
+        self._lines.append(line)
+
+    def _see_ttl(self, ttl: int) -> None:
+        self._ttl = ttl if self._ttl is None else min(self._ttl, ttl)
+
+    def _on_failed(self, q: _Query, now: float) -> None:
+        if q.purpose is _Purpose.ZONE:
+            self._finish_fail(f"no resolver answered {q.label}")
+        elif q.purpose is _Purpose.NSADDR:
+            self._nsaddr_progress(now)
+        elif q.purpose is _Purpose.TXT:
+            self._txt_tried.update(h for h, _ in q.servers)
+            self._txt_or_lookup(now)
+        else:
+            self._addr_progress()
+
+    # ---------------------------------------------------------------------------------- step (a)
+
+    def _ask_zone(self, qname: dns.name.Name, now: float) -> None:
+        self._zone_asked.add(qname)
+        self._new_query(_Purpose.ZONE, qname, dns.rdatatype.NS, list(self.resolvers), True, now)
+
+    def _on_zone(self, q: _Query, server: Address, msg: dns.message.Message, now: float) -> None:
+        rcode = msg.rcode()
+        where = f"{q.label} via resolver {_fmt_server(server)}"
+        self._note_cnames(msg)
+        if rcode == dns.rcode.NXDOMAIN:
+            self._done_with(q)
+            ttl = _negative_ttl(msg)
+            soa_name = next((r.name.to_text() for r in msg.authority if r.rdtype == dns.rdatatype.SOA), None)
+            self._log(f"{where} -> NXDOMAIN (SOA {soa_name or 'absent'})")
+            self._finish(Outcome.NXDOMAIN, f"{self.fqdn} does not exist", ttl=ttl or 0)
+            return
+        if rcode != dns.rcode.NOERROR:
+            self._next_server(q, now, f"{where} -> {_rcode_text(rcode)}")
+            return
+        self._done_with(q)
+        targets = [self.name, *self._cname_targets]
+
+        def relevant(owner: dns.name.Name) -> bool:
+            return any(t.is_subdomain(owner) for t in targets)
+
+        ns_rrset = next(
+            (r for r in msg.answer if r.rdtype == dns.rdatatype.NS and relevant(r.name)), None
+        )
+        kind = "answer"
+        if ns_rrset is None and not any(r.rdtype == dns.rdatatype.SOA for r in msg.authority):
+            # A referral from an authoritative-only server: the NS set of the child zone.
+            ns_rrset = next(
+                (r for r in msg.authority if r.rdtype == dns.rdatatype.NS and relevant(r.name)), None
+            )
+            kind = "referral"
+        if ns_rrset is not None:
+            self._zone = ns_rrset.name
+            self._see_ttl(ns_rrset.ttl)
+            names = sorted({rd.target for rd in ns_rrset}, key=lambda n: n.to_text())
+            self._ns_names = names[: self.max_ns]
+            self._log(
+                f"{where} -> {kind} NS {', '.join(n.to_text() for n in names)}: zone cut at {self._zone}"
+            )
+            for rrset in msg.additional:
+                if rrset.name in self._ns_names and rrset.rdtype in (dns.rdatatype.A, dns.rdatatype.AAAA):
+                    addrs = [rd.to_text() for rd in rrset]
+                    self._ns_addrs.setdefault(rrset.name, []).extend(addrs)
+                    self._log(f"glue for {rrset.name}: {', '.join(addrs)}")
+            self._phase = f"looking up the name servers of {self._zone}"
+            self._txt_or_lookup(now)
+            return
+        soa = next((r for r in msg.authority if r.rdtype == dns.rdatatype.SOA and relevant(r.name)), None)
+        if soa is not None and soa.name not in self._zone_asked:
+            self._log(f"{where} -> no NS, SOA {soa.name} in authority: asking NS of {soa.name}")
+            self._ask_zone(soa.name, now)
+            return
+        if q.qname == dns.name.root:
+            self._finish_fail("no zone cut found up to the root")
+            return
+        parent = q.qname.parent()
+        self._log(f"{where} -> no NS: walking up to {parent}")
+        self._ask_zone(parent, now)
+
+    def _note_cnames(self, msg: dns.message.Message) -> None:
+        for rrset in msg.answer:
+            if rrset.rdtype == dns.rdatatype.CNAME:
+                for rd in rrset:
+                    entry = f"{rrset.name} -> {rd.target}"
+                    if entry not in self._cnames:
+                        self._cnames.append(entry)
+                        self._cname_targets.append(rd.target)
+                        self._log(f"alias {entry}")
+
+    # ---------------------------------------------------------------------------------- step (b)
+
+    def _txt_or_lookup(self, now: float) -> None:
+        """Ask TXT of an untried NS address, or look up NS addresses, or give up."""
+        if self._result is not None:
+            return
+        v4: list[str] = []
+        v6: list[str] = []
+        for name in self._ns_names:
+            for addr in self._ns_addrs.get(name, []):
+                if addr in self._txt_tried or addr in v4 or addr in v6:
+                    continue
+                (v6 if ":" in addr else v4).append(addr)
+        candidates = v4 + v6
+        if candidates:
+            assert self._zone is not None
+            self._phase = f"asking the name servers of {self._zone} for TXT"
+            servers = [(a, self.ns_port) for a in candidates]
+            self._new_query(_Purpose.TXT, self._zone, dns.rdatatype.TXT, servers, False, now)
+            return
+        todo = [n for n in self._ns_names if n not in self._ns_looked_up]
+        if todo:
+            for name in todo:
+                self._ns_looked_up.add(name)
+                for rdtype in (dns.rdatatype.A, dns.rdatatype.AAAA):
+                    self._new_query(_Purpose.NSADDR, name, rdtype, list(self.resolvers), True, now)
+            return
+        if not any(self._ns_addrs.values()):
+            self._finish_fail(f"no address found for any name server of {self._zone}")
+        else:
+            self._finish_fail(f"no name server of {self._zone} answered TXT? {self._zone}")
+
+    def _on_nsaddr(self, q: _Query, server: Address, msg: dns.message.Message, now: float) -> None:
+        rcode = msg.rcode()
+        where = f"{q.label} via resolver {_fmt_server(server)}"
+        if rcode not in (dns.rcode.NOERROR, dns.rcode.NXDOMAIN):
+            self._next_server(q, now, f"{where} -> {_rcode_text(rcode)}")
+            return
+        self._done_with(q)
+        addrs = self._addresses(msg, q.rdtype)
+        if addrs:
+            self._ns_addrs.setdefault(q.qname, []).extend(addrs)
+            self._log(f"{where} -> {', '.join(addrs)}")
+        else:
+            self._log(f"{where} -> {'NXDOMAIN' if rcode == dns.rcode.NXDOMAIN else 'no address'}")
+        self._nsaddr_progress(now)
+
+    def _nsaddr_progress(self, now: float) -> None:
+        if any(q.purpose is _Purpose.NSADDR and not q.finished for q in self._active):
+            return
+        self._txt_or_lookup(now)
+
+    def _addresses(self, msg: dns.message.Message, rdtype: dns.rdatatype.RdataType) -> list[str]:
+        out: list[str] = []
+        for rrset in msg.answer:
+            if rrset.rdtype == rdtype:
+                self._see_ttl(rrset.ttl)
+                out.extend(rd.to_text() for rd in rrset if rd.to_text() not in out)
+        return out
+
+    # ------------------------------------------------------------------------------ steps (c)+(d)
+
+    def _on_txt(self, q: _Query, server: Address, msg: dns.message.Message, now: float) -> None:
+        rcode = msg.rcode()
+        where = f"{q.label} @{_fmt_server(server)} (direct, RD=0)"
+        authoritative = bool(msg.flags & dns.flags.AA)
+        if rcode != dns.rcode.NOERROR or not authoritative:
+            what = _rcode_text(rcode) + ("" if authoritative else ", not authoritative")
+            self._next_server(q, now, f"{where} -> {what}")
+            return
+        self._done_with(q)
+        self._txt_server = _fmt_server(server)
+        texts: list[str] = []
+        for rrset in msg.answer:
+            if rrset.rdtype == dns.rdatatype.TXT and rrset.name == q.qname:
+                self._see_ttl(rrset.ttl)
+                texts.extend(txt_strings(rd) for rd in rrset)
+        self._txt = texts
+        if not texts:
+            ttl = _negative_ttl(msg)
+            if ttl is not None:
+                self._see_ttl(ttl)
+            self._log(f"{where} -> AA NOERROR, no TXT at the apex")
+        else:
+            self._log(f"{where} -> AA TXT " + " | ".join(repr(t) for t in texts))
+        marker = next((m for m in (parse_marker(t) for t in texts) if m is not None), None)
+        if marker is not None:
+            self._log(
+                f"decision: NTM peer; DC marker of {q.qname} names DC {_fmt_server(marker.address)}"
+            )
+            self._finish(Outcome.NTM_PEER, f"DC marker at {q.qname}", marker=marker)
+            return
+        self._log(f"decision: general node; no DC marker at {q.qname}: asking A and AAAA of {self.fqdn}")
+        self._phase = f"looking up A/AAAA of {self.fqdn}"
+        for rdtype in (dns.rdatatype.A, dns.rdatatype.AAAA):
+            self._new_query(_Purpose.ADDR, self.name, rdtype, list(self.resolvers), True, now)
+
+    def _on_addr(self, q: _Query, server: Address, msg: dns.message.Message, now: float) -> None:
+        rcode = msg.rcode()
+        where = f"{q.label} via resolver {_fmt_server(server)}"
+        self._note_cnames(msg)
+        if rcode not in (dns.rcode.NOERROR, dns.rcode.NXDOMAIN):
+            self._next_server(q, now, f"{where} -> {_rcode_text(rcode)}")
+            return
+        self._done_with(q)
+        addrs = self._addresses(msg, q.rdtype)
+        (self._a if q.rdtype == dns.rdatatype.A else self._aaaa).extend(addrs)
+        if rcode == dns.rcode.NXDOMAIN:
+            q.nxdomain = True
+            self._log(f"{where} -> NXDOMAIN")
+        elif addrs:
+            self._log(f"{where} -> {', '.join(addrs)}")
+        else:
+            ttl = _negative_ttl(msg)
+            if ttl is not None:
+                self._see_ttl(ttl)
+            self._log(f"{where} -> no address (NODATA)")
+        self._addr_progress()
+
+    def _addr_progress(self) -> None:
+        queries = [q for q in self._active if q.purpose is _Purpose.ADDR]
+        if any(not q.finished for q in queries) or self._result is not None:
+            return
+        if self._a or self._aaaa:
+            self._finish(Outcome.GENERAL_NODE, "general node with addresses")
+        elif any(q.failed for q in queries):
+            self._finish_fail(f"A/AAAA lookup of {self.fqdn} failed")
+        elif all(q.nxdomain for q in queries):
+            self._finish(Outcome.NXDOMAIN, f"{self.fqdn} does not exist")
+        else:
+            self._finish(Outcome.NODATA, f"{self.fqdn} has no DC marker and no A/AAAA")
+
+    # ----------------------------------------------------------------------------------- results
+
+    def _finish_fail(self, reason: str) -> None:
+        self._finish(Outcome.SERVFAIL, reason, ttl=self.servfail_ttl)
+
+    def _finish(
+        self, outcome: Outcome, reason: str, *, ttl: int | None = None, marker: DcMarker | None = None
+    ) -> None:
+        if self._result is not None:
+            return
+        if ttl is None:
+            ttl = self._ttl if self._ttl is not None else 0
+        self._log(f"result: {outcome.value} ({reason}), cacheable for {ttl} s")
+        evidence = Evidence(
+            lines=tuple(self._lines),
+            zone=self._zone.to_text() if self._zone is not None else None,
+            ns_names=tuple(n.to_text() for n in self._ns_names),
+            ns_addresses=tuple(a for n in self._ns_names for a in self._ns_addrs.get(n, [])),
+            txt_server=self._txt_server,
+            txt=tuple(self._txt),
+            a=tuple(self._a),
+            aaaa=tuple(self._aaaa),
+            cnames=tuple(self._cnames),
+        )
+        self._result = DiscoveryResult(
+            fqdn=self.fqdn,
+            outcome=outcome,
+            ttl=max(0, ttl),
+            reason=reason,
+            evidence=evidence,
+            marker=marker,
+            a=tuple(self._a),
+            aaaa=tuple(self._aaaa),
+        )
+        self._outbox.clear()
+        for q in self._active:
+            q.finished = True
+
+
+# ---------------------------------------------------------------------------------------------
+# cache
+# ---------------------------------------------------------------------------------------------
+
+
+@dataclass
+class CacheStats:
+    hits: int = 0
+    misses: int = 0
+    evictions: int = 0
+
+
+@dataclass
+class _Entry:
+    result: DiscoveryResult
+    expires: float
+
+
+def cache_key(fqdn: str) -> str:
+    """Case-insensitive, absolute form of a name ('WWW.B.Example' -> 'www.b.example.')."""
+    return dns.name.from_text(fqdn).canonicalize().to_text()
+
+
+@dataclass
+class DiscoveryCache:
+    """Discovery results by FQDN until their TTL runs out (TTL capped by max_ttl). LRU-bounded."""
+
+    max_entries: int = 4096
+    max_ttl: int = 3600
+    stats: CacheStats = field(default_factory=CacheStats)
+    _entries: "OrderedDict[str, _Entry]" = field(default_factory=OrderedDict)
+
+    def get(self, fqdn: str, now: float) -> DiscoveryResult | None:
+        key = cache_key(fqdn)
+        entry = self._entries.get(key)
+        if entry is None or entry.expires <= now:
+            if entry is not None:
+                del self._entries[key]
+            self.stats.misses += 1
+            return None
+        self._entries.move_to_end(key)
+        self.stats.hits += 1
+        return entry.result
+
+    def put(self, result: DiscoveryResult, now: float) -> None:
+        ttl = min(result.ttl, self.max_ttl)
+        if ttl <= 0:
+            return
+        key = cache_key(result.fqdn)
+        self._entries[key] = _Entry(result, now + ttl)
+        self._entries.move_to_end(key)
+        while len(self._entries) > self.max_entries:
+            self._entries.popitem(last=False)
+            self.stats.evictions += 1
+
+    def purge(self, now: float) -> int:
+        stale = [k for k, e in self._entries.items() if e.expires <= now]
+        for k in stale:
+            del self._entries[k]
+        return len(stale)
+
+    def __len__(self) -> int:
+        return len(self._entries)
