@@ -1,0 +1,159 @@
+"""Machinery shared by the sans-IO cores: outgoing datagrams, events, counters, retransmission.
+
+Every core is driven the same way (the aioquic pattern):
+
+- ``receive_datagram(data, addr, now)``: a UDP datagram arrived from ``addr``;
+- API calls (``register``, ``request_path``, ...), each taking ``now``;
+- ``handle_timer(now)`` when ``get_timer()`` is due.
+
+and produces:
+
+- ``datagrams_to_send() -> list[Datagram]``;
+- ``next_event() -> Event | None``;
+- ``get_timer() -> float | None``: the earliest deadline, or None.
+
+Runtimes must drain events *before* sending the datagrams produced by the same call: an event can
+ask for an OS action (install an nft mapping, configure a route) that must be in place before the
+peer acts on the datagram.
+"""
+
+from __future__ import annotations
+
+import heapq
+from collections import Counter, deque
+from collections.abc import Callable
+from dataclasses import dataclass, field
+
+from ntmobile.crypto import AuthError, Channel
+from ntmobile.wire import CodecError, Endpoint, Message, SignalHeader
+
+#: Retransmission: first timeout, backoff factor, cap.
+RTO_INITIAL = 0.25
+RTO_BACKOFF = 2.0
+RTO_MAX = 2.0
+
+
+@dataclass(frozen=True, slots=True)
+class Datagram:
+    data: bytes
+    addr: Endpoint
+
+
+class Event:
+    """Base class of the events cores return."""
+
+    __slots__ = ()
+
+
+@dataclass(slots=True)
+class _Pending:
+    key: tuple[bytes, int]
+    channel: Channel
+    msg: Message
+    txid: int
+    flags: int
+    dest: Endpoint
+    deadline: float
+    give_up_at: float
+    rto: float
+    attempts: int = 0
+    on_timeout: Callable[[float], None] | None = None
+    tag: object = None
+
+
+@dataclass(slots=True)
+class CoreBase:
+    """Outbox, event queue, counters and a retransmission table."""
+
+    _out: list[Datagram] = field(default_factory=list)
+    _events: deque[Event] = field(default_factory=deque)
+    stats: Counter[str] = field(default_factory=Counter)
+    _pending: dict[tuple[bytes, int], _Pending] = field(default_factory=dict)
+    _timers: list[tuple[float, int, Callable[[float], None]]] = field(default_factory=list)
+    _timer_seq: int = 0
+
+    # -- outputs ---------------------------------------------------------------------------------
+    def datagrams_to_send(self) -> list[Datagram]:
+        out, self._out = self._out, []
+        return out
+
+    def next_event(self) -> Event | None:
+        return self._events.popleft() if self._events else None
+
+    def get_timer(self) -> float | None:
+        deadlines = [p.deadline for p in self._pending.values()]
+        if self._timers:
+            deadlines.append(self._timers[0][0])
+        return min(deadlines) if deadlines else None
+
+    # -- helpers for subclasses ------------------------------------------------------------------
+    def _emit(self, event: Event) -> None:
+        self._events.append(event)
+
+    def _send(self, data: bytes, addr: Endpoint) -> None:
+        self._out.append(Datagram(data, addr))
+
+    def _reply(self, channel: Channel, msg: Message, txid: int, addr: Endpoint, *, status: int = 0,
+               flags: int = 0) -> bytes:
+        data = channel.seal(msg, txid=txid, status=status, flags=flags)
+        self._send(data, addr)
+        return data
+
+    def _request(self, channel: Channel, msg: Message, txid: int, dest: Endpoint, now: float, *,
+                 timeout: float, flags: int = 0, on_timeout: Callable[[float], None] | None = None,
+                 tag: object = None) -> None:
+        """Send a request and retransmit it (re-sealed, same txid) until answered or ``timeout``."""
+        key = (channel.sender, txid)
+        p = _Pending(key, channel, msg, txid, flags, dest, now + RTO_INITIAL, now + timeout, RTO_INITIAL,
+                     on_timeout=on_timeout, tag=tag)
+        self._pending[key] = p
+        self._transmit(p)
+
+    def _transmit(self, p: _Pending) -> None:
+        p.attempts += 1
+        if p.attempts > 1:
+            self.stats["retransmissions"] += 1
+        self._send(p.channel.seal(p.msg, txid=p.txid, flags=p.flags), p.dest)
+
+    def _answered(self, channel_sender: bytes, txid: int) -> _Pending | None:
+        """Mark the request (our key id, txid) as answered; return it (None if unknown/late)."""
+        return self._pending.pop((channel_sender, txid), None)
+
+    def _cancel_where(self, pred: Callable[[_Pending], bool]) -> None:
+        for k in [k for k, p in self._pending.items() if pred(p)]:
+            del self._pending[k]
+
+    def _call_at(self, when: float, fn: Callable[[float], None]) -> None:
+        self._timer_seq += 1
+        heapq.heappush(self._timers, (when, self._timer_seq, fn))
+
+    def handle_timer(self, now: float) -> None:
+        for p in [p for p in self._pending.values() if p.deadline <= now]:
+            if self._pending.get(p.key) is not p:
+                continue
+            if now >= p.give_up_at:
+                del self._pending[p.key]
+                self.stats["transaction_timeouts"] += 1
+                if p.on_timeout is not None:
+                    p.on_timeout(now)
+                continue
+            p.rto = min(p.rto * RTO_BACKOFF, RTO_MAX)
+            p.deadline = min(now + p.rto, p.give_up_at)
+            self._transmit(p)
+        while self._timers and self._timers[0][0] <= now:
+            _, _, fn = heapq.heappop(self._timers)
+            fn(now)
+
+    def _open(self, channel: Channel, header: SignalHeader, data: bytes) -> Message | None:
+        """Open a sealed message; count and drop on failure (never raises on input)."""
+        try:
+            return channel.open(header, data)
+        except AuthError as exc:
+            self.stats["drop_replay" if "replay" in str(exc) else "drop_auth"] += 1
+        except CodecError:
+            self.stats["drop_malformed_body"] += 1
+        return None
+
+
+def new_txid(random_bytes: Callable[[int], bytes]) -> int:
+    return int.from_bytes(random_bytes(4), "big") or 1

@@ -1,0 +1,604 @@
+"""The NTM node's sans-IO core: registration, the DNS-triggered direction exchange, tunnels, data.
+
+Inputs: datagrams from the node's single UDP socket, API calls (``register``, ``request_path``,
+``send_data``, ``addresses_changed``), ``handle_timer``. Outputs: datagrams, events, the timer.
+"""
+
+from __future__ import annotations
+
+import functools
+import os
+from collections.abc import Callable
+from dataclasses import dataclass, field
+
+from ntmobile.crypto import (
+    AuthError,
+    CapsuleOpener,
+    CapsuleSealer,
+    Channel,
+    Ephemeral,
+    KeyPair,
+    long_term_keys,
+    path_keys,
+    relay_leg_keys,
+    session_keys,
+)
+from ntmobile.wire import (
+    CapsuleFlags,
+    CodecError,
+    DirectionRequest,
+    Endpoint,
+    Keepalive,
+    KeepaliveAck,
+    MessageType,
+    NatKind,
+    PathMode,
+    PathRole,
+    RegistrationRequest,
+    RegistrationResponse,
+    Role,
+    RouteDirection,
+    RouteDirectionAck,
+    SignalFlags,
+    SignalHeader,
+    Status,
+    StatusMessage,
+    TunnelRequest,
+    TunnelResponse,
+    parse_capsule_header,
+    parse_signal_header,
+    peek,
+)
+from ntmobile.wire.constants import SUPPORTED_VERSIONS
+
+from .common import CoreBase, Event, new_txid
+
+#: Give up on a registration attempt after this long, then retry with backoff (capped).
+REGISTRATION_TIMEOUT = 6.0
+REGISTRATION_RETRY_MAX = 30.0
+#: The DC must answer a Direction Request within this (the app's DNS query is held meanwhile;
+#: glibc's resolver waits 5 s per try, so the node answers SERVFAIL before that).
+DIRECTION_TIMEOUT = 4.0
+#: Tunnel Request/Response must complete within this per endpoint tried.
+TUNNEL_TIMEOUT = 2.0
+#: Keepalive exchanges without an answer before the node re-registers.
+KEEPALIVE_MISSES = 3
+
+
+@dataclass(frozen=True, slots=True)
+class NodeConfig:
+    name: str
+    node_id: bytes
+    psk: bytes
+    dc_id: bytes
+    dc_endpoint: Endpoint
+    capabilities: int = 0
+
+
+# -- events ------------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True, slots=True)
+class Registered(Event):
+    vip4: str | None
+    vip6: str | None
+    observed: Endpoint
+    nat: NatKind
+    keepalive: int
+
+
+@dataclass(frozen=True, slots=True)
+class RegistrationFailed(Event):
+    status: Status
+    reason: str
+
+
+@dataclass(frozen=True, slots=True)
+class PathInfo:
+    path_id: bytes
+    role: PathRole
+    mode: PathMode
+    peer_name: str | None
+    peer_vip4: str | None
+    peer_vip6: str | None
+    endpoint: Endpoint | None
+    rs_name: str | None
+    data_keys: KeyPair
+    capabilities: int
+
+
+@dataclass(frozen=True, slots=True)
+class PathReady(Event):
+    path: PathInfo
+    request_ids: tuple[int, ...]
+
+
+@dataclass(frozen=True, slots=True)
+class PathFailed(Event):
+    request_ids: tuple[int, ...]
+    fqdn: str
+    status: Status
+    reason: str
+
+
+@dataclass(frozen=True, slots=True)
+class PathEndpointChanged(Event):
+    path_id: bytes
+    endpoint: Endpoint
+
+
+@dataclass(frozen=True, slots=True)
+class PathClosed(Event):
+    path_id: bytes
+    reason: str
+
+
+@dataclass(frozen=True, slots=True)
+class DataReceived(Event):
+    path_id: bytes
+    payload: bytes
+
+
+# -- state -------------------------------------------------------------------------------------
+
+
+@dataclass(slots=True)
+class _Path:
+    path_id: bytes
+    role: PathRole
+    mode: PathMode
+    rd: RouteDirection
+    sig: Channel
+    sealer: CapsuleSealer
+    opener: CapsuleOpener
+    data_keys: KeyPair
+    targets: list[Endpoint]
+    endpoint: Endpoint | None = None
+    established: bool = False
+    request_ids: list[int] = field(default_factory=list)
+    fqdn: str | None = None
+    target_index: int = 0
+    last_rx: float = 0.0
+    peer_caps: int = 0
+    tx_packets: int = 0
+    tx_bytes: int = 0
+    rx_packets: int = 0
+    rx_bytes: int = 0
+    created: float = 0.0
+
+    @property
+    def sends_tunnel_request(self) -> bool:
+        return self.role is PathRole.INITIATOR or self.mode is PathMode.RS_S
+
+    def info(self) -> PathInfo:
+        return PathInfo(self.path_id, self.role, self.mode, self.rd.peer_name, self.rd.peer_vip4, self.rd.peer_vip6,
+                        self.endpoint, self.rd.rs_name, self.data_keys, self.peer_caps)
+
+
+@dataclass(slots=True)
+class _Lookup:
+    fqdn: str
+    request_ids: list[int]
+
+
+class NodeCore(CoreBase):
+    """An NTM node. See the module docstring and docs/protocol.md."""
+
+    def __init__(self, config: NodeConfig, now: float, *, seq_base: int,
+                 random_bytes: Callable[[int], bytes] = os.urandom) -> None:
+        CoreBase.__init__(self)
+        self.config = config
+        self._rand = random_bytes
+        self._lt = Channel(long_term_keys(config.psk, config.node_id), config.node_id, seq_start=seq_base)
+        self._session: Channel | None = None
+        self._eph: Ephemeral | None = None
+        self._reg_txid: int | None = None
+        self._reg_backoff = 1.0
+        self.local_endpoints: tuple[Endpoint, ...] = ()
+        self.registered = False
+        self.registration: Registered | None = None
+        self._ka_misses = 0
+        self._ka_generation = 0
+        self._paths: dict[bytes, _Path] = {}
+        self._by_name: dict[str, bytes] = {}
+        self._lookups: dict[int, _Lookup] = {}  # Direction Request txid -> lookup
+        self._next_request_id = 1
+
+    # -- API ----------------------------------------------------------------------------------
+    def register(self, local_endpoints: tuple[Endpoint, ...], now: float) -> None:
+        """(Re-)register with the DC, reporting the addresses the node believes it has."""
+        self.local_endpoints = tuple(local_endpoints)
+        self._eph = Ephemeral(self._rand)
+        if self._reg_txid is not None:
+            self._answered(self._lt.sender, self._reg_txid)
+        self._reg_txid = new_txid(self._rand)
+        msg = RegistrationRequest(role=Role.NODE, name=self.config.name, ephemeral=self._eph.public,
+                                  versions=SUPPORTED_VERSIONS, local_endpoints=self.local_endpoints,
+                                  capabilities=self.config.capabilities)
+        self._request(self._lt, msg, self._reg_txid, self.config.dc_endpoint, now, timeout=REGISTRATION_TIMEOUT,
+                      flags=SignalFlags.LONG_TERM, on_timeout=self._registration_timed_out)
+
+    def addresses_changed(self, local_endpoints: tuple[Endpoint, ...], now: float) -> None:
+        """Handover: the node's real address changed. Re-register, then rebuild every path."""
+        self.stats["handovers"] += 1
+        self.register(local_endpoints, now)
+
+    def request_path(self, fqdn: str, now: float) -> int:
+        """Ask the DC for a path to ``fqdn`` (the hooked DNS query). Returns a request id that the
+        PathReady / PathFailed event carries."""
+        rid = self._next_request_id
+        self._next_request_id += 1
+        name = fqdn.rstrip(".").lower()
+        pid = self._by_name.get(name)
+        if pid is not None and pid in self._paths:
+            path = self._paths[pid]
+            if path.established:
+                self._emit(PathReady(path.info(), (rid,)))
+            else:
+                path.request_ids.append(rid)
+            return rid
+        for lookup in self._lookups.values():
+            if lookup.fqdn == name:
+                lookup.request_ids.append(rid)
+                return rid
+        if self._session is None:
+            self._emit(PathFailed((rid,), name, Status.SERVFAIL, "not registered with the DC"))
+            return rid
+        txid = new_txid(self._rand)
+        self._lookups[txid] = _Lookup(name, [rid])
+        self._request(self._session, DirectionRequest(fqdn=name, capabilities=self.config.capabilities), txid,
+                      self.config.dc_endpoint, now, timeout=DIRECTION_TIMEOUT,
+                      on_timeout=functools.partial(self._direction_timed_out, txid))
+        return rid
+
+    def send_data(self, path_id: bytes, payload: bytes, now: float, *, gso: bool = False) -> bool:
+        path = self._paths.get(path_id)
+        if path is None or not path.established or path.endpoint is None:
+            self.stats["data_no_path"] += 1
+            return False
+        self._send(path.sealer.seal(payload, CapsuleFlags.GSO if gso else 0), path.endpoint)
+        path.tx_packets += 1
+        path.tx_bytes += len(payload)
+        return True
+
+    def paths(self) -> list[dict[str, object]]:
+        out: list[dict[str, object]] = []
+        for p in self._paths.values():
+            out.append({
+                "path_id": p.path_id.hex(), "peer": p.rd.peer_name, "peer_vip4": p.rd.peer_vip4,
+                "peer_vip6": p.rd.peer_vip6, "mode": p.mode.name, "role": p.role.name, "rs": p.rd.rs_name,
+                "endpoint": list(p.endpoint) if p.endpoint else None, "established": p.established,
+                "tx_packets": p.tx_packets, "tx_bytes": p.tx_bytes, "rx_packets": p.rx_packets,
+                "rx_bytes": p.rx_bytes, "created": p.created,
+            })
+        return out
+
+    def path_info(self, path_id: bytes) -> PathInfo | None:
+        p = self._paths.get(path_id)
+        return p.info() if p is not None else None
+
+    # -- input --------------------------------------------------------------------------------
+    def receive_datagram(self, data: bytes, addr: Endpoint, now: float) -> None:
+        try:
+            _version, mtype = peek(data)
+            if mtype == MessageType.DATA:
+                self._on_data(data, addr, now)
+                return
+            header = parse_signal_header(data)
+        except CodecError:
+            self.stats["drop_malformed"] += 1
+            return
+        if header.sender == self.config.dc_id:
+            self._on_dc(header, data, addr, now)
+        elif header.sender in self._paths:
+            self._on_tunnel(self._paths[header.sender], header, data, addr, now)
+        else:
+            self.stats["drop_unknown_sender"] += 1
+
+    # -- DC signalling ---------------------------------------------------------------------------
+    def _on_dc(self, header: SignalHeader, data: bytes, addr: Endpoint, now: float) -> None:
+        if addr != self.config.dc_endpoint:
+            self.stats["drop_dc_wrong_source"] += 1
+            return
+        if header.flags & SignalFlags.LONG_TERM:
+            msg = self._open(self._lt, header, data)
+            if msg is None:
+                return
+            if isinstance(msg, RegistrationResponse):
+                self._on_registration_response(header, msg, now)
+            elif isinstance(msg, StatusMessage):
+                self._on_long_term_status(header, msg, now)
+            else:
+                self.stats["drop_unexpected"] += 1
+            return
+        if self._session is None:
+            self.stats["drop_no_session"] += 1
+            return
+        msg = self._open(self._session, header, data)
+        if msg is None:
+            return
+        if isinstance(msg, RouteDirection):
+            self._on_route_direction(header, msg, addr, now)
+        elif isinstance(msg, KeepaliveAck):
+            if self._answered(self._session.sender, header.txid) is not None:
+                self._ka_misses = 0
+        elif isinstance(msg, StatusMessage):
+            self._on_session_status(header, msg, now)
+        else:
+            self.stats["drop_unexpected"] += 1
+
+    def _on_registration_response(self, header: SignalHeader, msg: RegistrationResponse, now: float) -> None:
+        if header.txid != self._reg_txid or self._eph is None:
+            self.stats["drop_stale_registration"] += 1
+            return
+        self._answered(self._lt.sender, header.txid)
+        try:
+            shared = self._eph.exchange(msg.ephemeral)
+        except ValueError:
+            self.stats["drop_auth"] += 1
+            return
+        keys = session_keys(self.config.psk, shared, self.config.node_id, self._eph.public, msg.ephemeral)
+        self._session = Channel(keys, self.config.node_id)
+        self._reg_txid = None
+        self._reg_backoff = 1.0
+        self.registered = True
+        self._ka_misses = 0
+        self._ka_generation += 1
+        nat = NatKind(msg.nat) if msg.nat in (0, 1) else NatKind.NAT
+        self.registration = Registered(msg.vip4, msg.vip6, msg.observed, nat, msg.keepalive)
+        self._emit(self.registration)
+        if msg.keepalive:
+            gen = self._ka_generation
+            self._call_at(now + msg.keepalive, lambda t: self._keepalive_tick(t, gen))
+        for path in self._paths.values():
+            self._refresh_path(path, now)
+
+    def _on_long_term_status(self, header: SignalHeader, msg: StatusMessage, now: float) -> None:
+        status = _status(header.status)
+        if status is Status.REREGISTER:
+            self.stats["reregister_requested"] += 1
+            self._session = None
+            self.registered = False
+            self.register(self.local_endpoints, now)
+            return
+        if header.txid == self._reg_txid:
+            self._answered(self._lt.sender, header.txid)
+            self._reg_txid = None
+            self._emit(RegistrationFailed(status, msg.reason))
+            self._schedule_reregistration(now)
+
+    def _on_session_status(self, header: SignalHeader, msg: StatusMessage, now: float) -> None:
+        assert self._session is not None
+        pending = self._answered(self._session.sender, header.txid)
+        lookup = self._lookups.pop(header.txid, None)
+        if lookup is not None:
+            self._emit(PathFailed(tuple(lookup.request_ids), lookup.fqdn, _status(header.status), msg.reason))
+        elif pending is None:
+            self.stats["drop_unexpected"] += 1
+
+    def _registration_timed_out(self, now: float) -> None:
+        self._reg_txid = None
+        self._emit(RegistrationFailed(Status.SERVFAIL, "the DC did not answer the registration"))
+        self._schedule_reregistration(now)
+
+    def _schedule_reregistration(self, now: float) -> None:
+        delay = self._reg_backoff
+        self._reg_backoff = min(self._reg_backoff * 2, REGISTRATION_RETRY_MAX)
+        self._call_at(now + delay, self._retry_registration)
+
+    def _retry_registration(self, now: float) -> None:
+        if self._reg_txid is None and not self.registered:
+            self.register(self.local_endpoints, now)
+
+    def _keepalive_tick(self, now: float, generation: int) -> None:
+        if generation != self._ka_generation or self._session is None or self.registration is None:
+            return
+        self._request(self._session, Keepalive(), new_txid(self._rand), self.config.dc_endpoint, now,
+                      timeout=min(3.0, max(1.0, self.registration.keepalive / 2)),
+                      on_timeout=lambda t: self._keepalive_missed(t, generation))
+        self._call_at(now + self.registration.keepalive, lambda t: self._keepalive_tick(t, generation))
+
+    def _keepalive_missed(self, now: float, generation: int) -> None:
+        if generation != self._ka_generation:
+            return
+        self._ka_misses += 1
+        self.stats["keepalive_missed"] += 1
+        if self._ka_misses >= KEEPALIVE_MISSES:
+            self._ka_generation += 1
+            self.registered = False
+            self.register(self.local_endpoints, now)
+
+    def _direction_timed_out(self, txid: int, now: float) -> None:
+        lookup = self._lookups.pop(txid, None)
+        if lookup is not None:
+            self._emit(PathFailed(tuple(lookup.request_ids), lookup.fqdn, Status.SERVFAIL,
+                                  "the DC did not answer the direction request in time"))
+
+    # -- paths -------------------------------------------------------------------------------
+    def _on_route_direction(self, header: SignalHeader, rd: RouteDirection, addr: Endpoint, now: float) -> None:
+        assert self._session is not None
+        lookup = self._lookups.pop(header.txid, None)
+        if lookup is not None:
+            self._answered(self._session.sender, header.txid)
+        elif header.status != Status.OK:
+            self.stats["drop_unexpected"] += 1
+            return
+        try:
+            role = PathRole(rd.path_role)
+            mode = PathMode(rd.mode)
+        except ValueError:
+            self.stats["drop_bad_route_direction"] += 1
+            return
+        existing = self._paths.get(rd.path_id)
+        if existing is None:
+            path = self._new_path(rd, role, mode, now)
+            if path is None:
+                self.stats["drop_bad_route_direction"] += 1
+                if lookup is not None:
+                    self._emit(PathFailed(tuple(lookup.request_ids), lookup.fqdn, Status.BAD_REQUEST,
+                                          "unusable route direction"))
+                return
+        else:
+            path = existing
+        if lookup is not None:
+            path.fqdn = lookup.fqdn
+            path.request_ids.extend(lookup.request_ids)
+            self._by_name[lookup.fqdn] = path.path_id
+        elif rd.peer_name:
+            self._by_name.setdefault(rd.peer_name.rstrip(".").lower(), path.path_id)
+        if lookup is None:
+            # DC-initiated (we are told to take part in a path): acknowledge, also for duplicates.
+            self._reply(self._session, RouteDirectionAck(path_id=rd.path_id), header.txid, addr)
+        if path.established:
+            if path.request_ids:
+                self._emit(PathReady(path.info(), tuple(path.request_ids)))
+                path.request_ids.clear()
+            return
+        if existing is None and path.sends_tunnel_request:
+            self._send_tunnel_request(path, now)
+
+    def _new_path(self, rd: RouteDirection, role: PathRole, mode: PathMode, now: float) -> _Path | None:
+        keys = path_keys(rd.path_key, rd.path_id)
+        sig_keys, data_keys = keys.for_initiator() if role is PathRole.INITIATOR else keys.for_responder()
+        responder = role is PathRole.RESPONDER
+        if mode is PathMode.RS_S:
+            if rd.relay_key is None or rd.rs_endpoint is None:
+                return None
+            sig_keys = relay_leg_keys(rd.relay_key, rd.path_id, responder_leg=responder)
+            targets = [rd.rs_endpoint]
+        elif mode is PathMode.RS_N:
+            if rd.rs_endpoint is None and not rd.peer_endpoints:
+                return None
+            targets = [rd.rs_endpoint] if rd.rs_endpoint is not None else list(rd.peer_endpoints)
+        else:
+            targets = list(rd.peer_endpoints)
+            if role is PathRole.INITIATOR and not targets:
+                return None
+        flags = CapsuleFlags.FROM_RESPONDER if responder else CapsuleFlags.NONE
+        path = _Path(rd.path_id, role, mode, rd, Channel(sig_keys, rd.path_id),
+                     CapsuleSealer(data_keys.send, rd.path_id, flags), CapsuleOpener(data_keys.recv), data_keys,
+                     targets, endpoint=targets[0] if targets else None, created=now)
+        self._paths[rd.path_id] = path
+        return path
+
+    def _sig_flags(self, path: _Path) -> int:
+        return SignalFlags.FROM_RESPONDER if path.role is PathRole.RESPONDER else 0
+
+    def _send_tunnel_request(self, path: _Path, now: float) -> None:
+        if not path.targets:
+            return
+        dest = path.targets[path.target_index % len(path.targets)]
+        reg = self.registration
+        msg = TunnelRequest(capabilities=self.config.capabilities, vip4=reg.vip4 if reg else None,
+                            vip6=reg.vip6 if reg else None)
+        self._cancel_where(lambda p: p.tag == ("tunnel", path.path_id))
+        self._request(path.sig, msg, new_txid(self._rand), dest, now, timeout=TUNNEL_TIMEOUT,
+                      flags=self._sig_flags(path), tag=("tunnel", path.path_id),
+                      on_timeout=lambda t: self._tunnel_timed_out(path.path_id, t))
+
+    def _tunnel_timed_out(self, path_id: bytes, now: float) -> None:
+        path = self._paths.get(path_id)
+        if path is None:
+            return
+        path.target_index += 1
+        if not path.established and path.target_index < len(path.targets):
+            self._send_tunnel_request(path, now)
+            return
+        if path.established:
+            # A refresh after handover went unanswered; address learning may still heal the path.
+            self.stats["tunnel_refresh_timeouts"] += 1
+            return
+        del self._paths[path_id]
+        if path.fqdn is not None:
+            self._by_name.pop(path.fqdn, None)
+        if path.request_ids:
+            self._emit(PathFailed(tuple(path.request_ids), path.fqdn or (path.rd.peer_name or ""),
+                                  Status.PEER_UNREACHABLE, "no Tunnel Response from the peer or relay"))
+        self._emit(PathClosed(path_id, "tunnel set-up timed out"))
+
+    def _refresh_path(self, path: _Path, now: float) -> None:
+        """After (re-)registration: announce our (possibly new) address on the path."""
+        if path.established and (path.sends_tunnel_request or path.endpoint is not None):
+            if path.endpoint is not None and path.endpoint not in path.targets:
+                path.targets.insert(0, path.endpoint)
+            path.target_index = path.targets.index(path.endpoint) if path.endpoint in path.targets else 0
+            self._send_tunnel_request(path, now)
+
+    def _on_tunnel(self, path: _Path, header: SignalHeader, data: bytes, addr: Endpoint, now: float) -> None:
+        msg = self._open(path.sig, header, data)
+        if msg is None:
+            return
+        path.last_rx = now
+        if isinstance(msg, TunnelRequest):
+            if path.mode is PathMode.RS_S or path.role is PathRole.INITIATOR:
+                self.stats["drop_unexpected"] += 1
+                return
+            self._learn(path, addr)
+            path.peer_caps = msg.capabilities
+            self._reply(path.sig, TunnelResponse(capabilities=self.config.capabilities, observed=addr), header.txid,
+                        addr, flags=self._sig_flags(path))
+            self._establish(path)
+        elif isinstance(msg, TunnelResponse):
+            if self._answered(path.sig.sender, header.txid) is None:
+                self.stats["drop_late_response"] += 1
+                return
+            self._learn(path, addr)
+            path.peer_caps = msg.capabilities
+            self._establish(path)
+        elif isinstance(msg, Keepalive):
+            self._learn(path, addr)
+            self._reply(path.sig, KeepaliveAck(observed=addr), header.txid, addr, flags=self._sig_flags(path))
+        elif isinstance(msg, KeepaliveAck):
+            self._answered(path.sig.sender, header.txid)
+        else:
+            self.stats["drop_unexpected"] += 1
+
+    def _establish(self, path: _Path) -> None:
+        first = not path.established
+        path.established = True
+        if first or path.request_ids:
+            self._emit(PathReady(path.info(), tuple(path.request_ids)))
+            path.request_ids.clear()
+
+    def _learn(self, path: _Path, addr: Endpoint) -> None:
+        if path.endpoint != addr:
+            changed = path.endpoint is not None
+            path.endpoint = addr
+            if changed:
+                self.stats["endpoint_learned"] += 1
+                self._emit(PathEndpointChanged(path.path_id, addr))
+
+    def _on_data(self, data: bytes, addr: Endpoint, now: float) -> None:
+        try:
+            hdr = parse_capsule_header(data)
+        except CodecError:
+            self.stats["drop_malformed"] += 1
+            return
+        path = self._paths.get(hdr.path_id)
+        if path is None:
+            self.stats["drop_unknown_path"] += 1
+            return
+        try:
+            payload = path.opener.open(data)
+        except AuthError:
+            self.stats["drop_data_auth"] += 1
+            return
+        except CodecError:
+            self.stats["drop_malformed"] += 1
+            return
+        path.last_rx = now
+        path.rx_packets += 1
+        path.rx_bytes += len(payload)
+        if path.mode is not PathMode.RS_S:
+            # End-to-end authenticated data from a new address: the peer moved (handover).
+            self._learn(path, addr)
+        if not path.established and path.role is PathRole.RESPONDER:
+            self._establish(path)
+        self._emit(DataReceived(path.path_id, payload))
+
+
+def _status(code: int) -> Status:
+    try:
+        return Status(code)
+    except ValueError:
+        return Status.BAD_REQUEST

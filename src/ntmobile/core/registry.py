@@ -1,0 +1,117 @@
+"""The DC's registry: enrolled clients (nodes and relay servers), VIP pools, GN VIP mappings.
+
+The DC core talks to a ``Store`` (a repository interface). ``MemoryStore`` keeps everything in
+memory (tests, the in-memory harness); the runtime's SQLite store persists the same records.
+Allocation rules live here, so both stores hand out VIPs identically.
+"""
+
+from __future__ import annotations
+
+import ipaddress
+from dataclasses import dataclass
+from typing import Protocol
+
+from ntmobile.wire import Role
+
+
+class StoreError(Exception):
+    """The store cannot be read or written (e.g. the database is read-only or full)."""
+
+
+@dataclass(slots=True)
+class ClientRecord:
+    client_id: bytes
+    name: str
+    role: Role
+    psk: bytes
+    vip4: str | None = None
+    vip6: str | None = None
+    last_seq: int = 0
+
+
+class Store(Protocol):
+    def get_client(self, client_id: bytes) -> ClientRecord | None: ...
+    def client_by_name(self, name: str) -> ClientRecord | None: ...
+    def client_by_vip(self, vip: str) -> ClientRecord | None: ...
+    def add_client(self, record: ClientRecord) -> None: ...
+    def set_last_seq(self, client_id: bytes, seq: int) -> None: ...
+    def assign_vips(self, client_id: bytes) -> tuple[str | None, str | None]: ...
+    def gn_vip(self, node_id: bytes, gn_addr: str) -> str: ...
+
+
+class VipPool:
+    """Hands out host addresses of a prefix in order, skipping those in use."""
+
+    def __init__(self, cidr: str | None) -> None:
+        self.net = ipaddress.ip_network(cidr) if cidr else None
+
+    def first_free(self, used: set[str]) -> str:
+        if self.net is None:
+            raise StoreError("no pool configured for this address family")
+        for host in self.net.hosts():
+            s = str(host)
+            if s not in used:
+                return s
+        raise StoreError(f"VIP pool {self.net} is exhausted")
+
+
+@dataclass(frozen=True, slots=True)
+class Pools:
+    vip4: str | None
+    vip6: str | None
+    gn_vip4: str | None
+    gn_vip6: str | None
+
+
+class MemoryStore:
+    """Store in memory; same allocation rules as the SQLite store."""
+
+    def __init__(self, pools: Pools) -> None:
+        self.pools = pools
+        self._clients: dict[bytes, ClientRecord] = {}
+        self._gn: dict[tuple[bytes, str], str] = {}
+        self.fail_writes = False
+
+    def _check_write(self) -> None:
+        if self.fail_writes:
+            raise StoreError("store is read-only")
+
+    def get_client(self, client_id: bytes) -> ClientRecord | None:
+        return self._clients.get(client_id)
+
+    def client_by_name(self, name: str) -> ClientRecord | None:
+        name = name.rstrip(".").lower()
+        return next((c for c in self._clients.values() if c.name == name), None)
+
+    def client_by_vip(self, vip: str) -> ClientRecord | None:
+        return next((c for c in self._clients.values() if vip in (c.vip4, c.vip6)), None)
+
+    def add_client(self, record: ClientRecord) -> None:
+        self._check_write()
+        if record.client_id in self._clients or self.client_by_name(record.name) is not None:
+            raise StoreError(f"{record.name} is already enrolled")
+        self._clients[record.client_id] = record
+
+    def set_last_seq(self, client_id: bytes, seq: int) -> None:
+        self._check_write()
+        self._clients[client_id].last_seq = seq
+
+    def assign_vips(self, client_id: bytes) -> tuple[str | None, str | None]:
+        rec = self._clients[client_id]
+        if (rec.vip4 is None and self.pools.vip4) or (rec.vip6 is None and self.pools.vip6):
+            self._check_write()
+            if rec.vip4 is None and self.pools.vip4:
+                rec.vip4 = VipPool(self.pools.vip4).first_free({c.vip4 for c in self._clients.values() if c.vip4})
+            if rec.vip6 is None and self.pools.vip6:
+                rec.vip6 = VipPool(self.pools.vip6).first_free({c.vip6 for c in self._clients.values() if c.vip6})
+        return rec.vip4, rec.vip6
+
+    def gn_vip(self, node_id: bytes, gn_addr: str) -> str:
+        key = (node_id, gn_addr)
+        if key not in self._gn:
+            self._check_write()
+            v6 = ipaddress.ip_address(gn_addr).version == 6
+            pool = VipPool(self.pools.gn_vip6 if v6 else self.pools.gn_vip4)
+            used = {v for (n, _), v in self._gn.items() if n == node_id}
+            self._gn[key] = pool.first_free(used)
+        return self._gn[key]
