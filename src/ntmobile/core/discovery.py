@@ -343,6 +343,11 @@ class Discovery:
         self.stats.sent += 1
 
     def _next_server(self, q: _Query, now: float, why: str) -> None:
+        failed = q.servers[q.server_index]
+        if q.recursive and failed in self.resolvers and len(self.resolvers) > 1:
+            # Later queries of this discovery start with the resolvers that still work.
+            self.resolvers.remove(failed)
+            self.resolvers.append(failed)
         q.server_index += 1
         if q.server_index < len(q.servers):
             self._log(f"{why}: trying {_fmt_server(q.servers[q.server_index])}")
