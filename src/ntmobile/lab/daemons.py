@@ -1,0 +1,53 @@
+"""Registry of ntmobile daemon kinds the lab can start (`[[hosts.daemons]] kind = "..."`).
+
+A kind maps to a builder: given a DaemonContext (the lab, the host, the host's working dir and the
+topology's daemon spec) it returns a DaemonLaunch (argv, config files to write, ports to wait for).
+Later code adds kinds with `register_daemon_kind("dc", build_dc)`; none are registered yet.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import TYPE_CHECKING
+
+from .topology import DaemonSpec
+
+if TYPE_CHECKING:
+    from .lab import Lab
+
+
+@dataclass(frozen=True)
+class DaemonContext:
+    lab: Lab
+    host: str
+    workdir: Path
+    spec: DaemonSpec
+
+
+@dataclass(frozen=True)
+class DaemonLaunch:
+    argv: list[str]
+    files: dict[Path, str] = field(default_factory=dict)  # written before the start
+    ready_tcp: tuple[int, ...] = ()  # the daemon is up when these ports listen in its namespace
+    ready_udp: tuple[int, ...] = ()
+
+
+DaemonBuilder = Callable[[DaemonContext], DaemonLaunch]
+
+_KINDS: dict[str, DaemonBuilder] = {}
+
+
+def register_daemon_kind(kind: str, builder: DaemonBuilder, *, replace: bool = False) -> None:
+    if kind in _KINDS and not replace:
+        raise ValueError(f"daemon kind {kind!r} is already registered")
+    _KINDS[kind] = builder
+
+
+def daemon_kinds() -> list[str]:
+    return sorted(_KINDS)
+
+
+def daemon_builder(kind: str) -> DaemonBuilder | None:
+    return _KINDS.get(kind)
