@@ -1,0 +1,179 @@
+"""Node and DC cores together in memory: registration, NAT detection, NTM peers of one DC."""
+
+from __future__ import annotations
+
+import pytest
+
+from ntmobile.core.dc import ClientRegistered, DcConfig, DcCore, DirectionDecision, decide_route
+from ntmobile.core.node import DataReceived, NodeConfig, NodeCore, PathFailed, PathReady, Registered
+from ntmobile.core.registry import ClientRecord, MemoryStore, Pools
+from ntmobile.wire import NatKind, PathMode, PathRole, Role, Status
+
+from .harness import Net, random_loss, seeded_bytes
+
+DC_ID = bytes.fromhex("dc00000000000001")
+DC_EP = ("192.0.2.10", 7410)
+POOLS = Pools("100.64.1.0/24", "fd00:6e74:1::/64", "100.127.0.0/16", "fd00:6e74:ff::/64")
+
+
+def make_dc(net: Net, store: MemoryStore | None = None) -> tuple[DcCore, MemoryStore]:
+    store = store or MemoryStore(POOLS)
+    dc = DcCore(DcConfig("a.example", DC_ID, keepalive=15), store, net.now, seq_base=10**15,
+                random_bytes=seeded_bytes(1))
+    net.add("dc", dc, DC_EP)
+    return dc, store
+
+
+def enroll(store: MemoryStore, name: str, idx: int, role: Role = Role.NODE) -> ClientRecord:
+    rec = ClientRecord(bytes([0xA0 + idx]) * 8, name, role, bytes([idx]) * 32)
+    store.add_client(rec)
+    return rec
+
+
+def make_node(net: Net, rec: ClientRecord, host: str, addr: tuple[str, int], public: tuple[str, int] | None = None,
+              seed: int = 2) -> NodeCore:
+    node = NodeCore(NodeConfig(rec.name, rec.client_id, rec.psk, DC_ID, DC_EP), net.now, seq_base=10**15,
+                    random_bytes=seeded_bytes(seed))
+    net.add(host, node, addr, public)
+    node.register((addr,), net.now)
+    return node
+
+
+def test_registration_assigns_stable_vips_and_detects_nat() -> None:
+    net = Net()
+    dc, store = make_dc(net)
+    mn = make_node(net, enroll(store, "mn.a.example", 1), "mn", ("10.1.0.10", 7412), public=("192.0.2.100", 7412))
+    gl = make_node(net, enroll(store, "gl.a.example", 2), "gl", ("192.0.2.50", 7412), seed=3)
+    net.run_until(lambda: mn.registered and gl.registered)
+    reg_mn = net.events_of("mn", Registered)[0]
+    reg_gl = net.events_of("gl", Registered)[0]
+    assert reg_mn.nat is NatKind.NAT and reg_mn.keepalive == 15
+    assert reg_mn.observed == ("192.0.2.100", 7412)
+    assert reg_gl.nat is NatKind.NONE and reg_gl.keepalive == 0
+    assert reg_mn.vip4 != reg_gl.vip4 and reg_mn.vip4 and reg_mn.vip6
+    # Re-registration (e.g. after a move) keeps the VIPs.
+    mn.addresses_changed((("10.2.0.10", 7412),), net.now)
+    net.hosts["mn"].addr = ("10.2.0.10", 7412)
+    net.hosts["mn"].public = ("192.0.2.101", 7412)
+    net.run_until(lambda: len(net.events_of("mn", Registered)) == 2)
+    again = net.events_of("mn", Registered)[1]
+    assert (again.vip4, again.vip6) == (reg_mn.vip4, reg_mn.vip6)
+    assert again.observed == ("192.0.2.101", 7412)
+    assert [e.name for e in net.events_of("dc", ClientRegistered)].count("mn.a.example") == 2
+
+
+def test_unenrolled_node_cannot_register() -> None:
+    net = Net()
+    dc, store = make_dc(net)
+    stranger = ClientRecord(b"\xee" * 8, "evil.a.example", Role.NODE, b"\x66" * 32)  # not in the store
+    node = make_node(net, stranger, "evil", ("192.0.2.66", 7412))
+    with pytest.raises(AssertionError):
+        net.run_until(lambda: node.registered, max_time=5.0)
+    assert dc.stats["drop_unknown_client"] >= 1
+    assert not node.registered
+
+
+def test_wrong_secret_is_rejected() -> None:
+    net = Net()
+    dc, store = make_dc(net)
+    rec = enroll(store, "mn.a.example", 1)
+    forged = ClientRecord(rec.client_id, rec.name, Role.NODE, b"\x99" * 32)
+    node = make_node(net, forged, "mn", ("192.0.2.60", 7412))
+    with pytest.raises(AssertionError):
+        net.run_until(lambda: node.registered, max_time=5.0)
+    assert dc.stats["drop_auth"] >= 1
+
+
+def test_storage_failure_gives_clear_error() -> None:
+    net = Net()
+    dc, store = make_dc(net)
+    rec = enroll(store, "mn.a.example", 1)
+    store.fail_writes = True
+    node = make_node(net, rec, "mn", ("192.0.2.60", 7412))
+    net.run_until(lambda: bool(net.hosts["mn"].events))
+    from ntmobile.core.node import RegistrationFailed
+
+    failed = net.events_of("mn", RegistrationFailed)
+    assert failed and failed[0].status is Status.STORAGE_ERROR
+    assert "cannot be written" in failed[0].reason
+
+
+@pytest.mark.parametrize(
+    ("a_nat", "a_ep", "b_nat", "b_ep", "expected"),
+    [
+        (NatKind.NONE, ("192.0.2.50", 1), NatKind.NONE, ("192.0.2.51", 1), (PathMode.DIRECT, True)),
+        (NatKind.NONE, ("192.0.2.50", 1), NatKind.NAT, ("192.0.2.100", 1), (PathMode.DIRECT, False)),
+        (NatKind.NAT, ("192.0.2.100", 1), NatKind.NONE, ("192.0.2.50", 1), (PathMode.DIRECT, True)),
+        (NatKind.NAT, ("192.0.2.100", 1), NatKind.NAT, ("192.0.2.100", 2), (PathMode.DIRECT, True)),
+        (NatKind.NAT, ("192.0.2.100", 1), NatKind.NAT, ("192.0.2.101", 1), (PathMode.RS_S, True)),
+        (NatKind.NONE, ("192.0.2.50", 1), NatKind.NONE, ("2001:db8::1", 1), (PathMode.RS_S, True)),
+    ],
+)
+def test_route_table(a_nat: NatKind, a_ep: tuple[str, int], b_nat: NatKind, b_ep: tuple[str, int],
+                     expected: tuple[PathMode, bool]) -> None:
+    assert decide_route(a_nat, a_ep, b_nat, b_ep) == expected
+
+
+def _two_nodes(net: Net, mn_public: tuple[str, int] | None) -> tuple[DcCore, NodeCore, NodeCore]:
+    dc, store = make_dc(net)
+    mn_addr = ("10.1.0.10", 7412) if mn_public else ("192.0.2.60", 7412)
+    mn = make_node(net, enroll(store, "mn.a.example", 1), "mn", mn_addr, public=mn_public)
+    gl = make_node(net, enroll(store, "gl.a.example", 2), "gl", ("192.0.2.50", 7412), seed=3)
+    net.run_until(lambda: mn.registered and gl.registered)
+    return dc, mn, gl
+
+
+def test_global_node_asks_for_natted_peer_which_initiates() -> None:
+    net = Net()
+    dc, mn, gl = _two_nodes(net, mn_public=("192.0.2.100", 7412))
+    rid = gl.request_path("mn.a.example", net.now)
+    net.run_until(lambda: bool(net.events_of("gl", PathReady)) and bool(net.events_of("mn", PathReady)))
+    ready_gl = net.events_of("gl", PathReady)[0]
+    ready_mn = net.events_of("mn", PathReady)[0]
+    assert ready_gl.request_ids == (rid,)
+    assert ready_gl.path.mode is PathMode.DIRECT and ready_gl.path.role is PathRole.RESPONDER
+    assert ready_mn.path.role is PathRole.INITIATOR  # the NAT-side node opens its own NAT
+    assert ready_gl.path.endpoint == ("192.0.2.100", 7412)
+    decision = net.events_of("dc", DirectionDecision)[0]
+    assert decision.mode is PathMode.DIRECT and any("initiates" in line for line in decision.evidence)
+    # Data both ways, end-to-end encrypted.
+    pid = ready_gl.path.path_id
+    assert gl.send_data(pid, b"hello from gl", net.now)
+    assert mn.send_data(pid, b"hello from mn", net.now)
+    net.run_until(lambda: bool(net.events_of("mn", DataReceived)) and bool(net.events_of("gl", DataReceived)))
+    assert net.events_of("mn", DataReceived)[0].payload == b"hello from gl"
+    assert net.events_of("gl", DataReceived)[0].payload == b"hello from mn"
+    # A second lookup of the same name reuses the path without asking the DC again.
+    before = dc.stats["paths_directed"]
+    rid2 = gl.request_path("mn.a.example", net.now)
+    net.pump_events()
+    assert net.events_of("gl", PathReady)[-1].request_ids == (rid2,)
+    assert dc.stats["paths_directed"] == before
+
+
+def test_lossy_setup_recovers_by_retransmission() -> None:
+    net = Net(drop=random_loss(0.3, seed=7))
+    dc, mn, gl = _two_nodes(net, mn_public=None)
+    gl.request_path("mn.a.example", net.now)
+    net.run_until(lambda: bool(net.events_of("gl", PathReady)), max_time=30)
+    assert dc.stats["direction_retransmits"] + mn.stats["retransmissions"] + gl.stats["retransmissions"] > 0
+
+
+def test_unknown_name_in_own_domain_is_nxdomain() -> None:
+    net = Net()
+    dc, mn, gl = _two_nodes(net, mn_public=None)
+    gl.request_path("nobody.a.example", net.now)
+    net.run_until(lambda: bool(net.events_of("gl", PathFailed)))
+    assert net.events_of("gl", PathFailed)[0].status is Status.NXDOMAIN
+
+
+def test_dc_silent_gives_servfail_before_app_timeout() -> None:
+    net = Net()
+    dc, mn, gl = _two_nodes(net, mn_public=None)
+    t0 = net.now
+    net.drop = lambda src, dst, data: dst == "dc"
+    gl.request_path("mn.a.example", net.now)
+    net.run_until(lambda: bool(net.events_of("gl", PathFailed)))
+    failed = net.events_of("gl", PathFailed)[0]
+    assert failed.status is Status.SERVFAIL
+    assert net.now - t0 < 5.0  # answered before glibc's 5 s resolver timeout
