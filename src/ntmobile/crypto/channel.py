@@ -34,7 +34,8 @@ class AuthError(Exception):
 class ReplayWindow:
     """Sliding window over 64-bit counters (RFC 6479 style, bitmap in a Python int).
 
-    ``floor`` counts as already seen, so a fresh window accepts 1, 2, ...
+    ``floor`` and everything below it count as already seen, so a fresh window accepts 1, 2, ...
+    and a window restored from a persisted ``floor`` refuses every older counter.
     """
 
     __slots__ = ("size", "top", "bits", "_mask")
@@ -42,7 +43,7 @@ class ReplayWindow:
     def __init__(self, size: int = 4096, floor: int = 0) -> None:
         self.size = size
         self.top = floor
-        self.bits = 1
+        self.bits = (1 << size) - 1
         self._mask = (1 << size) - 1
 
     def check(self, seq: int) -> bool:
