@@ -441,3 +441,18 @@ def test_discovery_results_can_be_cached_by_their_ttl() -> None:
     cache.put(res, now=100.0)
     assert cache.get("mn.a.example", now=100.0 + res.ttl - 0.1) is res
     assert cache.get("mn.a.example", now=100.0 + res.ttl) is None
+
+
+def test_late_error_from_an_abandoned_server_does_not_skip_the_current_one() -> None:
+    respond, _ = world(txt_servers={"10.1.0.1": dc_zone()})
+    d = Discovery("mn.a.example.", [R1, R2], 100.0, timeout=0.5, retries=0)
+    (first,) = d.next_queries(100.0)
+    d.handle_timer(100.5)  # R1 silent: on to R2
+    (second,) = d.next_queries(100.5)
+    assert second.dest == R2
+    d.receive(first.id, build(first.wire, Reply(rcode=dns.rcode.REFUSED)), 100.6)
+    assert d.next_queries(100.6) == []  # still waiting for R2, nothing skipped
+    wire = respond(second)
+    assert wire is not None
+    d.receive(second.id, wire, 100.7)
+    assert drive(d, respond, now=100.7).outcome is Outcome.NTM_PEER

@@ -360,6 +360,13 @@ class Discovery:
         q.failed = True
         self._on_failed(q, now)
 
+    def _reject(self, q: _Query, server: Address, now: float, why: str) -> None:
+        """A useless answer: move on, unless it is a late one from a server already given up on."""
+        if server != q.servers[q.server_index]:
+            self._log(f"{why} (late answer, ignored)")
+            return
+        self._next_server(q, now, why)
+
     def _done_with(self, q: _Query) -> None:
         q.finished = True
 
@@ -398,7 +405,7 @@ class Discovery:
             self._finish(Outcome.NXDOMAIN, f"{self.fqdn} does not exist", ttl=ttl or 0)
             return
         if rcode != dns.rcode.NOERROR:
-            self._next_server(q, now, f"{where} -> {_rcode_text(rcode)}")
+            self._reject(q, server, now, f"{where} -> {_rcode_text(rcode)}")
             return
         self._done_with(q)
         targets = [self.name, *self._cname_targets]
@@ -490,7 +497,7 @@ class Discovery:
         rcode = msg.rcode()
         where = f"{q.label} via resolver {_fmt_server(server)}"
         if rcode not in (dns.rcode.NOERROR, dns.rcode.NXDOMAIN):
-            self._next_server(q, now, f"{where} -> {_rcode_text(rcode)}")
+            self._reject(q, server, now, f"{where} -> {_rcode_text(rcode)}")
             return
         self._done_with(q)
         addrs = self._addresses(msg, q.rdtype)
@@ -522,7 +529,7 @@ class Discovery:
         authoritative = bool(msg.flags & dns.flags.AA)
         if rcode != dns.rcode.NOERROR or not authoritative:
             what = _rcode_text(rcode) + ("" if authoritative else ", not authoritative")
-            self._next_server(q, now, f"{where} -> {what}")
+            self._reject(q, server, now, f"{where} -> {what}")
             return
         self._done_with(q)
         self._txt_server = _fmt_server(server)
@@ -556,7 +563,7 @@ class Discovery:
         where = f"{q.label} via resolver {_fmt_server(server)}"
         self._note_cnames(msg)
         if rcode not in (dns.rcode.NOERROR, dns.rcode.NXDOMAIN):
-            self._next_server(q, now, f"{where} -> {_rcode_text(rcode)}")
+            self._reject(q, server, now, f"{where} -> {_rcode_text(rcode)}")
             return
         self._done_with(q)
         addrs = self._addresses(msg, q.rdtype)
