@@ -123,6 +123,15 @@ def test_netlink_helpers_configure_a_namespace(lab: Lab) -> None:
     assert netns.call_in_netns(b, netlink.default_route) is None
     assert netns.call_in_netns(b, netlink.route_source_for, "10.40.3.3") is None
 
+    async def from_a_coroutine() -> str | None:
+        # the plain function inside a running loop (finished on a helper thread in this namespace)
+        netlink.add_address("ntmva", "10.31.0.2/24")
+        await netlink.async_add_route("10.41.0.0/16", dev="ntmva", src="10.31.0.2")
+        return await netlink.async_route_source_for("10.41.0.1")
+
+    assert netns.call_in_netns(a, asyncio.run, from_a_coroutine()) == "10.31.0.2"
+    assert "10.31.0.2/24" in lab.sh(a, "ip", "-4", "addr", "show", "ntmva")
+
     def remove() -> tuple[str, str] | None | tuple[str | None, str]:
         netlink.delete_route("default", gateway="10.31.0.254")
         netlink.delete_route("default", gateway="10.31.0.254")  # missing_ok

@@ -1,23 +1,27 @@
 """Links, addresses, routes and their change events through rtnetlink (pyroute2 0.9.7).
 
 Every call works in the network namespace of the calling thread: daemons are started inside their
-namespace (see `ntmobile.osops.netns`). The synchronous helpers open a short-lived `IPRoute` per
-call (control-plane rate, not the data path); `AddressMonitor` keeps one `AsyncIPRoute` bound to
-the link, IPv4/IPv6 address and IPv4/IPv6 route multicast groups and yields typed events.
+namespace (see `ntmobile.osops.netns`). Each operation exists as a coroutine (`async_link_up`, ...)
+that opens a short-lived `AsyncIPRoute` (control-plane rate, not the data path), and as a plain
+function (`link_up`, ...) usable from synchronous code and, blocking briefly, from coroutines too.
+`AddressMonitor` keeps one `AsyncIPRoute` bound to the link, IPv4/IPv6 address and IPv4/IPv6 route
+multicast groups and yields typed events.
 """
 
 from __future__ import annotations
 
+import asyncio
 import errno
 import ipaddress
 import os
 import socket
-from collections.abc import AsyncIterator
+import threading
+from collections.abc import AsyncIterator, Coroutine
 from dataclasses import dataclass
 from types import TracebackType
-from typing import Any, Literal
+from typing import Any, Literal, TypeVar
 
-from pyroute2 import AsyncIPRoute, IPRoute
+from pyroute2 import AsyncIPRoute
 from pyroute2.netlink.exceptions import NetlinkError
 from pyroute2.netlink.rtnl import (
     RTMGRP_IPV4_IFADDR,
@@ -31,6 +35,8 @@ IFA_F_NODAD = 0x02
 RT_TABLE_MAIN = 254
 IFF_UP = 0x1
 
+T = TypeVar("T")
+
 
 class NetlinkOpError(OSError):
     """A netlink request failed; the message names the operation and the kernel's reason."""
@@ -42,73 +48,96 @@ def _fail(what: str, e: NetlinkError) -> NetlinkOpError:
 
 
 
-def _index(ipr: IPRoute, name: str) -> int:
-    found = ipr.link_lookup(ifname=name)
+async def _index(ipr: AsyncIPRoute, name: str) -> int:
+    found = await ipr.link_lookup(ifname=name)
     if not found:
         raise NetlinkOpError(errno.ENODEV, f"no such interface {name!r}")
     return int(found[0])
 
 
-def link_index(name: str) -> int:
-    with IPRoute() as ipr:
-        return _index(ipr, name)
+def _run_sync(coro: Coroutine[Any, Any, T]) -> T:
+    """Run a netlink coroutine to completion from synchronous code.
+
+    Without an event loop in this thread, a private one is used (asyncio.run). Called from inside a
+    running loop (a daemon's coroutine), the work is finished on a short-lived helper thread so the
+    loop's own run is not re-entered; a thread starts in its creator's network namespace, so the
+    helper talks to the same namespace. Coroutines should prefer the `async_*` functions.
+    """
+    try:
+        asyncio.get_running_loop()
+    except RuntimeError:
+        return asyncio.run(coro)
+    box: list[T] = []
+    err: list[BaseException] = []
+
+    def work() -> None:
+        try:
+            box.append(asyncio.run(coro))
+        except BaseException as e:  # handed back below
+            err.append(e)
+
+    t = threading.Thread(target=work, name="netlink-sync", daemon=True)
+    t.start()
+    t.join()
+    if err:
+        raise err[0]
+    return box[0]
 
 
-def link_up(name: str, mtu: int | None = None) -> None:
-    """Set `name` up (and its MTU when given)."""
-    with IPRoute() as ipr:
-        idx = _index(ipr, name)
+async def async_link_index(name: str) -> int:
+    async with AsyncIPRoute() as ipr:
+        return await _index(ipr, name)
+
+
+async def async_link_up(name: str, mtu: int | None = None) -> None:
+    async with AsyncIPRoute() as ipr:
+        idx = await _index(ipr, name)
         kw: dict[str, Any] = {"state": "up"}
         if mtu is not None:
             kw["mtu"] = mtu
         try:
-            ipr.link("set", index=idx, **kw)
+            await ipr.link("set", index=idx, **kw)
         except NetlinkError as e:
             raise _fail(f"link set {name} up mtu={mtu}", e) from e
 
 
-def link_down(name: str) -> None:
-    with IPRoute() as ipr:
-        idx = _index(ipr, name)
+async def async_link_down(name: str) -> None:
+    async with AsyncIPRoute() as ipr:
+        idx = await _index(ipr, name)
         try:
-            ipr.link("set", index=idx, state="down")
+            await ipr.link("set", index=idx, state="down")
         except NetlinkError as e:
             raise _fail(f"link set {name} down", e) from e
 
 
-def add_address(name: str, cidr: str, *, nodad: bool = True, replace: bool = True) -> None:
-    """Add `cidr` (e.g. "10.0.0.1/24", "fd00::1/64") to `name`. IPv6 addresses skip duplicate address
-    detection by default (they are usable at once; VIPs are unique by construction). With
-    replace=True an existing identical address is not an error."""
+async def async_add_address(name: str, cidr: str, *, nodad: bool = True, replace: bool = True) -> None:
     iface = ipaddress.ip_interface(cidr)
-    with IPRoute() as ipr:
-        idx = _index(ipr, name)
+    async with AsyncIPRoute() as ipr:
+        idx = await _index(ipr, name)
         kw: dict[str, Any] = {"index": idx, "address": str(iface.ip), "prefixlen": iface.network.prefixlen}
         if iface.version == 6 and nodad:
             kw["flags"] = IFA_F_NODAD
         try:
-            ipr.addr("replace" if replace else "add", **kw)
+            await ipr.addr("replace" if replace else "add", **kw)
         except NetlinkError as e:
             raise _fail(f"addr add {cidr} dev {name}", e) from e
 
 
-def delete_address(name: str, cidr: str, *, missing_ok: bool = True) -> None:
+async def async_delete_address(name: str, cidr: str, *, missing_ok: bool = True) -> None:
     iface = ipaddress.ip_interface(cidr)
-    with IPRoute() as ipr:
-        idx = _index(ipr, name)
+    async with AsyncIPRoute() as ipr:
+        idx = await _index(ipr, name)
         try:
-            ipr.addr("del", index=idx, address=str(iface.ip), prefixlen=iface.network.prefixlen)
+            await ipr.addr("del", index=idx, address=str(iface.ip), prefixlen=iface.network.prefixlen)
         except NetlinkError as e:
             if missing_ok and e.code == errno.EADDRNOTAVAIL:
                 return
             raise _fail(f"addr del {cidr} dev {name}", e) from e
 
 
-def add_route(dst_cidr: str, *, dev: str | None = None, gateway: str | None = None,
-              src: str | None = None, table: int = RT_TABLE_MAIN, metric: int | None = None,
-              replace: bool = True) -> None:
-    """Add (replace by default: idempotent) a route to `dst_cidr` ("default" allowed per family of
-    the gateway, else IPv4) via `dev` and/or `gateway`, optionally with a preferred source."""
+async def async_add_route(dst_cidr: str, *, dev: str | None = None, gateway: str | None = None,
+                          src: str | None = None, table: int = RT_TABLE_MAIN, metric: int | None = None,
+                          replace: bool = True) -> None:
     if dev is None and gateway is None:
         raise ValueError("a route needs dev or gateway")
     kw = _route_key(dst_cidr, gateway)
@@ -119,22 +148,22 @@ def add_route(dst_cidr: str, *, dev: str | None = None, gateway: str | None = No
         kw["prefsrc"] = src
     if metric is not None:
         kw["priority"] = metric
-    with IPRoute() as ipr:
+    async with AsyncIPRoute() as ipr:
         if dev is not None:
-            kw["oif"] = _index(ipr, dev)
+            kw["oif"] = await _index(ipr, dev)
         try:
-            ipr.route("replace" if replace else "add", **kw)
+            await ipr.route("replace" if replace else "add", **kw)
         except NetlinkError as e:
             raise _fail(f"route add {dst_cidr} dev={dev} via={gateway}", e) from e
 
 
-def delete_route(dst_cidr: str, *, gateway: str | None = None, table: int = RT_TABLE_MAIN,
-                 missing_ok: bool = True) -> None:
+async def async_delete_route(dst_cidr: str, *, gateway: str | None = None, table: int = RT_TABLE_MAIN,
+                             missing_ok: bool = True) -> None:
     kw = _route_key(dst_cidr, gateway)
     kw["table"] = table
-    with IPRoute() as ipr:
+    async with AsyncIPRoute() as ipr:
         try:
-            ipr.route("del", **kw)
+            await ipr.route("del", **kw)
         except NetlinkError as e:
             if missing_ok and e.code == errno.ESRCH:
                 return
@@ -151,14 +180,12 @@ def _route_key(dst_cidr: str, gateway: str | None) -> dict[str, Any]:
     return {"dst": str(net.network_address), "dst_len": net.prefixlen, "family": family}
 
 
-def route_source_for(dest_ip: str) -> str | None:
-    """The source address the kernel would pick to reach `dest_ip`; None when unreachable or the
-    chosen route gives no preferred source."""
+async def async_route_source_for(dest_ip: str) -> str | None:
     addr = ipaddress.ip_address(dest_ip)
-    with IPRoute() as ipr:
+    family = socket.AF_INET if addr.version == 4 else socket.AF_INET6
+    async with AsyncIPRoute() as ipr:
         try:
-            routes = ipr.route("get", dst=str(addr), family=socket.AF_INET if addr.version == 4
-                               else socket.AF_INET6)
+            routes = await ipr.route("get", dst=str(addr), family=family)
         except NetlinkError as e:
             if e.code in (errno.ENETUNREACH, errno.EHOSTUNREACH, errno.EINVAL, errno.ENETDOWN):
                 return None
@@ -170,12 +197,11 @@ def route_source_for(dest_ip: str) -> str | None:
     return None
 
 
-def default_route(version: Literal[4, 6] = 4) -> tuple[str | None, str] | None:
-    """(gateway or None, device name) of the main table's default route with the lowest metric."""
+async def async_default_route(version: Literal[4, 6] = 4) -> tuple[str | None, str] | None:
     family = socket.AF_INET if version == 4 else socket.AF_INET6
     best: tuple[int, str | None, int] | None = None
-    with IPRoute() as ipr:
-        for r in ipr.route("dump", family=family, table=RT_TABLE_MAIN):
+    async with AsyncIPRoute() as ipr:
+        async for r in await ipr.route("dump", family=family, table=RT_TABLE_MAIN):
             if r["dst_len"] != 0 or r.get("RTA_DST") is not None:
                 continue
             oif = r.get("RTA_OIF")
@@ -187,20 +213,76 @@ def default_route(version: Literal[4, 6] = 4) -> tuple[str | None, str] | None:
                 best = (metric, gw, int(oif))
         if best is None:
             return None
-        links = ipr.link("get", index=best[2])
+        links = await ipr.link("get", index=best[2])
         return best[1], str(links[0].get("IFLA_IFNAME"))
 
 
-def addresses(name: str | None = None) -> list[tuple[str, str]]:
-    """(ifname, "addr/prefixlen") of all addresses, or of those on `name`."""
+async def async_addresses(name: str | None = None) -> list[tuple[str, str]]:
     out: list[tuple[str, str]] = []
-    with IPRoute() as ipr:
-        names = {int(m["index"]): str(m.get("IFLA_IFNAME")) for m in ipr.link("dump")}
-        for m in ipr.addr("dump"):
+    async with AsyncIPRoute() as ipr:
+        names = {int(m["index"]): str(m.get("IFLA_IFNAME")) async for m in await ipr.link("dump")}
+        async for m in await ipr.addr("dump"):
             ifname = names.get(int(m["index"]), "")
             if name is None or ifname == name:
                 out.append((ifname, f"{m.get('IFA_ADDRESS')}/{m['prefixlen']}"))
     return out
+
+
+# ---- synchronous wrappers ----------------------------------------------------------------------
+
+
+def link_index(name: str) -> int:
+    return _run_sync(async_link_index(name))
+
+
+def link_up(name: str, mtu: int | None = None) -> None:
+    """Set `name` up (and its MTU when given)."""
+    _run_sync(async_link_up(name, mtu))
+
+
+def link_down(name: str) -> None:
+    _run_sync(async_link_down(name))
+
+
+def add_address(name: str, cidr: str, *, nodad: bool = True, replace: bool = True) -> None:
+    """Add `cidr` (e.g. "10.0.0.1/24", "fd00::1/64") to `name`. IPv6 addresses skip duplicate address
+    detection by default (usable at once; VIPs are unique by construction). With replace=True an
+    existing identical address is not an error."""
+    _run_sync(async_add_address(name, cidr, nodad=nodad, replace=replace))
+
+
+def delete_address(name: str, cidr: str, *, missing_ok: bool = True) -> None:
+    _run_sync(async_delete_address(name, cidr, missing_ok=missing_ok))
+
+
+def add_route(dst_cidr: str, *, dev: str | None = None, gateway: str | None = None,
+              src: str | None = None, table: int = RT_TABLE_MAIN, metric: int | None = None,
+              replace: bool = True) -> None:
+    """Add (replace by default: idempotent) a route to `dst_cidr` ("default" allowed: the family is
+    the gateway's, else IPv4) via `dev` and/or `gateway`, optionally with a preferred source."""
+    _run_sync(async_add_route(dst_cidr, dev=dev, gateway=gateway, src=src, table=table, metric=metric,
+                              replace=replace))
+
+
+def delete_route(dst_cidr: str, *, gateway: str | None = None, table: int = RT_TABLE_MAIN,
+                 missing_ok: bool = True) -> None:
+    _run_sync(async_delete_route(dst_cidr, gateway=gateway, table=table, missing_ok=missing_ok))
+
+
+def route_source_for(dest_ip: str) -> str | None:
+    """The source address the kernel would pick to reach `dest_ip`; None when unreachable or the
+    chosen route gives no preferred source."""
+    return _run_sync(async_route_source_for(dest_ip))
+
+
+def default_route(version: Literal[4, 6] = 4) -> tuple[str | None, str] | None:
+    """(gateway or None, device name) of the main table's default route with the lowest metric."""
+    return _run_sync(async_default_route(version))
+
+
+def addresses(name: str | None = None) -> list[tuple[str, str]]:
+    """(ifname, "addr/prefixlen") of all addresses, or of those on `name`."""
+    return _run_sync(async_addresses(name))
 
 
 # ---- change events ----------------------------------------------------------------------------
