@@ -52,7 +52,7 @@ from ntmobile.wire import (
 from .common import CoreBase, Event, new_txid
 from .registry import ClientRecord, Store, StoreError
 
-RELAY_DIRECTION_TIMEOUT = 1.5
+RELAY_DIRECTION_TIMEOUT = 0.8
 ROUTE_DIRECTION_TIMEOUT = 2.0
 #: A relay that has not been heard from for this many keepalive intervals is considered down.
 RELAY_DEAD_AFTER = 3

@@ -1,0 +1,114 @@
+"""`ntm dc`: run a Direction Coordinator, enrol nodes and relay servers."""
+
+from __future__ import annotations
+
+import json
+import logging
+import sys
+from pathlib import Path
+
+import typer
+
+from ntmobile.core.registry import StoreError
+from ntmobile.wire import Role
+
+from .common import fail, require_root
+
+app = typer.Typer(help="Direction Coordinator: registration, VIPs, authoritative DNS, tunnel direction.",
+                  no_args_is_help=True)
+
+ConfigOpt = typer.Option(..., "--config", "-c", help="DC configuration file (TOML, see docs/operations.md)")
+
+
+def _settings(path: Path):  # type: ignore[no-untyped-def]
+    from ntmobile.runtime.config import ConfigError, DcSettings, load
+
+    try:
+        return load(path, DcSettings)
+    except ConfigError as exc:
+        fail(str(exc))
+
+
+@app.command("run")
+def run(config: Path = ConfigOpt, verbose: bool = typer.Option(False, "--verbose", "-v")) -> None:
+    """Run the DC daemon in the foreground."""
+    from ntmobile.runtime.dc import run_dc
+
+    settings = _settings(config)
+    if settings.dns_port < 1024 or settings.port < 1024:
+        require_root("binding ports below 1024")
+    logging.basicConfig(level=logging.DEBUG if verbose else logging.INFO, stream=sys.stderr,
+                        format="%(asctime)s %(name)s %(levelname)s %(message)s")
+    try:
+        run_dc(settings)
+    except StoreError as exc:
+        fail(str(exc))
+    except OSError as exc:
+        if exc.errno == 98:
+            fail(f"a port is already in use ({exc.strerror}): stop the other service or change port/dns_port")
+        fail(f"cannot start the DC: {exc}")
+
+
+def _enroll(config: Path, name: str, out: Path | None, role: Role) -> None:
+    from ntmobile.runtime.config import dump
+    from ntmobile.runtime.enroll import enroll
+
+    settings = _settings(config)
+    try:
+        creds = enroll(settings, name, role)
+    except StoreError as exc:
+        fail(f"cannot enrol {name}: {exc}")
+    if out is None or str(out) == "-":
+        import tomli_w
+
+        sys.stdout.write(tomli_w.dumps(creds.model_dump()))
+    else:
+        dump(creds, out)
+        typer.echo(f"enrolled {creds.name} ({creds.role}, id {creds.client_id}); credentials in {out}", err=True)
+
+
+@app.command("enroll")
+def enroll_node(name: str = typer.Argument(..., help="node name, e.g. mn or mn.a.example"),
+                config: Path = ConfigOpt,
+                out: Path | None = typer.Option(None, "--out", "-o", help="write the credentials here (mode 600)")
+                ) -> None:
+    """Issue a node's credentials. Without them a node cannot register."""
+    _enroll(config, name, out, Role.NODE)
+
+
+@app.command("enroll-rs")
+def enroll_rs(name: str = typer.Argument(..., help="relay server name, e.g. rs1"), config: Path = ConfigOpt,
+              out: Path | None = typer.Option(None, "--out", "-o")) -> None:
+    """Issue a relay server's credentials for this DC."""
+    _enroll(config, name, out, Role.RELAY)
+
+
+@app.command("status")
+def status(control: str = typer.Option("ntm-dc", help="control socket name"),
+           as_json: bool = typer.Option(False, "--json")) -> None:
+    """Show the running DC's sessions, paths and recent decisions."""
+    from ntmobile.runtime.control import query
+
+    try:
+        st = query(control)
+    except ConnectionError as exc:
+        fail(str(exc))
+    if as_json:
+        typer.echo(json.dumps(st, indent=2))
+        return
+    from rich.console import Console
+    from rich.table import Table
+
+    con = Console()
+    con.print(f"DC [bold]{st['domain']}[/] id {st['dc_id']} at {st['address']}:{st['port']}, {st['paths']} paths")
+    t = Table("name", "role", "VIP4", "VIP6", "endpoint", "NAT", "load")
+    for s in st["sessions"]:
+        t.add_row(s["name"], s["role"], s["vip4"] or "", s["vip6"] or "", f"{s['endpoint'][0]}:{s['endpoint'][1]}",
+                  s["nat"], str(s["load"]))
+    con.print(t)
+    for d in st["decisions"][-5:]:
+        con.print(f"{d['node']} -> {d['fqdn']}: {d['status']} {d['mode'] or ''} {d['rs'] or ''}")
+
+
+def register(root: typer.Typer) -> None:
+    root.add_typer(app, name="dc")

@@ -1,0 +1,181 @@
+"""Daemon configuration files (TOML) and credentials, validated with pydantic.
+
+A bad file gives one line naming the field: ``ConfigError("dc.toml: pools.vip4: ...")``.
+"""
+
+from __future__ import annotations
+
+import base64
+import ipaddress
+import tomllib
+from pathlib import Path
+from typing import Any, TypeVar
+
+import tomli_w
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
+
+from ntmobile.wire import DC_PORT, NODE_PORT, RS_PORT
+
+
+class ConfigError(Exception):
+    """A configuration or credentials file is missing or invalid (message: one line)."""
+
+
+class _Model(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+def _cidr(v: str | None) -> str | None:
+    if v is None:
+        return v
+    ipaddress.ip_network(v)
+    return v
+
+
+def _addr(v: str) -> str:
+    ipaddress.ip_address(v)
+    return v
+
+
+class PoolSettings(_Model):
+    vip4: str | None = "100.64.1.0/24"
+    vip6: str | None = "fd00:6e74:1::/64"
+    gn_vip4: str | None = "100.127.0.0/16"
+    gn_vip6: str | None = "fd00:6e74:ffff::/64"
+
+    _check = field_validator("vip4", "vip6", "gn_vip4", "gn_vip6")(_cidr)
+
+
+class DcSettings(_Model):
+    domain: str
+    address: str = Field(description="the DC's public signalling address (marker TXT, credentials)")
+    database: str = "/var/lib/ntmobile/dc.sqlite"
+    port: int = Field(DC_PORT, ge=1, le=65535)
+    listen4: str = "0.0.0.0"
+    listen6: str | None = "::"
+    ns_name: str | None = None
+    ns_addresses: list[str] = []
+    dns_port: int = Field(53, ge=1, le=65535)
+    resolvers: list[str] = []
+    resolver_port: int = Field(53, ge=1, le=65535)
+    keepalive: int = Field(15, ge=1, le=3600)
+    relay_keepalive: int = Field(5, ge=1, le=3600)
+    idle_timeout: int = Field(120, ge=5, le=65535)
+    control: str = "ntm-dc"
+    pools: PoolSettings = PoolSettings()
+
+    _a = field_validator("address")(_addr)
+
+    @field_validator("ns_addresses", "resolvers")
+    @classmethod
+    def _addrs(cls, v: list[str]) -> list[str]:
+        for a in v:
+            ipaddress.ip_address(a)
+        return v
+
+    @field_validator("domain")
+    @classmethod
+    def _domain(cls, v: str) -> str:
+        v = v.rstrip(".").lower()
+        if not v or " " in v:
+            raise ValueError("must be a DNS domain like a.example")
+        return v
+
+
+class DcLinkSettings(_Model):
+    credentials: str = Field(description="path of the credentials file from `ntm dc enroll-rs`")
+
+
+class RsSettings(_Model):
+    name: str
+    credentials: list[str] = Field(description="credential files from `ntm dc enroll-rs`, one per DC served")
+    address: str
+    address6: str | None = None
+    port: int = Field(RS_PORT, ge=1, le=65535)
+    tun: str = "ntmrs0"
+    mtu: int = Field(1400, ge=1280, le=65000)
+    vip4_ranges: list[str] = ["100.64.0.0/10"]
+    vip6_ranges: list[str] = ["fd00:6e74::/32"]
+    max_paths: int = Field(100_000, ge=1)
+    nft_table: str = "ntm_rs"
+    control: str = "ntm-rs"
+    offload: bool = True
+
+    _a = field_validator("address")(_addr)
+
+
+class NodeSettings(_Model):
+    credentials: str
+    port: int = Field(NODE_PORT, ge=1, le=65535)
+    tun: str = "ntm0"
+    mtu: int = Field(1400, ge=1280, le=65000)
+    routes4: list[str] = ["100.64.0.0/10"]
+    routes6: list[str] = ["fd00:6e74::/32"]
+    dns_listen: str = "127.0.0.53"
+    dns_port: int = Field(53, ge=1, le=65535)
+    upstream: list[str] = Field([], description="resolvers for names that are not tunnelled")
+    upstream_port: int = Field(53, ge=1, le=65535)
+    tunnel_domains: list[str] = Field(["."], description="suffixes whose A/AAAA lookups set up tunnels")
+    control: str = "ntm-node"
+    offload: bool = True
+
+
+class Credentials(_Model):
+    """What `ntm dc enroll` issues: a node's or relay's identity and the DC to use."""
+
+    name: str
+    role: str = Field(pattern="^(node|relay)$")
+    client_id: str = Field(pattern="^[0-9a-f]{16}$")
+    secret: str
+    dc_id: str = Field(pattern="^[0-9a-f]{16}$")
+    dc_address: str
+    dc_port: int = Field(DC_PORT, ge=1, le=65535)
+    domain: str
+
+    @field_validator("secret")
+    @classmethod
+    def _secret(cls, v: str) -> str:
+        if len(base64.b64decode(v, validate=True)) != 32:
+            raise ValueError("must be 32 bytes, base64")
+        return v
+
+    @property
+    def psk(self) -> bytes:
+        return base64.b64decode(self.secret)
+
+    @property
+    def id_bytes(self) -> bytes:
+        return bytes.fromhex(self.client_id)
+
+    @property
+    def dc_id_bytes(self) -> bytes:
+        return bytes.fromhex(self.dc_id)
+
+
+M = TypeVar("M", bound=BaseModel)
+
+
+def load(path: str | Path, model: type[M]) -> M:
+    p = Path(path)
+    try:
+        raw: dict[str, Any] = tomllib.loads(p.read_text())
+    except FileNotFoundError:
+        raise ConfigError(f"{p}: no such file") from None
+    except PermissionError:
+        raise ConfigError(f"{p}: permission denied") from None
+    except tomllib.TOMLDecodeError as exc:
+        raise ConfigError(f"{p}: not valid TOML: {exc}") from None
+    try:
+        return model.model_validate(raw)
+    except ValidationError as exc:
+        err = exc.errors()[0]
+        where = ".".join(str(x) for x in err["loc"]) or "(top level)"
+        raise ConfigError(f"{p}: {where}: {err['msg']}") from None
+
+
+def dump(model: BaseModel, path: str | Path, *, mode: int = 0o600) -> None:
+    p = Path(path)
+    p.parent.mkdir(parents=True, exist_ok=True)
+    data = model.model_dump(exclude_none=True)
+    p.write_text(tomli_w.dumps(data))
+    p.chmod(mode)

@@ -1,0 +1,201 @@
+"""The DC daemon (`ntm dc run`): DcCore on its signalling port, the authoritative DNS server of its
+zone, DNS discovery for Direction Requests, the SQLite registry, a control socket."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import os
+import signal
+import time
+from typing import Any
+
+import dns.name
+from cryptography.hazmat.primitives.asymmetric.x25519 import X25519PrivateKey
+
+from ntmobile.core.dc import (
+    ClientRegistered,
+    DcConfig,
+    DcCore,
+    DirectionDecision,
+    PeerKind,
+    RegistrationRejected,
+    RelayLost,
+    Resolution,
+    ResolveRequest,
+)
+from ntmobile.core.discovery import Discovery, DiscoveryCache, DiscoveryResult, Outcome
+from ntmobile.core.dnsauth import AuthoritativeZone, NameServer, NodeRecords, SoaFields, format_marker
+from ntmobile.core.registry import Pools
+from ntmobile.wire import Role
+
+from .config import DcSettings
+from .control import serve_control
+from .dns import DnsServer, run_discovery, serve_dns
+from .driver import CoreDriver
+from .store import SqliteStore
+
+log = logging.getLogger("ntm.dc")
+
+#: The DC answers a Direction Request within the node's 4 s budget: discovery gets this much.
+DISCOVERY_DEADLINE = 2.0
+
+_OUTCOME = {
+    Outcome.GENERAL_NODE: PeerKind.GENERAL,
+    Outcome.NTM_PEER: PeerKind.NTM,
+    Outcome.NXDOMAIN: PeerKind.NXDOMAIN,
+    Outcome.NODATA: PeerKind.NODATA,
+    Outcome.SERVFAIL: PeerKind.SERVFAIL,
+}
+
+
+def to_resolution(r: DiscoveryResult) -> Resolution:
+    return Resolution(_OUTCOME[r.outcome], tuple(r.a), tuple(r.aaaa), tuple(r.evidence.lines), r.reason)
+
+
+class DcDaemon:
+    def __init__(self, settings: DcSettings) -> None:
+        self.settings = settings
+        s = settings
+        self.store = SqliteStore(s.database, Pools(s.pools.vip4, s.pools.vip6, s.pools.gn_vip4, s.pools.gn_vip6))
+        self.dc_id, secret = self.store.identity()
+        self.public_key = X25519PrivateKey.from_private_bytes(secret).public_key().public_bytes_raw()
+        self.cache = DiscoveryCache()
+        self.started = time.time()
+        self.decisions: list[dict[str, Any]] = []
+        self._tasks: set[asyncio.Task[None]] = set()
+        self.dns_servers: list[DnsServer] = []
+
+    def make_zone(self) -> AuthoritativeZone:
+        s = self.settings
+        ns_name = s.ns_name or f"dc.{s.domain}"
+        ns_addrs = tuple(s.ns_addresses or [s.address])
+        return AuthoritativeZone(
+            s.domain + ".",
+            soa=SoaFields(mname=ns_name + ".", rname=f"hostmaster.{s.domain}.", serial=int(self.started)),
+            nameservers=[NameServer(ns_name + ".", ns_addrs)],
+            marker=format_marker(s.address, s.port, self.public_key),
+            lookup=self._lookup_name,
+        )
+
+    def _lookup_name(self, name: dns.name.Name) -> NodeRecords | None:
+        text = name.to_text().rstrip(".").lower()
+        rec = self.store.client_by_name(text)
+        if rec is None or rec.role is not Role.NODE:
+            return None
+        return NodeRecords(a=(rec.vip4,) if rec.vip4 else (), aaaa=(rec.vip6,) if rec.vip6 else ())
+
+    async def run(self, stop: asyncio.Event) -> None:
+        s = self.settings
+        loop = asyncio.get_running_loop()
+        cfg = DcConfig(s.domain, self.dc_id, keepalive=s.keepalive, relay_keepalive=s.relay_keepalive,
+                       idle_timeout=s.idle_timeout)
+        self.core = DcCore(cfg, self.store, loop.time(), seq_base=time.time_ns() // 1000)
+        self.driver = CoreDriver(self.core, self.on_event)
+        await self.driver.start(s.port, host4=s.listen4, host6=s.listen6)
+        zone = self.make_zone()
+        self.zone = zone
+        for host in (s.listen4, s.listen6):
+            if host is None:
+                continue
+            try:
+                self.dns_servers.append(await serve_dns(lambda q, tcp: zone.respond(q, tcp=tcp), host, s.dns_port))
+            except OSError as exc:
+                if host == s.listen4:
+                    raise
+                log.warning("no IPv6 DNS listener: %s", exc)
+        control = await serve_control(s.control, self.control)
+        log.info("DC %s (id %s) up: signalling %s:%d, DNS port %d, %d enrolled", s.domain, self.dc_id.hex(),
+                 s.address, s.port, s.dns_port, len(self.store.clients()))
+        try:
+            await stop.wait()
+        finally:
+            control.close()
+            for srv in self.dns_servers:
+                await srv.close()
+            self.driver.close()
+            for t in self._tasks:
+                t.cancel()
+            self.store.close()
+
+    # -- events ----------------------------------------------------------------------------------
+    def on_event(self, ev: object) -> None:
+        if isinstance(ev, ResolveRequest):
+            self._resolve(ev)
+        elif isinstance(ev, DirectionDecision):
+            entry = {"time": time.time(), "node": ev.node, "fqdn": ev.fqdn, "status": ev.status.name,
+                     "mode": ev.mode.name if ev.mode else None, "rs": ev.rs,
+                     "path_id": ev.path_id.hex() if ev.path_id else None, "evidence": list(ev.evidence)}
+            self.decisions = (self.decisions + [entry])[-200:]
+            log.info("direction %s -> %s: %s %s%s", ev.node, ev.fqdn, ev.status.name,
+                     ev.mode.name if ev.mode else "", f" via {ev.rs}" if ev.rs else "")
+            for line in ev.evidence:
+                log.info("  evidence: %s", line)
+        elif isinstance(ev, ClientRegistered):
+            log.info("registered %s %s vip4=%s vip6=%s observed=%s:%d nat=%s", ev.role.name.lower(), ev.name,
+                     ev.vip4, ev.vip6, ev.observed[0], ev.observed[1], ev.nat.name)
+        elif isinstance(ev, RegistrationRejected):
+            log.warning("registration of %s rejected: %s (%s)", ev.name, ev.status.name, ev.reason)
+        elif isinstance(ev, RelayLost):
+            log.warning("relay %s stopped answering", ev.name)
+
+    def _resolve(self, ev: ResolveRequest) -> None:
+        loop = asyncio.get_running_loop()
+        cached = self.cache.get(ev.fqdn, loop.time())
+        if cached is not None:
+            res = to_resolution(cached)
+            res = Resolution(res.kind, res.addrs4, res.addrs6, res.evidence + ("(from the DC's discovery cache)",),
+                             res.reason)
+            self.core.resolution_result(ev.token, res, loop.time())
+            self.driver.flush()
+            return
+        resolvers = [(a, self.settings.resolver_port) for a in self.settings.resolvers]
+        if not resolvers:
+            self.core.resolution_result(ev.token, Resolution(PeerKind.SERVFAIL, reason="no resolvers configured"),
+                                        loop.time())
+            self.driver.flush()
+            return
+
+        async def work() -> None:
+            try:
+                d = Discovery(ev.fqdn, resolvers, loop.time(), deadline=DISCOVERY_DEADLINE)
+                result = await run_discovery(d)
+                self.cache.put(result, loop.time())
+                res = to_resolution(result)
+            except ValueError as exc:
+                res = Resolution(PeerKind.NXDOMAIN, reason=str(exc))
+            except Exception as exc:  # discovery must never take the DC down
+                log.exception("discovery of %s failed", ev.fqdn)
+                res = Resolution(PeerKind.SERVFAIL, reason=f"discovery error: {exc}")
+            self.core.resolution_result(ev.token, res, loop.time())
+            self.driver.flush()
+
+        task = loop.create_task(work())
+        self._tasks.add(task)
+        task.add_done_callback(self._tasks.discard)
+
+    # -- control ---------------------------------------------------------------------------------
+    def control(self, req: dict[str, Any]) -> dict[str, Any]:
+        cmd = req.get("cmd", "status")
+        if cmd == "decisions":
+            return {"decisions": self.decisions}
+        return {
+            "role": "dc", "domain": self.settings.domain, "dc_id": self.dc_id.hex(),
+            "address": self.settings.address, "port": self.settings.port, "uptime": time.time() - self.started,
+            "sessions": self.core.sessions(), "paths": len(self.core.paths), "stats": dict(self.core.stats),
+            "dns": vars(self.zone.stats) if hasattr(self, "zone") else {},
+            "discovery_cache": {"entries": len(self.cache), "hits": self.cache.stats.hits,
+                                "misses": self.cache.stats.misses},
+            "decisions": self.decisions[-20:], "pid": os.getpid(),
+        }
+
+
+def run_dc(settings: DcSettings) -> None:
+    async def main() -> None:
+        stop = asyncio.Event()
+        loop = asyncio.get_running_loop()
+        for sig in (signal.SIGTERM, signal.SIGINT):
+            loop.add_signal_handler(sig, stop.set)
+        await DcDaemon(settings).run(stop)
+
+    asyncio.run(main())

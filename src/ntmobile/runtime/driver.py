@@ -1,0 +1,147 @@
+"""asyncio glue that drives a sans-IO core over UDP sockets (the aioquic protocol pattern).
+
+One ``CoreDriver`` owns an IPv4 and (optionally) an IPv6 UDP socket bound to the same port, feeds
+every datagram to the core with ``now = loop.time()``, then *first* hands the core's events to the
+daemon's handler (which may perform OS actions synchronously) and *then* sends the core's
+datagrams, and re-arms one timer at ``core.get_timer()``.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import socket
+from collections.abc import Callable
+from typing import Any, Protocol
+
+log = logging.getLogger(__name__)
+
+Endpoint = tuple[str, int]
+
+
+class SansIOCore(Protocol):
+    def receive_datagram(self, data: bytes, addr: Endpoint, now: float) -> None: ...
+    def datagrams_to_send(self) -> list[Any]: ...
+    def next_event(self) -> Any: ...
+    def get_timer(self) -> float | None: ...
+    def handle_timer(self, now: float) -> None: ...
+
+
+def normalize(addr: tuple[Any, ...]) -> Endpoint:
+    host = str(addr[0])
+    if host.startswith("::ffff:") and "." in host:
+        host = host[7:]
+    return host, int(addr[1])
+
+
+def bind_udp(host: str, port: int, *, family: int, rcvbuf: int = 4 << 20) -> socket.socket:
+    sock = socket.socket(family, socket.SOCK_DGRAM)
+    try:
+        if family == socket.AF_INET6:
+            sock.setsockopt(socket.IPPROTO_IPV6, socket.IPV6_V6ONLY, 1)
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        for opt in (socket.SO_RCVBUF, socket.SO_SNDBUF):
+            try:
+                sock.setsockopt(socket.SOL_SOCKET, opt, rcvbuf)
+            except OSError:
+                pass
+        sock.bind((host, port))
+    except OSError:
+        sock.close()
+        raise
+    sock.setblocking(False)
+    return sock
+
+
+class _Proto(asyncio.DatagramProtocol):
+    def __init__(self, driver: CoreDriver) -> None:
+        self.driver = driver
+
+    def datagram_received(self, data: bytes, addr: tuple[Any, ...]) -> None:
+        self.driver.on_datagram(data, normalize(addr))
+
+    def error_received(self, exc: Exception) -> None:
+        # ICMP errors (port unreachable, ...) on a UDP socket: count, never die.
+        self.driver.socket_errors += 1
+
+
+class CoreDriver:
+    """Runs ``core`` on UDP ``port``. ``on_event`` is called for each event, before sends."""
+
+    def __init__(self, core: SansIOCore, on_event: Callable[[Any], None], *,
+                 data_hook: Callable[[bytes, Endpoint], bool] | None = None) -> None:
+        self.core = core
+        self.on_event = on_event
+        self.data_hook = data_hook
+        self.loop = asyncio.get_running_loop()
+        self.transports: dict[int, asyncio.DatagramTransport] = {}
+        self._timer: asyncio.TimerHandle | None = None
+        self._timer_at: float | None = None
+        self.socket_errors = 0
+        self.handler_errors = 0
+
+    async def start(self, port: int, *, host4: str = "0.0.0.0", host6: str | None = "::") -> None:
+        socks = [bind_udp(host4, port, family=socket.AF_INET)]
+        if host6 is not None and socket.has_ipv6:
+            try:
+                socks.append(bind_udp(host6, port, family=socket.AF_INET6))
+            except OSError as exc:
+                log.warning("no IPv6 signalling socket on port %d: %s", port, exc)
+        for s in socks:
+            transport, _ = await self.loop.create_datagram_endpoint(lambda: _Proto(self), sock=s)
+            self.transports[s.family] = transport
+
+    def sockets(self) -> list[socket.socket]:
+        return [t.get_extra_info("socket") for t in self.transports.values()]
+
+    def close(self) -> None:
+        if self._timer is not None:
+            self._timer.cancel()
+        for t in self.transports.values():
+            t.close()
+
+    def now(self) -> float:
+        return self.loop.time()
+
+    def on_datagram(self, data: bytes, addr: Endpoint) -> None:
+        if self.data_hook is not None and self.data_hook(data, addr):
+            return
+        self.core.receive_datagram(data, addr, self.loop.time())
+        self.flush()
+
+    def flush(self) -> None:
+        """Process events, then send datagrams, then re-arm the timer."""
+        while (ev := self.core.next_event()) is not None:
+            try:
+                self.on_event(ev)
+            except Exception:  # a handler bug must not kill the daemon
+                self.handler_errors += 1
+                log.exception("event handler failed on %r", ev)
+        for dg in self.core.datagrams_to_send():
+            self.send(dg.data, dg.addr)
+        self._arm()
+
+    def send(self, data: bytes, addr: Endpoint) -> None:
+        fam = socket.AF_INET6 if ":" in addr[0] else socket.AF_INET
+        t = self.transports.get(fam)
+        if t is None:
+            self.socket_errors += 1
+            return
+        t.sendto(data, addr)
+
+    def _arm(self) -> None:
+        when = self.core.get_timer()
+        if when == self._timer_at:
+            return
+        if self._timer is not None:
+            self._timer.cancel()
+            self._timer = None
+        self._timer_at = when
+        if when is not None:
+            self._timer = self.loop.call_at(when, self._fire)
+
+    def _fire(self) -> None:
+        self._timer = None
+        self._timer_at = None
+        self.core.handle_timer(self.loop.time())
+        self.flush()

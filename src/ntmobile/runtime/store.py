@@ -1,0 +1,136 @@
+"""The DC's SQLite registry (WAL mode): enrolled clients, VIPs, GN VIP mappings, DC identity.
+
+Implements core.registry.Store with the same allocation rules as MemoryStore. Every write is its
+own transaction; a failing write raises StoreError (the core turns it into STORAGE_ERROR replies).
+"""
+
+from __future__ import annotations
+
+import ipaddress
+import os
+import sqlite3
+from pathlib import Path
+
+from ntmobile.core.registry import ClientRecord, Pools, StoreError, VipPool
+from ntmobile.wire import Role
+
+SCHEMA = """
+CREATE TABLE IF NOT EXISTS clients (
+    client_id BLOB PRIMARY KEY,
+    name TEXT NOT NULL UNIQUE,
+    role INTEGER NOT NULL,
+    psk BLOB NOT NULL,
+    vip4 TEXT UNIQUE,
+    vip6 TEXT UNIQUE,
+    last_seq INTEGER NOT NULL DEFAULT 0,
+    enrolled_at REAL NOT NULL DEFAULT (julianday('now'))
+);
+CREATE TABLE IF NOT EXISTS gn_vips (
+    node_id BLOB NOT NULL,
+    gn_addr TEXT NOT NULL,
+    vip TEXT NOT NULL,
+    PRIMARY KEY (node_id, gn_addr),
+    UNIQUE (node_id, vip)
+);
+CREATE TABLE IF NOT EXISTS settings (key TEXT PRIMARY KEY, value BLOB NOT NULL);
+"""
+
+
+class SqliteStore:
+    def __init__(self, path: str | Path, pools: Pools) -> None:
+        self.path = Path(path)
+        self.pools = pools
+        try:
+            self.path.parent.mkdir(parents=True, exist_ok=True)
+            self.db = sqlite3.connect(str(self.path), isolation_level=None, timeout=5.0)
+            self.db.execute("PRAGMA journal_mode=WAL")
+            self.db.execute("PRAGMA synchronous=NORMAL")
+            self.db.executescript(SCHEMA)
+        except sqlite3.Error as exc:
+            raise StoreError(f"cannot open the registry database {self.path}: {exc}") from None
+
+    def close(self) -> None:
+        self.db.close()
+
+    def _write(self, sql: str, args: tuple[object, ...]) -> None:
+        try:
+            self.db.execute(sql, args)
+        except sqlite3.IntegrityError as exc:
+            raise StoreError(str(exc)) from None
+        except sqlite3.Error as exc:
+            raise StoreError(f"{self.path}: {exc}") from None
+
+    def _row(self, where: str, args: tuple[object, ...]) -> ClientRecord | None:
+        try:
+            row = self.db.execute(
+                f"SELECT client_id, name, role, psk, vip4, vip6, last_seq FROM clients WHERE {where}", args
+            ).fetchone()
+        except sqlite3.Error as exc:
+            raise StoreError(f"{self.path}: {exc}") from None
+        if row is None:
+            return None
+        return ClientRecord(bytes(row[0]), row[1], Role(row[2]), bytes(row[3]), row[4], row[5], row[6])
+
+    # -- Store protocol --------------------------------------------------------------------------
+    def get_client(self, client_id: bytes) -> ClientRecord | None:
+        return self._row("client_id = ?", (client_id,))
+
+    def client_by_name(self, name: str) -> ClientRecord | None:
+        return self._row("name = ?", (name.rstrip(".").lower(),))
+
+    def client_by_vip(self, vip: str) -> ClientRecord | None:
+        return self._row("vip4 = ? OR vip6 = ?", (vip, vip))
+
+    def add_client(self, record: ClientRecord) -> None:
+        self._write("INSERT INTO clients (client_id, name, role, psk, vip4, vip6, last_seq) VALUES (?,?,?,?,?,?,?)",
+                    (record.client_id, record.name, int(record.role), record.psk, record.vip4, record.vip6,
+                     record.last_seq))
+
+    def set_last_seq(self, client_id: bytes, seq: int) -> None:
+        self._write("UPDATE clients SET last_seq = ? WHERE client_id = ?", (seq, client_id))
+
+    def assign_vips(self, client_id: bytes) -> tuple[str | None, str | None]:
+        rec = self.get_client(client_id)
+        if rec is None:
+            raise StoreError("unknown client")
+        vip4, vip6 = rec.vip4, rec.vip6
+        if vip4 is None and self.pools.vip4:
+            used = {r[0] for r in self.db.execute("SELECT vip4 FROM clients WHERE vip4 IS NOT NULL")}
+            vip4 = VipPool(self.pools.vip4).first_free(used)
+        if vip6 is None and self.pools.vip6:
+            used = {r[0] for r in self.db.execute("SELECT vip6 FROM clients WHERE vip6 IS NOT NULL")}
+            vip6 = VipPool(self.pools.vip6).first_free(used)
+        if (vip4, vip6) != (rec.vip4, rec.vip6):
+            self._write("UPDATE clients SET vip4 = ?, vip6 = ? WHERE client_id = ?", (vip4, vip6, client_id))
+        return vip4, vip6
+
+    def gn_vip(self, node_id: bytes, gn_addr: str) -> str:
+        row = self.db.execute("SELECT vip FROM gn_vips WHERE node_id = ? AND gn_addr = ?", (node_id, gn_addr)).fetchone()
+        if row is not None:
+            return str(row[0])
+        v6 = ipaddress.ip_address(gn_addr).version == 6
+        used = {r[0] for r in self.db.execute("SELECT vip FROM gn_vips WHERE node_id = ?", (node_id,))}
+        vip = VipPool(self.pools.gn_vip6 if v6 else self.pools.gn_vip4).first_free(used)
+        self._write("INSERT INTO gn_vips (node_id, gn_addr, vip) VALUES (?,?,?)", (node_id, gn_addr, vip))
+        return vip
+
+    # -- extras --------------------------------------------------------------------------------
+    def clients(self) -> list[ClientRecord]:
+        rows = self.db.execute("SELECT client_id FROM clients ORDER BY name").fetchall()
+        return [r for (cid,) in rows if (r := self.get_client(bytes(cid))) is not None]
+
+    def setting(self, key: str, make: bytes | None = None) -> bytes | None:
+        row = self.db.execute("SELECT value FROM settings WHERE key = ?", (key,)).fetchone()
+        if row is not None:
+            return bytes(row[0])
+        if make is None:
+            return None
+        self._write("INSERT INTO settings (key, value) VALUES (?, ?)", (key, make))
+        return make
+
+    def identity(self) -> tuple[bytes, bytes]:
+        """The DC's ID (8 bytes) and static secret key (32 bytes), created on first use."""
+        dc_id = self.setting("dc_id", os.urandom(8))
+        secret = self.setting("dc_key", os.urandom(32))
+        assert dc_id is not None and secret is not None
+        return dc_id, secret
