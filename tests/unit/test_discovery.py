@@ -10,6 +10,8 @@ import dns.rcode
 import dns.rdatatype
 import dns.rrset
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from ntmobile.core.discovery import (
     Discovery,
@@ -456,3 +458,25 @@ def test_late_error_from_an_abandoned_server_does_not_skip_the_current_one() -> 
     assert wire is not None
     d.receive(second.id, wire, 100.7)
     assert drive(d, respond, now=100.7).outcome is Outcome.NTM_PEER
+
+
+@settings(max_examples=300)
+@given(st.binary(max_size=300), st.booleans())
+def test_random_responses_never_raise_and_the_discovery_still_finishes(junk: bytes, keep_id: bool) -> None:
+    respond, _ = world(txt_servers={"10.1.0.1": dc_zone()})
+    d = Discovery("mn.a.example.", [R1], 100.0)
+    (q,) = d.next_queries(100.0)
+    data = (q.wire[:2] + junk[2:]) if keep_id and len(junk) >= 2 else junk
+    d.receive(q.id, data, 100.0)
+    d.fail(q.id + 1, "bogus", 100.0)
+    result = drive(d, respond)
+    assert result.outcome in (Outcome.NTM_PEER, Outcome.SERVFAIL, Outcome.NXDOMAIN, Outcome.NODATA)
+
+
+def test_upward_referral_to_the_root_is_not_a_zone_cut() -> None:
+    upward = Reply(authority=[rr(".", "NS", "a.root-servers.net.")])
+    respond, seen = world(ns_override={R1[0]: upward})
+    result = drive(Discovery("mn.a.example.", [R1], 100.0), respond)
+    assert result.outcome is Outcome.SERVFAIL
+    assert "no zone cut" in result.reason
+    assert len(seen) == 4  # mn.a.example., a.example., example., .

@@ -418,9 +418,15 @@ class Discovery:
         )
         kind = "answer"
         if ns_rrset is None and not any(r.rdtype == dns.rdatatype.SOA for r in msg.authority):
-            # A referral from an authoritative-only server: the NS set of the child zone.
+            # A referral from an authoritative-only server: the NS set of the child zone
+            # (an "upward" referral to the root is no zone cut).
             ns_rrset = next(
-                (r for r in msg.authority if r.rdtype == dns.rdatatype.NS and relevant(r.name)), None
+                (
+                    r
+                    for r in msg.authority
+                    if r.rdtype == dns.rdatatype.NS and r.name != dns.name.root and relevant(r.name)
+                ),
+                None,
             )
             kind = "referral"
         if ns_rrset is not None:
