@@ -14,6 +14,7 @@ just means every `recv_gro()` reports one datagram (segment size None).
 from __future__ import annotations
 
 import errno
+import functools
 import socket
 import sys
 from collections.abc import Iterator
@@ -65,9 +66,10 @@ def set_buffers(sock: socket.socket, nbytes: int) -> tuple[int, int]:
             sock.getsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF))
 
 
-def gso_cmsg(segment_size: int) -> list[tuple[int, int, bytes]]:
-    """The ancillary data for one GSO send; build it once per segment size and reuse it."""
-    return [(SOL_UDP, UDP_SEGMENT, segment_size.to_bytes(2, _INT_BYTES))]
+@functools.lru_cache(maxsize=32)
+def gso_cmsg(segment_size: int) -> tuple[tuple[int, int, bytes], ...]:
+    """The ancillary data for one GSO send (cached per segment size: no allocation per send)."""
+    return ((SOL_UDP, UDP_SEGMENT, segment_size.to_bytes(2, _INT_BYTES)),)
 
 
 def send_gso(sock: socket.socket, data: bytes | bytearray | memoryview, segment_size: int,
@@ -82,7 +84,7 @@ def send_gso(sock: socket.socket, data: bytes | bytearray | memoryview, segment_
         raise ValueError(f"GSO send of {n} bytes exceeds {GSO_MAX_BYTES}")
     if segment_size <= 0 or -(-n // segment_size) > GSO_MAX_SEGMENTS:
         raise ValueError(f"GSO send of {n} bytes in {segment_size}-byte segments: too many segments")
-    anc = gso_cmsg(segment_size) if n > segment_size else []
+    anc = gso_cmsg(segment_size) if n > segment_size else ()
     try:
         if addr is None:
             return sock.sendmsg((data,), anc)
