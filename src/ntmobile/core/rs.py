@@ -1,0 +1,877 @@
+"""The relay server's sans-IO core: registration with its DCs, the Relay Table, RS-S and RS-N relaying.
+
+One box, two modes (paper §3). Per path the DC says which mode to use (RS type in the Relay
+Direction):
+
+- **RS-S** relays between two NTM nodes behind different NATs. It holds a *relay key* (never the
+  path key): each leg's tunnel signalling is sealed with that leg's keys from ``relay_leg_keys``,
+  which authenticates the leg and tells the RS its address. Data capsules are forwarded
+  byte-identical to the other leg; the RS-S cannot open or forge them.
+- **RS-N** relays between an NTM node and a general node. It is the *responder* end of the path and
+  holds the path key: it opens the node's capsules and hands the inner IP packet to the runtime,
+  which writes it to the TUN device where the kernel NATs it (nft DNAT peer VIP -> GN address,
+  masquerade); replies the kernel de-NATs come back through ``tun_packet`` and are sealed to the node.
+
+Driving (see ``core.common``): ``register(now)``, ``receive_datagram(data, addr, now)``,
+``tun_packet(packet, now)``, ``handle_timer(now)`` at ``get_timer()``; outputs
+``datagrams_to_send()``, ``next_event()`` (drain before sending: ``RelayAdded`` precedes the
+Direction Response that lets the DC route the node here) and ``packets_to_tun()``.
+
+Address learning. An endpoint is only ever learnt from authenticated input: tunnel signalling and
+path keepalives (both modes), and end-to-end authenticated data (RS-N only). An RS-S cannot
+authenticate data, so data never moves a leg; it is forwarded only when it comes from the sending
+leg's learnt endpoint (otherwise anybody who saw a path ID could use the RS-S as a reflector). A
+node whose address changed re-announces itself with a Tunnel Request or a path Keepalive.
+
+Flags on what the RS sends: a reply travelling towards the initiator carries
+``SignalFlags.FROM_RESPONDER`` (RS-N replies; RS-S replies on the initiator leg); a reply on an
+RS-S responder leg carries no flag. Incoming tunnel signalling names its leg with the same flag
+(set = responder leg).
+"""
+
+from __future__ import annotations
+
+import enum
+import heapq
+import ipaddress
+import os
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+from ntmobile.crypto import (
+    AuthError,
+    CapsuleOpener,
+    CapsuleSealer,
+    Channel,
+    Ephemeral,
+    long_term_keys,
+    path_keys,
+    relay_leg_keys,
+    session_keys,
+)
+from ntmobile.wire import (
+    CAPSULE_OVERHEAD,
+    VERSION,
+    CapsuleFlags,
+    CodecError,
+    DirectionResponse,
+    Endpoint,
+    Keepalive,
+    KeepaliveAck,
+    MessageType,
+    PathRelease,
+    PathReleaseAck,
+    PathRole,
+    RegistrationRequest,
+    RegistrationResponse,
+    RelayDirection,
+    Role,
+    RsType,
+    SignalFlags,
+    SignalHeader,
+    Status,
+    StatusMessage,
+    TunnelRequest,
+    TunnelResponse,
+    encode_body,
+    parse_signal_header,
+)
+from ntmobile.wire.constants import SUPPORTED_VERSIONS
+
+from .common import CoreBase, Event, new_txid
+
+#: Give up on one registration attempt after this long (retransmitting meanwhile).
+REGISTRATION_TIMEOUT = 6.0
+#: Retry delays after a failed registration: first, cap.
+REGISTRATION_BACKOFF_INITIAL = 1.0
+REGISTRATION_BACKOFF_MAX = 30.0
+#: Keepalive interval towards a DC when its Registration Response says 0.
+KEEPALIVE_DEFAULT = 10.0
+#: A keepalive exchange is given up (one miss) after min(interval, this).
+KEEPALIVE_TIMEOUT_MAX = 5.0
+#: Missed keepalive acks before the RS re-registers.
+KEEPALIVE_MISSES = 3
+#: Size of the virtio_net_hdr that starts a GSO payload.
+VNET_HDR_SIZE = 10
+
+_ID_SIZE = 8
+
+
+# -- configuration ---------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True, slots=True)
+class DcLink:
+    """A DC this relay serves: its ID, where to register, and the enrolment secret."""
+
+    dc_id: bytes
+    endpoint: Endpoint
+    psk: bytes = field(repr=False)
+
+
+@dataclass(frozen=True, slots=True)
+class RsConfig:
+    name: str
+    rs_id: bytes
+    dcs: Sequence[DcLink]
+    local_endpoints: Sequence[Endpoint] = ()
+    #: Relay Table size; a Relay Direction beyond it is answered BUSY.
+    max_paths: int = 4096
+    #: Capabilities announced to DCs and (RS-N) to nodes, e.g. Capability.GSO | Capability.INNER6.
+    capabilities: int = 0
+    #: Used when a Relay Direction carries idle_timeout 0.
+    default_idle_timeout: float = 120.0
+    registration_timeout: float = REGISTRATION_TIMEOUT
+
+
+# -- events ----------------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True, slots=True)
+class Registered(Event):
+    dc_id: bytes
+    observed: Endpoint
+
+
+@dataclass(frozen=True, slots=True)
+class RegistrationFailed(Event):
+    dc_id: bytes
+    #: The DC's status, or None when the DC did not answer (timeout) or answered unusably.
+    status: int | None
+    reason: str
+
+
+@dataclass(frozen=True, slots=True)
+class RelayAdded(Event):
+    """A Relay Table entry was created. For RS-N the runtime installs the kernel mapping
+    (entry.nat_mappings()) before sending the Direction Response queued by the same call."""
+
+    entry: RelayEntry
+
+
+@dataclass(frozen=True, slots=True)
+class RelayRemoved(Event):
+    entry: RelayEntry
+    #: "released" (Path Release from the DC) or "idle".
+    reason: str
+
+
+@dataclass(frozen=True, slots=True)
+class RelayEndpointChanged(Event):
+    path_id: bytes
+    #: INITIATOR = the node (RS-N) / initiator leg (RS-S); RESPONDER = the RS-S responder leg.
+    leg: PathRole
+    addr: Endpoint
+
+
+# -- Relay Table -----------------------------------------------------------------------------------
+
+
+@dataclass(eq=False, slots=True)
+class Leg:
+    """One side of a relayed path as the RS sees it."""
+
+    role: PathRole
+    channel: Channel = field(repr=False)
+    #: Flags on what the RS sends on this leg.
+    reply_flags: int
+    endpoint: Endpoint | None = None
+    #: RS-S: txid of the latest Tunnel Request not answered yet (waiting for the other leg).
+    pending_txid: int | None = None
+    #: Capabilities from the leg's latest Tunnel Request.
+    capabilities: int | None = None
+
+
+@dataclass(eq=False, slots=True)
+class RelayEntry:
+    """A Relay Table entry. Owned by the core: the runtime reads it, never changes it."""
+
+    path_id: bytes
+    dc_id: bytes
+    rs_type: RsType
+    idle_timeout: float
+    direction: RelayDirection = field(repr=False)
+    created: float
+    last_active: float
+    initiator: Leg
+    #: RS-S only.
+    responder: Leg | None = None
+    #: RS-N only: opens the node's capsules (i2r), seals the replies (r2i).
+    opener: CapsuleOpener | None = field(default=None, repr=False)
+    sealer: CapsuleSealer | None = field(default=None, repr=False)
+    #: RS-N: packed (node VIP, peer VIP) pairs, one per complete address family.
+    vip_pairs: tuple[tuple[bytes, bytes], ...] = ()
+    packets_i2r: int = 0
+    bytes_i2r: int = 0
+    packets_r2i: int = 0
+    bytes_r2i: int = 0
+    drops: int = 0
+
+    @property
+    def node_endpoint(self) -> Endpoint | None:
+        """RS-N: the node's current endpoint (RS-S: the initiator leg's)."""
+        return self.initiator.endpoint
+
+    @property
+    def responder_endpoint(self) -> Endpoint | None:
+        return self.responder.endpoint if self.responder is not None else None
+
+    @property
+    def deadline(self) -> float:
+        return self.last_active + self.idle_timeout
+
+    def nat_mappings(self) -> list[tuple[str, str, str]]:
+        """RS-N: (node VIP, peer VIP, GN real address) per family, for the kernel DNAT mapping."""
+        d = self.direction
+        out: list[tuple[str, str, str]] = []
+        if self.rs_type is RsType.N:
+            if d.node_vip4 and d.peer_vip4 and d.gn_addr4:
+                out.append((d.node_vip4, d.peer_vip4, d.gn_addr4))
+            if d.node_vip6 and d.peer_vip6 and d.gn_addr6:
+                out.append((d.node_vip6, d.peer_vip6, d.gn_addr6))
+        return out
+
+    def info(self) -> dict[str, Any]:
+        d = self.direction
+        return {
+            "path_id": self.path_id.hex(), "dc_id": self.dc_id.hex(), "rs_type": self.rs_type.name,
+            "idle_timeout": self.idle_timeout, "created": self.created, "last_active": self.last_active,
+            "initiator": _ep(self.initiator.endpoint), "responder": _ep(self.responder_endpoint),
+            "node_vip4": d.node_vip4, "node_vip6": d.node_vip6, "peer_vip4": d.peer_vip4,
+            "peer_vip6": d.peer_vip6, "gn_addr4": d.gn_addr4, "gn_addr6": d.gn_addr6,
+            "packets_i2r": self.packets_i2r, "bytes_i2r": self.bytes_i2r,
+            "packets_r2i": self.packets_r2i, "bytes_r2i": self.bytes_r2i, "drops": self.drops,
+        }
+
+
+# -- DC links --------------------------------------------------------------------------------------
+
+
+class DcState(enum.Enum):
+    IDLE = "idle"
+    REGISTERING = "registering"
+    REGISTERED = "registered"
+    BACKOFF = "backoff"
+
+
+@dataclass(eq=False, slots=True)
+class _Dc:
+    link: DcLink
+    long_term: Channel = field(repr=False)
+    session: Channel | None = field(default=None, repr=False)
+    state: DcState = DcState.IDLE
+    #: Bumped whenever a registration starts: invalidates older keepalive and retry timers.
+    gen: int = 0
+    ephemeral: Ephemeral | None = field(default=None, repr=False)
+    reg_txid: int | None = None
+    ka_txid: int | None = None
+    keepalive: float = KEEPALIVE_DEFAULT
+    missed: int = 0
+    backoff: float = REGISTRATION_BACKOFF_INITIAL
+    observed: Endpoint | None = None
+    nat: int | None = None
+    registered_at: float | None = None
+
+
+TunPacket = tuple[bytes, bool]
+
+
+class RsCore(CoreBase):
+    """A relay server (RS-S and RS-N in one). See the module docstring."""
+
+    def __init__(self, config: RsConfig, now: float, *, random_bytes: Callable[[int], bytes] = os.urandom,
+                 seq_base: int) -> None:
+        CoreBase.__init__(self)
+        if len(config.rs_id) != _ID_SIZE:
+            raise ValueError("rs_id must be 8 bytes")
+        if config.max_paths < 0:
+            raise ValueError("max_paths must not be negative")
+        try:
+            encode_body(RegistrationRequest(role=Role.RELAY, name=config.name, ephemeral=bytes(32),
+                                            versions=SUPPORTED_VERSIONS,
+                                            local_endpoints=tuple(config.local_endpoints),
+                                            capabilities=config.capabilities, load=0))
+        except CodecError as exc:
+            raise ValueError(f"bad relay configuration: {exc}") from None
+        self.config = config
+        self.created = now
+        self._rand = random_bytes
+        self._dcs: dict[bytes, _Dc] = {}
+        for link in config.dcs:
+            if len(link.dc_id) != _ID_SIZE or link.dc_id == config.rs_id or link.dc_id in self._dcs:
+                raise ValueError(f"bad or duplicate DC id {link.dc_id.hex()}")
+            lt = Channel(long_term_keys(link.psk, config.rs_id), config.rs_id, seq_start=seq_base)
+            self._dcs[link.dc_id] = _Dc(link, lt)
+        self._paths: dict[bytes, RelayEntry] = {}
+        #: RS-N reply lookup: (node VIP, peer VIP) packed -> entry.
+        self._by_vips: dict[tuple[bytes, bytes], RelayEntry] = {}
+        self._idle: list[tuple[float, int, RelayEntry]] = []
+        self._idle_seq = 0
+        self._tun: list[TunPacket] = []
+
+    # -- API ---------------------------------------------------------------------------------------
+    def register(self, now: float) -> None:
+        """(Re-)register with every DC (one not already mid-registration)."""
+        for dc in self._dcs.values():
+            if dc.state is not DcState.REGISTERING:
+                self._start_registration(dc, now)
+
+    def packets_to_tun(self) -> list[TunPacket]:
+        """Inner packets of RS-N paths for the TUN device, as ``(payload, gso)``: with ``gso`` the
+        payload starts with a 10-byte virtio_net_hdr (a super-packet the runtime writes to a TUN
+        opened with IFF_VNET_HDR, or segments itself)."""
+        out, self._tun = self._tun, []
+        return out
+
+    def entries(self) -> list[RelayEntry]:
+        return list(self._paths.values())
+
+    def entry(self, path_id: bytes) -> RelayEntry | None:
+        return self._paths.get(path_id)
+
+    def dc_state(self, dc_id: bytes) -> DcState | None:
+        dc = self._dcs.get(dc_id)
+        return dc.state if dc is not None else None
+
+    def snapshot(self) -> dict[str, Any]:
+        return {
+            "name": self.config.name,
+            "rs_id": self.config.rs_id.hex(),
+            "paths": len(self._paths),
+            "max_paths": self.config.max_paths,
+            "dcs": [{"dc_id": dc.link.dc_id.hex(), "endpoint": _ep(dc.link.endpoint), "state": dc.state.value,
+                     "observed": _ep(dc.observed), "keepalive": dc.keepalive, "missed_keepalives": dc.missed,
+                     "registered_at": dc.registered_at} for dc in self._dcs.values()],
+            "entries": [e.info() for e in self._paths.values()],
+            "stats": dict(self.stats),
+        }
+
+    def get_timer(self) -> float | None:
+        """Earliest of retransmissions, keepalive/retry timers and idle expiry. The idle part may be
+        early (an entry refreshed since it was scheduled); ``handle_timer`` then reschedules it."""
+        t = CoreBase.get_timer(self)
+        if self._idle:
+            top = self._idle[0][0]
+            t = top if t is None else min(t, top)
+        return t
+
+    def handle_timer(self, now: float) -> None:
+        CoreBase.handle_timer(self, now)
+        self._expire(now)
+
+    # -- input: UDP ---------------------------------------------------------------------------------
+    def receive_datagram(self, data: bytes, addr: Endpoint, now: float) -> None:
+        """A datagram arrived on the relay's UDP socket (signalling or data capsule)."""
+        if len(data) < 2:
+            self.stats["drop_malformed"] += 1
+            return
+        if len(addr) != 2:
+            addr = (addr[0], addr[1])
+        version, mtype = data[0], data[1]
+        if version != VERSION:
+            self.stats["drop_unknown_version"] += 1
+            return
+        if mtype == MessageType.DATA:
+            self._on_data(data, addr, now)
+            return
+        if mtype == MessageType.VERSION_NOT_SUPPORTED:
+            self.stats["drop_version_not_supported"] += 1
+            return
+        try:
+            hdr = parse_signal_header(data)
+        except CodecError:
+            self.stats["drop_malformed"] += 1
+            return
+        dc = self._dcs.get(hdr.sender)
+        if dc is not None:
+            self._on_dc(dc, hdr, data, addr, now)
+            return
+        e = self._paths.get(hdr.sender)
+        if e is not None:
+            self._on_tunnel(e, hdr, data, addr, now)
+            return
+        self.stats["drop_unknown_sender"] += 1
+
+    # -- input: TUN ---------------------------------------------------------------------------------
+    def tun_packet(self, packet: bytes, now: float, *, gso: bool = False) -> None:
+        """An IP packet the kernel routed to the TUN device: a general node's reply, already
+        de-NATed (dst = node VIP, src = the VIP standing for the GN). Sealed to the node's current
+        endpoint. With ``gso`` the packet starts with a virtio_net_hdr and goes out as one GSO
+        capsule; the runtime passes that only for paths whose node announced Capability.GSO
+        (``entry.initiator.capabilities``)."""
+        pair = _ip_pair(packet, VNET_HDR_SIZE if gso else 0)
+        if pair is None:
+            self.stats["tun_malformed"] += 1
+            return
+        src, dst = pair
+        e = self._by_vips.get((dst, src))
+        if e is None or e.sealer is None:
+            self.stats["tun_no_path"] += 1
+            return
+        ep = e.initiator.endpoint
+        if ep is None:
+            e.drops += 1
+            self.stats["tun_no_endpoint"] += 1
+            return
+        e.packets_r2i += 1
+        e.bytes_r2i += len(packet)
+        self._send(e.sealer.seal(packet, CapsuleFlags.GSO if gso else 0), ep)
+
+    # -- registration with the DCs ------------------------------------------------------------------
+    def _start_registration(self, dc: _Dc, now: float) -> None:
+        dc.gen += 1
+        self._cancel_where(lambda p: p.tag is dc)
+        dc.state = DcState.REGISTERING
+        dc.ka_txid = None
+        dc.ephemeral = Ephemeral(self._rand)
+        dc.reg_txid = txid = self._txid()
+        msg = RegistrationRequest(role=Role.RELAY, name=self.config.name, ephemeral=dc.ephemeral.public,
+                                  versions=SUPPORTED_VERSIONS, local_endpoints=tuple(self.config.local_endpoints),
+                                  capabilities=self.config.capabilities, load=len(self._paths))
+        gen = dc.gen
+        self.stats["registrations_sent"] += 1
+        self._request(dc.long_term, msg, txid, dc.link.endpoint, now, timeout=self.config.registration_timeout,
+                      flags=SignalFlags.LONG_TERM, tag=dc,
+                      on_timeout=lambda t: self._registration_timed_out(dc, gen, t))
+
+    def _registration_timed_out(self, dc: _Dc, gen: int, now: float) -> None:
+        if dc.gen == gen and dc.state is DcState.REGISTERING:
+            self._registration_failed(dc, None, "no answer from the DC", now)
+
+    def _registration_failed(self, dc: _Dc, status: int | None, reason: str, now: float) -> None:
+        if dc.reg_txid is not None:
+            self._answered(self.config.rs_id, dc.reg_txid)
+        dc.state = DcState.BACKOFF
+        dc.reg_txid = None
+        dc.ephemeral = None
+        delay = dc.backoff
+        dc.backoff = min(dc.backoff * 2, REGISTRATION_BACKOFF_MAX)
+        self.stats["registrations_failed"] += 1
+        self._emit(RegistrationFailed(dc.link.dc_id, _status(status) if status is not None else None, reason))
+        gen = dc.gen
+        self._call_at(now + delay, lambda t: self._retry_registration(dc, gen, t))
+
+    def _retry_registration(self, dc: _Dc, gen: int, now: float) -> None:
+        if dc.gen == gen and dc.state is DcState.BACKOFF:
+            self._start_registration(dc, now)
+
+    def _on_registration_response(self, dc: _Dc, hdr: SignalHeader, msg: RegistrationResponse,
+                                  now: float) -> None:
+        eph = dc.ephemeral
+        if dc.state is not DcState.REGISTERING or hdr.txid != dc.reg_txid or eph is None:
+            self.stats["drop_late_response"] += 1
+            return
+        if hdr.status != Status.OK:
+            self._registration_failed(dc, hdr.status, "registration refused", now)
+            return
+        if msg.version != VERSION:
+            self._registration_failed(dc, Status.UNSUPPORTED_VERSION, f"DC chose version {msg.version}", now)
+            return
+        try:
+            shared = eph.exchange(msg.ephemeral)
+        except ValueError:
+            self.stats["drop_auth"] += 1
+            self._registration_failed(dc, None, "degenerate ephemeral key from the DC", now)
+            return
+        self._answered(self.config.rs_id, hdr.txid)
+        keys = session_keys(dc.link.psk, shared, self.config.rs_id, eph.public, msg.ephemeral)
+        dc.session = Channel(keys, self.config.rs_id)
+        dc.state = DcState.REGISTERED
+        dc.reg_txid = None
+        dc.ephemeral = None
+        dc.backoff = REGISTRATION_BACKOFF_INITIAL
+        dc.missed = 0
+        dc.keepalive = float(msg.keepalive) if msg.keepalive > 0 else KEEPALIVE_DEFAULT
+        dc.observed = msg.observed
+        dc.nat = msg.nat
+        dc.registered_at = now
+        self.stats["registrations"] += 1
+        self._emit(Registered(dc.link.dc_id, msg.observed))
+        gen = dc.gen
+        self._call_at(now + dc.keepalive, lambda t: self._send_keepalive(dc, gen, t))
+
+    def _send_keepalive(self, dc: _Dc, gen: int, now: float) -> None:
+        if dc.gen != gen or dc.state is not DcState.REGISTERED or dc.session is None:
+            return
+        if dc.ka_txid is not None:
+            self._answered(self.config.rs_id, dc.ka_txid)
+        dc.ka_txid = txid = self._txid()
+        timeout = max(0.5, min(dc.keepalive, KEEPALIVE_TIMEOUT_MAX))
+        self._request(dc.session, Keepalive(load=len(self._paths)), txid, dc.link.endpoint, now, timeout=timeout,
+                      tag=dc, on_timeout=lambda t: self._keepalive_missed(dc, gen, txid, t))
+        self._call_at(now + dc.keepalive, lambda t: self._send_keepalive(dc, gen, t))
+
+    def _keepalive_missed(self, dc: _Dc, gen: int, txid: int, now: float) -> None:
+        if dc.gen != gen or dc.state is not DcState.REGISTERED:
+            return
+        if dc.ka_txid == txid:
+            dc.ka_txid = None
+        dc.missed += 1
+        self.stats["keepalive_missed"] += 1
+        if dc.missed >= KEEPALIVE_MISSES:
+            self.stats["reregister_keepalive"] += 1
+            self._start_registration(dc, now)
+
+    # -- from a DC ----------------------------------------------------------------------------------
+    def _on_dc(self, dc: _Dc, hdr: SignalHeader, data: bytes, addr: Endpoint, now: float) -> None:
+        if hdr.flags & SignalFlags.LONG_TERM:
+            msg = self._open(dc.long_term, hdr, data)
+            if msg is None:
+                return
+            if isinstance(msg, RegistrationResponse):
+                self._on_registration_response(dc, hdr, msg, now)
+            elif isinstance(msg, StatusMessage):
+                self._on_dc_status(dc, hdr, msg, now)
+            else:
+                self.stats["drop_unexpected"] += 1
+            return
+        session = dc.session
+        if session is None:
+            self.stats["drop_no_session"] += 1
+            return
+        msg = self._open(session, hdr, data)
+        if msg is None:
+            return
+        if isinstance(msg, RelayDirection):
+            self._on_relay_direction(dc, session, hdr, msg, addr, now)
+        elif isinstance(msg, PathRelease):
+            self._on_path_release(dc, session, hdr, msg, addr)
+        elif isinstance(msg, KeepaliveAck):
+            if dc.ka_txid != hdr.txid or self._answered(self.config.rs_id, hdr.txid) is None:
+                self.stats["drop_late_response"] += 1
+                return
+            dc.ka_txid = None
+            dc.missed = 0
+            if msg.observed is not None:
+                dc.observed = msg.observed
+        elif isinstance(msg, StatusMessage):
+            self._on_dc_status(dc, hdr, msg, now)
+        else:
+            self.stats["drop_unexpected"] += 1
+
+    def _on_dc_status(self, dc: _Dc, hdr: SignalHeader, msg: StatusMessage, now: float) -> None:
+        if dc.state is DcState.REGISTERING and hdr.txid == dc.reg_txid:
+            self._registration_failed(dc, hdr.status, msg.reason or "registration refused", now)
+        elif hdr.status == Status.REREGISTER or (dc.ka_txid is not None and hdr.txid == dc.ka_txid):
+            # The DC lost our session (restart) or refused a keepalive: register again.
+            if dc.state is not DcState.REGISTERING:
+                self.stats["reregister_requested"] += 1
+                self._start_registration(dc, now)
+        else:
+            self.stats["status_ignored"] += 1
+
+    def _on_relay_direction(self, dc: _Dc, session: Channel, hdr: SignalHeader, msg: RelayDirection,
+                            addr: Endpoint, now: float) -> None:
+        pid = msg.path_id
+        existing = self._paths.get(pid)
+        if existing is not None:
+            if existing.dc_id != dc.link.dc_id or not _same_binding(existing.direction, msg):
+                self.stats["relay_direction_in_use"] += 1
+                self._direction_response(session, pid, hdr.txid, addr, Status.PATH_ID_IN_USE)
+                return
+            if existing.direction != msg:
+                # Same path, keys and addresses: a refresh of the informative/timing parts.
+                existing.direction = msg
+                existing.idle_timeout = self._idle_timeout(msg)
+                self.stats["relay_direction_refreshed"] += 1
+            else:
+                self.stats["relay_direction_duplicate"] += 1
+            self._direction_response(session, pid, hdr.txid, addr, Status.OK)
+            return
+        problem = self._validate(msg)
+        if problem is not None:
+            self.stats["relay_direction_bad"] += 1
+            self._direction_response(session, pid, hdr.txid, addr, Status.BAD_REQUEST)
+            return
+        if len(self._paths) >= self.config.max_paths:
+            self.stats["relay_direction_busy"] += 1
+            self._direction_response(session, pid, hdr.txid, addr, Status.BUSY)
+            return
+        e = self._new_entry(dc, msg, now)
+        self._paths[pid] = e
+        for pair in e.vip_pairs:
+            self._by_vips[pair] = e  # the newest path for a (node, peer) pair takes the replies
+        self._push_idle(e, e.deadline)
+        self.stats["relays_added"] += 1
+        self._emit(RelayAdded(e))
+        self._direction_response(session, pid, hdr.txid, addr, Status.OK)
+
+    def _direction_response(self, session: Channel, pid: bytes, txid: int, addr: Endpoint, status: Status) -> None:
+        self._reply(session, DirectionResponse(path_id=pid, load=len(self._paths),
+                                               capabilities=self.config.capabilities),
+                    txid, addr, status=status)
+
+    def _validate(self, msg: RelayDirection) -> str | None:
+        pid = msg.path_id
+        if pid in self._dcs or pid == self.config.rs_id:
+            return "path id collides with a key identifier"
+        if msg.rs_type == RsType.N:
+            if msg.path_key is None or msg.relay_key is not None:
+                return "RS-N needs the path key (and no relay key)"
+            if not _vip_pairs(msg):
+                return "RS-N needs node VIP, peer VIP and GN address of one family"
+        elif msg.rs_type == RsType.S:
+            if msg.relay_key is None or msg.path_key is not None:
+                return "RS-S needs the relay key (and never the path key)"
+        else:
+            return f"unknown RS type {msg.rs_type}"
+        return None
+
+    def _idle_timeout(self, msg: RelayDirection) -> float:
+        return float(msg.idle_timeout) if msg.idle_timeout > 0 else self.config.default_idle_timeout
+
+    def _new_entry(self, dc: _Dc, msg: RelayDirection, now: float) -> RelayEntry:
+        pid = msg.path_id
+        if msg.rs_type == RsType.N:
+            assert msg.path_key is not None
+            keys = path_keys(msg.path_key, pid)
+            sig, _data = keys.for_responder()
+            return RelayEntry(pid, dc.link.dc_id, RsType.N, self._idle_timeout(msg), msg, now, now,
+                              Leg(PathRole.INITIATOR, Channel(sig, pid), SignalFlags.FROM_RESPONDER),
+                              opener=CapsuleOpener(keys.data_i2r),
+                              sealer=CapsuleSealer(keys.data_r2i, pid, CapsuleFlags.FROM_RESPONDER),
+                              vip_pairs=_vip_pairs(msg))
+        assert msg.relay_key is not None
+        i_keys = relay_leg_keys(msg.relay_key, pid, responder_leg=False).swapped()
+        r_keys = relay_leg_keys(msg.relay_key, pid, responder_leg=True).swapped()
+        return RelayEntry(pid, dc.link.dc_id, RsType.S, self._idle_timeout(msg), msg, now, now,
+                          Leg(PathRole.INITIATOR, Channel(i_keys, pid), SignalFlags.FROM_RESPONDER),
+                          responder=Leg(PathRole.RESPONDER, Channel(r_keys, pid), SignalFlags.NONE))
+
+    def _on_path_release(self, dc: _Dc, session: Channel, hdr: SignalHeader, msg: PathRelease,
+                         addr: Endpoint) -> None:
+        e = self._paths.get(msg.path_id)
+        if e is not None and e.dc_id != dc.link.dc_id:
+            self.stats["release_not_owner"] += 1
+            self._reply(session, PathReleaseAck(path_id=msg.path_id), hdr.txid, addr, status=Status.NOT_AUTHORIZED)
+            return
+        if e is not None:
+            self._remove(e, "released")
+        else:
+            self.stats["release_unknown_path"] += 1  # already gone: acknowledge (idempotent)
+        self._reply(session, PathReleaseAck(path_id=msg.path_id), hdr.txid, addr)
+
+    # -- tunnel signalling from nodes ---------------------------------------------------------------
+    def _on_tunnel(self, e: RelayEntry, hdr: SignalHeader, data: bytes, addr: Endpoint, now: float) -> None:
+        from_responder = bool(hdr.flags & SignalFlags.FROM_RESPONDER)
+        if hdr.flags & SignalFlags.LONG_TERM or hdr.status != Status.OK:
+            e.drops += 1
+            self.stats["drop_bad_flags"] += 1
+            return
+        if e.responder is None:
+            if from_responder:  # an RS-N is the responder itself
+                e.drops += 1
+                self.stats["drop_bad_flags"] += 1
+                return
+            leg = e.initiator
+        else:
+            leg = e.responder if from_responder else e.initiator
+        msg = self._open(leg.channel, hdr, data)
+        if msg is None:
+            e.drops += 1
+            return
+        e.last_active = now
+        if isinstance(msg, TunnelRequest):
+            self.stats["tunnel_requests"] += 1
+            leg.capabilities = msg.capabilities
+            self._learn(e, leg, addr)
+            if e.responder is None:
+                self._reply(leg.channel, TunnelResponse(capabilities=self.config.capabilities,
+                                                        observed=_observed(addr)),
+                            hdr.txid, addr, flags=leg.reply_flags)
+            else:
+                leg.pending_txid = hdr.txid
+                if not self._answer_legs(e):
+                    self.stats["tunnel_wait_other_leg"] += 1
+        elif isinstance(msg, Keepalive):
+            self.stats["path_keepalives"] += 1
+            self._learn(e, leg, addr)
+            self._reply(leg.channel, KeepaliveAck(observed=_observed(addr)), hdr.txid, addr, flags=leg.reply_flags)
+            if e.responder is not None:
+                self._answer_legs(e)
+        else:
+            e.drops += 1
+            self.stats["drop_unexpected"] += 1
+
+    def _answer_legs(self, e: RelayEntry) -> bool:
+        """RS-S: once both legs' endpoints are known, answer every pending Tunnel Request."""
+        legs = (e.initiator, e.responder)
+        if any(leg is None or leg.endpoint is None for leg in legs):
+            return False
+        for leg, other in ((e.initiator, e.responder), (e.responder, e.initiator)):
+            assert leg is not None and other is not None and leg.endpoint is not None
+            if leg.pending_txid is None:
+                continue
+            caps = other.capabilities if other.capabilities is not None else e.direction.capabilities
+            self._reply(leg.channel, TunnelResponse(capabilities=caps, observed=_observed(leg.endpoint)),
+                        leg.pending_txid, leg.endpoint, flags=leg.reply_flags)
+            leg.pending_txid = None
+        return True
+
+    def _learn(self, e: RelayEntry, leg: Leg, addr: Endpoint) -> None:
+        if leg.endpoint != addr:
+            leg.endpoint = addr
+            self.stats["endpoint_learned"] += 1
+            self._emit(RelayEndpointChanged(e.path_id, leg.role, addr))
+
+    # -- data capsules ------------------------------------------------------------------------------
+    def _on_data(self, data: bytes, addr: Endpoint, now: float) -> None:
+        if len(data) < CAPSULE_OVERHEAD:
+            self.stats["drop_malformed"] += 1
+            return
+        pid = bytes(data[4:12])
+        e = self._paths.get(pid)
+        if e is None:
+            self.stats["drop_unknown_path"] += 1
+            return
+        flags = data[2]
+        from_responder = bool(flags & CapsuleFlags.FROM_RESPONDER)
+        n = len(data)
+        resp = e.responder
+        if resp is not None:
+            # RS-S: no key, so no authentication and no address learning here (module docstring).
+            src, dst = (resp, e.initiator) if from_responder else (e.initiator, resp)
+            if src.endpoint != addr:
+                e.drops += 1
+                self.stats["drop_data_unknown_source"] += 1
+                return
+            if dst.endpoint is None:
+                e.drops += 1
+                self.stats["drop_no_leg"] += 1
+                return
+            e.last_active = now
+            if from_responder:
+                e.packets_r2i += 1
+                e.bytes_r2i += n
+            else:
+                e.packets_i2r += 1
+                e.bytes_i2r += n
+            self._send(bytes(data), dst.endpoint)
+            return
+        # RS-N: the node is the initiator; open end to end.
+        opener = e.opener
+        if from_responder or opener is None:
+            e.drops += 1
+            self.stats["drop_bad_direction"] += 1
+            return
+        try:
+            payload = opener.open(data)
+        except AuthError as exc:
+            e.drops += 1
+            self.stats["drop_data_replay" if "replay" in str(exc) else "drop_data_auth"] += 1
+            return
+        except CodecError:
+            e.drops += 1
+            self.stats["drop_malformed"] += 1
+            return
+        gso = bool(flags & CapsuleFlags.GSO)
+        if _ip_pair(payload, VNET_HDR_SIZE if gso else 0) not in e.vip_pairs:
+            # Authenticated, but not between this path's VIPs: never let it reach the NAT.
+            e.drops += 1
+            self.stats["drop_inner_address"] += 1
+            return
+        e.last_active = now
+        e.packets_i2r += 1
+        e.bytes_i2r += len(payload)
+        self._learn(e, e.initiator, addr)
+        self._tun.append((payload, gso))
+
+    # -- Relay Table maintenance --------------------------------------------------------------------
+    def _push_idle(self, e: RelayEntry, when: float) -> None:
+        self._idle_seq += 1
+        heapq.heappush(self._idle, (when, self._idle_seq, e))
+
+    def _expire(self, now: float) -> None:
+        heap = self._idle
+        while heap and heap[0][0] <= now:
+            _, _, e = heapq.heappop(heap)
+            if self._paths.get(e.path_id) is not e:
+                continue
+            if e.deadline <= now:
+                self.stats["relays_idle"] += 1
+                self._remove(e, "idle")
+            else:
+                self._push_idle(e, e.deadline)
+
+    def _remove(self, e: RelayEntry, reason: str) -> None:
+        if self._paths.get(e.path_id) is not e:
+            return
+        del self._paths[e.path_id]
+        for pair in e.vip_pairs:
+            if self._by_vips.get(pair) is e:
+                del self._by_vips[pair]
+                older = [o for o in self._paths.values() if pair in o.vip_pairs]
+                if older:
+                    self._by_vips[pair] = max(older, key=lambda o: o.created)
+        self.stats["relays_removed"] += 1
+        self._emit(RelayRemoved(e, reason))
+
+    def _txid(self) -> int:
+        while True:
+            txid = new_txid(self._rand)
+            if (self.config.rs_id, txid) not in self._pending:
+                return txid
+
+
+# -- helpers ---------------------------------------------------------------------------------------
+
+
+def _ip_pair(packet: bytes, off: int) -> tuple[bytes, bytes] | None:
+    """(source, destination) of an IPv4/IPv6 packet starting at ``off``; None if not one."""
+    if len(packet) < off + 20:
+        return None
+    version = packet[off] >> 4
+    if version == 4:
+        return bytes(packet[off + 12:off + 16]), bytes(packet[off + 16:off + 20])
+    if version == 6 and len(packet) >= off + 40:
+        return bytes(packet[off + 8:off + 24]), bytes(packet[off + 24:off + 40])
+    return None
+
+
+def _vip_pairs(msg: RelayDirection) -> tuple[tuple[bytes, bytes], ...]:
+    """Packed (node VIP, peer VIP) for each family the Relay Direction gives completely."""
+    pairs: list[tuple[bytes, bytes]] = []
+    if msg.node_vip4 and msg.peer_vip4 and msg.gn_addr4:
+        pairs.append((ipaddress.IPv4Address(msg.node_vip4).packed, ipaddress.IPv4Address(msg.peer_vip4).packed))
+    if msg.node_vip6 and msg.peer_vip6 and msg.gn_addr6:
+        pairs.append((ipaddress.IPv6Address(msg.node_vip6).packed, ipaddress.IPv6Address(msg.peer_vip6).packed))
+    return tuple(pairs)
+
+
+def _same_binding(a: RelayDirection, b: RelayDirection) -> bool:
+    """Same keys, type and addressing: the same path (other fields may be refreshed)."""
+    return (a.rs_type == b.rs_type and a.path_key == b.path_key and a.relay_key == b.relay_key
+            and a.node_vip4 == b.node_vip4 and a.node_vip6 == b.node_vip6 and a.peer_vip4 == b.peer_vip4
+            and a.peer_vip6 == b.peer_vip6 and a.gn_addr4 == b.gn_addr4 and a.gn_addr6 == b.gn_addr6)
+
+
+def _observed(addr: Endpoint) -> Endpoint | None:
+    """``addr`` if it can be encoded as an Observed Endpoint attribute."""
+    if not isinstance(addr[0], str):
+        return None
+    try:
+        ipaddress.ip_address(addr[0])
+    except ValueError:
+        return None
+    return addr if isinstance(addr[1], int) and 0 <= addr[1] <= 0xFFFF else None
+
+
+def _status(code: int) -> int:
+    try:
+        return Status(code)
+    except ValueError:
+        return code
+
+
+def _ep(ep: Endpoint | None) -> str | None:
+    if ep is None:
+        return None
+    host, port = ep
+    return f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
+
+
+__all__ = [
+    "DcLink", "DcState", "Leg", "Registered", "RegistrationFailed", "RelayAdded", "RelayEndpointChanged",
+    "RelayEntry", "RelayRemoved", "RsConfig", "RsCore", "TunPacket",
+]
