@@ -96,17 +96,22 @@ def _free_lab() -> tuple[str, int]:
 
 def _descendants(pid: int) -> list[tuple[int, str]]:
     """(pid, start time) of every descendant: the start time guards against PID reuse."""
+    children: dict[int, list[tuple[int, str]]] = {}
+    for entry in os.listdir("/proc"):
+        if not entry.isdigit():
+            continue
+        try:
+            with open(f"/proc/{entry}/stat") as f:
+                fields = f.read().rsplit(")", 1)[-1].split()
+        except OSError:
+            continue
+        children.setdefault(int(fields[1]), []).append((int(entry), fields[19]))
     out: list[tuple[int, str]] = []
-    try:
-        for task in os.listdir(f"/proc/{pid}/task"):
-            with open(f"/proc/{pid}/task/{task}/children") as f:
-                for child in f.read().split():
-                    started = _stat(int(child))
-                    if started is not None:
-                        out.append((int(child), started[1]))
-                    out.extend(_descendants(int(child)))
-    except OSError:
-        pass
+    todo = [pid]
+    while todo:
+        for child in children.get(todo.pop(), []):
+            out.append(child)
+            todo.append(child[0])
     return out
 
 
@@ -120,15 +125,20 @@ def _stop(proc: subprocess.Popen[bytes]) -> None:
         except subprocess.TimeoutExpired:
             proc.kill()
             proc.wait(timeout=10)
+    _wait_gone(children, 5.0)
     for child, started in children:
-        deadline = time.monotonic() + 5
-        while _alive(child, started) and time.monotonic() < deadline:
-            time.sleep(0.05)  # poll until the forked server process is gone, bounded
         if _alive(child, started):
             try:
                 os.kill(child, signal.SIGKILL)
             except ProcessLookupError:
                 pass
+    _wait_gone(children, 5.0)
+
+
+def _wait_gone(procs: list[tuple[int, str]], timeout: float) -> None:
+    deadline = time.monotonic() + timeout
+    while any(_alive(p, s) for p, s in procs) and time.monotonic() < deadline:
+        time.sleep(0.05)  # poll until the forked server processes are gone, bounded
 
 
 def _stat(pid: int) -> tuple[str, str] | None:
