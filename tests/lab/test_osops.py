@@ -22,7 +22,7 @@ from pathlib import Path
 import pytest
 
 from ntmobile.osops import netlink, netns, nft, sysctl
-from ntmobile.osops.netlink import AddressEvent, AddressMonitor, MonitorEvent, RouteEvent
+from ntmobile.osops.netlink import AddressEvent, AddressMonitor, LinkEvent, MonitorEvent, RouteEvent
 
 pytestmark = pytest.mark.root
 
@@ -190,6 +190,8 @@ def test_address_monitor_reports_changes(lab: Lab) -> None:
     assert ("removed", "ntmm0", "fd33::7", 64) in addr
     routes = [(e.kind, e.dst, e.gateway, e.ifname) for e in seen if isinstance(e, RouteEvent)]
     assert ("added", "10.34.0.0/16", "10.33.0.1", "ntmm0") in routes
+    links = [(e.kind, e.ifname, e.up) for e in seen if isinstance(e, LinkEvent)]
+    assert ("changed", "ntmm0", True) in links
 
 
 # ---- nft basics ------------------------------------------------------------------------------------
@@ -286,6 +288,22 @@ class RsnLab:
 
     def ask(self, dst: str, src: str | None = None) -> str:
         return netns.call_in_netns(self.node, ask, dst, src)
+
+
+def test_rs_nat_table_validates_its_input() -> None:
+    t = nft.RsNatTable("ntm_rs", "ntmrs0", ["10.200.0.0/16"], ["fd00:200::/64"])
+    with pytest.raises(ValueError, match="mixes"):
+        t.add_mapping("10.200.0.1", "fd00:201::5", "198.18.0.2", live=False)
+    with pytest.raises(ValueError):
+        nft.RsNatTable("bad name;", "ntmrs0")
+    with pytest.raises(ValueError):
+        nft.RsNatTable("ntm_rs", 'x"; flush ruleset; "')
+    t.add_mapping("10.200.0.1", "10.201.0.5", "198.18.0.2", live=False)
+    t.add_mapping("10.200.0.1", "10.201.0.5", "198.18.0.9", live=False)  # same key: replaced
+    assert [str(m.gn_real) for m in t.mappings] == ["198.18.0.9"]
+    assert "10.200.0.1 . 10.201.0.5 : 198.18.0.9" in t.render()
+    assert t.remove_mapping("10.200.0.1", "10.201.0.5", live=False)
+    assert not t.remove_mapping("10.200.0.1", "10.201.0.5", live=False)
 
 
 def test_rs_nat_table_dnat_by_source_vip_and_masquerade(lab: Lab) -> None:
