@@ -112,9 +112,9 @@ def _layout(pkt: Buffer, hdr: VnetHdr) -> _Layout:
         if nxt in (PROTO_TCP, PROTO_UDP):
             return _Layout(6, 40, nxt)
         # Extension headers: trust csum_start for the L4 offset and the GSO type for the protocol.
-        if hdr.needs_csum and hdr.csum_start >= 40:
-            proto = PROTO_TCP if hdr.gso in (GSO_TCPV6, GSO_NONE) and hdr.csum_offset == 16 else PROTO_UDP
-            return _Layout(6, hdr.csum_start, proto)
+        # (A routing header would change the pseudo-header's destination: not handled.)
+        if hdr.needs_csum and hdr.csum_start >= 40 and hdr.csum_offset in (16, 6):
+            return _Layout(6, hdr.csum_start, PROTO_TCP if hdr.csum_offset == 16 else PROTO_UDP)
         raise VnetError(f"IPv6 next header {nxt} without usable csum_start")
     raise VnetError(f"not an IP packet (version {version})")
 
