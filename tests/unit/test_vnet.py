@@ -193,3 +193,24 @@ def test_segment_rejects_mismatched_gso_type() -> None:
     bad = vnet.VnetHdr(hdr.flags, vnet.GSO_TCPV4, hdr.hdr_len, 1000, hdr.csum_start, hdr.csum_offset)
     with pytest.raises(vnet.VnetError):
         vnet.segment(bad, pkt)
+
+
+def test_tcp6_segmentation_with_extension_header() -> None:
+    payload = os.urandom(4000)
+    hdr, pkt = tcp_super(6, payload, 1000)
+    hbh = bytes([6, 0, 1, 4, 0, 0, 0, 0])  # hop-by-hop: next TCP, PadN
+    ip6 = bytearray(pkt[:40])
+    ip6[6] = 0  # next header: hop-by-hop
+    struct.pack_into("!H", ip6, 4, len(pkt) - 40 + 8)
+    ext = bytes(ip6) + hbh + pkt[40:]
+    h = vnet.VnetHdr(hdr.flags, hdr.gso_type, hdr.hdr_len + 8, 1000, 48, 16)
+    segs = vnet.segment(h, ext)
+    assert len(segs) == 4
+    got = b""
+    for s in segs:
+        assert struct.unpack_from("!H", s, 4)[0] == len(s) - 40
+        assert s[40:48] == hbh
+        l4 = s[48:]
+        assert verify(l4, pseudo_sum(SRC6, DST6, 6, len(l4)))
+        got += l4[32:]
+    assert got == payload
