@@ -105,6 +105,9 @@ class PathInfo:
     rs_name: str | None
     data_keys: KeyPair
     capabilities: int
+    #: The path's capsule sealer/opener (shared with the data plane: one counter per direction).
+    sealer: CapsuleSealer = field(compare=False, repr=False)
+    opener: CapsuleOpener = field(compare=False, repr=False)
 
 
 @dataclass(frozen=True, slots=True)
@@ -172,7 +175,7 @@ class _Path:
 
     def info(self) -> PathInfo:
         return PathInfo(self.path_id, self.role, self.mode, self.rd.peer_name, self.rd.peer_vip4, self.rd.peer_vip6,
-                        self.endpoint, self.rd.rs_name, self.data_keys, self.peer_caps)
+                        self.endpoint, self.rd.rs_name, self.data_keys, self.peer_caps, self.sealer, self.opener)
 
 
 @dataclass(slots=True)
@@ -272,6 +275,26 @@ class NodeCore(CoreBase):
                 "rx_bytes": p.rx_bytes, "created": p.created,
             })
         return out
+
+    def note_data(self, path_id: bytes, addr: Endpoint, rx_packets: int, rx_bytes: int, now: float) -> None:
+        """The data plane authenticated capsules of ``path_id`` from ``addr`` (it decrypts outside
+        the core): keep liveness, counters and address learning in one place."""
+        path = self._paths.get(path_id)
+        if path is None:
+            return
+        path.last_rx = now
+        path.rx_packets += rx_packets
+        path.rx_bytes += rx_bytes
+        if path.mode is not PathMode.RS_S:
+            self._learn(path, addr)
+        if not path.established and path.role is PathRole.RESPONDER:
+            self._establish(path)
+
+    def note_sent(self, path_id: bytes, packets: int, nbytes: int) -> None:
+        path = self._paths.get(path_id)
+        if path is not None:
+            path.tx_packets += packets
+            path.tx_bytes += nbytes
 
     def path_info(self, path_id: bytes) -> PathInfo | None:
         p = self._paths.get(path_id)

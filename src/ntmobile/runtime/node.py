@@ -1,0 +1,342 @@
+"""The NTM node daemon (`ntm node run`): NodeCore on one UDP socket, a TUN device carrying the
+node's VIPs, the per-packet forwarder, the local DNS stub that turns lookups into tunnel set-ups,
+netlink-driven handover, and a control socket for `ntm status`."""
+
+from __future__ import annotations
+
+import asyncio
+import ipaddress
+import logging
+import os
+import signal
+import socket
+import time
+from dataclasses import dataclass, field
+from typing import Any
+
+import dns.flags
+import dns.message
+import dns.rcode
+import dns.rdatatype
+import dns.rrset
+
+from ntmobile.core.node import (
+    DataReceived,
+    NodeConfig,
+    NodeCore,
+    PathClosed,
+    PathEndpointChanged,
+    PathFailed,
+    PathInfo,
+    PathReady,
+    Registered,
+    RegistrationFailed,
+)
+from ntmobile.dataplane.forwarder import FwdPath, NodeForwarder
+from ntmobile.dataplane.tun import open_tun
+from ntmobile.osops import netlink
+from ntmobile.wire import Capability, PathMode, Status
+
+from .config import Credentials, NodeSettings
+from .control import serve_control
+from .driver import CoreDriver
+from .stub import StubServer
+
+log = logging.getLogger("ntm.node")
+
+#: TTL of the VIP answers the stub gives applications (the VIP is stable; the path is rebuilt on
+#: demand when an application sends to a VIP whose path has expired).
+ANSWER_TTL = 60
+#: Upstream forwarding timeout for names that are not tunnelled.
+UPSTREAM_TIMEOUT = 2.0
+
+
+@dataclass
+class _Held:
+    """An application's DNS query held until its tunnel is ready."""
+
+    query: dns.message.Message
+    reply: asyncio.Future[bytes | None]
+    qtype: int
+
+
+@dataclass
+class _Lookup:
+    fqdn: str
+    held: list[_Held] = field(default_factory=list)
+
+
+class NodeDaemon:
+    def __init__(self, settings: NodeSettings, creds: Credentials) -> None:
+        self.settings = settings
+        self.creds = creds
+        self.started = time.time()
+        self.lookups: dict[int, _Lookup] = {}  # core request id -> held queries
+        self.name_by_vip: dict[bytes, str] = {}
+        self.paths: dict[bytes, PathInfo] = {}
+        self.vips: tuple[str | None, str | None] = (None, None)
+        self.addr_task: asyncio.Task[None] | None = None
+        self._refreshing: set[str] = set()
+        self.last_error: str | None = None
+
+    # -- start-up ---------------------------------------------------------------------------------
+    async def run(self, stop: asyncio.Event) -> None:
+        s = self.settings
+        loop = asyncio.get_running_loop()
+        caps = Capability.INNER6
+        cfg = NodeConfig(self.creds.name, self.creds.id_bytes, self.creds.psk, self.creds.dc_id_bytes,
+                         (self.creds.dc_address, self.creds.dc_port), capabilities=int(caps))
+        self.core = NodeCore(cfg, loop.time(), seq_base=time.time_ns() // 1000)
+        self.tun = open_tun(s.tun, vnet_hdr=False, offloads=False)
+        await netlink.async_link_up(self.tun.name, s.mtu)
+        self.driver = CoreDriver(self.core, self.on_event, data_hook=self.on_datagram)
+        await self.driver.start(s.port)
+        self.fwd = NodeForwarder(self.tun, self.driver.send, on_miss=self.on_miss, on_learn=self.on_learn)
+        loop.add_reader(self.tun.fileno(), self.fwd.on_tun_readable)
+        stub = StubServer(self.on_dns_query)
+        await stub.start(s.dns_listen, s.dns_port)
+        control = await serve_control(s.control, self.control)
+        self.core.register(await self.local_endpoints(), loop.time())
+        self.driver.flush()
+        self.addr_task = loop.create_task(self.watch_addresses())
+        log.info("node %s up: TUN %s, UDP port %d, DNS stub %s:%d, DC %s:%d", self.creds.name, self.tun.name, s.port,
+                 s.dns_listen, s.dns_port, self.creds.dc_address, self.creds.dc_port)
+        try:
+            await stop.wait()
+        finally:
+            if self.addr_task is not None:
+                self.addr_task.cancel()
+            loop.remove_reader(self.tun.fileno())
+            control.close()
+            await stub.close()
+            self.driver.close()
+            self.tun.close()
+
+    async def local_endpoints(self) -> tuple[tuple[str, int], ...]:
+        eps: list[tuple[str, int]] = []
+        for ifname, cidr in await netlink.async_addresses():
+            if ifname in ("lo", self.settings.tun):
+                continue
+            ip = ipaddress.ip_interface(cidr).ip
+            if ip.is_link_local or ip.is_loopback:
+                continue
+            eps.append((str(ip), self.settings.port))
+        return tuple(eps)
+
+    async def watch_addresses(self) -> None:
+        """Handover: re-register as soon as netlink reports an address change on a real interface."""
+        loop = asyncio.get_running_loop()
+        current = set(await self.local_endpoints())
+        try:
+            async with netlink.AddressMonitor(routes=True, links=False) as mon:
+                async for ev in mon:
+                    if getattr(ev, "ifname", None) == self.settings.tun:
+                        continue
+                    eps = await self.local_endpoints()
+                    if set(eps) != current and eps:
+                        current = set(eps)
+                        log.info("addresses changed: %s; re-registering", ", ".join(f"{a}" for a, _ in eps))
+                        self.core.addresses_changed(eps, loop.time())
+                        self.driver.flush()
+        except asyncio.CancelledError:
+            raise
+        except Exception:
+            log.exception("address monitor stopped; handover detection is off")
+
+    # -- core events --------------------------------------------------------------------------------
+    def on_event(self, ev: object) -> None:
+        if isinstance(ev, Registered):
+            self.on_registered(ev)
+        elif isinstance(ev, RegistrationFailed):
+            self.last_error = f"registration failed: {ev.status.name}: {ev.reason}"
+            log.warning("%s", self.last_error)
+        elif isinstance(ev, PathReady):
+            self.on_path_ready(ev)
+        elif isinstance(ev, PathFailed):
+            log.info("path to %s failed: %s (%s)", ev.fqdn, ev.status.name, ev.reason)
+            for rid in ev.request_ids:
+                lk = self.lookups.pop(rid, None)
+                if lk is not None:
+                    for h in lk.held:
+                        self.answer_failure(h, ev.status)
+            self._refreshing.discard(ev.fqdn)
+        elif isinstance(ev, PathEndpointChanged):
+            self.fwd.set_endpoint(ev.path_id, ev.endpoint)
+        elif isinstance(ev, PathClosed):
+            self.fwd.remove(ev.path_id)
+            self.paths.pop(ev.path_id, None)
+        elif isinstance(ev, DataReceived):
+            self.tun.write(ev.payload)
+
+    def on_registered(self, ev: Registered) -> None:
+        old = self.vips
+        self.vips = (ev.vip4, ev.vip6)
+        log.info("registered: vip4=%s vip6=%s observed=%s:%d nat=%s keepalive=%ds", ev.vip4, ev.vip6,
+                 ev.observed[0], ev.observed[1], ev.nat.name, ev.keepalive)
+        self.last_error = None
+        if old != self.vips:
+            asyncio.get_running_loop().create_task(self.configure_vips(ev.vip4, ev.vip6))
+
+    async def configure_vips(self, vip4: str | None, vip6: str | None) -> None:
+        name = self.tun.name
+        try:
+            if vip4:
+                await netlink.async_add_address(name, f"{vip4}/32")
+                for r in self.settings.routes4:
+                    await netlink.async_add_route(r, dev=name, src=vip4)
+            if vip6:
+                await netlink.async_add_address(name, f"{vip6}/128")
+                for r in self.settings.routes6:
+                    await netlink.async_add_route(r, dev=name, src=vip6)
+        except OSError as exc:
+            self.last_error = f"cannot configure the VIPs on {name}: {exc}"
+            log.error("%s", self.last_error)
+
+    def on_path_ready(self, ev: PathReady) -> None:
+        p = ev.path
+        self.paths[p.path_id] = p
+        vips = [v for v in (p.peer_vip4, p.peer_vip6) if v]
+        self.fwd.add(p.path_id, p.sealer, p.opener, vips, p.endpoint, learn=p.mode is not PathMode.RS_S)
+        if p.peer_name:
+            for v in vips:
+                self.name_by_vip[ipaddress.ip_address(v).packed] = p.peer_name
+            self._refreshing.discard(p.peer_name.rstrip(".").lower())
+        log.info("path %s to %s ready: %s%s, peer %s", p.path_id.hex(), p.peer_name, p.mode.name,
+                 f" via {p.rs_name}" if p.rs_name else "", ", ".join(vips))
+        for rid in ev.request_ids:
+            lk = self.lookups.pop(rid, None)
+            if lk is not None:
+                for h in lk.held:
+                    self.answer_vips(h, p)
+
+    # -- data plane hooks ---------------------------------------------------------------------------
+    def on_datagram(self, data: bytes, addr: tuple[str, int]) -> bool:
+        if len(data) >= 2 and data[1] == 0x40:
+            self.fwd.on_capsule(data, addr)
+            return True
+        return False
+
+    def on_learn(self, fp: FwdPath, addr: tuple[str, int]) -> None:
+        self.core.note_data(fp.path_id, addr, 0, 0, self.driver.now())
+        self.driver.flush()
+
+    def on_miss(self, dst: bytes) -> None:
+        """A packet to a VIP without a path (e.g. expired): rebuild the path for that name."""
+        name = self.name_by_vip.get(dst)
+        if name is None or name in self._refreshing:
+            return
+        self._refreshing.add(name)
+        self.core.request_path(name, self.driver.now())
+        self.driver.flush()
+
+    # -- DNS stub ---------------------------------------------------------------------------------
+    def tunnelled(self, qname: str) -> bool:
+        name = qname.rstrip(".").lower()
+        if not name or name == "localhost" or name.endswith(".arpa") or name == self.creds.name:
+            return False
+        for suffix in self.settings.tunnel_domains:
+            suf = suffix.strip(".").lower()
+            if suf == "" or name == suf or name.endswith("." + suf):
+                return True
+        return False
+
+    async def on_dns_query(self, wire: bytes, tcp: bool) -> bytes | None:
+        try:
+            q = dns.message.from_wire(wire)
+        except Exception:
+            return None
+        if not q.question:
+            return _response(q, dns.rcode.FORMERR).to_wire()
+        question = q.question[0]
+        qtype = question.rdtype
+        qname = question.name.to_text()
+        if qtype in (dns.rdatatype.A, dns.rdatatype.AAAA) and self.tunnelled(qname):
+            fut: asyncio.Future[bytes | None] = asyncio.get_running_loop().create_future()
+            held = _Held(q, fut, qtype)
+            rid = self.core.request_path(qname.rstrip(".").lower(), self.driver.now())
+            self.lookups.setdefault(rid, _Lookup(qname)).held.append(held)
+            self.driver.flush()
+            return await fut
+        return await self.forward_upstream(wire, tcp)
+
+    def answer_vips(self, h: _Held, p: PathInfo) -> None:
+        r = _response(h.query, dns.rcode.NOERROR)
+        vip = p.peer_vip4 if h.qtype == dns.rdatatype.A else p.peer_vip6
+        if vip:
+            r.answer.append(dns.rrset.from_text(h.query.question[0].name, ANSWER_TTL, "IN",
+                                                dns.rdatatype.to_text(dns.rdatatype.RdataType(h.qtype)), vip))
+        if not h.reply.done():
+            h.reply.set_result(r.to_wire())
+
+    def answer_failure(self, h: _Held, status: Status) -> None:
+        rcode = {Status.NXDOMAIN: dns.rcode.NXDOMAIN, Status.NODATA: dns.rcode.NOERROR}.get(status, dns.rcode.SERVFAIL)
+        if not h.reply.done():
+            h.reply.set_result(_response(h.query, rcode).to_wire())
+
+    async def forward_upstream(self, wire: bytes, tcp: bool) -> bytes | None:
+        loop = asyncio.get_running_loop()
+        for server in self.settings.upstream:
+            fam = socket.AF_INET6 if ":" in server else socket.AF_INET
+            try:
+                if tcp:
+                    reader, writer = await asyncio.wait_for(
+                        asyncio.open_connection(server, self.settings.upstream_port), UPSTREAM_TIMEOUT)
+                    writer.write(len(wire).to_bytes(2, "big") + wire)
+                    n = int.from_bytes(await asyncio.wait_for(reader.readexactly(2), UPSTREAM_TIMEOUT), "big")
+                    data = await asyncio.wait_for(reader.readexactly(n), UPSTREAM_TIMEOUT)
+                    writer.close()
+                    return data
+                sock = socket.socket(fam, socket.SOCK_DGRAM)
+                sock.setblocking(False)
+                try:
+                    await loop.sock_sendto(sock, wire, (server, self.settings.upstream_port))
+                    data, _ = await asyncio.wait_for(loop.sock_recvfrom(sock, 65535), UPSTREAM_TIMEOUT)
+                    return data
+                finally:
+                    sock.close()
+            except (OSError, TimeoutError, asyncio.IncompleteReadError):
+                continue
+        try:
+            return _response(dns.message.from_wire(wire), dns.rcode.SERVFAIL).to_wire()
+        except Exception:
+            return None
+
+    # -- control ---------------------------------------------------------------------------------
+    def control(self, req: dict[str, Any]) -> dict[str, Any]:
+        reg = self.core.registration
+        paths = self.core.paths()
+        now = self.driver.now()
+        for p in paths:
+            fp = self.fwd.by_id.get(bytes.fromhex(str(p["path_id"])))
+            if fp is not None:
+                p.update(tx_packets=fp.tx_packets, tx_bytes=fp.tx_bytes, rx_packets=fp.rx_packets,
+                         rx_bytes=fp.rx_bytes)
+            p["age"] = round(now - float(p.pop("created")), 1)  # type: ignore[arg-type]
+        return {
+            "role": "node", "name": self.creds.name, "pid": os.getpid(),
+            "dc": {"address": self.creds.dc_address, "port": self.creds.dc_port, "domain": self.creds.domain},
+            "registered": self.core.registered,
+            "vip4": reg.vip4 if reg else None, "vip6": reg.vip6 if reg else None,
+            "observed": list(reg.observed) if reg else None, "nat": reg.nat.name if reg else None,
+            "keepalive": reg.keepalive if reg else None, "local_endpoints": [list(e) for e in self.core.local_endpoints],
+            "paths": paths, "stats": dict(self.core.stats), "dataplane": self.fwd.stats, "error": self.last_error,
+            "tun": self.tun.name, "uptime": round(time.time() - self.started, 1),
+        }
+
+
+def _response(q: dns.message.Message, rcode: int) -> dns.message.Message:
+    r = dns.message.make_response(q)
+    r.set_rcode(dns.rcode.Rcode(rcode))
+    r.flags |= dns.flags.RA
+    return r
+
+
+def run_node(settings: NodeSettings, creds: Credentials) -> None:
+    async def main() -> None:
+        stop = asyncio.Event()
+        loop = asyncio.get_running_loop()
+        for sig in (signal.SIGTERM, signal.SIGINT):
+            loop.add_signal_handler(sig, stop.set)
+        await NodeDaemon(settings, creds).run(stop)
+
+    asyncio.run(main())

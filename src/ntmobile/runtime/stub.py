@@ -1,0 +1,105 @@
+"""A small asyncio DNS server for *asynchronous* handlers (the node's stub holds an application's
+query until its tunnel is ready, so answers come later than the query). UDP and TCP (RFC 1035
+length framing); never dies on input."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import socket
+from collections.abc import Awaitable, Callable
+from typing import Any
+
+log = logging.getLogger(__name__)
+
+AsyncHandler = Callable[[bytes, bool], Awaitable[bytes | None]]
+MAX_PENDING = 4096
+
+
+class _Udp(asyncio.DatagramProtocol):
+    def __init__(self, server: StubServer) -> None:
+        self.server = server
+        self.transport: asyncio.DatagramTransport | None = None
+
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        self.transport = transport  # type: ignore[assignment]
+
+    def datagram_received(self, data: bytes, addr: tuple[Any, ...]) -> None:
+        if len(self.server.tasks) >= MAX_PENDING:
+            self.server.dropped += 1
+            return
+        task = asyncio.get_running_loop().create_task(self._answer(data, addr))
+        self.server.tasks.add(task)
+        task.add_done_callback(self.server.tasks.discard)
+
+    async def _answer(self, data: bytes, addr: tuple[Any, ...]) -> None:
+        try:
+            reply = await self.server.handler(data, False)
+        except Exception:
+            self.server.errors += 1
+            log.exception("DNS handler failed")
+            return
+        if reply is not None and self.transport is not None:
+            if len(reply) > 512 and not _has_edns(data):
+                reply = _truncate(reply)
+            self.transport.sendto(reply, addr)
+
+
+def _has_edns(query: bytes) -> bool:
+    return len(query) >= 12 and int.from_bytes(query[10:12], "big") > 0
+
+
+def _truncate(reply: bytes) -> bytes:
+    """Header and question only, with TC set (the client retries over TCP)."""
+    import dns.flags
+    import dns.message
+
+    msg = dns.message.from_wire(reply)
+    msg.answer.clear()
+    msg.authority.clear()
+    msg.additional.clear()
+    msg.flags |= dns.flags.TC
+    return bytes(msg.to_wire())
+
+
+class StubServer:
+    def __init__(self, handler: AsyncHandler) -> None:
+        self.handler = handler
+        self.tasks: set[asyncio.Task[None]] = set()
+        self.dropped = 0
+        self.errors = 0
+        self.udp: asyncio.DatagramTransport | None = None
+        self.tcp: asyncio.Server | None = None
+
+    async def start(self, host: str, port: int) -> None:
+        loop = asyncio.get_running_loop()
+        fam = socket.AF_INET6 if ":" in host else socket.AF_INET
+        transport, _ = await loop.create_datagram_endpoint(lambda: _Udp(self), local_addr=(host, port), family=fam)
+        self.udp = transport
+        self.tcp = await asyncio.start_server(self._tcp, host, port, family=fam, reuse_address=True)
+
+    async def _tcp(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        try:
+            while True:
+                n = int.from_bytes(await asyncio.wait_for(reader.readexactly(2), 10.0), "big")
+                query = await asyncio.wait_for(reader.readexactly(n), 10.0)
+                reply = await self.handler(query, True)
+                if reply is None:
+                    break
+                writer.write(len(reply).to_bytes(2, "big") + reply)
+                await writer.drain()
+        except (asyncio.IncompleteReadError, TimeoutError, ConnectionError):
+            pass
+        except Exception:
+            self.errors += 1
+            log.exception("DNS handler failed (TCP)")
+        finally:
+            writer.close()
+
+    async def close(self) -> None:
+        if self.udp is not None:
+            self.udp.close()
+        if self.tcp is not None:
+            self.tcp.close()
+        for t in list(self.tasks):
+            t.cancel()
