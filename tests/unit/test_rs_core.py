@@ -10,6 +10,7 @@ from __future__ import annotations
 import ipaddress
 import os
 import struct
+from typing import Any
 
 import pytest
 from hypothesis import HealthCheck, given, settings
@@ -731,3 +732,93 @@ def test_random_input_never_raises(data: bytes, port: int, gso: bool) -> None:
         core.datagrams_to_send()
         core.packets_to_tun()
         events(core)
+
+
+# -- end to end with the real DC and node cores ---------------------------------------------------------
+
+
+def _e2e_setup() -> tuple[Any, Any, RsCore, dict[Endpoint, Any], dict[Endpoint, list[Event]]]:
+    from ntmobile.core.dc import DcConfig, DcCore
+    from ntmobile.core.node import NodeConfig, NodeCore
+    from ntmobile.core.registry import ClientRecord, MemoryStore, Pools
+
+    store = MemoryStore(Pools(vip4="100.64.0.0/24", vip6=None, gn_vip4="100.127.0.0/24", gn_vip6=None))
+    store.add_client(ClientRecord(RS_ID, "rs1.ntm.example", Role.RELAY, PSK))
+    store.add_client(ClientRecord(b"NODE-A\x00\x01", "a.ntm.example", Role.NODE, PSK2))
+    store.add_client(ClientRecord(b"NODE-B\x00\x01", "b.ntm.example", Role.NODE, PSK2))
+    dc = DcCore(DcConfig(domain="ntm.example", dc_id=DC_ID), store, 0.0, seq_base=1)
+    rs = RsCore(RsConfig(name="rs1.ntm.example", rs_id=RS_ID, dcs=[DcLink(DC_ID, DC_EP, PSK)],
+                         local_endpoints=(RS_OBSERVED,)), 0.0, seq_base=SEQ_BASE)
+    nodes = {
+        NODE_A: NodeCore(NodeConfig("a.ntm.example", b"NODE-A\x00\x01", PSK2, DC_ID, DC_EP), 0.0, seq_base=1),
+        NODE_B: NodeCore(NodeConfig("b.ntm.example", b"NODE-B\x00\x01", PSK2, DC_ID, DC_EP), 0.0, seq_base=1),
+    }
+    hosts: dict[Endpoint, Any] = {DC_EP: dc, RS_OBSERVED: rs, **nodes}
+    evs: dict[Endpoint, list[Event]] = {ep: [] for ep in hosts}
+    rs.register(0.0)
+    for node in nodes.values():  # both behind (different) NATs: they report private addresses
+        node.register((("10.0.0.2", 7412),), 0.0)
+    _pump(hosts, evs, 0.1)
+    return dc, nodes, rs, hosts, evs
+
+
+def _pump(hosts: dict[Endpoint, Any], evs: dict[Endpoint, list[Event]], now: float) -> None:
+    for _ in range(50):
+        moved = False
+        for src, core in hosts.items():
+            while (ev := core.next_event()) is not None:
+                evs[src].append(ev)
+            for dg in core.datagrams_to_send():
+                moved = True
+                if dg.addr in hosts:
+                    hosts[dg.addr].receive_datagram(dg.data, src, now)
+        if not moved:
+            return
+
+
+def test_end_to_end_rs_n_with_real_dc_and_node() -> None:
+    from ntmobile.core.dc import PeerKind, Resolution, ResolveRequest
+    from ntmobile.core.node import DataReceived, PathReady
+
+    dc, nodes, rs, hosts, evs = _e2e_setup()
+    assert any(isinstance(e, Registered) for e in evs[RS_OBSERVED])
+    node = nodes[NODE_A]
+    node.request_path("www.gn.example", 1.0)
+    _pump(hosts, evs, 1.0)
+    [resolve] = [e for e in evs[DC_EP] if isinstance(e, ResolveRequest)]
+    dc.resolution_result(resolve.token, Resolution(PeerKind.GENERAL, addrs4=(GN_ADDR,)), 1.1)
+    _pump(hosts, evs, 1.1)
+    [added] = [e for e in evs[RS_OBSERVED] if isinstance(e, RelayAdded)]
+    entry = added.entry
+    [(node_vip, gn_vip, gn_addr)] = entry.nat_mappings()
+    assert gn_addr == GN_ADDR and entry.node_endpoint == NODE_A
+    [ready] = [e for e in evs[NODE_A] if isinstance(e, PathReady)]
+    assert ready.path.path_id == entry.path_id
+    inner = ip4(node_vip, gn_vip, b"to the general node")
+    assert node.send_data(entry.path_id, inner, 1.2)
+    _pump(hosts, evs, 1.2)
+    assert rs.packets_to_tun() == [(inner, False)]
+    reply = ip4(gn_vip, node_vip, b"from the general node")
+    rs.tun_packet(reply, 1.3)
+    _pump(hosts, evs, 1.3)
+    assert DataReceived(entry.path_id, reply) in evs[NODE_A]
+
+
+def test_end_to_end_rs_s_with_real_dc_and_nodes() -> None:
+    from ntmobile.core.node import DataReceived, PathReady
+
+    dc, nodes, rs, hosts, evs = _e2e_setup()
+    nodes[NODE_A].request_path("b.ntm.example", 1.0)
+    _pump(hosts, evs, 1.0)
+    [added] = [e for e in evs[RS_OBSERVED] if isinstance(e, RelayAdded)]
+    entry = added.entry
+    assert entry.rs_type is RsType.S
+    assert entry.initiator.endpoint == NODE_A and entry.responder_endpoint == NODE_B
+    assert [e for e in evs[NODE_A] if isinstance(e, PathReady)]
+    assert [e for e in evs[NODE_B] if isinstance(e, PathReady)]
+    assert nodes[NODE_A].send_data(entry.path_id, b"hello b", 1.2)
+    assert nodes[NODE_B].send_data(entry.path_id, b"hello a", 1.2)
+    _pump(hosts, evs, 1.2)
+    assert DataReceived(entry.path_id, b"hello b") in evs[NODE_B]
+    assert DataReceived(entry.path_id, b"hello a") in evs[NODE_A]
+    assert (entry.packets_i2r, entry.packets_r2i) == (1, 1)

@@ -573,7 +573,9 @@ class RsCore(CoreBase):
             if existing.direction != msg:
                 # Same path, keys and addresses: a refresh of the informative/timing parts.
                 existing.direction = msg
-                existing.idle_timeout = self._idle_timeout(msg)
+                old_timeout, existing.idle_timeout = existing.idle_timeout, self._idle_timeout(msg)
+                if existing.idle_timeout < old_timeout:
+                    self._push_idle(existing, existing.deadline)  # expires earlier than scheduled
                 self.stats["relay_direction_refreshed"] += 1
             else:
                 self.stats["relay_direction_duplicate"] += 1

@@ -51,3 +51,7 @@ def daemon_kinds() -> list[str]:
 
 def daemon_builder(kind: str) -> DaemonBuilder | None:
     return _KINDS.get(kind)
+
+
+def unregister_daemon_kind(kind: str) -> None:
+    _KINDS.pop(kind, None)

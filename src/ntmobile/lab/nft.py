@@ -77,8 +77,9 @@ def loss_ruleset(table: str, legs: list[tuple[str, float]]) -> str:
         n = round(percent * 100)
         if n <= 0:
             continue
-        ing.append(f'    iifname "{ifname}" numgen random mod 10000 < {n} drop')
-        egr.append(f'    oifname "{ifname}" numgen random mod 10000 < {n} drop')
+        cond = "" if n >= 10000 else f" numgen random mod 10000 < {n}"
+        ing.append(f'    iifname "{ifname}"{cond} drop')
+        egr.append(f'    oifname "{ifname}"{cond} drop')
     if not ing:
         return ""
     return "\n".join([

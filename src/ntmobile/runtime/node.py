@@ -318,7 +318,8 @@ class NodeDaemon:
             "registered": self.core.registered,
             "vip4": reg.vip4 if reg else None, "vip6": reg.vip6 if reg else None,
             "observed": list(reg.observed) if reg else None, "nat": reg.nat.name if reg else None,
-            "keepalive": reg.keepalive if reg else None, "local_endpoints": [list(e) for e in self.core.local_endpoints],
+            "keepalive": reg.keepalive if reg else None,
+            "local_endpoints": [list(e) for e in self.core.local_endpoints],
             "paths": paths, "stats": dict(self.core.stats), "dataplane": self.fwd.stats, "error": self.last_error,
             "tun": self.tun.name, "uptime": round(time.time() - self.started, 1),
         }

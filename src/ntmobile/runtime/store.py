@@ -105,7 +105,8 @@ class SqliteStore:
         return vip4, vip6
 
     def gn_vip(self, node_id: bytes, gn_addr: str) -> str:
-        row = self.db.execute("SELECT vip FROM gn_vips WHERE node_id = ? AND gn_addr = ?", (node_id, gn_addr)).fetchone()
+        row = self.db.execute("SELECT vip FROM gn_vips WHERE node_id = ? AND gn_addr = ?",
+                              (node_id, gn_addr)).fetchone()
         if row is not None:
             return str(row[0])
         v6 = ipaddress.ip_address(gn_addr).version == 6
