@@ -659,8 +659,8 @@ class _Entry:
 def cache_key(fqdn: str) -> str:
     """Case-insensitive, absolute form of a name ('WWW.B.Example' -> 'www.b.example.').
 
-    A string that is not a valid name maps to itself lower-cased (never raises; it cannot match a
-    stored result, since results only exist for valid names).
+    A string that is not a valid name gets a key no valid name can have (never raises; it cannot
+    match a stored result, since results only exist for valid names).
     """
     try:
         return dns.name.from_text(fqdn).canonicalize().to_text()
