@@ -7,6 +7,7 @@ as its real receiver would.
 
 from __future__ import annotations
 
+import dataclasses
 import ipaddress
 import os
 import struct
@@ -484,6 +485,14 @@ def test_duplicate_relay_direction_is_idempotent() -> None:
     evs, hdr, reply = direct(core, dc, msg, txid=1, now=1.3)  # retransmission (re-sealed, same txid)
     assert evs == [] and hdr.status == Status.OK and isinstance(reply, DirectionResponse)
     assert core.entries() == [added.entry] and core.stats["relay_direction_duplicate"] == 1
+    # Same path, keys and addresses with a shorter idle timeout: a refresh, effective at once.
+    evs, hdr, _ = direct(core, dc, dataclasses.replace(msg, idle_timeout=5), txid=2, now=1.5)
+    assert evs == [] and hdr.status == Status.OK and added.entry.idle_timeout == 5
+    assert 6.0 in [t for t, _, _ in core._idle]
+    core.handle_timer(5.99)
+    assert core.entries() == [added.entry]
+    core.handle_timer(6.0)
+    assert [type(e) for e in events(core)] == [RelayRemoved]
 
 
 def test_path_id_in_use_busy_and_bad_request() -> None:
