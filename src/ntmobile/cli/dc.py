@@ -49,13 +49,13 @@ def run(config: Path = ConfigOpt, verbose: bool = typer.Option(False, "--verbose
         fail(f"cannot start the DC: {exc}")
 
 
-def _enroll(config: Path, name: str, out: Path | None, role: Role) -> None:
+def _enroll(config: Path, name: str, out: Path | None, role: Role, client_id: str | None = None) -> None:
     from ntmobile.runtime.config import dump
     from ntmobile.runtime.enroll import enroll
 
     settings = _settings(config)
     try:
-        creds = enroll(settings, name, role)
+        creds = enroll(settings, name, role, client_id=bytes.fromhex(client_id) if client_id else None)
     except StoreError as exc:
         fail(f"cannot enrol {name}: {exc}")
     if out is None or str(out) == "-":
@@ -78,9 +78,13 @@ def enroll_node(name: str = typer.Argument(..., help="node name, e.g. mn or mn.a
 
 @app.command("enroll-rs")
 def enroll_rs(name: str = typer.Argument(..., help="relay server name, e.g. rs1"), config: Path = ConfigOpt,
-              out: Path | None = typer.Option(None, "--out", "-o")) -> None:
+              out: Path | None = typer.Option(None, "--out", "-o"),
+              rs_id: str | None = typer.Option(None, "--id", help="reuse this 16-hex-digit relay ID (a relay "
+                                               "serving several DCs keeps one ID)")) -> None:
     """Issue a relay server's credentials for this DC."""
-    _enroll(config, name, out, Role.RELAY)
+    if rs_id is not None and (len(rs_id) != 16 or any(c not in "0123456789abcdef" for c in rs_id)):
+        fail("--id must be 16 lowercase hex digits")
+    _enroll(config, name, out, Role.RELAY, rs_id)
 
 
 @app.command("status")

@@ -12,7 +12,7 @@ from .config import Credentials, DcSettings
 from .store import SqliteStore
 
 
-def enroll(settings: DcSettings, name: str, role: Role) -> Credentials:
+def enroll(settings: DcSettings, name: str, role: Role, *, client_id: bytes | None = None) -> Credentials:
     """Create a client in the DC's registry and return its credentials. StoreError on conflict."""
     name = name.rstrip(".").lower()
     if role is Role.NODE and name != settings.domain and not name.endswith("." + settings.domain):
@@ -21,10 +21,10 @@ def enroll(settings: DcSettings, name: str, role: Role) -> Credentials:
     store = SqliteStore(settings.database, Pools(p.vip4, p.vip6, p.gn_vip4, p.gn_vip6))
     try:
         dc_id, _ = store.identity()
-        while True:
-            client_id = os.urandom(8)
-            if client_id != dc_id and store.get_client(client_id) is None:
-                break
+        while client_id is None:
+            candidate = os.urandom(8)
+            if candidate != dc_id and store.get_client(candidate) is None:
+                client_id = candidate
         psk = os.urandom(32)
         store.add_client(ClientRecord(client_id, name, role, psk))
         if role is Role.NODE:

@@ -1,0 +1,74 @@
+"""`ntm rs`: run a relay server (RS-S and RS-N in one daemon)."""
+
+from __future__ import annotations
+
+import json
+import logging
+import sys
+from pathlib import Path
+
+import typer
+
+from .common import fail, require_root
+
+app = typer.Typer(help="Relay server: RS-S between NATed NTM nodes, RS-N to general nodes (kernel NAPT).",
+                  no_args_is_help=True)
+
+
+@app.command("run")
+def run(config: Path = typer.Option(..., "--config", "-c", help="relay configuration file (TOML)"),
+        verbose: bool = typer.Option(False, "--verbose", "-v")) -> None:
+    """Run the relay daemon in the foreground."""
+    from ntmobile.runtime.config import ConfigError, Credentials, RsSettings, load
+    from ntmobile.runtime.rs import dc_links, run_rs
+
+    try:
+        settings = load(config, RsSettings)
+        creds = []
+        for c in settings.credentials:
+            p = Path(c)
+            creds.append(load(p if p.is_absolute() else config.parent / p, Credentials))
+        dc_links(creds)
+    except ConfigError as exc:
+        fail(str(exc))
+    require_root("ntm rs run")
+    logging.basicConfig(level=logging.DEBUG if verbose else logging.INFO, stream=sys.stderr,
+                        format="%(asctime)s %(name)s %(levelname)s %(message)s")
+    try:
+        run_rs(settings, creds)
+    except OSError as exc:
+        if exc.errno == 98:
+            fail(f"port {settings.port} is already in use: stop the other service or change `port`")
+        fail(f"cannot start the relay: {exc}")
+
+
+@app.command("status")
+def status(control: str = typer.Option("ntm-rs", help="control socket name"),
+           as_json: bool = typer.Option(False, "--json")) -> None:
+    """Show the relay's DCs and its Relay Table with per-path counters."""
+    from ntmobile.runtime.control import query
+
+    try:
+        st = query(control)
+    except ConnectionError as exc:
+        fail(str(exc))
+    if as_json:
+        typer.echo(json.dumps(st, indent=2))
+        return
+    from rich.console import Console
+    from rich.table import Table
+
+    con = Console()
+    con.print(f"relay [bold]{st['name']}[/] id {st['rs_id']}: {st['paths']} paths, {st['mappings']} NAT mappings")
+    for dc in st["dcs"]:
+        con.print(f"  DC {dc['dc_id']} at {dc['endpoint']}: {dc['state']}")
+    t = Table("path", "type", "initiator", "responder", "VIP map", "pkts i→r", "pkts r→i", "drops")
+    for e in st["entries"]:
+        vmap = " ".join(f"{e[f'peer_vip{f}']}→{e[f'gn_addr{f}']}" for f in (4, 6) if e.get(f"gn_addr{f}"))
+        t.add_row(e["path_id"], e["rs_type"], str(e["initiator"]), str(e["responder"] or "-"), vmap,
+                  str(e["packets_i2r"]), str(e["packets_r2i"]), str(e["drops"]))
+    con.print(t)
+
+
+def register(root: typer.Typer) -> None:
+    root.add_typer(app, name="rs")
