@@ -180,7 +180,7 @@ def make_rs(dcs: tuple[FakeDc, ...] | None = None, **cfg: object) -> tuple[RsCor
     eps = {DC_ID: DC_EP, DC2_ID: DC2_EP}
     config = RsConfig(name="rs1.example", rs_id=RS_ID,
                       dcs=[DcLink(d.dc_id, eps[d.dc_id], d.psk) for d in dcs],
-                      local_endpoints=(RS_OBSERVED,), capabilities=int(Capability.GSO), **cfg)  # type: ignore[arg-type]
+                      local_endpoints=(RS_OBSERVED,), **{"capabilities": int(Capability.GSO), **cfg})  # type: ignore[arg-type]
     core = RsCore(config, 0.0, seq_base=SEQ_BASE)
     core.register(0.0)
     sent = core.datagrams_to_send()
@@ -449,6 +449,18 @@ def test_rs_n_gso_flag_passes_through() -> None:
     assert node.opener.open(dg.data) == reply
 
 
+def test_rs_n_refuses_gso_it_did_not_offer() -> None:
+    core, dc = make_rs(capabilities=0)
+    pid, pk = b"P" * 8, os.urandom(32)
+    direct(core, dc, rs_n_direction(pid, pk), txid=1)
+    node = NodeN(pid, pk)
+    core.receive_datagram(node.sig.seal(TunnelRequest(capabilities=Capability.GSO), txid=2), NODE_A, 1.1)
+    [dg] = core.datagrams_to_send()
+    assert node.open(dg.data)[1] == TunnelResponse(capabilities=0, observed=NODE_A)
+    core.receive_datagram(node.sealer.seal(bytes(10) + ip4(NODE_VIP, GN_VIP), CapsuleFlags.GSO), NODE_A, 1.2)
+    assert core.packets_to_tun() == [] and core.stats["drop_gso_unsupported"] == 1
+
+
 def test_rs_n_ipv6_mapping() -> None:
     core, dc = make_rs()
     pid, pk = b"Q" * 8, os.urandom(32)
@@ -521,8 +533,29 @@ def test_path_id_in_use_busy_and_bad_request() -> None:
         assert evs == [] and hdr.status == Status.BAD_REQUEST
     direct(core, dc2, RelayDirection(path_id=b"S" * 8, rs_type=RsType.S, idle_timeout=60,
                                      relay_key=os.urandom(32)), txid=20, addr=DC2_EP)
-    evs, hdr, _ = direct(core, dc1, rs_n_direction(b"T" * 8, os.urandom(32)), txid=21)
+    evs, hdr, _ = direct(core, dc1, rs_n_direction(b"T" * 8, os.urandom(32), peer_vip4="100.127.0.9"), txid=21)
     assert evs == [] and hdr.status == Status.BUSY and len(core.entries()) == 2
+
+
+def test_new_path_for_same_vip_pair_supersedes_old_one() -> None:
+    dc1, dc2 = FakeDc(), FakeDc(DC2_ID, PSK2)
+    core, _ = make_rs((dc1, dc2))
+    direct(core, dc1, rs_n_direction(b"P" * 8, os.urandom(32)), txid=1)
+    pk2 = os.urandom(32)
+    evs, hdr, _ = direct(core, dc1, rs_n_direction(b"R" * 8, pk2), txid=2, now=2.0)
+    assert hdr.status == Status.OK
+    assert [(type(e), getattr(e, "reason", None)) for e in evs] == [(RelayRemoved, "superseded"), (RelayAdded, None)]
+    assert [e.path_id for e in core.entries()] == [b"R" * 8]
+    node = NodeN(b"R" * 8, pk2)
+    core.receive_datagram(node.sig.seal(TunnelRequest(), txid=1), NODE_A2, 2.1)
+    core.datagrams_to_send()
+    events(core)
+    core.tun_packet(ip4(GN_VIP, NODE_VIP), 2.2)
+    [dg] = core.datagrams_to_send()
+    assert dg.addr == NODE_A2 and node.opener.open(dg.data) == ip4(GN_VIP, NODE_VIP)
+    # The same pair from another DC (overlapping VIP spaces) cannot be told apart by the NAT.
+    evs, hdr, _ = direct(core, dc2, rs_n_direction(b"U" * 8, os.urandom(32)), txid=3, addr=DC2_EP)
+    assert evs == [] and hdr.status == Status.BUSY and core.stats["relay_direction_vip_conflict"] == 1
 
 
 def test_relay_direction_from_non_dc_or_wrong_key_rejected() -> None:

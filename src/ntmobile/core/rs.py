@@ -53,6 +53,7 @@ from ntmobile.crypto import (
 from ntmobile.wire import (
     CAPSULE_OVERHEAD,
     VERSION,
+    Capability,
     CapsuleFlags,
     CodecError,
     DirectionResponse,
@@ -153,7 +154,8 @@ class RelayAdded(Event):
 @dataclass(frozen=True, slots=True)
 class RelayRemoved(Event):
     entry: RelayEntry
-    #: "released" (Path Release from the DC) or "idle".
+    #: "released" (Path Release from the DC), "idle", or "superseded" (a newer path of the same DC
+    #: took over its (node VIP, peer VIP) pair; RelayAdded of the new path follows).
     reason: str
 
 
@@ -586,14 +588,26 @@ class RsCore(CoreBase):
             self.stats["relay_direction_bad"] += 1
             self._direction_response(session, pid, hdr.txid, addr, Status.BAD_REQUEST)
             return
-        if len(self._paths) >= self.config.max_paths:
+        # One RS-N path per (node VIP, peer VIP) pair: the kernel NAT cannot tell two apart. A new
+        # path of the same DC for a pair supersedes the old one (the node set the path up again);
+        # the same pair from another DC (overlapping VIP spaces) cannot be relayed here.
+        pairs = _vip_pairs(msg) if msg.rs_type == RsType.N else ()
+        superseded = {id(o): o for o in (self._by_vips.get(p) for p in pairs) if o is not None}
+        if any(o.dc_id != dc.link.dc_id for o in superseded.values()):
+            self.stats["relay_direction_vip_conflict"] += 1
+            self._direction_response(session, pid, hdr.txid, addr, Status.BUSY)
+            return
+        if len(self._paths) - len(superseded) >= self.config.max_paths:
             self.stats["relay_direction_busy"] += 1
             self._direction_response(session, pid, hdr.txid, addr, Status.BUSY)
             return
+        for old in superseded.values():
+            self.stats["relays_superseded"] += 1
+            self._remove(old, "superseded")  # RelayRemoved before RelayAdded: the NAT mapping moves
         e = self._new_entry(dc, msg, now)
         self._paths[pid] = e
         for pair in e.vip_pairs:
-            self._by_vips[pair] = e  # the newest path for a (node, peer) pair takes the replies
+            self._by_vips[pair] = e
         self._push_idle(e, e.deadline)
         self.stats["relays_added"] += 1
         self._emit(RelayAdded(e))
@@ -768,6 +782,11 @@ class RsCore(CoreBase):
             self.stats["drop_malformed"] += 1
             return
         gso = bool(flags & CapsuleFlags.GSO)
+        if gso and not self.config.capabilities & Capability.GSO:
+            # We did not offer GSO: the runtime's TUN cannot take a virtio_net_hdr super-packet.
+            e.drops += 1
+            self.stats["drop_gso_unsupported"] += 1
+            return
         if _ip_pair(payload, VNET_HDR_SIZE if gso else 0) not in e.vip_pairs:
             # Authenticated, but not between this path's VIPs: never let it reach the NAT.
             e.drops += 1
@@ -803,9 +822,6 @@ class RsCore(CoreBase):
         for pair in e.vip_pairs:
             if self._by_vips.get(pair) is e:
                 del self._by_vips[pair]
-                older = [o for o in self._paths.values() if pair in o.vip_pairs]
-                if older:
-                    self._by_vips[pair] = max(older, key=lambda o: o.created)
         self.stats["relays_removed"] += 1
         self._emit(RelayRemoved(e, reason))
 
