@@ -1,0 +1,3 @@
+from ntmobile.cli.main import main
+
+main()

@@ -1,0 +1,112 @@
+"""The ntmobile daemon kinds the lab starts: ``dc``, ``rs`` and ``node``.
+
+Topology syntax (docs/lab.md)::
+
+    [[hosts.daemons]]                     # on host dca
+    kind = "dc"
+    config = { domain = "a.example", vip4 = "100.64.1.0/24", vip6 = "fd00:6e74:1::/64" }
+
+    [[hosts.daemons]]                     # on host rs1
+    kind = "rs"
+    config = { dcs = ["dca", "dcb"] }     # hosts whose DC it serves (enrolled at each, one ID)
+
+    [[hosts.daemons]]                     # on host mn
+    kind = "node"
+    config = { dc = "dca", name = "mn" }  # enrolled at that DC as mn.<domain>
+
+Hosts are started in topology order, so DC hosts must come before the relays and nodes that
+enrol with them. Builders enrol directly in the DC's SQLite registry (what `ntm dc enroll` does).
+"""
+
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+
+from ntmobile.runtime.config import DcSettings, NodeSettings, PoolSettings, RsSettings, dump, load
+from ntmobile.runtime.enroll import enroll
+from ntmobile.wire import DC_PORT, NODE_PORT, RS_PORT, Role
+
+from .daemons import DaemonContext, DaemonLaunch, daemon_builder, register_daemon_kind
+
+NTM = [sys.executable, "-m", "ntmobile"]
+ETC_NETNS = Path("/etc/netns")
+
+
+def _dc_settings(ctx: DaemonContext, dc_host: str) -> DcSettings:
+    path = ctx.lab.host_workdir(dc_host) / "dc.toml"
+    if not path.exists():
+        raise RuntimeError(f"hosts.{ctx.host}.daemons: DC host {dc_host!r} has no dc daemon started before it")
+    return load(path, DcSettings)
+
+
+def build_dc(ctx: DaemonContext) -> DaemonLaunch:
+    c = ctx.spec.config
+    lab = ctx.lab
+    v4 = lab.addr(ctx.host, 4)
+    try:
+        v6: str | None = lab.addr(ctx.host, 6)
+    except Exception:
+        v6 = None
+    domain = str(c["domain"])
+    settings = DcSettings(
+        domain=domain, address=v4, database=str(ctx.workdir / "dc.sqlite"), ns_name=f"dc.{domain}",
+        ns_addresses=[v4] + ([v6] if v6 else []), resolvers=lab.resolvers()[:1], control="ntm-dc",
+        keepalive=int(c.get("keepalive", 15)), idle_timeout=int(c.get("idle_timeout", 120)),
+        pools=PoolSettings(vip4=c.get("vip4", "100.64.1.0/24"), vip6=c.get("vip6", "fd00:6e74:1::/64")),
+    )
+    path = ctx.workdir / "dc.toml"
+    dump(settings, path)
+    return DaemonLaunch(argv=[*NTM, "dc", "run", "-c", str(path)], ready_udp=(DC_PORT, 53), ready_tcp=(53,))
+
+
+def build_rs(ctx: DaemonContext) -> DaemonLaunch:
+    c = ctx.spec.config
+    lab = ctx.lab
+    name = str(c.get("name", ctx.host))
+    creds: list[str] = []
+    rs_id: bytes | None = None
+    for dc_host in c.get("dcs", []):
+        cred = enroll(_dc_settings(ctx, dc_host), name, Role.RELAY, client_id=rs_id)
+        rs_id = cred.id_bytes
+        p = ctx.workdir / f"rs-{dc_host}.cred.toml"
+        dump(cred, p)
+        creds.append(str(p))
+    if not creds:
+        raise RuntimeError(f"hosts.{ctx.host}.daemons: an rs daemon needs config.dcs (DC hosts to serve)")
+    try:
+        v6: str | None = lab.addr(ctx.host, 6)
+    except Exception:
+        v6 = None
+    settings = RsSettings(name=name, credentials=creds, address=lab.addr(ctx.host, 4), address6=v6,
+                          control="ntm-rs", offload=bool(c.get("offload", True)))
+    path = ctx.workdir / "rs.toml"
+    dump(settings, path)
+    return DaemonLaunch(argv=[*NTM, "rs", "run", "-c", str(path)], ready_udp=(RS_PORT,))
+
+
+def build_node(ctx: DaemonContext) -> DaemonLaunch:
+    c = ctx.spec.config
+    lab = ctx.lab
+    cred = enroll(_dc_settings(ctx, str(c["dc"])), str(c.get("name", ctx.host)), Role.NODE)
+    cred_path = ctx.workdir / "node.cred.toml"
+    dump(cred, cred_path)
+    settings = NodeSettings(credentials=str(cred_path), upstream=lab.resolvers(), control="ntm-node",
+                            offload=bool(c.get("offload", True)))
+    path = ctx.workdir / "node.toml"
+    dump(settings, path)
+    resolv = ETC_NETNS / lab.ns(ctx.host) / "resolv.conf"
+    text = f"# ntm lab: {ctx.host} resolves through its NTM node's DNS stub\nnameserver {settings.dns_listen}\n"
+    return DaemonLaunch(argv=[*NTM, "node", "run", "-c", str(path)], files={resolv: text},
+                        ready_udp=(NODE_PORT, settings.dns_port), ready_tcp=(settings.dns_port,))
+
+
+def register_all() -> None:
+    for kind, builder in (("dc", build_dc), ("rs", build_rs), ("node", build_node)):
+        if daemon_builder(kind) is None:
+            register_daemon_kind(kind, builder)
+
+
+register_all()
+
+__all__ = ["build_dc", "build_node", "build_rs", "register_all"]

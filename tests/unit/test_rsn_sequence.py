@@ -1,0 +1,177 @@
+"""The paper's whole RS-N set-up sequence (Fig. 2), in memory, with the real node, DC and RS cores:
+registration → Direction Request → (DNS discovery) → Relay Direction → Direction Response →
+Route Direction → Tunnel Request/Response → data capsules both ways; with loss, replays and forgeries."""
+
+from __future__ import annotations
+
+import struct
+
+import pytest
+
+from ntmobile.core.dc import DcConfig, DcCore, DirectionDecision, PeerKind, Resolution, ResolveRequest
+from ntmobile.core.node import DataReceived, NodeConfig, NodeCore, PathFailed, PathReady
+from ntmobile.core.registry import ClientRecord, MemoryStore, Pools
+from ntmobile.core.rs import DcLink, RelayAdded, RsConfig, RsCore
+from ntmobile.crypto import CapsuleSealer, Channel, KeyPair
+from ntmobile.wire import CapsuleFlags, MessageType, PathMode, Role, RouteDirection, Status
+
+from .harness import Net, random_loss, seeded_bytes
+
+DC_ID = bytes.fromhex("dc000000000000aa")
+DC_EP = ("192.0.2.10", 7410)
+RS_EP = ("192.0.2.20", 7411)
+MN_PRIV = ("10.1.0.10", 7412)
+MN_PUB = ("192.0.2.100", 40001)
+GN = "192.0.2.40"
+POOLS = Pools("100.64.1.0/24", "fd00:6e74:1::/64", "100.127.0.0/16", "fd00:6e74:ff::/64")
+
+
+def ipv4_udp(src: str, dst: str, payload: bytes) -> bytes:
+    s = bytes(int(x) for x in src.split("."))
+    d = bytes(int(x) for x in dst.split("."))
+    udp = struct.pack("!HHHH", 5000, 6000, 8 + len(payload), 0) + payload
+    return struct.pack("!BBHHHBBH4s4s", 0x45, 0, 20 + len(udp), 1, 0, 64, 17, 0, s, d) + udp
+
+
+class World:
+    def __init__(self, loss: float = 0.0, seed: int = 1) -> None:
+        self.net = Net(drop=random_loss(loss, seed) if loss else None)
+        self.store = MemoryStore(POOLS)
+        self.mn_rec = ClientRecord(b"\x01" * 8, "mn.a.example", Role.NODE, b"\x11" * 32)
+        self.rs_rec = ClientRecord(b"\x02" * 8, "rs1", Role.RELAY, b"\x22" * 32)
+        self.store.add_client(self.mn_rec)
+        self.store.add_client(self.rs_rec)
+        self.dc = DcCore(DcConfig("a.example", DC_ID), self.store, self.net.now, seq_base=10**15,
+                         random_bytes=seeded_bytes(seed))
+        self.rs = RsCore(RsConfig("rs1", self.rs_rec.client_id, [DcLink(DC_ID, DC_EP, self.rs_rec.psk)],
+                                  local_endpoints=[RS_EP]), self.net.now, seq_base=10**15,
+                         random_bytes=seeded_bytes(seed + 1))
+        self.mn = NodeCore(NodeConfig("mn.a.example", self.mn_rec.client_id, self.mn_rec.psk, DC_ID, DC_EP),
+                           self.net.now, seq_base=10**15, random_bytes=seeded_bytes(seed + 2))
+        self.net.add("dc", self.dc, DC_EP)
+        self.net.add("rs", self.rs, RS_EP)
+        self.net.add("mn", self.mn, MN_PRIV, public=MN_PUB)
+        self.rs.register(self.net.now)
+        self.mn.register((MN_PRIV,), self.net.now)
+        self.net.run_until(lambda: self.mn.registered and bool(self.dc.relays()))
+
+    def resolve_as_gn(self) -> None:
+        """Answer the DC's resolution request as DNS discovery would for a general node."""
+        for ev in list(self.net.hosts["dc"].events):
+            if isinstance(ev, ResolveRequest):
+                self.net.hosts["dc"].events.remove(ev)
+                self.dc.resolution_result(ev.token, Resolution(
+                    PeerKind.GENERAL, addrs4=(GN,), evidence=("NS gn.example = ns.gn.example", "no DC TXT marker",
+                                                              f"A {GN}")), self.net.now)
+
+    def setup_path(self) -> PathReady:
+        rid = self.mn.request_path("www.gn.example", self.net.now)
+
+        def ready() -> bool:
+            self.resolve_as_gn()
+            return any(rid in e.request_ids for e in self.net.events_of("mn", PathReady))
+
+        self.net.run_until(ready, max_time=20)
+        return next(e for e in self.net.events_of("mn", PathReady) if rid in e.request_ids)
+
+
+def test_rsn_sequence_end_to_end() -> None:
+    w = World()
+    ready = w.setup_path()
+    path = ready.path
+    assert path.mode is PathMode.RS_N and path.rs_name == "rs1"
+    assert path.endpoint == RS_EP and path.peer_vip4 is not None
+    # The order of the paper's Fig. 2, as the datagrams flowed.
+    flow = [(src, dst) for _, src, dst, _ in w.net.log]
+    first_relay = flow.index(("dc", "rs"), flow.index(("mn", "dc"), 2))
+    assert ("rs", "dc") in flow[first_relay:]
+    decision = w.net.events_of("dc", DirectionDecision)[-1]
+    assert decision.status is Status.OK and decision.rs == "rs1"
+    assert any("no DC TXT marker" in line for line in decision.evidence)
+    # The RS installed its NAT mapping (RelayAdded) for exactly this node VIP / GN VIP / GN address.
+    added = w.net.events_of("rs", RelayAdded)[0]
+    assert added.entry.nat_mappings() == [(w.mn.registration.vip4, path.peer_vip4, GN)]  # type: ignore[union-attr]
+    # Data MN → RS-N: the RS hands the exact inner packet to its TUN.
+    pkt = ipv4_udp(w.mn.registration.vip4, path.peer_vip4, b"GET / HTTP/1.0\r\n\r\n")  # type: ignore[union-attr, arg-type]
+    assert w.mn.send_data(path.path_id, pkt, w.net.now)
+    w.net.step()
+    assert [p for p, _gso in w.rs.packets_to_tun()] == [pkt]
+    # Reply GN → MN, de-NATed by the kernel (src GN VIP, dst node VIP), sealed back to the node's NAT mapping.
+    reply = ipv4_udp(path.peer_vip4, w.mn.registration.vip4, b"HTTP/1.0 200 OK\r\n\r\n")  # type: ignore[arg-type, union-attr]
+    w.rs.tun_packet(reply, w.net.now)
+    w.net.step()
+    got = w.net.events_of("mn", DataReceived)
+    assert got and got[-1].payload == reply
+
+
+@pytest.mark.parametrize("seed", [3, 4, 5])
+def test_rsn_sequence_under_loss(seed: int) -> None:
+    w = World(loss=0.25, seed=seed)
+    ready = w.setup_path()
+    assert ready.path.mode is PathMode.RS_N
+    retrans = w.mn.stats["retransmissions"] + w.dc.stats["retransmissions"] + w.rs.stats["retransmissions"]
+    assert w.net.dropped > 0 and retrans > 0
+
+
+def test_replayed_capsule_is_rejected() -> None:
+    w = World()
+    path = w.setup_path().path
+    pkt = ipv4_udp(w.mn.registration.vip4, path.peer_vip4, b"x")  # type: ignore[arg-type, union-attr]
+    w.mn.send_data(path.path_id, pkt, w.net.now)
+    w.net.step()
+    assert len(w.rs.packets_to_tun()) == 1
+    capsule = w.net.sent_by["mn"][-1]
+    w.rs.receive_datagram(capsule, MN_PUB, w.net.now)  # replay
+    assert w.rs.packets_to_tun() == []
+    assert sum(v for k, v in w.rs.stats.items() if "replay" in k) >= 1
+
+
+def test_replayed_signalling_is_rejected() -> None:
+    w = World()
+    w.setup_path()
+    dc_before = dict(w.dc.stats)
+    direction = next(d for d in w.net.sent_by["mn"] if d[1] == MessageType.DIRECTION_REQUEST)
+    w.dc.receive_datagram(direction, MN_PUB, w.net.now)  # an attacker replays the captured request
+    assert w.dc.stats["drop_replay"] == dc_before.get("drop_replay", 0) + 1
+    assert w.dc.datagrams_to_send() == []
+
+
+def test_forged_route_direction_is_rejected() -> None:
+    """A Route Direction not sealed by the DC (an attacker guessing keys) is dropped."""
+    w = World()
+    forged = Channel(KeyPair(b"\x66" * 32, b"\x66" * 32), DC_ID, seq_start=2**40).seal(
+        RouteDirection(path_id=b"\x77" * 8, path_role=1, mode=PathMode.RS_N, path_key=b"\x88" * 32, idle_timeout=60,
+                       rs_endpoint=("203.0.113.66", 7411)), txid=1)
+    w.mn.receive_datagram(forged, DC_EP, w.net.now)
+    assert w.mn.stats["drop_auth"] == 1
+    assert w.mn.datagrams_to_send() == []
+    assert not w.net.events_of("mn", PathReady)
+
+
+def test_forged_capsule_on_known_path_is_rejected() -> None:
+    w = World()
+    path = w.setup_path().path
+    evil = CapsuleSealer(b"\x13" * 32, path.path_id, CapsuleFlags.NONE)
+    w.rs.receive_datagram(evil.seal(b"\x45" + b"\x00" * 39), ("203.0.113.66", 9999), w.net.now)
+    assert w.rs.packets_to_tun() == []
+
+
+def test_nxdomain_reaches_the_node() -> None:
+    w = World()
+    w.mn.request_path("nonexistent.gn.example", w.net.now)
+    w.net.step()
+    token = next(e for e in w.net.hosts["dc"].events if isinstance(e, ResolveRequest)).token
+    w.dc.resolution_result(token, Resolution(PeerKind.NXDOMAIN, reason="NXDOMAIN from ns.gn.example"), w.net.now)
+    w.net.run_until(lambda: bool(w.net.events_of("mn", PathFailed)))
+    assert w.net.events_of("mn", PathFailed)[0].status is Status.NXDOMAIN
+
+
+def test_unreachable_relay_gives_relay_failed_quickly() -> None:
+    w = World()
+    w.net.drop = lambda src, dst, data: dst == "rs"
+    t0 = w.net.now
+    w.mn.request_path("www.gn.example", w.net.now)
+    w.net.run_until(lambda: (w.resolve_as_gn(), bool(w.net.events_of("mn", PathFailed)))[1])
+    failed = w.net.events_of("mn", PathFailed)[0]
+    assert failed.status is Status.RELAY_FAILED
+    assert w.net.now - t0 < 4.0
