@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import dataclasses
 import ipaddress
+import json
 import os
 import struct
 from typing import Any
@@ -381,6 +382,10 @@ def test_rs_n_tunnel_request_and_data_both_ways() -> None:
     [dg] = core.datagrams_to_send()
     hdr, msg = node.open(dg.data)
     assert hdr.txid == 43 and msg == KeepaliveAck(observed=NODE_A) and entry.last_active == 30.0
+    snap = json.loads(json.dumps(core.snapshot()))  # `ntm status` material: plain JSON
+    [info] = snap["entries"]
+    assert info["initiator"] == "203.0.113.10:40000" and info["packets_i2r"] == 1
+    assert snap["dcs"][0]["state"] == "registered"
 
 
 def test_rs_n_replays_and_forgeries_rejected() -> None:

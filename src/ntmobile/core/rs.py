@@ -23,6 +23,12 @@ authenticate data, so data never moves a leg; it is forwarded only when it comes
 leg's learnt endpoint (otherwise anybody who saw a path ID could use the RS-S as a reflector). A
 node whose address changed re-announces itself with a Tunnel Request or a path Keepalive.
 
+RS-N paths are unique per (node VIP, peer VIP) pair, because the kernel NAT cannot tell two apart:
+a new path of the same DC for a pair supersedes the old one (RelayRemoved "superseded", then
+RelayAdded); the same pair from another DC is refused (BUSY). An RS-N drops GSO capsules unless
+its configuration offers Capability.GSO, and drops decrypted packets that are not between the
+path's node VIP and peer VIP, so nothing else reaches the NAT.
+
 Flags on what the RS sends: a reply travelling towards the initiator carries
 ``SignalFlags.FROM_RESPONDER`` (RS-N replies; RS-S replies on the initiator leg); a reply on an
 RS-S responder leg carries no flag. Incoming tunnel signalling names its leg with the same flag
