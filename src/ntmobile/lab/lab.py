@@ -343,6 +343,15 @@ class Lab:
             for host, zones in nsd_hosts.items():
                 w = self.host_workdir(host)
                 files = {w / dns.zone_file_name(z): text for z, text in zones.items()}
+                for zname, text in zones.items():  # nsd logs bad zones and serves on: check them first
+                    zf = w / dns.zone_file_name(zname)
+                    zf.write_text(text)
+                    cp = subprocess.run(["nsd-checkzone", zname, str(zf)], capture_output=True, text=True,
+                                        timeout=30)
+                    if cp.returncode != 0:
+                        msg = (cp.stderr.strip() or cp.stdout.strip()).splitlines()
+                        detail = msg[0].split("error: ", 1)[-1] if msg else f"exit {cp.returncode}"
+                        raise LabError(f"dns zone {zname} on {host}: {detail}")
                 v4, v6 = self._addr_of(host)
                 conf = w / "nsd.conf"
                 files[conf] = dns.nsd_conf(w, [a for a in (v4, v6) if a], list(zones))
