@@ -13,9 +13,11 @@ from __future__ import annotations
 import atexit
 import json
 import secrets
+import signal
 import string
 import subprocess
 import sys
+import threading
 import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
@@ -56,9 +58,18 @@ def build_topology(topology: str | Topology, *, nat: dict[str, str] | None = Non
 LabFactory = Callable[..., Lab]
 
 
+def _sigterm_to_interrupt(signum: int, frame: object) -> None:
+    raise KeyboardInterrupt(f"signal {signum}")
+
+
 @pytest.fixture
 def lab_factory() -> Iterator[LabFactory]:
     mine: list[Lab] = []
+    # SIGTERM (e.g. a CI job cancelled) becomes KeyboardInterrupt, so pytest still runs the finalizer
+    main = threading.current_thread() is threading.main_thread()
+    previous = signal.getsignal(signal.SIGTERM) if main else None
+    if main and previous in (signal.SIG_DFL, None):
+        signal.signal(signal.SIGTERM, _sigterm_to_interrupt)
 
     def make(topology: str | Topology = "nat", *, bare: bool = True, **overrides: Any) -> Lab:
         lab = Lab.up(build_topology(topology, **overrides), prefix=new_prefix(), bare=bare)
@@ -72,6 +83,8 @@ def lab_factory() -> Iterator[LabFactory]:
         for lab in mine:
             lab.down()
             _LIVE.pop(lab.prefix, None)
+        if main and signal.getsignal(signal.SIGTERM) is _sigterm_to_interrupt:
+            signal.signal(signal.SIGTERM, previous if previous is not None else signal.SIG_DFL)
 
 
 def wait_for(predicate: Callable[[], Any], timeout: float = 10.0, what: str = "condition") -> Any:
