@@ -15,7 +15,7 @@ import shutil
 import signal
 import subprocess
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -86,6 +86,7 @@ class Lab:
     def __init__(self, state: LabState) -> None:
         self.state = state
         self._popens: dict[int, subprocess.Popen[Any]] = {}
+        self._building = False
 
     # --- naming ---------------------------------------------------------------------------------
 
@@ -147,7 +148,9 @@ class Lab:
         save_state(state)
         lab = cls(state)
         try:
+            lab._building = True
             lab._build()
+            lab._building = False
             lab.state.up_seconds = round(time.monotonic() - t0, 2)
             lab._save()
         except BaseException:
@@ -160,11 +163,24 @@ class Lab:
         """Reattach to a running lab from its state file."""
         st = load_state(prefix)
         if st is None:
-            raise LabError(f"no lab {prefix!r} is up (no state under {lab_dir(prefix)})")
+            others = ", ".join(running_labs()) or "none"
+            raise LabError(f"no lab {prefix!r} is up (no state under {lab_dir(prefix)}; running labs: {others})")
         return cls(st)
 
     def _save(self) -> None:
         save_state(self.state)
+
+    def _refresh(self) -> None:
+        """Re-read the state file: another process (e.g. `ntm lab move`) may have changed it."""
+        if not self._building:
+            latest = load_state(self.prefix)
+            if latest is not None:
+                self.state = latest
+
+    def _update(self, change: Callable[[LabState], None]) -> None:
+        self._refresh()
+        change(self.state)
+        self._save()
 
     def down(self) -> None:
         """Stop every process, delete every namespace and file of the lab. Idempotent."""
@@ -421,8 +437,17 @@ class Lab:
     def exec(self, host: str, argv: Sequence[str], *, check: bool = True, timeout: float = 30.0,
              input: str | None = None) -> subprocess.CompletedProcess[str]:
         """Run argv in the host's namespace, wait (killed after `timeout`), capture text output."""
-        cp = subprocess.run(self._nsargv(host, argv), input=input, capture_output=True, text=True,
-                            timeout=timeout, start_new_session=True)
+        with subprocess.Popen(self._nsargv(host, argv), stdin=subprocess.PIPE if input is not None else
+                              subprocess.DEVNULL, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                              start_new_session=True) as p:
+            try:
+                out, err = p.communicate(input, timeout=timeout)
+            except subprocess.TimeoutExpired:
+                with contextlib.suppress(ProcessLookupError):
+                    os.killpg(p.pid, signal.SIGKILL)
+                p.communicate()
+                raise
+        cp = subprocess.CompletedProcess(p.args, p.returncode, out, err)
         if check and cp.returncode != 0:
             raise LabError(f"{host}: {' '.join(argv)}: exit {cp.returncode}: "
                            f"{(cp.stderr.strip() or cp.stdout.strip())[-300:]}")
@@ -452,21 +477,23 @@ class Lab:
         start = proc_starttime(pid)
         rec = ProcRecord(name=name, host=host, pid=pid, starttime=start if start is not None else -1,
                          argv=list(argv), log=log)
-        self.state.processes.append(rec)
-        self._save()
+        self._update(lambda st: st.processes.append(rec))
         return rec
 
     def stop(self, rec: ProcRecord, timeout: float = 5.0) -> None:
         """Stop one tracked process (its process group) and forget it."""
         _kill_all([rec], self._popens, timeout)
-        self.state.processes = [r for r in self.state.processes if r.pid != rec.pid]
-        self._save()
+
+        def forget(st: LabState) -> None:
+            st.processes = [r for r in st.processes if r.pid != rec.pid]
+        self._update(forget)
 
     # --- mobility -------------------------------------------------------------------------------
 
     def move(self, host: str, network: str) -> None:
         """Move `host` to the link called `network` (link name or network name): the old leg goes down
         (addresses flushed) first, then the new leg comes up with its address and default route."""
+        self._refresh()
         h = self.topology.host(host)
         if h.is_router:
             raise LabError(f"{host} is a router; only hosts with several links can move")
@@ -480,15 +507,17 @@ class Lab:
             return
         cmds = [f"addr flush dev {old.ifname}", f"link set {old.ifname} down", *self._leg_up_cmds(h, new)]
         self._batch(self.ns(host), cmds)
-        self.state.current[host] = new.ifname
-        self._save()
+        self._update(lambda st: st.current.__setitem__(host, new.ifname))
 
     def network_of(self, host: str) -> str:
         """Name of the active link of a host (for movable hosts, e.g. neta/netb/global)."""
+        self._refresh()
         return self.state.current[host]
 
     def addr(self, host: str, family: int = 4, link: str | None = None) -> str:
         """The host's address (family 4 or 6) on its active link, or on `link`."""
+        if link is None:
+            self._refresh()
         h = self.topology.host(host)
         ln = h.link(link or self.state.current[host])
         a = ln.ipv4 if family == 4 else ln.ipv6
@@ -499,6 +528,7 @@ class Lab:
     # --- status ---------------------------------------------------------------------------------
 
     def status(self) -> dict[str, Any]:
+        self._refresh()
         topo = self.topology
         hosts: dict[str, Any] = {}
         for h in topo.hosts:
