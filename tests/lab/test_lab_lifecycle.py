@@ -97,15 +97,24 @@ def test_failed_start_cleans_up_and_says_why_in_one_line() -> None:
     assert dns is not None
     bad_zone = dns.zones[0].model_copy(update={"records": ["www A not-an-address"]})
     broken = topo.model_copy(update={"dns": dns.model_copy(update={"zones": [bad_zone]})})
-    with pytest.raises(LabError) as e:
-        Lab.up(broken, prefix=prefix)
+    started: list[Lab] = []
+    try:
+        with pytest.raises(LabError) as e:
+            started.append(Lab.up(broken, prefix=prefix))
+    finally:
+        for lab in started:  # only if Lab.up wrongly succeeded
+            lab.down()
     msg = str(e.value)
     assert msg.startswith("dns zone gn.example. on dnsgn:") and "not-an-address" in msg and "\n" not in msg
     assert _leftovers(prefix, []) == []
 
     unknown = topo.with_host("dca", daemons=[{"kind": "no-such-daemon"}])
-    with pytest.raises(LabError, match=r"hosts\.dca\.daemons: unknown daemon kind 'no-such-daemon'"):
-        Lab.up(unknown, prefix=prefix)
+    try:
+        with pytest.raises(LabError, match=r"hosts\.dca\.daemons: unknown daemon kind 'no-such-daemon'"):
+            started.append(Lab.up(unknown, prefix=prefix))
+    finally:
+        for lab in started:
+            lab.down()
     assert _leftovers(prefix, []) == []
 
 
