@@ -2,11 +2,15 @@
 
 A kind maps to a builder: given a DaemonContext (the lab, the host, the host's working dir and the
 topology's daemon spec) it returns a DaemonLaunch (argv, config files to write, ports to wait for).
-Later code adds kinds with `register_daemon_kind("dc", build_dc)`; none are registered yet.
+Code adds kinds with `register_daemon_kind("dc", build_dc)`. The modules listed in KIND_MODULES are
+imported (once) the first time an unregistered kind is looked up, so that the project's own kinds
+are available to `ntm lab up` without an explicit import; a listed module that does not exist is
+skipped.
 """
 
 from __future__ import annotations
 
+import importlib
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -38,6 +42,24 @@ DaemonBuilder = Callable[[DaemonContext], DaemonLaunch]
 
 _KINDS: dict[str, DaemonBuilder] = {}
 
+KIND_MODULES: list[str] = ["ntmobile.lab.ntm"]
+_kind_modules_loaded = False
+
+
+def _load_kind_modules() -> None:
+    global _kind_modules_loaded
+    if _kind_modules_loaded:
+        return
+    _kind_modules_loaded = True
+    for name in KIND_MODULES:
+        try:
+            importlib.import_module(name)
+        except ModuleNotFoundError as e:
+            if e.name != name:
+                raise RuntimeError(f"daemon kinds module {name}: {e}") from e
+        except Exception as e:
+            raise RuntimeError(f"daemon kinds module {name} failed to import: {e}") from e
+
 
 def register_daemon_kind(kind: str, builder: DaemonBuilder, *, replace: bool = False) -> None:
     if kind in _KINDS and not replace:
@@ -46,10 +68,13 @@ def register_daemon_kind(kind: str, builder: DaemonBuilder, *, replace: bool = F
 
 
 def daemon_kinds() -> list[str]:
+    _load_kind_modules()
     return sorted(_KINDS)
 
 
 def daemon_builder(kind: str) -> DaemonBuilder | None:
+    if kind not in _KINDS:
+        _load_kind_modules()
     return _KINDS.get(kind)
 
 

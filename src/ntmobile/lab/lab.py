@@ -133,7 +133,11 @@ class Lab:
         if not bare:
             for h in topo.hosts:
                 for d in h.daemons:
-                    if daemon_builder(d.kind) is None:
+                    try:
+                        builder = daemon_builder(d.kind)
+                    except RuntimeError as e:
+                        raise LabError(str(e)) from e
+                    if builder is None:
                         known = ", ".join(daemon_kinds()) or "none yet"
                         raise LabError(f"hosts.{h.name}.daemons: unknown daemon kind {d.kind!r} "
                                        f"(known: {known}; --bare skips daemons)")
