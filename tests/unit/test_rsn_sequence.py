@@ -175,3 +175,21 @@ def test_unreachable_relay_gives_relay_failed_quickly() -> None:
     failed = w.net.events_of("mn", PathFailed)[0]
     assert failed.status is Status.RELAY_FAILED
     assert w.net.now - t0 < 4.0
+
+
+def test_second_name_of_same_gn_reuses_the_path() -> None:
+    """www and ftp of one GN share the GN VIP, so they share one RS-N path (the kernel NAT keys on it)."""
+    w = World()
+    first = w.setup_path().path
+    rid = w.mn.request_path("ftp.gn.example", w.net.now)
+
+    def ready() -> bool:
+        w.resolve_as_gn()
+        return any(rid in e.request_ids for e in w.net.events_of("mn", PathReady))
+
+    w.net.run_until(ready)
+    second = next(e for e in w.net.events_of("mn", PathReady) if rid in e.request_ids).path
+    assert second.path_id == first.path_id and second.peer_vip4 == first.peer_vip4
+    assert len(w.rs.entries()) == 1
+    decision = w.net.events_of("dc", DirectionDecision)[-1]
+    assert any("reusing path" in line for line in decision.evidence)

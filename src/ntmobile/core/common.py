@@ -47,7 +47,7 @@ class Event:
 
 @dataclass(slots=True)
 class _Pending:
-    key: tuple[bytes, int]
+    key: tuple[int, int]
     channel: Channel
     msg: Message
     txid: int
@@ -68,7 +68,7 @@ class CoreBase:
     _out: list[Datagram] = field(default_factory=list)
     _events: deque[Event] = field(default_factory=deque)
     stats: Counter[str] = field(default_factory=Counter)
-    _pending: dict[tuple[bytes, int], _Pending] = field(default_factory=dict)
+    _pending: dict[tuple[int, int], _Pending] = field(default_factory=dict)
     _timers: list[tuple[float, int, Callable[[float], None]]] = field(default_factory=list)
     _timer_seq: int = 0
 
@@ -103,7 +103,7 @@ class CoreBase:
                  timeout: float, flags: int = 0, on_timeout: Callable[[float], None] | None = None,
                  tag: object = None) -> None:
         """Send a request and retransmit it (re-sealed, same txid) until answered or ``timeout``."""
-        key = (channel.sender, txid)
+        key = (id(channel), txid)
         p = _Pending(key, channel, msg, txid, flags, dest, now + RTO_INITIAL, now + timeout, RTO_INITIAL,
                      on_timeout=on_timeout, tag=tag)
         self._pending[key] = p
@@ -115,9 +115,15 @@ class CoreBase:
             self.stats["retransmissions"] += 1
         self._send(p.channel.seal(p.msg, txid=p.txid, flags=p.flags), p.dest)
 
-    def _answered(self, channel_sender: bytes, txid: int) -> _Pending | None:
-        """Mark the request (our key id, txid) as answered; return it (None if unknown/late)."""
-        return self._pending.pop((channel_sender, txid), None)
+    def _answered(self, channel: Channel | bytes, txid: int) -> _Pending | None:
+        """Mark the request sent on ``channel`` with ``txid`` as answered; return it (None if unknown or
+        late). Given a sender ID instead of a channel, any of our channels with that ID matches."""
+        if isinstance(channel, Channel):
+            return self._pending.pop((id(channel), txid), None)
+        for key, p in self._pending.items():
+            if p.txid == txid and p.channel.sender == channel:
+                return self._pending.pop(key)
+        return None
 
     def _cancel_where(self, pred: Callable[[_Pending], bool]) -> None:
         for k in [k for k, p in self._pending.items() if pred(p)]:

@@ -184,6 +184,7 @@ class PathRecord:
     rs: str | None
     created: float
     gn_map: tuple[tuple[str, str], ...] = ()
+    path_key: bytes = b""
 
 
 def decide_route(a_nat: NatKind, a_observed: Endpoint, b_nat: NatKind, b_observed: Endpoint) -> tuple[PathMode, bool]:
@@ -359,7 +360,7 @@ class DcCore(CoreBase):
             self._release(msg.path_id, now)
             self._reply(session.channel, PathReleaseAck(path_id=msg.path_id), header.txid, addr)
         elif isinstance(msg, (StatusMessage, PathReleaseAck)):
-            self._answered(session.channel.sender, header.txid)
+            self._answered(session.channel, header.txid)
         else:
             self.stats["drop_unexpected"] += 1
 
@@ -440,9 +441,17 @@ class DcCore(CoreBase):
         ranked = sorted(relays, key=lambda s: (self._relay_metric(s.record.name, gn_addr), s.load, s.record.name))
         d.evidence.append("relay candidates (metric to GN, load): " + ", ".join(
             f"{s.record.name}({self._relay_metric(s.record.name, gn_addr):g}, {s.load})" for s in ranked))
+        # One RS-N path per (node, GN address): the kernel NAT keys on (node VIP, GN VIP), so a second
+        # name of the same GN reuses the path (same ID and key; the RS treats the repeat as a refresh).
+        same = next((p for p in self.paths.values() if p.initiator == rec.name and p.gn_map == d.gn_map
+                     and p.mode is PathMode.RS_N), None)
+        if same is not None:
+            d.evidence.append(f"reusing path {same.path_id.hex()} to the same general node (via {same.rs})")
+            ranked.sort(key=lambda s: s.record.name != same.rs)
+            d.path_id, path_key = same.path_id, same.path_key
+        else:
+            d.path_id, path_key = self._new_path_id(), self._rand(32)
         d.candidates = ranked
-        d.path_id = self._new_path_id()
-        path_key = self._rand(32)
         d.relay_msg = RelayDirection(path_id=d.path_id, rs_type=RsType.N, idle_timeout=self.config.idle_timeout,
                                      path_key=path_key, node_vip4=rec.vip4 if peer4 else None,
                                      node_vip6=rec.vip6 if peer6 else None, peer_vip4=peer4, peer_vip6=peer6,
@@ -461,7 +470,7 @@ class DcCore(CoreBase):
         rs = d.candidates.pop(0)
         d.rs = rs
         self._request(rs.channel, d.relay_msg, new_txid(self._rand), rs.endpoint, now,
-                      timeout=RELAY_DIRECTION_TIMEOUT, tag=("relay", d.path_id),
+                      timeout=RELAY_DIRECTION_TIMEOUT, tag=d,
                       on_timeout=functools.partial(self._relay_timed_out, d, rs))
 
     def _relay_timed_out(self, d: _Direction, rs: _Session, now: float) -> None:
@@ -471,12 +480,12 @@ class DcCore(CoreBase):
         self._try_next_relay(d, now)
 
     def _on_direction_response(self, rs: _Session, header: SignalHeader, msg: DirectionResponse, now: float) -> None:
-        pending = self._answered(rs.channel.sender, header.txid)
+        pending = self._answered(rs.channel, header.txid)
         if pending is None:
             self.stats["drop_late_response"] += 1
             return
-        d = next((x for x in self._directions.values() if x.path_id == msg.path_id and x.rs is rs), None)
-        if d is None or d.route is None:
+        d = pending.tag
+        if not isinstance(d, _Direction) or d.route is None or d.reply is not None or d.path_id != msg.path_id:
             return
         rs.load = msg.load
         if header.status != Status.OK:
@@ -554,17 +563,18 @@ class DcCore(CoreBase):
     def _send_responder_route(self, d: _Direction, now: float) -> None:
         assert d.responder is not None and d.responder_route is not None
         self._request(d.responder.channel, d.responder_route, new_txid(self._rand), d.responder.endpoint, now,
-                      timeout=ROUTE_DIRECTION_TIMEOUT, tag=("route", d.path_id),
+                      timeout=ROUTE_DIRECTION_TIMEOUT, tag=d,
                       on_timeout=functools.partial(self._responder_timed_out, d))
 
     def _responder_timed_out(self, d: _Direction, now: float) -> None:
         self._fail_direction(d, Status.PEER_UNREACHABLE, f"{d.fqdn} did not acknowledge its Route Direction")
 
     def _on_route_ack(self, session: _Session, header: SignalHeader, msg: RouteDirectionAck, now: float) -> None:
-        if self._answered(session.channel.sender, header.txid) is None:
+        pending = self._answered(session.channel, header.txid)
+        if pending is None:
             return
-        d = next((x for x in self._directions.values() if x.path_id == msg.path_id and x.responder is session), None)
-        if d is not None and d.reply is None:
+        d = pending.tag
+        if isinstance(d, _Direction) and d.reply is None and d.responder is session and d.path_id == msg.path_id:
             self._complete_direction(d, now)
 
     def _complete_direction(self, d: _Direction, now: float) -> None:
@@ -574,7 +584,7 @@ class DcCore(CoreBase):
         self._send(d.reply, d.node.endpoint)
         rs_name = d.rs.record.name if d.rs is not None else None
         self.paths[d.path_id] = PathRecord(d.path_id, d.node.record.name, d.fqdn, PathMode(d.route.mode), rs_name,
-                                           now, d.gn_map)
+                                           now, d.gn_map, d.route.path_key)
         self.stats["paths_directed"] += 1
         self._emit(DirectionDecision(d.node.record.name, d.fqdn, Status.OK, PathMode(d.route.mode), rs_name,
                                      d.path_id, tuple(d.evidence)))

@@ -213,7 +213,7 @@ class NodeCore(CoreBase):
         self.local_endpoints = tuple(local_endpoints)
         self._eph = Ephemeral(self._rand)
         if self._reg_txid is not None:
-            self._answered(self._lt.sender, self._reg_txid)
+            self._answered(self._lt, self._reg_txid)
         self._reg_txid = new_txid(self._rand)
         msg = RegistrationRequest(role=Role.NODE, name=self.config.name, ephemeral=self._eph.public,
                                   versions=SUPPORTED_VERSIONS, local_endpoints=self.local_endpoints,
@@ -343,7 +343,7 @@ class NodeCore(CoreBase):
         if isinstance(msg, RouteDirection):
             self._on_route_direction(header, msg, addr, now)
         elif isinstance(msg, KeepaliveAck):
-            if self._answered(self._session.sender, header.txid) is not None:
+            if self._answered(self._session, header.txid) is not None:
                 self._ka_misses = 0
         elif isinstance(msg, StatusMessage):
             self._on_session_status(header, msg, now)
@@ -354,7 +354,7 @@ class NodeCore(CoreBase):
         if header.txid != self._reg_txid or self._eph is None:
             self.stats["drop_stale_registration"] += 1
             return
-        self._answered(self._lt.sender, header.txid)
+        self._answered(self._lt, header.txid)
         try:
             shared = self._eph.exchange(msg.ephemeral)
         except ValueError:
@@ -385,14 +385,14 @@ class NodeCore(CoreBase):
             self.register(self.local_endpoints, now)
             return
         if header.txid == self._reg_txid:
-            self._answered(self._lt.sender, header.txid)
+            self._answered(self._lt, header.txid)
             self._reg_txid = None
             self._emit(RegistrationFailed(status, msg.reason))
             self._schedule_reregistration(now)
 
     def _on_session_status(self, header: SignalHeader, msg: StatusMessage, now: float) -> None:
         assert self._session is not None
-        pending = self._answered(self._session.sender, header.txid)
+        pending = self._answered(self._session, header.txid)
         lookup = self._lookups.pop(header.txid, None)
         if lookup is not None:
             self._emit(PathFailed(tuple(lookup.request_ids), lookup.fqdn, _status(header.status), msg.reason))
@@ -442,7 +442,7 @@ class NodeCore(CoreBase):
         assert self._session is not None
         lookup = self._lookups.pop(header.txid, None)
         if lookup is not None:
-            self._answered(self._session.sender, header.txid)
+            self._answered(self._session, header.txid)
         elif header.status != Status.OK:
             self.stats["drop_unexpected"] += 1
             return
@@ -562,7 +562,7 @@ class NodeCore(CoreBase):
                         addr, flags=self._sig_flags(path))
             self._establish(path)
         elif isinstance(msg, TunnelResponse):
-            if self._answered(path.sig.sender, header.txid) is None:
+            if self._answered(path.sig, header.txid) is None:
                 self.stats["drop_late_response"] += 1
                 return
             self._learn(path, addr)
@@ -572,7 +572,7 @@ class NodeCore(CoreBase):
             self._learn(path, addr)
             self._reply(path.sig, KeepaliveAck(observed=addr), header.txid, addr, flags=self._sig_flags(path))
         elif isinstance(msg, KeepaliveAck):
-            self._answered(path.sig.sender, header.txid)
+            self._answered(path.sig, header.txid)
         else:
             self.stats["drop_unexpected"] += 1
 

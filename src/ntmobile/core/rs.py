@@ -834,7 +834,7 @@ class RsCore(CoreBase):
     def _txid(self) -> int:
         while True:
             txid = new_txid(self._rand)
-            if (self.config.rs_id, txid) not in self._pending:
+            if all(p.txid != txid for p in self._pending.values()):
                 return txid
 
 

@@ -69,8 +69,10 @@ class CoreDriver:
     """Runs ``core`` on UDP ``port``. ``on_event`` is called for each event, before sends."""
 
     def __init__(self, core: SansIOCore, on_event: Callable[[Any], None], *,
-                 data_hook: Callable[[bytes, Endpoint], bool] | None = None) -> None:
+                 data_hook: Callable[[bytes, Endpoint], bool] | None = None,
+                 on_flush: Callable[[], None] | None = None) -> None:
         self.core = core
+        self.on_flush = on_flush
         self.on_event = on_event
         self.data_hook = data_hook
         self.loop = asyncio.get_running_loop()
@@ -117,6 +119,8 @@ class CoreDriver:
             except Exception:  # a handler bug must not kill the daemon
                 self.handler_errors += 1
                 log.exception("event handler failed on %r", ev)
+        if self.on_flush is not None:
+            self.on_flush()
         for dg in self.core.datagrams_to_send():
             self.send(dg.data, dg.addr)
         self._arm()

@@ -72,7 +72,7 @@ class RsDaemon:
                 log.warning("sysctl %s: %s", key, exc)
         self.nat = RsNatTable(s.nft_table, self.tun.name, s.vip4_ranges, s.vip6_ranges)
         self.nat.apply()
-        self.driver = CoreDriver(self.core, self.on_event)
+        self.driver = CoreDriver(self.core, self.on_event, on_flush=self.flush_tun)
         await self.driver.start(s.port)
         self.buf = bytearray(65536)
         loop.add_reader(self.tun.fileno(), self.on_tun_readable)
@@ -125,7 +125,6 @@ class RsDaemon:
             log.info("registered with DC %s (observed %s:%d)", ev.dc_id.hex(), ev.observed[0], ev.observed[1])
         elif isinstance(ev, RegistrationFailed):
             log.warning("registration with DC %s failed: %s", ev.dc_id.hex(), ev.reason)
-        self.flush_tun()
 
     def on_tun_readable(self) -> None:
         buf = self.buf
