@@ -20,6 +20,7 @@ from hypothesis import strategies as st
 
 from ntmobile.core.common import Datagram, Event
 from ntmobile.core.rs import (
+    ProbeRequest,
     DcLink,
     DcState,
     Registered,
@@ -835,6 +836,11 @@ def test_end_to_end_rs_n_with_real_dc_and_node() -> None:
     [resolve] = [e for e in evs[DC_EP] if isinstance(e, ResolveRequest)]
     dc.resolution_result(resolve.token, Resolution(PeerKind.GENERAL, addrs4=(GN_ADDR,)), 1.1)
     _pump(hosts, evs, 1.1)
+    # The DC asks the relay how far the GN is; the relay's runtime measures and answers.
+    [probe] = [e for e in evs[RS_OBSERVED] if isinstance(e, ProbeRequest)]
+    assert probe.target == GN_ADDR
+    rs.probe_result(probe.token, 2, 800, 1.15)
+    _pump(hosts, evs, 1.15)
     [added] = [e for e in evs[RS_OBSERVED] if isinstance(e, RelayAdded)]
     entry = added.entry
     [(node_vip, gn_vip, gn_addr)] = entry.nat_mappings()

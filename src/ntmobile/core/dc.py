@@ -37,6 +37,8 @@ from ntmobile.wire import (
     RegistrationRequest,
     RegistrationResponse,
     RelayDirection,
+    RelayProbe,
+    RelayProbeResult,
     Role,
     RouteDirection,
     RouteDirectionAck,
@@ -58,6 +60,12 @@ ROUTE_DIRECTION_TIMEOUT = 2.0
 RELAY_DEAD_AFTER = 3
 #: Replies to requests are kept this long, to answer retransmissions identically.
 REPLY_CACHE_SECONDS = 30.0
+#: Relays are retried (a second round) while the direction is younger than this; the node waits 4 s.
+RELAY_BUDGET = 2.5
+#: How long the DC waits for relays to measure their distance to a general node.
+PROBE_TIMEOUT = 0.5
+#: How long a relay's measured distance to a GN address is reused.
+METRIC_TTL = 300.0
 
 
 @dataclass(frozen=True, slots=True)
@@ -173,6 +181,10 @@ class _Direction:
     responder_route: RouteDirection | None = None
     path_id: bytes | None = None
     gn_map: tuple[tuple[str, str], ...] = ()
+    gn_addr: str = ""
+    probing: set[str] = field(default_factory=set)
+    reuse_rs: str | None = None
+    tried: list[_Session] = field(default_factory=list)
 
 
 @dataclass(slots=True)
@@ -209,14 +221,12 @@ def decide_route(a_nat: NatKind, a_observed: Endpoint, b_nat: NatKind, b_observe
 
 class DcCore(CoreBase):
     def __init__(self, config: DcConfig, store: Store, now: float, *, seq_base: int,
-                 random_bytes: Callable[[int], bytes] = os.urandom,
-                 relay_metric: Callable[[str, str], float] | None = None) -> None:
+                 random_bytes: Callable[[int], bytes] = os.urandom) -> None:
         CoreBase.__init__(self)
         self.config = config
         self.store = store
         self._rand = random_bytes
         self._seq_base = seq_base
-        self._relay_metric = relay_metric or (lambda rs_name, gn_addr: 0.0)
         self._lt: dict[bytes, Channel] = {}
         self._sessions: dict[bytes, _Session] = {}
         self._reg_cache: dict[bytes, _RegCache] = {}
@@ -224,6 +234,7 @@ class DcCore(CoreBase):
         self._resolving: dict[int, _Direction] = {}
         self._next_token = 1
         self.paths: dict[bytes, PathRecord] = {}
+        self._metrics: dict[tuple[str, str], tuple[int | None, int | None, float]] = {}
         self._call_at(now + config.relay_keepalive, self._sweep)
 
     # -- introspection ---------------------------------------------------------------------------
@@ -352,6 +363,12 @@ class DcCore(CoreBase):
             self._reply(session.channel, KeepaliveAck(observed=addr), header.txid, addr)
         elif isinstance(msg, DirectionRequest):
             self._on_direction_request(session, header, msg, now)
+        elif isinstance(msg, RelayProbeResult):
+            pending = self._answered(session.channel, header.txid)
+            if pending is not None and isinstance(pending.tag, tuple) and pending.tag[0] == "probe":
+                _, d, rs = pending.tag
+                ok = header.status == Status.OK
+                self._probe_answered(d, rs, msg.hops if ok else None, msg.rtt_us if ok else None, now)
         elif isinstance(msg, DirectionResponse):
             self._on_direction_response(session, header, msg, now)
         elif isinstance(msg, RouteDirectionAck):
@@ -438,20 +455,17 @@ class DcCore(CoreBase):
         if not relays:
             self._fail_direction(d, Status.NO_RELAY, "no relay server is registered")
             return
-        ranked = sorted(relays, key=lambda s: (self._relay_metric(s.record.name, gn_addr), s.load, s.record.name))
-        d.evidence.append("relay candidates (metric to GN, load): " + ", ".join(
-            f"{s.record.name}({self._relay_metric(s.record.name, gn_addr):g}, {s.load})" for s in ranked))
         # One RS-N path per (node, GN address): the kernel NAT keys on (node VIP, GN VIP), so a second
         # name of the same GN reuses the path (same ID and key; the RS treats the repeat as a refresh).
         same = next((p for p in self.paths.values() if p.initiator == rec.name and p.gn_map == d.gn_map
                      and p.mode is PathMode.RS_N), None)
         if same is not None:
             d.evidence.append(f"reusing path {same.path_id.hex()} to the same general node (via {same.rs})")
-            ranked.sort(key=lambda s: s.record.name != same.rs)
             d.path_id, path_key = same.path_id, same.path_key
+            d.reuse_rs = same.rs
         else:
             d.path_id, path_key = self._new_path_id(), self._rand(32)
-        d.candidates = ranked
+        d.gn_addr = gn_addr
         d.relay_msg = RelayDirection(path_id=d.path_id, rs_type=RsType.N, idle_timeout=self.config.idle_timeout,
                                      path_key=path_key, node_vip4=rec.vip4 if peer4 else None,
                                      node_vip6=rec.vip6 if peer6 else None, peer_vip4=peer4, peer_vip6=peer6,
@@ -460,14 +474,63 @@ class DcCore(CoreBase):
                                  path_key=path_key, idle_timeout=self.config.idle_timeout,
                                  keepalive=self.config.keepalive if d.node.nat is NatKind.NAT else 0,
                                  peer_name=d.fqdn, peer_vip4=peer4, peer_vip6=peer6)
+        # The rule: prefer the relay closest to the GN by measured hop count (ICMP echo from each relay,
+        # cached per relay and GN address), then the least loaded, then the name. Unmeasured or
+        # unreachable relays come last.
+        missing = [r for r in relays if not self._metric_fresh(r.record.name, gn_addr, now)]
+        if missing and d.reuse_rs is None:
+            probe = RelayProbe(gn_addr4=gn4, gn_addr6=None if gn4 else gn6)
+            d.probing = {r.record.name for r in missing}
+            for r in missing:
+                self._request(r.channel, probe, new_txid(self._rand), r.endpoint, now, timeout=PROBE_TIMEOUT,
+                              tag=("probe", d, r), on_timeout=functools.partial(self._probe_timed_out, d, r))
+            return
+        self._choose_relay(d, relays, now)
+
+    def _metric_fresh(self, rs: str, gn_addr: str, now: float) -> bool:
+        m = self._metrics.get((rs, gn_addr))
+        return m is not None and m[2] > now
+
+    def _probe_timed_out(self, d: _Direction, rs: _Session, now: float) -> None:
+        self._probe_answered(d, rs, None, None, now)
+
+    def _probe_answered(self, d: _Direction, rs: _Session, hops: int | None, rtt_us: int | None, now: float) -> None:
+        self._metrics[(rs.record.name, d.gn_addr)] = (hops, rtt_us, now + (METRIC_TTL if hops is not None else 10.0))
+        d.probing.discard(rs.record.name)
+        if not d.probing and d.reply is None and not d.candidates and d.rs is None:
+            self._choose_relay(d, self.relays(), now)
+
+    def _choose_relay(self, d: _Direction, relays: list[_Session], now: float) -> None:
+        def key(r: _Session) -> tuple[bool, int, int, str]:
+            m = self._metrics.get((r.record.name, d.gn_addr))
+            hops = m[0] if m is not None else None
+            return (hops is None, hops if hops is not None else 0, r.load, r.record.name)
+
+        ranked = sorted(relays, key=key)
+        if d.reuse_rs is not None:
+            ranked.sort(key=lambda r: r.record.name != d.reuse_rs)
+
+        def show(r: _Session) -> str:
+            m = self._metrics.get((r.record.name, d.gn_addr))
+            if m is None or m[0] is None:
+                return f"{r.record.name}(unreachable or unmeasured, load {r.load})"
+            rtt = f", rtt {m[1] / 1000:.2f} ms" if m[1] is not None else ""
+            return f"{r.record.name}(hops {m[0]}{rtt}, load {r.load})"
+
+        d.evidence.append(f"relay ranking for GN {d.gn_addr} (hops, then load): " + ", ".join(show(r) for r in ranked))
+        d.candidates = ranked
         self._try_next_relay(d, now)
 
     def _try_next_relay(self, d: _Direction, now: float) -> None:
         assert d.relay_msg is not None
+        if not d.candidates and d.tried and now - d.started < RELAY_BUDGET:
+            # Every relay failed once but the node's budget allows another round (lossy paths).
+            d.candidates, d.tried = [r for r in d.tried if r.alive or len(d.tried) == 1], []
         if not d.candidates:
             self._fail_direction(d, Status.RELAY_FAILED, "no relay server accepted the path")
             return
         rs = d.candidates.pop(0)
+        d.tried.append(rs)
         d.rs = rs
         self._request(rs.channel, d.relay_msg, new_txid(self._rand), rs.endpoint, now,
                       timeout=RELAY_DIRECTION_TIMEOUT, tag=d,

@@ -60,7 +60,7 @@ REGISTRATION_RETRY_MAX = 30.0
 #: glibc's resolver waits 5 s per try, so the node answers SERVFAIL before that).
 DIRECTION_TIMEOUT = 4.0
 #: Tunnel Request/Response must complete within this per endpoint tried.
-TUNNEL_TIMEOUT = 2.0
+TUNNEL_TIMEOUT = 3.0
 #: Keepalive exchanges without an answer before the node re-registers.
 KEEPALIVE_MISSES = 3
 

@@ -39,6 +39,8 @@ class MessageType(IntEnum):
     PEER_ANSWER = 0x0E
     PATH_RELEASE = 0x0F
     PATH_RELEASE_ACK = 0x10
+    RELAY_PROBE = 0x11
+    RELAY_PROBE_RESULT = 0x12
     VERSION_NOT_SUPPORTED = 0x3F
     DATA = 0x40
 

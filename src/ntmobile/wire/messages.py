@@ -225,6 +225,27 @@ class PathReleaseAck(Message):
     path_id: bytes = _f(Attr.PATH_ID, Kind.ID8, required=True)
 
 
+@dataclass(frozen=True, slots=True)
+class RelayProbe(Message):
+    """DC → RS: measure your distance to a general node (ICMP echo) before I choose a relay."""
+
+    TYPE: ClassVar[MessageType] = MessageType.RELAY_PROBE
+    gn_addr4: str | None = _f(Attr.GN_ADDR4, Kind.IP4)
+    gn_addr6: str | None = _f(Attr.GN_ADDR6, Kind.IP6)
+
+
+@dataclass(frozen=True, slots=True)
+class RelayProbeResult(Message):
+    """RS → DC: hop count and round-trip time to the probed address (status PEER_UNREACHABLE when
+    no echo reply came back)."""
+
+    TYPE: ClassVar[MessageType] = MessageType.RELAY_PROBE_RESULT
+    gn_addr4: str | None = _f(Attr.GN_ADDR4, Kind.IP4)
+    gn_addr6: str | None = _f(Attr.GN_ADDR6, Kind.IP6)
+    hops: int | None = _f(Attr.HOPS, Kind.U8)
+    rtt_us: int | None = _f(Attr.RTT_US, Kind.U32)
+
+
 MESSAGE_CLASSES: dict[MessageType, type[Message]] = {
     cls.TYPE: cls
     for cls in (
@@ -244,6 +265,8 @@ MESSAGE_CLASSES: dict[MessageType, type[Message]] = {
         PeerAnswer,
         PathRelease,
         PathReleaseAck,
+        RelayProbe,
+        RelayProbeResult,
     )
 }
 

@@ -61,6 +61,8 @@ class Attr(IntEnum):
     PEER_NAT = 0x24
     PEER_LOCAL_ENDPOINT = 0x25
     RS_NAME = 0x26
+    RTT_US = 0x27
+    HOPS = 0x28
 
 
 class Kind(IntEnum):
