@@ -75,6 +75,15 @@ class DcConfig:
     keepalive: int = 15
     relay_keepalive: int = 5
     idle_timeout: int = 120
+    #: Further domains this DC is authoritative for (one DC may serve several).
+    extra_domains: tuple[str, ...] = ()
+
+    def own_domain(self, fqdn: str) -> str | None:
+        """The domain of this DC that ``fqdn`` belongs to, or None."""
+        for dom in (self.domain, *self.extra_domains):
+            if fqdn == dom or fqdn.endswith("." + dom):
+                return dom
+        return None
 
 
 class PeerKind(Enum):
@@ -397,8 +406,9 @@ class DcCore(CoreBase):
         fqdn = msg.fqdn.rstrip(".").lower()
         d = _Direction(node, header.txid, fqdn, now)
         self._directions[key] = d
-        if fqdn == self.config.domain or fqdn.endswith("." + self.config.domain):
-            d.evidence.append(f"{fqdn} is in this DC's own domain {self.config.domain}")
+        own = self.config.own_domain(fqdn)
+        if own is not None:
+            d.evidence.append(f"{fqdn} is in this DC's own domain {own}")
             self._direct_local_peer(d, now)
             return
         token = self._next_token

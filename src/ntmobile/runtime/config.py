@@ -48,6 +48,7 @@ class PoolSettings(_Model):
 
 class DcSettings(_Model):
     domain: str
+    extra_domains: list[str] = Field([], description="further domains this DC serves (zones and nodes)")
     address: str = Field(description="the DC's public signalling address (marker TXT, credentials)")
     database: str = "/var/lib/ntmobile/dc.sqlite"
     port: int = Field(DC_PORT, ge=1, le=65535)
@@ -80,6 +81,15 @@ class DcSettings(_Model):
         if not v or " " in v:
             raise ValueError("must be a DNS domain like a.example")
         return v
+
+    @field_validator("extra_domains")
+    @classmethod
+    def _domains(cls, v: list[str]) -> list[str]:
+        return [cls._domain(d) for d in v]
+
+    @property
+    def domains(self) -> list[str]:
+        return [self.domain, *self.extra_domains]
 
 
 class DcLinkSettings(_Model):

@@ -10,6 +10,7 @@ import signal
 import time
 from typing import Any
 
+import dns.message
 import dns.name
 from cryptography.hazmat.primitives.asymmetric.x25519 import X25519PrivateKey
 
@@ -66,17 +67,32 @@ class DcDaemon:
         self._tasks: set[asyncio.Task[None]] = set()
         self.dns_servers: list[DnsServer] = []
 
-    def make_zone(self) -> AuthoritativeZone:
+    def make_zones(self) -> list[AuthoritativeZone]:
+        """One authoritative zone per served domain; each carries the DC marker TXT at its apex."""
         s = self.settings
-        ns_name = s.ns_name or f"dc.{s.domain}"
-        ns_addrs = tuple(s.ns_addresses or [s.address])
-        return AuthoritativeZone(
-            s.domain + ".",
-            soa=SoaFields(mname=ns_name + ".", rname=f"hostmaster.{s.domain}.", serial=int(self.started)),
-            nameservers=[NameServer(ns_name + ".", ns_addrs)],
-            marker=format_marker(s.address, s.port, self.public_key),
-            lookup=self._lookup_name,
-        )
+        zones = []
+        for domain in s.domains:
+            ns_name = s.ns_name if (s.ns_name and domain == s.domain) else f"dc.{domain}"
+            ns_addrs = tuple(s.ns_addresses or [s.address])
+            zones.append(AuthoritativeZone(
+                domain + ".",
+                soa=SoaFields(mname=ns_name + ".", rname=f"hostmaster.{domain}.", serial=int(self.started)),
+                nameservers=[NameServer(ns_name + ".", ns_addrs)],
+                marker=format_marker(s.address, s.port, self.public_key),
+                lookup=self._lookup_name,
+            ))
+        return zones
+
+    def respond(self, query: bytes, tcp: bool) -> bytes | None:
+        """Answer from the zone the question falls in (the first zone refuses names outside all)."""
+        zone = self.zones[0]
+        if len(self.zones) > 1:
+            try:
+                qname = dns.message.from_wire(query).question[0].name
+                zone = next((z for z in self.zones if qname.is_subdomain(z.origin)), zone)
+            except Exception:
+                pass
+        return zone.respond(query, tcp=tcp)
 
     def _lookup_name(self, name: dns.name.Name) -> NodeRecords | None:
         text = name.to_text().rstrip(".").lower()
@@ -89,17 +105,16 @@ class DcDaemon:
         s = self.settings
         loop = asyncio.get_running_loop()
         cfg = DcConfig(s.domain, self.dc_id, keepalive=s.keepalive, relay_keepalive=s.relay_keepalive,
-                       idle_timeout=s.idle_timeout)
+                       idle_timeout=s.idle_timeout, extra_domains=tuple(s.extra_domains))
         self.core = DcCore(cfg, self.store, loop.time(), seq_base=time.time_ns() // 1000)
         self.driver = CoreDriver(self.core, self.on_event)
         await self.driver.start(s.port, host4=s.listen4, host6=s.listen6)
-        zone = self.make_zone()
-        self.zone = zone
+        self.zones = self.make_zones()
         for host in (s.listen4, s.listen6):
             if host is None:
                 continue
             try:
-                self.dns_servers.append(await serve_dns(lambda q, tcp: zone.respond(q, tcp=tcp), host, s.dns_port))
+                self.dns_servers.append(await serve_dns(self.respond, host, s.dns_port))
             except OSError as exc:
                 if host == s.listen4:
                     raise
@@ -183,7 +198,7 @@ class DcDaemon:
             "role": "dc", "domain": self.settings.domain, "dc_id": self.dc_id.hex(),
             "address": self.settings.address, "port": self.settings.port, "uptime": time.time() - self.started,
             "sessions": self.core.sessions(), "paths": len(self.core.paths), "stats": dict(self.core.stats),
-            "dns": vars(self.zone.stats) if hasattr(self, "zone") else {},
+            "dns": {z.origin.to_text(): vars(z.stats) for z in getattr(self, "zones", [])},
             "discovery_cache": {"entries": len(self.cache), "hits": self.cache.stats.hits,
                                 "misses": self.cache.stats.misses},
             "decisions": self.decisions[-20:], "pid": os.getpid(),

@@ -15,7 +15,7 @@ from .store import SqliteStore
 def enroll(settings: DcSettings, name: str, role: Role, *, client_id: bytes | None = None) -> Credentials:
     """Create a client in the DC's registry and return its credentials. StoreError on conflict."""
     name = name.rstrip(".").lower()
-    if role is Role.NODE and name != settings.domain and not name.endswith("." + settings.domain):
+    if role is Role.NODE and not any(name == d or name.endswith("." + d) for d in settings.domains):
         name = f"{name}.{settings.domain}"
     p = settings.pools
     store = SqliteStore(settings.database, Pools(p.vip4, p.vip6, p.gn_vip4, p.gn_vip6))
