@@ -200,3 +200,16 @@ def test_second_name_of_same_gn_reuses_the_path() -> None:
     assert len(w.rs.entries()) == 1
     decision = w.net.events_of("dc", DirectionDecision)[-1]
     assert any("reusing path" in line for line in decision.evidence)
+
+
+def test_path_keepalives_keep_the_relay_entry_and_nat_mapping_alive() -> None:
+    w = World()
+    path = w.setup_path().path
+    t0 = w.net.now
+    w.net.run_until(lambda: w.net.now > t0 + 300, max_time=400)  # 2.5 × the relay's idle timeout, no data
+    assert w.mn.stats["path_keepalives"] >= 15  # every 15 s: the DC said the node is behind a NAT
+    assert w.rs.entry(path.path_id) is not None
+    pkt = ipv4_udp(w.mn.registration.vip4, path.peer_vip4, b"still there")  # type: ignore[arg-type, union-attr]
+    w.mn.send_data(path.path_id, pkt, w.net.now)
+    w.net.step()
+    assert [p for p, _gso in w.rs.packets_to_tun()] == [pkt]

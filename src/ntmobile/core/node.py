@@ -206,6 +206,7 @@ class NodeCore(CoreBase):
         self._by_name: dict[str, bytes] = {}
         self._lookups: dict[int, _Lookup] = {}  # Direction Request txid -> lookup
         self._next_request_id = 1
+        self._now_hint = now
 
     # -- API ----------------------------------------------------------------------------------
     def register(self, local_endpoints: tuple[Endpoint, ...], now: float) -> None:
@@ -279,6 +280,7 @@ class NodeCore(CoreBase):
     def note_data(self, path_id: bytes, addr: Endpoint, rx_packets: int, rx_bytes: int, now: float) -> None:
         """The data plane authenticated capsules of ``path_id`` from ``addr`` (it decrypts outside
         the core): keep liveness, counters and address learning in one place."""
+        self._now_hint = now
         path = self._paths.get(path_id)
         if path is None:
             return
@@ -300,8 +302,13 @@ class NodeCore(CoreBase):
         p = self._paths.get(path_id)
         return p.info() if p is not None else None
 
+    def handle_timer(self, now: float) -> None:
+        self._now_hint = now
+        CoreBase.handle_timer(self, now)
+
     # -- input --------------------------------------------------------------------------------
     def receive_datagram(self, data: bytes, addr: Endpoint, now: float) -> None:
+        self._now_hint = now
         try:
             _version, mtype = peek(data)
             if mtype == MessageType.DATA:
@@ -582,6 +589,30 @@ class NodeCore(CoreBase):
         if first or path.request_ids:
             self._emit(PathReady(path.info(), tuple(path.request_ids)))
             path.request_ids.clear()
+        if first:
+            interval = self._path_keepalive_interval(path)
+            if interval > 0:
+                self._call_at(self._now_hint + interval, functools.partial(self._path_keepalive, path.path_id, path))
+
+    def _path_keepalive_interval(self, path: _Path) -> float:
+        """Behind a NAT the DC asks for keepalives (its mapping must stay open); a relayed path is kept
+        alive anyway, at a third of the relay's idle timeout, so the relay keeps its entry."""
+        if path.rd.keepalive:
+            return float(path.rd.keepalive)
+        if path.mode is not PathMode.DIRECT and path.rd.idle_timeout:
+            return path.rd.idle_timeout / 3
+        return 0.0
+
+    def _path_keepalive(self, path_id: bytes, path: _Path, now: float) -> None:
+        if self._paths.get(path_id) is not path or path.endpoint is None:
+            return
+        interval = self._path_keepalive_interval(path)
+        self._cancel_where(lambda p: p.tag == ("keepalive", path_id))
+        self._request(path.sig, Keepalive(), new_txid(self._rand), path.endpoint, now,
+                      timeout=min(3.0, max(1.0, interval / 2)), flags=self._sig_flags(path),
+                      tag=("keepalive", path_id))
+        self.stats["path_keepalives"] += 1
+        self._call_at(now + interval, functools.partial(self._path_keepalive, path_id, path))
 
     def _learn(self, path: _Path, addr: Endpoint) -> None:
         if path.endpoint != addr:
