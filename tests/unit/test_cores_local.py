@@ -89,7 +89,7 @@ def test_storage_failure_gives_clear_error() -> None:
     dc, store = make_dc(net)
     rec = enroll(store, "mn.a.example", 1)
     store.fail_writes = True
-    node = make_node(net, rec, "mn", ("192.0.2.60", 7412))
+    make_node(net, rec, "mn", ("192.0.2.60", 7412))
     net.run_until(lambda: bool(net.hosts["mn"].events))
     from ntmobile.core.node import RegistrationFailed
 

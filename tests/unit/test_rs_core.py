@@ -20,9 +20,9 @@ from hypothesis import strategies as st
 
 from ntmobile.core.common import Datagram, Event
 from ntmobile.core.rs import (
-    ProbeRequest,
     DcLink,
     DcState,
+    ProbeRequest,
     Registered,
     RegistrationFailed,
     RelayAdded,
@@ -446,13 +446,38 @@ def test_rs_n_gso_flag_passes_through() -> None:
     core, dc, node = setup_rs_n()
     vnet = bytes([1, 3]) + struct.pack("<HHHH", 40, 1448, 20, 16)
     payload = vnet + ip4(NODE_VIP, GN_VIP, b"x" * 3000)
-    core.receive_datagram(node.sealer.seal(payload, CapsuleFlags.GSO), NODE_A, 4.0)
+    blob, size = node.sealer.seal_gso(payload, 1000)
+    chunks = [blob[i:i + size] for i in range(0, len(blob), size)]
+    assert len(chunks) == 4
+    for c in reversed(chunks):  # reordered chunks
+        core.receive_datagram(c, NODE_A, 4.0)
     assert core.packets_to_tun() == [(payload, True)]
     reply = vnet + ip4(GN_VIP, NODE_VIP, b"y" * 3000)
-    core.tun_packet(reply, 4.1, gso=True)
+    assert core.tun_packet(reply, 4.1, gso=True)
+    assert core.datagrams_to_send() == []
+    [(blob, size, ep)] = core.gso_to_send()
+    assert ep == NODE_A and size == 1500 - 28
+    out = None
+    for i in range(0, len(blob), size):
+        assert parse_capsule_header(blob[i:i + 36]).flags == CapsuleFlags.FROM_RESPONDER | CapsuleFlags.GSO
+        out = node.opener.open_chunk(blob[i:i + size], 4.2) or out
+    assert out == reply
+
+
+def test_rs_n_segments_for_a_per_packet_node() -> None:
+    core, dc = make_rs()
+    pid, pk = b"Q" * 8, os.urandom(32)
+    direct(core, dc, rs_n_direction(pid, pk), txid=1)
+    node = NodeN(pid, pk)
+    core.receive_datagram(node.sig.seal(TunnelRequest(capabilities=0), txid=2), NODE_A, 1.1)
+    core.datagrams_to_send()
+    vnet = bytes([1, 1]) + struct.pack("<HHHH", 40, 1448, 20, 16)
+    # The node did not announce GSO: the runtime must segment (nothing sent, False).
+    assert not core.tun_packet(vnet + ip4(GN_VIP, NODE_VIP, b"y" * 3000), 1.2, gso=True)
+    assert core.datagrams_to_send() == [] and core.gso_to_send() == []
+    core.tun_packet(ip4(GN_VIP, NODE_VIP, b"z" * 100), 1.3)
     [dg] = core.datagrams_to_send()
-    assert parse_capsule_header(dg.data).flags == CapsuleFlags.FROM_RESPONDER | CapsuleFlags.GSO
-    assert node.opener.open(dg.data) == reply
+    assert node.opener.open(dg.data) == ip4(GN_VIP, NODE_VIP, b"z" * 100)
 
 
 def test_rs_n_refuses_gso_it_did_not_offer() -> None:

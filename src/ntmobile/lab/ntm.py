@@ -50,7 +50,8 @@ def build_dc(ctx: DaemonContext) -> DaemonLaunch:
         v6 = None
     domain = str(c["domain"])
     settings = DcSettings(
-        domain=domain, extra_domains=[str(x) for x in c.get("extra_domains", [])], address=v4, database=str(ctx.workdir / "dc.sqlite"), ns_name=f"dc.{domain}",
+        domain=domain, extra_domains=[str(x) for x in c.get("extra_domains", [])], address=v4,
+        database=str(ctx.workdir / "dc.sqlite"), ns_name=f"dc.{domain}",
         ns_addresses=[v4] + ([v6] if v6 else []), resolvers=lab.resolvers()[:1], control="ntm-dc",
         keepalive=int(c.get("keepalive", 15)), idle_timeout=int(c.get("idle_timeout", 120)),
         pools=PoolSettings(vip4=c.get("vip4", "100.64.1.0/24"), vip6=c.get("vip6", "fd00:6e74:1::/64")),
