@@ -126,7 +126,7 @@ class Demo:
         def gn() -> str:
             big = lab.state.big_file
             assert big is not None
-            cp = lab.exec("mn", ["sh", "-c", "curl -sS -4 -m 60 -w '%{speed_download} %{remote_ip}' "
+            cp = lab.exec("mn", ["sh", "-c", "curl -sS -4 -m 60 -w '%{speed_download} %{remote_ip}\\n' "
                                  "-o /tmp/ntm-demo-big.bin http://www.gn.example/big.bin && "
                                  "sha256sum /tmp/ntm-demo-big.bin && rm -f /tmp/ntm-demo-big.bin"], timeout=90)
             first, second = cp.stdout.strip().splitlines()[0], cp.stdout.strip().splitlines()[-1]
