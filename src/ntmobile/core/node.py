@@ -207,6 +207,8 @@ class NodeCore(CoreBase):
         self._lookups: dict[int, _Lookup] = {}  # Direction Request txid -> lookup
         self._next_request_id = 1
         self._now_hint = now
+        #: Set by addresses_changed; the next Registration Response then re-directs NTM-peer paths.
+        self._handover_pending = False
 
     # -- API ----------------------------------------------------------------------------------
     def register(self, local_endpoints: tuple[Endpoint, ...], now: float) -> None:
@@ -223,9 +225,28 @@ class NodeCore(CoreBase):
                       flags=SignalFlags.LONG_TERM, on_timeout=self._registration_timed_out)
 
     def addresses_changed(self, local_endpoints: tuple[Endpoint, ...], now: float) -> None:
-        """Handover: the node's real address changed. Re-register, then rebuild every path."""
+        """Handover: the node's real address changed.
+
+        Two things start at once (docs/handover.md): the fast path, an authenticated Tunnel Request
+        from the new address on every established path (the peer or RS learns the new endpoint from
+        it and answers there), and the re-registration with the DC, after which every path is
+        announced again and NTM-peer paths are re-directed."""
         self.stats["handovers"] += 1
+        self._handover_pending = True
         self.register(local_endpoints, now)
+        self._announce_all(now)
+
+    def routes_changed(self, now: float) -> None:
+        """The routing changed without an address change (typically: the default route arrived just
+        after the new address). Whatever could not leave before goes out now instead of at its next
+        retransmission: the pending registration and an announcement on every established path."""
+        self.stats["route_changes"] += 1
+        if self._reg_txid is not None:
+            pending = self._pending.get((id(self._lt), self._reg_txid))
+            if pending is not None:
+                self._transmit(pending)
+        self._announce_all(now)
+
 
     def request_path(self, fqdn: str, now: float) -> int:
         """Ask the DC for a path to ``fqdn`` (the hooked DNS query). Returns a request id that the
@@ -547,12 +568,20 @@ class NodeCore(CoreBase):
         self._emit(PathClosed(path_id, "tunnel set-up timed out"))
 
     def _refresh_path(self, path: _Path, now: float) -> None:
-        """After (re-)registration: announce our (possibly new) address on the path."""
-        if path.established and (path.sends_tunnel_request or path.endpoint is not None):
-            if path.endpoint is not None and path.endpoint not in path.targets:
+        """Announce our (possibly new) address on an established path: a Tunnel Request to the peer
+        (DIRECT, either role), the RS-N, or on our own leg to the RS-S. Authenticated, so the other
+        end learns our new endpoint from it and answers there at once."""
+        if path.established and path.endpoint is not None:
+            if path.endpoint not in path.targets:
                 path.targets.insert(0, path.endpoint)
-            path.target_index = path.targets.index(path.endpoint) if path.endpoint in path.targets else 0
+            path.target_index = path.targets.index(path.endpoint)
+            self.stats["path_announcements"] += 1
             self._send_tunnel_request(path, now)
+
+    def _announce_all(self, now: float) -> None:
+        for path in self._paths.values():
+            self._refresh_path(path, now)
+
 
     def _on_tunnel(self, path: _Path, header: SignalHeader, data: bytes, addr: Endpoint, now: float) -> None:
         msg = self._open(path.sig, header, data)
@@ -560,7 +589,11 @@ class NodeCore(CoreBase):
             return
         path.last_rx = now
         if isinstance(msg, TunnelRequest):
-            if path.mode is PathMode.RS_S or path.role is PathRole.INITIATOR:
+            # A DIRECT responder receives the initiator's requests; on an established path either
+            # end re-announces itself this way after a move, so the initiator answers too. (On the
+            # path keys each role seals with its own direction: a reflected request fails to open.)
+            if path.mode is PathMode.RS_S or (path.role is PathRole.INITIATOR
+                                              and (path.mode is not PathMode.DIRECT or not path.established)):
                 self.stats["drop_unexpected"] += 1
                 return
             self._learn(path, addr)

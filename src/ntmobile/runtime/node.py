@@ -78,6 +78,8 @@ class NodeDaemon:
         self.addr_task: asyncio.Task[None] | None = None
         self._refreshing: set[str] = set()
         self.last_error: str | None = None
+        #: Wall-clock time of the latest handover the node detected (reported by `ntm status`).
+        self.handover_at: float | None = None
 
     # -- start-up ---------------------------------------------------------------------------------
     async def run(self, stop: asyncio.Event) -> None:
@@ -123,25 +125,66 @@ class NodeDaemon:
             eps.append((str(ip), self.settings.port))
         return tuple(eps)
 
+    async def network_state(self) -> tuple[frozenset[tuple[str, int]], str | None]:
+        """What handover depends on: the node's local endpoints, and the source address the kernel
+        picks toward the DC (None while there is no route, e.g. before the default route is up)."""
+        eps = frozenset(await self.local_endpoints())
+        try:
+            src = await netlink.async_route_source_for(self.creds.dc_address)
+        except OSError:
+            src = None
+        return eps, src
+
     async def watch_addresses(self) -> None:
-        """Handover: re-register as soon as netlink reports an address change on a real interface."""
+        """Handover: netlink address and route events (no polling). Each burst of events is coalesced
+        into one look at the network state: new local endpoints -> ``addresses_changed`` (the core
+        announces itself on every path and re-registers); the same endpoints but a new route toward
+        the DC (the default route arrives after the address) -> ``routes_changed`` (what could not
+        leave goes out now). The UDP sockets are bound to the wildcard address, so the kernel picks
+        the new source address per datagram."""
         loop = asyncio.get_running_loop()
-        current = set(await self.local_endpoints())
+        changed = asyncio.Event()
+        state = await self.network_state()
+
+        async def check() -> None:
+            nonlocal state
+            while True:
+                await changed.wait()
+                changed.clear()
+                try:
+                    new = await self.network_state()
+                except Exception:
+                    log.exception("cannot read the network state")
+                    continue
+                eps, src = new
+                if new == state or not eps:
+                    continue  # nothing to do yet (e.g. the old address is gone, the new not yet up)
+                old, state = state, new
+                now = loop.time()
+                if eps != old[0]:
+                    self.handover_at = time.time()
+                    log.info("addresses changed: %s (route to the DC via %s); announcing on every path and "
+                             "re-registering", ", ".join(a for a, _ in sorted(eps)), src)
+                    self.core.addresses_changed(tuple(sorted(eps)), now)
+                elif src is not None:
+                    log.info("route to the DC now via %s: sending what is pending", src)
+                    self.core.routes_changed(now)
+                self.driver.flush()
+
+        checker = loop.create_task(check())
         try:
             async with netlink.AddressMonitor(routes=True, links=False) as mon:
+                changed.set()  # anything that changed between the first look and the subscription
                 async for ev in mon:
                     if getattr(ev, "ifname", None) == self.settings.tun:
                         continue
-                    eps = await self.local_endpoints()
-                    if set(eps) != current and eps:
-                        current = set(eps)
-                        log.info("addresses changed: %s; re-registering", ", ".join(f"{a}" for a, _ in eps))
-                        self.core.addresses_changed(eps, loop.time())
-                        self.driver.flush()
+                    changed.set()
         except asyncio.CancelledError:
             raise
         except Exception:
             log.exception("address monitor stopped; handover detection is off")
+        finally:
+            checker.cancel()
 
     # -- core events --------------------------------------------------------------------------------
     def on_event(self, ev: object) -> None:
@@ -321,7 +364,7 @@ class NodeDaemon:
             "keepalive": reg.keepalive if reg else None,
             "local_endpoints": [list(e) for e in self.core.local_endpoints],
             "paths": paths, "stats": dict(self.core.stats), "dataplane": self.fwd.stats, "error": self.last_error,
-            "tun": self.tun.name, "uptime": round(time.time() - self.started, 1),
+            "tun": self.tun.name, "uptime": round(time.time() - self.started, 1), "handover_at": self.handover_at,
         }
 
 

@@ -1,0 +1,1 @@
+"""Benchmarks (`ntm bench ...`), run in the lab."""

@@ -1,0 +1,380 @@
+"""`ntm bench handover`: how long a move between networks interrupts traffic through the tunnel.
+
+In the `handover` lab a probe sender in mn's namespace sends one UDP datagram every 10 ms through
+the tunnel (to the GN's VIP via RS-N; to cn's VIP for an NTM-peer path); a receiver on the far host
+timestamps each probe and echoes it. The bench moves mn between `neta` (behind NAT A), `netb`
+(behind NAT B) and `global`, N times per path type, and per move reports:
+
+- **gap**: from the new address being configured (`lab.move` returned: flush, new address and
+  default route are one `ip -batch`) to the first probe *sent after that moment* that the receiver
+  got (receiver-side timestamp; all namespaces share the machine's clock);
+- **echo gap**: the same until the first echo of such a probe is back at mn (both directions work);
+- **lost**: probes sent between the start of the move and the next move that never arrived;
+- **detect**: when the node daemon noticed the change (netlink), relative to the same moment.
+
+Alongside the probes a rate-limited TCP download of the GN's 32 MiB file runs across all moves and
+its sha256 is checked (RS-N): every TCP connection must survive.
+
+``python -m ntmobile.bench.handover send|recv ...`` are the probe programs the bench starts inside
+the lab's namespaces.
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import json
+import os
+import signal
+import socket
+import statistics
+import struct
+import subprocess
+import sys
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+PROBE = struct.Struct("!Id")  # sequence number, send time (time.time())
+PROBE_PORT = 7399
+INTERVAL = 0.01
+#: Where mn goes, cycling: NAT A -> NAT B -> global -> NAT A ...
+CYCLE = ("netb", "global", "neta")
+#: How long traffic must flow again after a move before the next one.
+DWELL = 0.6
+#: A move whose probes do not come back within this is recorded as a failure.
+RECOVERY_DEADLINE = 15.0
+
+
+# -- the probe programs (run inside lab namespaces) -------------------------------------------------------
+
+
+def _sender(target: str, port: int, interval: float, out: Path, resolve_timeout: float) -> int:
+    deadline = time.monotonic() + resolve_timeout
+    dest: str | None = None
+    while dest is None:
+        try:
+            dest = str(socket.getaddrinfo(target, port, socket.AF_INET, socket.SOCK_DGRAM)[0][4][0])
+        except OSError:
+            if time.monotonic() > deadline:
+                print(f"cannot resolve {target}", file=sys.stderr)
+                return 2
+            time.sleep(0.2)
+    sock = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+    sock.setblocking(False)
+    stop = False
+
+    def on_term(signum: int, frame: object) -> None:
+        nonlocal stop
+        stop = True
+
+    signal.signal(signal.SIGTERM, on_term)
+    seq = 0
+    nxt = time.monotonic()
+    with open(out, "w", buffering=1) as f:
+        f.write(json.dumps({"dest": dest}) + "\n")
+        while not stop:
+            now = time.monotonic()
+            if now >= nxt:
+                seq += 1
+                ts = time.time()
+                ok = True
+                try:
+                    sock.sendto(PROBE.pack(seq, ts) + bytes(32), (dest, port))
+                except OSError:
+                    ok = False  # e.g. no route for a moment during the move
+                f.write(f"S {seq} {ts:.6f} {int(ok)}\n")
+                nxt += interval
+                if nxt < now:
+                    nxt = now + interval
+            while True:
+                try:
+                    data = sock.recv(2048)
+                except OSError:
+                    break
+                if len(data) >= PROBE.size:
+                    f.write(f"E {PROBE.unpack_from(data)[0]} {time.time():.6f}\n")
+            time.sleep(max(0.0, min(0.002, nxt - time.monotonic())))
+    return 0
+
+
+def _receiver(port: int, out: Path) -> int:
+    sock = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+    sock.bind(("0.0.0.0", port))
+    signal.signal(signal.SIGTERM, lambda s, f: sys.exit(0))
+    with open(out, "w", buffering=1) as f:
+        while True:
+            data, src = sock.recvfrom(2048)
+            t = time.time()
+            if len(data) < PROBE.size:
+                continue
+            seq, sent = PROBE.unpack_from(data)
+            f.write(f"R {seq} {sent:.6f} {t:.6f}\n")
+            with contextlib.suppress(OSError):
+                sock.sendto(data, src)
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    ap = argparse.ArgumentParser(prog="python -m ntmobile.bench.handover")
+    sub = ap.add_subparsers(dest="cmd", required=True)
+    s = sub.add_parser("send")
+    s.add_argument("--to", required=True)
+    s.add_argument("--port", type=int, default=PROBE_PORT)
+    s.add_argument("--interval", type=float, default=INTERVAL)
+    s.add_argument("--out", type=Path, required=True)
+    s.add_argument("--resolve-timeout", type=float, default=15.0)
+    r = sub.add_parser("recv")
+    r.add_argument("--port", type=int, default=PROBE_PORT)
+    r.add_argument("--out", type=Path, required=True)
+    a = ap.parse_args(argv)
+    if a.cmd == "send":
+        return _sender(a.to, a.port, a.interval, a.out, a.resolve_timeout)
+    return _receiver(a.port, a.out)
+
+
+# -- analysis -----------------------------------------------------------------------------------------
+
+
+@dataclass
+class Move:
+    to: str
+    t_start: float  # time.time() just before lab.move
+    t_configured: float  # just after lab.move returned: new address and default route are in place
+    gap_ms: float | None = None
+    echo_gap_ms: float | None = None
+    lost: int = 0
+    detect_ms: float | None = None
+
+
+@dataclass
+class Probes:
+    sent: dict[int, tuple[float, bool]] = field(default_factory=dict)
+    echoed: dict[int, float] = field(default_factory=dict)
+    received: dict[int, float] = field(default_factory=dict)  # seq -> receiver time
+
+    @classmethod
+    def load(cls, sender_log: Path, receiver_log: Path) -> Probes:
+        p = cls()
+        for line in _lines(sender_log):
+            parts = line.split()
+            if parts[0] == "S" and len(parts) == 4:
+                p.sent[int(parts[1])] = (float(parts[2]), parts[3] == "1")
+            elif parts[0] == "E" and len(parts) == 3:
+                p.echoed.setdefault(int(parts[1]), float(parts[2]))
+        for line in _lines(receiver_log):
+            parts = line.split()
+            if parts[0] == "R" and len(parts) == 4:
+                p.received.setdefault(int(parts[1]), float(parts[3]))
+        return p
+
+    def first_after(self, t: float) -> tuple[float | None, float | None]:
+        """(receiver time, echo time) of the first probe sent at or after ``t`` that arrived / came back."""
+        rx = [r for s, r in self.received.items() if self.sent.get(s, (0.0, False))[0] >= t]
+        ex = [e for s, e in self.echoed.items() if self.sent.get(s, (0.0, False))[0] >= t]
+        return (min(rx) if rx else None), (min(ex) if ex else None)
+
+
+def _lines(path: Path) -> list[str]:
+    try:
+        return [ln for ln in path.read_text().splitlines() if ln and not ln.startswith("{")]
+    except FileNotFoundError:
+        return []
+
+
+def analyse(moves: list[Move], probes: Probes, until: float) -> None:
+    for i, m in enumerate(moves):
+        rx, ex = probes.first_after(m.t_configured)
+        m.gap_ms = round((rx - m.t_configured) * 1000, 1) if rx is not None else None
+        m.echo_gap_ms = round((ex - m.t_configured) * 1000, 1) if ex is not None else None
+        end = moves[i + 1].t_start if i + 1 < len(moves) else until
+        window = [s for s, (ts, _ok) in probes.sent.items() if m.t_start <= ts < end]
+        m.lost = sum(1 for s in window if s not in probes.received)
+
+
+def summary(moves: list[Move]) -> dict[str, Any]:
+    gaps = [m.gap_ms for m in moves if m.gap_ms is not None]
+    echo = [m.echo_gap_ms for m in moves if m.echo_gap_ms is not None]
+    lost = [m.lost for m in moves]
+    detect = [m.detect_ms for m in moves if m.detect_ms is not None]
+
+    def stat(xs: list[float] | list[int]) -> dict[str, float | None]:
+        return {"median": round(statistics.median(xs), 1) if xs else None, "max": max(xs) if xs else None}
+
+    return {"moves": len(moves), "recovered": len(gaps), "gap_ms": stat(gaps), "echo_gap_ms": stat(echo),
+            "lost_probes": stat(lost), "detect_ms": stat(detect)}
+
+
+# -- the bench ----------------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class PathType:
+    name: str
+    receiver: str  # lab host running the receiver
+    target: str  # the name mn resolves (through its DNS stub: the tunnel is set up for it)
+    tcp_url: str | None = None
+
+
+PATH_TYPES = {
+    "rs-n": PathType("rs-n", "gn", "www.gn.example", "http://www.gn.example/big.bin"),
+    "direct": PathType("direct", "cn", "cn.b.example"),
+}
+
+
+def _node_status(lab: Any) -> dict[str, Any]:
+    r = lab.exec("mn", [sys.executable, "-m", "ntmobile", "status", "--json"], check=False, timeout=10)
+    try:
+        out: dict[str, Any] = json.loads(r.stdout)
+        return out
+    except ValueError:
+        return {}
+
+
+def _wait(pred: Callable[[], bool], timeout: float) -> bool:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if pred():
+            return True
+        time.sleep(0.02)
+    return pred()
+
+
+def _stop(p: subprocess.Popen[Any]) -> None:
+    with contextlib.suppress(ProcessLookupError):
+        os.killpg(p.pid, signal.SIGTERM)
+    try:
+        p.wait(5)
+    except subprocess.TimeoutExpired:
+        with contextlib.suppress(ProcessLookupError):
+            os.killpg(p.pid, signal.SIGKILL)
+        p.wait()
+
+
+def run_path_type(lab: Any, pt: PathType, moves: int, *, dwell: float = DWELL,
+                  log: Callable[[str], None] = print) -> dict[str, Any]:
+    work = Path(lab.workdir) / "bench-handover"
+    work.mkdir(exist_ok=True)
+    slog, rlog = work / f"{pt.name}-send.log", work / f"{pt.name}-recv.log"
+    py = sys.executable
+    procs: list[subprocess.Popen[Any]] = []
+    result: dict[str, Any] = {"path_type": pt.name, "target": pt.target}
+    try:
+        procs.append(lab.popen(pt.receiver, [py, "-m", "ntmobile.bench.handover", "recv", "--out", str(rlog)],
+                               name="ho-recv", stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL))
+        sender = lab.popen("mn", [py, "-m", "ntmobile.bench.handover", "send", "--to", pt.target, "--out",
+                                  str(slog)], name="ho-send", stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+        procs.append(sender)
+        if not _wait(lambda: len(_lines(rlog)) > 10 or sender.poll() is not None, 20):
+            result["error"] = f"no probe reached {pt.receiver} through the tunnel"
+            return result
+        if sender.poll() is not None:
+            err = sender.stderr.read().decode().strip() if sender.stderr else ""
+            result["error"] = f"the probe sender stopped: {err or 'exit ' + str(sender.returncode)}"
+            return result
+        path = next((p for p in _node_status(lab).get("paths", []) if p.get("peer") == pt.target), None)
+        result["mode"] = path.get("mode") if path else None
+        tcp: subprocess.Popen[Any] | None = None
+        if pt.tcp_url:
+            # Long enough to span every move: ~1.2 s per move at most, 32 MiB.
+            rate = max(200_000, int(33554432 / (moves * (dwell + 0.6) + 5)))
+            tcp = lab.popen("mn", ["sh", "-c", f"curl -s --limit-rate {rate} {pt.tcp_url} | sha256sum"],
+                            name="ho-tcp", stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True)
+            procs.append(tcp)
+        done: list[Move] = []
+        t_start_all = time.time()
+        for i in range(moves):
+            to = CYCLE[i % len(CYCLE)]
+            m = Move(to, time.time(), 0.0)
+            lab.move("mn", to)
+            m.t_configured = time.time()
+            done.append(m)
+
+            def recovered(m: Move = m) -> bool:
+                rx, ex = Probes.load(slog, rlog).first_after(m.t_configured)
+                return rx is not None and ex is not None
+
+            ok = _wait(recovered, RECOVERY_DEADLINE)
+            st = _node_status(lab)
+            at = st.get("handover_at")
+            if isinstance(at, (int, float)) and at >= m.t_start:
+                m.detect_ms = round((at - m.t_configured) * 1000, 1)
+            if not ok:
+                log(f"  move {i + 1} to {to}: no probe came back within {RECOVERY_DEADLINE} s")
+            time.sleep(dwell)  # let traffic flow on the new path before the next move
+        t_end = time.time()
+        _stop(sender)
+        probes = Probes.load(slog, rlog)
+        analyse(done, probes, t_end)
+        for i, m in enumerate(done):
+            log(f"  move {i + 1:2d} -> {m.to:6s}: gap {m.gap_ms} ms, echo {m.echo_gap_ms} ms, lost {m.lost}, "
+                f"detected {m.detect_ms} ms")
+        if tcp is not None:
+            try:
+                out, _ = tcp.communicate(timeout=max(60.0, 3 * (time.time() - t_start_all)))
+                digest = out.split()[0] if out.split() else ""
+            except subprocess.TimeoutExpired:
+                digest = "timeout"
+            result["tcp"] = {"url": pt.tcp_url, "sha256": digest, "ok": digest == lab.state.big_file.sha256}
+        result.update(summary(done))
+        result["probes_sent"] = len(probes.sent)
+        result["probes_received"] = len(probes.received)
+        result["per_move"] = [asdict(m) for m in done]
+        return result
+    finally:
+        for p in procs:
+            if p.poll() is None:
+                _stop(p)
+
+
+def to_markdown(report: dict[str, Any]) -> str:
+    lines = ["# ntm bench handover", "",
+             f"{report['when']} · lab `{report['lab']}` · probe every {INTERVAL * 1000:.0f} ms · "
+             f"{report['moves']} moves per path type, cycling {' → '.join(('neta', *CYCLE))}", "",
+             "Gap: new address configured → first probe sent afterwards delivered (receiver clock). Echo: its "
+             "echo back at mn. Lost: probes of the move's window never delivered. Detect: node noticed the "
+             "change (netlink).", "",
+             "| path type | mode | moves | recovered | gap median / max ms | echo median / max ms | "
+             "lost median / max | detect median ms | TCP transfer |",
+             "|---|---|---|---|---|---|---|---|---|"]
+    for r in report["results"]:
+        if "error" in r:
+            lines.append(f"| {r['path_type']} | – | – | – | {r['error']} | | | | |")
+            continue
+        tcp = r.get("tcp")
+        tcp_s = "–" if tcp is None else ("survived, sha256 ok" if tcp["ok"] else f"FAILED ({tcp['sha256']})")
+        g, e, lo, d = r["gap_ms"], r["echo_gap_ms"], r["lost_probes"], r["detect_ms"]
+        lines.append(f"| {r['path_type']} | {r.get('mode')} | {r['moves']} | {r['recovered']} | "
+                     f"{g['median']} / {g['max']} | {e['median']} / {e['max']} | {lo['median']} / {lo['max']} | "
+                     f"{d['median']} | {tcp_s} |")
+    return "\n".join(lines) + "\n"
+
+
+def run_bench(*, moves: int = 20, path_types: Sequence[str] = ("rs-n", "direct"), prefix: str = "hob",
+              attach: bool = False, out_dir: Path = Path("artifacts"), dwell: float = DWELL,
+              log: Callable[[str], None] = print) -> dict[str, Any]:
+    from ntmobile.lab import Lab
+
+    lab = Lab.attach(prefix) if attach else Lab.up("handover", prefix=prefix)
+    try:
+        if lab.network_of("mn") != "neta":
+            lab.move("mn", "neta")
+        results = []
+        for name in path_types:
+            pt = PATH_TYPES[name]
+            log(f"{name}: {moves} moves, probes mn -> {pt.target}")
+            results.append(run_path_type(lab, pt, moves, dwell=dwell, log=log))
+        report = {"bench": "handover", "when": time.strftime("%Y-%m-%d %H:%M:%S UTC", time.gmtime()),
+                  "lab": prefix, "moves": moves, "interval_ms": INTERVAL * 1000, "results": results}
+    finally:
+        if not attach:
+            lab.down()
+    out_dir.mkdir(parents=True, exist_ok=True)
+    (out_dir / "bench-handover.json").write_text(json.dumps(report, indent=2) + "\n")
+    (out_dir / "bench-handover.md").write_text(to_markdown(report))
+    return report
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

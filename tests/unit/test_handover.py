@@ -1,0 +1,289 @@
+"""Handover in memory (docs/handover.md): a node changes its real address (and NAT) while its paths
+are up. The real node, DC and RS cores; the harness moves a host by changing its address/NAT mapping.
+
+What is checked, per path type (RS-N, DIRECT in either role, RS-S): the node announces itself at once
+on every path from its new address, the RS or peer learns the new endpoint only from authenticated
+input and answers there, data keeps flowing both ways with the same Path ID, keys and counters, and
+the re-registration updates the DC."""
+
+from __future__ import annotations
+
+import struct
+
+from ntmobile.core.dc import DcConfig, DcCore, PeerKind, Resolution, ResolveRequest
+from ntmobile.core.node import DataReceived, NodeConfig, NodeCore, PathEndpointChanged, PathReady, Registered
+from ntmobile.core.registry import ClientRecord, MemoryStore, Pools
+from ntmobile.core.rs import DcLink, ProbeRequest, RelayEndpointChanged, RsConfig, RsCore
+from ntmobile.wire import MessageType, PathMode, PathRole, Role
+
+from .harness import Net, seeded_bytes
+
+DC_ID = bytes.fromhex("dc000000000000bb")
+DC_EP = ("192.0.2.10", 7410)
+RS_EP = ("192.0.2.20", 7411)
+GN = "192.0.2.40"
+POOLS = Pools("100.64.1.0/24", "fd00:6e74:1::/64", "100.127.0.0/16", "fd00:6e74:ff::/64")
+Ep = tuple[str, int]
+
+# The handover lab's places: behind NAT A, behind NAT B, global.
+NAT_A = (("10.1.0.10", 7412), ("192.0.2.100", 40001))
+NAT_B = (("10.2.0.10", 7412), ("192.0.2.101", 40002))
+NAT_C = (("10.3.0.10", 7412), ("192.0.2.102", 40003))
+GLOBAL = (("192.0.2.60", 7412), None)
+
+
+def ipv4_udp(src: str, dst: str, payload: bytes) -> bytes:
+    s = bytes(int(x) for x in src.split("."))
+    d = bytes(int(x) for x in dst.split("."))
+    udp = struct.pack("!HHHH", 5000, 6000, 8 + len(payload), 0) + payload
+    return struct.pack("!BBHHHBBH4s4s", 0x45, 0, 20 + len(udp), 1, 0, 64, 17, 0, s, d) + udp
+
+
+class World:
+    """One DC (a.example), one relay, and nodes placed at (private address, NAT mapping or None)."""
+
+    def __init__(self, seed: int = 1) -> None:
+        self.net = Net()
+        self.store = MemoryStore(POOLS)
+        rs_rec = ClientRecord(b"\x02" * 8, "rs1", Role.RELAY, b"\x22" * 32)
+        self.store.add_client(rs_rec)
+        self.dc = DcCore(DcConfig("a.example", DC_ID), self.store, self.net.now, seq_base=10**15,
+                         random_bytes=seeded_bytes(seed))
+        self.rs = RsCore(RsConfig("rs1", rs_rec.client_id, [DcLink(DC_ID, DC_EP, rs_rec.psk)],
+                                  local_endpoints=[RS_EP]), self.net.now, seq_base=10**15,
+                         random_bytes=seeded_bytes(seed + 1))
+        self.net.add("dc", self.dc, DC_EP)
+        self.net.add("rs", self.rs, RS_EP)
+        self.rs.register(self.net.now)
+        self.nodes: dict[str, NodeCore] = {}
+        self._seed = seed + 10
+
+    def node(self, host: str, place: tuple[Ep, Ep | None]) -> NodeCore:
+        idx = len(self.nodes) + 1
+        rec = ClientRecord(bytes([0x10 + idx]) * 8, f"{host}.a.example", Role.NODE, bytes([0x30 + idx]) * 32)
+        self.store.add_client(rec)
+        self._seed += 1
+        core = NodeCore(NodeConfig(rec.name, rec.client_id, rec.psk, DC_ID, DC_EP), self.net.now, seq_base=10**15,
+                        random_bytes=seeded_bytes(self._seed))
+        self.net.add(host, core, place[0], place[1])
+        core.register((place[0],), self.net.now)
+        self.nodes[host] = core
+        self.net.run_until(lambda: core.registered and bool(self.dc.relays()))
+        return core
+
+    def move(self, host: str, place: tuple[Ep, Ep | None]) -> None:
+        """The host's interface now has another address (and sits behind another NAT, or none)."""
+        h = self.net.hosts[host]
+        h.addr, h.public = place
+        self.nodes[host].addresses_changed((place[0],), self.net.now)
+
+    def seen_as(self, host: str) -> Ep:
+        h = self.net.hosts[host]
+        return h.public or h.addr
+
+    def answer_requests(self) -> None:
+        """Play the RS's ICMP prober and the DC's DNS discovery (a general node at GN)."""
+        for ev in list(self.net.hosts["rs"].events):
+            if isinstance(ev, ProbeRequest):
+                self.net.hosts["rs"].events.remove(ev)
+                self.rs.probe_result(ev.token, 1, 250, self.net.now)
+        for ev in list(self.net.hosts["dc"].events):
+            if isinstance(ev, ResolveRequest):
+                self.net.hosts["dc"].events.remove(ev)
+                self.dc.resolution_result(ev.token, Resolution(PeerKind.GENERAL, addrs4=(GN,)), self.net.now)
+
+    def path(self, host: str, fqdn: str) -> PathReady:
+        core = self.nodes[host]
+        rid = core.request_path(fqdn, self.net.now)
+
+        def ready() -> bool:
+            self.answer_requests()
+            return any(rid in e.request_ids for e in self.net.events_of(host, PathReady))
+
+        self.net.run_until(ready, max_time=20)
+        return next(e for e in self.net.events_of(host, PathReady) if rid in e.request_ids)
+
+    def received(self, host: str) -> list[bytes]:
+        return [e.payload for e in self.net.events_of(host, DataReceived)]
+
+
+def _vip4(core: NodeCore) -> str:
+    assert core.registration is not None and core.registration.vip4 is not None
+    return core.registration.vip4
+
+
+def _rsn_roundtrip(w: World, path_id: bytes, peer_vip: str, tag: bytes) -> None:
+    """A packet node → RS-N (to its TUN) and the GN's reply RS-N → node, on the node's current address."""
+    mn = w.nodes["mn"]
+    up = ipv4_udp(_vip4(mn), peer_vip, b"up " + tag)
+    assert mn.send_data(path_id, up, w.net.now)
+    w.net.run_until(lambda: bool(w.rs._tun))
+    assert [p for p, _gso in w.rs.packets_to_tun()] == [up]
+    down = ipv4_udp(peer_vip, _vip4(mn), b"down " + tag)
+    w.rs.tun_packet(down, w.net.now)
+    w.net.run_until(lambda: down in w.received("mn"))
+
+
+# -- RS-N --------------------------------------------------------------------------------------------
+
+
+def test_rsn_relay_learns_the_new_address_before_the_dc_answers() -> None:
+    """The fast path: the Tunnel Request from the new address reaches the RS-N at once; the relay
+    answers there and sends the GN's replies there, while the DC is still unreachable."""
+    w = World()
+    mn = w.node("mn", NAT_A)
+    ready = w.path("mn", "www.gn.example")
+    pid, peer_vip = ready.path.path_id, ready.path.peer_vip4
+    assert peer_vip is not None and ready.path.mode is PathMode.RS_N
+    w.net.drop = lambda src, dst, data: "dc" in (src, dst)  # the DC is out of reach for now
+    old_observed = mn.registration.observed if mn.registration else None
+    w.move("mn", NAT_B)
+    w.net.run_until(lambda: w.rs.entry(pid) is not None and w.rs.entry(pid).node_endpoint == NAT_B[1])  # type: ignore[union-attr]
+    assert [e.addr for e in w.net.events_of("rs", RelayEndpointChanged)][-1] == NAT_B[1]
+    assert mn.registration is not None and mn.registration.observed == old_observed  # not re-registered yet
+    _rsn_roundtrip(w, pid, peer_vip, b"during re-registration")
+    # The DC comes back: the re-registration completes from the new address, same VIPs.
+    w.net.drop = None
+    w.net.run_until(lambda: len(w.net.events_of("mn", Registered)) == 2)
+    again = w.net.events_of("mn", Registered)[-1]
+    assert again.observed == NAT_B[1] and again.vip4 == w.net.events_of("mn", Registered)[0].vip4
+
+
+def test_rsn_path_survives_nat_a_nat_b_global_nat_a() -> None:
+    w = World()
+    mn = w.node("mn", NAT_A)
+    ready = w.path("mn", "www.gn.example")
+    pid, peer_vip = ready.path.path_id, ready.path.peer_vip4
+    assert peer_vip is not None
+    _rsn_roundtrip(w, pid, peer_vip, b"before")
+    for i, place in enumerate((NAT_B, GLOBAL, NAT_A)):
+        w.move("mn", place)
+        regs = i + 2
+        w.net.run_until(lambda: len(w.net.events_of("mn", Registered)) == regs)  # noqa: B023
+        assert w.rs.entry(pid).node_endpoint == w.seen_as("mn")  # type: ignore[union-attr]
+        assert w.net.events_of("mn", Registered)[-1].observed == w.seen_as("mn")
+        _rsn_roundtrip(w, pid, peer_vip, b"after move %d" % i)
+    # One path all along: same ID, keys and counters; nothing was replayed or failed to open.
+    assert len(w.rs.entries()) == 1 and mn.path_info(pid) is not None
+    assert mn.stats["handovers"] == 3 and mn.stats["drop_data_auth"] == 0
+    assert not any("replay" in k or "auth" in k for k in w.rs.stats)
+
+
+def test_route_arriving_after_the_address_sends_at_once() -> None:
+    """The new address came up before its default route: what could not leave goes out as soon as
+    the route appears (routes_changed), not at the next retransmission."""
+    w = World()
+    mn = w.node("mn", NAT_A)
+    w.path("mn", "www.gn.example")
+    w.net.drop = lambda src, dst, data: src == "mn"  # no route yet: nothing leaves
+    w.move("mn", NAT_B)
+    w.net.step()
+    w.net.drop = None
+    t = w.net.now
+    mn.routes_changed(t)
+    sent = [d.data[1] for d in mn.datagrams_to_send()]
+    assert MessageType.REGISTRATION_REQUEST in sent and MessageType.TUNNEL_REQUEST in sent
+    assert w.net.now == t
+
+
+def test_replayed_announcement_from_elsewhere_does_not_move_the_relay_leg() -> None:
+    w = World()
+    w.node("mn", NAT_A)
+    pid = w.path("mn", "www.gn.example").path.path_id
+    w.move("mn", NAT_B)
+    w.net.run_until(lambda: w.rs.entry(pid).node_endpoint == NAT_B[1])  # type: ignore[union-attr]
+    while w.net.step():
+        pass
+    announcement = [d for d in w.net.sent_by["mn"] if d[1] == MessageType.TUNNEL_REQUEST][-1]
+    before = w.rs.stats["drop_replay"]
+    w.rs.receive_datagram(announcement, ("203.0.113.66", 4444), w.net.now)  # an attacker replays it
+    assert w.rs.stats["drop_replay"] == before + 1
+    assert w.rs.entry(pid).node_endpoint == NAT_B[1]  # type: ignore[union-attr]
+    forged = bytearray(announcement)
+    forged[-1] ^= 1
+    w.rs.receive_datagram(bytes(forged), ("203.0.113.66", 4444), w.net.now)
+    assert w.rs.entry(pid).node_endpoint == NAT_B[1]  # type: ignore[union-attr]
+    assert w.rs.datagrams_to_send() == []
+
+
+# -- DIRECT ------------------------------------------------------------------------------------------
+
+
+def _direct(w: World) -> tuple[NodeCore, NodeCore, bytes]:
+    """mn (global) asks for cn (global): DIRECT, mn initiates."""
+    mn = w.node("mn", GLOBAL)
+    cn = w.node("cn", (("192.0.2.70", 7412), None))
+    pid = w.path("mn", "cn.a.example").path.path_id
+    w.net.run_until(lambda: bool(w.net.events_of("cn", PathReady)))
+    info = mn.path_info(pid)
+    assert info is not None and info.mode is PathMode.DIRECT and info.role is PathRole.INITIATOR
+    return mn, cn, pid
+
+
+def _direct_roundtrip(w: World, pid: bytes, tag: bytes) -> None:
+    mn, cn = w.nodes["mn"], w.nodes["cn"]
+    assert mn.send_data(pid, b"mn " + tag, w.net.now)
+    assert cn.send_data(pid, b"cn " + tag, w.net.now)
+    w.net.run_until(lambda: b"mn " + tag in w.received("cn") and b"cn " + tag in w.received("mn"))
+
+
+def test_direct_initiator_moves_and_responder_learns() -> None:
+    w = World()
+    mn, cn, pid = _direct(w)
+    w.net.drop = lambda src, dst, data: "dc" in (src, dst)  # the fast path alone
+    w.move("mn", NAT_B)
+    w.net.run_until(lambda: cn.path_info(pid).endpoint == NAT_B[1])  # type: ignore[union-attr]
+    assert any(isinstance(e, PathEndpointChanged) and e.endpoint == NAT_B[1] for e in w.net.hosts["cn"].events)
+    _direct_roundtrip(w, pid, b"after the initiator moved")
+
+
+def test_direct_responder_moves_and_initiator_accepts_its_tunnel_request() -> None:
+    """Known gap (1): the initiator used to drop the moved responder's Tunnel Request."""
+    w = World()
+    mn, cn, pid = _direct(w)
+    w.net.drop = lambda src, dst, data: "dc" in (src, dst)
+    w.move("cn", (("192.0.2.71", 7412), None))
+    w.net.run_until(lambda: mn.path_info(pid).endpoint == ("192.0.2.71", 7412))  # type: ignore[union-attr]
+    assert mn.stats["drop_unexpected"] == 0
+    # The responder's announcement was answered (not only learnt from): its refresh completed.
+    w.net.run_until(lambda: not any(p.tag == ("tunnel", pid) for p in cn._pending.values()))
+    assert cn.stats["tunnel_refresh_timeouts"] == 0
+    _direct_roundtrip(w, pid, b"after the responder moved")
+
+
+def test_direct_endpoint_never_moves_on_unauthenticated_or_replayed_input() -> None:
+    w = World()
+    mn, cn, pid = _direct(w)
+    _direct_roundtrip(w, pid, b"one")
+    capsule = [d for d in w.net.sent_by["cn"] if d[1] == MessageType.DATA][-1]
+    before = mn.path_info(pid).endpoint  # type: ignore[union-attr]
+    mn.receive_datagram(capsule, ("203.0.113.66", 4444), w.net.now)  # replayed capsule, other source
+    forged = bytearray(capsule)
+    forged[25] ^= 0x80
+    mn.receive_datagram(bytes(forged), ("203.0.113.66", 4444), w.net.now)
+    assert mn.path_info(pid).endpoint == before  # type: ignore[union-attr]
+    assert mn.stats["drop_data_auth"] == 2
+
+
+# -- RS-S --------------------------------------------------------------------------------------------
+
+
+def test_rss_leg_moves_and_relay_forwards_to_the_new_address() -> None:
+    w = World()
+    mn = w.node("mn", NAT_A)
+    cn = w.node("cn", NAT_B)
+    pid = w.path("mn", "cn.a.example").path.path_id
+    w.net.run_until(lambda: bool(w.net.events_of("cn", PathReady)))
+    assert mn.path_info(pid).mode is PathMode.RS_S  # type: ignore[union-attr]
+    _direct_roundtrip(w, pid, b"via the relay")
+    w.net.drop = lambda src, dst, data: "dc" in (src, dst)
+    w.move("mn", NAT_C)
+    entry = w.rs.entry(pid)
+    assert entry is not None
+    w.net.run_until(lambda: entry.initiator.endpoint == NAT_C[1])
+    # The relay answered the leg's request at once (the other leg is known) ...
+    w.net.run_until(lambda: not any(p.tag == ("tunnel", pid) for p in mn._pending.values()))
+    assert mn.stats["tunnel_refresh_timeouts"] == 0
+    # ... and data flows both ways through it; the peer never saw the move.
+    _direct_roundtrip(w, pid, b"after the move")
+    assert cn.path_info(pid).endpoint == RS_EP  # type: ignore[union-attr]
