@@ -618,10 +618,17 @@ def teardown(prefix: str, state: LabState | None = None,
     if state is not None:
         namespaces |= {n for n in state.namespaces if n in _netns_list()}
     # anything still running inside our namespaces was started in them, hence by or for this lab
+    killed: list[int] = []
     for ns in sorted(namespaces):
         for pid in _ns_pids(ns):
             with contextlib.suppress(ProcessLookupError):
                 os.kill(pid, signal.SIGKILL)
+                killed.append(pid)
+    deadline = time.monotonic() + 5.0  # SIGKILL is asynchronous: wait until they are gone (or zombies)
+    while killed and time.monotonic() < deadline:
+        killed = [pid for pid in killed if _running(pid)]
+        if killed:
+            time.sleep(0.01)
     for pid, p in list(popens.items()):
         with contextlib.suppress(subprocess.TimeoutExpired):
             p.wait(timeout=2)
@@ -641,6 +648,14 @@ def teardown(prefix: str, state: LabState | None = None,
         shutil.rmtree(ldir, ignore_errors=True)
         removed.append(str(ldir))
     return removed
+
+
+def _running(pid: int) -> bool:
+    try:
+        stat = Path(f"/proc/{pid}/stat").read_text()
+    except OSError:
+        return False
+    return stat[stat.rindex(")") + 2:][:1] not in ("Z", "X")
 
 
 def running_labs() -> list[str]:
