@@ -177,3 +177,30 @@ def test_dc_silent_gives_servfail_before_app_timeout() -> None:
     failed = net.events_of("gl", PathFailed)[0]
     assert failed.status is Status.SERVFAIL
     assert net.now - t0 < 5.0  # answered before glibc's 5 s resolver timeout
+
+
+def test_version_negotiation_gives_a_clear_error() -> None:
+    """A DC answers a datagram of another protocol version with Version Not Supported; a node whose
+    registration gets that answer reports which versions the DC speaks."""
+    from ntmobile.core.node import RegistrationFailed
+    from ntmobile.wire import MessageType, SignalHeader, parse_version_not_supported
+
+    net = Net()
+    dc, store = make_dc(net)
+    future = SignalHeader(2, MessageType.REGISTRATION_REQUEST, 0, 0, b"\x01" * 8, 77, 1).pack() + bytes(40)
+    dc.receive_datagram(future, ("192.0.2.99", 7412), net.now)
+    [reply] = dc.datagrams_to_send()
+    assert parse_version_not_supported(reply.data) == (77, (1, 1))
+    assert dc.stats["drop_unknown_version"] == 1
+    # The node side: its pending registration is answered by Version Not Supported.
+    rec = enroll(store, "mn.a.example", 1)
+    node = make_node(net, rec, "mn", ("192.0.2.60", 7412))
+    reg = node.datagrams_to_send()[0]
+    from ntmobile.wire.frame import pack_version_not_supported, txid_of
+
+    txid = txid_of(reg.data)
+    assert txid is not None
+    node.receive_datagram(pack_version_not_supported(txid), DC_EP, net.now)
+    net.pump_events()
+    [failed] = net.events_of("mn", RegistrationFailed)
+    assert failed.status is Status.UNSUPPORTED_VERSION and "1..1" in failed.reason

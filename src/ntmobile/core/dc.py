@@ -18,7 +18,7 @@ from dataclasses import dataclass, field
 from enum import Enum
 from typing import Any, TypeVar
 
-from ntmobile.crypto import Channel, Ephemeral, long_term_keys, session_keys
+from ntmobile.crypto import Channel, Ephemeral, dc_static_keys, long_term_keys, session_keys, x25519_public
 from ntmobile.wire import (
     VERSION,
     CodecError,
@@ -34,6 +34,9 @@ from ntmobile.wire import (
     PathRelease,
     PathReleaseAck,
     PathRole,
+    PeerAnswer,
+    PeerHello,
+    PeerQuery,
     RegistrationRequest,
     RegistrationResponse,
     RelayDirection,
@@ -47,9 +50,12 @@ from ntmobile.wire import (
     SignalHeader,
     Status,
     StatusMessage,
+    pack_peer_hello,
+    parse_peer_hello,
     parse_signal_header,
     peek,
 )
+from ntmobile.wire.frame import SIGNAL_HEADER_SIZE, pack_version_not_supported, txid_of
 
 from .common import CoreBase, Event, new_txid
 from .registry import ClientRecord, Store, StoreError
@@ -66,6 +72,16 @@ RELAY_BUDGET = 2.5
 PROBE_TIMEOUT = 0.5
 #: How long a relay's measured distance to a GN address is reused.
 METRIC_TTL = 300.0
+#: DC to DC: a Peer Query is retransmitted until this (the node waits 4 s for its whole direction).
+PEER_QUERY_TIMEOUT = 3.0
+#: Peer Query timestamps further than this (seconds) from our clock are refused with STALE.
+PEER_CLOCK_SKEW = 30.0
+#: Sealed datagrams held per peer DC while its key is being checked.
+PEER_HELD_MAX = 16
+#: A Peer Query whose Path ID is in use at the peer DC or its relay is retried this often.
+PEER_PATH_ATTEMPTS = 3
+#: Peer Hellos are re-sent at these delays while the peer DC has not introduced itself.
+PEER_HELLO_RESEND = (0.5, 1.5)
 
 
 @dataclass(frozen=True, slots=True)
@@ -77,6 +93,12 @@ class DcConfig:
     idle_timeout: int = 120
     #: Further domains this DC is authoritative for (one DC may serve several).
     extra_domains: tuple[str, ...] = ()
+    #: The DC's static X25519 secret (its public key is in the marker TXT). Empty: no DC-to-DC.
+    secret: bytes = b""
+    #: Configured peer DCs: (domain, static public key). They take precedence over DNS markers.
+    peers: tuple[tuple[str, bytes], ...] = ()
+    #: The DC's probe endpoints (one per family) for NAT classification; empty: no probes.
+    probe: tuple[Endpoint, ...] = ()
 
     def own_domain(self, fqdn: str) -> str | None:
         """The domain of this DC that ``fqdn`` belongs to, or None."""
@@ -103,6 +125,9 @@ class Resolution:
     addrs6: tuple[str, ...] = ()
     evidence: tuple[str, ...] = ()
     reason: str = ""
+    #: NTM peers: the marker TXT of the peer's zone (the peer DC's signalling endpoint and key).
+    dc_endpoint: Endpoint | None = None
+    dc_key: bytes | None = None
 
 
 # -- events ------------------------------------------------------------------------------------
@@ -149,6 +174,41 @@ class RelayLost(Event):
     name: str
 
 
+@dataclass(frozen=True, slots=True)
+class ProbeDatagram(Event):
+    """Send ``data`` to ``addr`` from the DC's probe socket (NAT classification), or from its filter
+    socket (the probe port + 1, which nobody ever sends to) when ``filter`` is set."""
+
+    data: bytes
+    addr: Endpoint
+    filter: bool = False
+
+
+@dataclass(frozen=True, slots=True)
+class NatClassified(Event):
+    name: str
+    kind: NatKind
+    evidence: str
+
+
+@dataclass(frozen=True, slots=True)
+class VerifyPeerDc(Event):
+    """Look up the DC marker TXT at the apex of ``domain`` and call ``peer_dc_verified(token, key)``
+    with the key it names (None if there is no valid marker)."""
+
+    token: int
+    domain: str
+    key: bytes
+
+
+@dataclass(frozen=True, slots=True)
+class PeerDcNote(Event):
+    """Something about a peer DC worth logging (verified, refused)."""
+
+    peer: str
+    text: str
+
+
 # -- state -------------------------------------------------------------------------------------
 
 
@@ -163,6 +223,11 @@ class _Session:
     capabilities: int
     load: int = 0
     alive: bool = True
+    #: NAT classification by the probes (None: not measured, use ``nat``).
+    measured: NatKind | None = None
+    filter_txid: int = 0
+    filter_open: bool = False
+    mapping_same: bool | None = None
 
 
 @dataclass(slots=True)
@@ -194,6 +259,55 @@ class _Direction:
     probing: set[str] = field(default_factory=set)
     reuse_rs: str | None = None
     tried: list[_Session] = field(default_factory=list)
+    #: A re-direction of an existing path (handover): its Path ID, key and roles never change.
+    redirect: bool = False
+    #: The relay named by a peer DC (our node's path through the other DC's RS-S).
+    rs_name: str | None = None
+    #: DC to DC, requesting side: the peer DC asked, and the keys we made.
+    peer_out: _PeerDc | None = None
+    peer_out_ep: Endpoint | None = None
+    path_key: bytes = b""
+    relay_key: bytes = b""
+    peer_attempts: int = 0
+    #: DC to DC, answering side: ``node`` is then our own node (the peer of the remote requester) and the
+    #: outcome goes back to the querying DC instead of to a node.
+    peer_in: _PeerIn | None = None
+
+
+@dataclass(slots=True)
+class _PeerDc:
+    """Another DC, known by its static public key."""
+
+    key: bytes
+    channel: Channel
+    dc_id: bytes | None = None
+    #: The ID from a hello whose key is still being checked.
+    claimed_id: bytes | None = None
+    endpoint: Endpoint | None = None
+    #: We picked this key ourselves (configured, or from the marker) to send a query: its answers count.
+    trusted: bool = False
+    #: Domains this key was verified for (configured key or the domain's marker): its queries may name
+    #: requesters in them.
+    domains: set[str] = field(default_factory=set)
+    checking: set[str] = field(default_factory=set)
+    held: list[tuple[SignalHeader, bytes, Endpoint]] = field(default_factory=list)
+    hello_sent: float = -1e9
+    replies: dict[int, tuple[bytes, float]] = field(default_factory=dict)
+    busy: set[int] = field(default_factory=set)
+    seen: dict[tuple[bytes, int], float] = field(default_factory=dict)
+
+
+@dataclass(slots=True)
+class _PeerIn:
+    dc: _PeerDc
+    txid: int
+    addr: Endpoint
+    query: PeerQuery
+    requester: str
+    requester_role: PathRole
+    mode: PathMode
+    #: Where the requester sends its Tunnel Request (DIRECT, requester initiates).
+    requester_targets: tuple[Endpoint, ...]
 
 
 @dataclass(slots=True)
@@ -206,26 +320,46 @@ class PathRecord:
     created: float
     gn_map: tuple[tuple[str, str], ...] = ()
     path_key: bytes = b""
+    #: The role of ``initiator`` (the node that asked last) on the path; the other node has the other.
+    requester_role: PathRole = PathRole.INITIATOR
+    #: The path's relay key (made once, kept when a re-direction switches DIRECT <-> RS-S).
+    relay_key: bytes = b""
+
+
+def reachable(nat: NatKind) -> bool:
+    """Reachable from anywhere at its observed endpoint: no NAT, or an open (one-to-one) NAT."""
+    return nat in (NatKind.NONE, NatKind.OPEN)
+
+
+def same_nat(a_nat: NatKind, a_observed: Endpoint, b_nat: NatKind, b_observed: Endpoint) -> bool:
+    """Both nodes behind one NAT: both translated, same observed address."""
+    return a_nat is not NatKind.NONE and b_nat is not NatKind.NONE and a_observed[0] == b_observed[0]
 
 
 def decide_route(a_nat: NatKind, a_observed: Endpoint, b_nat: NatKind, b_observed: Endpoint) -> tuple[PathMode, bool]:
-    """The route table for two NTM nodes (docs/protocol.md, "Route decision").
+    """The route table for two NTM nodes (docs/protocol.md, "Route decision"); ``a`` is the requester.
 
-    Returns (mode, a_initiates).
+    ``*_nat`` is the DC's classification (NONE, OPEN, CONE, SYMMETRIC; unclassified NAT counts as
+    CONE). Returns (mode, a_initiates). Relayed paths are always initiated by the requester.
     """
-    fam_a = ipaddress.ip_address(a_observed[0]).version
-    fam_b = ipaddress.ip_address(b_observed[0]).version
-    if fam_a != fam_b:
+    try:
+        fam_a = ipaddress.ip_address(a_observed[0]).version
+        fam_b = ipaddress.ip_address(b_observed[0]).version
+    except ValueError:
         return PathMode.RS_S, True
-    if a_nat is NatKind.NONE and b_nat is NatKind.NONE:
+    if fam_a != fam_b:
+        return PathMode.RS_S, True  # IPv4 / IPv6 mismatch: only a dual-stack relay joins them
+    if same_nat(a_nat, a_observed, b_nat, b_observed):
+        return PathMode.DIRECT, True  # same NAT: direct on private addresses (NAT type irrelevant)
+    if reachable(a_nat) and reachable(b_nat):
         return PathMode.DIRECT, True
-    if a_nat is NatKind.NONE:
-        return PathMode.DIRECT, False  # only b is behind NAT: b opens its own NAT
-    if b_nat is NatKind.NONE:
+    if NatKind.SYMMETRIC in (a_nat, b_nat):
+        return PathMode.RS_S, True  # an endpoint-dependent mapping: nobody can be told where to send
+    if reachable(a_nat):
+        return PathMode.DIRECT, False  # only b is behind a (cone) NAT: b initiates and opens it
+    if reachable(b_nat):
         return PathMode.DIRECT, True
-    if a_observed[0] == b_observed[0]:
-        return PathMode.DIRECT, True  # same NAT: direct on private addresses
-    return PathMode.RS_S, True
+    return PathMode.RS_S, True  # both behind different filtering NATs
 
 
 class DcCore(CoreBase):
@@ -244,12 +378,18 @@ class DcCore(CoreBase):
         self._next_token = 1
         self.paths: dict[bytes, PathRecord] = {}
         self._metrics: dict[tuple[str, str], tuple[int | None, int | None, float]] = {}
+        self._t0 = now
+        self._public = x25519_public(config.secret) if config.secret else b""
+        self._peers_by_key: dict[bytes, _PeerDc] = {}
+        self._peers_by_id: dict[bytes, _PeerDc] = {}
+        self._verifying: dict[int, tuple[_PeerDc, str]] = {}
         self._call_at(now + config.relay_keepalive, self._sweep)
 
     # -- introspection ---------------------------------------------------------------------------
     def sessions(self) -> list[dict[str, object]]:
         return [{"name": s.record.name, "role": s.record.role.name, "vip4": s.record.vip4, "vip6": s.record.vip6,
-                 "endpoint": list(s.endpoint), "nat": s.nat.name, "load": s.load, "alive": s.alive}
+                 "endpoint": list(s.endpoint), "nat": s.nat.name, "nat_class": self._nat_class(s).name,
+                 "load": s.load, "alive": s.alive}
                 for s in self._sessions.values()]
 
     def relays(self) -> list[_Session]:
@@ -257,6 +397,13 @@ class DcCore(CoreBase):
 
     # -- input --------------------------------------------------------------------------------
     def receive_datagram(self, data: bytes, addr: Endpoint, now: float) -> None:
+        if len(data) >= SIGNAL_HEADER_SIZE and data[0] != VERSION and data[1] != MessageType.VERSION_NOT_SUPPORTED:
+            # A client of another protocol version: tell it which versions we speak (unauthenticated,
+            # smaller than the request, so it cannot amplify).
+            self.stats["drop_unknown_version"] += 1
+            txid = txid_of(data)
+            self._send(pack_version_not_supported(txid if txid is not None else 0), addr)
+            return
         try:
             _v, mtype = peek(data)
             if mtype == MessageType.DATA:
@@ -266,9 +413,13 @@ class DcCore(CoreBase):
         except CodecError:
             self.stats["drop_malformed"] += 1
             return
+        if header.type is MessageType.PEER_HELLO:
+            self._on_peer_hello(data, addr, now)
+            return
         record = self.store.get_client(header.sender)
         if record is None:
-            self.stats["drop_unknown_client"] += 1
+            if not self._on_peer_dc_datagram(header, data, addr, now):
+                self.stats["drop_unknown_client"] += 1
             return
         if header.flags & SignalFlags.LONG_TERM:
             self._on_long_term(record, header, data, addr, now)
@@ -286,6 +437,9 @@ class DcCore(CoreBase):
     # -- registration -------------------------------------------------------------------------------
     def _on_long_term(self, record: ClientRecord, header: SignalHeader, data: bytes, addr: Endpoint,
                       now: float) -> None:
+        if header.type is MessageType.KEEPALIVE_ACK:
+            self._on_filter_ack(record, header, data)
+            return
         if header.type is not MessageType.REGISTRATION_REQUEST:
             self.stats["drop_unexpected"] += 1
             return
@@ -333,8 +487,13 @@ class DcCore(CoreBase):
         session = _Session(record, Channel(keys, self.config.dc_id), addr, msg.local_endpoints, nat, now,
                            msg.capabilities, load=msg.load or 0)
         self._sessions[record.client_id] = session
+        probe = None
+        if record.role is Role.NODE and nat is NatKind.NAT:
+            probe = next((p for p in self.config.probe if (":" in p[0]) == (":" in addr[0])), None)
         reply = RegistrationResponse(ephemeral=eph.public, version=VERSION, observed=addr, nat=nat,
-                                     keepalive=keepalive, vip4=vip4, vip6=vip6, name=record.name)
+                                     keepalive=keepalive, vip4=vip4, vip6=vip6, name=record.name, probe=probe)
+        if probe is not None:
+            self._send_filter_probe(session, lt, addr)
         data_out = self._reply(lt, reply, header.txid, addr, flags=SignalFlags.LONG_TERM)
         self._reg_cache[record.client_id] = _RegCache(header.txid, msg.ephemeral, data_out, now)
         self.stats["registrations"] += 1
@@ -403,6 +562,9 @@ class DcCore(CoreBase):
             self._fail_direction(_Direction(node, header.txid, msg.fqdn or "", now), Status.BAD_REQUEST,
                                  "a direction request needs a node session and an FQDN")
             return
+        if msg.path_id is not None:
+            self._redirect(node, header, msg, now)
+            return
         fqdn = msg.fqdn.rstrip(".").lower()
         d = _Direction(node, header.txid, fqdn, now)
         self._directions[key] = d
@@ -428,8 +590,7 @@ class DcCore(CoreBase):
         elif result.kind is PeerKind.NODATA:
             self._fail_direction(d, Status.NODATA, result.reason or f"{d.fqdn} has no address")
         elif result.kind is PeerKind.NTM:
-            self._fail_direction(d, Status.PEER_UNREACHABLE,
-                                 f"{d.fqdn} is an NTM node of another DC; DC-to-DC coordination is not enabled")
+            self._query_peer_dc(d, result, now)
         else:
             self._fail_direction(d, Status.SERVFAIL, result.reason or f"resolving {d.fqdn} failed")
 
@@ -563,7 +724,11 @@ class DcCore(CoreBase):
         rs.load = msg.load
         if header.status != Status.OK:
             d.evidence.append(f"relay {rs.record.name} refused: status {header.status}")
-            if header.status == Status.PATH_ID_IN_USE:
+            if header.status == Status.PATH_ID_IN_USE and d.peer_in is not None:
+                # The Path ID is the querying DC's: it picks another and asks again.
+                self._fail_direction(d, Status.PATH_ID_IN_USE, f"relay {rs.record.name}: path ID in use")
+                return
+            if header.status == Status.PATH_ID_IN_USE and not d.redirect:
                 new_id = self._new_path_id()
                 assert d.relay_msg is not None
                 d.path_id = new_id
@@ -593,18 +758,19 @@ class DcCore(CoreBase):
         if peer is None or target.client_id == d.node.record.client_id:
             self._fail_direction(d, Status.PEER_UNREACHABLE, f"{d.fqdn} is not registered (or is the requester)")
             return
-        mode, a_initiates = decide_route(d.node.nat, d.node.endpoint, peer.nat, peer.endpoint)
-        d.evidence.append(f"NTM peer {d.fqdn}: requester {d.node.nat.name} at {d.node.endpoint}, peer {peer.nat.name} "
+        a_nat, b_nat = self._nat_class(d.node), self._nat_class(peer)
+        mode, a_initiates = decide_route(a_nat, d.node.endpoint, b_nat, peer.endpoint)
+        d.evidence.append(f"NTM peer {d.fqdn}: requester {a_nat.name} at {d.node.endpoint}, peer {b_nat.name} "
                           f"at {peer.endpoint} -> {mode.name}, {'requester' if a_initiates else 'peer'} initiates")
         d.path_id = self._new_path_id()
         path_key = self._rand(32)
         relay_key = self._rand(32) if mode is PathMode.RS_S else None
-        same_nat = d.node.nat is NatKind.NAT and peer.nat is NatKind.NAT and d.node.endpoint[0] == peer.endpoint[0]
+        same = same_nat(a_nat, d.node.endpoint, b_nat, peer.endpoint)
 
         def targets(of: _Session) -> tuple[Endpoint, ...]:
             if mode is not PathMode.DIRECT:
                 return ()
-            return of.local_endpoints if same_nat else (of.endpoint,)
+            return of.local_endpoints if same else (of.endpoint,)
 
         def route_for(me: _Session, other: _Session, initiator: bool) -> RouteDirection:
             return RouteDirection(path_id=d.path_id or b"", path_role=PathRole.INITIATOR if initiator else
@@ -651,19 +817,28 @@ class DcCore(CoreBase):
             self._complete_direction(d, now)
 
     def _complete_direction(self, d: _Direction, now: float) -> None:
+        if d.peer_in is not None:
+            self._answer_peer_dc(d, now)
+            return
         assert d.route is not None and d.path_id is not None
         d.reply = d.node.channel.seal(d.route, txid=d.txid)
         d.done_at = now
         self._send(d.reply, d.node.endpoint)
-        rs_name = d.rs.record.name if d.rs is not None else None
+        rs_name = d.rs.record.name if d.rs is not None else d.rs_name
+        previous = self.paths.get(d.path_id)
         self.paths[d.path_id] = PathRecord(d.path_id, d.node.record.name, d.fqdn, PathMode(d.route.mode), rs_name,
                                            now, d.gn_map, d.route.path_key)
+        self.paths[d.path_id].requester_role = PathRole(d.route.path_role)
+        self.paths[d.path_id].relay_key = d.route.relay_key or (previous.relay_key if previous else b"")
         self.stats["paths_directed"] += 1
         self._emit(DirectionDecision(d.node.record.name, d.fqdn, Status.OK, PathMode(d.route.mode), rs_name,
                                      d.path_id, tuple(d.evidence)))
 
     def _fail_direction(self, d: _Direction, status: Status, reason: str) -> None:
         d.evidence.append(f"failed: {reason}")
+        if d.peer_in is not None:
+            self._refuse_peer_dc(d, status, reason)
+            return
         d.reply = d.node.channel.seal(StatusMessage(answers=MessageType.DIRECTION_REQUEST, reason=reason),
                                       txid=d.txid, status=status)
         self._directions[(d.node.record.client_id, d.txid)] = d
@@ -680,6 +855,501 @@ class DcCore(CoreBase):
             self._request(rs.channel, PathRelease(path_id=path_id), new_txid(self._rand), rs.endpoint, now,
                           timeout=RELAY_DIRECTION_TIMEOUT)
 
+    # -- NAT classification (docs/protocol.md, "NAT classification") ---------------------------------
+    def _nat_class(self, s: _Session) -> NatKind:
+        return s.measured if s.measured is not None else s.nat
+
+    def _send_filter_probe(self, session: _Session, lt: Channel, addr: Endpoint) -> None:
+        """Filtering test: a long-term Keepalive from the filter socket to the mapping the Registration
+        Request just created. The node never sends to that port, so only a NAT that filters nothing
+        lets it through. (Not from the probe port: the conntrack entry it leaves on the NAT would
+        collide with the node's mapping probe and make a cone NAT pick another port.)"""
+        session.filter_txid = new_txid(self._rand)
+        data = lt.seal(Keepalive(), txid=session.filter_txid, flags=SignalFlags.LONG_TERM)
+        self._emit(ProbeDatagram(data, addr, filter=True))
+        self.stats["nat_filter_probes"] += 1
+
+    def _on_filter_ack(self, record: ClientRecord, header: SignalHeader, data: bytes) -> None:
+        msg = self._open(self._long_term(record), header, data)
+        session = self._sessions.get(record.client_id)
+        if not isinstance(msg, KeepaliveAck) or session is None or not session.filter_txid \
+                or header.txid != session.filter_txid:
+            self.stats["drop_unexpected"] += 1
+            return
+        session.filter_txid = 0
+        session.filter_open = True
+        self._classify(session)
+
+    def receive_probe(self, data: bytes, addr: Endpoint, now: float) -> None:
+        """A datagram on the DC's probe socket: the node's mapping probe (a session Keepalive). Its source
+        port compared with the registration's observed endpoint tells the mapping behaviour."""
+        try:
+            header = parse_signal_header(data)
+        except CodecError:
+            self.stats["drop_malformed"] += 1
+            return
+        record = self.store.get_client(header.sender)
+        session = self._sessions.get(header.sender) if record is not None else None
+        if session is None or header.type is not MessageType.KEEPALIVE or header.flags & SignalFlags.LONG_TERM:
+            self.stats["drop_probe_unexpected"] += 1
+            return
+        msg = self._open(session.channel, header, data)
+        if not isinstance(msg, Keepalive):
+            return
+        session.mapping_same = addr == session.endpoint
+        self._emit(ProbeDatagram(session.channel.seal(KeepaliveAck(observed=addr), txid=header.txid), addr))
+        self.stats["nat_mapping_probes"] += 1
+        self._classify(session, addr)
+
+    def _classify(self, s: _Session, probe_src: Endpoint | None = None) -> None:
+        if s.nat is NatKind.NONE or s.mapping_same is None:
+            return
+        if not s.mapping_same:
+            kind = NatKind.SYMMETRIC
+        else:
+            kind = NatKind.OPEN if s.filter_open else NatKind.CONE
+        if kind is s.measured:
+            return
+        s.measured = kind
+        preserved = any(s.endpoint[1] == e[1] for e in s.local_endpoints)
+        mapping = ("same mapped endpoint toward the probe port" if s.mapping_same else
+                   f"mapped to {probe_src} toward the probe port, {s.endpoint} toward the signalling port")
+        evidence = (f"{mapping}; unsolicited probe from the filter port "
+                    f"{'passed' if s.filter_open else 'filtered (or not answered yet)'}; "
+                    f"port {'preserved' if preserved else 'translated'}")
+        self._emit(NatClassified(s.record.name, kind, evidence))
+
+    # -- DC to DC (docs/protocol.md, "Peer DCs") -----------------------------------------------------
+    def _wall_us(self, now: float) -> int:
+        """Wall-clock microseconds (the runtime gives ``seq_base`` = wall clock at ``now`` of start)."""
+        return self._seq_base + int((now - self._t0) * 1_000_000)
+
+    def _peer_for_key(self, key: bytes, now: float) -> _PeerDc | None:
+        peer = self._peers_by_key.get(key)
+        if peer is not None:
+            return peer
+        if not self.config.secret or key == self._public:
+            return None
+        try:
+            keys = dc_static_keys(self.config.secret, self._public, key)
+        except ValueError:
+            self.stats["drop_peer_bad_key"] += 1
+            return None
+        peer = _PeerDc(key, Channel(keys, self.config.dc_id, seq_start=self._wall_us(now)))
+        self._peers_by_key[key] = peer
+        return peer
+
+    def _configured_key(self, name: str) -> bytes | None:
+        """The configured key of the most specific peer domain that ``name`` falls in."""
+        best: tuple[int, bytes] | None = None
+        for dom, key in self.config.peers:
+            dom = dom.rstrip(".").lower()
+            if (name == dom or name.endswith("." + dom)) and (best is None or len(dom) > best[0]):
+                best = (len(dom), key)
+        return best[1] if best is not None else None
+
+    def _send_hello(self, peer: _PeerDc, addr: Endpoint, domain: str, now: float, *, reply: bool) -> None:
+        peer.hello_sent = now
+        hello = PeerHello(domain=domain, key=self._public)
+        self._send(pack_peer_hello(self.config.dc_id, new_txid(self._rand), hello,
+                                   flags=SignalFlags.FROM_RESPONDER if reply else 0), addr)
+        self.stats["peer_hellos_sent"] += 1
+
+    def _bind_peer(self, peer: _PeerDc, dc_id: bytes, now: float) -> None:
+        peer.dc_id = dc_id
+        peer.claimed_id = None
+        self._peers_by_id[dc_id] = peer
+        held, peer.held = peer.held, []
+        for header, data, addr in held:
+            if header.sender == dc_id:
+                self._on_peer_sealed(peer, header, data, addr, now)
+
+    def _on_peer_hello(self, data: bytes, addr: Endpoint, now: float) -> None:
+        try:
+            header, hello = parse_peer_hello(data)
+        except CodecError:
+            self.stats["drop_malformed"] += 1
+            return
+        sender = header.sender
+        if not self.config.secret or sender == self.config.dc_id or self.store.get_client(sender) is not None:
+            self.stats["drop_peer_hello"] += 1
+            return
+        peer = self._peer_for_key(hello.key, now)
+        if peer is None:
+            self.stats["drop_peer_hello"] += 1
+            return
+        self.stats["peer_hellos"] += 1
+        peer.endpoint = addr
+        domain = hello.domain.rstrip(".").lower()
+        if peer.trusted or peer.domains:
+            if peer.dc_id != sender:
+                self._bind_peer(peer, sender, now)
+        else:
+            peer.claimed_id = sender
+        if domain and domain not in peer.domains and domain not in peer.checking \
+                and self.config.own_domain(domain) is None:
+            configured = self._configured_key(domain)
+            if configured is not None:
+                if configured == hello.key:
+                    self._peer_verified(peer, domain, "configured key", now)
+                else:
+                    self.stats["peer_key_mismatch"] += 1
+                    self._emit(PeerDcNote(domain, "hello key differs from the configured key: not trusted"))
+            else:
+                token = self._next_token
+                self._next_token += 1
+                self._verifying[token] = (peer, domain)
+                peer.checking.add(domain)
+                self._emit(VerifyPeerDc(token, domain, hello.key))
+        if not header.flags & SignalFlags.FROM_RESPONDER and now - peer.hello_sent > 0.2:
+            self._send_hello(peer, addr, self.config.domain, now, reply=True)
+
+    def peer_dc_verified(self, token: int, key: bytes | None, now: float) -> None:
+        """The runtime looked up the marker of a domain a peer DC's hello named: ``key`` is the key it
+        names (None: no valid marker). The hello's key is trusted for that domain only if they match."""
+        entry = self._verifying.pop(token, None)
+        if entry is None:
+            return
+        peer, domain = entry
+        peer.checking.discard(domain)
+        if key is not None and key == peer.key:
+            self._peer_verified(peer, domain, "DNS marker", now)
+            return
+        self.stats["peer_unverified"] += 1
+        self._emit(PeerDcNote(domain, "the domain's marker does not name the key of the hello: not trusted"))
+        if not peer.checking and peer.dc_id is None:
+            self.stats["drop_peer_held"] += len(peer.held)
+            peer.held.clear()
+
+    def _peer_verified(self, peer: _PeerDc, domain: str, how: str, now: float) -> None:
+        peer.domains.add(domain)
+        self.stats["peer_verified"] += 1
+        self._emit(PeerDcNote(domain, f"peer DC key {peer.key[:6].hex()}... verified ({how})"))
+        if peer.claimed_id is not None:
+            self._bind_peer(peer, peer.claimed_id, now)
+
+    def _on_peer_dc_datagram(self, header: SignalHeader, data: bytes, addr: Endpoint, now: float) -> bool:
+        """A sealed datagram whose sender is no client of ours: a peer DC's? (False: not ours to take.)"""
+        peer = self._peers_by_id.get(header.sender)
+        if peer is not None:
+            self._on_peer_sealed(peer, header, data, addr, now)
+            return True
+        for p in self._peers_by_key.values():
+            if p.claimed_id == header.sender and p.checking:
+                if len(p.held) < PEER_HELD_MAX:
+                    p.held.append((header, data, addr))
+                    self.stats["peer_held"] += 1
+                else:
+                    self.stats["drop_peer_held"] += 1
+                return True
+        return False
+
+    def _on_peer_sealed(self, peer: _PeerDc, header: SignalHeader, data: bytes, addr: Endpoint, now: float) -> None:
+        msg = self._open(peer.channel, header, data)
+        if msg is None:
+            return
+        if isinstance(msg, PeerQuery):
+            self._on_peer_query(peer, header, msg, addr, now)
+        elif isinstance(msg, (PeerAnswer, StatusMessage)):
+            pending = self._answered(peer.channel, header.txid)
+            tag = pending.tag if pending is not None else None
+            if not (isinstance(tag, tuple) and tag[0] == "peerq" and isinstance(tag[1], _Direction)):
+                self.stats["drop_late_response"] += 1
+                return
+            d: _Direction = tag[1]
+            if isinstance(msg, StatusMessage) or header.status != Status.OK:
+                self._peer_refused(d, _status(header.status), msg.reason if isinstance(msg, StatusMessage) else "",
+                                   now)
+            else:
+                self._peer_answered(d, msg, now)
+        else:
+            self.stats["drop_unexpected"] += 1
+
+    # requesting side
+    def _query_peer_dc(self, d: _Direction, res: Resolution, now: float) -> None:
+        if not self.config.secret:
+            self._fail_direction(d, Status.PEER_UNREACHABLE,
+                                 f"{d.fqdn} is an NTM node of another DC; this DC has no key for DC-to-DC coordination")
+            return
+        configured = self._configured_key(d.fqdn)
+        if configured is not None and res.dc_key is not None and res.dc_key != configured:
+            self._fail_direction(d, Status.PEER_UNREACHABLE,
+                                 "the marker key of the peer's DC differs from the configured key (spoofed DNS?)")
+            return
+        key = configured if configured is not None else res.dc_key
+        if key is None or res.dc_endpoint is None:
+            self._fail_direction(d, Status.PEER_UNREACHABLE, "the peer's DC marker names no endpoint or key")
+            return
+        peer = self._peer_for_key(key, now)
+        if peer is None:
+            self._fail_direction(d, Status.PEER_UNREACHABLE, "the peer DC's key is unusable")
+            return
+        peer.trusted = True
+        peer.endpoint = res.dc_endpoint
+        d.peer_out, d.peer_out_ep = peer, res.dc_endpoint
+        d.path_key, d.relay_key = self._rand(32), self._rand(32)
+        d.evidence.append(f"peer DC at {res.dc_endpoint[0]}:{res.dc_endpoint[1]}, key {key[:6].hex()}... "
+                          f"({'configured' if configured is not None else 'from the DNS marker'})")
+        domain = self.config.own_domain(d.node.record.name) or self.config.domain
+        self._send_peer_query(d, now)
+        for delay in PEER_HELLO_RESEND:
+            self._call_at(now + delay, functools.partial(self._rehello, d, domain))
+
+    def _send_peer_query(self, d: _Direction, now: float) -> None:
+        peer, ep = d.peer_out, d.peer_out_ep
+        assert peer is not None and ep is not None
+        node, rec = d.node, d.node.record
+        d.path_id = self._new_path_id()
+        d.peer_attempts += 1
+        if peer.dc_id is None:
+            self._send_hello(peer, ep, self.config.own_domain(rec.name) or self.config.domain, now, reply=False)
+        q = PeerQuery(fqdn=d.fqdn, name=rec.name, path_id=d.path_id, path_key=d.path_key, relay_key=d.relay_key,
+                      timestamp=self._wall_us(now), nat=int(self._nat_class(node)), vip4=rec.vip4, vip6=rec.vip6,
+                      observed=node.endpoint, local_endpoints=node.local_endpoints, capabilities=node.capabilities)
+        self._request(peer.channel, q, new_txid(self._rand), ep, now, timeout=PEER_QUERY_TIMEOUT, tag=("peerq", d),
+                      on_timeout=functools.partial(self._peer_query_timed_out, d))
+        self.stats["peer_queries_sent"] += 1
+
+    def _rehello(self, d: _Direction, domain: str, now: float) -> None:
+        peer = d.peer_out
+        if d.reply is None and peer is not None and peer.dc_id is None and d.peer_out_ep is not None:
+            self._send_hello(peer, d.peer_out_ep, domain, now, reply=False)
+
+    def _peer_query_timed_out(self, d: _Direction, now: float) -> None:
+        if d.reply is None:
+            self._fail_direction(d, Status.PEER_UNREACHABLE, f"the DC of {d.fqdn} did not answer the peer query")
+
+    def _peer_refused(self, d: _Direction, status: Status, reason: str, now: float) -> None:
+        if d.reply is not None:
+            return
+        if status is Status.PATH_ID_IN_USE and d.peer_attempts < PEER_PATH_ATTEMPTS:
+            d.evidence.append(f"peer DC: path ID {d.path_id.hex() if d.path_id else ''} in use; asking with a new one")
+            self._send_peer_query(d, now)
+            return
+        self._fail_direction(d, status, f"peer DC: {reason or status.name}")
+
+    def _peer_answered(self, d: _Direction, msg: PeerAnswer, now: float) -> None:
+        if d.reply is not None or msg.path_id != d.path_id or d.path_id is None:
+            self.stats["drop_late_response"] += 1
+            return
+        try:
+            mode, role = PathMode(msg.mode), PathRole(msg.path_role)
+        except ValueError:
+            mode, role = PathMode.RS_N, PathRole.INITIATOR  # refused below
+        if mode is PathMode.RS_N or (mode is PathMode.RS_S and msg.rs_endpoint is None) or \
+                (mode is PathMode.DIRECT and role is PathRole.INITIATOR and not msg.peer_endpoints):
+            self._fail_direction(d, Status.PEER_UNREACHABLE, "the peer DC's answer is unusable")
+            return
+        relayed = mode is PathMode.RS_S
+        try:
+            peer_nat = NatKind(msg.peer_nat).name
+        except ValueError:
+            peer_nat = str(msg.peer_nat)
+        d.rs_name = msg.rs_name if relayed else None
+        d.route = RouteDirection(
+            path_id=d.path_id, path_role=role, mode=mode, path_key=d.path_key, idle_timeout=self.config.idle_timeout,
+            keepalive=self.config.keepalive if d.node.nat is NatKind.NAT else 0, peer_name=msg.peer_name,
+            peer_vip4=msg.peer_vip4 if d.node.record.vip4 else None,
+            peer_vip6=msg.peer_vip6 if d.node.record.vip6 else None,
+            peer_endpoints=msg.peer_endpoints if mode is PathMode.DIRECT and role is PathRole.INITIATOR else (),
+            rs_endpoint=msg.rs_endpoint if relayed else None, rs_name=d.rs_name,
+            relay_key=d.relay_key if relayed else None, capabilities=msg.capabilities)
+        d.evidence.append(f"peer DC decided {mode.name} (peer NAT {peer_nat}); this node is the {role.name.lower()}"
+                          + (f"; relay {msg.rs_name} at {msg.rs_endpoint}" if relayed else ""))
+        self._complete_direction(d, now)
+
+    # answering side
+    def _on_peer_query(self, peer: _PeerDc, header: SignalHeader, q: PeerQuery, addr: Endpoint, now: float) -> None:
+        txid = header.txid
+        cached = peer.replies.get(txid)
+        if cached is not None:
+            self.stats["peer_query_retransmits"] += 1
+            self._send(cached[0], addr)
+            return
+        if txid in peer.busy:
+            self.stats["peer_query_retransmits"] += 1
+            return
+        name, fqdn = q.name.rstrip(".").lower(), q.fqdn.rstrip(".").lower()
+
+        def refuse(status: Status, reason: str) -> None:
+            data = self._reply(peer.channel, StatusMessage(answers=MessageType.PEER_QUERY, reason=reason), txid, addr,
+                               status=status)
+            peer.replies[txid] = (data, now)
+            self.stats["peer_queries_refused"] += 1
+            self._emit(DirectionDecision(name, fqdn, status, None, None, None, (f"peer query refused: {reason}",)))
+
+        if not any(name == dom or name.endswith("." + dom) for dom in peer.domains):
+            refuse(Status.NOT_AUTHORIZED, f"{name} is not in a domain verified for the querying DC")
+            return
+        skew = (q.timestamp - self._wall_us(now)) / 1e6
+        if abs(skew) > PEER_CLOCK_SKEW:
+            refuse(Status.STALE, f"timestamp {skew:+.1f} s from this DC's clock")
+            return
+        if (q.path_id, q.timestamp) in peer.seen:
+            self.stats["drop_peer_replay"] += 1
+            return
+        peer.seen[(q.path_id, q.timestamp)] = now
+        target = self.store.client_by_name(fqdn) if self.config.own_domain(fqdn) else None
+        if target is None or target.role is not Role.NODE:
+            refuse(Status.NXDOMAIN, f"no node named {fqdn} is enrolled here")
+            return
+        node = self._sessions.get(target.client_id)
+        if node is None:
+            refuse(Status.PEER_UNREACHABLE, f"{fqdn} is not registered")
+            return
+        if q.path_id in self.paths or q.path_id == self.config.dc_id or self.store.get_client(q.path_id) is not None:
+            refuse(Status.PATH_ID_IN_USE, "path ID in use here")
+            return
+        if q.observed is None:
+            refuse(Status.BAD_REQUEST, "the query names no observed endpoint of the requester")
+            return
+        try:
+            req_nat = NatKind(q.nat)
+        except ValueError:
+            req_nat = NatKind.NAT
+        mine = self._nat_class(node)
+        mode, req_initiates = decide_route(req_nat, q.observed, mine, node.endpoint)
+        same = same_nat(req_nat, q.observed, mine, node.endpoint)
+        direct = mode is PathMode.DIRECT
+        node_initiates = not req_initiates
+        node_targets: tuple[Endpoint, ...] = ()
+        req_targets: tuple[Endpoint, ...] = ()
+        if direct and node_initiates:
+            node_targets = q.local_endpoints if same else (q.observed,)
+        elif direct:
+            req_targets = node.local_endpoints if same else (node.endpoint,)
+        rec = node.record
+        route = RouteDirection(
+            path_id=q.path_id, path_role=PathRole.INITIATOR if node_initiates else PathRole.RESPONDER, mode=mode,
+            path_key=q.path_key, idle_timeout=self.config.idle_timeout,
+            keepalive=self.config.keepalive if node.nat is NatKind.NAT else 0, peer_name=name,
+            peer_vip4=q.vip4 if rec.vip4 else None, peer_vip6=q.vip6 if rec.vip6 else None,
+            peer_endpoints=node_targets, relay_key=q.relay_key if mode is PathMode.RS_S else None,
+            capabilities=q.capabilities)
+        d = _Direction(node, txid, fqdn, now)
+        d.path_id = q.path_id
+        d.route = d.responder_route = route
+        d.responder = node
+        d.peer_in = _PeerIn(peer, txid, addr, q, name, PathRole.INITIATOR if req_initiates else PathRole.RESPONDER,
+                            mode, req_targets)
+        d.evidence.append(f"peer query from DC {header.sender.hex()}: {name} ({req_nat.name} at {q.observed}) -> "
+                          f"{fqdn} ({mine.name} at {node.endpoint}): {mode.name}, "
+                          f"{'requester' if req_initiates else fqdn} initiates")
+        peer.busy.add(txid)
+        self.stats["peer_queries"] += 1
+        if mode is PathMode.RS_S:
+            relays = self.relays()
+            if not relays:
+                self._fail_direction(d, Status.NO_RELAY, "a relay is needed and none is up")
+                return
+            d.candidates = sorted(relays, key=lambda s: (s.load, s.record.name))
+            d.relay_msg = RelayDirection(path_id=q.path_id, rs_type=RsType.S, idle_timeout=self.config.idle_timeout,
+                                         relay_key=q.relay_key, node_vip4=q.vip4, node_vip6=q.vip6,
+                                         peer_vip4=rec.vip4, peer_vip6=rec.vip6, node_endpoint=q.observed,
+                                         responder_endpoint=node.endpoint)
+            self._try_next_relay(d, now)
+        else:
+            self._send_responder_route(d, now)
+
+    def _answer_peer_dc(self, d: _Direction, now: float) -> None:
+        pi, route = d.peer_in, d.responder_route
+        assert pi is not None and route is not None and d.path_id is not None
+        node = d.node
+        ans = PeerAnswer(path_id=d.path_id, mode=pi.mode, path_role=pi.requester_role, peer_name=node.record.name,
+                         peer_nat=int(self._nat_class(node)), peer_vip4=node.record.vip4, peer_vip6=node.record.vip6,
+                         peer_endpoints=pi.requester_targets, rs_endpoint=route.rs_endpoint, rs_name=route.rs_name,
+                         capabilities=node.capabilities)
+        d.reply = self._reply(pi.dc.channel, ans, pi.txid, pi.addr)
+        d.done_at = now
+        pi.dc.replies[pi.txid] = (d.reply, now)
+        pi.dc.busy.discard(pi.txid)
+        rs_name = d.rs.record.name if d.rs is not None else None
+        self.paths[d.path_id] = PathRecord(d.path_id, pi.requester, node.record.name, pi.mode, rs_name, now,
+                                           (), pi.query.path_key)
+        self.stats["paths_directed_for_peer_dc"] += 1
+        self._emit(DirectionDecision(pi.requester, node.record.name, Status.OK, pi.mode, rs_name, d.path_id,
+                                     tuple(d.evidence)))
+
+    def _refuse_peer_dc(self, d: _Direction, status: Status, reason: str) -> None:
+        pi = d.peer_in
+        assert pi is not None
+        d.reply = self._reply(pi.dc.channel, StatusMessage(answers=MessageType.PEER_QUERY, reason=reason), pi.txid,
+                              pi.addr, status=status)
+        d.done_at = d.started
+        pi.dc.replies[pi.txid] = (d.reply, d.started)
+        pi.dc.busy.discard(pi.txid)
+        self.stats["peer_queries_refused"] += 1
+        self._emit(DirectionDecision(pi.requester, d.fqdn, status, None, None, None, tuple(d.evidence)))
+
+
+    # -- handover: re-direction of an existing NTM-peer path ---------------------------------------
+    def _redirect(self, node: _Session, header: SignalHeader, msg: DirectionRequest, now: float) -> None:
+        """A node that moved asks to decide its path ``msg.path_id`` again (docs/protocol.md §10). The
+        decision is re-run on both nodes' current registrations; the Path ID, path key and roles stay
+        (the nodes' capsule counters continue), the mode and relay may change. Both nodes get a Route
+        Direction naming the other's current endpoint(s), so both announce themselves (whichever sits
+        behind a filtering NAT opens it)."""
+        assert msg.path_id is not None
+        pid = msg.path_id
+        d = _Direction(node, header.txid, (msg.fqdn or "").rstrip(".").lower(), now)
+        d.redirect = True
+        self._directions[(node.record.client_id, header.txid)] = d
+        rec = self.paths.get(pid)
+        name = node.record.name
+        if rec is None or rec.mode is PathMode.RS_N or name not in (rec.initiator, rec.peer):
+            self._fail_direction(d, Status.UNKNOWN_PATH, f"no NTM-peer path {pid.hex()} of {name} is known here")
+            return
+        other_name = rec.peer if name == rec.initiator else rec.initiator
+        d.fqdn = other_name
+        target = self.store.client_by_name(other_name)
+        peer = self._sessions.get(target.client_id) if target is not None else None
+        if peer is None:
+            self._fail_direction(d, Status.PEER_UNREACHABLE, f"{other_name} is not registered")
+            return
+        initiator = PathRole.INITIATOR
+        my_role = rec.requester_role if name == rec.initiator else (
+            PathRole.RESPONDER if rec.requester_role is initiator else initiator)
+        peer_role = PathRole.RESPONDER if my_role is initiator else initiator
+        mode, _ = decide_route(node.nat, node.endpoint, peer.nat, peer.endpoint)
+        d.path_id = pid
+        if mode is PathMode.RS_S and not rec.relay_key:
+            rec.relay_key = self._rand(32)
+        relay_key = rec.relay_key if mode is PathMode.RS_S else None
+        same_nat = node.nat is NatKind.NAT and peer.nat is NatKind.NAT and node.endpoint[0] == peer.endpoint[0]
+
+        def targets(of: _Session) -> tuple[Endpoint, ...]:
+            if mode is not PathMode.DIRECT:
+                return ()
+            return of.local_endpoints if same_nat else (of.endpoint,)
+
+        def route_for(me: _Session, other: _Session, role: PathRole) -> RouteDirection:
+            return RouteDirection(path_id=pid, path_role=role, mode=mode, path_key=rec.path_key,
+                                  idle_timeout=self.config.idle_timeout,
+                                  keepalive=self.config.keepalive if me.nat is NatKind.NAT else 0,
+                                  peer_name=other.record.name, peer_vip4=other.record.vip4,
+                                  peer_vip6=other.record.vip6, peer_endpoints=targets(other), relay_key=relay_key)
+
+        d.evidence.append(f"re-direction of path {pid.hex()} after a move: {name} {node.nat.name} at {node.endpoint}, "
+                          f"{other_name} {peer.nat.name} at {peer.endpoint} -> {mode.name} (was {rec.mode.name}); "
+                          f"path ID, key and roles kept")
+        d.route = route_for(node, peer, my_role)
+        d.responder = peer
+        d.responder_route = route_for(peer, node, peer_role)
+        if mode is PathMode.RS_S:
+            relays = self.relays()
+            if not relays:
+                self._fail_direction(d, Status.NO_RELAY, "the nodes need a relay now and none is up")
+                return
+            d.candidates = sorted(relays, key=lambda s: (s.record.name != rec.rs, s.load, s.record.name))
+            ini, res = (node, peer) if my_role is initiator else (peer, node)
+            d.relay_msg = RelayDirection(path_id=pid, rs_type=RsType.S, idle_timeout=self.config.idle_timeout,
+                                         relay_key=relay_key, node_vip4=ini.record.vip4, node_vip6=ini.record.vip6,
+                                         peer_vip4=res.record.vip4, peer_vip6=res.record.vip6,
+                                         node_endpoint=ini.endpoint, responder_endpoint=res.endpoint)
+            self._try_next_relay(d, now)
+        else:
+            self._send_responder_route(d, now)
+
     # -- housekeeping -----------------------------------------------------------------------------
     def _sweep(self, now: float) -> None:
         for s in self._sessions.values():
@@ -693,6 +1363,9 @@ class DcCore(CoreBase):
             del self._directions[k]
         for cid in [cid for cid, c in self._reg_cache.items() if now - c.at > REPLY_CACHE_SECONDS]:
             del self._reg_cache[cid]
+        for peer in self._peers_by_key.values():
+            peer.replies = {t: r for t, r in peer.replies.items() if now - r[1] <= REPLY_CACHE_SECONDS}
+            peer.seen = {k: t for k, t in peer.seen.items() if now - t <= 2 * PEER_CLOCK_SKEW}
         self._call_at(now + self.config.relay_keepalive, self._sweep)
 
 
@@ -701,3 +1374,10 @@ _M = TypeVar("_M", bound=Message)
 
 def _replace(msg: _M, **changes: Any) -> _M:
     return dataclasses.replace(msg, **changes)
+
+
+def _status(code: int) -> Status:
+    try:
+        return Status(code)
+    except ValueError:
+        return Status.PEER_UNREACHABLE

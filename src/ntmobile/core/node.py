@@ -47,6 +47,7 @@ from ntmobile.wire import (
     TunnelResponse,
     parse_capsule_header,
     parse_signal_header,
+    parse_version_not_supported,
     peek,
 )
 from ntmobile.wire.constants import SUPPORTED_VERSIONS
@@ -63,6 +64,9 @@ DIRECTION_TIMEOUT = 4.0
 TUNNEL_TIMEOUT = 3.0
 #: Keepalive exchanges without an answer before the node re-registers.
 KEEPALIVE_MISSES = 3
+#: Tunnel Requests for a path we do not know yet are held this long (seconds), at most this many.
+EARLY_HOLD = 2.0
+EARLY_MAX = 16
 
 
 @dataclass(frozen=True, slots=True)
@@ -168,6 +172,10 @@ class _Path:
     rx_packets: int = 0
     rx_bytes: int = 0
     created: float = 0.0
+    #: Signalling channels by key family: ("path",) for the path keys, ("leg", relay key) for an RS-S
+    #: leg. A re-direction that changes the mode switches channel but never restarts one (a fresh
+    #: channel would reuse sequence numbers the other end has already seen).
+    channels: dict[tuple[object, ...], Channel] = field(default_factory=dict)
 
     @property
     def sends_tunnel_request(self) -> bool:
@@ -209,6 +217,13 @@ class NodeCore(CoreBase):
         self._now_hint = now
         #: Set by addresses_changed; the next Registration Response then re-directs NTM-peer paths.
         self._handover_pending = False
+        #: Re-direction requests in flight (Direction Request txid -> Path ID).
+        self._redirects: dict[int, bytes] = {}
+        #: The DC's probe endpoint (Registration Response), for NAT classification.
+        self._probe_endpoint: Endpoint | None = None
+        #: Tunnel signalling that arrived before the Route Direction that makes its path (a peer that
+        #: initiates may be faster than our own DC): (path id, datagram, source, time).
+        self._early: list[tuple[bytes, bytes, Endpoint, float]] = []
 
     # -- API ----------------------------------------------------------------------------------
     def register(self, local_endpoints: tuple[Endpoint, ...], now: float) -> None:
@@ -246,7 +261,6 @@ class NodeCore(CoreBase):
             if pending is not None:
                 self._transmit(pending)
         self._announce_all(now)
-
 
     def request_path(self, fqdn: str, now: float) -> int:
         """Ask the DC for a path to ``fqdn`` (the hooked DNS query). Returns a request id that the
@@ -330,6 +344,10 @@ class NodeCore(CoreBase):
     # -- input --------------------------------------------------------------------------------
     def receive_datagram(self, data: bytes, addr: Endpoint, now: float) -> None:
         self._now_hint = now
+        if (len(data) >= 2 and data[1] == MessageType.VERSION_NOT_SUPPORTED and addr == self.config.dc_endpoint
+                and self._reg_txid is not None):
+            self._on_version_not_supported(data, now)
+            return
         try:
             _version, mtype = peek(data)
             if mtype == MessageType.DATA:
@@ -343,12 +361,20 @@ class NodeCore(CoreBase):
             self._on_dc(header, data, addr, now)
         elif header.sender in self._paths:
             self._on_tunnel(self._paths[header.sender], header, data, addr, now)
+        elif header.type is MessageType.TUNNEL_REQUEST:
+            self._early = [e for e in self._early if now - e[3] < EARLY_HOLD][-EARLY_MAX + 1:]
+            self._early.append((header.sender, data, addr, now))
+            self.stats["tunnel_request_held"] += 1
         else:
             self.stats["drop_unknown_sender"] += 1
 
     # -- DC signalling ---------------------------------------------------------------------------
     def _on_dc(self, header: SignalHeader, data: bytes, addr: Endpoint, now: float) -> None:
-        if addr != self.config.dc_endpoint:
+        if addr != self.config.dc_endpoint and not (
+                # NAT classification: the DC's filtering probe (long-term Keepalive, answered to the DC
+                # endpoint, never to its source) and the answer to our mapping probe.
+                (header.type is MessageType.KEEPALIVE and header.flags & SignalFlags.LONG_TERM)
+                or (header.type is MessageType.KEEPALIVE_ACK and addr == self._probe_endpoint)):
             self.stats["drop_dc_wrong_source"] += 1
             return
         if header.flags & SignalFlags.LONG_TERM:
@@ -359,6 +385,10 @@ class NodeCore(CoreBase):
                 self._on_registration_response(header, msg, now)
             elif isinstance(msg, StatusMessage):
                 self._on_long_term_status(header, msg, now)
+            elif isinstance(msg, Keepalive):
+                self.stats["nat_filter_probes_answered"] += 1
+                self._reply(self._lt, KeepaliveAck(observed=addr), header.txid, self.config.dc_endpoint,
+                            flags=SignalFlags.LONG_TERM)
             else:
                 self.stats["drop_unexpected"] += 1
             return
@@ -383,6 +413,12 @@ class NodeCore(CoreBase):
             self.stats["drop_stale_registration"] += 1
             return
         self._answered(self._lt, header.txid)
+        if not SUPPORTED_VERSIONS[0] <= msg.version <= SUPPORTED_VERSIONS[1]:
+            self._reg_txid = None
+            self._emit(RegistrationFailed(Status.UNSUPPORTED_VERSION,
+                                          f"the DC chose protocol version {msg.version}, which this node lacks"))
+            self._schedule_reregistration(now)
+            return
         try:
             shared = self._eph.exchange(msg.ephemeral)
         except ValueError:
@@ -398,11 +434,19 @@ class NodeCore(CoreBase):
         nat = NatKind(msg.nat) if msg.nat in (0, 1) else NatKind.NAT
         self.registration = Registered(msg.vip4, msg.vip6, msg.observed, nat, msg.keepalive)
         self._emit(self.registration)
+        self._probe_endpoint = msg.probe
+        if msg.probe is not None:
+            # Mapping probe: the DC compares its source with the registration's observed endpoint.
+            self._request(self._session, Keepalive(), new_txid(self._rand), msg.probe, now, timeout=2.0,
+                          tag="nat-probe")
         if msg.keepalive:
             gen = self._ka_generation
             self._call_at(now + msg.keepalive, lambda t: self._keepalive_tick(t, gen))
         for path in self._paths.values():
             self._refresh_path(path, now)
+        if self._handover_pending:
+            self._handover_pending = False
+            self._redirect_all(now)
 
     def _on_long_term_status(self, header: SignalHeader, msg: StatusMessage, now: float) -> None:
         status = _status(header.status)
@@ -421,11 +465,33 @@ class NodeCore(CoreBase):
     def _on_session_status(self, header: SignalHeader, msg: StatusMessage, now: float) -> None:
         assert self._session is not None
         pending = self._answered(self._session, header.txid)
+        if self._redirects.pop(header.txid, None) is not None:
+            # The DC could not re-direct (e.g. UNKNOWN_PATH, the peer unreachable): the path stays as
+            # it is; the announcements and address learning keep it working where they can.
+            self.stats["redirect_refused"] += 1
+            return
         lookup = self._lookups.pop(header.txid, None)
         if lookup is not None:
             self._emit(PathFailed(tuple(lookup.request_ids), lookup.fqdn, _status(header.status), msg.reason))
         elif pending is None:
             self.stats["drop_unexpected"] += 1
+
+    def _on_version_not_supported(self, data: bytes, now: float) -> None:
+        """Unauthenticated hint: only believed for our pending registration's transaction."""
+        try:
+            txid, (lo, hi) = parse_version_not_supported(data)
+        except CodecError:
+            self.stats["drop_malformed"] += 1
+            return
+        if txid != self._reg_txid:
+            self.stats["drop_stale_registration"] += 1
+            return
+        self._answered(self._lt, txid)
+        self._reg_txid = None
+        self._emit(RegistrationFailed(Status.UNSUPPORTED_VERSION,
+                                      f"the DC speaks protocol versions {lo}..{hi}; this node speaks "
+                                      f"{SUPPORTED_VERSIONS[0]}..{SUPPORTED_VERSIONS[1]}"))
+        self._schedule_reregistration(now)
 
     def _registration_timed_out(self, now: float) -> None:
         self._reg_txid = None
@@ -469,7 +535,8 @@ class NodeCore(CoreBase):
     def _on_route_direction(self, header: SignalHeader, rd: RouteDirection, addr: Endpoint, now: float) -> None:
         assert self._session is not None
         lookup = self._lookups.pop(header.txid, None)
-        if lookup is not None:
+        redirected = self._redirects.pop(header.txid, None)
+        if lookup is not None or redirected is not None:
             self._answered(self._session, header.txid)
         elif header.status != Status.OK:
             self.stats["drop_unexpected"] += 1
@@ -491,13 +558,15 @@ class NodeCore(CoreBase):
                 return
         else:
             path = existing
+            if rd != path.rd:
+                self._redirected(path, rd, role, mode, now)
         if lookup is not None:
             path.fqdn = lookup.fqdn
             path.request_ids.extend(lookup.request_ids)
             self._by_name[lookup.fqdn] = path.path_id
         elif rd.peer_name:
             self._by_name.setdefault(rd.peer_name.rstrip(".").lower(), path.path_id)
-        if lookup is None:
+        if lookup is None and redirected is None:
             # DC-initiated (we are told to take part in a path): acknowledge, also for duplicates.
             self._reply(self._session, RouteDirectionAck(path_id=rd.path_id), header.txid, addr)
         if path.established:
@@ -507,6 +576,11 @@ class NodeCore(CoreBase):
             return
         if existing is None and path.sends_tunnel_request:
             self._send_tunnel_request(path, now)
+        if existing is None:
+            early = [e for e in self._early if e[0] == path.path_id and now - e[3] < EARLY_HOLD]
+            self._early = [e for e in self._early if e[0] != path.path_id]
+            for _pid, held, src, _at in early:
+                self.receive_datagram(held, src, now)
 
     def _new_path(self, rd: RouteDirection, role: PathRole, mode: PathMode, now: float) -> _Path | None:
         keys = path_keys(rd.path_key, rd.path_id)
@@ -526,9 +600,11 @@ class NodeCore(CoreBase):
             if role is PathRole.INITIATOR and not targets:
                 return None
         flags = CapsuleFlags.FROM_RESPONDER if responder else CapsuleFlags.NONE
-        path = _Path(rd.path_id, role, mode, rd, Channel(sig_keys, rd.path_id),
+        sig = Channel(sig_keys, rd.path_id)
+        path = _Path(rd.path_id, role, mode, rd, sig,
                      CapsuleSealer(data_keys.send, rd.path_id, flags), CapsuleOpener(data_keys.recv), data_keys,
                      targets, endpoint=targets[0] if targets else None, created=now)
+        path.channels[("leg", rd.relay_key) if mode is PathMode.RS_S else ("path",)] = sig
         self._paths[rd.path_id] = path
         return path
 
@@ -582,6 +658,70 @@ class NodeCore(CoreBase):
         for path in self._paths.values():
             self._refresh_path(path, now)
 
+    def _redirect_all(self, now: float) -> None:
+        """After a handover re-registration: ask the DC to decide every NTM-peer path again (a Direction
+        Request naming the path; docs/protocol.md §10). The DC may change the mode (DIRECT <-> RS-S) and
+        the relay, never the Path ID, key or roles; it tells the peer too."""
+        if self._session is None:
+            return
+        for path in self._paths.values():
+            if not path.established or path.mode is PathMode.RS_N or not path.rd.peer_name:
+                continue
+            if path.path_id in self._redirects.values():
+                continue
+            txid = new_txid(self._rand)
+            self._redirects[txid] = path.path_id
+            self.stats["redirects_requested"] += 1
+            self._request(self._session, DirectionRequest(fqdn=path.rd.peer_name, path_id=path.path_id,
+                                                          capabilities=self.config.capabilities),
+                          txid, self.config.dc_endpoint, now, timeout=DIRECTION_TIMEOUT,
+                          on_timeout=functools.partial(self._redirect_timed_out, txid))
+
+    def _redirect_timed_out(self, txid: int, now: float) -> None:
+        if self._redirects.pop(txid, None) is not None:
+            self.stats["redirect_timeouts"] += 1
+
+    def _redirected(self, path: _Path, rd: RouteDirection, role: PathRole, mode: PathMode, now: float) -> None:
+        """A new Route Direction for a path we have: the DC re-decided it (after a move of either end).
+        Same Path ID, key and role, so the data sealer/opener and their counters carry on; the mode,
+        the targets and (RS-S) the relay may change. Both ends then announce themselves."""
+        if role is not path.role or rd.path_key != path.rd.path_key:
+            # Another role would make us seal with the other direction's key: never reuse a key so.
+            self.stats["redirect_refused_role_or_key"] += 1
+            return
+        if mode is PathMode.RS_S:
+            if rd.relay_key is None or rd.rs_endpoint is None:
+                self.stats["drop_bad_route_direction"] += 1
+                return
+            key: tuple[object, ...] = ("leg", rd.relay_key)
+            targets = [rd.rs_endpoint]
+        elif mode is PathMode.RS_N or path.mode is PathMode.RS_N:
+            return  # an RS-N path is reused as it is (e.g. a second name of the same general node)
+        else:
+            key = ("path",)
+            targets = list(rd.peer_endpoints)
+        sig = path.channels.get(key)
+        if sig is None:
+            if mode is PathMode.RS_S:
+                assert rd.relay_key is not None
+                sig_keys = relay_leg_keys(rd.relay_key, rd.path_id, responder_leg=role is PathRole.RESPONDER)
+            else:
+                keys = path_keys(rd.path_key, rd.path_id)
+                sig_keys = (keys.for_initiator() if role is PathRole.INITIATOR else keys.for_responder())[0]
+            sig = path.channels[key] = Channel(sig_keys, rd.path_id)
+        old_mode = path.mode
+        self._cancel_where(lambda p: p.tag == ("tunnel", path.path_id))
+        path.rd, path.mode, path.sig = rd, mode, sig
+        self.stats["redirected"] += 1
+        if targets:
+            path.targets, path.target_index = targets, 0
+            if path.endpoint != targets[0]:
+                path.endpoint = targets[0]
+                self._emit(PathEndpointChanged(path.path_id, targets[0]))
+        if mode is not old_mode and path.established:
+            self._emit(PathReady(path.info(), ()))  # the data plane re-reads mode (address learning) and endpoint
+        if path.endpoint is not None:
+            self._send_tunnel_request(path, now)
 
     def _on_tunnel(self, path: _Path, header: SignalHeader, data: bytes, addr: Endpoint, now: float) -> None:
         msg = self._open(path.sig, header, data)

@@ -63,6 +63,8 @@ class Attr(IntEnum):
     RS_NAME = 0x26
     RTT_US = 0x27
     HOPS = 0x28
+    DC_KEY = 0x29
+    PROBE_ENDPOINT = 0x2A
 
 
 class Kind(IntEnum):
@@ -148,6 +150,8 @@ def decode_value(kind: Kind, raw: bytes) -> object:
         _need(n == 32, kind)
         return bytes(raw)
     if kind is Kind.STR:
+        if n > MAX_STR:
+            raise CodecError("string longer than 255 bytes")
         try:
             return bytes(raw).decode("utf-8")
         except UnicodeDecodeError:
