@@ -69,6 +69,8 @@ class DirectionRequest(Message):
     peer_vip4: str | None = _f(Attr.PEER_VIP4, Kind.IP4)
     peer_vip6: str | None = _f(Attr.PEER_VIP6, Kind.IP6)
     capabilities: int = _f(Attr.CAPABILITIES, Kind.U32, default=0)
+    #: Re-direction after a handover: decide this existing path again (same ID, keys and roles).
+    path_id: bytes | None = _f(Attr.PATH_ID, Kind.ID8)
 
 
 @dataclass(frozen=True, slots=True)
