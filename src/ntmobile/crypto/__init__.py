@@ -7,15 +7,18 @@ from .keys import (
     KeyPair,
     PathKeys,
     RandomBytes,
+    dc_static_keys,
     hkdf,
     long_term_keys,
     path_keys,
     peer_dc_keys,
     relay_leg_keys,
     session_keys,
+    x25519_public,
 )
 
 __all__ = [
     "AuthError", "CapsuleOpener", "CapsuleSealer", "Channel", "Ephemeral", "KeyPair", "PathKeys", "RandomBytes",
-    "ReplayWindow", "hkdf", "long_term_keys", "path_keys", "peer_dc_keys", "relay_leg_keys", "session_keys",
+    "ReplayWindow", "dc_static_keys", "hkdf", "long_term_keys", "path_keys", "peer_dc_keys", "relay_leg_keys",
+    "session_keys", "x25519_public",
 ]

@@ -50,6 +50,25 @@ def peer_dc_keys(secret: bytes, my_dc_id: bytes, peer_dc_id: bytes) -> KeyPair:
     return KeyPair(send, recv)
 
 
+def dc_static_keys(my_secret: bytes, my_public: bytes, peer_public: bytes) -> KeyPair:
+    """Keys between two DCs from their static X25519 keys (the marker TXT keys): DH(my secret, peer
+    public) through HKDF, one label per direction that names both public keys (sender first).
+
+    Raises ValueError on a malformed or low-order peer key (the DC counts and drops).
+    """
+    shared = X25519PrivateKey.from_private_bytes(my_secret).exchange(X25519PublicKey.from_public_bytes(peer_public))
+    if shared == bytes(32):
+        raise ValueError("degenerate X25519 shared secret")
+    send = hkdf(shared, salt=b"ntm1 dc-dc static", info=b"ntm1 dc-dc " + my_public + peer_public)
+    recv = hkdf(shared, salt=b"ntm1 dc-dc static", info=b"ntm1 dc-dc " + peer_public + my_public)
+    return KeyPair(send, recv)
+
+
+def x25519_public(secret: bytes) -> bytes:
+    """The X25519 public key of a 32-byte secret."""
+    return X25519PrivateKey.from_private_bytes(secret).public_key().public_bytes_raw()
+
+
 class Ephemeral:
     """An X25519 ephemeral key for one registration handshake."""
 

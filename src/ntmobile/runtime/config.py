@@ -14,7 +14,7 @@ from typing import Any, TypeVar
 import tomli_w
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 
-from ntmobile.wire import DC_PORT, NODE_PORT, RS_PORT
+from ntmobile.wire import DC_PORT, DC_PROBE_PORT, NODE_PORT, RS_PORT
 
 
 class ConfigError(Exception):
@@ -46,6 +46,26 @@ class PoolSettings(_Model):
     _check = field_validator("vip4", "vip6", "gn_vip4", "gn_vip6")(_cidr)
 
 
+class PeerDcSettings(_Model):
+    domain: str
+    key: str = Field(description="the peer DC's static X25519 public key, base64url as in its marker TXT")
+
+    @field_validator("key")
+    @classmethod
+    def _key(cls, v: str) -> str:
+        try:
+            raw = base64.urlsafe_b64decode(v + "=" * (-len(v) % 4))
+        except ValueError as exc:
+            raise ValueError("must be base64url") from exc
+        if len(raw) != 32:
+            raise ValueError("must be a 32-byte key")
+        return v
+
+    @property
+    def key_bytes(self) -> bytes:
+        return base64.urlsafe_b64decode(self.key + "=" * (-len(self.key) % 4))
+
+
 class DcSettings(_Model):
     domain: str
     extra_domains: list[str] = Field([], description="further domains this DC serves (zones and nodes)")
@@ -64,6 +84,9 @@ class DcSettings(_Model):
     idle_timeout: int = Field(120, ge=5, le=65535)
     control: str = "ntm-dc"
     pools: PoolSettings = PoolSettings()
+    probe_port: int | None = Field(DC_PROBE_PORT, ge=1, le=65535,
+                                   description="second UDP port for NAT classification probes (none: no probes)")
+    peers: list[PeerDcSettings] = Field([], description="trusted peer DCs (take precedence over DNS markers)")
 
     _a = field_validator("address")(_addr)
 

@@ -4,9 +4,11 @@ zone, DNS discovery for Direction Requests, the SQLite registry, a control socke
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import logging
 import os
 import signal
+import socket
 import time
 from typing import Any
 
@@ -19,11 +21,15 @@ from ntmobile.core.dc import (
     DcConfig,
     DcCore,
     DirectionDecision,
+    NatClassified,
+    PeerDcNote,
     PeerKind,
+    ProbeDatagram,
     RegistrationRejected,
     RelayLost,
     Resolution,
     ResolveRequest,
+    VerifyPeerDc,
 )
 from ntmobile.core.discovery import Discovery, DiscoveryCache, DiscoveryResult, Outcome
 from ntmobile.core.dnsauth import AuthoritativeZone, NameServer, NodeRecords, SoaFields, format_marker
@@ -33,7 +39,7 @@ from ntmobile.wire import Role
 from .config import DcSettings
 from .control import serve_control
 from .dns import DnsServer, run_discovery, serve_dns
-from .driver import CoreDriver
+from .driver import CoreDriver, bind_udp, normalize
 from .store import SqliteStore
 
 log = logging.getLogger("ntm.dc")
@@ -51,7 +57,25 @@ _OUTCOME = {
 
 
 def to_resolution(r: DiscoveryResult) -> Resolution:
-    return Resolution(_OUTCOME[r.outcome], tuple(r.a), tuple(r.aaaa), tuple(r.evidence.lines), r.reason)
+    marker = r.marker if r.outcome is Outcome.NTM_PEER else None
+    return Resolution(_OUTCOME[r.outcome], tuple(r.a), tuple(r.aaaa), tuple(r.evidence.lines), r.reason,
+                      dc_endpoint=marker.address if marker is not None else None,
+                      dc_key=marker.key if marker is not None else None)
+
+
+class _ProbeProtocol(asyncio.DatagramProtocol):
+    """The DC's probe socket (NAT classification): datagrams go to DcCore.receive_probe."""
+
+    def __init__(self, daemon: DcDaemon) -> None:
+        self.daemon = daemon
+
+    def datagram_received(self, data: bytes, addr: tuple[Any, ...]) -> None:
+        d = self.daemon
+        d.core.receive_probe(data, normalize(addr), d.driver.now())
+        d.driver.flush()
+
+    def error_received(self, exc: Exception) -> None:
+        pass
 
 
 class DcDaemon:
@@ -60,6 +84,7 @@ class DcDaemon:
         s = settings
         self.store = SqliteStore(s.database, Pools(s.pools.vip4, s.pools.vip6, s.pools.gn_vip4, s.pools.gn_vip6))
         self.dc_id, secret = self.store.identity()
+        self.secret = secret
         self.public_key = X25519PrivateKey.from_private_bytes(secret).public_key().public_bytes_raw()
         self.cache = DiscoveryCache()
         self.started = time.time()
@@ -104,11 +129,31 @@ class DcDaemon:
     async def run(self, stop: asyncio.Event) -> None:
         s = self.settings
         loop = asyncio.get_running_loop()
+        probe: tuple[tuple[str, int], ...] = ()
+        if s.probe_port is not None:
+            probe = tuple((a, s.probe_port) for a in dict.fromkeys([s.address, *s.ns_addresses]))
         cfg = DcConfig(s.domain, self.dc_id, keepalive=s.keepalive, relay_keepalive=s.relay_keepalive,
-                       idle_timeout=s.idle_timeout, extra_domains=tuple(s.extra_domains))
+                       idle_timeout=s.idle_timeout, extra_domains=tuple(s.extra_domains), secret=self.secret,
+                       peers=tuple((p.domain.rstrip(".").lower(), p.key_bytes) for p in s.peers), probe=probe)
         self.core = DcCore(cfg, self.store, loop.time(), seq_base=time.time_ns() // 1000)
         self.driver = CoreDriver(self.core, self.on_event)
         await self.driver.start(s.port, host4=s.listen4, host6=s.listen6)
+        self.probe_transports: dict[tuple[bool, int], asyncio.DatagramTransport] = {}
+        if s.probe_port is not None:
+            # The probe port receives nodes' mapping probes; the filter port (probe port + 1) only
+            # sends the unsolicited filtering probes.
+            for is_filter, port in ((False, s.probe_port), (True, s.probe_port % 65535 + 1)):
+                for host, fam in ((s.listen4, socket.AF_INET), (s.listen6, socket.AF_INET6)):
+                    if host is None:
+                        continue
+                    try:
+                        sock = bind_udp(host, port, family=fam)
+                    except OSError as exc:
+                        log.warning("no probe socket on %s port %d: %s", host, port, exc)
+                        continue
+                    proto = (lambda: asyncio.DatagramProtocol()) if is_filter else (lambda: _ProbeProtocol(self))
+                    tr, _ = await loop.create_datagram_endpoint(proto, sock=sock)
+                    self.probe_transports[(is_filter, fam)] = tr
         self.zones = self.make_zones()
         for host in (s.listen4, s.listen6):
             if host is None:
@@ -126,6 +171,8 @@ class DcDaemon:
             await stop.wait()
         finally:
             control.close()
+            for tr in self.probe_transports.values():
+                tr.close()
             for srv in self.dns_servers:
                 await srv.close()
             self.driver.close()
@@ -137,6 +184,16 @@ class DcDaemon:
     def on_event(self, ev: object) -> None:
         if isinstance(ev, ResolveRequest):
             self._resolve(ev)
+        elif isinstance(ev, ProbeDatagram):
+            tr = self.probe_transports.get((ev.filter, socket.AF_INET6 if ":" in ev.addr[0] else socket.AF_INET))
+            if tr is not None:
+                tr.sendto(ev.data, ev.addr)
+        elif isinstance(ev, NatClassified):
+            log.info("NAT of %s: %s (%s)", ev.name, ev.kind.name, ev.evidence)
+        elif isinstance(ev, VerifyPeerDc):
+            self._verify_peer(ev)
+        elif isinstance(ev, PeerDcNote):
+            log.info("peer DC %s: %s", ev.peer, ev.text)
         elif isinstance(ev, DirectionDecision):
             entry = {"time": time.time(), "node": ev.node, "fqdn": ev.fqdn, "status": ev.status.name,
                      "mode": ev.mode.name if ev.mode else None, "rs": ev.rs,
@@ -159,8 +216,7 @@ class DcDaemon:
         cached = self.cache.get(ev.fqdn, loop.time())
         if cached is not None:
             res = to_resolution(cached)
-            res = Resolution(res.kind, res.addrs4, res.addrs6, res.evidence + ("(from the DC's discovery cache)",),
-                             res.reason)
+            res = dataclasses.replace(res, evidence=res.evidence + ("(from the DC's discovery cache)",))
             self.core.resolution_result(ev.token, res, loop.time())
             self.driver.flush()
             return
@@ -183,6 +239,32 @@ class DcDaemon:
                 log.exception("discovery of %s failed", ev.fqdn)
                 res = Resolution(PeerKind.SERVFAIL, reason=f"discovery error: {exc}")
             self.core.resolution_result(ev.token, res, loop.time())
+            self.driver.flush()
+
+        task = loop.create_task(work())
+        self._tasks.add(task)
+        task.add_done_callback(self._tasks.discard)
+
+    def _verify_peer(self, ev: VerifyPeerDc) -> None:
+        """A peer DC's hello names ``ev.domain``: look up that zone's marker TXT; its key must be the
+        hello's (docs/security.md, "Peer DCs")."""
+        loop = asyncio.get_running_loop()
+        resolvers = [(a, self.settings.resolver_port) for a in self.settings.resolvers]
+
+        async def work() -> None:
+            key: bytes | None = None
+            try:
+                cached = self.cache.get(ev.domain, loop.time())
+                result = cached
+                if result is None and resolvers:
+                    result = await run_discovery(Discovery(ev.domain, resolvers, loop.time(),
+                                                           deadline=DISCOVERY_DEADLINE))
+                    self.cache.put(result, loop.time())
+                if result is not None and result.marker is not None:
+                    key = result.marker.key
+            except Exception:  # verification must never take the DC down
+                log.exception("marker look-up of %s failed", ev.domain)
+            self.core.peer_dc_verified(ev.token, key, loop.time())
             self.driver.flush()
 
         task = loop.create_task(work())

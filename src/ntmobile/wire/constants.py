@@ -13,6 +13,8 @@ SUPPORTED_VERSIONS = (1, 1)
 DC_PORT = 7410
 RS_PORT = 7411
 NODE_PORT = 7412
+#: The DC's second signalling port: NAT classification probes (docs/protocol.md, "NAT classification").
+DC_PROBE_PORT = 7413
 
 #: Signalling datagrams never exceed this size, so they fit any path MTU without fragmentation.
 MAX_SIGNAL_SIZE = 1200
@@ -41,6 +43,7 @@ class MessageType(IntEnum):
     PATH_RELEASE_ACK = 0x10
     RELAY_PROBE = 0x11
     RELAY_PROBE_RESULT = 0x12
+    PEER_HELLO = 0x20
     VERSION_NOT_SUPPORTED = 0x3F
     DATA = 0x40
 
@@ -113,7 +116,11 @@ class PathMode(IntEnum):
 
 class NatKind(IntEnum):
     NONE = 0  # reported address == observed address: globally reachable
-    NAT = 1  # address or port translated on the way to the DC
+    NAT = 1  # address or port translated on the way to the DC (not classified further)
+    #: Classified by the DC's probes (docs/protocol.md, "NAT classification"):
+    CONE = 2  # endpoint-independent mapping, filtered inbound (e.g. port-restricted cone)
+    SYMMETRIC = 3  # endpoint-dependent mapping: a new mapped port per destination
+    OPEN = 4  # endpoint-independent mapping and filtering, e.g. a one-to-one NAT: reachable like a global host
 
 
 class Capability(IntFlag):

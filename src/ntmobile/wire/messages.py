@@ -58,6 +58,8 @@ class RegistrationResponse(Message):
     vip4: str | None = _f(Attr.VIP4, Kind.IP4)
     vip6: str | None = _f(Attr.VIP6, Kind.IP6)
     name: str | None = _f(Attr.NAME, Kind.STR)
+    #: The DC's probe endpoint: a NATed node sends a Keepalive there so the DC can classify its NAT.
+    probe: Endpoint | None = _f(Attr.PROBE_ENDPOINT, Kind.ENDPOINT)
 
 
 @dataclass(frozen=True, slots=True)
@@ -214,6 +216,17 @@ class PeerAnswer(Message):
 
 
 @dataclass(frozen=True, slots=True)
+class PeerHello(Message):
+    """DC → DC, in clear (wire.pack_peer_hello): "I am DC <header sender> of ``domain`` with the static
+    X25519 public key ``key``". The receiver checks the key (configured peers, else the marker TXT of
+    ``domain``) before it opens anything sealed with the static-static keys."""
+
+    TYPE: ClassVar[MessageType] = MessageType.PEER_HELLO
+    domain: str = _f(Attr.NAME, Kind.STR, required=True)
+    key: bytes = _f(Attr.DC_KEY, Kind.KEY32, required=True)
+
+
+@dataclass(frozen=True, slots=True)
 class PathRelease(Message):
     """Node → DC or DC → RS: the path is no longer needed."""
 
@@ -265,6 +278,7 @@ MESSAGE_CLASSES: dict[MessageType, type[Message]] = {
         StatusMessage,
         PeerQuery,
         PeerAnswer,
+        PeerHello,
         PathRelease,
         PathReleaseAck,
         RelayProbe,
