@@ -40,5 +40,75 @@ def handover(moves: int = typer.Option(20, "--moves", min=1, help="moves of mn p
     typer.echo(f"written: {out / 'bench-handover.json'}, {out / 'bench-handover.md'}")
 
 
+@app.command("throughput")
+def throughput(runs: int = typer.Option(10, "--runs", min=1, help="runs per mode and link condition"),
+               seconds: float = typer.Option(10, "--seconds", min=1, help="seconds per iperf3 run"),
+               conditions: str = typer.Option("100mbit,unlimited", "--links",
+                                              help="comma-separated link conditions: 100mbit, unlimited"),
+               modes: str = typer.Option(",".join(("veth", "ntm-direct", "ntm-rs-n", "ntm-rs-s", "wireguard-go",
+                                                   "openvpn")), "--modes", help="comma-separated modes"),
+               name: str = typer.Option("tput", "--name", help="lab name prefix (one lab per condition)"),
+               out: Path = typer.Option(Path("artifacts"), "--out", help="directory for JSON, markdown, PNG")) -> None:
+    """Paper Table 2: iperf3 TCP from mn, direct NTM tunnel vs through RS-N (and RS-S), beside plain
+    veth, wireguard-go and OpenVPN on the same topology, on 100 Mbit/s and unlimited links."""
+    require_root("ntm bench throughput")
+    from ntmobile.bench.throughput import MODES, run_bench, to_markdown
+
+    wanted = [m.strip() for m in modes.split(",") if m.strip()]
+    conds = [c.strip() for c in conditions.split(",") if c.strip()]
+    bad = [m for m in wanted if m not in MODES] + [c for c in conds if c not in ("100mbit", "unlimited")]
+    if bad or not wanted or not conds:
+        fail(f"unknown mode or link condition: {', '.join(bad) or '(none)'}")
+    from ntmobile.lab import LabError
+
+    try:
+        report = run_bench(runs=runs, seconds=seconds, conditions=conds, modes=wanted, prefix=name, out_dir=out,
+                           log=typer.echo)
+    except (LabError, RuntimeError) as exc:
+        fail(str(exc))
+    typer.echo(to_markdown(report))
+    typer.echo(f"written: {out / 'bench-throughput.json'}, {out / 'bench-throughput.md'}, "
+               f"{out / 'bench-throughput.png'}")
+
+
+@app.command("relay-scale")
+def relay_scale(paths: int = typer.Option(10000, "--paths", min=1, help="RS-N paths in the Relay Table"),
+                out: Path = typer.Option(Path("artifacts"), "--out", help="directory for JSON and markdown")) -> None:
+    """Fill a relay's Relay Table with PATHS RS-N paths through the real DC signalling (in memory, no
+    network) and report the relay process's resident memory (target: <= 64 MiB for 10,000)."""
+    from ntmobile.bench.relay_scale import run_bench as run_scale
+    from ntmobile.bench.relay_scale import to_markdown as scale_md
+
+    report = run_scale(paths=paths, out_dir=out, log=typer.echo)
+    typer.echo(scale_md(report))
+
+
+@app.command("fuzz")
+def fuzz(count: int = typer.Option(1_000_000, "--count", min=1, help="datagrams per UDP port"),
+         tcp_count: int | None = typer.Option(None, "--tcp-count", help="DNS-over-TCP connections "
+                                                 "(default: count / 10)"),
+         seed: int = typer.Option(8, "--seed"),
+         out: Path = typer.Option(Path("artifacts"), "--out", help="directory for JSON and markdown")) -> None:
+    """Hostile input: seeded random and mutated datagrams (from real captured ones) to a real DC
+    daemon on loopback (signalling port, DNS over UDP and TCP); reports rates, RSS before and after,
+    and the daemon's counters against what was sent. The cores' in-memory fuzz runs in CI."""
+    import json
+
+    from ntmobile.bench.fuzz import run_bench as run_fuzz
+    from ntmobile.bench.fuzz import to_markdown as fuzz_md
+
+    try:
+        report = run_fuzz(count, seed, tcp_count=tcp_count, log=typer.echo)
+    except RuntimeError as exc:
+        fail(str(exc))
+    out.mkdir(parents=True, exist_ok=True)
+    (out / "bench-fuzz.json").write_text(json.dumps(report, indent=2))
+    (out / "bench-fuzz.md").write_text(fuzz_md(report) + "\n")
+    typer.echo(fuzz_md(report))
+    typer.echo(f"written: {out / 'bench-fuzz.json'}, {out / 'bench-fuzz.md'}")
+    if not (report.get("alive") and report.get("registration_after") and report.get("dns_after")):
+        fail("the DC did not survive the fuzz run (see the report)")
+
+
 def register(root: typer.Typer) -> None:
     root.add_typer(app, name="bench")

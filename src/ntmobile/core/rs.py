@@ -73,6 +73,8 @@ from ntmobile.wire import (
     RegistrationRequest,
     RegistrationResponse,
     RelayDirection,
+    RelayProbe,
+    RelayProbeResult,
     Role,
     RsType,
     SignalFlags,
@@ -85,6 +87,7 @@ from ntmobile.wire import (
     parse_signal_header,
 )
 from ntmobile.wire.constants import SUPPORTED_VERSIONS
+from ntmobile.wire.frame import GSO_CHUNK_OVERHEAD
 
 from .common import CoreBase, Event, new_txid
 
@@ -103,6 +106,8 @@ KEEPALIVE_MISSES = 3
 VNET_HDR_SIZE = 10
 
 _ID_SIZE = 8
+#: Distance measurements in progress at once (more are answered BUSY).
+MAX_PROBES = 256
 
 
 # -- configuration ---------------------------------------------------------------------------------
@@ -130,6 +135,8 @@ class RsConfig:
     #: Used when a Relay Direction carries idle_timeout 0.
     default_idle_timeout: float = 120.0
     registration_timeout: float = REGISTRATION_TIMEOUT
+    #: Underlay path MTU: GSO capsules toward nodes are cut into chunks whose datagrams fit it.
+    path_mtu: int = 1500
 
 
 # -- events ----------------------------------------------------------------------------------------
@@ -163,6 +170,15 @@ class RelayRemoved(Event):
     #: "released" (Path Release from the DC), "idle", or "superseded" (a newer path of the same DC
     #: took over its (node VIP, peer VIP) pair; RelayAdded of the new path follows).
     reason: str
+
+
+@dataclass(frozen=True, slots=True)
+class ProbeRequest(Event):
+    """The DC asks how far ``target`` (a general node's address) is from this relay: the runtime
+    measures (ICMP echo: hops from the reply's TTL, round-trip time) and calls ``probe_result``."""
+
+    token: int
+    target: str
 
 
 @dataclass(frozen=True, slots=True)
@@ -282,7 +298,9 @@ class _Dc:
     registered_at: float | None = None
 
 
-TunPacket = tuple[bytes, bool]
+TunPacket = tuple[bytes | memoryview, bool]
+#: A GSO capsule to send: (chunk datagrams back to back, datagram size, endpoint).
+GsoSend = tuple[bytes, int, Endpoint]
 
 
 class RsCore(CoreBase):
@@ -317,6 +335,10 @@ class RsCore(CoreBase):
         self._idle: list[tuple[float, int, RelayEntry]] = []
         self._idle_seq = 0
         self._tun: list[TunPacket] = []
+        self._gso_out: list[GsoSend] = []
+        self._probing: dict[tuple[bytes, int], tuple[int, Channel, Endpoint, RelayProbe]] = {}
+        self._probe_tokens: dict[int, tuple[bytes, int]] = {}
+        self._probe_token = 0
 
     # -- API ---------------------------------------------------------------------------------------
     def register(self, now: float) -> None:
@@ -330,6 +352,12 @@ class RsCore(CoreBase):
         payload starts with a 10-byte virtio_net_hdr (a super-packet the runtime writes to a TUN
         opened with IFF_VNET_HDR, or segments itself)."""
         out, self._tun = self._tun, []
+        return out
+
+    def gso_to_send(self) -> list[GsoSend]:
+        """GSO capsules for nodes, as ``(datagrams, size, endpoint)``: the chunk datagrams back to
+        back, ``size`` bytes each but the last; the runtime sends them with UDP_SEGMENT."""
+        out, self._gso_out = self._gso_out, []
         return out
 
     def entries(self) -> list[RelayEntry]:
@@ -381,7 +409,9 @@ class RsCore(CoreBase):
             self.stats["drop_unknown_version"] += 1
             return
         if mtype == MessageType.DATA:
-            self._on_data(data, addr, now)
+            dest = self._on_data(data, addr, now)
+            if dest is not None:
+                self._send(bytes(data), dest)
             return
         if mtype == MessageType.VERSION_NOT_SUPPORTED:
             self.stats["drop_version_not_supported"] += 1
@@ -402,29 +432,93 @@ class RsCore(CoreBase):
         self.stats["drop_unknown_sender"] += 1
 
     # -- input: TUN ---------------------------------------------------------------------------------
-    def tun_packet(self, packet: bytes, now: float, *, gso: bool = False) -> None:
+    def relay_data(self, data: bytes | bytearray | memoryview, addr: Endpoint, now: float) -> Endpoint | None:
+        """A data capsule datagram (the runtime's fast path; ``data`` may be a view of a receive
+        buffer, used only during the call). RS-N capsules are opened here (their inner packets go
+        to ``packets_to_tun``). For RS-S, returns the endpoint to forward the datagram to,
+        unchanged (the runtime sends it, batching equal-sized datagrams with UDP GSO); None when
+        there is nothing to forward."""
+        if len(addr) != 2:
+            addr = (addr[0], addr[1])
+        return self._on_data(data, addr, now)
+
+    def relay_run(self, data: memoryview, size: int, addr: Endpoint, now: float) -> tuple[Endpoint | None, int]:
+        """Data capsule datagrams back to back every ``size`` bytes (a UDP GRO batch, from a GSO
+        chunk on): the same as ``relay_data`` on each, in bulk. Returns ``(endpoint, k)``: the
+        first ``k`` datagrams were consumed, and (RS-S) are to be forwarded unchanged to
+        ``endpoint``. An RS-N payload it queues for the TUN is a view of a shared buffer: drain
+        ``packets_to_tun()`` before the next call."""
+        if len(addr) != 2:
+            addr = (addr[0], addr[1])
+        n = len(data)
+        first = data[:size]
+        e = self._paths.get(bytes(data[4:12]))
+        if e is None or n <= size:
+            return self._on_data(first, addr, now), 1
+        if e.responder is not None:
+            dest = self._on_data(first, addr, now)
+            if dest is None:
+                return None, 1
+            key = data[:12]
+            k, o = 1, size
+            while o < n and data[o:o + 12] == key:
+                k += 1
+                o += size
+            more = min(o, n) - size
+            if data[2] & CapsuleFlags.FROM_RESPONDER:
+                e.packets_r2i += k - 1
+                e.bytes_r2i += more
+            else:
+                e.packets_i2r += k - 1
+                e.bytes_i2r += more
+            return dest, k
+        opener = e.opener
+        if (data[2] & CapsuleFlags.FROM_RESPONDER or opener is None
+                or not self.config.capabilities & Capability.GSO):
+            return self._on_data(first, addr, now), 1
+        try:
+            payload, k = opener.open_run(data, size, now, scratch=True)
+        except (AuthError, CodecError):
+            return self._on_data(first, addr, now), 1  # counts it
+        if payload is not None:
+            self._accept_n(e, payload, True, addr, now)
+        return None, k
+
+    def tun_packet(self, packet: bytes | bytearray | memoryview, now: float, *, gso: bool = False) -> bool:
         """An IP packet the kernel routed to the TUN device: a general node's reply, already
         de-NATed (dst = node VIP, src = the VIP standing for the GN). Sealed to the node's current
         endpoint. With ``gso`` the packet starts with a virtio_net_hdr and goes out as one GSO
-        capsule; the runtime passes that only for paths whose node announced Capability.GSO
-        (``entry.initiator.capabilities``)."""
+        capsule in chunks (``gso_to_send``) if the path's node announced Capability.GSO
+        (``entry.initiator.capabilities``); if it did not, nothing is done and False is returned:
+        the runtime then segments the super-packet and passes the segments without ``gso``."""
         pair = _ip_pair(packet, VNET_HDR_SIZE if gso else 0)
         if pair is None:
             self.stats["tun_malformed"] += 1
-            return
+            return True
         src, dst = pair
         e = self._by_vips.get((dst, src))
         if e is None or e.sealer is None:
             self.stats["tun_no_path"] += 1
-            return
+            return True
         ep = e.initiator.endpoint
         if ep is None:
             e.drops += 1
             self.stats["tun_no_endpoint"] += 1
-            return
+            return True
+        if gso:
+            caps = e.initiator.capabilities
+            if caps is None or not caps & Capability.GSO:
+                return False
+            seg = self.config.path_mtu - (48 if ":" in ep[0] else 28) - GSO_CHUNK_OVERHEAD
+            blob, size = e.sealer.seal_gso(packet, seg)
+            self._gso_out.append((blob, size, ep))
+            e.packets_r2i += 1
+            e.bytes_r2i += len(packet) - VNET_HDR_SIZE
+            return True
         e.packets_r2i += 1
         e.bytes_r2i += len(packet)
-        self._send(e.sealer.seal(packet, CapsuleFlags.GSO if gso else 0), ep)
+        self._send(e.sealer.seal(packet), ep)
+        return True
 
     # -- registration with the DCs ------------------------------------------------------------------
     def _start_registration(self, dc: _Dc, now: float) -> None:
@@ -545,6 +639,8 @@ class RsCore(CoreBase):
             self._on_relay_direction(dc, session, hdr, msg, addr, now)
         elif isinstance(msg, PathRelease):
             self._on_path_release(dc, session, hdr, msg, addr)
+        elif isinstance(msg, RelayProbe):
+            self._on_probe(dc, session, hdr, msg, addr)
         elif isinstance(msg, KeepaliveAck):
             if dc.ka_txid != hdr.txid or self._answered(self.config.rs_id, hdr.txid) is None:
                 self.stats["drop_late_response"] += 1
@@ -557,6 +653,35 @@ class RsCore(CoreBase):
             self._on_dc_status(dc, hdr, msg, now)
         else:
             self.stats["drop_unexpected"] += 1
+
+    def _on_probe(self, dc: _Dc, session: Channel, hdr: SignalHeader, msg: RelayProbe, addr: Endpoint) -> None:
+        key = (dc.link.dc_id, hdr.txid)
+        if key in self._probing:
+            return  # a retransmission while we measure: the result answers both
+        if len(self._probing) >= MAX_PROBES:
+            self.stats["probe_busy"] += 1
+            self._reply(session, RelayProbeResult(gn_addr4=msg.gn_addr4, gn_addr6=msg.gn_addr6), hdr.txid, addr,
+                        status=Status.BUSY)
+            return
+        target = msg.gn_addr4 or msg.gn_addr6
+        if target is None:
+            self._reply(session, RelayProbeResult(), hdr.txid, addr, status=Status.BAD_REQUEST)
+            return
+        self._probe_token += 1
+        self._probing[key] = (self._probe_token, session, addr, msg)
+        self._probe_tokens[self._probe_token] = key
+        self.stats["probes"] += 1
+        self._emit(ProbeRequest(self._probe_token, target))
+
+    def probe_result(self, token: int, hops: int | None, rtt_us: int | None, now: float) -> None:
+        """The runtime measured the distance asked for by ProbeRequest ``token`` (None: no reply)."""
+        key = self._probe_tokens.pop(token, None)
+        if key is None:
+            return
+        _tok, session, addr, msg = self._probing.pop(key)
+        reply = RelayProbeResult(gn_addr4=msg.gn_addr4, gn_addr6=msg.gn_addr6, hops=hops,
+                                 rtt_us=min(rtt_us, 0xFFFFFFFF) if rtt_us is not None else None)
+        self._reply(session, reply, key[1], addr, status=Status.OK if hops is not None else Status.PEER_UNREACHABLE)
 
     def _on_dc_status(self, dc: _Dc, hdr: SignalHeader, msg: StatusMessage, now: float) -> None:
         if dc.state is DcState.REGISTERING and hdr.txid == dc.reg_txid:
@@ -738,30 +863,32 @@ class RsCore(CoreBase):
             self._emit(RelayEndpointChanged(e.path_id, leg.role, addr))
 
     # -- data capsules ------------------------------------------------------------------------------
-    def _on_data(self, data: bytes, addr: Endpoint, now: float) -> None:
-        if len(data) < CAPSULE_OVERHEAD:
+    def _on_data(self, data: bytes | bytearray | memoryview, addr: Endpoint, now: float) -> Endpoint | None:
+        """One data capsule datagram. Returns the endpoint to forward it to (RS-S) or None."""
+        n = len(data)
+        flags = data[2] if n > 2 else 0
+        gso = flags & CapsuleFlags.GSO
+        if n < (GSO_CHUNK_OVERHEAD + 1 if gso else CAPSULE_OVERHEAD):
             self.stats["drop_malformed"] += 1
-            return
-        pid = bytes(data[4:12])
-        e = self._paths.get(pid)
+            return None
+        e = self._paths.get(bytes(data[4:12]))
         if e is None:
             self.stats["drop_unknown_path"] += 1
-            return
-        flags = data[2]
-        from_responder = bool(flags & CapsuleFlags.FROM_RESPONDER)
-        n = len(data)
+            return None
+        from_responder = flags & CapsuleFlags.FROM_RESPONDER
         resp = e.responder
         if resp is not None:
             # RS-S: no key, so no authentication and no address learning here (module docstring).
+            # GSO chunks are forwarded like any capsule: the far node reassembles and opens them.
             src, dst = (resp, e.initiator) if from_responder else (e.initiator, resp)
             if src.endpoint != addr:
                 e.drops += 1
                 self.stats["drop_data_unknown_source"] += 1
-                return
+                return None
             if dst.endpoint is None:
                 e.drops += 1
                 self.stats["drop_no_leg"] += 1
-                return
+                return None
             e.last_active = now
             if from_responder:
                 e.packets_r2i += 1
@@ -769,30 +896,35 @@ class RsCore(CoreBase):
             else:
                 e.packets_i2r += 1
                 e.bytes_i2r += n
-            self._send(bytes(data), dst.endpoint)
-            return
+            return dst.endpoint
         # RS-N: the node is the initiator; open end to end.
         opener = e.opener
         if from_responder or opener is None:
             e.drops += 1
             self.stats["drop_bad_direction"] += 1
-            return
-        try:
-            payload = opener.open(data)
-        except AuthError as exc:
-            e.drops += 1
-            self.stats["drop_data_replay" if "replay" in str(exc) else "drop_data_auth"] += 1
-            return
-        except CodecError:
-            e.drops += 1
-            self.stats["drop_malformed"] += 1
-            return
-        gso = bool(flags & CapsuleFlags.GSO)
+            return None
         if gso and not self.config.capabilities & Capability.GSO:
             # We did not offer GSO: the runtime's TUN cannot take a virtio_net_hdr super-packet.
             e.drops += 1
             self.stats["drop_gso_unsupported"] += 1
-            return
+            return None
+        try:
+            payload = opener.open_chunk(data, now) if gso else opener.open(data)
+        except AuthError as exc:
+            e.drops += 1
+            self.stats["drop_data_replay" if "replay" in str(exc) else "drop_data_auth"] += 1
+            return None
+        except CodecError:
+            e.drops += 1
+            self.stats["drop_malformed"] += 1
+            return None
+        if payload is None:
+            return None  # a GSO capsule still missing chunks
+        self._accept_n(e, payload, bool(gso), addr, now)
+        return None
+
+    def _accept_n(self, e: RelayEntry, payload: bytes | memoryview, gso: bool, addr: Endpoint, now: float) -> None:
+        """RS-N: an opened inner packet (or virtio_net_hdr + super-packet) from the node."""
         if _ip_pair(payload, VNET_HDR_SIZE if gso else 0) not in e.vip_pairs:
             # Authenticated, but not between this path's VIPs: never let it reach the NAT.
             e.drops += 1
@@ -801,7 +933,8 @@ class RsCore(CoreBase):
         e.last_active = now
         e.packets_i2r += 1
         e.bytes_i2r += len(payload)
-        self._learn(e, e.initiator, addr)
+        if e.initiator.endpoint != addr:
+            self._learn(e, e.initiator, addr)
         self._tun.append((payload, gso))
 
     # -- Relay Table maintenance --------------------------------------------------------------------
@@ -841,7 +974,7 @@ class RsCore(CoreBase):
 # -- helpers ---------------------------------------------------------------------------------------
 
 
-def _ip_pair(packet: bytes, off: int) -> tuple[bytes, bytes] | None:
+def _ip_pair(packet: bytes | bytearray | memoryview, off: int) -> tuple[bytes, bytes] | None:
     """(source, destination) of an IPv4/IPv6 packet starting at ``off``; None if not one."""
     if len(packet) < off + 20:
         return None
@@ -897,5 +1030,5 @@ def _ep(ep: Endpoint | None) -> str | None:
 
 __all__ = [
     "DcLink", "DcState", "Leg", "Registered", "RegistrationFailed", "RelayAdded", "RelayEndpointChanged",
-    "RelayEntry", "RelayRemoved", "RsConfig", "RsCore", "TunPacket",
+    "RelayEntry", "RelayRemoved", "RsConfig", "RsCore", "TunPacket", "GsoSend",
 ]

@@ -1,9 +1,19 @@
-"""The node's per-packet data plane: TUN ↔ encrypted capsules over UDP.
+"""The node's data plane: TUN ↔ encrypted capsules over UDP.
 
 Control logic stays in the core: the forwarder only knows, per path, the peer's VIPs, the current
-endpoint, and the path's capsule sealer/opener (shared with the core, so one counter per
-direction). It enforces that a path only injects packets whose inner source is that path's peer
-VIP, so no peer can spoof another's address.
+endpoint, whether the peer takes GSO capsules, and the path's capsule sealer/opener (shared with
+the core, so one counter per direction). It enforces that a path only injects packets whose inner
+source is that path's peer VIP, so no peer can spoof another's address.
+
+Two TUN modes (docs/dataplane.md):
+
+- **offload** (``tun.vnet_hdr``): every read is a virtio_net_hdr plus a packet or a TSO
+  super-packet. Toward a GSO peer it is sealed once as a GSO capsule and sent as chunk datagrams
+  with one UDP_SEGMENT sendmsg. Toward a per-packet peer it is segmented in userspace
+  (``vnet.segment``) and every segment is sealed as its own capsule. GSO capsules received are
+  reassembled, opened once and written with their virtio_net_hdr in one TUN write.
+- **per-packet** (no vnet_hdr): one capsule per IP packet both ways; GSO capsules are dropped (a
+  per-packet node never announces Capability.GSO).
 """
 
 from __future__ import annotations
@@ -15,11 +25,38 @@ from dataclasses import dataclass
 
 from ntmobile.crypto import AuthError, CapsuleOpener, CapsuleSealer
 from ntmobile.wire import CodecError
+from ntmobile.wire.constants import TAG_SIZE, CapsuleFlags
+from ntmobile.wire.frame import GSO_CHUNK_OVERHEAD
 
-from .tun import Tun
+from . import vnet
+from .tun import MAX_PACKET, Tun
+from .udp import GSO_MAX_BYTES, GSO_MAX_SEGMENTS
+from .udpio import UdpIo, chunk_size
+from .vnet import VNET_HDR_LEN, ZERO_HDR
 
 Endpoint = tuple[str, int]
 BATCH = 64
+_GSO = int(CapsuleFlags.GSO)
+#: Default underlay path MTU: chunk datagrams and capsules are sized to fit it.
+PATH_MTU = 1500
+#: Bytes a per-packet capsule adds on the wire, worst case (IPv6 outer): 40 + 8 + 36.
+WIRE_OVERHEAD = 40 + 8 + 36
+
+
+def inner_mtu(path_mtu: int = PATH_MTU) -> int:
+    """The TUN MTU that keeps every per-packet capsule within ``path_mtu`` (IPv4 or IPv6 outer)."""
+    return path_mtu - WIRE_OVERHEAD
+
+
+def gso_max_size(path_mtu: int = PATH_MTU) -> int:
+    """The largest super-packet whose GSO capsule still goes out in one UDP_SEGMENT sendmsg
+    (at most 64 datagrams and 65507 bytes), for IPv4 and IPv6 outer headers alike."""
+    best = 65535
+    for fam in (socket.AF_INET, socket.AF_INET6):
+        size = chunk_size(path_mtu, fam)
+        per = min(GSO_MAX_SEGMENTS, GSO_MAX_BYTES // size)
+        best = min(best, per * (size - GSO_CHUNK_OVERHEAD) - TAG_SIZE - VNET_HDR_LEN)
+    return best
 
 
 @dataclass(slots=True)
@@ -30,6 +67,7 @@ class FwdPath:
     peer_vips: frozenset[bytes]  # packed addresses the peer may use as inner source
     endpoint: Endpoint | None
     learn: bool  # address learning from authenticated data (not through an RS-S)
+    gso: bool = False  # send GSO capsules (we have offloads and the peer announced Capability.GSO)
     tx_packets: int = 0
     tx_bytes: int = 0
     rx_packets: int = 0
@@ -37,23 +75,26 @@ class FwdPath:
 
 
 class NodeForwarder:
-    def __init__(self, tun: Tun, send: Callable[[bytes, Endpoint], None], *,
+    def __init__(self, tun: Tun, io: UdpIo, *, path_mtu: int = PATH_MTU,
                  on_miss: Callable[[bytes], None] | None = None,
                  on_learn: Callable[[FwdPath, Endpoint], None] | None = None) -> None:
         self.tun = tun
-        self.send = send
+        self.io = io
+        self.vnet = tun.vnet_hdr
+        self.seg = {fam: chunk_size(path_mtu, fam) - GSO_CHUNK_OVERHEAD for fam in (socket.AF_INET, socket.AF_INET6)}
         self.on_miss = on_miss
         self.on_learn = on_learn
         self.by_dst: dict[bytes, FwdPath] = {}
         self.by_id: dict[bytes, FwdPath] = {}
-        self.buf = bytearray(65536)
+        self.buf = bytearray(MAX_PACKET)
         self.stats = {"tun_no_path": 0, "rx_auth": 0, "rx_malformed": 0, "rx_unknown_path": 0, "rx_spoofed": 0,
-                      "tun_write_dropped": 0, "send_errors": 0}
+                      "rx_gso_unsupported": 0, "tun_write_dropped": 0, "tun_write_errors": 0, "tx_gso_capsules": 0,
+                      "tx_segmented": 0, "rx_gso_capsules": 0, "tun_bad_vnet": 0}
 
     def add(self, path_id: bytes, sealer: CapsuleSealer, opener: CapsuleOpener, peer_vips: list[str],
-            endpoint: Endpoint | None, learn: bool) -> FwdPath:
+            endpoint: Endpoint | None, learn: bool, *, gso: bool = False) -> FwdPath:
         packed = frozenset(ipaddress.ip_address(v).packed for v in peer_vips)
-        fp = FwdPath(path_id, sealer, opener, packed, endpoint, learn)
+        fp = FwdPath(path_id, sealer, opener, packed, endpoint, learn, gso and self.vnet)
         old = self.by_id.get(path_id)
         if old is not None:
             fp.tx_packets, fp.tx_bytes, fp.rx_packets, fp.rx_bytes = (old.tx_packets, old.tx_bytes, old.rx_packets,
@@ -79,58 +120,124 @@ class NodeForwarder:
     def on_tun_readable(self) -> None:
         buf = self.buf
         mv = memoryview(buf)
+        off = VNET_HDR_LEN if self.vnet else 0
+        io = self.io
         for _ in range(BATCH):
             n = self.tun.read_into(buf)
-            if n <= 0:
-                return
-            version = buf[0] >> 4
-            if version == 4 and n >= 20:
-                dst = bytes(buf[16:20])
-            elif version == 6 and n >= 40:
-                dst = bytes(buf[24:40])
+            if n <= off:
+                if n <= 0:
+                    return
+                continue
+            version = buf[off] >> 4
+            if version == 4 and n >= off + 20:
+                dst = bytes(buf[off + 16:off + 20])
+            elif version == 6 and n >= off + 40:
+                dst = bytes(buf[off + 24:off + 40])
             else:
                 continue
             fp = self.by_dst.get(dst)
-            if fp is None or fp.endpoint is None:
+            ep = fp.endpoint if fp is not None else None
+            if fp is None or ep is None:
                 self.stats["tun_no_path"] += 1
                 if self.on_miss is not None:
                     self.on_miss(dst)
                 continue
-            capsule = fp.sealer.seal(bytes(mv[:n]))
             try:
-                self.send(capsule, fp.endpoint)
-            except OSError:
-                self.stats["send_errors"] += 1
+                if not off:
+                    io.send(fp.sealer.seal(mv[:n]), ep)
+                    fp.tx_packets += 1
+                elif fp.gso:
+                    blob, size = fp.sealer.seal_gso(mv[:n], self.seg[socket.AF_INET6 if ":" in ep[0]
+                                                                     else socket.AF_INET])
+                    io.send_chunks(blob, size, ep)
+                    self.stats["tx_gso_capsules"] += 1
+                    fp.tx_packets += 1
+                else:
+                    for pkt in self._per_packet(mv, n):
+                        io.send(fp.sealer.seal(pkt), ep)
+                        fp.tx_packets += 1
+            except (vnet.VnetError, CodecError):
+                self.stats["tun_bad_vnet"] += 1
                 continue
-            fp.tx_packets += 1
-            fp.tx_bytes += n
+            fp.tx_bytes += n - off
+
+    def _per_packet(self, mv: memoryview, n: int) -> list[bytes] | tuple[memoryview]:
+        """IP packets for a per-packet peer from one offload-TUN read (header + packet)."""
+        hdr = vnet.parse_hdr(mv)
+        if hdr.gso != vnet.GSO_NONE:
+            self.stats["tx_segmented"] += 1
+            return vnet.segment(hdr, mv[VNET_HDR_LEN:n])
+        if hdr.needs_csum:
+            return [vnet.complete_checksum(hdr, mv[VNET_HDR_LEN:n])]
+        return (mv[VNET_HDR_LEN:n],)
 
     # -- UDP → TUN -------------------------------------------------------------------------------
-    def on_capsule(self, data: bytes, addr: Endpoint) -> None:
-        fp = self.by_id.get(data[4:12])
+    def on_run(self, data: memoryview, size: int, addr: Endpoint, now: float) -> int:
+        """GSO chunks back to back in a GRO batch (``UdpIo`` on_run): reassembled in bulk."""
+        fp = self.by_id.get(bytes(data[4:12]))
+        if fp is None or not self.vnet:
+            self.stats["rx_unknown_path" if fp is None else "rx_gso_unsupported"] += 1
+            return 1
+        try:
+            inner, k = fp.opener.open_run(data, size, now, scratch=True)
+        except AuthError:
+            self.stats["rx_auth"] += 1
+            return 1
+        except CodecError:
+            self.stats["rx_malformed"] += 1
+            return 1
+        if inner is not None:
+            self.stats["rx_gso_capsules"] += 1
+            self._deliver(fp, inner, True, addr)
+        return k
+
+    def on_capsule(self, data: memoryview, addr: Endpoint, now: float) -> None:
+        fp = self.by_id.get(bytes(data[4:12]))
         if fp is None:
             self.stats["rx_unknown_path"] += 1
             return
+        gso = bool(data[2] & _GSO)
         try:
-            inner = fp.opener.open(data)
+            if gso:
+                if not self.vnet:
+                    self.stats["rx_gso_unsupported"] += 1
+                    return
+                inner = fp.opener.open_chunk(data, now)
+                if inner is None:
+                    return
+                self.stats["rx_gso_capsules"] += 1
+            else:
+                inner = fp.opener.open(data)
         except AuthError:
             self.stats["rx_auth"] += 1
             return
         except CodecError:
             self.stats["rx_malformed"] += 1
             return
-        if not inner:
+        self._deliver(fp, inner, gso, addr)
+
+    def _deliver(self, fp: FwdPath, inner: bytes | memoryview, gso: bool, addr: Endpoint) -> None:
+        off = VNET_HDR_LEN if gso else 0
+        if len(inner) <= off:
             return
-        version = inner[0] >> 4
-        src = inner[12:16] if version == 4 else inner[8:24] if version == 6 else b""
+        version = inner[off] >> 4
+        src = bytes(inner[off + 12:off + 16] if version == 4 else inner[off + 8:off + 24] if version == 6 else b"")
         if src not in fp.peer_vips:
             self.stats["rx_spoofed"] += 1
             return
-        if self.tun.write(inner) == 0:
+        try:
+            if gso or not self.vnet:
+                written = self.tun.write(inner)
+            else:
+                written = self.tun.writev((ZERO_HDR, inner))
+        except OSError:
+            self.stats["tun_write_errors"] += 1  # e.g. a virtio_net_hdr the kernel refuses
+            return
+        if written == 0:
             self.stats["tun_write_dropped"] += 1
             return
         fp.rx_packets += 1
-        fp.rx_bytes += len(inner)
+        fp.rx_bytes += len(inner) - off
         if fp.learn and addr != fp.endpoint:
             fp.endpoint = addr
             if self.on_learn is not None:

@@ -32,8 +32,9 @@ from ntmobile.core.node import (
     Registered,
     RegistrationFailed,
 )
-from ntmobile.dataplane.forwarder import FwdPath, NodeForwarder
-from ntmobile.dataplane.tun import open_tun
+from ntmobile.dataplane.forwarder import PATH_MTU, FwdPath, NodeForwarder, gso_max_size, inner_mtu
+from ntmobile.dataplane.tun import Tun, open_tun, set_gso_max_size
+from ntmobile.dataplane.udpio import UdpIo
 from ntmobile.osops import netlink
 from ntmobile.wire import Capability, PathMode, Status
 
@@ -85,15 +86,19 @@ class NodeDaemon:
     async def run(self, stop: asyncio.Event) -> None:
         s = self.settings
         loop = asyncio.get_running_loop()
-        caps = Capability.INNER6
+        self.tun = open_data_tun(s.tun, s.offload)
+        caps = Capability.INNER6 | (Capability.GSO if offload_active(self.tun) else 0)
         cfg = NodeConfig(self.creds.name, self.creds.id_bytes, self.creds.psk, self.creds.dc_id_bytes,
                          (self.creds.dc_address, self.creds.dc_port), capabilities=int(caps))
         self.core = NodeCore(cfg, loop.time(), seq_base=time.time_ns() // 1000)
-        self.tun = open_tun(s.tun, vnet_hdr=False, offloads=False)
-        await netlink.async_link_up(self.tun.name, s.mtu)
+        await netlink.async_link_up(self.tun.name, min(s.mtu, inner_mtu(PATH_MTU)))
+        if self.tun.vnet_hdr:
+            set_gso_max_size(self.tun.name, gso_max_size(PATH_MTU))
         self.driver = CoreDriver(self.core, self.on_event, data_hook=self.on_datagram)
         await self.driver.start(s.port)
-        self.fwd = NodeForwarder(self.tun, self.driver.send, on_miss=self.on_miss, on_learn=self.on_learn)
+        self.udpio = UdpIo(self.driver.sockets(), self.on_capsule, self.driver.on_datagram, on_run=self.on_run)
+        self.fwd = NodeForwarder(self.tun, self.udpio, path_mtu=PATH_MTU, on_miss=self.on_miss, on_learn=self.on_learn)
+        self.udpio.start(loop, self.driver.transports.values())
         loop.add_reader(self.tun.fileno(), self.fwd.on_tun_readable)
         stub = StubServer(self.on_dns_query)
         await stub.start(s.dns_listen, s.dns_port)
@@ -109,6 +114,7 @@ class NodeDaemon:
             if self.addr_task is not None:
                 self.addr_task.cancel()
             loop.remove_reader(self.tun.fileno())
+            self.udpio.stop()
             control.close()
             await stub.close()
             self.driver.close()
@@ -209,7 +215,7 @@ class NodeDaemon:
             self.fwd.remove(ev.path_id)
             self.paths.pop(ev.path_id, None)
         elif isinstance(ev, DataReceived):
-            self.tun.write(ev.payload)
+            self.tun.write_ip(ev.payload)
 
     def on_registered(self, ev: Registered) -> None:
         old = self.vips
@@ -239,7 +245,8 @@ class NodeDaemon:
         p = ev.path
         self.paths[p.path_id] = p
         vips = [v for v in (p.peer_vip4, p.peer_vip6) if v]
-        self.fwd.add(p.path_id, p.sealer, p.opener, vips, p.endpoint, learn=p.mode is not PathMode.RS_S)
+        self.fwd.add(p.path_id, p.sealer, p.opener, vips, p.endpoint, learn=p.mode is not PathMode.RS_S,
+                     gso=bool(p.capabilities & Capability.GSO))
         if p.peer_name:
             for v in vips:
                 self.name_by_vip[ipaddress.ip_address(v).packed] = p.peer_name
@@ -255,9 +262,15 @@ class NodeDaemon:
     # -- data plane hooks ---------------------------------------------------------------------------
     def on_datagram(self, data: bytes, addr: tuple[str, int]) -> bool:
         if len(data) >= 2 and data[1] == 0x40:
-            self.fwd.on_capsule(data, addr)
+            self.fwd.on_capsule(memoryview(data), addr, self.driver.now())
             return True
         return False
+
+    def on_capsule(self, data: memoryview, addr: tuple[str, int], now: float) -> None:
+        self.fwd.on_capsule(data, addr, now)
+
+    def on_run(self, data: memoryview, size: int, addr: tuple[str, int], now: float) -> int:
+        return self.fwd.on_run(data, size, addr, now)
 
     def on_learn(self, fp: FwdPath, addr: tuple[str, int]) -> None:
         self.core.note_data(fp.path_id, addr, 0, 0, self.driver.now())
@@ -363,9 +376,21 @@ class NodeDaemon:
             "observed": list(reg.observed) if reg else None, "nat": reg.nat.name if reg else None,
             "keepalive": reg.keepalive if reg else None,
             "local_endpoints": [list(e) for e in self.core.local_endpoints],
-            "paths": paths, "stats": dict(self.core.stats), "dataplane": self.fwd.stats, "error": self.last_error,
+            "paths": paths, "stats": dict(self.core.stats), "dataplane": self.fwd.stats | self.udpio.stats,
+            "offloads": sorted(self.tun.features), "gso": offload_active(self.tun), "error": self.last_error,
             "tun": self.tun.name, "uptime": round(time.time() - self.started, 1), "handover_at": self.handover_at,
         }
+
+
+def open_data_tun(name: str, offload: bool) -> Tun:
+    """The data TUN: with ``offload``, IFF_VNET_HDR and TSO (USO is not negotiated: UDP_L4
+    super-packets would need the peer's TUN to take them, so it is not requested)."""
+    return open_tun(name, vnet_hdr=offload, offloads=offload, uso=False)
+
+
+def offload_active(tun: Tun) -> bool:
+    """The TUN takes and gives TSO super-packets: announce Capability.GSO."""
+    return tun.vnet_hdr and {"csum", "tso4", "tso6"} <= tun.features
 
 
 def _response(q: dns.message.Message, rcode: int) -> dns.message.Message:

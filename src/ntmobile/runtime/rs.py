@@ -12,6 +12,7 @@ from typing import Any
 
 from ntmobile.core.rs import (
     DcLink,
+    ProbeRequest,
     Registered,
     RegistrationFailed,
     RelayAdded,
@@ -20,9 +21,13 @@ from ntmobile.core.rs import (
     RsConfig,
     RsCore,
 )
-from ntmobile.dataplane.tun import open_tun
-from ntmobile.osops import netlink, sysctl
+from ntmobile.dataplane import vnet
+from ntmobile.dataplane.forwarder import PATH_MTU, inner_mtu
+from ntmobile.dataplane.tun import MAX_PACKET, Tun, ip_link_up, ip_route_replace, open_tun
+from ntmobile.dataplane.udpio import Train, UdpIo
+from ntmobile.osops import sysctl
 from ntmobile.osops.nft import NftError, RsNatTable
+from ntmobile.osops.ping import icmp_echo
 from ntmobile.wire import Capability
 
 from .config import ConfigError, Credentials, RsSettings
@@ -31,6 +36,8 @@ from .driver import CoreDriver
 
 log = logging.getLogger("ntm.rs")
 BATCH = 64
+#: The relay answers its DC's distance probe within this (the DC waits 0.5 s).
+PROBE_TIMEOUT = 0.35
 
 
 def dc_links(creds: list[Credentials]) -> tuple[bytes, list[DcLink]]:
@@ -50,20 +57,28 @@ class RsDaemon:
         self.rs_id, self.links = dc_links(creds)
         self.started = time.time()
         self.nat_errors = 0
+        self.tun_write_errors = 0
+        self.tun_bad_vnet = 0
+        self._tasks: set[asyncio.Task[None]] = set()
 
     async def run(self, stop: asyncio.Event) -> None:
         s = self.settings
         loop = asyncio.get_running_loop()
         local = [(s.address, s.port)] + ([(s.address6, s.port)] if s.address6 else [])
+        self.tun = open_tun(s.tun, vnet_hdr=s.offload, offloads=s.offload, uso=False)
+        caps = Capability.INNER6 | (Capability.GSO if _offload_active(self.tun) else 0)
         cfg = RsConfig(s.name, self.rs_id, self.links, local_endpoints=local, max_paths=s.max_paths,
-                       capabilities=int(Capability.INNER6))
+                       capabilities=int(caps), path_mtu=PATH_MTU)
         self.core = RsCore(cfg, loop.time(), seq_base=time.time_ns() // 1000)
-        self.tun = open_tun(s.tun, vnet_hdr=False, offloads=False)
-        await netlink.async_link_up(self.tun.name, s.mtu)
+        # iproute2, not pyroute2: the relay keeps its resident memory small (docs/dataplane.md).
+        ip_link_up(self.tun.name, min(s.mtu, inner_mtu(PATH_MTU)))
+        # No gso_max_size cap here (unlike a node's TUN): super-packets the kernel forwards from a
+        # general node are up to 64 KB, and a smaller cap would make the kernel segment them in
+        # software before the TUN. A capsule beyond one UDP_SEGMENT send goes out in two.
         for r in s.vip4_ranges:
-            await netlink.async_add_route(r, dev=self.tun.name)
+            ip_route_replace(r, self.tun.name)
         for r in s.vip6_ranges:
-            await netlink.async_add_route(r, dev=self.tun.name)
+            ip_route_replace(r, self.tun.name)
         sysctl.enable_forwarding()
         for key in (f"net/ipv4/conf/{self.tun.name}/rp_filter", "net/ipv4/conf/all/rp_filter"):
             try:
@@ -74,7 +89,11 @@ class RsDaemon:
         self.nat.apply()
         self.driver = CoreDriver(self.core, self.on_event, on_flush=self.flush_tun)
         await self.driver.start(s.port)
-        self.buf = bytearray(65536)
+        self.buf = bytearray(MAX_PACKET)
+        self.udpio = UdpIo(self.driver.sockets(), self.on_capsule, self.driver.on_datagram,
+                           on_batch_end=self.on_batch_end, on_run=self.on_run)
+        self.train = Train(self.udpio)
+        self.udpio.start(loop, self.driver.transports.values())
         loop.add_reader(self.tun.fileno(), self.on_tun_readable)
         control = await serve_control(s.control, self.control)
         self.core.register(loop.time())
@@ -85,6 +104,7 @@ class RsDaemon:
             await stop.wait()
         finally:
             loop.remove_reader(self.tun.fileno())
+            self.udpio.stop()
             control.close()
             self.driver.close()
             try:
@@ -95,11 +115,39 @@ class RsDaemon:
 
     # -- data ------------------------------------------------------------------------------------
     def flush_tun(self) -> None:
-        for payload, _gso in self.core.packets_to_tun():
-            self.tun.write(payload)
+        tun = self.tun
+        for payload, gso in self.core.packets_to_tun():
+            try:
+                if gso or not tun.vnet_hdr:
+                    tun.write(payload)
+                else:
+                    tun.write_ip(payload)
+            except OSError:
+                self.tun_write_errors += 1  # e.g. a virtio_net_hdr the kernel refuses
+        for blob, size, ep in self.core.gso_to_send():
+            self.udpio.send_chunks(blob, size, ep)
+
+    def on_capsule(self, data: memoryview, addr: tuple[str, int], now: float) -> None:
+        dest = self.core.relay_data(data, addr, now)
+        if dest is not None:
+            self.train.add(data, dest)
+
+    def on_run(self, data: memoryview, size: int, addr: tuple[str, int], now: float) -> int:
+        dest, k = self.core.relay_run(data, size, addr, now)
+        if dest is not None:
+            self.train.add(data[:k * size], dest, size)
+        else:
+            self.flush_tun()  # an RS-N payload from relay_run is a view: write it now
+        return k
+
+    def on_batch_end(self) -> None:
+        self.train.flush()
+        self.driver.flush()  # events (endpoint learnt), inner packets to the TUN, sends
 
     def on_event(self, ev: object) -> None:
-        if isinstance(ev, RelayAdded):
+        if isinstance(ev, ProbeRequest):
+            self.probe(ev)
+        elif isinstance(ev, RelayAdded):
             e = ev.entry
             for node_vip, peer_vip, gn in e.nat_mappings():
                 try:
@@ -126,21 +174,58 @@ class RsDaemon:
         elif isinstance(ev, RegistrationFailed):
             log.warning("registration with DC %s failed: %s", ev.dc_id.hex(), ev.reason)
 
+    def probe(self, ev: ProbeRequest) -> None:
+        async def measure() -> None:
+            result = await icmp_echo(ev.target, timeout=PROBE_TIMEOUT)
+            hops, rtt = result if result is not None else (None, None)
+            log.info("distance to %s: %s", ev.target, f"{hops} hops, {rtt} µs" if result else "no echo reply")
+            self.core.probe_result(ev.token, hops, rtt, self.driver.now())
+            self.driver.flush()
+
+        task = asyncio.get_running_loop().create_task(measure())
+        self._tasks.add(task)
+        task.add_done_callback(self._tasks.discard)
+
     def on_tun_readable(self) -> None:
         buf = self.buf
+        mv = memoryview(buf)
+        core = self.core
         now = self.driver.now()
+        off = vnet.VNET_HDR_LEN if self.tun.vnet_hdr else 0
         for _ in range(BATCH):
             n = self.tun.read_into(buf)
-            if n <= 0:
-                break
-            self.core.tun_packet(bytes(buf[:n]), now)
+            if n <= off:
+                if n <= 0:
+                    break
+                continue
+            if not off:
+                core.tun_packet(mv[:n], now)
+            elif not core.tun_packet(mv[:n], now, gso=True):
+                # The node takes no GSO capsules: per-packet capsules of the segments.
+                try:
+                    hdr = vnet.parse_hdr(mv)
+                    if hdr.gso != vnet.GSO_NONE:
+                        for seg in vnet.segment(hdr, mv[off:n]):
+                            core.tun_packet(seg, now)
+                    else:
+                        core.tun_packet(vnet.complete_checksum(hdr, mv[off:n]) if hdr.needs_csum else mv[off:n],
+                                        now)
+                except vnet.VnetError:
+                    self.tun_bad_vnet += 1
         self.driver.flush()
 
     def control(self, req: dict[str, Any]) -> dict[str, Any]:
         snap = self.core.snapshot()
         snap.update(role="rs", pid=os.getpid(), uptime=round(time.time() - self.started, 1),
-                    nat_errors=self.nat_errors, tun=self.tun.name, mappings=len(self.nat.mappings))
+                    nat_errors=self.nat_errors, tun=self.tun.name, mappings=len(self.nat.mappings),
+                    offloads=sorted(self.tun.features), gso=_offload_active(self.tun),
+                    dataplane=self.udpio.stats | {"tun_write_errors": self.tun_write_errors,
+                                                  "tun_bad_vnet": self.tun_bad_vnet})
         return snap
+
+
+def _offload_active(tun: Tun) -> bool:
+    return tun.vnet_hdr and {"csum", "tso4", "tso6"} <= tun.features
 
 
 def run_rs(settings: RsSettings, creds: list[Credentials]) -> None:

@@ -19,7 +19,17 @@ Data capsule (20-byte header, authenticated as associated data)::
     3  reserved  u8     0
     4  path_id   8 B
     12 counter   u64    per-direction send counter; AEAD nonce and replay-window input
-    20 sealed inner IP packet (or GSO super-packet) || 16-byte tag
+    20 sealed inner IP packet || 16-byte tag
+
+GSO capsule (flags has GSO): one AEAD capsule over ``virtio_net_hdr || super-packet``, cut into
+chunks that each travel in their own datagram, so no datagram exceeds the path MTU. Every chunk
+repeats the 20-byte header (same counter) and adds a 4-byte chunk header::
+
+    0  capsule header (20 B, GSO flag set; the AEAD associated data)
+    20 count     u8     number of chunks of this capsule (1..255)
+    21 index     u8     this chunk's index (0..count-1)
+    22 seg       u16    size of every chunk's body but the last; chunk i starts at i * seg
+    24 body      the sealed bytes [index*seg, index*seg + len) of ciphertext || tag
 """
 
 from __future__ import annotations
@@ -37,6 +47,10 @@ CAPSULE_HEADER_SIZE = CAPSULE_HEADER.size  # 20
 #: Bytes a data capsule adds around the inner packet (header + tag).
 CAPSULE_OVERHEAD = CAPSULE_HEADER_SIZE + TAG_SIZE
 _VNS = struct.Struct("!BB")
+CHUNK_HEADER = struct.Struct("!BBH")
+CHUNK_HEADER_SIZE = CHUNK_HEADER.size  # 4
+#: Header bytes of every datagram of a GSO capsule (capsule header + chunk header).
+GSO_CHUNK_OVERHEAD = CAPSULE_HEADER_SIZE + CHUNK_HEADER_SIZE  # 24
 
 
 class SignalHeader(NamedTuple):
@@ -94,6 +108,25 @@ def parse_capsule_header(data: bytes | bytearray | memoryview) -> CapsuleHeader:
     if version != VERSION or mtype != MessageType.DATA:
         raise CodecError("not a version-1 data capsule")
     return CapsuleHeader(flags, path_id, counter)
+
+
+class ChunkHeader(NamedTuple):
+    chunks: int  # number of chunks of the capsule
+    chunk: int  # this chunk's index
+    seg: int
+
+
+def parse_chunk_header(data: bytes | bytearray | memoryview) -> ChunkHeader:
+    """The chunk header of a GSO capsule datagram (after the 20-byte capsule header)."""
+    if len(data) <= GSO_CHUNK_OVERHEAD:
+        raise CodecError(f"GSO chunk too short ({len(data)} bytes)")
+    count, index, seg = CHUNK_HEADER.unpack_from(data, CAPSULE_HEADER_SIZE)
+    if count == 0 or index >= count or (count > 1 and seg == 0):
+        raise CodecError(f"bad GSO chunk header (count {count}, index {index}, seg {seg})")
+    body = len(data) - GSO_CHUNK_OVERHEAD
+    if index < count - 1 and body != seg or index == count - 1 and count > 1 and body > seg:
+        raise CodecError(f"GSO chunk {index}/{count}: {body} body bytes with seg {seg}")
+    return ChunkHeader(count, index, seg)
 
 
 def pack_version_not_supported(txid: int) -> bytes:
