@@ -13,6 +13,22 @@ def fail(message: str, code: int = 1) -> NoReturn:
     raise SystemExit(code)
 
 
+#: Commands the daemons run, and the Debian/Ubuntu package that provides each.
+SYSTEM_PACKAGES = {"ip": "iproute2", "nft": "nftables", "sysctl": "procps", "ping": "iputils-ping",
+                   "conntrack": "conntrack", "nsd": "nsd", "unbound": "unbound", "unshare": "util-linux"}
+
+
+def missing_command(exc: BaseException) -> str | None:
+    """For "command not found" (FileNotFoundError of a subprocess): one line saying what to install."""
+    if not isinstance(exc, FileNotFoundError):
+        return None
+    name = os.path.basename(str(exc.filename or ""))
+    pkg = SYSTEM_PACKAGES.get(name)
+    if pkg is None:
+        return None
+    return f"`{name}` not found: install {pkg} (apt-get install {pkg})"
+
+
 def require_root(what: str) -> None:
     if os.geteuid() != 0:
         fail(f"{what} needs root (network namespaces, TUN devices, nftables): run it with sudo or as root")

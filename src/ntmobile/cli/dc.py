@@ -12,7 +12,7 @@ import typer
 from ntmobile.core.registry import StoreError
 from ntmobile.wire import Role
 
-from .common import fail, require_root
+from .common import fail, missing_command, require_root
 
 app = typer.Typer(help="Direction Coordinator: registration, VIPs, authoritative DNS, tunnel direction.",
                   no_args_is_help=True)
@@ -45,8 +45,10 @@ def run(config: Path = ConfigOpt, verbose: bool = typer.Option(False, "--verbose
         fail(str(exc))
     except OSError as exc:
         if exc.errno == 98:
-            fail(f"a port is already in use ({exc.strerror}): stop the other service or change port/dns_port")
-        fail(f"cannot start the DC: {exc}")
+            fail(f"a port is already in use ({exc.strerror}): one of port {settings.port}, dns_port "
+                 f"{settings.dns_port}, probe_port {settings.probe_port} (and the one after it) is taken; stop "
+                 "the other service or change these in the config")
+        fail(missing_command(exc) or f"cannot start the DC: {exc}")
 
 
 def _enroll(config: Path, name: str, out: Path | None, role: Role, client_id: str | None = None) -> None:

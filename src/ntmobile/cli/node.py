@@ -9,7 +9,7 @@ from pathlib import Path
 
 import typer
 
-from .common import fail, require_root
+from .common import fail, missing_command, require_root
 
 app = typer.Typer(help="NTM node: TUN with the node's VIPs, DNS-triggered tunnels, handover.",
                   no_args_is_help=True)
@@ -40,7 +40,7 @@ def run(config: Path = typer.Option(..., "--config", "-c", help="node configurat
     except OSError as exc:
         if exc.errno == 98:
             fail(f"a port is already in use ({exc}): stop the other service or change port/dns_port")
-        fail(f"cannot start the node: {exc}")
+        fail(missing_command(exc) or f"cannot start the node: {exc}")
 
 
 def status(control: str = typer.Option("ntm-node", help="control socket name of the node daemon"),

@@ -9,7 +9,7 @@ from pathlib import Path
 
 import typer
 
-from .common import fail, require_root
+from .common import fail, missing_command, require_root
 
 app = typer.Typer(help="Relay server: RS-S between NATed NTM nodes, RS-N to general nodes (kernel NAPT).",
                   no_args_is_help=True)
@@ -19,6 +19,7 @@ app = typer.Typer(help="Relay server: RS-S between NATed NTM nodes, RS-N to gene
 def run(config: Path = typer.Option(..., "--config", "-c", help="relay configuration file (TOML)"),
         verbose: bool = typer.Option(False, "--verbose", "-v")) -> None:
     """Run the relay daemon in the foreground."""
+    from ntmobile.osops.nft import NftError
     from ntmobile.runtime.config import ConfigError, Credentials, RsSettings, load
     from ntmobile.runtime.rs import dc_links, run_rs
 
@@ -36,10 +37,12 @@ def run(config: Path = typer.Option(..., "--config", "-c", help="relay configura
                         format="%(asctime)s %(name)s %(levelname)s %(message)s")
     try:
         run_rs(settings, creds)
+    except NftError as exc:
+        fail(f"cannot start the relay: {exc}")
     except OSError as exc:
         if exc.errno == 98:
             fail(f"port {settings.port} is already in use: stop the other service or change `port`")
-        fail(f"cannot start the relay: {exc}")
+        fail(missing_command(exc) or f"cannot start the relay: {exc}")
 
 
 @app.command("status")

@@ -61,7 +61,7 @@ def run_nft(args: Sequence[str], stdin: str | None = None, *, timeout: float = 3
     try:
         r = subprocess.run([NFT, *args], input=stdin, capture_output=True, text=True, timeout=timeout)
     except FileNotFoundError as e:
-        raise NftError("nft: command not found (install the nftables package)") from e
+        raise NftError("nft: command not found: install nftables (apt-get install nftables)") from e
     if r.returncode != 0:
         raise NftError(_one_line(r.stderr, stdin))
     return r.stdout

@@ -276,11 +276,19 @@ class DcDaemon:
         cmd = req.get("cmd", "status")
         if cmd == "decisions":
             return {"decisions": self.decisions}
+        if cmd == "stats":  # counters only: cheap with many sessions (benches, monitoring)
+            return {"stats": dict(self.core.stats), "paths": len(self.core.paths),
+                    "sessions": len(self.core._sessions), "relays": len(self.core.relays()),
+                    "driver": {"received": self.driver.received, "socket_errors": self.driver.socket_errors,
+                               "handler_errors": self.driver.handler_errors}}
         return {
             "role": "dc", "domain": self.settings.domain, "dc_id": self.dc_id.hex(),
             "address": self.settings.address, "port": self.settings.port, "uptime": time.time() - self.started,
             "sessions": self.core.sessions(), "paths": len(self.core.paths), "stats": dict(self.core.stats),
             "dns": {z.origin.to_text(): vars(z.stats) for z in getattr(self, "zones", [])},
+            "dns_servers": [{"host": srv.host, "port": srv.port, **vars(srv.stats)} for srv in self.dns_servers],
+            "driver": {"received": self.driver.received, "socket_errors": self.driver.socket_errors,
+                       "handler_errors": self.driver.handler_errors},
             "discovery_cache": {"entries": len(self.cache), "hits": self.cache.stats.hits,
                                 "misses": self.cache.stats.misses},
             "decisions": self.decisions[-20:], "pid": os.getpid(),

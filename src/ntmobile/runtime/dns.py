@@ -124,6 +124,10 @@ async def serve_dns(handler: Handler, host: str, port: int) -> DnsServer:
             lambda: _UdpServerProtocol(handler, stats), local_addr=(host, port), family=family
         )
         bound_port = int(udp.get_extra_info("sockname")[1])
+        try:  # room for bursts (and floods) of queries while the loop is busy
+            udp.get_extra_info("socket").setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4 << 20)
+        except OSError:
+            pass
         try:
             tcp = await asyncio.start_server(on_client, host, bound_port, family=family, reuse_address=True)
         except OSError as exc:  # the TCP port is taken: try another pair

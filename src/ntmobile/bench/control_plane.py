@@ -1,0 +1,537 @@
+"""`ntm bench control-plane`: many simulated nodes register and set up RS-N paths against a real DC.
+
+Everything runs in a private network namespace (``unshare --net``, so only its loopback is used):
+
+- the real DC daemon (`ntm dc run`, a subprocess) with a temporary SQLite registry into which the
+  nodes are enrolled in bulk with the store API (one transaction; VIPs pre-assigned as enrolment
+  would leave them after a first registration);
+- a real relay: `RsCore` behind a real UDP socket on 127.0.0.2:7411, in a subprocess of its own;
+- a loopback authoritative DNS server for ``gn.example`` on 127.0.0.53:53, the DC's resolver (the
+  DC caches the discovery result, so path set-ups after the first use the cached DNS);
+- the load generator: the sans-IO `NodeCore`, one per simulated node, all in this one process over
+  one UDP socket bound to 0.0.0.0. Node *i* has its own address 127.(1+i/65536).(i/256%256).(i%256):
+  datagrams are sent from it with ``IP_PKTINFO`` and received by their destination address, so the
+  DC sees N distinct endpoints.
+
+Phases: (1) register N nodes, at most ``window`` in flight; (2) ``paths`` of them each set up an
+RS-N path to www.gn.example (DC → RS Relay Direction and back, Route Direction, Tunnel
+Request/Response with the RS). Reported: messages/s (datagrams the generator sent and received),
+set-ups/s, p50/p99 latency, the DC's RSS growth per registered node, and the exactly-once checks
+(DC counters against what the generator completed; retransmissions and kernel drops).
+"""
+
+from __future__ import annotations
+
+import heapq
+import json
+import os
+import random
+import selectors
+import shutil
+import signal
+import socket
+import sqlite3
+import struct
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+from ntmobile.core.node import NodeConfig, NodeCore, PathFailed, PathReady, RegistrationFailed
+from ntmobile.core.registry import ClientRecord, Pools
+from ntmobile.core.rs import DcLink, ProbeRequest, RsConfig, RsCore
+from ntmobile.wire import Role
+
+DC_ADDR = "127.0.0.1"
+DC_PORT = 7410
+RS_EP = ("127.0.0.2", 7411)
+DNS_ADDR = "127.0.0.53"
+GN_ADDR = "192.0.2.40"
+DOMAIN = "bench.example"
+NODE_PORT = 7412
+POOLS = Pools("100.64.0.0/10", "fd00:6e74:1::/64", "100.127.0.0/16", "fd00:6e74:ff::/64")
+RELAY = ClientRecord(b"\xb0" * 8, "rs1", Role.RELAY, b"\x5a" * 32)
+
+Endpoint = tuple[str, int]
+IP_PKTINFO = getattr(socket, "IP_PKTINFO", 8)  # Linux; the socket module has it from Python 3.12
+
+
+def node_addr(i: int) -> str:
+    return f"127.{1 + (i >> 16)}.{(i >> 8) & 255}.{i & 255}"
+
+
+def node_record(i: int) -> ClientRecord:
+    return ClientRecord(struct.pack("!Q", 0x6E74_0000_0000_0000 + i + 1), f"n{i}.{DOMAIN}", Role.NODE,
+                        struct.pack("!Q", i) * 4)
+
+
+def percentile(xs: list[float], p: float) -> float:
+    if not xs:
+        return 0.0
+    s = sorted(xs)
+    return s[min(len(s) - 1, int(p / 100 * len(s)))]
+
+
+def rss_kib(pid: int) -> int:
+    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+        if line.startswith("VmRSS:"):
+            return int(line.split()[1])
+    return 0
+
+
+def udp_drops() -> int:
+    total = 0
+    for f in ("/proc/net/udp", "/proc/net/udp6"):
+        try:
+            for line in Path(f).read_text().splitlines()[1:]:
+                total += int(line.split()[-1])
+        except OSError:
+            pass
+    return total
+
+
+# -- set-up ---------------------------------------------------------------------------------------
+
+def enrol_bulk(db: Path, n: int) -> bytes:
+    """Enrol the relay and ``n`` nodes (VIPs pre-assigned) in one transaction; return the DC ID."""
+    from ntmobile.runtime.store import SqliteStore
+
+    store = SqliteStore(db, POOLS)
+    dc_id, _ = store.identity()
+    store.add_client(RELAY)
+    base4 = int.from_bytes(socket.inet_aton("100.64.0.0"), "big")
+    store.db.execute("BEGIN")
+    try:
+        for i in range(n):
+            rec = node_record(i)
+            v4 = socket.inet_ntoa((base4 + 1 + i).to_bytes(4, "big"))
+            v6 = f"fd00:6e74:1::{(i + 1):x}"
+            store.add_client(ClientRecord(rec.client_id, rec.name, rec.role, rec.psk, v4, v6))
+        store.db.execute("COMMIT")
+    except sqlite3.Error:
+        store.db.execute("ROLLBACK")
+        raise
+    store.close()
+    return dc_id
+
+
+def serve_gn_zone(stop: threading.Event) -> threading.Thread:
+    """Authoritative DNS for gn.example (www has an A record, no DC marker: a general node) on
+    127.0.0.53:53, UDP; the DC uses it as its resolver and asks it the apex TXT directly."""
+    from ntmobile.core.dnsauth import AuthoritativeZone, NameServer, NodeRecords, SoaFields
+
+    zone = AuthoritativeZone("gn.example.", soa=SoaFields("ns.gn.example.", "hostmaster.gn.example."),
+                             nameservers=[NameServer("ns.gn.example.", (DNS_ADDR,))], marker=None,
+                             lookup=lambda name: NodeRecords(a=(GN_ADDR,)) if name.labels[0] == b"www" else None,
+                             ttl=3600)
+    sock = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+    sock.bind((DNS_ADDR, 53))
+    sock.settimeout(0.2)
+
+    def loop() -> None:
+        with sock:
+            while not stop.is_set():
+                try:
+                    q, addr = sock.recvfrom(4096)
+                except TimeoutError:
+                    continue
+                r = zone.respond(q, tcp=False)
+                if r is not None:
+                    sock.sendto(r, addr)
+
+    t = threading.Thread(target=loop, daemon=True)
+    t.start()
+    return t
+
+
+def relay_main(dc_id_hex: str, max_paths: int) -> None:
+    """The relay subprocess: RsCore on RS_EP over a real UDP socket; distance probes answered as
+    1 hop, 250 µs (there is no GN to ping in the namespace). Stats as JSON on SIGTERM (stdout)."""
+    core = RsCore(RsConfig(RELAY.name, RELAY.client_id, [DcLink(bytes.fromhex(dc_id_hex), (DC_ADDR, DC_PORT),
+                                                               RELAY.psk)],
+                           local_endpoints=[RS_EP], max_paths=max_paths), time.monotonic(),
+                  seq_base=time.time_ns() // 1000)
+    sock = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 8 << 20)
+    sock.bind(RS_EP)
+    sock.setblocking(False)
+    stop = False
+
+    def on_term(*_: object) -> None:
+        nonlocal stop
+        stop = True
+
+    signal.signal(signal.SIGTERM, on_term)
+    core.register(time.monotonic())
+    sel = selectors.DefaultSelector()
+    sel.register(sock, selectors.EVENT_READ)
+    while not stop:
+        t = core.get_timer()
+        now = time.monotonic()
+        sel.select(timeout=0.2 if t is None else max(0.0, min(0.2, t - now)))
+        now = time.monotonic()
+        for _ in range(512):
+            try:
+                data, addr = sock.recvfrom(65536)
+            except BlockingIOError:
+                break
+            core.receive_datagram(data, (addr[0], addr[1]), now)
+        t = core.get_timer()
+        if t is not None and t <= now:
+            core.handle_timer(now)
+        while (ev := core.next_event()) is not None:
+            if isinstance(ev, ProbeRequest):
+                core.probe_result(ev.token, 1, 250, now)
+        core.packets_to_tun()
+        for dg in core.datagrams_to_send():
+            sock.sendto(dg.data, dg.addr)
+    print(json.dumps({"stats": dict(core.stats), "entries": len(core.entries())}), flush=True)
+
+
+# -- the load generator ---------------------------------------------------------------------------
+
+class Generator:
+    """NodeCores multiplexed over one UDP socket; node i speaks from node_addr(i):NODE_PORT."""
+
+    def __init__(self, dc_id: bytes) -> None:
+        self.dc_id = dc_id
+        self.sock = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+        self.sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 16 << 20)
+        self.sock.setsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF, 16 << 20)
+        self.sock.setsockopt(socket.IPPROTO_IP, IP_PKTINFO, 1)
+        self.sock.bind(("0.0.0.0", NODE_PORT))
+        self.sock.setblocking(False)
+        self.nodes: dict[str, tuple[int, NodeCore]] = {}
+        self.timers: list[tuple[float, str]] = []
+        self.sent = 0
+        self.received = 0
+        self.unrouted = 0
+        self.retransmissions = 0
+        self.rand = random.Random(1).randbytes
+
+    def add(self, i: int, now: float) -> NodeCore:
+        rec = node_record(i)
+        addr = node_addr(i)
+        node = NodeCore(NodeConfig(rec.name, rec.client_id, rec.psk, self.dc_id, (DC_ADDR, DC_PORT)), now,
+                        seq_base=time.time_ns() // 1000, random_bytes=os.urandom)
+        self.nodes[addr] = (i, node)
+        return node
+
+    def drop(self, i: int) -> None:
+        entry = self.nodes.pop(node_addr(i), None)
+        if entry is not None:
+            self.retransmissions += entry[1].stats["retransmissions"]
+
+    def flush(self, addr: str, node: NodeCore) -> None:
+        src = socket.inet_aton(addr)
+        for dg in node.datagrams_to_send():
+            anc = [(socket.IPPROTO_IP, IP_PKTINFO, struct.pack("=I4s4s", 0, src, b"\0\0\0\0"))]
+            while True:
+                try:
+                    self.sock.sendmsg([dg.data], anc, 0, dg.addr)
+                    break
+                except BlockingIOError:
+                    selectors.DefaultSelector().select(0.001)
+            self.sent += 1
+        t = node.get_timer()
+        if t is not None:
+            heapq.heappush(self.timers, (t, addr))
+
+    def poll(self, on_event: Callable[[int, NodeCore, object, float], None], timeout: float) -> None:
+        """Receive what is there (waiting up to ``timeout``), feed the nodes, fire due timers."""
+        try:
+            self.sock.settimeout(timeout)
+            first = True
+            while True:
+                if not first:
+                    self.sock.setblocking(False)
+                data, anc, _flags, src = self.sock.recvmsg(65536, 64)
+                first = False
+                dst = None
+                for level, typ, val in anc:
+                    if level == socket.IPPROTO_IP and typ == IP_PKTINFO:
+                        dst = socket.inet_ntoa(val[8:12])
+                self.received += 1
+                entry = self.nodes.get(dst) if dst is not None else None
+                if entry is None:
+                    self.unrouted += 1
+                    continue
+                now = time.monotonic()
+                entry[1].receive_datagram(data, (src[0], src[1]), now)
+                self._after(dst, entry, on_event, now)  # type: ignore[arg-type]
+        except (BlockingIOError, TimeoutError):
+            pass
+        finally:
+            self.sock.setblocking(False)
+        now = time.monotonic()
+        while self.timers and self.timers[0][0] <= now:
+            _t, addr = heapq.heappop(self.timers)
+            entry = self.nodes.get(addr)
+            if entry is None:
+                continue
+            t = entry[1].get_timer()
+            if t is not None and t <= now:
+                entry[1].handle_timer(now)
+                self._after(addr, entry, on_event, now)
+
+    def _after(self, addr: str, entry: tuple[int, NodeCore], on_event: Callable[[int, NodeCore, object, float], None],
+               now: float) -> None:
+        i, node = entry
+        while (ev := node.next_event()) is not None:
+            on_event(i, node, ev, now)
+        if addr in self.nodes:
+            self.flush(addr, node)
+
+
+def _dc_stats() -> dict[str, Any]:
+    from ntmobile.runtime.control import query
+
+    return query("ntm-bench-dc", cmd="stats", timeout=60.0)
+
+
+def run_inner(nodes: int, paths: int, window: int, workdir: Path, log: Callable[[str], None]) -> dict[str, Any]:
+    subprocess.run(["ip", "link", "set", "lo", "up"], check=True)
+    db = workdir / "dc.sqlite"
+    t0 = time.monotonic()
+    dc_id = enrol_bulk(db, nodes)
+    enrol_s = time.monotonic() - t0
+    log(f"enrolled {nodes} nodes in {enrol_s:.1f} s")
+    cfg = workdir / "dc.toml"
+    cfg.write_text(f'domain = "{DOMAIN}"\naddress = "{DC_ADDR}"\ndatabase = "{db}"\nport = {DC_PORT}\n'
+                   f'listen4 = "{DC_ADDR}"\nresolvers = ["{DNS_ADDR}"]\ncontrol = "ntm-bench-dc"\n'
+                   f'idle_timeout = 600\n[pools]\nvip4 = "{POOLS.vip4}"\nvip6 = "{POOLS.vip6}"\n'
+                   f'gn_vip4 = "{POOLS.gn_vip4}"\ngn_vip6 = "{POOLS.gn_vip6}"\n')
+    stop_dns = threading.Event()
+    serve_gn_zone(stop_dns)
+    dc_log = (workdir / "dc.log").open("wb")
+    dc = subprocess.Popen([sys.executable, "-m", "ntmobile", "dc", "run", "-c", str(cfg)], stdout=dc_log,
+                          stderr=subprocess.STDOUT)
+    rs = subprocess.Popen([sys.executable, "-c", "import sys; from ntmobile.bench.control_plane import relay_main; "
+                           f"relay_main({dc_id.hex()!r}, {max(paths, 1) + 16})"], stdout=subprocess.PIPE)
+    report: dict[str, Any] = {"nodes": nodes, "paths": paths, "window": window, "enrol_seconds": round(enrol_s, 2)}
+    try:
+        deadline = time.monotonic() + 30
+        while True:
+            if dc.poll() is not None:
+                raise RuntimeError(f"the DC exited: {(workdir / 'dc.log').read_text()[-1500:]}")
+            try:
+                st = _dc_stats()
+                if st.get("relays", 0) >= 1:
+                    break
+            except (ConnectionError, OSError, ValueError):
+                pass
+            if time.monotonic() > deadline:
+                raise RuntimeError("the DC or the relay did not come up within 30 s")
+            time.sleep(0.05)
+        rss0 = rss_kib(dc.pid)
+        report["dc_rss_kib_start"] = rss0
+        stats0 = st["stats"]
+        drops0 = udp_drops()
+        gen = Generator(dc_id)
+        lat_reg: list[float] = []
+        started: dict[int, float] = {}
+        failures: list[str] = []
+        registered = [0] * nodes
+        keep = set(range(paths))
+        just_registered: list[int] = []
+
+        def on_reg(i: int, node: NodeCore, ev: object, now: float) -> None:
+            if isinstance(ev, RegistrationFailed):
+                failures.append(f"n{i}: {ev.status.name} {ev.reason}")
+            if node.registered and i in started:
+                lat_reg.append(now - started.pop(i))
+                registered[i] += 1
+                just_registered.append(i)
+
+        # phase 1: registrations
+        log(f"registering {nodes} nodes, {window} in flight ...")
+        t1 = time.monotonic()
+        nxt = 0
+        limit = t1 + max(60.0, nodes / 200)
+        while (nxt < nodes or started) and time.monotonic() < limit:
+            while nxt < nodes and len(started) < window:
+                now = time.monotonic()
+                node = gen.add(nxt, now)
+                started[nxt] = now
+                node.register(((node_addr(nxt), NODE_PORT),), now)
+                gen.flush(node_addr(nxt), node)
+                nxt += 1
+            gen.poll(on_reg, 0.005)
+            for idx in just_registered:
+                if idx not in keep:
+                    gen.drop(idx)  # the DC keeps its session; the generator needs the core no more
+            just_registered.clear()
+        reg_s = time.monotonic() - t1
+        sent1, recv1 = gen.sent, gen.received
+        rss1 = rss_kib(dc.pid)
+        st1 = _dc_stats()
+        done = sum(1 for r in registered if r)
+        report["registration"] = {
+            "completed": done, "seconds": round(reg_s, 2), "per_s": round(done / reg_s) if reg_s else 0,
+            "messages": sent1 + recv1, "messages_per_s": round((sent1 + recv1) / reg_s) if reg_s else 0,
+            "p50_ms": round(percentile(lat_reg, 50) * 1000, 2), "p99_ms": round(percentile(lat_reg, 99) * 1000, 2),
+            "max_ms": round(max(lat_reg, default=0) * 1000, 2), "failures": failures[:5],
+            "dc_registrations": st1["stats"].get("registrations", 0) - stats0.get("registrations", 0),
+            "dc_registration_retransmits": st1["stats"].get("registration_retransmits", 0)
+            - stats0.get("registration_retransmits", 0),
+            "registered_twice": sum(1 for r in registered if r > 1),
+        }
+        report["dc_rss_kib_registered"] = rss1
+        report["dc_bytes_per_registered_node"] = round((rss1 - rss0) * 1024 / max(done, 1))
+        report["dc_sessions"] = st1.get("sessions")
+        log(json.dumps(report["registration"]))
+
+        # phase 2: RS-N path set-ups (the first request warms the DC's discovery cache)
+        lat_path: list[float] = []
+        pstarted: dict[int, float] = {}
+        pfail: list[str] = []
+        ready = [0] * paths
+
+        def on_path(i: int, node: NodeCore, ev: object, now: float) -> None:
+            if isinstance(ev, PathReady) and i in pstarted:
+                lat_path.append(now - pstarted.pop(i))
+                ready[i] += 1
+            elif isinstance(ev, PathFailed):
+                pstarted.pop(i, None)
+                pfail.append(f"n{i}: {ev.status.name} {ev.reason}")
+
+        if paths:
+            warm = gen.nodes[node_addr(0)][1]
+            pstarted[0] = time.monotonic()
+            warm.request_path("www.gn.example", pstarted[0])
+            gen.flush(node_addr(0), warm)
+            wdl = time.monotonic() + 10
+            while pstarted and time.monotonic() < wdl:
+                gen.poll(on_path, 0.01)
+            report["first_path_ms"] = round(lat_path[0] * 1000, 1) if lat_path else None
+            lat_path.clear()
+        log(f"setting up {max(paths - 1, 0)} RS-N paths, {window} in flight ...")
+        sent2, recv2 = gen.sent, gen.received
+        st2a = _dc_stats()
+        t2 = time.monotonic()
+        nxt = 1
+        limit = t2 + max(60.0, paths / 100)
+        while (nxt < paths or pstarted) and time.monotonic() < limit:
+            while nxt < paths and len(pstarted) < window:
+                now = time.monotonic()
+                addr = node_addr(nxt)
+                node = gen.nodes[addr][1]
+                pstarted[nxt] = now
+                node.request_path("www.gn.example", now)
+                gen.flush(addr, node)
+                nxt += 1
+            gen.poll(on_path, 0.005)
+        path_s = time.monotonic() - t2
+        st2 = _dc_stats()
+        for i in range(paths):
+            gen.drop(i)
+        n_ok = sum(1 for r in ready[1:] if r)
+        report["paths_phase"] = {
+            "completed": n_ok, "seconds": round(path_s, 2), "per_s": round(n_ok / path_s) if path_s else 0,
+            "messages": gen.sent - sent2 + gen.received - recv2,
+            "messages_per_s": round((gen.sent - sent2 + gen.received - recv2) / path_s) if path_s else 0,
+            "p50_ms": round(percentile(lat_path, 50) * 1000, 2), "p99_ms": round(percentile(lat_path, 99) * 1000, 2),
+            "max_ms": round(max(lat_path, default=0) * 1000, 2), "failures": pfail[:5],
+            "dc_paths_directed": st2["stats"].get("paths_directed", 0) - st2a["stats"].get("paths_directed", 0),
+            "dc_direction_retransmits": st2["stats"].get("direction_retransmits", 0)
+            - st2a["stats"].get("direction_retransmits", 0),
+            "ready_twice": sum(1 for r in ready if r > 1),
+        }
+        log(json.dumps(report["paths_phase"]))
+        report["dc_rss_kib_end"] = rss_kib(dc.pid)
+        report["node_retransmissions"] = gen.retransmissions
+        report["unrouted_datagrams"] = gen.unrouted
+        report["kernel_udp_drops"] = udp_drops() - drops0
+        report["dc_stats_end"] = st2["stats"]
+    finally:
+        for p in (dc, rs):
+            if p.poll() is None:
+                os.kill(p.pid, signal.SIGTERM)
+        try:
+            out, _ = rs.communicate(timeout=10)
+            report["relay"] = json.loads(out.decode().strip().splitlines()[-1]) if out.strip() else None
+        except (subprocess.TimeoutExpired, ValueError):
+            os.kill(rs.pid, signal.SIGKILL)
+            rs.wait()
+        try:
+            dc.wait(10)
+        except subprocess.TimeoutExpired:
+            os.kill(dc.pid, signal.SIGKILL)
+            dc.wait()
+        dc_log.close()
+        stop_dns.set()
+    return report
+
+
+TARGETS = {"nodes": 100_000, "registrations_per_s": 5000, "paths_per_s": 1000, "p99_ms": 50.0,
+           "bytes_per_node": 2048}
+
+
+def to_markdown(rep: dict[str, Any]) -> str:
+    r, p = rep.get("registration", {}), rep.get("paths_phase", {})
+
+    def ok(cond: bool) -> str:
+        return "met" if cond else "**missed**"
+
+    lines = [
+        f"# ntm bench control-plane ({rep['nodes']} nodes, {rep['paths']} paths, {rep['window']} in flight)", "",
+        "| figure | measured | target | |", "|---|---|---|---|",
+        f"| registered nodes | {r.get('completed')} | {TARGETS['nodes']} | "
+        f"{ok(r.get('completed', 0) >= TARGETS['nodes'])} |",
+        f"| registrations/s | {r.get('per_s')} | ≥ {TARGETS['registrations_per_s']} | "
+        f"{ok(r.get('per_s', 0) >= TARGETS['registrations_per_s'])} |",
+        f"| registration p50 / p99 ms | {r.get('p50_ms')} / {r.get('p99_ms')} | p99 ≤ {TARGETS['p99_ms']} | "
+        f"{ok(r.get('p99_ms', 1e9) <= TARGETS['p99_ms'])} |",
+        f"| RS-N path set-ups/s | {p.get('per_s')} | ≥ {TARGETS['paths_per_s']} | "
+        f"{ok(p.get('per_s', 0) >= TARGETS['paths_per_s'])} |",
+        f"| path set-up p50 / p99 ms | {p.get('p50_ms')} / {p.get('p99_ms')} | p99 ≤ {TARGETS['p99_ms']} | "
+        f"{ok(p.get('p99_ms', 1e9) <= TARGETS['p99_ms'])} |",
+        f"| DC memory per registered node | {rep.get('dc_bytes_per_registered_node')} B | "
+        f"≤ {TARGETS['bytes_per_node']} B | "
+        f"{ok(rep.get('dc_bytes_per_registered_node', 1e9) <= TARGETS['bytes_per_node'])} |",
+        f"| messages/s (registration, paths) | {r.get('messages_per_s')}, {p.get('messages_per_s')} | | |",
+        "",
+        f"Exactly once: DC registrations {r.get('dc_registrations')} for {r.get('completed')} completed "
+        f"(DC retransmits seen {r.get('dc_registration_retransmits')}, nodes registered twice "
+        f"{r.get('registered_twice')}); DC paths directed {p.get('dc_paths_directed')} for {p.get('completed')} "
+        f"(direction retransmits {p.get('dc_direction_retransmits')}, ready twice {p.get('ready_twice')}); "
+        f"node retransmissions {rep.get('node_retransmissions')}; kernel UDP drops {rep.get('kernel_udp_drops')}.",
+        f"DC RSS {rep.get('dc_rss_kib_start')} KiB at start, {rep.get('dc_rss_kib_registered')} KiB registered, "
+        f"{rep.get('dc_rss_kib_end')} KiB at the end; first path (discovery, relay probe) "
+        f"{rep.get('first_path_ms')} ms.",
+    ]
+    return "\n".join(lines)
+
+
+def run_bench(nodes: int, paths: int, window: int, log: Callable[[str], None] = print) -> dict[str, Any]:
+    """Re-run this module in a fresh network namespace (needs root) and return its report."""
+    if shutil.which("unshare") is None:
+        raise RuntimeError("unshare not found: install util-linux (apt-get install util-linux)")
+    with tempfile.TemporaryDirectory(prefix="ntm-cp-") as tmp:
+        out = Path(tmp) / "report.json"
+        cmd = ["unshare", "--net", "--", sys.executable, "-m", "ntmobile.bench.control_plane", str(nodes), str(paths),
+               str(window), tmp, str(out)]
+        proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, start_new_session=True)
+        assert proc.stdout is not None
+        try:
+            for line in proc.stdout:
+                log(line.decode(errors="replace").rstrip())
+            proc.wait()
+        except BaseException:
+            os.killpg(proc.pid, signal.SIGTERM)
+            proc.wait()
+            raise
+        if proc.returncode != 0 or not out.exists():
+            raise RuntimeError(f"the control-plane bench failed (exit {proc.returncode})")
+        result: dict[str, Any] = json.loads(out.read_text())
+        return result
+
+
+if __name__ == "__main__":
+    n, m, w, wd, outp = int(sys.argv[1]), int(sys.argv[2]), int(sys.argv[3]), Path(sys.argv[4]), Path(sys.argv[5])
+    rep = run_inner(n, m, w, wd, lambda s: print(s, flush=True))
+    outp.write_text(json.dumps(rep))

@@ -1,0 +1,217 @@
+"""Security properties of the real node, DC and RS cores in memory (issue 8): replayed signalling
+and data, directions not from the DC, unenrolled or impersonating nodes, injection into another
+node's Path ID or VIP, RS-N relaying only for paths its DC set up, and DNS not steering tunnels.
+Each test is listed in docs/security.md §7."""
+
+from __future__ import annotations
+
+from ntmobile.core.dc import PeerKind, RegistrationRejected, Resolution, ResolveRequest
+from ntmobile.core.node import NodeConfig, NodeCore, PathReady, RegistrationFailed
+from ntmobile.core.registry import ClientRecord
+from ntmobile.core.rs import ProbeRequest, RelayAdded
+from ntmobile.crypto import CapsuleSealer, Channel, KeyPair
+from ntmobile.wire import CapsuleFlags, MessageType, PathMode, Role, Status, TunnelRequest
+
+from .harness import seeded_bytes
+from .test_rsn_sequence import DC_EP, DC_ID, GN, MN_PUB, RS_EP, World, ipv4_udp
+
+EVIL_PRIV = ("10.1.0.66", 7412)
+EVIL_PUB = ("192.0.2.166", 40066)
+ATTACKER = ("203.0.113.66", 5353)
+GN2 = "192.0.2.41"
+
+
+class TwoNodes(World):
+    """The RS-N world of test_rsn_sequence plus a second enrolled node, ``evil``."""
+
+    def __init__(self, seed: int = 1) -> None:
+        super().__init__(seed=seed)
+        self.evil_rec = ClientRecord(b"\x06" * 8, "evil.a.example", Role.NODE, b"\x66" * 32)
+        self.store.add_client(self.evil_rec)
+        self.evil = NodeCore(NodeConfig("evil.a.example", self.evil_rec.client_id, self.evil_rec.psk, DC_ID, DC_EP),
+                             self.net.now, seq_base=10**15, random_bytes=seeded_bytes(seed + 9))
+        self.net.add("evil", self.evil, EVIL_PRIV, public=EVIL_PUB)
+        self.evil.register((EVIL_PRIV,), self.net.now)
+        self.net.run_until(lambda: self.evil.registered)
+        self.gn_addr = GN
+
+    def resolve_as_gn(self) -> None:
+        for ev in list(self.net.hosts["rs"].events):
+            if isinstance(ev, ProbeRequest):
+                self.net.hosts["rs"].events.remove(ev)
+                self.rs.probe_result(ev.token, 1, 250, self.net.now)
+        for ev in list(self.net.hosts["dc"].events):
+            if isinstance(ev, ResolveRequest):
+                self.net.hosts["dc"].events.remove(ev)
+                addr = GN2 if ev.fqdn.startswith("other.") else self.gn_addr
+                self.dc.resolution_result(ev.token, Resolution(PeerKind.GENERAL, addrs4=(addr,),
+                                                               evidence=(f"A {addr}",)), self.net.now)
+
+    def path_of(self, node: NodeCore, host: str, fqdn: str) -> PathReady:
+        rid = node.request_path(fqdn, self.net.now)
+
+        def ready() -> bool:
+            self.resolve_as_gn()
+            return any(rid in e.request_ids for e in self.net.events_of(host, PathReady))
+
+        self.net.run_until(ready, max_time=20)
+        return next(e for e in self.net.events_of(host, PathReady) if rid in e.request_ids)
+
+
+def _tun_packets(w: World) -> list[bytes]:
+    return [bytes(p) for p, _gso in w.rs.packets_to_tun()]
+
+
+def test_node_cannot_inject_into_another_nodes_path_id() -> None:
+    w = TwoNodes()
+    mine = w.path_of(w.mn, "mn", "www.gn.example").path
+    theirs = w.path_of(w.evil, "evil", "other.gn.example").path
+    assert mine.path_id != theirs.path_id
+    before = w.rs.entry(mine.path_id)
+    assert before is not None
+    mn_endpoint = before.initiator.endpoint
+    # evil seals a packet for mn's Path ID with the only path key it holds (its own) ...
+    pkt = ipv4_udp(w.mn.registration.vip4, mine.peer_vip4, b"injected")  # type: ignore[arg-type, union-attr]
+    forged = CapsuleSealer(theirs.data_keys.send, mine.path_id, CapsuleFlags.NONE).seal(pkt)
+    w.rs.receive_datagram(forged, EVIL_PUB, w.net.now)
+    assert _tun_packets(w) == []
+    assert w.rs.stats["drop_data_auth"] == 1
+    # ... or re-sends one of mn's captured capsules from its own address: a replay, refused, and
+    # mn's learnt endpoint does not move to evil.
+    w.mn.send_data(mine.path_id, pkt, w.net.now)
+    w.net.step()
+    assert _tun_packets(w) == [pkt]
+    captured = w.net.sent_by["mn"][-1]
+    w.rs.receive_datagram(captured, EVIL_PUB, w.net.now)
+    assert _tun_packets(w) == []
+    assert w.rs.stats["drop_data_replay"] == 1
+    entry = w.rs.entry(mine.path_id)
+    assert entry is not None and entry.initiator.endpoint == mn_endpoint != EVIL_PUB
+    # mn's own traffic still flows.
+    w.mn.send_data(mine.path_id, pkt, w.net.now)
+    w.net.step()
+    assert _tun_packets(w) == [pkt]
+
+
+def test_node_cannot_claim_another_nodes_vip_as_inner_source() -> None:
+    w = TwoNodes()
+    mn_vip = w.mn.registration.vip4  # type: ignore[union-attr]
+    theirs = w.path_of(w.evil, "evil", "www.gn.example").path
+    assert theirs.mode is PathMode.RS_N
+    spoofed = ipv4_udp(mn_vip, theirs.peer_vip4, b"as mn")  # type: ignore[arg-type]
+    assert w.evil.send_data(theirs.path_id, spoofed, w.net.now)
+    w.net.step()
+    assert _tun_packets(w) == []
+    assert w.rs.stats["drop_inner_address"] == 1
+    # Its own VIP passes: the check is the path's (node VIP, GN VIP) pair, not a blanket refusal.
+    honest = ipv4_udp(w.evil.registration.vip4, theirs.peer_vip4, b"as evil")  # type: ignore[arg-type, union-attr]
+    w.evil.send_data(theirs.path_id, honest, w.net.now)
+    w.net.step()
+    assert _tun_packets(w) == [honest]
+
+
+def test_node_cannot_register_under_another_nodes_name_or_take_its_vip() -> None:
+    w = World()
+    vip4, vip6 = w.mn.registration.vip4, w.mn.registration.vip6  # type: ignore[union-attr]
+    evil_rec = ClientRecord(b"\x06" * 8, "evil.a.example", Role.NODE, b"\x66" * 32)
+    w.store.add_client(evil_rec)
+    # Enrolled as evil, but claims mn's name in its (validly sealed) Registration Request.
+    evil = NodeCore(NodeConfig("mn.a.example", evil_rec.client_id, evil_rec.psk, DC_ID, DC_EP), w.net.now,
+                    seq_base=10**15, random_bytes=seeded_bytes(77))
+    w.net.add("evil", evil, EVIL_PRIV, public=EVIL_PUB)
+    evil.register((EVIL_PRIV,), w.net.now)
+    w.net.run_until(lambda: bool(w.net.events_of("evil", RegistrationFailed)))
+    assert w.net.events_of("evil", RegistrationFailed)[0].status is Status.NOT_AUTHORIZED
+    assert [e.name for e in w.net.events_of("dc", RegistrationRejected)] == ["evil.a.example"]
+    assert not evil.registered
+    # mn keeps its VIPs and its session; the DC's DNS still maps mn's name to them.
+    rec = w.store.client_by_name("mn.a.example")
+    assert rec is not None and rec.client_id == w.mn_rec.client_id and (rec.vip4, rec.vip6) == (vip4, vip6)
+    assert [s["name"] for s in w.dc.sessions()].count("mn.a.example") == 1
+
+
+def test_rs_n_relays_only_for_paths_the_dc_set_up() -> None:
+    w = World()
+    made_up = b"\x42" * 8
+    key = b"\x24" * 32
+    # Data for a Path ID the DC never directed to this relay.
+    pkt = ipv4_udp("100.64.1.2", "100.127.0.9", b"x")
+    w.rs.receive_datagram(CapsuleSealer(key, made_up, CapsuleFlags.NONE).seal(pkt), ATTACKER, w.net.now)
+    assert w.rs.stats["drop_unknown_path"] == 1
+    # Tunnel signalling that names the made-up path as sender.
+    tr = Channel(KeyPair(key, key), made_up, seq_start=1).seal(TunnelRequest(), txid=7)
+    w.rs.receive_datagram(tr, ATTACKER, w.net.now)
+    assert w.rs.stats["drop_unknown_sender"] == 1
+    # Packets from the NAT side for no path: nothing is sealed to anyone.
+    w.rs.tun_packet(ipv4_udp("100.127.0.9", "100.64.1.2", b"y"), w.net.now)
+    assert w.rs.stats["tun_no_path"] == 1
+    assert _tun_packets(w) == [] and w.rs.datagrams_to_send() == [] and w.rs.entries() == []
+    # After the DC sets a path up, exactly that path is relayed.
+    path = w.setup_path().path
+    assert [e.path_id for e in w.rs.entries()] == [path.path_id]
+    assert [e.entry.path_id for e in w.net.events_of("rs", RelayAdded)] == [path.path_id]
+
+
+def test_replayed_route_and_relay_directions_are_rejected() -> None:
+    w = World()
+    w.setup_path()
+    route = next(d for d in w.net.sent_by["dc"] if d[1] == MessageType.ROUTE_DIRECTION)
+    relay = next(d for d in w.net.sent_by["dc"] if d[1] == MessageType.RELAY_DIRECTION)
+    ready_before = len(w.net.events_of("mn", PathReady))
+    added_before = len(w.net.events_of("rs", RelayAdded))
+    mn_drops = sum(v for k, v in w.mn.stats.items() if k.startswith("drop_"))
+    rs_drops = sum(v for k, v in w.rs.stats.items() if k.startswith("drop_"))
+    w.mn.receive_datagram(route, DC_EP, w.net.now)
+    w.rs.receive_datagram(relay, DC_EP, w.net.now)
+    w.net.step()
+    assert sum(v for k, v in w.mn.stats.items() if k.startswith("drop_")) == mn_drops + 1
+    assert sum(v for k, v in w.rs.stats.items() if k.startswith("drop_")) == rs_drops + 1
+    assert len(w.net.events_of("mn", PathReady)) == ready_before
+    assert len(w.net.events_of("rs", RelayAdded)) == added_before
+
+
+def test_route_direction_from_another_address_than_the_dc_is_rejected() -> None:
+    """A captured, validly sealed Route Direction replayed from an attacker's address (as a DNS
+    or on-path attacker would, to point the node at its own tunnel) is dropped before opening."""
+    w = World()
+    w.setup_path()
+    route = next(d for d in w.net.sent_by["dc"] if d[1] == MessageType.ROUTE_DIRECTION)
+    w.mn.receive_datagram(route, ATTACKER, w.net.now)
+    assert w.mn.stats["drop_dc_wrong_source"] == 1
+    assert w.mn.datagrams_to_send() == []
+
+
+def test_dns_answers_cannot_steer_the_node_to_an_attackers_tunnel() -> None:
+    """The node asks its DC by name; the tunnel endpoint and keys come only from the DC's sealed
+    Route Direction. A spoofed A record in the DC's discovery can change the GN address the RS-N
+    NATs to (plain DNS spoofing), never the node's tunnel endpoint or its keys; an attacker's
+    Tunnel Request for a path the node does not have never becomes a path."""
+    w = World()
+    w.mn.stats.clear()
+    # The attacker's Tunnel Request arrives first, as if a DNS answer had pointed the node at it.
+    key = b"\x31" * 32
+    bogus = Channel(KeyPair(key, key), b"\x99" * 8, seq_start=1).seal(TunnelRequest(), txid=9)
+    w.mn.receive_datagram(bogus, ATTACKER, w.net.now)
+    assert w.mn.datagrams_to_send() == []
+    # Spoofed discovery: the DC is told the GN lives at the attacker's address.
+    rid = w.mn.request_path("www.gn.example", w.net.now)
+
+    def ready() -> bool:
+        for ev in list(w.net.hosts["rs"].events):
+            if isinstance(ev, ProbeRequest):
+                w.net.hosts["rs"].events.remove(ev)
+                w.rs.probe_result(ev.token, 1, 250, w.net.now)
+        for ev in list(w.net.hosts["dc"].events):
+            if isinstance(ev, ResolveRequest):
+                w.net.hosts["dc"].events.remove(ev)
+                w.dc.resolution_result(ev.token, Resolution(PeerKind.GENERAL, addrs4=(ATTACKER[0],)), w.net.now)
+        return any(rid in e.request_ids for e in w.net.events_of("mn", PathReady))
+
+    w.net.run_until(ready, max_time=20)
+    paths = w.mn.paths()
+    assert len(paths) == 1 and paths[0]["endpoint"] == list(RS_EP)  # the DC's relay, not the attacker
+    assert all(e.path_id != b"\x99" * 8 for e in w.rs.entries())
+    added = w.net.events_of("rs", RelayAdded)[0]
+    assert [m[2] for m in added.entry.nat_mappings()] == [ATTACKER[0]]  # only the GN address is spoofable
+    assert w.mn.stats["tunnel_request_held"] == 1  # held briefly, never accepted
+    assert GN != ATTACKER[0] and MN_PUB != ATTACKER
