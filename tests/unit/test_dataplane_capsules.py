@@ -195,7 +195,10 @@ def test_train_rebatches_equal_datagrams_per_destination() -> None:
     t.add(b"w" * 100, b)
     t.add(memoryview(b"v" * 250), b, 100)  # a block of 3 (100, 100, 50)
     t.flush()
+    # the block joins the train of 'w' (same destination and size); alone it goes out uncopied
     assert [(len(d), s, ep) for d, s, ep in sink.sent] == [(340, 100, a), (100, 100, a), (350, 100, b)]
+    t.add(memoryview(b"u" * 250), b, 100)
+    assert sink.sent[-1] == (b"u" * 250, 100, b) and t.count == 0
 
 
 def test_train_respects_gso_limits() -> None:
