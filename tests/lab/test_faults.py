@@ -1,0 +1,162 @@
+"""Faults and recovery (issue 8; docs/operations.md "Faults and recovery"):
+
+- the DC is killed with SIGKILL: an established RS-N tunnel keeps carrying a running transfer; the
+  DC restarted from its SQLite registry: the node re-syncs by itself (its next keepalive gets
+  REREGISTER, it registers again) and keeps its VIPs;
+- the NAT forgets idle UDP mappings after 5 s: with a DC keepalive shorter than that, an idle node
+  keeps its mapping (same observed endpoint, no re-registration) and its path keeps working;
+- the DC's database cannot be written: a new registration gets STORAGE_ERROR (one line in the
+  node's status), established paths go on.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import tomllib
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from ntmobile.lab import Lab, load_topology
+from ntmobile.lab.state import ProcRecord, proc_alive
+
+from .conftest import LabFactory, wait_for
+
+pytestmark = [pytest.mark.root, pytest.mark.lab]
+
+NTM = [sys.executable, "-m", "ntmobile"]
+
+
+def status(lab: Lab, host: str = "mn") -> dict[str, Any]:
+    cp = lab.exec(host, [*NTM, "status", "--json"], check=False, timeout=10)
+    return json.loads(cp.stdout) if cp.returncode == 0 else {}
+
+
+def dc_status(lab: Lab, host: str = "dca") -> dict[str, Any]:
+    cp = lab.exec(host, [*NTM, "dc", "status", "--json"], check=False, timeout=10)
+    return json.loads(cp.stdout) if cp.returncode == 0 else {}
+
+
+def registered(lab: Lab, host: str = "mn", timeout: float = 20) -> dict[str, Any]:
+    return wait_for(lambda: (st := status(lab, host)).get("registered") and st, timeout,  # type: ignore[no-any-return]
+                    f"{host} registered")
+
+
+def daemon(lab: Lab, host: str, kind: str) -> ProcRecord:
+    return next(p for p in lab.state.processes if p.host == host and p.name.startswith(kind))
+
+
+def rsn_path(lab: Lab) -> dict[str, Any]:
+    """Set up mn's RS-N path to the GN by name (DNS through the node's stub) and return it."""
+    lab.exec("mn", ["curl", "-sS", "-4", "-m", "20", "-o", "/dev/null", "http://www.gn.example/"], timeout=30)
+    [path] = [p for p in status(lab)["paths"] if p["peer"] == "www.gn.example"]
+    assert path["mode"] == "RS_N" and path["established"]
+    return path
+
+
+def fetch_by_vip(lab: Lab, vip: str, out: str, *extra: str) -> list[str]:
+    """curl the big file from the GN at its VIP (no DNS, so no DC involved) into ``out``."""
+    return ["curl", "-sS", "-m", "120", "-H", "Host: www.gn.example", *extra, "-o", out, f"http://{vip}/big.bin"]
+
+
+def sha256(lab: Lab, host: str, path: str) -> str:
+    return lab.exec(host, ["sha256sum", path], timeout=30).stdout.split()[0]
+
+
+def test_dc_killed_tunnel_carries_on_and_restarted_dc_resyncs(lab_factory: LabFactory) -> None:
+    lab = lab_factory("nat", bare=False)
+    st = registered(lab)
+    vip4, vip6 = st["vip4"], st["vip6"]
+    big = lab.state.big_file
+    assert big is not None
+    path = rsn_path(lab)
+    out = str(Path(lab.workdir) / "during-kill.bin")
+    # A transfer of 32 MiB at 8 MiB/s (about 4 s) is running when the DC dies.
+    transfer = lab.popen("mn", fetch_by_vip(lab, path["peer_vip4"], out, "--limit-rate", "8M"), name="curl",
+                         stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+    wait_for(lambda: os.path.exists(out) and os.path.getsize(out) > 0, 20, "the transfer to start")
+    dc = daemon(lab, "dca", "dc")
+    os.kill(dc.pid, signal.SIGKILL)
+    wait_for(lambda: not proc_alive(dc), 10, "the DC to die")
+    lab.stop(dc)  # forget the dead record
+    assert transfer.wait(timeout=120) == 0
+    assert os.path.getsize(out) == big.size and sha256(lab, "mn", out) == big.sha256
+    # With the DC still down, a fresh transfer over the established tunnel works too.
+    out2 = str(Path(lab.workdir) / "dc-down.bin")
+    lab.exec("mn", fetch_by_vip(lab, path["peer_vip4"], out2), timeout=150)
+    assert sha256(lab, "mn", out2) == big.sha256
+    # Restart the DC with the same command: registrations and VIPs come back from SQLite, and the
+    # node re-syncs without an operator (keepalive -> REREGISTER -> registration).
+    lab.spawn("dca", dc.argv, dc.name)
+    wait_for(lambda: dc_status(lab).get("dc_id"), 20, "the restarted DC")
+
+    def resynced() -> dict[str, Any] | None:
+        sessions = {s["name"]: s for s in dc_status(lab).get("sessions", [])}
+        return sessions.get("mn.a.example")
+
+    # Bound: the node's keepalive interval (15 s behind a NAT) plus a retransmission round.
+    session = wait_for(resynced, 40, "mn to register with the restarted DC")
+    assert (session["vip4"], session["vip6"]) == (vip4, vip6)
+    st = registered(lab)
+    assert (st["vip4"], st["vip6"]) == (vip4, vip6)
+    assert st["stats"].get("reregister_requested", 0) >= 1
+    assert dc_status(lab)["stats"].get("reregister_sent", 0) >= 1
+    # And new path set-ups through the restarted DC work, by name.
+    out3 = str(Path(lab.workdir) / "after-restart.bin")
+    lab.exec("mn", ["curl", "-sS", "-4", "-m", "120", "-o", out3, "http://www.gn.example/big.bin"], timeout=150)
+    assert sha256(lab, "mn", out3) == big.sha256
+
+
+def test_keepalives_hold_a_5s_nat_mapping(lab_factory: LabFactory) -> None:
+    topo = load_topology("nat")
+    spec = topo.host("dca").daemons[0].model_dump()
+    spec["config"] = {**spec["config"], "keepalive": 2}
+    lab = lab_factory(topo.with_host("dca", daemons=[spec]), bare=False, udp_timeout={"nata": 5})
+    st = registered(lab)
+    assert st["nat"] == "NAT" and st["keepalive"] == 2
+    observed = st["observed"]
+    path = rsn_path(lab)
+    ka0 = st["stats"].get("path_keepalives", 0)
+    # Idle (no data) for at least 20 s, four times the NAT's UDP timeout: 10 path keepalives at 2 s.
+    wait_for(lambda: status(lab)["stats"].get("path_keepalives", 0) >= ka0 + 10, 40, "20 s of path keepalives")
+    st = status(lab)
+    assert st["registered"] and st["observed"] == observed  # the mapping never expired
+    assert st["stats"].get("reregister_requested", 0) == 0
+    big = lab.state.big_file
+    assert big is not None
+    out = str(Path(lab.workdir) / "after-idle.bin")
+    lab.exec("mn", fetch_by_vip(lab, path["peer_vip4"], out), timeout=150)
+    assert sha256(lab, "mn", out) == big.sha256
+
+
+def test_unwritable_database_refuses_new_registrations_clearly(lab_factory: LabFactory) -> None:
+    lab = lab_factory("nat", bare=False)
+    registered(lab, "mn")
+    registered(lab, "gl")
+    path = rsn_path(lab)
+    dc = daemon(lab, "dca", "dc")
+    cfg = tomllib.loads(Path(dc.argv[-1]).read_text())
+    db = Path(cfg["database"])
+    gl = daemon(lab, "gl", "node")
+    lab.stop(gl)
+    files = [p for p in (db, db.with_name(db.name + "-wal")) if p.exists()]
+    subprocess.run(["chattr", "+i", *map(str, files)], check=True)
+    try:
+        lab.spawn("gl", gl.argv, gl.name)
+        st = wait_for(lambda: (s := status(lab, "gl")).get("error") and s, 30, "gl's registration error")
+        assert st["error"].startswith("registration failed: STORAGE_ERROR: ") and "\n" not in st["error"]
+        assert not st["registered"]
+        # mn's established path goes on.
+        big = lab.state.big_file
+        assert big is not None
+        out = str(Path(lab.workdir) / "db-readonly.bin")
+        lab.exec("mn", fetch_by_vip(lab, path["peer_vip4"], out), timeout=150)
+        assert sha256(lab, "mn", out) == big.sha256
+        assert dc_status(lab)["stats"].get("registrations_rejected", 0) >= 1
+    finally:
+        subprocess.run(["chattr", "-i", *map(str, files)], check=False)
