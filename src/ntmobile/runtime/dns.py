@@ -120,17 +120,29 @@ async def serve_dns(handler: Handler, host: str, port: int) -> DnsServer:
 
     last_error: OSError | None = None
     for _ in range(20 if port == 0 else 1):
-        udp, _proto = await loop.create_datagram_endpoint(
-            lambda: _UdpServerProtocol(handler, stats), local_addr=(host, port), family=family
-        )
+        usock = socket.socket(family, socket.SOCK_DGRAM)
+        try:
+            if family == socket.AF_INET6:  # IPv6 only: an IPv4 listener on the same port may exist
+                usock.setsockopt(socket.IPPROTO_IPV6, socket.IPV6_V6ONLY, 1)
+            usock.bind((host, port))
+        except OSError:
+            usock.close()
+            raise
+        udp, _proto = await loop.create_datagram_endpoint(lambda: _UdpServerProtocol(handler, stats), sock=usock)
         bound_port = int(udp.get_extra_info("sockname")[1])
         try:  # room for bursts (and floods) of queries while the loop is busy
             udp.get_extra_info("socket").setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4 << 20)
         except OSError:
             pass
+        tsock = socket.socket(family, socket.SOCK_STREAM)
         try:
-            tcp = await asyncio.start_server(on_client, host, bound_port, family=family, reuse_address=True)
+            tsock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+            if family == socket.AF_INET6:
+                tsock.setsockopt(socket.IPPROTO_IPV6, socket.IPV6_V6ONLY, 1)
+            tsock.bind((host, bound_port))
+            tcp = await asyncio.start_server(on_client, sock=tsock)
         except OSError as exc:  # the TCP port is taken: try another pair
+            tsock.close()
             udp.close()
             last_error = exc
             continue
