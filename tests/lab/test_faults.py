@@ -160,3 +160,35 @@ def test_unwritable_database_refuses_new_registrations_clearly(lab_factory: LabF
         assert dc_status(lab)["stats"].get("registrations_rejected", 0) >= 1
     finally:
         subprocess.run(["chattr", "-i", *map(str, files)], check=False)
+
+
+def test_dead_relay_path_moves_to_the_other_relay_keeping_the_vip(lab_factory: LabFactory) -> None:
+    """The RS-N relay of mn's path is killed: mn's path keepalive goes unanswered (mn is behind a
+    NAT: keepalive every 15 s, so it notices within 18 s), it closes the path, and the next packet to
+    the GN VIP asks the DC again, which moves the path (same Path ID and GN VIP) to the other relay.
+    Applications keep using the VIP they resolved before."""
+    lab = lab_factory("nat", bare=False)
+    registered(lab)
+    path = rsn_path(lab)
+    old_rs = path["rs"]
+    other = {"rs1": "rs2", "rs2": "rs1"}[old_rs]
+    rs = daemon(lab, old_rs, "rs")
+    os.kill(rs.pid, signal.SIGKILL)
+    wait_for(lambda: not proc_alive(rs), 10, "the relay to die")
+    lab.stop(rs)
+    vip = path["peer_vip4"]
+
+    def moved() -> dict[str, Any] | None:
+        lab.exec("mn", ["curl", "-sS", "-m", "3", "-o", "/dev/null", "-H", "Host: www.gn.example", f"http://{vip}/"],
+                 check=False, timeout=10)
+        now = [p for p in status(lab)["paths"] if p["peer_vip4"] == vip and p["established"]]
+        return now[0] if now and now[0]["rs"] == other else None
+
+    new = wait_for(moved, 90, f"the path to move to {other}")
+    assert new["path_id"] == path["path_id"] and new["mode"] == "RS_N"
+    assert status(lab)["stats"].get("relay_lost", 0) == 1
+    big = lab.state.big_file
+    assert big is not None
+    out = str(Path(lab.workdir) / "after-relay-death.bin")
+    lab.exec("mn", fetch_by_vip(lab, vip, out), timeout=150)
+    assert sha256(lab, "mn", out) == big.sha256

@@ -783,9 +783,26 @@ class NodeCore(CoreBase):
         self._cancel_where(lambda p: p.tag == ("keepalive", path_id))
         self._request(path.sig, Keepalive(), new_txid(self._rand), path.endpoint, now,
                       timeout=min(3.0, max(1.0, interval / 2)), flags=self._sig_flags(path),
-                      tag=("keepalive", path_id))
+                      tag=("keepalive", path_id),
+                      on_timeout=functools.partial(self._path_keepalive_lost, path_id, path))
         self.stats["path_keepalives"] += 1
         self._call_at(now + interval, functools.partial(self._path_keepalive, path_id, path))
+
+    def _path_keepalive_lost(self, path_id: bytes, path: _Path, now: float) -> None:
+        """A path keepalive went unanswered through all its retransmissions. On an RS-N path that
+        means the relay is gone (docs/protocol.md §10, "Relay failure"): the path is closed, so the
+        next packet to the GN VIP asks the DC again; the DC moves the path (same Path ID, key and GN
+        VIP) to a live relay. The node notices within one keepalive interval plus 3 s."""
+        if self._paths.get(path_id) is not path or path.mode is not PathMode.RS_N:
+            return
+        self.stats["relay_lost"] += 1
+        del self._paths[path_id]
+        if path.fqdn is not None and self._by_name.get(path.fqdn) == path_id:
+            del self._by_name[path.fqdn]
+        for name in [n for n, pid in self._by_name.items() if pid == path_id]:
+            del self._by_name[name]
+        self._cancel_where(lambda p: p.tag in (("tunnel", path_id), ("keepalive", path_id)))
+        self._emit(PathClosed(path_id, "the relay stopped answering path keepalives"))
 
     def _learn(self, path: _Path, addr: Endpoint) -> None:
         if path.endpoint != addr:

@@ -100,7 +100,7 @@ class NodeDaemon:
         self.fwd = NodeForwarder(self.tun, self.udpio, path_mtu=PATH_MTU, on_miss=self.on_miss, on_learn=self.on_learn)
         self.udpio.start(loop, self.driver.transports.values())
         loop.add_reader(self.tun.fileno(), self.fwd.on_tun_readable)
-        stub = StubServer(self.on_dns_query)
+        self.stub = stub = StubServer(self.on_dns_query)
         await stub.start(s.dns_listen, s.dns_port)
         control = await serve_control(s.control, self.control)
         self.core.register(await self.local_endpoints(), loop.time())
@@ -301,6 +301,8 @@ class NodeDaemon:
             q = dns.message.from_wire(wire)
         except Exception:
             return None
+        if q.flags & dns.flags.QR:
+            return None  # a response is not a query (and cannot be answered): drop it
         if not q.question:
             return _response(q, dns.rcode.FORMERR).to_wire()
         question = q.question[0]
@@ -377,6 +379,8 @@ class NodeDaemon:
             "keepalive": reg.keepalive if reg else None,
             "local_endpoints": [list(e) for e in self.core.local_endpoints],
             "paths": paths, "stats": dict(self.core.stats), "dataplane": self.fwd.stats | self.udpio.stats,
+            "dns_stub": {"received": self.stub.received, "dropped": self.stub.dropped, "errors": self.stub.errors,
+                         "pending": len(self.stub.tasks)},
             "offloads": sorted(self.tun.features), "gso": offload_active(self.tun), "error": self.last_error,
             "tun": self.tun.name, "uptime": round(time.time() - self.started, 1), "handover_at": self.handover_at,
         }

@@ -25,6 +25,7 @@ class _Udp(asyncio.DatagramProtocol):
         self.transport = transport  # type: ignore[assignment]
 
     def datagram_received(self, data: bytes, addr: tuple[Any, ...]) -> None:
+        self.server.received += 1
         if len(self.server.tasks) >= MAX_PENDING:
             self.server.dropped += 1
             return
@@ -66,6 +67,7 @@ class StubServer:
     def __init__(self, handler: AsyncHandler) -> None:
         self.handler = handler
         self.tasks: set[asyncio.Task[None]] = set()
+        self.received = 0  # UDP queries read (each is answered, held, or counted in dropped/errors)
         self.dropped = 0
         self.errors = 0
         self.udp: asyncio.DatagramTransport | None = None

@@ -1,0 +1,71 @@
+"""An RS-N relay dies (in memory, real cores): the node notices within one path keepalive interval
+plus 3 s, closes the path, and asking again gets the same path (Path ID, key, GN VIP) moved by the
+DC to the other relay; when no other relay is left the DC rebuilds it on the relay once it returns."""
+
+from __future__ import annotations
+
+from ntmobile.core.node import PathClosed, PathReady
+from ntmobile.core.registry import ClientRecord
+from ntmobile.core.rs import DcLink, ProbeRequest, RsConfig, RsCore
+from ntmobile.wire import PathMode, Role
+
+from .harness import seeded_bytes
+from .test_rsn_sequence import DC_EP, DC_ID, World
+
+RS2_EP = ("192.0.2.21", 7411)
+
+
+class TwoRelays(World):
+    def __init__(self) -> None:
+        super().__init__()
+        rec = ClientRecord(b"\x03" * 8, "rs2", Role.RELAY, b"\x33" * 32)
+        self.store.add_client(rec)
+        self.rs2 = RsCore(RsConfig("rs2", rec.client_id, [DcLink(DC_ID, DC_EP, rec.psk)], local_endpoints=[RS2_EP]),
+                          self.net.now, seq_base=10**15, random_bytes=seeded_bytes(42))
+        self.net.add("rs2", self.rs2, RS2_EP)
+        self.rs2.register(self.net.now)
+        self.net.run_until(lambda: len(self.dc.relays()) == 2)
+
+    def resolve_as_gn(self) -> None:
+        for ev in list(self.net.hosts["rs2"].events):
+            if isinstance(ev, ProbeRequest):
+                self.net.hosts["rs2"].events.remove(ev)
+                self.rs2.probe_result(ev.token, 2, 500, self.net.now)  # farther: rs1 is chosen first
+        super().resolve_as_gn()
+
+
+def test_dead_relay_is_noticed_and_the_path_moves_to_another_relay() -> None:
+    w = TwoRelays()
+    first = w.setup_path().path
+    assert first.rs_name == "rs1" and first.mode is PathMode.RS_N
+    keepalive = 15.0  # the DC's keepalive: mn is behind a NAT
+    dead_at = w.net.now
+    w.net.drop = lambda src, dst, data: "rs" in (src, dst)  # rs1 is gone
+    w.net.run_until(lambda: bool(w.net.events_of("mn", PathClosed)), max_time=60)
+    closed = w.net.events_of("mn", PathClosed)[0]
+    assert closed.path_id == first.path_id and "relay" in closed.reason
+    assert w.net.now - dead_at <= keepalive + 3.0  # the documented bound
+    assert w.mn.stats["relay_lost"] == 1 and w.mn.paths() == []
+    # The next packet to the GN VIP makes the node's runtime ask again (here: by name).
+    second = w.setup_path().path
+    assert second.rs_name == "rs2" and second.endpoint == RS2_EP
+    assert (second.path_id, second.peer_vip4, second.peer_vip6) == (first.path_id, first.peer_vip4, first.peer_vip6)
+    assert [e.path_id for e in w.rs2.entries()] == [first.path_id]
+
+
+def test_path_is_rebuilt_on_the_only_relay_when_it_returns() -> None:
+    w = World()
+    first = w.setup_path().path
+    w.net.drop = lambda src, dst, data: "rs" in (src, dst)
+    w.net.run_until(lambda: bool(w.net.events_of("mn", PathClosed)), max_time=60)
+    # The relay comes back (a restart: empty relay table, registers again).
+    w.net.drop = None
+    rs = w.rs.__class__(w.rs.config, w.net.now, seq_base=10**16, random_bytes=seeded_bytes(9))
+    w.rs = rs
+    w.net.hosts["rs"].core = rs
+    rs.register(w.net.now)
+    w.net.run_until(lambda: rs.stats["registrations"] == 1 and bool(w.dc.relays()), max_time=30)
+    again = w.setup_path().path
+    assert again.rs_name == "rs1" and again.peer_vip4 == first.peer_vip4
+    assert [e.path_id for e in rs.entries()] == [again.path_id]
+    assert len(w.net.events_of("mn", PathReady)) == 2
