@@ -23,6 +23,7 @@ set-ups/s, p50/p99 latency, the DC's RSS growth per registered node, and the exa
 from __future__ import annotations
 
 import heapq
+import ipaddress
 import json
 import os
 import random
@@ -104,12 +105,13 @@ def enrol_bulk(db: Path, n: int) -> bytes:
     dc_id, _ = store.identity()
     store.add_client(RELAY)
     base4 = int.from_bytes(socket.inet_aton("100.64.0.0"), "big")
+    base6 = ipaddress.IPv6Address("fd00:6e74:1::")
     store.db.execute("BEGIN")
     try:
         for i in range(n):
             rec = node_record(i)
             v4 = socket.inet_ntoa((base4 + 1 + i).to_bytes(4, "big"))
-            v6 = f"fd00:6e74:1::{(i + 1):x}"
+            v6 = str(base6 + 1 + i)
             store.add_client(ClientRecord(rec.client_id, rec.name, rec.role, rec.psk, v4, v6))
         store.db.execute("COMMIT")
     except sqlite3.Error:
@@ -532,6 +534,7 @@ def run_bench(nodes: int, paths: int, window: int, log: Callable[[str], None] = 
 
 
 if __name__ == "__main__":
+    signal.signal(signal.SIGTERM, lambda *_: sys.exit(1))  # run_inner's clean-up runs on SIGTERM too
     n, m, w, wd, outp = int(sys.argv[1]), int(sys.argv[2]), int(sys.argv[3]), Path(sys.argv[4]), Path(sys.argv[5])
     rep = run_inner(n, m, w, wd, lambda s: print(s, flush=True))
     outp.write_text(json.dumps(rep))

@@ -628,3 +628,48 @@ def to_markdown(rep: dict[str, Any]) -> str:
               f"{rep.get('alive')}; registration afterwards {rep.get('registration_after')}; DNS afterwards "
               f"{rep.get('dns_after')}; tracebacks in the log {rep.get('log_tracebacks')}"]
     return "\n".join(lines)
+
+
+def send_paced(host: str, port: int, gen: Mutator, count: int, rate: float) -> dict[str, Any]:
+    """Send ``count`` datagrams to host:port at about ``rate`` per second (no feedback: what the
+    receiver's socket cannot hold shows up in its kernel drop counter)."""
+    fam = socket.AF_INET6 if ":" in host else socket.AF_INET
+    sock = socket.socket(fam, socket.SOCK_DGRAM)
+    sent = errors = 0
+    t0 = time.monotonic()
+    try:
+        while sent < count:
+            burst = min(200, count - sent)
+            for _ in range(burst):
+                try:
+                    sock.sendto(gen.next(), (host, port))
+                except OSError:
+                    errors += 1
+                sent += 1
+            ahead = sent / rate - (time.monotonic() - t0)
+            if ahead > 0:
+                time.sleep(ahead)
+    finally:
+        sock.close()
+    elapsed = time.monotonic() - t0
+    return {"sent": sent, "send_errors": errors, "seconds": round(elapsed, 2),
+            "rate_per_s": round(sent / elapsed) if elapsed else 0, "mutations": gen.counts}
+
+
+def main(argv: list[str]) -> None:
+    """``python -m ntmobile.bench.fuzz send HOST PORT COUNT SEED signal|dns [RATE]``: the sender
+    the lab test runs inside a lab host; prints its figures as JSON."""
+    if len(argv) < 6 or argv[0] != "send" or argv[5] not in ("signal", "dns"):
+        raise SystemExit("usage: python -m ntmobile.bench.fuzz send HOST PORT COUNT SEED signal|dns [RATE]")
+    host, port, count, seed, kind = argv[1], int(argv[2]), int(argv[3]), int(argv[4]), argv[5]
+    rate = float(argv[6]) if len(argv) > 6 else 20000.0
+    if kind == "dns":
+        gen = Mutator(dns_corpus(), seed, dns_mode=True)
+    else:
+        c = capture_corpus(seed=seed)
+        gen = Mutator(c["dc"] + c["rs"] + c["node"], seed)
+    print(json.dumps(send_paced(host, port, gen, count, rate)), flush=True)
+
+
+if __name__ == "__main__":
+    main(sys.argv[1:])
