@@ -229,11 +229,23 @@ class CapsuleSealer:
         header = pack_capsule_header(self.flags | _GSO, self.path_id, counter)
         ct = _buffers().ct_v[:n]
         self._aead.ctx().encrypt_into(_NONCE.pack(counter), payload, header, ct)
-        pack = CHUNK_HEADER.pack
-        parts: list[bytes | memoryview] = []
-        for i in range(count):
-            parts += (header, pack(count, i, seg), ct[i * seg:(i + 1) * seg])
+        parts: list[bytes | memoryview] = [header] * (3 * count)
+        parts[1::3] = _chunk_headers(count, seg)
+        parts[2::3] = [ct[o:o + seg] for o in range(0, n, seg)]
         return b"".join(parts), seg + GSO_CHUNK_OVERHEAD
+
+
+_CHUNK_HEADERS: dict[tuple[int, int], list[bytes]] = {}
+
+
+def _chunk_headers(count: int, seg: int) -> list[bytes]:
+    """The ``count`` chunk headers of a capsule cut in ``seg``-byte chunks (cached: few sizes occur)."""
+    hs = _CHUNK_HEADERS.get((count, seg))
+    if hs is None:
+        if len(_CHUNK_HEADERS) > 1024:
+            _CHUNK_HEADERS.clear()
+        hs = _CHUNK_HEADERS[(count, seg)] = [CHUNK_HEADER.pack(count, i, seg) for i in range(count)]
+    return hs
 
 
 class _Partial:
