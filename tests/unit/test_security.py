@@ -215,3 +215,37 @@ def test_dns_answers_cannot_steer_the_node_to_an_attackers_tunnel() -> None:
     assert [m[2] for m in added.entry.nat_mappings()] == [ATTACKER[0]]  # only the GN address is spoofable
     assert w.mn.stats["tunnel_request_held"] == 1  # held briefly, never accepted
     assert GN != ATTACKER[0] and MN_PUB != ATTACKER
+
+
+def test_recorded_registration_replayed_to_a_restarted_dc_is_rejected() -> None:
+    w = World()
+    request = next(d for d in w.net.sent_by["mn"] if d[1] == MessageType.REGISTRATION_REQUEST)
+    assert w.store.get_client(w.mn_rec.client_id).last_seq > 0  # type: ignore[union-attr]
+    # The DC restarts: a new core over the same (persisted) registry.
+    from ntmobile.core.dc import ClientRegistered, DcConfig, DcCore
+
+    dc2 = DcCore(DcConfig("a.example", DC_ID), w.store, w.net.now, seq_base=10**15 + 10**9,
+                 random_bytes=seeded_bytes(99))
+    dc2.receive_datagram(request, MN_PUB, w.net.now)
+    assert dc2.stats["drop_replay"] == 1
+    assert dc2.datagrams_to_send() == []
+    assert not any(isinstance(e, ClientRegistered) for e in iter(dc2.next_event, None))
+    assert dc2.sessions() == []
+
+
+def test_registration_flood_with_a_known_id_costs_no_state_and_no_reply() -> None:
+    """Forged Registration Requests naming an enrolled ID (but sealed under other keys) are dropped
+    by the AEAD check: no X25519, no session, no reply, nothing stored."""
+    w = World()
+    request = next(d for d in w.net.sent_by["mn"] if d[1] == MessageType.REGISTRATION_REQUEST)
+    header = request[:24]
+    sessions = len(w.dc.sessions())
+    last_seq = w.store.get_client(w.mn_rec.client_id).last_seq  # type: ignore[union-attr]
+    for i in range(500):
+        body = seeded_bytes(i)(len(request) - 24)
+        forged = header[:16] + (2**62 + i).to_bytes(8, "big") + body
+        w.dc.receive_datagram(forged, ("203.0.113.7", 1000 + i), w.net.now)
+    assert w.dc.stats["drop_auth"] + w.dc.stats["drop_replay"] == 500
+    assert w.dc.datagrams_to_send() == []
+    assert len(w.dc.sessions()) == sessions
+    assert w.store.get_client(w.mn_rec.client_id).last_seq == last_seq  # type: ignore[union-attr]
