@@ -101,7 +101,8 @@ class World:
             return any(rid in e.request_ids for e in self.net.events_of(host, PathReady))
 
         self.net.run_until(ready, max_time=20)
-        return next(e for e in self.net.events_of(host, PathReady) if rid in e.request_ids)
+        found: PathReady = next(e for e in self.net.events_of(host, PathReady) if rid in e.request_ids)
+        return found
 
     def received(self, host: str) -> list[bytes]:
         return [e.payload for e in self.net.events_of(host, DataReceived)]
@@ -366,3 +367,43 @@ def test_redirect_of_a_path_the_dc_does_not_know_is_refused_and_the_path_kept() 
     w.move("mn", (("192.0.2.61", 7412), None))
     w.net.run_until(lambda: mn.stats["redirect_refused"] == 1)
     _direct_roundtrip(w, pid, b"still fine")
+
+
+# -- re-direction across two DCs (DC-to-DC) ------------------------------------------------------------
+
+
+def test_path_type_follows_the_moves_across_two_dcs() -> None:
+    """mn (DC a.example) and cn (DC b.example) behind two cone NATs talk through an RS-S. mn going global
+    makes the path DIRECT (its DC re-directs through cn's DC with the same Path ID and keys; both nodes
+    announce themselves, cn opens its NAT); mn going behind another NAT makes it RS-S again."""
+    from .test_dc_peering import Nat
+    from .test_dc_peering import World as PeeringWorld
+
+    pw = PeeringWorld("cone", "cone")
+    ready = pw.connect(pw.mn, "mn", "cn.b.example")
+    assert isinstance(ready, PathReady) and ready.path.mode is PathMode.RS_S
+    pid, roles = ready.path.path_id, (ready.path.role, PathRole.RESPONDER)
+    pw.exchange_data(pid)
+
+    def move(addr: Ep, nat: Nat | None) -> None:
+        t = pw.net.now
+        pw.net.run_until(lambda: pw.net.now >= t + 1.0)  # (a Peer Query's timestamp is its replay key)
+        pw.net.hosts["mn"].addr = addr
+        if nat is None:
+            pw.net.nat_of.pop("mn", None)
+        else:
+            pw.net.nat_of["mn"] = nat
+        pw.mn.addresses_changed((addr,), pw.net.now)
+
+    def modes() -> tuple[PathMode | None, PathMode | None]:
+        a, b = pw.mn.path_info(pid), pw.cn.path_info(pid)
+        return (a.mode if a else None), (b.mode if b else None)
+
+    for addr, nat, mode in ((("192.0.2.60", 7412), None, PathMode.DIRECT),
+                            (("10.3.0.10", 7412), Nat("cone", "192.0.2.102", "10.3.0."), PathMode.RS_S)):
+        move(addr, nat)
+        pw.net.run_until(lambda: modes() == (mode, mode) and not pw.mn._redirects, max_time=20)  # noqa: B023
+        pw.exchange_data(pid)
+        assert (pw.mn.path_info(pid).role, pw.cn.path_info(pid).role) == roles  # type: ignore[union-attr]
+    assert pw.mn.stats["redirected"] == 2 and pw.cn.stats["redirected"] == 2
+    assert pw.mn.stats["drop_data_auth"] == pw.cn.stats["drop_data_auth"] == 0

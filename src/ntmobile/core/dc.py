@@ -1087,7 +1087,8 @@ class DcCore(CoreBase):
         peer.trusted = True
         peer.endpoint = res.dc_endpoint
         d.peer_out, d.peer_out_ep = peer, res.dc_endpoint
-        d.path_key, d.relay_key = self._rand(32), self._rand(32)
+        if not d.redirect:
+            d.path_key, d.relay_key = self._rand(32), self._rand(32)
         d.evidence.append(f"peer DC at {res.dc_endpoint[0]}:{res.dc_endpoint[1]}, key {key[:6].hex()}... "
                           f"({'configured' if configured is not None else 'from the DNS marker'})")
         domain = self.config.own_domain(d.node.record.name) or self.config.domain
@@ -1099,7 +1100,8 @@ class DcCore(CoreBase):
         peer, ep = d.peer_out, d.peer_out_ep
         assert peer is not None and ep is not None
         node, rec = d.node, d.node.record
-        d.path_id = self._new_path_id()
+        if not d.redirect or d.path_id is None:
+            d.path_id = self._new_path_id()
         d.peer_attempts += 1
         if peer.dc_id is None:
             self._send_hello(peer, ep, self.config.own_domain(rec.name) or self.config.domain, now, reply=False)
@@ -1122,7 +1124,7 @@ class DcCore(CoreBase):
     def _peer_refused(self, d: _Direction, status: Status, reason: str, now: float) -> None:
         if d.reply is not None:
             return
-        if status is Status.PATH_ID_IN_USE and d.peer_attempts < PEER_PATH_ATTEMPTS:
+        if status is Status.PATH_ID_IN_USE and d.peer_attempts < PEER_PATH_ATTEMPTS and not d.redirect:
             d.evidence.append(f"peer DC: path ID {d.path_id.hex() if d.path_id else ''} in use; asking with a new one")
             self._send_peer_query(d, now)
             return
@@ -1151,7 +1153,8 @@ class DcCore(CoreBase):
             keepalive=self.config.keepalive if d.node.nat is NatKind.NAT else 0, peer_name=msg.peer_name,
             peer_vip4=msg.peer_vip4 if d.node.record.vip4 else None,
             peer_vip6=msg.peer_vip6 if d.node.record.vip6 else None,
-            peer_endpoints=msg.peer_endpoints if mode is PathMode.DIRECT and role is PathRole.INITIATOR else (),
+            peer_endpoints=msg.peer_endpoints if mode is PathMode.DIRECT and (role is PathRole.INITIATOR
+                                                                            or d.redirect) else (),
             rs_endpoint=msg.rs_endpoint if relayed else None, rs_name=d.rs_name,
             relay_key=d.relay_key if relayed else None, capabilities=msg.capabilities)
         d.evidence.append(f"peer DC decided {mode.name} (peer NAT {peer_nat}); this node is the {role.name.lower()}"
@@ -1197,7 +1200,11 @@ class DcCore(CoreBase):
         if node is None:
             refuse(Status.PEER_UNREACHABLE, f"{fqdn} is not registered")
             return
-        if q.path_id in self.paths or q.path_id == self.config.dc_id or self.store.get_client(q.path_id) is not None:
+        known = self.paths.get(q.path_id)
+        redirect = (known is not None and known.path_key == q.path_key and known.mode is not PathMode.RS_N
+                    and {known.initiator, known.peer} == {name, fqdn})
+        if (q.path_id in self.paths and not redirect) or q.path_id == self.config.dc_id \
+                or self.store.get_client(q.path_id) is not None:
             refuse(Status.PATH_ID_IN_USE, "path ID in use here")
             return
         if q.observed is None:
@@ -1209,12 +1216,21 @@ class DcCore(CoreBase):
             req_nat = NatKind.NAT
         mine = self._nat_class(node)
         mode, req_initiates = decide_route(req_nat, q.observed, mine, node.endpoint)
+        if redirect and known is not None:
+            # Re-direction after a move: the roles (and so the key directions) stay as they were.
+            req_role = known.requester_role if name == known.initiator else (
+                PathRole.RESPONDER if known.requester_role is PathRole.INITIATOR else PathRole.INITIATOR)
+            req_initiates = req_role is PathRole.INITIATOR
         same = same_nat(req_nat, q.observed, mine, node.endpoint)
         direct = mode is PathMode.DIRECT
         node_initiates = not req_initiates
         node_targets: tuple[Endpoint, ...] = ()
         req_targets: tuple[Endpoint, ...] = ()
-        if direct and node_initiates:
+        if direct and redirect:
+            # Both nodes are told where the other is now, and both announce themselves.
+            node_targets = q.local_endpoints if same else (q.observed,)
+            req_targets = node.local_endpoints if same else (node.endpoint,)
+        elif direct and node_initiates:
             node_targets = q.local_endpoints if same else (q.observed,)
         elif direct:
             req_targets = node.local_endpoints if same else (node.endpoint,)
@@ -1227,6 +1243,7 @@ class DcCore(CoreBase):
             peer_endpoints=node_targets, relay_key=q.relay_key if mode is PathMode.RS_S else None,
             capabilities=q.capabilities)
         d = _Direction(node, txid, fqdn, now)
+        d.redirect = redirect
         d.path_id = q.path_id
         d.route = d.responder_route = route
         d.responder = node
@@ -1242,11 +1259,17 @@ class DcCore(CoreBase):
             if not relays:
                 self._fail_direction(d, Status.NO_RELAY, "a relay is needed and none is up")
                 return
-            d.candidates = sorted(relays, key=lambda s: (s.load, s.record.name))
+            d.candidates = sorted(relays, key=lambda s: (known is None or s.record.name != known.rs, s.load,
+                                                         s.record.name))
+            # The relay's binding names the initiator's VIPs first (a re-direction keeps the roles).
+            ivip4, ivip6, rvip4, rvip6 = q.vip4, q.vip6, rec.vip4, rec.vip6
+            i_ep, r_ep = q.observed, node.endpoint
+            if not req_initiates:
+                ivip4, ivip6, rvip4, rvip6, i_ep, r_ep = rvip4, rvip6, ivip4, ivip6, r_ep, i_ep
             d.relay_msg = RelayDirection(path_id=q.path_id, rs_type=RsType.S, idle_timeout=self.config.idle_timeout,
-                                         relay_key=q.relay_key, node_vip4=q.vip4, node_vip6=q.vip6,
-                                         peer_vip4=rec.vip4, peer_vip6=rec.vip6, node_endpoint=q.observed,
-                                         responder_endpoint=node.endpoint)
+                                         relay_key=q.relay_key, node_vip4=ivip4, node_vip6=ivip6,
+                                         peer_vip4=rvip4, peer_vip6=rvip6, node_endpoint=i_ep,
+                                         responder_endpoint=r_ep)
             self._try_next_relay(d, now)
         else:
             self._send_responder_route(d, now)
@@ -1266,6 +1289,8 @@ class DcCore(CoreBase):
         rs_name = d.rs.record.name if d.rs is not None else None
         self.paths[d.path_id] = PathRecord(d.path_id, pi.requester, node.record.name, pi.mode, rs_name, now,
                                            (), pi.query.path_key)
+        self.paths[d.path_id].requester_role = pi.requester_role
+        self.paths[d.path_id].relay_key = pi.query.relay_key
         self.stats["paths_directed_for_peer_dc"] += 1
         self._emit(DirectionDecision(pi.requester, node.record.name, Status.OK, pi.mode, rs_name, d.path_id,
                                      tuple(d.evidence)))
@@ -1302,6 +1327,20 @@ class DcCore(CoreBase):
         other_name = rec.peer if name == rec.initiator else rec.initiator
         d.fqdn = other_name
         target = self.store.client_by_name(other_name)
+        if target is None and self.config.own_domain(other_name) is None:
+            # An NTM node of another DC: ask its DC again with this path's ID and keys (a Peer Query
+            # it accepts as a re-direction of the path it knows); the name is resolved as usual.
+            d.path_id, d.path_key = pid, rec.path_key
+            if not rec.relay_key:
+                rec.relay_key = self._rand(32)
+            d.relay_key = rec.relay_key
+            d.evidence.append(f"re-direction of path {pid.hex()} with {other_name} (another DC) after a move: "
+                              f"{name} {node.nat.name} at {node.endpoint}")
+            token = self._next_token
+            self._next_token += 1
+            self._resolving[token] = d
+            self._emit(ResolveRequest(token, other_name))
+            return
         peer = self._sessions.get(target.client_id) if target is not None else None
         if peer is None:
             self._fail_direction(d, Status.PEER_UNREACHABLE, f"{other_name} is not registered")
