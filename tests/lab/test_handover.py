@@ -15,7 +15,7 @@ from typing import Any
 
 import pytest
 
-from ntmobile.bench.handover import PATH_TYPES, run_path_type
+from ntmobile.bench.handover import PATH_TYPES, run_path_type, topology_for
 from ntmobile.lab import Lab
 from tests.lab.conftest import LabFactory, wait_for
 
@@ -23,6 +23,7 @@ pytestmark = [pytest.mark.root, pytest.mark.lab]
 
 #: Where mn goes and how the DC then sees it (NAT A and B masquerade to their wan address).
 MOVES = (("netb", "192.0.2.101"), ("global", "192.0.2.60"), ("neta", "192.0.2.100"))
+BIG = 33554432
 
 
 def node_status(lab: Lab, host: str = "mn") -> dict[str, Any]:
@@ -45,7 +46,16 @@ def rs_paths(lab: Lab, rs: str) -> list[dict[str, Any]]:
 
 def observed_at(lab: Lab, address: str) -> bool:
     obs = node_status(lab).get("observed")
-    return bool(obs) and obs[0] == address
+    return isinstance(obs, list) and bool(obs) and obs[0] == address
+
+
+def peer_mode(lab: Lab) -> str | None:
+    path = next((p for p in node_status(lab).get("paths", []) if p.get("peer") == "cn.b.example"), None)
+    return str(path["mode"]) if path else None
+
+
+def fetch_argv(url: str, out: Path) -> list[str]:
+    return [sys.executable, "-m", "ntmobile.bench.handover", "fetch", url, "--rate", "1000000", "--out", str(out)]
 
 
 def size(path: Path) -> int:
@@ -59,14 +69,16 @@ def test_rsn_tcp_transfer_survives_nat_a_nat_b_global_nat_a(lab_factory: LabFact
     lab = lab_factory("handover", bare=False)
     assert lab.network_of("mn") == "neta"
     out = Path(lab.workdir) / "big.download"
-    # 32 MiB at 1.5 MB/s: about 22 s, long enough to span every move.
-    curl = lab.popen("mn", ["curl", "-sS", "--max-time", "120", "--limit-rate", "1500000", "-o", str(out),
-                            "http://www.gn.example/big.bin"], name="curl", stderr=subprocess.PIPE)
+    wait_for(lambda: lab.exec("mn", ["getent", "ahostsv4", "www.gn.example"], check=False).returncode == 0, 60,
+             "www.gn.example to resolve to a VIP through an RS-N path")
+    # 32 MiB read steadily at 1 MB/s (about 34 s): the connection carries data through every move.
+    curl = lab.popen("mn", fetch_argv("http://www.gn.example/big.bin", out), name="fetch", stderr=subprocess.PIPE)
     try:
         wait_for(lambda: size(out) > 1_000_000, 30, "the download to start through RS-N")
         path = next(p for p in node_status(lab)["paths"] if p["peer"] == "www.gn.example")
         assert path["mode"] == "RS_N"
         for network, public in MOVES:
+            assert curl.poll() is None, "the download ended before this move"
             lab.move("mn", network)
             wait_for(lambda: observed_at(lab, public), 15, f"mn to re-register from {network}")  # noqa: B023
             # The relay follows mn to its new address (learnt from mn's authenticated announcement) ...
@@ -74,11 +86,11 @@ def test_rsn_tcp_transfer_survives_nat_a_nat_b_global_nat_a(lab_factory: LabFact
                                  for e in rs_paths(lab, str(path["rs"]))), 15, f"{path['rs']} to learn mn's address")
             # ... and the same TCP connection keeps moving data.
             before = size(out)
-            wait_for(lambda: size(out) > before + 300_000, 15, f"the download to go on from {network}")  # noqa: B023
-            assert curl.poll() is None, "the download stopped"
+            wait_for(lambda: size(out) > before + 300_000 or size(out) == BIG, 15,  # noqa: B023
+                     f"the download to go on from {network}")
         assert curl.wait(120) == 0, curl.stderr.read().decode() if curl.stderr else ""
         digest = hashlib.sha256(out.read_bytes()).hexdigest()
-        assert digest == lab.state.big_file.sha256
+        assert lab.state.big_file is not None and digest == lab.state.big_file.sha256
         # One path all along: the same Path ID carried the connection through every move.
         after = next(p for p in node_status(lab)["paths"] if p["peer"] == "www.gn.example")
         assert after["path_id"] == path["path_id"]
@@ -87,6 +99,55 @@ def test_rsn_tcp_transfer_survives_nat_a_nat_b_global_nat_a(lab_factory: LabFact
         if curl.poll() is None:
             os.killpg(curl.pid, 9)
             curl.wait()
+
+
+@pytest.mark.parametrize(("path_type", "mode", "modes"), [
+    ("direct", "DIRECT", ("DIRECT", "DIRECT", "DIRECT")),
+    # cn behind NAT B: mn behind NAT A -> RS-S; mn behind NAT B too -> DIRECT on the private addresses;
+    # mn global -> DIRECT (cn opens its NAT); mn behind NAT A again -> RS-S. Re-directed by the two DCs.
+    ("rs-s", "RS_S", ("DIRECT", "DIRECT", "RS_S")),
+])
+def test_ntm_peer_tcp_transfer_survives_the_moves(lab_factory: LabFactory, path_type: str, mode: str,
+                                                  modes: tuple[str, str, str]) -> None:
+    """mn downloads the 32 MiB file from cn (an NTM node of the other DC: cn global -> DIRECT; cn behind
+    NAT B -> RS-S) while it moves NAT A -> NAT B -> global -> NAT A; the path type follows the moves."""
+    lab = lab_factory(topology_for(PATH_TYPES[path_type]), bare=False)
+    www = Path(lab.workdir) / "gn" / "www"
+    srv = lab.popen("cn", [sys.executable, "-m", "http.server", "8080", "--bind", "::", "--directory", str(www)],
+                    name="http", stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    out = Path(lab.workdir) / "from-cn.bin"
+    curl: subprocess.Popen[bytes] | None = None
+    try:
+        # Both DCs' markers must be resolvable before the first DC-to-DC set-up: a peer DC whose marker
+        # lookup failed right after start-up is not trusted (see the report of issue 6).
+        for zone in ("a.example", "b.example"):
+            wait_for(lambda: "v=ntm1" in lab.exec("gn", ["dig", "+short", "TXT", zone, "@" + lab.resolvers()[0]],  # noqa: B023
+                                                  check=False).stdout, 30, f"the DC marker of {zone}")
+        wait_for(lambda: lab.exec("mn", ["getent", "ahostsv4", "cn.b.example"], check=False).returncode == 0, 60,
+                 "cn.b.example to resolve to a VIP through a path")
+        curl = lab.popen("mn", fetch_argv("http://cn.b.example:8080/big.bin", out), name="fetch",
+                         stderr=subprocess.PIPE)
+        wait_for(lambda: size(out) > 1_000_000, 40, "the download from cn to start")
+        path = next(p for p in node_status(lab)["paths"] if p["peer"] == "cn.b.example")
+        assert path["mode"] == mode
+        for (network, public), expected in zip(MOVES, modes, strict=True):
+            assert curl.poll() is None, "the download ended before this move"
+            lab.move("mn", network)
+            wait_for(lambda: observed_at(lab, public), 15, f"mn to re-register from {network}")  # noqa: B023
+            wait_for(lambda: peer_mode(lab) == expected, 15, f"the path to become {expected} on {network}")  # noqa: B023
+            before = size(out)
+            wait_for(lambda: size(out) > before + 300_000 or size(out) == BIG, 15,  # noqa: B023
+                     f"the download to go on from {network}")
+        assert curl.wait(120) == 0, curl.stderr.read().decode() if curl.stderr else ""
+        assert lab.state.big_file is not None
+        assert hashlib.sha256(out.read_bytes()).hexdigest() == lab.state.big_file.sha256
+        after = next(p for p in node_status(lab)["paths"] if p["peer"] == "cn.b.example")
+        assert after["path_id"] == path["path_id"]
+    finally:
+        for p in (curl, srv):
+            if p is not None and p.poll() is None:
+                os.killpg(p.pid, 9)
+                p.wait()
 
 
 def _read_line(proc: subprocess.Popen[bytes], timeout: float) -> bytes:
@@ -109,6 +170,8 @@ def _read_line(proc: subprocess.Popen[bytes], timeout: float) -> bytes:
 
 def test_interactive_ssh_session_survives_the_moves(lab_factory: LabFactory) -> None:
     lab = lab_factory("handover", bare=False)
+    wait_for(lambda: lab.exec("mn", ["getent", "ahostsv4", "www.gn.example"], check=False).returncode == 0, 60,
+             "www.gn.example to resolve to a VIP through an RS-N path")
     ssh = lab.popen("mn", ["ssh", "-T", "-o", "ServerAliveInterval=0", "root@www.gn.example", "sh"], name="ssh",
                     stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.DEVNULL)
     assert ssh.stdin is not None

@@ -23,6 +23,7 @@ from __future__ import annotations
 
 import argparse
 import contextlib
+import hashlib
 import json
 import os
 import signal
@@ -116,6 +117,52 @@ def _receiver(port: int, out: Path) -> int:
                 sock.sendto(data, src)
 
 
+def _fetch(url: str, rate: int, out: Path, rcvbuf: int = 1 << 17) -> int:
+    """HTTP/1.0 GET of ``url`` read at a steady ``rate`` (bytes/s) through a small receive buffer, so
+    the TCP connection carries data the whole time (curl's --limit-rate reads in bursts and lets the
+    window close for seconds). The body goes to ``out`` as it arrives; prints its sha256 at the end."""
+    rest = url.removeprefix("http://")
+    hostport, _, path = rest.partition("/")
+    host, _, port_s = hostport.partition(":")
+    port = int(port_s or 80)
+    infos = socket.getaddrinfo(host, port, socket.AF_UNSPEC, socket.SOCK_STREAM)
+    fam, kind, proto, _, addr = infos[0]
+    sock = socket.socket(fam, kind, proto)
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, rcvbuf)
+    sock.settimeout(60)
+    sock.connect(addr)
+    sock.sendall(f"GET /{path} HTTP/1.0\r\nHost: {host}\r\n\r\n".encode())
+    digest = hashlib.sha256()
+    head: bytes | None = b""
+    chunk = max(1024, rate // 100)
+    start = time.monotonic()
+    got = 0
+    with open(out, "wb") as f:
+        while True:
+            data = sock.recv(chunk)
+            if not data:
+                break
+            if head is not None:
+                head += data
+                if b"\r\n\r\n" not in head:
+                    continue
+                status, _, body = head.partition(b"\r\n\r\n")
+                first = status.split(b"\r\n", 1)[0]
+                if b" 200 " not in first:
+                    print("HTTP error: " + first.decode(errors="replace"), file=sys.stderr)
+                    return 1
+                head, data = None, body
+            digest.update(data)
+            f.write(data)
+            f.flush()
+            got += len(data)
+            ahead = got / rate - (time.monotonic() - start)
+            if ahead > 0:
+                time.sleep(ahead)
+    print(digest.hexdigest())
+    return 0
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     ap = argparse.ArgumentParser(prog="python -m ntmobile.bench.handover")
     sub = ap.add_subparsers(dest="cmd", required=True)
@@ -124,13 +171,19 @@ def main(argv: Sequence[str] | None = None) -> int:
     s.add_argument("--port", type=int, default=PROBE_PORT)
     s.add_argument("--interval", type=float, default=INTERVAL)
     s.add_argument("--out", type=Path, required=True)
-    s.add_argument("--resolve-timeout", type=float, default=15.0)
+    s.add_argument("--resolve-timeout", type=float, default=40.0)
+    g = sub.add_parser("fetch")
+    g.add_argument("url")
+    g.add_argument("--rate", type=int, default=1_000_000)
+    g.add_argument("--out", type=Path, required=True)
     r = sub.add_parser("recv")
     r.add_argument("--port", type=int, default=PROBE_PORT)
     r.add_argument("--out", type=Path, required=True)
     a = ap.parse_args(argv)
     if a.cmd == "send":
         return _sender(a.to, a.port, a.interval, a.out, a.resolve_timeout)
+    if a.cmd == "fetch":
+        return _fetch(a.url, a.rate, a.out)
     return _receiver(a.port, a.out)
 
 
@@ -146,6 +199,7 @@ class Move:
     echo_gap_ms: float | None = None
     lost: int = 0
     detect_ms: float | None = None
+    mode: str | None = None  # the path's mode at mn once traffic flowed again
 
 
 @dataclass
@@ -214,13 +268,28 @@ class PathType:
     name: str
     receiver: str  # lab host running the receiver
     target: str  # the name mn resolves (through its DNS stub: the tunnel is set up for it)
-    tcp_url: str | None = None
+    tcp_url: str
+    #: Serve the GN's big file from the receiver host (a plain HTTP server) for the TCP transfer.
+    serve_file: bool = False
+    #: cn sits behind NAT B (10.2.0.20) instead of on the internet: mn <-> cn needs an RS-S.
+    cn_behind_nat: bool = False
 
 
 PATH_TYPES = {
     "rs-n": PathType("rs-n", "gn", "www.gn.example", "http://www.gn.example/big.bin"),
-    "direct": PathType("direct", "cn", "cn.b.example"),
+    "direct": PathType("direct", "cn", "cn.b.example", "http://cn.b.example:8080/big.bin", serve_file=True),
+    "rs-s": PathType("rs-s", "cn", "cn.b.example", "http://cn.b.example:8080/big.bin", serve_file=True,
+                     cn_behind_nat=True),
 }
+#: cn's link when it sits behind NAT B.
+CN_BEHIND_NAT = [{"network": "netb", "ipv4": "10.2.0.20"}]
+
+
+def topology_for(pt: PathType) -> Any:
+    from ntmobile.lab import load_topology
+
+    topo = load_topology("handover")
+    return topo.with_host("cn", links=CN_BEHIND_NAT) if pt.cn_behind_nat else topo
 
 
 def _node_status(lab: Any) -> dict[str, Any]:
@@ -263,10 +332,15 @@ def run_path_type(lab: Any, pt: PathType, moves: int, *, dwell: float = DWELL,
     try:
         procs.append(lab.popen(pt.receiver, [py, "-m", "ntmobile.bench.handover", "recv", "--out", str(rlog)],
                                name="ho-recv", stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL))
+        if pt.serve_file:
+            www = Path(lab.workdir) / "gn" / "www"
+            procs.append(lab.popen(pt.receiver, [py, "-m", "http.server", "8080", "--bind", "::", "--directory",
+                                                 str(www)], name="ho-http", stdout=subprocess.DEVNULL,
+                                   stderr=subprocess.DEVNULL))
         sender = lab.popen("mn", [py, "-m", "ntmobile.bench.handover", "send", "--to", pt.target, "--out",
                                   str(slog)], name="ho-send", stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
         procs.append(sender)
-        if not _wait(lambda: len(_lines(rlog)) > 10 or sender.poll() is not None, 20):
+        if not _wait(lambda: len(_lines(rlog)) > 10 or sender.poll() is not None, 50):
             result["error"] = f"no probe reached {pt.receiver} through the tunnel"
             return result
         if sender.poll() is not None:
@@ -275,13 +349,12 @@ def run_path_type(lab: Any, pt: PathType, moves: int, *, dwell: float = DWELL,
             return result
         path = next((p for p in _node_status(lab).get("paths", []) if p.get("peer") == pt.target), None)
         result["mode"] = path.get("mode") if path else None
-        tcp: subprocess.Popen[Any] | None = None
-        if pt.tcp_url:
-            # Long enough to span every move: ~1.2 s per move at most, 32 MiB.
-            rate = max(200_000, int(33554432 / (moves * (dwell + 0.6) + 5)))
-            tcp = lab.popen("mn", ["sh", "-c", f"curl -s --limit-rate {rate} {pt.tcp_url} | sha256sum"],
-                            name="ho-tcp", stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True)
-            procs.append(tcp)
+        # Long enough to span every move (about 1.2 s per move at most), 32 MiB.
+        rate = max(200_000, int(33554432 / (moves * (dwell + 0.6) + 5)))
+        tcp = lab.popen("mn", [py, "-m", "ntmobile.bench.handover", "fetch", pt.tcp_url, "--rate", str(rate),
+                               "--out", str(work / f"{pt.name}-tcp.bin")],
+                        name="ho-tcp", stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True)
+        procs.append(tcp)
         done: list[Move] = []
         t_start_all = time.time()
         for i in range(moves):
@@ -297,6 +370,8 @@ def run_path_type(lab: Any, pt: PathType, moves: int, *, dwell: float = DWELL,
 
             ok = _wait(recovered, RECOVERY_DEADLINE)
             st = _node_status(lab)
+            path = next((p for p in st.get("paths", []) if p.get("peer") == pt.target), None)
+            m.mode = path.get("mode") if path else None
             at = st.get("handover_at")
             if isinstance(at, (int, float)) and at >= m.t_start:
                 m.detect_ms = round((at - m.t_configured) * 1000, 1)
@@ -309,14 +384,14 @@ def run_path_type(lab: Any, pt: PathType, moves: int, *, dwell: float = DWELL,
         analyse(done, probes, t_end)
         for i, m in enumerate(done):
             log(f"  move {i + 1:2d} -> {m.to:6s}: gap {m.gap_ms} ms, echo {m.echo_gap_ms} ms, lost {m.lost}, "
-                f"detected {m.detect_ms} ms")
-        if tcp is not None:
-            try:
-                out, _ = tcp.communicate(timeout=max(60.0, 3 * (time.time() - t_start_all)))
-                digest = out.split()[0] if out.split() else ""
-            except subprocess.TimeoutExpired:
-                digest = "timeout"
-            result["tcp"] = {"url": pt.tcp_url, "sha256": digest, "ok": digest == lab.state.big_file.sha256}
+                f"detected {m.detect_ms} ms, mode {m.mode}")
+        try:
+            out, _ = tcp.communicate(timeout=max(60.0, 3 * (time.time() - t_start_all)))
+            digest = out.split()[0] if out.split() else ""
+        except subprocess.TimeoutExpired:
+            digest = "timeout"
+        result["tcp"] = {"url": pt.tcp_url, "sha256": digest, "ok": digest == lab.state.big_file.sha256}
+        result["modes"] = sorted({m.mode for m in done if m.mode})
         result.update(summary(done))
         result["probes_sent"] = len(probes.sent)
         result["probes_received"] = len(probes.received)
@@ -344,32 +419,46 @@ def to_markdown(report: dict[str, Any]) -> str:
             continue
         tcp = r.get("tcp")
         tcp_s = "–" if tcp is None else ("survived, sha256 ok" if tcp["ok"] else f"FAILED ({tcp['sha256']})")
+        modes = " → ".join(r.get("modes") or []) or "–"
         g, e, lo, d = r["gap_ms"], r["echo_gap_ms"], r["lost_probes"], r["detect_ms"]
-        lines.append(f"| {r['path_type']} | {r.get('mode')} | {r['moves']} | {r['recovered']} | "
+        lines.append(f"| {r['path_type']} | {r.get('mode')} (seen: {modes}) | {r['moves']} | {r['recovered']} | "
                      f"{g['median']} / {g['max']} | {e['median']} / {e['max']} | {lo['median']} / {lo['max']} | "
                      f"{d['median']} | {tcp_s} |")
     return "\n".join(lines) + "\n"
 
 
-def run_bench(*, moves: int = 20, path_types: Sequence[str] = ("rs-n", "direct"), prefix: str = "hob",
+def run_bench(*, moves: int = 20, path_types: Sequence[str] = ("rs-n", "direct", "rs-s"), prefix: str = "hob",
               attach: bool = False, out_dir: Path = Path("artifacts"), dwell: float = DWELL,
               log: Callable[[str], None] = print) -> dict[str, Any]:
+    """Run the bench per path type. The `handover` lab serves rs-n and direct; rs-s needs cn behind
+    NAT B, a second lab (``PREFIX`` + "s"). With ``attach`` the running lab ``prefix`` is used (left up)
+    for the path types its cn placement allows."""
     from ntmobile.lab import Lab
 
-    lab = Lab.attach(prefix) if attach else Lab.up("handover", prefix=prefix)
-    try:
-        if lab.network_of("mn") != "neta":
-            lab.move("mn", "neta")
-        results = []
-        for name in path_types:
-            pt = PATH_TYPES[name]
-            log(f"{name}: {moves} moves, probes mn -> {pt.target}")
-            results.append(run_path_type(lab, pt, moves, dwell=dwell, log=log))
-        report = {"bench": "handover", "when": time.strftime("%Y-%m-%d %H:%M:%S UTC", time.gmtime()),
-                  "lab": prefix, "moves": moves, "interval_ms": INTERVAL * 1000, "results": results}
-    finally:
-        if not attach:
-            lab.down()
+    results: list[dict[str, Any]] = []
+    for behind in (False, True):
+        group = [PATH_TYPES[n] for n in path_types if PATH_TYPES[n].cn_behind_nat is behind]
+        if not group:
+            continue
+        if attach:
+            lab = Lab.attach(prefix)
+            if (lab.network_of("cn") == "netb") is not behind:
+                results += [{"path_type": pt.name, "error": "the attached lab's cn placement does not allow it"}
+                            for pt in group]
+                continue
+        else:
+            lab = Lab.up(topology_for(group[0]), prefix=prefix + ("s" if behind else ""))
+        try:
+            if lab.network_of("mn") != "neta":
+                lab.move("mn", "neta")
+            for pt in group:
+                log(f"{pt.name}: {moves} moves, probes mn -> {pt.target}")
+                results.append(run_path_type(lab, pt, moves, dwell=dwell, log=log))
+        finally:
+            if not attach:
+                lab.down()
+    report = {"bench": "handover", "when": time.strftime("%Y-%m-%d %H:%M:%S UTC", time.gmtime()),
+              "lab": prefix, "moves": moves, "interval_ms": INTERVAL * 1000, "results": results}
     out_dir.mkdir(parents=True, exist_ok=True)
     (out_dir / "bench-handover.json").write_text(json.dumps(report, indent=2) + "\n")
     (out_dir / "bench-handover.md").write_text(to_markdown(report))
