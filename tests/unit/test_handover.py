@@ -360,6 +360,29 @@ def test_responder_going_global_makes_the_path_direct() -> None:
     assert mn.path_info(pid).endpoint == ("192.0.2.70", 7412)  # type: ignore[union-attr]
 
 
+def test_path_keepalives_follow_the_path_type() -> None:
+    """A re-direction can end the need for path keepalives (DIRECT from a global node) or start it
+    again (RS-S behind a NAT): the keepalive chain stops and restarts with it."""
+    w = World()
+    mn = w.node("mn", NAT_A)
+    cn = w.node("cn", (("10.2.0.20", 7412), ("192.0.2.101", 40004)))
+    pid = w.path("mn", "cn.a.example").path.path_id
+    w.net.run_until(lambda: bool(w.net.events_of("cn", PathReady)))
+    w.move("mn", GLOBAL)
+    w.net.run_until(lambda: _modes(w, pid) == (PathMode.DIRECT, PathMode.DIRECT))
+    t, mn_before, cn_before = w.net.now, mn.stats["path_keepalives"], cn.stats["path_keepalives"]
+    w.net.run_until(lambda: w.net.now > t + 100, max_time=150)
+    assert mn.stats["path_keepalives"] <= mn_before + 1  # at most the tick already scheduled
+    assert cn.stats["path_keepalives"] >= cn_before + 5  # cn is behind its NAT: every 15 s
+    _direct_roundtrip(w, pid, b"after 100 s")
+    w.move("mn", NAT_A)
+    w.net.run_until(lambda: _modes(w, pid) == (PathMode.RS_S, PathMode.RS_S))
+    t, mn_before = w.net.now, mn.stats["path_keepalives"]
+    w.net.run_until(lambda: w.net.now > t + 100, max_time=150)
+    assert mn.stats["path_keepalives"] >= mn_before + 5
+    _direct_roundtrip(w, pid, b"relayed again")
+
+
 def test_redirect_of_a_path_the_dc_does_not_know_is_refused_and_the_path_kept() -> None:
     w = World()
     mn, cn, pid = _direct(w)

@@ -176,6 +176,8 @@ class _Path:
     #: leg. A re-direction that changes the mode switches channel but never restarts one (a fresh
     #: channel would reuse sequence numbers the other end has already seen).
     channels: dict[tuple[object, ...], Channel] = field(default_factory=dict)
+    #: A path keepalive chain is scheduled (a re-direction may start or end the need for one).
+    keepalive_on: bool = False
 
     @property
     def sends_tunnel_request(self) -> bool:
@@ -720,6 +722,8 @@ class NodeCore(CoreBase):
                 self._emit(PathEndpointChanged(path.path_id, targets[0]))
         if mode is not old_mode and path.established:
             self._emit(PathReady(path.info(), ()))  # the data plane re-reads mode (address learning) and endpoint
+        if path.established:
+            self._start_path_keepalives(path)
         if path.endpoint is not None:
             self._send_tunnel_request(path, now)
 
@@ -763,9 +767,13 @@ class NodeCore(CoreBase):
             self._emit(PathReady(path.info(), tuple(path.request_ids)))
             path.request_ids.clear()
         if first:
-            interval = self._path_keepalive_interval(path)
-            if interval > 0:
-                self._call_at(self._now_hint + interval, functools.partial(self._path_keepalive, path.path_id, path))
+            self._start_path_keepalives(path)
+
+    def _start_path_keepalives(self, path: _Path) -> None:
+        interval = self._path_keepalive_interval(path)
+        if interval > 0 and not path.keepalive_on:
+            path.keepalive_on = True
+            self._call_at(self._now_hint + interval, functools.partial(self._path_keepalive, path.path_id, path))
 
     def _path_keepalive_interval(self, path: _Path) -> float:
         """Behind a NAT the DC asks for keepalives (its mapping must stay open); a relayed path is kept
@@ -777,9 +785,11 @@ class NodeCore(CoreBase):
         return 0.0
 
     def _path_keepalive(self, path_id: bytes, path: _Path, now: float) -> None:
-        if self._paths.get(path_id) is not path or path.endpoint is None:
-            return
         interval = self._path_keepalive_interval(path)
+        if self._paths.get(path_id) is not path or path.endpoint is None or interval <= 0:
+            # (A re-direction may have made keepalives unnecessary, e.g. DIRECT between global nodes.)
+            path.keepalive_on = False
+            return
         self._cancel_where(lambda p: p.tag == ("keepalive", path_id))
         self._request(path.sig, Keepalive(), new_txid(self._rand), path.endpoint, now,
                       timeout=min(3.0, max(1.0, interval / 2)), flags=self._sig_flags(path),
