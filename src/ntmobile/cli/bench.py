@@ -138,5 +138,32 @@ def control_plane(nodes: int = typer.Option(100_000, "--nodes", min=1, help="sim
     typer.echo(f"written: {out / 'bench-control-plane.json'}, {out / 'bench-control-plane.md'}")
 
 
+@app.command("setup")
+def setup(names: int = typer.Option(50, "--names", min=1, help="GN names to resolve (s1..sN.gn.example)"),
+          peers: int = typer.Option(20, "--peers", min=1, help="fresh set-ups per NTM-peer case"),
+          cases: str = typer.Option("gn,ntm-direct-local,ntm-rs-s,ntm-direct", "--cases",
+                                    help="comma-separated: gn, ntm-direct-local, ntm-rs-s, ntm-direct"),
+          name: str = typer.Option("setb", "--name", help="lab name prefix"),
+          out: Path = typer.Option(Path("artifacts"), "--out", help="directory for JSON and markdown")) -> None:
+    """Set-up time as the app sees it: from its DNS query to the node's stub to the answer (tunnel
+    ready), p50/p95, for general nodes (RS-N) and NTM peers (direct and RS-S, same and other DC)."""
+    require_root("ntm bench setup")
+    from ntmobile.bench.setup import CASES
+    from ntmobile.bench.setup import run_bench as run_setup
+    from ntmobile.bench.setup import to_markdown as setup_md
+    from ntmobile.lab import LabError
+
+    wanted = [c.strip() for c in cases.split(",") if c.strip()]
+    bad = [c for c in wanted if c not in CASES]
+    if bad or not wanted:
+        fail(f"unknown case {', '.join(bad) or '(none)'}; choose from {', '.join(CASES)}")
+    try:
+        report = run_setup(names=names, peers=peers, cases=wanted, prefix=name, out_dir=out, log=typer.echo)
+    except (LabError, RuntimeError) as exc:
+        fail(str(exc))
+    typer.echo(setup_md(report))
+    typer.echo(f"written: {out / 'bench-setup.json'}, {out / 'bench-setup.md'}")
+
+
 def register(root: typer.Typer) -> None:
     root.add_typer(app, name="bench")

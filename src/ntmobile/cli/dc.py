@@ -110,7 +110,7 @@ def status(control: str = typer.Option("ntm-dc", help="control socket name"),
     t = Table("name", "role", "VIP4", "VIP6", "endpoint", "NAT", "load")
     for s in st["sessions"]:
         t.add_row(s["name"], s["role"], s["vip4"] or "", s["vip6"] or "", f"{s['endpoint'][0]}:{s['endpoint'][1]}",
-                  s["nat"], str(s["load"]))
+                  s.get("nat_class", s["nat"]), str(s["load"]))
     con.print(t)
     for d in st["decisions"][-5:]:
         con.print(f"{d['node']} -> {d['fqdn']}: {d['status']} {d['mode'] or ''} {d['rs'] or ''}")
