@@ -1349,17 +1349,18 @@ class DcCore(CoreBase):
         my_role = rec.requester_role if name == rec.initiator else (
             PathRole.RESPONDER if rec.requester_role is initiator else initiator)
         peer_role = PathRole.RESPONDER if my_role is initiator else initiator
-        mode, _ = decide_route(node.nat, node.endpoint, peer.nat, peer.endpoint)
+        node_nat, peer_nat = self._nat_class(node), self._nat_class(peer)
+        mode, _ = decide_route(node_nat, node.endpoint, peer_nat, peer.endpoint)
         d.path_id = pid
         if mode is PathMode.RS_S and not rec.relay_key:
             rec.relay_key = self._rand(32)
         relay_key = rec.relay_key if mode is PathMode.RS_S else None
-        same_nat = node.nat is NatKind.NAT and peer.nat is NatKind.NAT and node.endpoint[0] == peer.endpoint[0]
+        behind_one_nat = same_nat(node_nat, node.endpoint, peer_nat, peer.endpoint)
 
         def targets(of: _Session) -> tuple[Endpoint, ...]:
             if mode is not PathMode.DIRECT:
                 return ()
-            return of.local_endpoints if same_nat else (of.endpoint,)
+            return of.local_endpoints if behind_one_nat else (of.endpoint,)
 
         def route_for(me: _Session, other: _Session, role: PathRole) -> RouteDirection:
             return RouteDirection(path_id=pid, path_role=role, mode=mode, path_key=rec.path_key,
@@ -1368,8 +1369,8 @@ class DcCore(CoreBase):
                                   peer_name=other.record.name, peer_vip4=other.record.vip4,
                                   peer_vip6=other.record.vip6, peer_endpoints=targets(other), relay_key=relay_key)
 
-        d.evidence.append(f"re-direction of path {pid.hex()} after a move: {name} {node.nat.name} at {node.endpoint}, "
-                          f"{other_name} {peer.nat.name} at {peer.endpoint} -> {mode.name} (was {rec.mode.name}); "
+        d.evidence.append(f"re-direction of path {pid.hex()} after a move: {name} {node_nat.name} at {node.endpoint}, "
+                          f"{other_name} {peer_nat.name} at {peer.endpoint} -> {mode.name} (was {rec.mode.name}); "
                           f"path ID, key and roles kept")
         d.route = route_for(node, peer, my_role)
         d.responder = peer
