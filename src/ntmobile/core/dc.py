@@ -372,6 +372,10 @@ class DcCore(CoreBase):
         self._seq_base = seq_base
         self._lt: dict[bytes, Channel] = {}
         self._sessions: dict[bytes, _Session] = {}
+        #: IDs of the relays among the sessions (relays() must not scan every node's session).
+        self._relay_ids: dict[bytes, None] = {}
+        #: RS-N path per (node name, GN mapping), for reuse without scanning every path.
+        self._rsn_by_gn: dict[tuple[str, tuple[tuple[str, str], ...]], bytes] = {}
         self._reg_cache: dict[bytes, _RegCache] = {}
         self._directions: dict[tuple[bytes, int], _Direction] = {}
         self._resolving: dict[int, _Direction] = {}
@@ -393,7 +397,7 @@ class DcCore(CoreBase):
                 for s in self._sessions.values()]
 
     def relays(self) -> list[_Session]:
-        return [s for s in self._sessions.values() if s.record.role is Role.RELAY and s.alive]
+        return [s for cid in self._relay_ids if (s := self._sessions.get(cid)) is not None and s.alive]
 
     # -- input --------------------------------------------------------------------------------
     def receive_datagram(self, data: bytes, addr: Endpoint, now: float) -> None:
@@ -487,6 +491,8 @@ class DcCore(CoreBase):
         session = _Session(record, Channel(keys, self.config.dc_id), addr, msg.local_endpoints, nat, now,
                            msg.capabilities, load=msg.load or 0)
         self._sessions[record.client_id] = session
+        if record.role is Role.RELAY:
+            self._relay_ids[record.client_id] = None
         probe = None
         if record.role is Role.NODE and nat is NatKind.NAT:
             probe = next((p for p in self.config.probe if (":" in p[0]) == (":" in addr[0])), None)
@@ -628,8 +634,11 @@ class DcCore(CoreBase):
             return
         # One RS-N path per (node, GN address): the kernel NAT keys on (node VIP, GN VIP), so a second
         # name of the same GN reuses the path (same ID and key; the RS treats the repeat as a refresh).
-        same = next((p for p in self.paths.values() if p.initiator == rec.name and p.gn_map == d.gn_map
-                     and p.mode is PathMode.RS_N), None)
+        known = self._rsn_by_gn.get((rec.name, d.gn_map))
+        same = self.paths.get(known) if known is not None else None
+        if same is not None and not (same.initiator == rec.name and same.gn_map == d.gn_map
+                                     and same.mode is PathMode.RS_N):
+            same = None
         if same is not None:
             d.evidence.append(f"reusing path {same.path_id.hex()} to the same general node (via {same.rs})")
             d.path_id, path_key = same.path_id, same.path_key
@@ -830,6 +839,8 @@ class DcCore(CoreBase):
                                            now, d.gn_map, d.route.path_key)
         self.paths[d.path_id].requester_role = PathRole(d.route.path_role)
         self.paths[d.path_id].relay_key = d.route.relay_key or (previous.relay_key if previous else b"")
+        if d.route.mode == PathMode.RS_N and d.gn_map:
+            self._rsn_by_gn[(d.node.record.name, d.gn_map)] = d.path_id
         self.stats["paths_directed"] += 1
         self._emit(DirectionDecision(d.node.record.name, d.fqdn, Status.OK, PathMode(d.route.mode), rs_name,
                                      d.path_id, tuple(d.evidence)))
@@ -850,7 +861,8 @@ class DcCore(CoreBase):
         rec = self.paths.pop(path_id, None)
         if rec is None or rec.rs is None:
             return
-        rs = next((s for s in self._sessions.values() if s.record.name == rec.rs and s.record.role is Role.RELAY), None)
+        rs = next((s for cid in self._relay_ids if (s := self._sessions.get(cid)) is not None
+                   and s.record.name == rec.rs), None)
         if rs is not None:
             self._request(rs.channel, PathRelease(path_id=path_id), new_txid(self._rand), rs.endpoint, now,
                           timeout=RELAY_DIRECTION_TIMEOUT)
@@ -1392,9 +1404,9 @@ class DcCore(CoreBase):
 
     # -- housekeeping -----------------------------------------------------------------------------
     def _sweep(self, now: float) -> None:
-        for s in self._sessions.values():
+        for s in [s for cid in self._relay_ids if (s := self._sessions.get(cid)) is not None]:
             silent = now - s.last_seen
-            if s.record.role is Role.RELAY and s.alive and silent > RELAY_DEAD_AFTER * self.config.relay_keepalive:
+            if s.alive and silent > RELAY_DEAD_AFTER * self.config.relay_keepalive:
                 s.alive = False
                 self._emit(RelayLost(s.record.name))
         expired = [k for k, d in self._directions.items()
