@@ -459,12 +459,8 @@ class RsCore(CoreBase):
             dest = self._on_data(first, addr, now)
             if dest is None:
                 return None, 1
-            key = data[:12]
-            k, o = 1, size
-            while o < n and data[o:o + 12] == key:
-                k += 1
-                o += size
-            more = min(o, n) - size
+            k = _same_prefix_run(data, size, 12)
+            more = min(k * size, n) - size
             if data[2] & CapsuleFlags.FROM_RESPONDER:
                 e.packets_r2i += k - 1
                 e.bytes_r2i += more
@@ -972,6 +968,27 @@ class RsCore(CoreBase):
 
 
 # -- helpers ---------------------------------------------------------------------------------------
+
+
+def _same_prefix_run(data: memoryview, size: int, plen: int) -> int:
+    """How many datagrams laid every ``size`` bytes in ``data`` start with the first one's
+    ``plen``-byte prefix, counting from the first. The whole batch is checked with ``plen``
+    strided slices (the common case: one path, one direction), else datagram by datagram."""
+    n = len(data)
+    count = -(-n // size)
+    if n - (count - 1) * size > plen:
+        key = data[:plen].tobytes()
+        for j in range(plen):
+            if data[j::size].tobytes() != key[j:j + 1] * count:
+                break
+        else:
+            return count
+    key = data[:plen].tobytes()
+    k, o = 1, size
+    while o < n and data[o:o + plen] == key:
+        k += 1
+        o += size
+    return k
 
 
 def _ip_pair(packet: bytes | bytearray | memoryview, off: int) -> tuple[bytes, bytes] | None:
