@@ -517,3 +517,27 @@ def test_peer_dc_that_does_not_answer_fails_the_direction() -> None:
     w.net.drop = lambda src, dst, data: dst == "dcb"
     result = w.connect(w.mn, "mn", "cn.b.example")
     assert isinstance(result, PathFailed) and result.status is Status.PEER_UNREACHABLE
+
+
+def test_hellos_with_unverifiable_keys_do_not_accumulate() -> None:
+    """Peer Hellos are unauthenticated: keys nothing vouches for are forgotten, and at most
+    PEER_UNVERIFIED_MAX wait for their check at a time."""
+    from ntmobile.core.dc import PEER_UNVERIFIED_MAX
+    from ntmobile.wire import PeerHello, pack_peer_hello
+
+    w = World("cone", "none")
+    dcb = w.dcb
+    tokens = []
+    for i in range(PEER_UNVERIFIED_MAX + 10):
+        key = x25519_public(i.to_bytes(2, "big") * 16)
+        dcb.receive_datagram(pack_peer_hello(bytes([0xEE, i >> 8, i & 0xFF]) + bytes(5), 1,
+                                             PeerHello(domain="evil.example", key=key)), ("192.0.2.99", 7410),
+                             w.net.now)
+        tokens += [e.token for e in iter(dcb.next_event, None) if isinstance(e, VerifyPeerDc)]
+    assert len(tokens) == PEER_UNVERIFIED_MAX
+    assert dcb.stats["drop_peer_hello_unverified_full"] == 10
+    for t in tokens:
+        dcb.peer_dc_verified(t, None, w.net.now)  # no marker vouches for any of them
+    assert len(dcb._peers_by_key) <= 1  # only keys that are trusted or verified remain
+    ready = w.connect(w.mn, "mn", "cn.b.example")  # the real peer DC still gets through
+    assert isinstance(ready, PathReady)

@@ -82,6 +82,8 @@ PEER_HELD_MAX = 16
 PEER_PATH_ATTEMPTS = 3
 #: Peer Hellos are re-sent at these delays while the peer DC has not introduced itself.
 PEER_HELLO_RESEND = (0.5, 1.5)
+#: Peer DCs known only from an unverified hello (unauthenticated input): at most this many at a time.
+PEER_UNVERIFIED_MAX = 256
 
 
 @dataclass(frozen=True, slots=True)
@@ -986,6 +988,10 @@ class DcCore(CoreBase):
         if not self.config.secret or sender == self.config.dc_id or self.store.get_client(sender) is not None:
             self.stats["drop_peer_hello"] += 1
             return
+        if hello.key not in self._peers_by_key and sum(
+                1 for p in self._peers_by_key.values() if not p.trusted and not p.domains) >= PEER_UNVERIFIED_MAX:
+            self.stats["drop_peer_hello_unverified_full"] += 1
+            return
         peer = self._peer_for_key(hello.key, now)
         if peer is None:
             self.stats["drop_peer_hello"] += 1
@@ -1032,6 +1038,8 @@ class DcCore(CoreBase):
         if not peer.checking and peer.dc_id is None:
             self.stats["drop_peer_held"] += len(peer.held)
             peer.held.clear()
+        if not peer.checking and not peer.trusted and not peer.domains:
+            del self._peers_by_key[peer.key]  # nothing vouches for this key: forget it
 
     def _peer_verified(self, peer: _PeerDc, domain: str, how: str, now: float) -> None:
         peer.domains.add(domain)
