@@ -255,3 +255,50 @@ def test_udpio_loopback_gso_gro_roundtrip() -> None:
         io_tx.stop()
         rx.close()
         tx.close()
+
+
+class _NoGsoSocket:
+    """A UDP socket stand-in whose kernel refuses UDP_SEGMENT (EIO), as on a path without
+    checksum offload: UdpIo must fall back to one sendto per datagram, for good."""
+
+    family = socket.AF_INET
+
+    def __init__(self) -> None:
+        self.sent: list[bytes] = []
+        self.gso_tries = 0
+
+    def dup(self) -> _NoGsoSocket:
+        return self
+
+    def setblocking(self, flag: bool) -> None:
+        pass
+
+    def sendmsg(self, buffers: list[bytes], anc: object = (), flags: int = 0, addr: object = None) -> int:
+        if anc:
+            self.gso_tries += 1
+            import errno
+            raise OSError(errno.EIO, "no checksum offload")
+        data = b"".join(bytes(b) for b in buffers)
+        self.sent.append(data)
+        return len(data)
+
+    def sendto(self, data: bytes | memoryview, addr: object) -> int:
+        self.sent.append(bytes(data))
+        return len(data)
+
+    def close(self) -> None:
+        pass
+
+
+def test_udpio_falls_back_to_one_datagram_per_send_without_gso() -> None:
+    sock = _NoGsoSocket()
+    io = UdpIo([sock], lambda d, a, n: None, lambda d, a: None)  # type: ignore[list-item]
+    s, o = pair()
+    payload = os.urandom(20000)
+    for _ in range(2):
+        blob, size = s.seal_gso(payload, 1448)
+        io.send_chunks(blob, size, ("192.0.2.1", 7412))
+    assert sock.gso_tries == 1 and io.gso[socket.AF_INET] is False and io.stats["gso_fallbacks"] == 1
+    assert all(len(d) <= size for d in sock.sent)
+    got = [r for d in sock.sent if (r := o.open_chunk(d, 0.0)) is not None]
+    assert got == [payload, payload]
