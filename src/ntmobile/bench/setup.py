@@ -135,24 +135,31 @@ def _query_in(lab: Any, names: Sequence[str]) -> list[dict[str, Any]]:
     return json.loads(cp.stdout)  # type: ignore[no-any-return]
 
 
-def _restart_node(lab: Any, host: str = "mn") -> None:
+def _restart_node(lab: Any, host: str = "mn") -> dict[str, float]:
+    """Restart the node daemon (a fresh node has no paths); returns how long each step took."""
+    t0 = time.monotonic()
     rec = next(r for r in lab.state.processes if r.host == host and r.name == "node")
     lab.stop(rec)
+    t1 = time.monotonic()
     lab.spawn(host, rec.argv, "node")
     _wait(lambda: _status(lab, host, "status").get("registered"), 20, f"{host} registered")
+    t2 = time.monotonic()
     _wait(lambda: _classified(lab, "dca", "mn.a.example"), 10, "mn's NAT classified")
+    return {"stop_s": t1 - t0, "start_s": t2 - t1, "classified_s": time.monotonic() - t2}
 
 
 def _peer_samples(lab: Any, fqdn: str, mode: str, n: int, log: Callable[[str], None]) -> list[dict[str, Any]]:
     out = []
     for i in range(n):
-        _restart_node(lab)
+        steps = _restart_node(lab)
         [r] = _query_in(lab, [fqdn])
+        r["restart"] = steps
         paths = [p for p in _status(lab, "mn", "status").get("paths", []) if p.get("peer") == fqdn]
         r["mode"] = paths[0]["mode"] if paths else None
         r["ok"] = r["rcode"] == "NOERROR" and bool(r["answer"]) and r["mode"] == mode
         out.append(r)
-        log(f"  {fqdn} #{i + 1}: {r['ms']:.1f} ms {r['rcode']} {r['mode']}")
+        log(f"  {fqdn} #{i + 1}: {r['ms']:.1f} ms {r['rcode']} {r['mode']} (node restart: "
+            + ", ".join(f"{k} {v:.1f}" for k, v in steps.items()) + ")")
     return out
 
 

@@ -594,7 +594,10 @@ def _kill_all(recs: list[ProcRecord], popens: dict[int, subprocess.Popen[Any]], 
             os.killpg(r.pid, signal.SIGKILL)
         with contextlib.suppress(ProcessLookupError):
             os.kill(r.pid, signal.SIGKILL)
+    mine = {r.pid for r in recs}
     for pid, p in list(popens.items()):
+        if pid not in mine:
+            continue  # only the processes stopped here (stopping one must not wait 2 s on every other)
         with contextlib.suppress(subprocess.TimeoutExpired):
             p.wait(timeout=2)
             popens.pop(pid)
