@@ -617,7 +617,8 @@ def run_bench(count: int, seed: int = 8, *, tcp_count: int | None = None, log: C
 
 
 def to_markdown(rep: dict[str, Any]) -> str:
-    lines = [f"# ntm bench fuzz (seed {rep['seed']})", "",
+    where = "every daemon port of the nat lab" if rep.get("lab") else "a DC on loopback"
+    lines = [f"# ntm bench fuzz (seed {rep['seed']}, {where})", "",
              "| target | sent | daemon received | kernel drops | send errors | accounted | rate/s | RSS after KiB |",
              "|---|---|---|---|---|---|---|---|"]
     for name, r in rep["targets"].items():
@@ -626,7 +627,8 @@ def to_markdown(rep: dict[str, Any]) -> str:
                      f"{r.get('accounted', '')} | {r['rate_per_s']} | {r['rss_kib_after']} |")
     lines += ["", f"RSS start {rep.get('rss_kib_start')} KiB, end {rep.get('rss_kib_end')} KiB; alive "
               f"{rep.get('alive')}; registration afterwards {rep.get('registration_after')}; DNS afterwards "
-              f"{rep.get('dns_after')}; tracebacks in the log {rep.get('log_tracebacks')}"]
+              f"{rep.get('dns_after')}; transfer afterwards {rep.get('transfer_after', 'n/a')}; tracebacks in the "
+              f"log {rep.get('log_tracebacks', 'n/a')}; handler errors {rep.get('handler_errors')}"]
     return "\n".join(lines)
 
 
@@ -654,6 +656,105 @@ def send_paced(host: str, port: int, gen: Mutator, count: int, rate: float) -> d
     elapsed = time.monotonic() - t0
     return {"sent": sent, "send_errors": errors, "seconds": round(elapsed, 2),
             "rate_per_s": round(sent / elapsed) if elapsed else 0, "mutations": gen.counts}
+
+
+def run_lab_bench(count: int, seed: int = 8, *, prefix: str = "fuzz", log: Callable[[str], None] = print
+                  ) -> dict[str, Any]:
+    """Every daemon port of a running lab (built-in topology "nat", brought up and torn down here):
+    ``count`` datagrams each to the DC's signalling and DNS ports (sent from gl), the relay's port
+    (from gl) and the node's port and DNS stub (from inside mn's namespace). Accounting per port:
+    datagrams the daemon read (its own counters) + the kernel's drops on that socket vs sent."""
+    from ntmobile.lab import Lab
+
+    def js(lab: Lab, host: str, *argv: str) -> dict[str, Any]:
+        cp = lab.exec(host, [sys.executable, "-m", "ntmobile", *argv, "--json"], timeout=30)
+        out: dict[str, Any] = json.loads(cp.stdout)
+        return out
+
+    def drops(lab: Lab, host: str, port: int) -> int:
+        total = 0
+        for f in ("/proc/net/udp", "/proc/net/udp6"):
+            for line in lab.exec(host, ["cat", f], timeout=10).stdout.splitlines()[1:]:
+                parts = line.split()
+                if int(parts[1].rsplit(":", 1)[1], 16) == port:
+                    total += int(parts[-1])
+        return total
+
+    def pid_of(lab: Lab, host: str, kind: str) -> int:
+        return next(p.pid for p in lab.state.processes if p.host == host and p.name.startswith(kind))
+
+    lab = Lab.up("nat", prefix=prefix, bare=False)
+    report: dict[str, Any] = {"seed": seed, "count_per_port": count, "targets": {}, "lab": "nat"}
+    try:
+        deadline = time.monotonic() + 30
+        while not js(lab, "mn", "status").get("registered"):
+            if time.monotonic() > deadline:
+                raise RuntimeError("mn did not register in the lab")
+            time.sleep(0.2)
+        pids = {"dc": pid_of(lab, "dca", "dc"), "rs": pid_of(lab, "rs1", "rs"), "node": pid_of(lab, "mn", "node")}
+        report["rss_kib_start"] = {k: rss_kib(v) for k, v in pids.items()}
+        dca, rs1 = lab.addr("dca"), lab.addr("rs1")
+
+        def dc_sig() -> int:
+            return int(js(lab, "dca", "dc", "status")["driver"]["received"])
+
+        def dc_dns() -> int:
+            return sum(int(x["udp_queries"]) for x in js(lab, "dca", "dc", "status")["dns_servers"])
+
+        def rs_rx() -> int:
+            d = js(lab, "rs1", "rs", "status")["dataplane"]
+            return int(d["rx_datagrams"] + d["rx_errors"])
+
+        def node_rx() -> int:
+            d = js(lab, "mn", "status")["dataplane"]
+            return int(d["rx_datagrams"] + d["rx_errors"])
+
+        def stub_rx() -> int:
+            return int(js(lab, "mn", "status")["dns_stub"]["received"])
+
+        targets = [("dc_signalling_udp", "gl", dca, 7410, "dca", "signal", 25000, dc_sig, "dc"),
+                   ("dc_dns_udp", "gl", dca, 53, "dca", "dns", 4000, dc_dns, "dc"),
+                   ("rs_udp", "gl", rs1, 7411, "rs1", "signal", 15000, rs_rx, "rs"),
+                   ("node_udp", "mn", "127.0.0.1", 7412, "mn", "signal", 15000, node_rx, "node"),
+                   ("node_dns_stub_udp", "mn", "127.0.0.53", 53, "mn", "dns", 4000, stub_rx, "node")]
+        for i, (name, src, dest, port, dhost, kind, rate, rx, who) in enumerate(targets):
+            log(f"{name} {dest}:{port} from {src}: {count} datagrams ...")
+            before, d0 = rx(), drops(lab, dhost, port)
+            cp = lab.exec(src, [sys.executable, "-m", "ntmobile.bench.fuzz", "send", dest, str(port), str(count),
+                                str(seed + i), kind, str(rate)], timeout=count / rate * 4 + 120)
+            r: dict[str, Any] = json.loads(cp.stdout.strip().splitlines()[-1])
+            wanted = r["sent"] - r["send_errors"]
+            until = time.monotonic() + 60
+            while rx() - before + drops(lab, dhost, port) - d0 < wanted and time.monotonic() < until:
+                time.sleep(0.2)
+            r["daemon_received"] = rx() - before
+            r["kernel_drops"] = drops(lab, dhost, port) - d0
+            r["accounted"] = wanted <= r["daemon_received"] + r["kernel_drops"]
+            r["rss_kib_after"] = rss_kib(pids[who])
+            report["targets"][name] = r
+            log(json.dumps({k: v for k, v in r.items() if k != "mutations"}))
+        report["alive"] = all(Path(f"/proc/{p}").exists() for p in pids.values())
+        report["rss_kib_end"] = {k: rss_kib(v) for k, v in pids.items()}
+        # The stub holds tunnelled lookups until the DC answers (at most MAX_PENDING at once): let the
+        # flood's backlog drain, and report how long that took.
+        t0 = time.monotonic()
+        while js(lab, "mn", "status")["dns_stub"]["pending"] and time.monotonic() - t0 < 120:
+            time.sleep(0.5)
+        report["stub_backlog_drained_s"] = round(time.monotonic() - t0, 1)
+        big = lab.state.big_file
+        out = str(lab.workdir / "after-fuzz.bin")
+        cp = lab.exec("mn", ["curl", "-sS", "-4", "-m", "120", "--retry", "3", "-o", out,
+                             "http://www.gn.example/big.bin"], timeout=500, check=False)
+        got = lab.exec("mn", ["sha256sum", out], timeout=30, check=False).stdout.split()[:1]
+        report["transfer_after"] = cp.returncode == 0 and big is not None and got == [big.sha256]
+        report["registration_after"] = bool(js(lab, "mn", "status").get("registered"))
+        report["dns_after"] = bool(lab.exec("gl", ["dig", f"@{dca}", "+short", "A", "mn.a.example"],
+                                            timeout=20, check=False).stdout.strip())
+        report["handler_errors"] = {"dc": js(lab, "dca", "dc", "status")["driver"]["handler_errors"],
+                                    "node_dns_stub": js(lab, "mn", "status")["dns_stub"]["errors"]}
+    finally:
+        lab.down()
+    return report
 
 
 def main(argv: list[str]) -> None:

@@ -89,6 +89,8 @@ def fuzz(count: int = typer.Option(1_000_000, "--count", min=1, help="datagrams 
          tcp_count: int | None = typer.Option(None, "--tcp-count", help="DNS-over-TCP connections "
                                                  "(default: count / 10)"),
          seed: int = typer.Option(8, "--seed"),
+         lab: bool = typer.Option(False, "--lab", help="every daemon port of a nat lab (DC, DNS, relay, node, "
+                                  "node DNS stub; needs root) instead of a DC on loopback"),
          out: Path = typer.Option(Path("artifacts"), "--out", help="directory for JSON and markdown")) -> None:
     """Hostile input: seeded random and mutated datagrams (from real captured ones) to a real DC
     daemon on loopback (signalling port, DNS over UDP and TCP); reports rates, RSS before and after,
@@ -99,7 +101,17 @@ def fuzz(count: int = typer.Option(1_000_000, "--count", min=1, help="datagrams 
     from ntmobile.bench.fuzz import to_markdown as fuzz_md
 
     try:
-        report = run_fuzz(count, seed, tcp_count=tcp_count, log=typer.echo)
+        if lab:
+            require_root("ntm bench fuzz --lab")
+            from ntmobile.bench.fuzz import run_lab_bench
+            from ntmobile.lab import LabError
+
+            try:
+                report = run_lab_bench(count, seed, log=typer.echo)
+            except LabError as exc:
+                fail(str(exc))
+        else:
+            report = run_fuzz(count, seed, tcp_count=tcp_count, log=typer.echo)
     except RuntimeError as exc:
         fail(str(exc))
     out.mkdir(parents=True, exist_ok=True)
