@@ -99,6 +99,23 @@ class Net:
                 if t is not None and t <= self.now:
                     h.core.handle_timer(self.now)
 
+    def run_for(self, seconds: float) -> None:
+        """Let ``seconds`` of simulated time pass, delivering datagrams and firing timers."""
+        end = self.now + seconds
+        while True:
+            while self.step():
+                pass
+            timers = [t for h in self.hosts.values() if (t := h.core.get_timer()) is not None]
+            nxt = min(timers) if timers else None
+            if nxt is None or nxt > end:
+                self.now = end
+                return
+            self.now = max(nxt, self.now)
+            for h in self.hosts.values():
+                t = h.core.get_timer()
+                if t is not None and t <= self.now:
+                    h.core.handle_timer(self.now)
+
     def events_of(self, name: str, cls: type) -> list[Any]:
         return [e for e in self.hosts[name].events if isinstance(e, cls)]
 

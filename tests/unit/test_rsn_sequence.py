@@ -213,3 +213,23 @@ def test_path_keepalives_keep_the_relay_entry_and_nat_mapping_alive() -> None:
     w.mn.send_data(path.path_id, pkt, w.net.now)
     w.net.step()
     assert [p for p, _gso in w.rs.packets_to_tun()] == [pkt]
+
+
+def test_lost_keepalive_answers_do_not_close_a_path_that_carries_data() -> None:
+    """Relay-failure detection must not fire while authenticated data keeps arriving from the relay
+    (e.g. a keepalive answered to the address the node just left)."""
+    from ntmobile.core.node import PathClosed
+
+    w = World()
+    path = w.setup_path().path
+    assert w.mn.registration is not None and path.peer_vip4 is not None
+    w.net.drop = lambda src, dst, data: src == "rs" and dst == "mn" and data[1] == MessageType.KEEPALIVE_ACK
+    t0 = w.net.now
+    reply = ipv4_udp(path.peer_vip4, w.mn.registration.vip4, b"data from the GN")  # type: ignore[arg-type]
+
+    while w.net.now < t0 + 60:  # the GN keeps sending through the relay, once a second
+        w.rs.tun_packet(reply, w.net.now)
+        w.net.run_for(1.0)
+    assert w.mn.stats["path_keepalive_lost_but_alive"] >= 1
+    assert not w.net.events_of("mn", PathClosed)
+    assert w.mn.path_info(path.path_id) is not None

@@ -217,6 +217,7 @@ class NodeCore(CoreBase):
         self._lookups: dict[int, _Lookup] = {}  # Direction Request txid -> lookup
         self._next_request_id = 1
         self._now_hint = now
+        self._moved_at = -1e9
         #: Set by addresses_changed; the next Registration Response then re-directs NTM-peer paths.
         self._handover_pending = False
         #: Re-direction requests in flight (Direction Request txid -> Path ID).
@@ -249,6 +250,7 @@ class NodeCore(CoreBase):
         it and answers there), and the re-registration with the DC, after which every path is
         announced again and NTM-peer paths are re-directed."""
         self.stats["handovers"] += 1
+        self._moved_at = now
         self._handover_pending = True
         self.register(local_endpoints, now)
         self._announce_all(now)
@@ -791,19 +793,27 @@ class NodeCore(CoreBase):
             path.keepalive_on = False
             return
         self._cancel_where(lambda p: p.tag == ("keepalive", path_id))
+        # The highest data counter received so far: data arriving meanwhile proves the far end alive
+        # even if the keepalive's answer is lost (e.g. sent to the address we just left).
+        mark = path.opener.window.top
         self._request(path.sig, Keepalive(), new_txid(self._rand), path.endpoint, now,
                       timeout=min(3.0, max(1.0, interval / 2)), flags=self._sig_flags(path),
                       tag=("keepalive", path_id),
-                      on_timeout=functools.partial(self._path_keepalive_lost, path_id, path))
+                      on_timeout=functools.partial(self._path_keepalive_lost, path_id, path, mark))
         self.stats["path_keepalives"] += 1
         self._call_at(now + interval, functools.partial(self._path_keepalive, path_id, path))
 
-    def _path_keepalive_lost(self, path_id: bytes, path: _Path, now: float) -> None:
+    def _path_keepalive_lost(self, path_id: bytes, path: _Path, mark: int, now: float) -> None:
         """A path keepalive went unanswered through all its retransmissions. On an RS-N path that
         means the relay is gone (docs/protocol.md §10, "Relay failure"): the path is closed, so the
         next packet to the GN VIP asks the DC again; the DC moves the path (same Path ID, key and GN
         VIP) to a live relay. The node notices within one keepalive interval plus 3 s."""
         if self._paths.get(path_id) is not path or path.mode is not PathMode.RS_N:
+            return
+        if path.opener.window.top > mark or now - self._moved_at < 2 * TUNNEL_TIMEOUT:
+            # Authenticated data came in since the keepalive left (the relay is alive), or we have
+            # just moved and the answer went to our old address: not a relay failure.
+            self.stats["path_keepalive_lost_but_alive"] += 1
             return
         self.stats["relay_lost"] += 1
         del self._paths[path_id]
