@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import ipaddress
 import struct
+import sys
 from collections.abc import Iterator
 from enum import IntEnum
 
@@ -158,18 +159,16 @@ def decode_value(kind: Kind, raw: bytes) -> object:
             raise CodecError("string is not UTF-8") from None
     if kind is Kind.IP4:
         _need(n == 4, kind)
-        return str(ipaddress.IPv4Address(bytes(raw)))
+        return _addr_text(bytes(raw))
     if kind is Kind.IP6:
         _need(n == 16, kind)
-        return str(ipaddress.IPv6Address(bytes(raw)))
+        return _addr_text(bytes(raw))
     if kind is Kind.ENDPOINT:
         _need(n in (7, 19), kind)
         fam = raw[0]
         port = _U16.unpack_from(raw, 1)[0]
-        if fam == 4 and n == 7:
-            return (str(ipaddress.IPv4Address(bytes(raw[3:]))), port)
-        if fam == 6 and n == 19:
-            return (str(ipaddress.IPv6Address(bytes(raw[3:]))), port)
+        if (fam == 4 and n == 7) or (fam == 6 and n == 19):
+            return (_addr_text(bytes(raw[3:])), port)
         raise CodecError("endpoint family does not match its length")
     if kind is Kind.VERSIONS:
         _need(n == 2, kind)
@@ -198,6 +197,13 @@ def pack_attr(atype: int, value: bytes) -> bytes:
     if len(value) > 0xFFFF:
         raise CodecError("attribute too long")
     return _TL.pack(atype, len(value)) + value
+
+
+def _addr_text(packed: bytes) -> str:
+    """Text form of a packed IPv4/IPv6 address, interned: relays and DCs hold many copies of the
+    same few addresses (VIPs, general nodes), so they share one string each."""
+    ip = ipaddress.IPv4Address(packed) if len(packed) == 4 else ipaddress.IPv6Address(packed)
+    return sys.intern(str(ip))
 
 
 def _need(ok: bool, kind: Kind) -> None:
