@@ -34,6 +34,9 @@ def _status_kib(field: str) -> int:
 
 def measure(paths: int) -> dict[str, Any]:
     """Run inside the fresh process: fill a Relay Table and return the memory figures."""
+    from ntmobile.runtime.lean import without_tls
+
+    without_tls()  # as `ntm rs run` does, before asyncio is imported
     import ntmobile.cli.main  # noqa: F401  (what `ntm rs run` loads counts in the relay's RSS)
     import ntmobile.runtime.rs  # noqa: F401
     from ntmobile.core.rs import DcLink, RelayAdded, RsConfig, RsCore

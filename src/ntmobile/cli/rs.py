@@ -19,6 +19,9 @@ app = typer.Typer(help="Relay server: RS-S between NATed NTM nodes, RS-N to gene
 def run(config: Path = typer.Option(..., "--config", "-c", help="relay configuration file (TOML)"),
         verbose: bool = typer.Option(False, "--verbose", "-v")) -> None:
     """Run the relay daemon in the foreground."""
+    from ntmobile.runtime.lean import without_tls
+
+    without_tls()  # before asyncio is imported: the relay needs no TLS (docs/dataplane.md, memory)
     from ntmobile.osops.nft import NftError
     from ntmobile.runtime.config import ConfigError, Credentials, RsSettings, load
     from ntmobile.runtime.rs import dc_links, run_rs

@@ -221,9 +221,11 @@ class RelayEntry:
     initiator: Leg
     #: RS-S only.
     responder: Leg | None = None
-    #: RS-N only: opens the node's capsules (i2r), seals the replies (r2i).
-    opener: CapsuleOpener | None = field(default=None, repr=False)
-    sealer: CapsuleSealer | None = field(default=None, repr=False)
+    #: RS-N only: the data keys (i2r, r2i); the opener and sealer are made on first use, so an idle
+    #: entry holds 64 bytes of keys instead of two AEAD objects with their windows.
+    data_keys: tuple[bytes, bytes] | None = field(default=None, repr=False)
+    _opener: CapsuleOpener | None = field(default=None, repr=False)
+    _sealer: CapsuleSealer | None = field(default=None, repr=False)
     #: RS-N: packed (node VIP, peer VIP) pairs, one per complete address family.
     vip_pairs: tuple[tuple[bytes, bytes], ...] = ()
     packets_i2r: int = 0
@@ -231,6 +233,20 @@ class RelayEntry:
     packets_r2i: int = 0
     bytes_r2i: int = 0
     drops: int = 0
+
+    @property
+    def opener(self) -> CapsuleOpener | None:
+        """RS-N: opens the node's capsules (i2r)."""
+        if self._opener is None and self.data_keys is not None:
+            self._opener = CapsuleOpener(self.data_keys[0])
+        return self._opener
+
+    @property
+    def sealer(self) -> CapsuleSealer | None:
+        """RS-N: seals the replies (r2i)."""
+        if self._sealer is None and self.data_keys is not None:
+            self._sealer = CapsuleSealer(self.data_keys[1], self.path_id, CapsuleFlags.FROM_RESPONDER)
+        return self._sealer
 
     @property
     def node_endpoint(self) -> Endpoint | None:
@@ -772,8 +788,7 @@ class RsCore(CoreBase):
             sig, _data = keys.for_responder()
             return RelayEntry(pid, dc.link.dc_id, RsType.N, self._idle_timeout(msg), msg, now, now,
                               Leg(PathRole.INITIATOR, Channel(sig, pid), SignalFlags.FROM_RESPONDER),
-                              opener=CapsuleOpener(keys.data_i2r),
-                              sealer=CapsuleSealer(keys.data_r2i, pid, CapsuleFlags.FROM_RESPONDER),
+                              data_keys=(keys.data_i2r, keys.data_r2i),
                               vip_pairs=_vip_pairs(msg))
         assert msg.relay_key is not None
         i_keys = relay_leg_keys(msg.relay_key, pid, responder_leg=False).swapped()
