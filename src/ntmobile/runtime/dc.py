@@ -36,6 +36,7 @@ from ntmobile.core.dnsauth import AuthoritativeZone, NameServer, NodeRecords, So
 from ntmobile.core.registry import Pools
 from ntmobile.wire import Role
 
+from . import dnsclasses  # noqa: F401  (dnspython's IN rdata classes before any input)
 from .config import DcSettings
 from .control import serve_control
 from .dns import DnsServer, run_discovery, serve_dns

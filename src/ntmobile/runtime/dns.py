@@ -14,6 +14,8 @@ from typing import cast
 
 from ntmobile.core.discovery import Discovery, DiscoveryResult, OutgoingQuery
 
+from . import dnsclasses  # noqa: F401  (dnspython's IN rdata classes before any input)
+
 log = logging.getLogger(__name__)
 
 Handler = Callable[[bytes, bool], bytes | None]

@@ -38,6 +38,7 @@ from ntmobile.dataplane.udpio import UdpIo
 from ntmobile.osops import netlink
 from ntmobile.wire import Capability, PathMode, Status
 
+from . import dnsclasses  # noqa: F401  (dnspython's IN rdata classes before any input)
 from .config import Credentials, NodeSettings
 from .control import serve_control
 from .driver import CoreDriver

@@ -10,6 +10,8 @@ import socket
 from collections.abc import Awaitable, Callable
 from typing import Any
 
+from . import dnsclasses  # noqa: F401  (dnspython's IN rdata classes before any input)
+
 log = logging.getLogger(__name__)
 
 AsyncHandler = Callable[[bytes, bool], Awaitable[bytes | None]]
