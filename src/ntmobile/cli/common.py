@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import os
 import sys
-from typing import NoReturn
+from typing import Any, NoReturn
 
 
 def fail(message: str, code: int = 1) -> NoReturn:
@@ -32,3 +32,20 @@ def missing_command(exc: BaseException) -> str | None:
 def require_root(what: str) -> None:
     if os.geteuid() != 0:
         fail(f"{what} needs root (network namespaces, TUN devices, nftables): run it with sudo or as root")
+
+
+def daemon_status(control: str, as_json: bool) -> dict[str, Any] | None:
+    """Ask a daemon of this network namespace for its status. With ``as_json`` print it and return
+    None; otherwise return it for the caller's table. Exits with one line when nobody answers."""
+    import json
+
+    from ntmobile.runtime.control import query
+
+    try:
+        st = query(control)
+    except ConnectionError as exc:
+        fail(str(exc))
+    if as_json:
+        print(json.dumps(st, indent=2))
+        return None
+    return st

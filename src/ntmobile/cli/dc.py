@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import json
 import logging
 import sys
 from pathlib import Path
@@ -12,7 +11,7 @@ import typer
 from ntmobile.core.registry import StoreError
 from ntmobile.wire import Role
 
-from .common import fail, missing_command, require_root
+from .common import daemon_status, fail, missing_command, require_root
 
 app = typer.Typer(help="Direction Coordinator: registration, VIPs, authoritative DNS, tunnel direction.",
                   no_args_is_help=True)
@@ -93,14 +92,8 @@ def enroll_rs(name: str = typer.Argument(..., help="relay server name, e.g. rs1"
 def status(control: str = typer.Option("ntm-dc", help="control socket name"),
            as_json: bool = typer.Option(False, "--json")) -> None:
     """Show the running DC's sessions, paths and recent decisions."""
-    from ntmobile.runtime.control import query
-
-    try:
-        st = query(control)
-    except ConnectionError as exc:
-        fail(str(exc))
-    if as_json:
-        typer.echo(json.dumps(st, indent=2))
+    st = daemon_status(control, as_json)
+    if st is None:
         return
     from rich.console import Console
     from rich.table import Table

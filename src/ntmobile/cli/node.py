@@ -2,14 +2,13 @@
 
 from __future__ import annotations
 
-import json
 import logging
 import sys
 from pathlib import Path
 
 import typer
 
-from .common import fail, missing_command, require_root
+from .common import daemon_status, fail, missing_command, require_root
 
 app = typer.Typer(help="NTM node: TUN with the node's VIPs, DNS-triggered tunnels, handover.",
                   no_args_is_help=True)
@@ -46,14 +45,8 @@ def run(config: Path = typer.Option(..., "--config", "-c", help="node configurat
 def status(control: str = typer.Option("ntm-node", help="control socket name of the node daemon"),
            as_json: bool = typer.Option(False, "--json", help="machine-readable output")) -> None:
     """Show the node's registration, VIPs and paths (peer, VIPs, mode, RS, bytes, age)."""
-    from ntmobile.runtime.control import query
-
-    try:
-        st = query(control)
-    except ConnectionError as exc:
-        fail(str(exc))
-    if as_json:
-        typer.echo(json.dumps(st, indent=2))
+    st = daemon_status(control, as_json)
+    if st is None:
         return
     from rich.console import Console
     from rich.table import Table

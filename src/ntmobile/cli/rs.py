@@ -2,14 +2,13 @@
 
 from __future__ import annotations
 
-import json
 import logging
 import sys
 from pathlib import Path
 
 import typer
 
-from .common import fail, missing_command, require_root
+from .common import daemon_status, fail, missing_command, require_root
 
 app = typer.Typer(help="Relay server: RS-S between NATed NTM nodes, RS-N to general nodes (kernel NAPT).",
                   no_args_is_help=True)
@@ -52,14 +51,8 @@ def run(config: Path = typer.Option(..., "--config", "-c", help="relay configura
 def status(control: str = typer.Option("ntm-rs", help="control socket name"),
            as_json: bool = typer.Option(False, "--json")) -> None:
     """Show the relay's DCs and its Relay Table with per-path counters."""
-    from ntmobile.runtime.control import query
-
-    try:
-        st = query(control)
-    except ConnectionError as exc:
-        fail(str(exc))
-    if as_json:
-        typer.echo(json.dumps(st, indent=2))
+    st = daemon_status(control, as_json)
+    if st is None:
         return
     from rich.console import Console
     from rich.table import Table
