@@ -204,3 +204,26 @@ def test_version_negotiation_gives_a_clear_error() -> None:
     net.pump_events()
     [failed] = net.events_of("mn", RegistrationFailed)
     assert failed.status is Status.UNSUPPORTED_VERSION and "1..1" in failed.reason
+
+
+def test_lookup_before_registration_is_held_until_registered() -> None:
+    """An application's lookup that arrives while the node is still registering (start-up, or after a
+    DC restart) waits for the registration instead of failing at once."""
+    net = Net()
+    dc, store = make_dc(net)
+    gl = make_node(net, enroll(store, "gl.a.example", 2), "gl", ("192.0.2.50", 7412), seed=3)
+    net.run_until(lambda: gl.registered)
+    mn = make_node(net, enroll(store, "mn.a.example", 1), "mn", ("192.0.2.60", 7412))
+    assert not mn.registered
+    rid = mn.request_path("gl.a.example", net.now)  # before the Registration Response
+    net.run_until(lambda: bool(net.events_of("mn", PathReady)) or bool(net.events_of("mn", PathFailed)))
+    assert net.events_of("mn", PathReady)[0].request_ids == (rid,)
+    # With no DC at all, the held lookup fails within the node's budget.
+    net2 = Net()
+    _dc2, store2 = make_dc(net2)
+    lonely = make_node(net2, enroll(store2, "mn.a.example", 1), "mn", ("192.0.2.60", 7412))
+    net2.drop = lambda src, dst, data: dst == "dc"
+    t0 = net2.now
+    lonely.request_path("gl.a.example", net2.now)
+    net2.run_until(lambda: bool(net2.events_of("mn", PathFailed)))
+    assert net2.events_of("mn", PathFailed)[0].status is Status.SERVFAIL and net2.now - t0 < 5.0

@@ -215,6 +215,8 @@ class NodeCore(CoreBase):
         self._paths: dict[bytes, _Path] = {}
         self._by_name: dict[str, bytes] = {}
         self._lookups: dict[int, _Lookup] = {}  # Direction Request txid -> lookup
+        #: Lookups made before the node is registered: name -> request ids.
+        self._awaiting_registration: dict[str, list[int]] = {}
         self._next_request_id = 1
         self._now_hint = now
         self._moved_at = -1e9
@@ -285,14 +287,30 @@ class NodeCore(CoreBase):
                 lookup.request_ids.append(rid)
                 return rid
         if self._session is None:
-            self._emit(PathFailed((rid,), name, Status.SERVFAIL, "not registered with the DC"))
+            # Not registered yet (start-up, or re-registering after a DC restart): hold the lookup until
+            # the registration completes, within the same budget as a Direction Request.
+            waiting = self._awaiting_registration.get(name)
+            if waiting is not None:
+                waiting.append(rid)
+            else:
+                self._awaiting_registration[name] = [rid]
+                self._call_at(now + DIRECTION_TIMEOUT, functools.partial(self._registration_wait_over, name))
             return rid
+        self._send_direction_request(name, [rid], now)
+        return rid
+
+    def _registration_wait_over(self, name: str, now: float) -> None:
+        rids = self._awaiting_registration.pop(name, None)
+        if rids:
+            self._emit(PathFailed(tuple(rids), name, Status.SERVFAIL, "not registered with the DC"))
+
+    def _send_direction_request(self, name: str, rids: list[int], now: float) -> None:
+        assert self._session is not None
         txid = new_txid(self._rand)
-        self._lookups[txid] = _Lookup(name, [rid])
+        self._lookups[txid] = _Lookup(name, list(rids))
         self._request(self._session, DirectionRequest(fqdn=name, capabilities=self.config.capabilities), txid,
                       self.config.dc_endpoint, now, timeout=DIRECTION_TIMEOUT,
                       on_timeout=functools.partial(self._direction_timed_out, txid))
-        return rid
 
     def send_data(self, path_id: bytes, payload: bytes, now: float, *, gso: bool = False) -> bool:
         path = self._paths.get(path_id)
@@ -438,6 +456,9 @@ class NodeCore(CoreBase):
         nat = NatKind(msg.nat) if msg.nat in (0, 1) else NatKind.NAT
         self.registration = Registered(msg.vip4, msg.vip6, msg.observed, nat, msg.keepalive)
         self._emit(self.registration)
+        for name, rids in list(self._awaiting_registration.items()):
+            del self._awaiting_registration[name]
+            self._send_direction_request(name, rids, now)
         self._probe_endpoint = msg.probe
         if msg.probe is not None:
             # Mapping probe: the DC compares its source with the registration's observed endpoint.
