@@ -72,6 +72,8 @@ RELAY_BUDGET = 2.5
 PROBE_TIMEOUT = 0.5
 #: How long a relay's measured distance to a GN address is reused.
 METRIC_TTL = 300.0
+#: One re-direction of a path runs at a time; one older than this is taken as stuck and overtaken.
+REDIRECT_STALE = 10.0
 #: DC to DC: a Peer Query is retransmitted until this (the node waits 4 s for its whole direction).
 PEER_QUERY_TIMEOUT = 3.0
 #: Peer Query timestamps further than this (seconds) from our clock are refused with STALE.
@@ -263,6 +265,9 @@ class _Direction:
     tried: list[_Session] = field(default_factory=list)
     #: A re-direction of an existing path (handover): its Path ID, key and roles never change.
     redirect: bool = False
+    #: A re-direction the DC started itself (the path's relay died, or a relay is back for a path that
+    #: had none): ``node`` gets its Route Direction as a request (acknowledged), not as a reply.
+    dc_initiated: bool = False
     #: The relay named by a peer DC (our node's path through the other DC's RS-S).
     rs_name: str | None = None
     #: DC to DC, requesting side: the peer DC asked, and the keys we made.
@@ -389,6 +394,11 @@ class DcCore(CoreBase):
         self._peers_by_key: dict[bytes, _PeerDc] = {}
         self._peers_by_id: dict[bytes, _PeerDc] = {}
         self._verifying: dict[int, tuple[_PeerDc, str]] = {}
+        #: Re-directions: the one running per Path ID, and the ones waiting for it (docs/protocol.md §10).
+        self._redirecting: dict[bytes, _Direction] = {}
+        self._redirect_queue: dict[bytes, list[_Direction]] = {}
+        #: RS-S paths that could not be moved for want of a live relay: rebuilt when one is back.
+        self._waiting_relay: set[bytes] = set()
         self._call_at(now + config.relay_keepalive, self._sweep)
 
     # -- introspection ---------------------------------------------------------------------------
@@ -720,9 +730,11 @@ class DcCore(CoreBase):
 
     def _relay_timed_out(self, d: _Direction, rs: _Session, now: float) -> None:
         d.evidence.append(f"relay {rs.record.name} did not answer the Relay Direction")
-        rs.alive = False
+        was_alive, rs.alive = rs.alive, False
         self._emit(RelayLost(rs.record.name))
         self._try_next_relay(d, now)
+        if was_alive:
+            self._move_paths_off(rs.record.name, now)
 
     def _on_direction_response(self, rs: _Session, header: SignalHeader, msg: DirectionResponse, now: float) -> None:
         pending = self._answered(rs.channel, header.txid)
@@ -832,9 +844,15 @@ class DcCore(CoreBase):
             self._answer_peer_dc(d, now)
             return
         assert d.route is not None and d.path_id is not None
-        d.reply = d.node.channel.seal(d.route, txid=d.txid)
+        if d.dc_initiated:
+            # Nobody asked: the node gets the Route Direction as a request of its own (acknowledged).
+            d.reply = b""
+            self._request(d.node.channel, d.route, new_txid(self._rand), d.node.endpoint, now,
+                          timeout=ROUTE_DIRECTION_TIMEOUT, tag=("moved", d.path_id))
+        else:
+            d.reply = d.node.channel.seal(d.route, txid=d.txid)
+            self._send(d.reply, d.node.endpoint)
         d.done_at = now
-        self._send(d.reply, d.node.endpoint)
         rs_name = d.rs.record.name if d.rs is not None else d.rs_name
         previous = self.paths.get(d.path_id)
         self.paths[d.path_id] = PathRecord(d.path_id, d.node.record.name, d.fqdn, PathMode(d.route.mode), rs_name,
@@ -846,11 +864,22 @@ class DcCore(CoreBase):
         self.stats["paths_directed"] += 1
         self._emit(DirectionDecision(d.node.record.name, d.fqdn, Status.OK, PathMode(d.route.mode), rs_name,
                                      d.path_id, tuple(d.evidence)))
+        if d.redirect:
+            self.stats["paths_moved" if d.dc_initiated else "paths_redirected"] += 1
+            self._waiting_relay.discard(d.path_id)
+            self._redirect_finished(d, None)
 
     def _fail_direction(self, d: _Direction, status: Status, reason: str) -> None:
         d.evidence.append(f"failed: {reason}")
         if d.peer_in is not None:
             self._refuse_peer_dc(d, status, reason)
+            return
+        if d.dc_initiated:
+            d.reply = b""
+            d.done_at = d.started
+            self.stats["path_moves_failed"] += 1
+            self._emit(DirectionDecision(d.node.record.name, d.fqdn, status, None, None, d.path_id, tuple(d.evidence)))
+            self._redirect_finished(d, status)
             return
         d.reply = d.node.channel.seal(StatusMessage(answers=MessageType.DIRECTION_REQUEST, reason=reason),
                                       txid=d.txid, status=status)
@@ -858,6 +887,8 @@ class DcCore(CoreBase):
         self._send(d.reply, d.node.endpoint)
         self.stats["directions_failed"] += 1
         self._emit(DirectionDecision(d.node.record.name, d.fqdn, status, None, None, None, tuple(d.evidence)))
+        if d.redirect:
+            self._redirect_finished(d, status)
 
     def _release(self, path_id: bytes, now: float) -> None:
         rec = self.paths.pop(path_id, None)
@@ -1338,7 +1369,24 @@ class DcCore(CoreBase):
         pid = msg.path_id
         d = _Direction(node, header.txid, (msg.fqdn or "").rstrip(".").lower(), now)
         d.redirect = True
+        d.path_id = pid
         self._directions[(node.record.client_id, header.txid)] = d
+        busy = self._redirecting.get(pid)
+        if busy is not None and busy.reply is None and now - busy.started < REDIRECT_STALE:
+            # One re-direction of a path at a time (both nodes may ask at once, e.g. both noticed that
+            # their relay died): this one is decided after it, on the state it leaves.
+            d.evidence.append(f"waiting for the re-direction of path {pid.hex()} in progress")
+            self._redirect_queue.setdefault(pid, []).append(d)
+            self.stats["redirects_queued"] += 1
+            return
+        self._start_redirect(d, now)
+
+    def _start_redirect(self, d: _Direction, now: float) -> None:
+        """Decide the path ``d.path_id`` again for ``d.node`` (it asked, or the DC moves the path)."""
+        assert d.path_id is not None
+        pid, node = d.path_id, d.node
+        d.started = now
+        self._redirecting[pid] = d
         rec = self.paths.get(pid)
         name = node.record.name
         if rec is None or rec.mode is PathMode.RS_N or name not in (rec.initiator, rec.peer):
@@ -1351,9 +1399,9 @@ class DcCore(CoreBase):
             # An NTM node of another DC: ask its DC again with this path's ID and keys (a Peer Query
             # it accepts as a re-direction of the path it knows); the name is resolved as usual.
             d.path_id, d.path_key = pid, rec.path_key
-            if not rec.relay_key:
-                rec.relay_key = self._rand(32)
-            d.relay_key = rec.relay_key
+            # A fresh relay key for every re-direction: the relay the peer DC picks may be another one
+            # (or one that restarted), whose leg channels start their counters again (§10).
+            d.relay_key = self._rand(32)
             d.evidence.append(f"re-direction of path {pid.hex()} with {other_name} (another DC) after a move: "
                               f"{name} {node.nat.name} at {node.endpoint}")
             token = self._next_token
@@ -1372,9 +1420,10 @@ class DcCore(CoreBase):
         node_nat, peer_nat = self._nat_class(node), self._nat_class(peer)
         mode, _ = decide_route(node_nat, node.endpoint, peer_nat, peer.endpoint)
         d.path_id = pid
-        if mode is PathMode.RS_S and not rec.relay_key:
-            rec.relay_key = self._rand(32)
-        relay_key = rec.relay_key if mode is PathMode.RS_S else None
+        # A fresh relay key for every re-direction through a relay: the relay may be another one, or the
+        # same one restarted, and a relay's leg channels start their counters at 1; a key is never
+        # given to a relay twice (the relay re-keys an entry it has, §10).
+        relay_key = self._rand(32) if mode is PathMode.RS_S else None
         behind_one_nat = same_nat(node_nat, node.endpoint, peer_nat, peer.endpoint)
 
         def targets(of: _Session) -> tuple[Endpoint, ...]:
@@ -1410,6 +1459,60 @@ class DcCore(CoreBase):
         else:
             self._send_responder_route(d, now)
 
+    def _redirect_finished(self, d: _Direction, status: Status | None) -> None:
+        pid = d.path_id
+        if pid is None:
+            return
+        if status in (Status.NO_RELAY, Status.RELAY_FAILED) and pid in self.paths:
+            self._waiting_relay.add(pid)  # rebuilt by the sweep once a relay is alive
+        if self._redirecting.get(pid) is d:
+            del self._redirecting[pid]
+        if self._redirect_queue.get(pid):
+            # (A timer due at once: the next one starts with the real time, after this datagram.)
+            self._call_at(d.started, functools.partial(self._next_redirect, pid))
+
+    def _next_redirect(self, pid: bytes, now: float) -> None:
+        busy = self._redirecting.get(pid)
+        queue = self._redirect_queue.get(pid)
+        if not queue or (busy is not None and busy.reply is None and now - busy.started < REDIRECT_STALE):
+            return
+        d = queue.pop(0)
+        if not queue:
+            del self._redirect_queue[pid]
+        self._start_redirect(d, now)
+
+    def _move_path(self, rec: PathRecord, why: str, now: float) -> bool:
+        """The DC re-directs an NTM-peer path by itself (same Path ID, key and roles): both nodes get a
+        Route Direction as a request. For a path of two nodes of this DC; a path to a node of another
+        DC is moved when our node asks (its relay is the other DC's, or the peer DC decides)."""
+        busy = self._redirecting.get(rec.path_id)
+        if busy is not None and busy.reply is None and now - busy.started < REDIRECT_STALE:
+            return False  # the running one decides with the relay already marked dead
+        sessions: list[_Session] = []
+        for name in (rec.initiator, rec.peer):
+            client = self.store.client_by_name(name)
+            if client is None:
+                return False
+            s = self._sessions.get(client.client_id)
+            if s is not None:
+                sessions.append(s)
+        if not sessions:
+            return False
+        node = sessions[0]
+        d = _Direction(node, 0, rec.peer if node.record.name == rec.initiator else rec.initiator, now)
+        d.redirect = d.dc_initiated = True
+        d.path_id = rec.path_id
+        d.evidence.append(why)
+        self.stats["path_moves"] += 1
+        self._start_redirect(d, now)
+        return True
+
+    def _move_paths_off(self, rs_name: str, now: float) -> None:
+        """Relay ``rs_name`` is dead: move the RS-S paths of our nodes through it to a live relay (or
+        DIRECT, if the route table allows by now), keeping their Path ID and path key."""
+        for rec in [r for r in self.paths.values() if r.mode is PathMode.RS_S and r.rs == rs_name]:
+            self._move_path(rec, f"relay {rs_name} of path {rec.path_id.hex()} is dead: moving the path", now)
+
     # -- housekeeping -----------------------------------------------------------------------------
     def _sweep(self, now: float) -> None:
         for s in [s for cid in self._relay_ids if (s := self._sessions.get(cid)) is not None]:
@@ -1417,6 +1520,13 @@ class DcCore(CoreBase):
             if s.alive and silent > RELAY_DEAD_AFTER * self.config.relay_keepalive:
                 s.alive = False
                 self._emit(RelayLost(s.record.name))
+                self._move_paths_off(s.record.name, now)
+        if self._waiting_relay and self.relays():
+            waiting, self._waiting_relay = self._waiting_relay, set()
+            for pid in waiting:
+                rec = self.paths.get(pid)
+                if rec is not None and rec.mode is PathMode.RS_S:
+                    self._move_path(rec, f"a relay is alive again: rebuilding path {pid.hex()}", now)
         expired = [k for k, d in self._directions.items()
                    if d.reply is not None and now - d.done_at > REPLY_CACHE_SECONDS]
         for k in expired:

@@ -687,20 +687,24 @@ class NodeCore(CoreBase):
         """After a handover re-registration: ask the DC to decide every NTM-peer path again (a Direction
         Request naming the path; docs/protocol.md §10). The DC may change the mode (DIRECT <-> RS-S) and
         the relay, never the Path ID, key or roles; it tells the peer too."""
-        if self._session is None:
-            return
         for path in self._paths.values():
-            if not path.established or path.mode is PathMode.RS_N or not path.rd.peer_name:
-                continue
-            if path.path_id in self._redirects.values():
-                continue
-            txid = new_txid(self._rand)
-            self._redirects[txid] = path.path_id
-            self.stats["redirects_requested"] += 1
-            self._request(self._session, DirectionRequest(fqdn=path.rd.peer_name, path_id=path.path_id,
-                                                          capabilities=self.config.capabilities),
-                          txid, self.config.dc_endpoint, now, timeout=DIRECTION_TIMEOUT,
-                          on_timeout=functools.partial(self._redirect_timed_out, txid))
+            self._redirect_path(path, now)
+
+    def _redirect_path(self, path: _Path, now: float) -> bool:
+        """Ask the DC to decide this NTM-peer path again (same Path ID, key and roles). False when it
+        cannot be asked now (not registered, not an NTM-peer path, or a re-direction is in flight)."""
+        if self._session is None or not path.established or path.mode is PathMode.RS_N or not path.rd.peer_name:
+            return False
+        if path.path_id in self._redirects.values():
+            return False
+        txid = new_txid(self._rand)
+        self._redirects[txid] = path.path_id
+        self.stats["redirects_requested"] += 1
+        self._request(self._session, DirectionRequest(fqdn=path.rd.peer_name, path_id=path.path_id,
+                                                      capabilities=self.config.capabilities),
+                      txid, self.config.dc_endpoint, now, timeout=DIRECTION_TIMEOUT,
+                      on_timeout=functools.partial(self._redirect_timed_out, txid))
+        return True
 
     def _redirect_timed_out(self, txid: int, now: float) -> None:
         if self._redirects.pop(txid, None) is not None:
@@ -735,7 +739,9 @@ class NodeCore(CoreBase):
                 sig_keys = (keys.for_initiator() if role is PathRole.INITIATOR else keys.for_responder())[0]
             sig = path.channels[key] = Channel(sig_keys, rd.path_id)
         old_mode = path.mode
-        self._cancel_where(lambda p: p.tag == ("tunnel", path.path_id))
+        # (A keepalive still pending was sealed for the old relay or key: its loss would look like a
+        # relay failure. The keepalive chain goes on with the new targets.)
+        self._cancel_where(lambda p: p.tag in (("tunnel", path.path_id), ("keepalive", path.path_id)))
         path.rd, path.mode, path.sig = rd, mode, sig
         self.stats["redirected"] += 1
         if targets:
@@ -825,16 +831,26 @@ class NodeCore(CoreBase):
         self._call_at(now + interval, functools.partial(self._path_keepalive, path_id, path))
 
     def _path_keepalive_lost(self, path_id: bytes, path: _Path, mark: int, now: float) -> None:
-        """A path keepalive went unanswered through all its retransmissions. On an RS-N path that
-        means the relay is gone (docs/protocol.md §10, "Relay failure"): the path is closed, so the
-        next packet to the GN VIP asks the DC again; the DC moves the path (same Path ID, key and GN
-        VIP) to a live relay. The node notices within one keepalive interval plus 3 s."""
-        if self._paths.get(path_id) is not path or path.mode is not PathMode.RS_N:
+        """A path keepalive went unanswered through all its retransmissions. On a relayed path that
+        means the relay is gone (docs/protocol.md §10, "Relay failure"). The node notices within one
+        keepalive interval plus min(3 s, interval / 2).
+
+        - RS-N: the path is closed, so the next packet to the GN VIP asks the DC again; the DC moves
+          the path (same Path ID, key and GN VIP) to a live relay.
+        - RS-S: the path is kept (the VIPs, keys and counters carry on) and the node asks the DC to
+          re-direct it (a Direction Request naming the path); the DC moves it to a live relay (or
+          DIRECT) and tells both nodes. If that fails, the next lost keepalive asks again."""
+        if self._paths.get(path_id) is not path or path.mode is PathMode.DIRECT:
             return
         if path.opener.window.top > mark or now - self._moved_at < 2 * TUNNEL_TIMEOUT:
             # Authenticated data came in since the keepalive left (the relay is alive), or we have
             # just moved and the answer went to our old address: not a relay failure.
             self.stats["path_keepalive_lost_but_alive"] += 1
+            return
+        if path.mode is PathMode.RS_S:
+            self.stats["rss_relay_lost"] += 1
+            if self._redirect_path(path, now):
+                self.stats["rss_relay_redirects"] += 1
             return
         self.stats["relay_lost"] += 1
         del self._paths[path_id]

@@ -37,6 +37,7 @@ RS-S responder leg carries no flag. Incoming tunnel signalling names its leg wit
 
 from __future__ import annotations
 
+import dataclasses
 import enum
 import heapq
 import ipaddress
@@ -108,6 +109,8 @@ VNET_HDR_SIZE = 10
 _ID_SIZE = 8
 #: Distance measurements in progress at once (more are answered BUSY).
 MAX_PROBES = 256
+#: RS-S: relay keys an entry remembers after a re-key (they are never taken again).
+RETIRED_KEYS_MAX = 8
 
 
 # -- configuration ---------------------------------------------------------------------------------
@@ -228,6 +231,9 @@ class RelayEntry:
     _sealer: CapsuleSealer | None = field(default=None, repr=False)
     #: RS-N: packed (node VIP, peer VIP) pairs, one per complete address family.
     vip_pairs: tuple[tuple[bytes, bytes], ...] = ()
+    #: RS-S: relay keys this entry had before (a re-direction re-keys it): never taken again, since
+    #: new leg channels would start their counters again under the same key.
+    retired_keys: tuple[bytes, ...] = ()
     packets_i2r: int = 0
     bytes_i2r: int = 0
     packets_r2i: int = 0
@@ -711,6 +717,19 @@ class RsCore(CoreBase):
         pid = msg.path_id
         existing = self._paths.get(pid)
         if existing is not None:
+            old_key = existing.direction.relay_key
+            if (existing.dc_id == dc.link.dc_id and existing.responder is not None and msg.rs_type == RsType.S
+                    and msg.relay_key is not None and msg.relay_key != old_key
+                    and _same_binding(existing.direction, dataclasses.replace(msg, relay_key=old_key))):
+                # The DC re-directed the path with a fresh relay key (docs/protocol.md §10): new leg keys,
+                # same legs and endpoints, so relaying goes on while the nodes announce themselves.
+                if msg.relay_key in existing.retired_keys:
+                    self.stats["relay_direction_retired_key"] += 1
+                    self._direction_response(session, pid, hdr.txid, addr, Status.PATH_ID_IN_USE)
+                    return
+                self._rekey(existing, msg)
+                self._direction_response(session, pid, hdr.txid, addr, Status.OK)
+                return
             if existing.dc_id != dc.link.dc_id or not _same_binding(existing.direction, msg):
                 self.stats["relay_direction_in_use"] += 1
                 self._direction_response(session, pid, hdr.txid, addr, Status.PATH_ID_IN_USE)
@@ -755,6 +774,19 @@ class RsCore(CoreBase):
         self.stats["relays_added"] += 1
         self._emit(RelayAdded(e))
         self._direction_response(session, pid, hdr.txid, addr, Status.OK)
+
+    def _rekey(self, e: RelayEntry, msg: RelayDirection) -> None:
+        assert msg.relay_key is not None and e.responder is not None and e.direction.relay_key is not None
+        e.retired_keys = (*e.retired_keys, e.direction.relay_key)[-RETIRED_KEYS_MAX:]
+        e.direction = msg
+        pid = e.path_id
+        e.initiator.channel = Channel(relay_leg_keys(msg.relay_key, pid, responder_leg=False).swapped(), pid)
+        e.responder.channel = Channel(relay_leg_keys(msg.relay_key, pid, responder_leg=True).swapped(), pid)
+        e.initiator.pending_txid = e.responder.pending_txid = None
+        old_timeout, e.idle_timeout = e.idle_timeout, self._idle_timeout(msg)
+        if e.idle_timeout < old_timeout:
+            self._push_idle(e, e.deadline)
+        self.stats["relay_direction_rekeyed"] += 1
 
     def _direction_response(self, session: Channel, pid: bytes, txid: int, addr: Endpoint, status: Status) -> None:
         self._reply(session, DirectionResponse(path_id=pid, load=len(self._paths),
