@@ -176,3 +176,40 @@ def test_relay_rekeys_an_rss_entry_for_its_dc_and_never_takes_a_retired_key() ->
 
 def _hdr(txid: int) -> SignalHeader:
     return SignalHeader(1, MessageType.RELAY_DIRECTION, 0, Status.OK, DC_ID, txid, 1)
+
+
+def test_across_two_dcs_the_nodes_notice_and_the_path_moves_to_another_relay() -> None:
+    """mn (DC a.example) and cn (DC b.example) behind cone NATs talk through an RS-S of the answering
+    DC. It dies: both nodes' keepalives go unanswered, each asks its DC, whose Peer Query (same Path ID
+    and path key, fresh relay key) makes the answering DC pick a live relay. Same Path ID and counters."""
+    from ntmobile.core.node import PathReady
+
+    from .test_dc_peering import DCA_EP, DCA_ID, DCB_EP, DCB_ID, SEQ_BASE
+    from .test_dc_peering import World as PeeringWorld
+
+    pw = PeeringWorld("cone", "cone")
+    rec = ClientRecord(b"\x05" * 8, "rs2", Role.RELAY, b"\x55" * 32)
+    pw.store_a.add_client(rec)
+    pw.store_b.add_client(ClientRecord(rec.client_id, "rs2", Role.RELAY, b"\x66" * 32))
+    rs2 = RsCore(RsConfig("rs2", rec.client_id, [DcLink(DCA_ID, DCA_EP, rec.psk), DcLink(DCB_ID, DCB_EP, b"\x66" * 32)],
+                          local_endpoints=[RS2_EP]), pw.net.now, seq_base=SEQ_BASE, random_bytes=seeded_bytes(8))
+    pw.net.add("rs2", rs2, RS2_EP)
+    rs2.register(pw.net.now)
+    pw.net.run_until(lambda: len(pw.dca.relays()) == 2 and len(pw.dcb.relays()) == 2)
+    ready = pw.connect(pw.mn, "mn", "cn.b.example")
+    assert isinstance(ready, PathReady) and ready.path.mode is PathMode.RS_S and ready.path.rs_name == "rs1"
+    pid = ready.path.path_id
+    pw.exchange_data(pid)
+    dead_at = pw.net.now
+    pw.net.drop = lambda src, dst, data: "rs" in (src, dst)  # rs1
+
+    def on_rs2() -> bool:
+        infos = [pw.mn.path_info(pid), pw.cn.path_info(pid)]
+        return all(i is not None and i.mode is PathMode.RS_S and i.rs_name == "rs2" for i in infos)
+
+    pw.net.run_until(on_rs2, max_time=60)
+    assert pw.net.now - dead_at <= KEEPALIVE + 3.0 + 1.5
+    pw.net.run_until(lambda: not pw.mn._pending and not pw.cn._pending, max_time=10)
+    pw.exchange_data(pid)
+    assert pw.mn.path_info(pid).sealer is ready.path.sealer  # type: ignore[union-attr]
+    assert pw.mn.stats["drop_data_auth"] == pw.cn.stats["drop_data_auth"] == 0
