@@ -518,3 +518,20 @@ def test_hkdf_output_length_and_determinism() -> None:
     assert hkdf(PSK, salt=b"s", info=b"i") == hkdf(PSK, salt=b"s", info=b"i")
     assert len(hkdf(PSK, salt=b"s", info=b"i", length=64)) == 64
     assert struct.calcsize("!4xQ") == 12
+
+
+def test_hkdf_matches_rfc5869_test_case_1_and_the_cryptography_implementation() -> None:
+    from cryptography.hazmat.primitives import hashes
+    from cryptography.hazmat.primitives.kdf.hkdf import HKDF
+
+    from ntmobile.crypto.keys import hkdf
+
+    ikm = bytes.fromhex("0b" * 22)
+    salt = bytes.fromhex("000102030405060708090a0b0c")
+    info = bytes.fromhex("f0f1f2f3f4f5f6f7f8f9")
+    okm = bytes.fromhex("3cb25f25faacd57a90434f64d0362f2a2d2d0a90cf1a5a4c5db02d56ecc4c5bf34007208d5b887185865")
+    assert hkdf(ikm, salt=salt, info=info, length=42) == okm
+    for salt in (b"", b"s" * 8, b"x" * 80):
+        for length in (16, 32, 64, 100):
+            ref = HKDF(algorithm=hashes.SHA256(), length=length, salt=salt, info=b"ntm1 test").derive(b"k" * 32)
+            assert hkdf(b"k" * 32, salt=salt, info=b"ntm1 test", length=length) == ref

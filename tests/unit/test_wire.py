@@ -6,6 +6,7 @@ Decoders must only ever raise ``wire.CodecError`` on bad input (docs/protocol.md
 from __future__ import annotations
 
 import dataclasses
+import ipaddress
 import struct
 from collections.abc import Callable
 
@@ -574,3 +575,32 @@ def test_vns_parse_only_codec_errors_on_every_short_length() -> None:
 def test_struct_sizes_match_docs() -> None:
     assert struct.calcsize("!BBBB8sIQ") == 24
     assert struct.calcsize("!BBBB8sQ") == 20
+
+
+@given(st.one_of(st.text(alphabet="0123456789.+_ x٤", max_size=20),
+                 st.tuples(*[st.integers(0, 300)] * 4).map(lambda t: ".".join(map(str, t)))))
+@settings(max_examples=500)
+def test_ipv4_text_is_accepted_exactly_as_ipaddress_accepts_it(text: str) -> None:
+    from ntmobile.wire.tlv import Kind, decode_value, encode_value
+
+    try:
+        want: bytes | None = ipaddress.IPv4Address(text).packed
+    except ValueError:
+        want = None
+    try:
+        got: bytes | None = encode_value(Kind.IP4, text)
+    except CodecError:
+        got = None
+    assert got == want
+    if want is not None:
+        assert decode_value(Kind.IP4, want) == str(ipaddress.IPv4Address(text))
+
+
+@given(st.one_of(st.binary(min_size=16, max_size=16),
+                 st.lists(st.sampled_from([0, 0, 0, 1, 0xFFFF, 0x1234]), min_size=8, max_size=8)
+                 .map(lambda gs: struct.pack("!8H", *gs))))
+@settings(max_examples=1000)
+def test_ipv6_text_is_what_ipaddress_writes(packed: bytes) -> None:
+    from ntmobile.wire.tlv import Kind, decode_value
+
+    assert decode_value(Kind.IP6, packed) == str(ipaddress.IPv6Address(packed))

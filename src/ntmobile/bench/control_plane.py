@@ -84,6 +84,17 @@ def rss_kib(pid: int) -> int:
     return 0
 
 
+def cpu_seconds(pid: int) -> float:
+    """User + system CPU time of process ``pid`` so far."""
+    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
+def own_cpu_seconds() -> float:
+    t = os.times()
+    return t.user + t.system
+
+
 def udp_drops() -> int:
     total = 0
     for f in ("/proc/net/udp", "/proc/net/udp6"):
@@ -310,8 +321,9 @@ def run_inner(nodes: int, paths: int, window: int, workdir: Path, log: Callable[
     stop_dns = threading.Event()
     serve_gn_zone(stop_dns)
     dc_log = (workdir / "dc.log").open("wb")
-    dc = subprocess.Popen([sys.executable, "-m", "ntmobile", "dc", "run", "-c", str(cfg)], stdout=dc_log,
-                          stderr=subprocess.STDOUT)
+    prof = os.environ.get("NTM_BENCH_PROFILE_DC")  # a file name: run the DC under cProfile (development)
+    dc = subprocess.Popen([sys.executable, *(["-m", "cProfile", "-o", prof] if prof else []), "-m", "ntmobile", "dc",
+                           "run", "-c", str(cfg)], stdout=dc_log, stderr=subprocess.STDOUT)
     rs = subprocess.Popen([sys.executable, "-c", "import sys; from ntmobile.bench.control_plane import relay_main; "
                            f"relay_main({dc_id.hex()!r}, {max(paths, 1) + 16})"], stdout=subprocess.PIPE)
     report: dict[str, Any] = {"nodes": nodes, "paths": paths, "window": window, "enrol_seconds": round(enrol_s, 2)}
@@ -351,6 +363,7 @@ def run_inner(nodes: int, paths: int, window: int, workdir: Path, log: Callable[
 
         # phase 1: registrations
         log(f"registering {nodes} nodes, {window} in flight ...")
+        cpu_dc0, cpu_gen0 = cpu_seconds(dc.pid), own_cpu_seconds()
         t1 = time.monotonic()
         nxt = 0
         limit = t1 + max(60.0, nodes / 200)
@@ -368,6 +381,7 @@ def run_inner(nodes: int, paths: int, window: int, workdir: Path, log: Callable[
                     gen.drop(idx)  # the DC keeps its session; the generator needs the core no more
             just_registered.clear()
         reg_s = time.monotonic() - t1
+        cpu_dc1, cpu_gen1 = cpu_seconds(dc.pid), own_cpu_seconds()
         sent1, recv1 = gen.sent, gen.received
         rss1 = rss_kib(dc.pid)
         st1 = _dc_stats()
@@ -381,6 +395,9 @@ def run_inner(nodes: int, paths: int, window: int, workdir: Path, log: Callable[
             "dc_registration_retransmits": st1["stats"].get("registration_retransmits", 0)
             - stats0.get("registration_retransmits", 0),
             "registered_twice": sum(1 for r in registered if r > 1),
+            "dc_cpu_us_each": round((cpu_dc1 - cpu_dc0) / max(done, 1) * 1e6, 1),
+            "dc_cpu_busy": round((cpu_dc1 - cpu_dc0) / reg_s, 2) if reg_s else 0,
+            "generator_cpu_us_each": round((cpu_gen1 - cpu_gen0) / max(done, 1) * 1e6, 1),
         }
         report["dc_rss_kib_registered"] = rss1
         report["dc_bytes_per_registered_node"] = round((rss1 - rss0) * 1024 / max(done, 1))
@@ -414,6 +431,7 @@ def run_inner(nodes: int, paths: int, window: int, workdir: Path, log: Callable[
         log(f"setting up {max(paths - 1, 0)} RS-N paths, {window} in flight ...")
         sent2, recv2 = gen.sent, gen.received
         st2a = _dc_stats()
+        cpu_dc2, cpu_gen2, cpu_rs2 = cpu_seconds(dc.pid), own_cpu_seconds(), cpu_seconds(rs.pid)
         t2 = time.monotonic()
         nxt = 1
         limit = t2 + max(60.0, paths / 100)
@@ -428,6 +446,7 @@ def run_inner(nodes: int, paths: int, window: int, workdir: Path, log: Callable[
                 nxt += 1
             gen.poll(on_path, 0.005)
         path_s = time.monotonic() - t2
+        cpu_dc3, cpu_gen3, cpu_rs3 = cpu_seconds(dc.pid), own_cpu_seconds(), cpu_seconds(rs.pid)
         st2 = _dc_stats()
         for i in range(paths):
             gen.drop(i)
@@ -442,6 +461,10 @@ def run_inner(nodes: int, paths: int, window: int, workdir: Path, log: Callable[
             "dc_direction_retransmits": st2["stats"].get("direction_retransmits", 0)
             - st2a["stats"].get("direction_retransmits", 0),
             "ready_twice": sum(1 for r in ready if r > 1),
+            "dc_cpu_us_each": round((cpu_dc3 - cpu_dc2) / max(n_ok, 1) * 1e6, 1),
+            "dc_cpu_busy": round((cpu_dc3 - cpu_dc2) / path_s, 2) if path_s else 0,
+            "relay_cpu_us_each": round((cpu_rs3 - cpu_rs2) / max(n_ok, 1) * 1e6, 1),
+            "generator_cpu_us_each": round((cpu_gen3 - cpu_gen2) / max(n_ok, 1) * 1e6, 1),
         }
         log(json.dumps(report["paths_phase"]))
         report["dc_rss_kib_end"] = rss_kib(dc.pid)

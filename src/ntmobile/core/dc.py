@@ -13,6 +13,7 @@ import dataclasses
 import functools
 import ipaddress
 import os
+from collections import OrderedDict
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from enum import Enum
@@ -66,6 +67,13 @@ ROUTE_DIRECTION_TIMEOUT = 2.0
 RELAY_DEAD_AFTER = 3
 #: Replies to requests are kept this long, to answer retransmissions identically.
 REPLY_CACHE_SECONDS = 30.0
+#: The DC's X25519 ephemeral of the registration handshake is used for at most this long (seconds)
+#: and then forgotten: a busy DC saves a key generation per registration, and a recorded session
+#: stays safe once the ephemeral's secret is gone (docs/security.md, "Registration").
+EPHEMERAL_LIFETIME = 1.0
+#: Long-term channels kept in memory (least recently used first out). A dropped one is rebuilt from
+#: the registry (its replay floor is the last registration's sequence number) on the next message.
+LONG_TERM_CACHE = 4096
 #: Relays are retried (a second round) while the direction is younger than this; the node waits 4 s.
 RELAY_BUDGET = 2.5
 #: How long the DC waits for relays to measure their distance to a general node.
@@ -225,6 +233,12 @@ class _Session:
     nat: NatKind
     last_seen: float
     capabilities: int
+    #: The registration that made this session: its txid, both ephemerals (a retransmitted request
+    #: gets the same response again, rebuilt from these) and the probe endpoint it announced.
+    reg_txid: int = 0
+    client_eph: bytes = b""
+    dc_eph: bytes = b""
+    probe: Endpoint | None = None
     load: int = 0
     alive: bool = True
     #: NAT classification by the probes (None: not measured, use ``nat``).
@@ -232,14 +246,6 @@ class _Session:
     filter_txid: int = 0
     filter_open: bool = False
     mapping_same: bool | None = None
-
-
-@dataclass(slots=True)
-class _RegCache:
-    txid: int
-    client_eph: bytes
-    reply: bytes
-    at: float
 
 
 @dataclass(slots=True)
@@ -377,13 +383,17 @@ class DcCore(CoreBase):
         self.store = store
         self._rand = random_bytes
         self._seq_base = seq_base
-        self._lt: dict[bytes, Channel] = {}
+        self._lt: OrderedDict[bytes, Channel] = OrderedDict()
+        self._eph: Ephemeral | None = None
+        self._eph_at = -1e9
+        #: Between begin_batch and end_batch: the registrations answered (whose registry writes the
+        #: runtime commits at end_batch): session, response datagram, long-term channel, txid, address.
+        self._batch: list[tuple[_Session, bytes, Channel, int, Endpoint]] | None = None
         self._sessions: dict[bytes, _Session] = {}
         #: IDs of the relays among the sessions (relays() must not scan every node's session).
         self._relay_ids: dict[bytes, None] = {}
         #: RS-N path per (node name, GN mapping), for reuse without scanning every path.
         self._rsn_by_gn: dict[tuple[str, tuple[tuple[str, str], ...]], bytes] = {}
-        self._reg_cache: dict[bytes, _RegCache] = {}
         self._directions: dict[tuple[bytes, int], _Direction] = {}
         self._resolving: dict[int, _Direction] = {}
         self._next_token = 1
@@ -432,6 +442,11 @@ class DcCore(CoreBase):
         if header.type is MessageType.PEER_HELLO:
             self._on_peer_hello(data, addr, now)
             return
+        if not header.flags & SignalFlags.LONG_TERM:
+            session = self._sessions.get(header.sender)
+            if session is not None:  # the common case needs no registry read
+                self._on_session(session, header, data, addr, now)
+                return
         record = self.store.get_client(header.sender)
         if record is None:
             if not self._on_peer_dc_datagram(header, data, addr, now):
@@ -440,33 +455,73 @@ class DcCore(CoreBase):
         if header.flags & SignalFlags.LONG_TERM:
             self._on_long_term(record, header, data, addr, now)
         else:
-            self._on_session(record, header, data, addr, now)
+            # We lost the session (DC restart): ask the client to register again.
+            self.stats["reregister_sent"] += 1
+            self._reply(self._long_term(record, now), StatusMessage(answers=header.type, reason="no session; register"),
+                        header.txid, addr, status=Status.REREGISTER, flags=SignalFlags.LONG_TERM)
 
-    def _long_term(self, record: ClientRecord) -> Channel:
-        ch = self._lt.get(record.client_id)
+    def _long_term(self, record: ClientRecord, now: float) -> Channel:
+        """The long-term channel of ``record`` (fresh from the registry). Our send counter starts at
+        the wall clock in microseconds, so a rebuilt channel never reuses a sequence number."""
+        lt = self._lt
+        ch = lt.get(record.client_id)
         if ch is None:
             ch = Channel(long_term_keys(record.psk, record.client_id).swapped(), self.config.dc_id,
-                         seq_start=self._seq_base, recv_floor=record.last_seq)
-            self._lt[record.client_id] = ch
+                         seq_start=self._wall_us(now), recv_floor=record.last_seq)
+            lt[record.client_id] = ch
+            if len(lt) > LONG_TERM_CACHE:
+                lt.popitem(last=False)
+        else:
+            lt.move_to_end(record.client_id)
         return ch
+
+    # -- group commit (the runtime brackets each batch of datagrams) -----------------------------------
+    def begin_batch(self) -> None:
+        """The registry defers this batch's writes to one commit; answers wait for end_batch."""
+        self._batch = []
+
+    def end_batch(self, error: str | None, now: float) -> None:
+        """The batch's registry writes were committed (``error`` None) or failed: then the batch's
+        registrations are undone and answered with STORAGE_ERROR instead (call this before sending
+        the datagrams)."""
+        batch, self._batch = self._batch, None
+        if error is None or not batch:
+            return
+        failed = {id(data) for _s, data, _lt, _t, _a in batch}
+        self._out = [dg for dg in self._out if id(dg.data) not in failed]
+        for session, _data, lt, txid, addr in batch:
+            rec = session.record
+            if self._sessions.get(rec.client_id) is session:
+                del self._sessions[rec.client_id]
+                self._relay_ids.pop(rec.client_id, None)
+            self.stats["registrations"] -= 1
+            self._reject(lt, rec, txid, addr, Status.STORAGE_ERROR, f"registry cannot be written: {error}")
+
+    def _ephemeral(self, now: float) -> Ephemeral:
+        eph = self._eph
+        if eph is None or now - self._eph_at >= EPHEMERAL_LIFETIME or now < self._eph_at:
+            eph = self._eph = Ephemeral(self._rand)
+            self._eph_at = now
+        return eph
 
     # -- registration -------------------------------------------------------------------------------
     def _on_long_term(self, record: ClientRecord, header: SignalHeader, data: bytes, addr: Endpoint,
                       now: float) -> None:
         if header.type is MessageType.KEEPALIVE_ACK:
-            self._on_filter_ack(record, header, data)
+            self._on_filter_ack(record, header, data, now)
             return
         if header.type is not MessageType.REGISTRATION_REQUEST:
             self.stats["drop_unexpected"] += 1
             return
-        lt = self._long_term(record)
+        lt = self._long_term(record, now)
         msg = self._open(lt, header, data)
         if not isinstance(msg, RegistrationRequest):
             return
-        cached = self._reg_cache.get(record.client_id)
-        if cached is not None and cached.txid == header.txid and cached.client_eph == msg.ephemeral:
+        old = self._sessions.get(record.client_id)
+        if old is not None and old.reg_txid == header.txid and old.client_eph == msg.ephemeral:
+            # Our response was lost: send it again (same session, same keys; resealed).
             self.stats["registration_retransmits"] += 1
-            self._send(cached.reply, addr)
+            self._reply(lt, self._registration_response(old, addr), header.txid, addr, flags=SignalFlags.LONG_TERM)
             return
         try:
             self.store.set_last_seq(record.client_id, header.seq)
@@ -481,41 +536,48 @@ class DcCore(CoreBase):
             self._reject(lt, record, header.txid, addr, Status.NOT_AUTHORIZED,
                          "name or role does not match the enrolment")
             return
-        vip4 = vip6 = None
         if record.role is Role.NODE:
             try:
-                vip4, vip6 = self.store.assign_vips(record.client_id)
+                record.vip4, record.vip6 = self.store.assign_vips(record.client_id, record)
             except StoreError as exc:
                 self._reject(lt, record, header.txid, addr, Status.STORAGE_ERROR, f"cannot assign a VIP: {exc}")
                 return
-        nat = NatKind.NONE if addr in msg.local_endpoints else NatKind.NAT
-        if record.role is Role.RELAY:
-            keepalive = self.config.relay_keepalive
         else:
-            keepalive = self.config.keepalive if nat is NatKind.NAT else 0
-        eph = Ephemeral(self._rand)
+            record.vip4 = record.vip6 = None
+        nat = NatKind.NONE if addr in msg.local_endpoints else NatKind.NAT
+        eph = self._ephemeral(now)
         try:
             shared = eph.exchange(msg.ephemeral)
         except ValueError:
             self.stats["drop_auth"] += 1
             return
         keys = session_keys(record.psk, shared, record.client_id, msg.ephemeral, eph.public).swapped()
-        session = _Session(record, Channel(keys, self.config.dc_id), addr, msg.local_endpoints, nat, now,
-                           msg.capabilities, load=msg.load or 0)
-        self._sessions[record.client_id] = session
-        if record.role is Role.RELAY:
-            self._relay_ids[record.client_id] = None
         probe = None
         if record.role is Role.NODE and nat is NatKind.NAT:
             probe = next((p for p in self.config.probe if (":" in p[0]) == (":" in addr[0])), None)
-        reply = RegistrationResponse(ephemeral=eph.public, version=VERSION, observed=addr, nat=nat,
-                                     keepalive=keepalive, vip4=vip4, vip6=vip6, name=record.name, probe=probe)
+        session = _Session(record, Channel(keys, self.config.dc_id), addr, msg.local_endpoints, nat, now,
+                           msg.capabilities, reg_txid=header.txid, client_eph=msg.ephemeral, dc_eph=eph.public,
+                           probe=probe, load=msg.load or 0)
+        self._sessions[record.client_id] = session
+        if record.role is Role.RELAY:
+            self._relay_ids[record.client_id] = None
         if probe is not None:
             self._send_filter_probe(session, lt, addr)
-        data_out = self._reply(lt, reply, header.txid, addr, flags=SignalFlags.LONG_TERM)
-        self._reg_cache[record.client_id] = _RegCache(header.txid, msg.ephemeral, data_out, now)
+        data_out = self._reply(lt, self._registration_response(session, addr), header.txid, addr,
+                               flags=SignalFlags.LONG_TERM)
+        if self._batch is not None:
+            self._batch.append((session, data_out, lt, header.txid, addr))
         self.stats["registrations"] += 1
-        self._emit(ClientRegistered(record.name, record.role, vip4, vip6, addr, nat))
+        self._emit(ClientRegistered(record.name, record.role, record.vip4, record.vip6, addr, nat))
+
+    def _registration_response(self, s: _Session, addr: Endpoint) -> RegistrationResponse:
+        rec = s.record
+        if rec.role is Role.RELAY:
+            keepalive = self.config.relay_keepalive
+        else:
+            keepalive = self.config.keepalive if s.nat is NatKind.NAT else 0
+        return RegistrationResponse(ephemeral=s.dc_eph, version=VERSION, observed=addr, nat=s.nat,
+                                    keepalive=keepalive, vip4=rec.vip4, vip6=rec.vip6, name=rec.name, probe=s.probe)
 
     def _reject(self, lt: Channel, record: ClientRecord, txid: int, addr: Endpoint, status: Status,
                 reason: str) -> None:
@@ -525,15 +587,8 @@ class DcCore(CoreBase):
         self._emit(RegistrationRejected(record.name, status, reason))
 
     # -- session messages --------------------------------------------------------------------------
-    def _on_session(self, record: ClientRecord, header: SignalHeader, data: bytes, addr: Endpoint,
+    def _on_session(self, session: _Session, header: SignalHeader, data: bytes, addr: Endpoint,
                     now: float) -> None:
-        session = self._sessions.get(record.client_id)
-        if session is None:
-            # We lost the session (DC restart): ask the client to register again.
-            self.stats["reregister_sent"] += 1
-            self._reply(self._long_term(record), StatusMessage(answers=header.type, reason="no session; register"),
-                        header.txid, addr, status=Status.REREGISTER, flags=SignalFlags.LONG_TERM)
-            return
         msg = self._open(session.channel, header, data)
         if msg is None:
             return
@@ -914,8 +969,8 @@ class DcCore(CoreBase):
         self._emit(ProbeDatagram(data, addr, filter=True))
         self.stats["nat_filter_probes"] += 1
 
-    def _on_filter_ack(self, record: ClientRecord, header: SignalHeader, data: bytes) -> None:
-        msg = self._open(self._long_term(record), header, data)
+    def _on_filter_ack(self, record: ClientRecord, header: SignalHeader, data: bytes, now: float) -> None:
+        msg = self._open(self._long_term(record, now), header, data)
         session = self._sessions.get(record.client_id)
         if not isinstance(msg, KeepaliveAck) or session is None or not session.filter_txid \
                 or header.txid != session.filter_txid:
@@ -933,8 +988,7 @@ class DcCore(CoreBase):
         except CodecError:
             self.stats["drop_malformed"] += 1
             return
-        record = self.store.get_client(header.sender)
-        session = self._sessions.get(header.sender) if record is not None else None
+        session = self._sessions.get(header.sender)
         if session is None or header.type is not MessageType.KEEPALIVE or header.flags & SignalFlags.LONG_TERM:
             self.stats["drop_probe_unexpected"] += 1
             return
@@ -1531,8 +1585,6 @@ class DcCore(CoreBase):
                    if d.reply is not None and now - d.done_at > REPLY_CACHE_SECONDS]
         for k in expired:
             del self._directions[k]
-        for cid in [cid for cid, c in self._reg_cache.items() if now - c.at > REPLY_CACHE_SECONDS]:
-            del self._reg_cache[cid]
         for peer in self._peers_by_key.values():
             peer.replies = {t: r for t, r in peer.replies.items() if now - r[1] <= REPLY_CACHE_SECONDS}
             peer.seen = {k: t for k, t in peer.seen.items() if now - t <= 2 * PEER_CLOCK_SKEW}

@@ -35,7 +35,10 @@ class Store(Protocol):
     def client_by_vip(self, vip: str) -> ClientRecord | None: ...
     def add_client(self, record: ClientRecord) -> None: ...
     def set_last_seq(self, client_id: bytes, seq: int) -> None: ...
-    def assign_vips(self, client_id: bytes) -> tuple[str | None, str | None]: ...
+    def assign_vips(self, client_id: bytes, known: ClientRecord | None = None) -> tuple[str | None, str | None]:
+        """The client's VIPs, assigning missing ones from the pools. ``known``: the client's record as
+        just read from this store (saves a read when it already has its VIPs)."""
+        ...
     def gn_vip(self, node_id: bytes, gn_addr: str) -> str: ...
 
 
@@ -96,7 +99,7 @@ class MemoryStore:
         self._check_write()
         self._clients[client_id].last_seq = seq
 
-    def assign_vips(self, client_id: bytes) -> tuple[str | None, str | None]:
+    def assign_vips(self, client_id: bytes, known: ClientRecord | None = None) -> tuple[str | None, str | None]:
         rec = self._clients[client_id]
         if (rec.vip4 is None and self.pools.vip4) or (rec.vip6 is None and self.pools.vip6):
             self._check_write()

@@ -33,7 +33,7 @@ from ntmobile.core.dc import (
 )
 from ntmobile.core.discovery import Discovery, DiscoveryCache, DiscoveryResult, Outcome
 from ntmobile.core.dnsauth import AuthoritativeZone, NameServer, NodeRecords, SoaFields, format_marker
-from ntmobile.core.registry import Pools
+from ntmobile.core.registry import Pools, StoreError
 from ntmobile.wire import Role
 
 from . import dnsclasses  # noqa: F401  (dnspython's IN rdata classes before any input)
@@ -47,6 +47,8 @@ log = logging.getLogger("ntm.dc")
 
 #: The DC answers a Direction Request within the node's 4 s budget: discovery gets this much.
 DISCOVERY_DEADLINE = 2.0
+#: Node registrations are logged one by one at DEBUG; at INFO as a count every this many seconds.
+REGISTRATION_SUMMARY_SECONDS = 10.0
 
 _OUTCOME = {
     Outcome.GENERAL_NODE: PeerKind.GENERAL,
@@ -92,6 +94,9 @@ class DcDaemon:
         self.decisions: list[dict[str, Any]] = []
         self._tasks: set[asyncio.Task[None]] = set()
         self.dns_servers: list[DnsServer] = []
+        self._node_registrations = 0
+        self._summary_at = 0.0
+        self.commit_errors = 0
 
     def make_zones(self) -> list[AuthoritativeZone]:
         """One authoritative zone per served domain; each carries the DC marker TXT at its apex."""
@@ -137,7 +142,9 @@ class DcDaemon:
                        idle_timeout=s.idle_timeout, extra_domains=tuple(s.extra_domains), secret=self.secret,
                        peers=tuple((p.domain.rstrip(".").lower(), p.key_bytes) for p in s.peers), probe=probe)
         self.core = DcCore(cfg, self.store, loop.time(), seq_base=time.time_ns() // 1000)
-        self.driver = CoreDriver(self.core, self.on_event)
+        self.driver = CoreDriver(self.core, self.on_event, batch_reads=True, on_batch_start=self._begin_batch,
+                                 on_flush=self._commit)
+        self._summary_at = loop.time()
         await self.driver.start(s.port, host4=s.listen4, host6=s.listen6)
         self.probe_transports: dict[tuple[bool, int], asyncio.DatagramTransport] = {}
         if s.probe_port is not None:
@@ -181,6 +188,26 @@ class DcDaemon:
                 t.cancel()
             self.store.close()
 
+    def _begin_batch(self) -> None:
+        self.store.begin_batch()
+        self.core.begin_batch()
+
+    def _commit(self) -> None:
+        """Group commit, before the batch's replies are sent; if it fails, the core answers the batch's
+        registrations with STORAGE_ERROR instead."""
+        try:
+            self.store.end_batch()
+        except StoreError as exc:
+            self.commit_errors += 1
+            self.core.end_batch(str(exc), self.driver.now())
+        else:
+            self.core.end_batch(None, self.driver.now())
+        if self._node_registrations and self.driver.now() - self._summary_at >= REGISTRATION_SUMMARY_SECONDS:
+            log.info("registered %d nodes in the last %.0f s (%d sessions)", self._node_registrations,
+                     self.driver.now() - self._summary_at, len(self.core._sessions))
+            self._node_registrations = 0
+            self._summary_at = self.driver.now()
+
     # -- events ----------------------------------------------------------------------------------
     def on_event(self, ev: object) -> None:
         if isinstance(ev, ResolveRequest):
@@ -200,13 +227,16 @@ class DcDaemon:
                      "mode": ev.mode.name if ev.mode else None, "rs": ev.rs,
                      "path_id": ev.path_id.hex() if ev.path_id else None, "evidence": list(ev.evidence)}
             self.decisions = (self.decisions + [entry])[-200:]
-            log.info("direction %s -> %s: %s %s%s", ev.node, ev.fqdn, ev.status.name,
-                     ev.mode.name if ev.mode else "", f" via {ev.rs}" if ev.rs else "")
-            for line in ev.evidence:
-                log.info("  evidence: %s", line)
+            # One line per decision (a busy DC makes thousands a second); the evidence also stays in
+            # the decision list (`ntm dc status`).
+            log.info("direction %s -> %s: %s %s%s | evidence: %s", ev.node, ev.fqdn, ev.status.name,
+                     ev.mode.name if ev.mode else "", f" via {ev.rs}" if ev.rs else "", " | ".join(ev.evidence))
         elif isinstance(ev, ClientRegistered):
-            log.info("registered %s %s vip4=%s vip6=%s observed=%s:%d nat=%s", ev.role.name.lower(), ev.name,
-                     ev.vip4, ev.vip6, ev.observed[0], ev.observed[1], ev.nat.name)
+            if ev.role is Role.NODE:
+                self._node_registrations += 1
+            log.log(logging.DEBUG if ev.role is Role.NODE else logging.INFO,
+                    "registered %s %s vip4=%s vip6=%s observed=%s:%d nat=%s", ev.role.name.lower(), ev.name,
+                    ev.vip4, ev.vip6, ev.observed[0], ev.observed[1], ev.nat.name)
         elif isinstance(ev, RegistrationRejected):
             log.warning("registration of %s rejected: %s (%s)", ev.name, ev.status.name, ev.reason)
         elif isinstance(ev, RelayLost):
@@ -289,7 +319,7 @@ class DcDaemon:
             "dns": {z.origin.to_text(): vars(z.stats) for z in getattr(self, "zones", [])},
             "dns_servers": [{"host": srv.host, "port": srv.port, **vars(srv.stats)} for srv in self.dns_servers],
             "driver": {"received": self.driver.received, "socket_errors": self.driver.socket_errors,
-                       "handler_errors": self.driver.handler_errors},
+                       "handler_errors": self.driver.handler_errors, "commit_errors": self.commit_errors},
             "discovery_cache": {"entries": len(self.cache), "hits": self.cache.stats.hits,
                                 "misses": self.cache.stats.misses},
             "decisions": self.decisions[-20:], "pid": os.getpid(),

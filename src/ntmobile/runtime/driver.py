@@ -4,6 +4,11 @@ One ``CoreDriver`` owns an IPv4 and (optionally) an IPv6 UDP socket bound to the
 every datagram to the core with ``now = loop.time()``, then *first* hands the core's events to the
 daemon's handler (which may perform OS actions synchronously) and *then* sends the core's
 datagrams, and re-arms one timer at ``core.get_timer()``.
+
+With ``batch_reads`` (the DC) the driver reads the sockets itself: each readiness callback drains up
+to ``READ_BATCH`` datagrams into the core and flushes once, between ``on_batch_start`` and the
+flush's ``on_flush`` (the DC commits its registry writes there, once per batch, before the replies
+leave).
 """
 
 from __future__ import annotations
@@ -17,6 +22,8 @@ from typing import Any, Protocol
 log = logging.getLogger(__name__)
 
 Endpoint = tuple[str, int]
+#: Datagrams a batch-reading driver takes from a socket per readiness callback.
+READ_BATCH = 64
 
 
 class SansIOCore(Protocol):
@@ -70,9 +77,13 @@ class CoreDriver:
 
     def __init__(self, core: SansIOCore, on_event: Callable[[Any], None], *,
                  data_hook: Callable[[bytes, Endpoint], bool] | None = None,
-                 on_flush: Callable[[], None] | None = None) -> None:
+                 on_flush: Callable[[], None] | None = None, batch_reads: bool = False,
+                 on_batch_start: Callable[[], None] | None = None) -> None:
         self.core = core
         self.on_flush = on_flush
+        self.batch_reads = batch_reads
+        self.on_batch_start = on_batch_start
+        self._readers: list[socket.socket] = []
         self.on_event = on_event
         self.data_hook = data_hook
         self.loop = asyncio.get_running_loop()
@@ -95,6 +106,13 @@ class CoreDriver:
         for s in socks:
             transport, _ = await self.loop.create_datagram_endpoint(lambda: _Proto(self), sock=s)
             self.transports[s.family] = transport
+            if self.batch_reads:
+                # The transport keeps sending; we read (asyncio's reader takes one datagram per wake-up).
+                transport.pause_reading()  # type: ignore[attr-defined]
+                r = s.dup()
+                r.setblocking(False)
+                self._readers.append(r)
+                self.loop.add_reader(r.fileno(), self._readable, r)
 
     def sockets(self) -> list[socket.socket]:
         return [t.get_extra_info("socket") for t in self.transports.values()]
@@ -102,6 +120,10 @@ class CoreDriver:
     def close(self) -> None:
         if self._timer is not None:
             self._timer.cancel()
+        for r in self._readers:
+            self.loop.remove_reader(r.fileno())
+            r.close()
+        self._readers.clear()
         for t in self.transports.values():
             t.close()
 
@@ -115,6 +137,26 @@ class CoreDriver:
         self.core.receive_datagram(data, addr, self.loop.time())
         self.flush()
 
+    def _readable(self, sock: socket.socket) -> None:
+        if self.on_batch_start is not None:
+            self.on_batch_start()
+        core, hook = self.core, self.data_hook
+        now = self.loop.time()
+        for _ in range(READ_BATCH):
+            try:
+                data, raw = sock.recvfrom(65536)
+            except BlockingIOError:
+                break
+            except OSError:
+                self.socket_errors += 1  # ICMP errors and the like: never fatal
+                continue
+            self.received += 1
+            addr = normalize(raw)
+            if hook is not None and hook(data, addr):
+                continue
+            core.receive_datagram(data, addr, now)
+        self.flush()
+
     def flush(self) -> None:
         """Process events, then send datagrams, then re-arm the timer."""
         while (ev := self.core.next_event()) is not None:
@@ -125,6 +167,12 @@ class CoreDriver:
                 log.exception("event handler failed on %r", ev)
         if self.on_flush is not None:
             self.on_flush()
+            while (ev := self.core.next_event()) is not None:  # what on_flush made the core say
+                try:
+                    self.on_event(ev)
+                except Exception:
+                    self.handler_errors += 1
+                    log.exception("event handler failed on %r", ev)
         for dg in self.core.datagrams_to_send():
             self.send(dg.data, dg.addr)
         self._arm()

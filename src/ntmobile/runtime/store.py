@@ -1,7 +1,9 @@
 """The DC's SQLite registry (WAL mode): enrolled clients, VIPs, GN VIP mappings, DC identity.
 
 Implements core.registry.Store with the same allocation rules as MemoryStore. Every write is its
-own transaction; a failing write raises StoreError (the core turns it into STORAGE_ERROR replies).
+own transaction, except registrations' sequence numbers between ``begin_batch`` and ``end_batch``
+(group commit: the DC writes them once per batch of datagrams, before it sends the replies); a
+failing write raises StoreError (the core turns it into STORAGE_ERROR replies).
 """
 
 from __future__ import annotations
@@ -40,6 +42,8 @@ class SqliteStore:
     def __init__(self, path: str | Path, pools: Pools) -> None:
         self.path = Path(path)
         self.pools = pools
+        self._batching = False
+        self._seqs: dict[bytes, int] = {}
         try:
             self.path.parent.mkdir(parents=True, exist_ok=True)
             self.db = sqlite3.connect(str(self.path), isolation_level=None, timeout=5.0)
@@ -51,6 +55,32 @@ class SqliteStore:
 
     def close(self) -> None:
         self.db.close()
+
+    # -- group commit ------------------------------------------------------------------------------
+    def begin_batch(self) -> None:
+        """From now until ``end_batch``, registrations' sequence numbers (``set_last_seq``) are
+        collected and written in one transaction at ``end_batch`` (the DC brackets each batch of
+        datagrams it reads with these: one commit per batch instead of one per registration). Other
+        writes commit at once, as outside a batch."""
+        self._batching = True
+
+    def end_batch(self) -> None:
+        """Write the batch's sequence numbers. StoreError if that fails (none of them is written)."""
+        self._batching = False
+        if not self._seqs:
+            return
+        rows = [(seq, cid) for cid, seq in self._seqs.items()]
+        self._seqs.clear()
+        try:
+            self.db.execute("BEGIN")
+            self.db.executemany("UPDATE clients SET last_seq = ? WHERE client_id = ?", rows)
+            self.db.execute("COMMIT")
+        except sqlite3.Error as exc:
+            try:
+                self.db.execute("ROLLBACK")
+            except sqlite3.Error:
+                pass
+            raise StoreError(f"{self.path}: {exc}") from None
 
     def _write(self, sql: str, args: tuple[object, ...]) -> None:
         try:
@@ -69,7 +99,8 @@ class SqliteStore:
             raise StoreError(f"{self.path}: {exc}") from None
         if row is None:
             return None
-        return ClientRecord(bytes(row[0]), row[1], Role(row[2]), bytes(row[3]), row[4], row[5], row[6])
+        cid = bytes(row[0])
+        return ClientRecord(cid, row[1], Role(row[2]), bytes(row[3]), row[4], row[5], self._seqs.get(cid, row[6]))
 
     # -- Store protocol --------------------------------------------------------------------------
     def get_client(self, client_id: bytes) -> ClientRecord | None:
@@ -87,13 +118,18 @@ class SqliteStore:
                      record.last_seq))
 
     def set_last_seq(self, client_id: bytes, seq: int) -> None:
+        if self._batching:
+            self._seqs[client_id] = seq
+            return
         self._write("UPDATE clients SET last_seq = ? WHERE client_id = ?", (seq, client_id))
 
-    def assign_vips(self, client_id: bytes) -> tuple[str | None, str | None]:
-        rec = self.get_client(client_id)
+    def assign_vips(self, client_id: bytes, known: ClientRecord | None = None) -> tuple[str | None, str | None]:
+        rec = known if known is not None and known.client_id == client_id else self.get_client(client_id)
         if rec is None:
             raise StoreError("unknown client")
         vip4, vip6 = rec.vip4, rec.vip6
+        if (vip4 is not None or not self.pools.vip4) and (vip6 is not None or not self.pools.vip6):
+            return vip4, vip6
         if vip4 is None and self.pools.vip4:
             used = {r[0] for r in self.db.execute("SELECT vip4 FROM clients WHERE vip4 IS NOT NULL")}
             vip4 = VipPool(self.pools.vip4).first_free(used)

@@ -8,12 +8,14 @@ attributes. docs/protocol.md lists every message with its attributes and sizes.
 from __future__ import annotations
 
 import dataclasses
+import struct
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any, ClassVar
 
 from .constants import MessageType
 from .errors import CodecError
-from .tlv import Attr, Endpoint, Kind, decode_value, encode_value, iter_attrs, pack_attr
+from .tlv import DECODERS, ENCODERS, Attr, Endpoint, Kind
 
 
 def _f(attr: Attr, kind: Kind, *, required: bool = False, default: Any = None) -> Any:
@@ -308,45 +310,81 @@ def _schema(cls: type[Message]) -> tuple[_FieldSpec, ...]:
 
 SCHEMAS: dict[type[Message], tuple[_FieldSpec, ...]] = {cls: _schema(cls) for cls in MESSAGE_CLASSES.values()}
 
+# The codec below runs on every signalling message: per class, the fields with their attribute
+# header bytes and value codecs resolved once.
+_Enc = tuple[str, bytes, Callable[[object], bytes], bool, bool]
+_ENC: dict[type[Message], tuple[_Enc, ...]] = {
+    cls: tuple((sp.name, bytes((sp.attr,)), ENCODERS[sp.kind], sp.required, sp.repeated) for sp in specs)
+    for cls, specs in SCHEMAS.items()
+}
+_DEC: dict[MessageType, tuple[type[Message], dict[int, tuple[str, Callable[[bytes], object], bool]],
+                              tuple[tuple[str, int], ...]]] = {
+    mtype: (cls, {sp.attr: (sp.name, DECODERS[sp.kind], sp.repeated) for sp in SCHEMAS[cls]},
+            tuple((sp.name, sp.attr) for sp in SCHEMAS[cls] if sp.required))
+    for mtype, cls in MESSAGE_CLASSES.items()
+}
+_U16 = struct.Struct("!H")
+
 
 def encode_body(msg: Message) -> bytes:
     """Encode a message's attributes (the plaintext body)."""
-    out = []
-    for spec in SCHEMAS[type(msg)]:
-        value = getattr(msg, spec.name)
-        if spec.repeated:
-            for item in value:
-                out.append(pack_attr(spec.attr, encode_value(spec.kind, item)))
-        elif value is None:
-            if spec.required:
-                raise CodecError(f"{type(msg).__name__}.{spec.name} is required")
-        else:
-            out.append(pack_attr(spec.attr, encode_value(spec.kind, value)))
+    out: list[bytes] = []
+    pack16 = _U16.pack
+    try:
+        for name, tbyte, enc, required, repeated in _ENC[type(msg)]:
+            value = getattr(msg, name)
+            if repeated:
+                for item in value:
+                    raw = enc(item)
+                    out += (tbyte, pack16(len(raw)), raw)
+            elif value is None:
+                if required:
+                    raise CodecError(f"{type(msg).__name__}.{name} is required")
+            else:
+                raw = enc(value)
+                if len(raw) > 0xFFFF:
+                    raise CodecError("attribute too long")
+                out += (tbyte, pack16(len(raw)), raw)
+    except ValueError as exc:  # address errors (CodecError is a ValueError too)
+        if isinstance(exc, CodecError):
+            raise
+        raise CodecError(f"bad value in {type(msg).__name__}: {exc}") from None
     return b"".join(out)
 
 
 def decode_body(mtype: MessageType, body: bytes) -> Message:
     """Decode a plaintext body of the given type. Raises CodecError only."""
-    cls = MESSAGE_CLASSES.get(mtype)
-    if cls is None:
+    entry = _DEC.get(mtype)
+    if entry is None:
         raise CodecError(f"no body schema for message type 0x{int(mtype):02x}")
-    specs = SCHEMAS[cls]
-    by_attr = {s.attr: s for s in specs}
+    cls, by_attr, required = entry
     values: dict[str, Any] = {}
-    for atype, raw in iter_attrs(body):
+    off = 0
+    end = len(body)
+    while off < end:
+        if end - off < 3:
+            raise CodecError("truncated attribute header")
+        atype = body[off]
+        alen = (body[off + 1] << 8) | body[off + 2]
+        off += 3
+        if alen > end - off:
+            raise CodecError(f"attribute 0x{atype:02x} runs past the body")
         spec = by_attr.get(atype)
         if spec is None:
             if atype < 0x80:
                 raise CodecError(f"unknown critical attribute 0x{atype:02x} in {cls.__name__}")
+            off += alen
             continue
-        value = decode_value(spec.kind, raw)
-        if spec.repeated:
-            values[spec.name] = values.get(spec.name, ()) + (value,)
-        elif spec.name in values:
+        name, dec, repeated = spec
+        value = dec(body[off:off + alen])
+        off += alen
+        if repeated:
+            values[name] = values.get(name, ()) + (value,)
+        elif name in values:
             raise CodecError(f"attribute 0x{atype:02x} repeated in {cls.__name__}")
         else:
-            values[spec.name] = value
-    for spec in specs:
-        if spec.required and spec.name not in values:
-            raise CodecError(f"{cls.__name__} lacks required attribute 0x{spec.attr:02x} ({spec.name})")
+            values[name] = value
+    for name, attr in required:
+        if name not in values:
+            raise CodecError(f"{cls.__name__} lacks required attribute 0x{attr:02x} ({name})")
     return cls(**values)

@@ -10,7 +10,7 @@ from __future__ import annotations
 import ipaddress
 import struct
 import sys
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from enum import IntEnum
 
 from .errors import CodecError
@@ -85,97 +85,171 @@ class Kind(IntEnum):
 MAX_STR = 255
 
 
-def encode_value(kind: Kind, value: object) -> bytes:
+def _enc_u8(v: object) -> bytes:
+    return bytes((_int(v, 0xFF),))
+
+
+def _enc_u16(v: object) -> bytes:
+    return _U16.pack(_int(v, 0xFFFF))
+
+
+def _enc_u32(v: object) -> bytes:
+    return _U32.pack(_int(v, 0xFFFFFFFF))
+
+
+def _enc_u64(v: object) -> bytes:
+    return _U64.pack(_int(v, 0xFFFFFFFFFFFFFFFF))
+
+
+def _enc_id8(v: object) -> bytes:
+    return _fixed(v, 8)
+
+
+def _enc_key32(v: object) -> bytes:
+    return _fixed(v, 32)
+
+
+def _enc_str(v: object) -> bytes:
+    if not isinstance(v, str):
+        raise CodecError("expected a string")
+    raw = v.encode("utf-8")
+    if len(raw) > MAX_STR:
+        raise CodecError("string longer than 255 bytes")
+    return raw
+
+
+def _enc_ip4(v: object) -> bytes:
+    return _pack4(_str(v))
+
+
+def _enc_ip6(v: object) -> bytes:
+    return _pack6(_str(v))
+
+
+def _enc_endpoint(v: object) -> bytes:
+    if not (isinstance(v, tuple) and len(v) == 2):
+        raise CodecError("endpoint must be (address, port)")
+    host = _str(v[0])
+    port = _int(v[1], 0xFFFF)
+    if ":" in host:
+        return b"\x06" + _U16.pack(port) + _pack6(host)
+    return b"\x04" + _U16.pack(port) + _pack4(host)
+
+
+def _enc_versions(v: object) -> bytes:
+    if not (isinstance(v, tuple) and len(v) == 2):
+        raise CodecError("versions must be (min, max)")
+    lo, hi = _int(v[0], 0xFF), _int(v[1], 0xFF)
+    if lo > hi:
+        raise CodecError("versions: min > max")
+    return bytes((lo, hi))
+
+
+def _dec_u8(raw: bytes) -> object:
+    if len(raw) != 1:
+        raise CodecError("wrong length for a U8 attribute")
+    return raw[0]
+
+
+def _dec_u16(raw: bytes) -> object:
+    if len(raw) != 2:
+        raise CodecError("wrong length for a U16 attribute")
+    return _U16.unpack(raw)[0]
+
+
+def _dec_u32(raw: bytes) -> object:
+    if len(raw) != 4:
+        raise CodecError("wrong length for a U32 attribute")
+    return _U32.unpack(raw)[0]
+
+
+def _dec_u64(raw: bytes) -> object:
+    if len(raw) != 8:
+        raise CodecError("wrong length for a U64 attribute")
+    return _U64.unpack(raw)[0]
+
+
+def _dec_id8(raw: bytes) -> object:
+    if len(raw) != 8:
+        raise CodecError("wrong length for a ID8 attribute")
+    return bytes(raw)
+
+
+def _dec_key32(raw: bytes) -> object:
+    if len(raw) != 32:
+        raise CodecError("wrong length for a KEY32 attribute")
+    return bytes(raw)
+
+
+def _dec_str(raw: bytes) -> object:
+    if len(raw) > MAX_STR:
+        raise CodecError("string longer than 255 bytes")
     try:
-        if kind is Kind.U8:
-            return bytes((_int(value, 0xFF),))
-        if kind is Kind.U16:
-            return _U16.pack(_int(value, 0xFFFF))
-        if kind is Kind.U32:
-            return _U32.pack(_int(value, 0xFFFFFFFF))
-        if kind is Kind.U64:
-            return _U64.pack(_int(value, 0xFFFFFFFFFFFFFFFF))
-        if kind is Kind.ID8:
-            return _fixed(value, 8)
-        if kind is Kind.KEY32:
-            return _fixed(value, 32)
-        if kind is Kind.STR:
-            if not isinstance(value, str):
-                raise CodecError("expected a string")
-            raw = value.encode("utf-8")
-            if len(raw) > MAX_STR:
-                raise CodecError("string longer than 255 bytes")
-            return raw
-        if kind is Kind.IP4:
-            return ipaddress.IPv4Address(_str(value)).packed
-        if kind is Kind.IP6:
-            return ipaddress.IPv6Address(_str(value)).packed
-        if kind is Kind.ENDPOINT:
-            if not (isinstance(value, tuple) and len(value) == 2):
-                raise CodecError("endpoint must be (address, port)")
-            addr = ipaddress.ip_address(_str(value[0]))
-            port = _int(value[1], 0xFFFF)
-            return bytes((addr.version,)) + _U16.pack(port) + addr.packed
-        if kind is Kind.VERSIONS:
-            if not (isinstance(value, tuple) and len(value) == 2):
-                raise CodecError("versions must be (min, max)")
-            lo, hi = _int(value[0], 0xFF), _int(value[1], 0xFF)
-            if lo > hi:
-                raise CodecError("versions: min > max")
-            return bytes((lo, hi))
-    except ValueError as exc:  # ipaddress errors
-        if isinstance(exc, CodecError):
-            raise
+        return bytes(raw).decode("utf-8")
+    except UnicodeDecodeError:
+        raise CodecError("string is not UTF-8") from None
+
+
+def _dec_ip4(raw: bytes) -> object:
+    if len(raw) != 4:
+        raise CodecError("wrong length for a IP4 attribute")
+    return _addr_text(bytes(raw))
+
+
+def _dec_ip6(raw: bytes) -> object:
+    if len(raw) != 16:
+        raise CodecError("wrong length for a IP6 attribute")
+    return _addr_text(bytes(raw))
+
+
+def _dec_endpoint(raw: bytes) -> object:
+    n = len(raw)
+    if n not in (7, 19):
+        raise CodecError("wrong length for a ENDPOINT attribute")
+    fam = raw[0]
+    if (fam == 4 and n == 7) or (fam == 6 and n == 19):
+        return (_addr_text(bytes(raw[3:])), _U16.unpack_from(raw, 1)[0])
+    raise CodecError("endpoint family does not match its length")
+
+
+def _dec_versions(raw: bytes) -> object:
+    if len(raw) != 2:
+        raise CodecError("wrong length for a VERSIONS attribute")
+    if raw[0] > raw[1]:
+        raise CodecError("versions: min > max")
+    return (raw[0], raw[1])
+
+
+#: Per kind: value -> bytes (CodecError or ValueError on a bad value) and bytes -> value (CodecError).
+ENCODERS: dict[Kind, Callable[[object], bytes]] = {
+    Kind.U8: _enc_u8, Kind.U16: _enc_u16, Kind.U32: _enc_u32, Kind.U64: _enc_u64, Kind.ID8: _enc_id8,
+    Kind.KEY32: _enc_key32, Kind.STR: _enc_str, Kind.IP4: _enc_ip4, Kind.IP6: _enc_ip6,
+    Kind.ENDPOINT: _enc_endpoint, Kind.VERSIONS: _enc_versions,
+}
+DECODERS: dict[Kind, Callable[[bytes], object]] = {
+    Kind.U8: _dec_u8, Kind.U16: _dec_u16, Kind.U32: _dec_u32, Kind.U64: _dec_u64, Kind.ID8: _dec_id8,
+    Kind.KEY32: _dec_key32, Kind.STR: _dec_str, Kind.IP4: _dec_ip4, Kind.IP6: _dec_ip6,
+    Kind.ENDPOINT: _dec_endpoint, Kind.VERSIONS: _dec_versions,
+}
+
+
+def encode_value(kind: Kind, value: object) -> bytes:
+    enc = ENCODERS.get(kind)
+    if enc is None:
+        raise CodecError(f"unknown kind {kind}")
+    try:
+        return enc(value)
+    except CodecError:
+        raise
+    except ValueError as exc:  # address errors
         raise CodecError(f"bad value {value!r}: {exc}") from None
-    raise CodecError(f"unknown kind {kind}")
 
 
 def decode_value(kind: Kind, raw: bytes) -> object:
-    n = len(raw)
-    if kind is Kind.U8:
-        _need(n == 1, kind)
-        return raw[0]
-    if kind is Kind.U16:
-        _need(n == 2, kind)
-        return _U16.unpack(raw)[0]
-    if kind is Kind.U32:
-        _need(n == 4, kind)
-        return _U32.unpack(raw)[0]
-    if kind is Kind.U64:
-        _need(n == 8, kind)
-        return _U64.unpack(raw)[0]
-    if kind is Kind.ID8:
-        _need(n == 8, kind)
-        return bytes(raw)
-    if kind is Kind.KEY32:
-        _need(n == 32, kind)
-        return bytes(raw)
-    if kind is Kind.STR:
-        if n > MAX_STR:
-            raise CodecError("string longer than 255 bytes")
-        try:
-            return bytes(raw).decode("utf-8")
-        except UnicodeDecodeError:
-            raise CodecError("string is not UTF-8") from None
-    if kind is Kind.IP4:
-        _need(n == 4, kind)
-        return _addr_text(bytes(raw))
-    if kind is Kind.IP6:
-        _need(n == 16, kind)
-        return _addr_text(bytes(raw))
-    if kind is Kind.ENDPOINT:
-        _need(n in (7, 19), kind)
-        fam = raw[0]
-        port = _U16.unpack_from(raw, 1)[0]
-        if (fam == 4 and n == 7) or (fam == 6 and n == 19):
-            return (_addr_text(bytes(raw[3:])), port)
-        raise CodecError("endpoint family does not match its length")
-    if kind is Kind.VERSIONS:
-        _need(n == 2, kind)
-        if raw[0] > raw[1]:
-            raise CodecError("versions: min > max")
-        return (raw[0], raw[1])
-    raise CodecError(f"unknown kind {kind}")
+    dec = DECODERS.get(kind)
+    if dec is None:
+        raise CodecError(f"unknown kind {kind}")
+    return dec(raw)
 
 
 def iter_attrs(body: bytes) -> Iterator[tuple[int, bytes]]:
@@ -199,16 +273,56 @@ def pack_attr(atype: int, value: bytes) -> bytes:
     return _TL.pack(atype, len(value)) + value
 
 
+def _pack4(text: str) -> bytes:
+    """Packed IPv4 address: a strict dotted quad (what ``ipaddress`` accepts, a few times faster:
+    addresses are in most signalling messages). ValueError otherwise."""
+    parts = text.split(".")
+    if len(parts) == 4:
+        for p in parts:
+            if not (p.isascii() and p.isdigit() and len(p) <= 3) or (p[0] == "0" and len(p) > 1):
+                break
+        else:
+            try:
+                return bytes((int(parts[0]), int(parts[1]), int(parts[2]), int(parts[3])))
+            except ValueError:  # an octet above 255
+                pass
+    raise ValueError(f"{text!r} is not an IPv4 address")
+
+
+def _pack6(text: str) -> bytes:
+    return ipaddress.IPv6Address(text).packed
+
+
+_8H = struct.Struct("!8H")
+
+
+def _text6(packed: bytes) -> str:
+    """IPv6 text exactly as ``str(ipaddress.IPv6Address(packed))`` writes it (lower-case hex, the
+    longest run of two or more zero groups, the first of equal runs, as "::"), without its cost."""
+    groups = _8H.unpack(packed)
+    best_at, best_len, at, run = -1, 1, -1, 0
+    for i, g in enumerate(groups):
+        if g == 0:
+            if run == 0:
+                at = i
+            run += 1
+            if run > best_len:
+                best_at, best_len = at, run
+        else:
+            run = 0
+    if best_at < 0:
+        return ":".join([f"{g:x}" for g in groups])
+    head = ":".join([f"{g:x}" for g in groups[:best_at]])
+    tail = ":".join([f"{g:x}" for g in groups[best_at + best_len:]])
+    return head + "::" + tail
+
+
 def _addr_text(packed: bytes) -> str:
     """Text form of a packed IPv4/IPv6 address, interned: relays and DCs hold many copies of the
     same few addresses (VIPs, general nodes), so they share one string each."""
-    ip = ipaddress.IPv4Address(packed) if len(packed) == 4 else ipaddress.IPv6Address(packed)
-    return sys.intern(str(ip))
-
-
-def _need(ok: bool, kind: Kind) -> None:
-    if not ok:
-        raise CodecError(f"wrong length for a {kind.name} attribute")
+    if len(packed) == 4:
+        return sys.intern(f"{packed[0]}.{packed[1]}.{packed[2]}.{packed[3]}")
+    return sys.intern(_text6(packed))
 
 
 def _int(value: object, limit: int) -> int:
