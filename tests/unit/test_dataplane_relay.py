@@ -25,6 +25,18 @@ def test_same_prefix_run() -> None:
     assert _same_prefix_run(batch(a * 3 + b + a), size, 12) == 3
     assert _same_prefix_run(batch(a + b * 4), size, 12) == 1
     assert _same_prefix_run(batch(a * 2 + a[:10]), size, 12) == 2  # too short to carry the prefix
+    assert _same_prefix_run(batch(a * 4 + b[:50]), size, 12) == 4  # a stranger's short tail
+    assert _same_prefix_run(batch(a[:60]), size, 12) == 1
+    # One differing byte anywhere in the prefix (flags, last Path ID byte) ends the run there.
+    for pos in (0, 2, 11):
+        c = bytearray(a)
+        c[pos] ^= 1
+        assert _same_prefix_run(batch(a * 2 + bytes(c) + a * 3), size, 12) == 2
+        assert _same_prefix_run(batch(a * 5 + bytes(c)[:30]), size, 12) == 5
+    # A difference past the prefix (the chunk body) does not.
+    d = bytearray(a)
+    d[12] ^= 1
+    assert _same_prefix_run(batch(a + bytes(d) * 3), size, 12) == 4
 
 
 def test_rs_s_forwards_a_run_once_and_only_from_the_learnt_leg() -> None:

@@ -37,6 +37,9 @@ RECV_BUF_SIZE = 65535
 Addr = Any  # (host, port) for AF_INET, (host, port, flow, scope) for AF_INET6
 
 _INT_BYTES = sys.byteorder
+#: A plain int: ``int & socket.MSG_TRUNC`` (an IntFlag) would run enum's Python-level operator on
+#: every receive.
+_MSG_TRUNC = int(socket.MSG_TRUNC)
 
 
 class GsoUnsupported(OSError):
@@ -116,7 +119,7 @@ def recv_gro(sock: socket.socket, buf: bytearray | memoryview,
     with nothing queued, and ValueError when the batch did not fit `buf` (MSG_TRUNC).
     """
     n, anc, flags, addr = sock.recvmsg_into((buf,), ancbufsize)
-    if flags & socket.MSG_TRUNC:
+    if flags & _MSG_TRUNC:
         raise ValueError(f"datagram larger than the {len(buf)}-byte buffer was truncated")
     seg: int | None = None
     for level, kind, data in anc:

@@ -90,7 +90,8 @@ class RsDaemon:
         self.driver = CoreDriver(self.core, self.on_event, on_flush=self.flush_tun)
         await self.driver.start(s.port)
         self.buf = bytearray(MAX_PACKET)
-        self.udpio = UdpIo(self.driver.sockets(), self.on_capsule, self.driver.on_datagram,
+        self._dirty = False
+        self.udpio = UdpIo(self.driver.sockets(), self.on_capsule, self.on_other,
                            on_batch_end=self.on_batch_end, on_run=self.on_run)
         self.train = Train(self.udpio)
         self.udpio.start(loop, self.driver.transports.values())
@@ -127,22 +128,34 @@ class RsDaemon:
         for blob, size, ep in self.core.gso_to_send():
             self.udpio.send_chunks(blob, size, ep)
 
+    # An RS-S forward (a destination returned) only updates the entry's counters and activity
+    # time in the core: no event, datagram or timer change. Anything else (RS-N, drops) may have
+    # produced some, so the batch ends with a driver flush only then (``_dirty``).
     def on_capsule(self, data: memoryview, addr: tuple[str, int], now: float) -> None:
         dest = self.core.relay_data(data, addr, now)
         if dest is not None:
             self.train.add(data, dest)
+        else:
+            self._dirty = True
 
     def on_run(self, data: memoryview, size: int, addr: tuple[str, int], now: float) -> int:
         dest, k = self.core.relay_run(data, size, addr, now)
         if dest is not None:
             self.train.add(data[:k * size], dest, size)
         else:
+            self._dirty = True
             self.flush_tun()  # an RS-N payload from relay_run is a view: write it now
         return k
 
+    def on_other(self, data: bytes, addr: tuple[str, int]) -> None:
+        self._dirty = True
+        self.driver.on_datagram(data, addr)
+
     def on_batch_end(self) -> None:
         self.train.flush()
-        self.driver.flush()  # events (endpoint learnt), inner packets to the TUN, sends
+        if self._dirty:
+            self._dirty = False
+            self.driver.flush()  # events (endpoint learnt), inner packets to the TUN, sends
 
     def on_event(self, ev: object) -> None:
         if isinstance(ev, ProbeRequest):
