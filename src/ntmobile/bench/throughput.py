@@ -191,14 +191,21 @@ def run_condition(name: str, rate_mbit: float | None, *, runs: int, seconds: flo
             iperf(lab, target_of(mode, lab), 1)
         samples: dict[str, list[float]] = {m: [] for m in modes}
         retrans: dict[str, list[int]] = {m: [] for m in modes}
+        # The machine's 1-minute load average after each run: the bench shares 2 vCPUs with
+        # whatever else runs, so every figure carries the load it was measured under.
+        load: dict[str, list[float]] = {m: [] for m in modes}
         for r in range(runs):
             for mode in modes:
                 mbit, rtx = iperf(lab, target_of(mode, lab), seconds)
                 samples[mode].append(round(mbit, 1))
                 retrans[mode].append(rtx)
-                log(f"[{name}] run {r + 1}/{runs} {mode}: {mbit:.1f} Mbit/s ({rtx} retransmits)")
+                load[mode].append(round(os.getloadavg()[0], 2))
+                log(f"[{name}] run {r + 1}/{runs} {mode}: {mbit:.1f} Mbit/s ({rtx} retransmits, "
+                    f"load {load[mode][-1]:.2f})")
         status = lab.status()
-        return {"rate_mbit": rate_mbit, "samples": samples, "retransmits": retrans,
+        every = [x for v in load.values() for x in v]
+        return {"rate_mbit": rate_mbit, "samples": samples, "retransmits": retrans, "load": load,
+                "load_summary": {"min": min(every), "median": statistics.median(every), "max": max(every)},
                 "median": {m: statistics.median(v) for m, v in samples.items()},
                 "lab": {"prefix": prefix, "hosts": len(status.get("hosts", []) or [])}}
     finally:
@@ -257,6 +264,11 @@ def to_markdown(report: dict[str, Any]) -> str:
              f"iperf3 TCP, one stream, mn -> peer; {report['runs']} runs x {report['seconds']} s per mode, "
              "medians (Mbit/s).", ""]
     conds = list(report["conditions"])
+    loads = [report["conditions"][c].get("load_summary") for c in conds]
+    if all(loads):
+        lines += ["Load average (1 min) after the runs: " + "; ".join(
+            f"{c} {ld['min']:.2f}-{ld['max']:.2f} (median {ld['median']:.2f})"
+            for c, ld in zip(conds, loads, strict=True)) + ".", ""]
     lines.append("| mode | paper (100 Mbit/s) | " + " | ".join(f"{c} median" for c in conds) + " |")
     lines.append("|---|---|" + "---|" * len(conds))
     for mode in report["modes"]:
