@@ -604,3 +604,43 @@ def test_ipv6_text_is_what_ipaddress_writes(packed: bytes) -> None:
     from ntmobile.wire.tlv import Kind, decode_value
 
     assert decode_value(Kind.IP6, packed) == str(ipaddress.IPv6Address(packed))
+
+
+_V6_TEXT = st.one_of(
+    st.text(alphabet="0123456789abcdefABCDEFg:.%", max_size=41),
+    st.binary(min_size=16, max_size=16).map(lambda b: str(ipaddress.IPv6Address(b))),
+    st.binary(min_size=16, max_size=16).map(lambda b: ipaddress.IPv6Address(b).exploded),
+)
+
+
+@given(_V6_TEXT)
+@settings(max_examples=2000)
+def test_ipv6_text_is_accepted_exactly_as_ipaddress_accepts_it(text: str) -> None:
+    from ntmobile.wire.tlv import Kind, encode_value
+
+    try:
+        want: bytes | None = ipaddress.IPv6Address(text).packed
+    except ValueError:
+        want = None
+    try:
+        got: bytes | None = encode_value(Kind.IP6, text)
+    except CodecError:
+        got = None
+    assert got == want
+
+
+@pytest.mark.parametrize("text", ["::", "::1", "1::", "1:2:3:4:5:6:7::", "::2:3:4:5:6:7:8", "1:2:3:4:5:6:7:8",
+                                  "1:2:3:4:5:6:7:8:9", "1::2::3", ":1:2:3:4:5:6:7", "1:2:3:4:5:6:7:", "12345::",
+                                  "fe80::1%eth0", "::ffff:1.2.3.4", "1:2:3:4:5:6:7::8", ":::", "", "g::1", "FD00::AB"])
+def test_ipv6_edge_forms_match_ipaddress(text: str) -> None:
+    from ntmobile.wire.tlv import Kind, encode_value
+
+    try:
+        want: bytes | None = ipaddress.IPv6Address(text).packed
+    except ValueError:
+        want = None
+    try:
+        got: bytes | None = encode_value(Kind.IP6, text)
+    except CodecError:
+        got = None
+    assert got == want

@@ -22,6 +22,7 @@ set-ups/s, p50/p99 latency, the DC's RSS growth per registered node, and the exa
 
 from __future__ import annotations
 
+import gc
 import heapq
 import ipaddress
 import json
@@ -225,6 +226,7 @@ class Generator:
         self.unrouted = 0
         self.retransmissions = 0
         self.rand = random.Random(1).randbytes
+        self.frozen_at = 0.0
 
     def add(self, i: int, now: float) -> NodeCore:
         rec = node_record(i)
@@ -238,6 +240,10 @@ class Generator:
         entry = self.nodes.pop(node_addr(i), None)
         if entry is not None:
             self.retransmissions += entry[1].stats["retransmissions"]
+            # Its timers and pending requests hold bound methods of the core (reference cycles):
+            # drop them so reference counting frees the core at once, frozen or not.
+            entry[1]._timers.clear()
+            entry[1]._pending.clear()
 
     def flush(self, addr: str, node: NodeCore) -> None:
         src = socket.inet_aton(addr)
@@ -256,6 +262,11 @@ class Generator:
 
     def poll(self, on_event: Callable[[int, NodeCore, object, float], None], timeout: float) -> None:
         """Receive what is there (waiting up to ``timeout``), feed the nodes, fire due timers."""
+        if time.monotonic() - self.frozen_at > 2.0:
+            # Keep the collector off the long-lived node cores (a full collection over tens of
+            # thousands of them would show up as latency); the DC does the same (runtime/dc.py).
+            gc.freeze()
+            self.frozen_at = time.monotonic()
         try:
             self.sock.settimeout(timeout)
             first = True

@@ -7,6 +7,7 @@ Allocation rules live here, so both stores hand out VIPs identically.
 
 from __future__ import annotations
 
+import functools
 import ipaddress
 from dataclasses import dataclass
 from typing import Protocol
@@ -47,6 +48,12 @@ class VipPool:
 
     def __init__(self, cidr: str | None) -> None:
         self.net = ipaddress.ip_network(cidr) if cidr else None
+
+    @staticmethod
+    @functools.cache
+    def of(cidr: str | None) -> VipPool:
+        """The pool of ``cidr``, parsed once (pools are few and fixed by the configuration)."""
+        return VipPool(cidr)
 
     def first_free(self, used: set[str]) -> str:
         if self.net is None:
@@ -104,9 +111,9 @@ class MemoryStore:
         if (rec.vip4 is None and self.pools.vip4) or (rec.vip6 is None and self.pools.vip6):
             self._check_write()
             if rec.vip4 is None and self.pools.vip4:
-                rec.vip4 = VipPool(self.pools.vip4).first_free({c.vip4 for c in self._clients.values() if c.vip4})
+                rec.vip4 = VipPool.of(self.pools.vip4).first_free({c.vip4 for c in self._clients.values() if c.vip4})
             if rec.vip6 is None and self.pools.vip6:
-                rec.vip6 = VipPool(self.pools.vip6).first_free({c.vip6 for c in self._clients.values() if c.vip6})
+                rec.vip6 = VipPool.of(self.pools.vip6).first_free({c.vip6 for c in self._clients.values() if c.vip6})
         return rec.vip4, rec.vip6
 
     def gn_vip(self, node_id: bytes, gn_addr: str) -> str:
@@ -114,7 +121,7 @@ class MemoryStore:
         if key not in self._gn:
             self._check_write()
             v6 = ipaddress.ip_address(gn_addr).version == 6
-            pool = VipPool(self.pools.gn_vip6 if v6 else self.pools.gn_vip4)
+            pool = VipPool.of(self.pools.gn_vip6 if v6 else self.pools.gn_vip4)
             used = {v for (n, _), v in self._gn.items() if n == node_id}
             self._gn[key] = pool.first_free(used)
         return self._gn[key]

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import asyncio
 import dataclasses
+import gc
 import logging
 import os
 import signal
@@ -49,6 +50,12 @@ log = logging.getLogger("ntm.dc")
 DISCOVERY_DEADLINE = 2.0
 #: Node registrations are logged one by one at DEBUG; at INFO as a count every this many seconds.
 REGISTRATION_SUMMARY_SECONDS = 10.0
+#: Every this many seconds the DC moves the objects that survived so far (sessions, records,
+#: channels: ten for each of 100,000 nodes) out of the cyclic garbage collector's sight
+#: (``gc.freeze``). A full collection would otherwise walk all of them, pausing the DC for
+#: hundreds of milliseconds at 100,000 nodes. They are still freed by reference counting when
+#: dropped; the DC's state holds no reference cycles that need the collector.
+GC_FREEZE_SECONDS = 5.0
 
 _OUTCOME = {
     Outcome.GENERAL_NODE: PeerKind.GENERAL,
@@ -173,11 +180,13 @@ class DcDaemon:
                     raise
                 log.warning("no IPv6 DNS listener: %s", exc)
         control = await serve_control(s.control, self.control)
+        freezer = asyncio.create_task(self._freeze_long_lived())
         log.info("DC %s (id %s) up: signalling %s:%d, DNS port %d, %d enrolled", s.domain, self.dc_id.hex(),
                  s.address, s.port, s.dns_port, len(self.store.clients()))
         try:
             await stop.wait()
         finally:
+            freezer.cancel()
             control.close()
             for tr in self.probe_transports.values():
                 tr.close()
@@ -187,6 +196,11 @@ class DcDaemon:
             for t in self._tasks:
                 t.cancel()
             self.store.close()
+
+    async def _freeze_long_lived(self) -> None:
+        while True:
+            await asyncio.sleep(GC_FREEZE_SECONDS)
+            gc.freeze()
 
     def _begin_batch(self) -> None:
         self.store.begin_batch()

@@ -8,7 +8,6 @@ failing write raises StoreError (the core turns it into STORAGE_ERROR replies).
 
 from __future__ import annotations
 
-import ipaddress
 import os
 import sqlite3
 from pathlib import Path
@@ -132,22 +131,24 @@ class SqliteStore:
             return vip4, vip6
         if vip4 is None and self.pools.vip4:
             used = {r[0] for r in self.db.execute("SELECT vip4 FROM clients WHERE vip4 IS NOT NULL")}
-            vip4 = VipPool(self.pools.vip4).first_free(used)
+            vip4 = VipPool.of(self.pools.vip4).first_free(used)
         if vip6 is None and self.pools.vip6:
             used = {r[0] for r in self.db.execute("SELECT vip6 FROM clients WHERE vip6 IS NOT NULL")}
-            vip6 = VipPool(self.pools.vip6).first_free(used)
+            vip6 = VipPool.of(self.pools.vip6).first_free(used)
         if (vip4, vip6) != (rec.vip4, rec.vip6):
             self._write("UPDATE clients SET vip4 = ?, vip6 = ? WHERE client_id = ?", (vip4, vip6, client_id))
         return vip4, vip6
 
     def gn_vip(self, node_id: bytes, gn_addr: str) -> str:
-        row = self.db.execute("SELECT vip FROM gn_vips WHERE node_id = ? AND gn_addr = ?",
-                              (node_id, gn_addr)).fetchone()
-        if row is not None:
-            return str(row[0])
-        v6 = ipaddress.ip_address(gn_addr).version == 6
-        used = {r[0] for r in self.db.execute("SELECT vip FROM gn_vips WHERE node_id = ?", (node_id,))}
-        vip = VipPool(self.pools.gn_vip6 if v6 else self.pools.gn_vip4).first_free(used)
+        try:
+            rows = self.db.execute("SELECT gn_addr, vip FROM gn_vips WHERE node_id = ?", (node_id,)).fetchall()
+        except sqlite3.Error as exc:
+            raise StoreError(f"{self.path}: {exc}") from None
+        for addr, vip in rows:
+            if addr == gn_addr:
+                return str(vip)
+        v6 = ":" in gn_addr
+        vip = VipPool.of(self.pools.gn_vip6 if v6 else self.pools.gn_vip4).first_free({r[1] for r in rows})
         self._write("INSERT INTO gn_vips (node_id, gn_addr, vip) VALUES (?,?,?)", (node_id, gn_addr, vip))
         return vip
 
