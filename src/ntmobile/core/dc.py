@@ -233,10 +233,10 @@ class _Session:
     nat: NatKind
     last_seen: float
     capabilities: int
-    #: The registration that made this session: its txid, both ephemerals (a retransmitted request
-    #: gets the same response again, rebuilt from these) and the probe endpoint it announced.
-    reg_txid: int = 0
-    client_eph: bytes = b""
+    #: The registration that made this session: its txid and the client ephemeral's first 8 bytes in
+    #: one integer (a retransmitted request gets the same response again, rebuilt from the session),
+    #: the DC ephemeral and the probe endpoint it announced.
+    reg_tag: int = 0
     dc_eph: bytes = b""
     probe: Endpoint | None = None
     load: int = 0
@@ -517,8 +517,9 @@ class DcCore(CoreBase):
         msg = self._open(lt, header, data)
         if not isinstance(msg, RegistrationRequest):
             return
+        reg_tag = (header.txid << 64) | int.from_bytes(msg.ephemeral[:8], "big")
         old = self._sessions.get(record.client_id)
-        if old is not None and old.reg_txid == header.txid and old.client_eph == msg.ephemeral:
+        if old is not None and old.reg_tag == reg_tag:
             # Our response was lost: send it again (same session, same keys; resealed).
             self.stats["registration_retransmits"] += 1
             self._reply(lt, self._registration_response(old, addr), header.txid, addr, flags=SignalFlags.LONG_TERM)
@@ -556,7 +557,7 @@ class DcCore(CoreBase):
         if record.role is Role.NODE and nat is NatKind.NAT:
             probe = next((p for p in self.config.probe if (":" in p[0]) == (":" in addr[0])), None)
         session = _Session(record, Channel(keys, self.config.dc_id), addr, msg.local_endpoints, nat, now,
-                           msg.capabilities, reg_txid=header.txid, client_eph=msg.ephemeral, dc_eph=eph.public,
+                           msg.capabilities, reg_tag=reg_tag, dc_eph=eph.public,
                            probe=probe, load=msg.load or 0)
         self._sessions[record.client_id] = session
         if record.role is Role.RELAY:

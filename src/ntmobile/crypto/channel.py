@@ -152,15 +152,20 @@ class Channel:
     it to find the matching keys.
     """
 
-    __slots__ = ("_send", "_recv", "sender", "next_seq", "window", "keys")
+    __slots__ = ("_send", "_recv", "sender", "next_seq", "window")
 
     def __init__(self, keys: KeyPair, sender: bytes, *, seq_start: int = 1, recv_floor: int = 0) -> None:
-        self.keys = keys
         self._send = LazyAead(keys.send)
         self._recv = LazyAead(keys.recv)
         self.sender = sender
         self.next_seq = seq_start
         self.window = ReplayWindow(floor=recv_floor)
+
+    @property
+    def keys(self) -> KeyPair:
+        """The channel's keys (send, receive); a DC holds a channel per registered node, so they are
+        kept only once, in the AEAD wrappers."""
+        return KeyPair(self._send.key, self._recv.key)
 
     def seal(self, msg: Message, *, txid: int, status: int = 0, flags: int = 0) -> bytes:
         seq = self.next_seq

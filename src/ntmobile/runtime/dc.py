@@ -182,7 +182,7 @@ class DcDaemon:
         control = await serve_control(s.control, self.control)
         freezer = asyncio.create_task(self._freeze_long_lived())
         log.info("DC %s (id %s) up: signalling %s:%d, DNS port %d, %d enrolled", s.domain, self.dc_id.hex(),
-                 s.address, s.port, s.dns_port, len(self.store.clients()))
+                 s.address, s.port, s.dns_port, self.store.count())
         try:
             await stop.wait()
         finally:

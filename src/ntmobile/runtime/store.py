@@ -153,6 +153,10 @@ class SqliteStore:
         return vip
 
     # -- extras --------------------------------------------------------------------------------
+    def count(self) -> int:
+        """Enrolled clients (nodes and relays)."""
+        return int(self.db.execute("SELECT COUNT(*) FROM clients").fetchone()[0])
+
     def clients(self) -> list[ClientRecord]:
         rows = self.db.execute("SELECT client_id FROM clients ORDER BY name").fetchall()
         return [r for (cid,) in rows if (r := self.get_client(bytes(cid))) is not None]
