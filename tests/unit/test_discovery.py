@@ -485,3 +485,16 @@ def test_upward_referral_to_the_root_is_not_a_zone_cut() -> None:
 def test_cache_lookup_of_an_invalid_name_is_a_miss_not_an_error() -> None:
     cache = DiscoveryCache()
     assert cache.get("a" * 64 + ".example.", now=0.0) is None
+
+
+@given(st.one_of(st.text(alphabet="abcXYZ019-_.*\\ é", max_size=30),
+                 st.lists(st.text(alphabet="abz09-", min_size=1, max_size=70), min_size=1, max_size=5).map(".".join)))
+@settings(max_examples=1000)
+def test_cache_key_fast_path_gives_what_dnspython_gives(name: str) -> None:
+    from ntmobile.core.discovery import cache_key
+
+    try:
+        want = dns.name.from_text(name).canonicalize().to_text()
+    except Exception:
+        want = "invalid:" + name.lower()
+    assert cache_key(name) == want

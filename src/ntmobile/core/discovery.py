@@ -66,11 +66,14 @@ class Evidence:
 
 @dataclass(frozen=True)
 class DiscoveryResult:
+    """What discovery found out about a name; the DC core takes it as it is (DcCore.resolution_result)."""
+
     fqdn: str
     outcome: Outcome
-    ttl: int  # seconds this result may be cached
-    reason: str
-    evidence: Evidence
+    ttl: int = 0  # seconds this result may be cached
+    reason: str = ""
+    evidence: Evidence = Evidence()
+    #: NTM peers: the marker TXT of the peer's zone (the peer DC's signalling endpoint and key).
     marker: DcMarker | None = None
     a: tuple[str, ...] = ()
     aaaa: tuple[str, ...] = ()
@@ -656,12 +659,21 @@ class _Entry:
     expires: float
 
 
+_PLAIN = frozenset("abcdefghijklmnopqrstuvwxyz0123456789-_.")
+
+
 def cache_key(fqdn: str) -> str:
     """Case-insensitive, absolute form of a name ('WWW.B.Example' -> 'www.b.example.').
 
     A string that is not a valid name gets a key no valid name can have (never raises; it cannot
-    match a stored result, since results only exist for valid names).
+    match a stored result, since results only exist for valid names). Plain host names (letters,
+    digits, '-', '_') take a fast path that gives what dnspython gives; the rest goes to dnspython.
     """
+    low = fqdn.lower()
+    if 0 < len(low) <= 253 and _PLAIN.issuperset(low):
+        name = low[:-1] if low.endswith(".") else low
+        if all(0 < len(label) <= 63 for label in name.split(".")):
+            return name + "."
     try:
         return dns.name.from_text(fqdn).canonicalize().to_text()
     except Exception:

@@ -262,14 +262,12 @@ class DcDaemon:
         if cached is not None:
             res = to_resolution(cached)
             res = dataclasses.replace(res, evidence=res.evidence + ("(from the DC's discovery cache)",))
-            self.core.resolution_result(ev.token, res, loop.time())
-            self.driver.flush()
+            self.core.resolution_result(ev.token, res, loop.time())  # the flush that runs us sends its output
             return
         resolvers = [(a, self.settings.resolver_port) for a in self.settings.resolvers]
         if not resolvers:
             self.core.resolution_result(ev.token, Resolution(PeerKind.SERVFAIL, reason="no resolvers configured"),
                                         loop.time())
-            self.driver.flush()
             return
 
         async def work() -> None:
