@@ -17,13 +17,13 @@ from ntmobile.core.dc import (
     DcCore,
     DirectionDecision,
     PathRecord,
-    PeerKind,
     ProbeDatagram,
-    Resolution,
     ResolveRequest,
     VerifyPeerDc,
     decide_route,
 )
+from ntmobile.core.discovery import DiscoveryResult, Evidence, Outcome
+from ntmobile.core.dnsauth import DcMarker
 from ntmobile.core.node import DataReceived, NodeConfig, NodeCore, PathFailed, PathReady
 from ntmobile.core.registry import ClientRecord, MemoryStore, Pools
 from ntmobile.core.rs import DcLink, RsConfig, RsCore
@@ -257,8 +257,8 @@ class World:
             marker = {"b.example": (DCB_EP, DCB_KEY), "a.example": (DCA_EP, DCA_KEY)}
             zone = next(z for z in marker if ev.fqdn.endswith("." + z))
             ep, key = marker[zone]
-            dc.resolution_result(ev.token, Resolution(PeerKind.NTM, dc_endpoint=ep, dc_key=key,
-                                                      evidence=(f"DC marker at {zone}",)), self.net.now)
+            dc.resolution_result(ev.token, DiscoveryResult(ev.fqdn, Outcome.NTM_PEER, marker=DcMarker(*ep, key),
+                                                           evidence=Evidence((f"DC marker at {zone}",))), self.net.now)
             return True
         if isinstance(ev, VerifyPeerDc):
             dc.peer_dc_verified(ev.token, self.verify_answers.get(ev.domain), self.net.now)
@@ -433,7 +433,8 @@ def test_configured_key_overrides_a_spoofed_marker() -> None:
 
     def spoof(host: str, ev: Any) -> bool:
         if host == "dca" and isinstance(ev, ResolveRequest):
-            w.dca.resolution_result(ev.token, Resolution(PeerKind.NTM, dc_endpoint=DCB_EP, dc_key=b"\x55" * 32),
+            w.dca.resolution_result(ev.token, DiscoveryResult(ev.fqdn, Outcome.NTM_PEER,
+                                                                    marker=DcMarker(*DCB_EP, b"\x55" * 32)),
                                     w.net.now)
             return True
         return False

@@ -10,7 +10,8 @@ from __future__ import annotations
 
 import struct
 
-from ntmobile.core.dc import DcConfig, DcCore, PeerKind, Resolution, ResolveRequest
+from ntmobile.core.dc import DcConfig, DcCore, ResolveRequest
+from ntmobile.core.discovery import DiscoveryResult, Outcome
 from ntmobile.core.node import DataReceived, NodeConfig, NodeCore, PathEndpointChanged, PathReady, Registered
 from ntmobile.core.registry import ClientRecord, MemoryStore, Pools
 from ntmobile.core.rs import DcLink, ProbeRequest, RelayEndpointChanged, RsConfig, RsCore
@@ -90,7 +91,8 @@ class World:
         for ev in list(self.net.hosts["dc"].events):
             if isinstance(ev, ResolveRequest):
                 self.net.hosts["dc"].events.remove(ev)
-                self.dc.resolution_result(ev.token, Resolution(PeerKind.GENERAL, addrs4=(GN,)), self.net.now)
+                self.dc.resolution_result(ev.token, DiscoveryResult(ev.fqdn, Outcome.GENERAL_NODE, a=(GN,)),
+                                          self.net.now)
 
     def path(self, host: str, fqdn: str) -> PathReady:
         core = self.nodes[host]

@@ -850,7 +850,8 @@ def _pump(hosts: dict[Endpoint, Any], evs: dict[Endpoint, list[Event]], now: flo
 
 
 def test_end_to_end_rs_n_with_real_dc_and_node() -> None:
-    from ntmobile.core.dc import PeerKind, Resolution, ResolveRequest
+    from ntmobile.core.dc import ResolveRequest
+    from ntmobile.core.discovery import DiscoveryResult, Outcome
     from ntmobile.core.node import DataReceived, PathReady
 
     dc, nodes, rs, hosts, evs = _e2e_setup()
@@ -859,7 +860,7 @@ def test_end_to_end_rs_n_with_real_dc_and_node() -> None:
     node.request_path("www.gn.example", 1.0)
     _pump(hosts, evs, 1.0)
     [resolve] = [e for e in evs[DC_EP] if isinstance(e, ResolveRequest)]
-    dc.resolution_result(resolve.token, Resolution(PeerKind.GENERAL, addrs4=(GN_ADDR,)), 1.1)
+    dc.resolution_result(resolve.token, DiscoveryResult(resolve.fqdn, Outcome.GENERAL_NODE, a=(GN_ADDR,)), 1.1)
     _pump(hosts, evs, 1.1)
     # The DC asks the relay how far the GN is; the relay's runtime measures and answers.
     [probe] = [e for e in evs[RS_OBSERVED] if isinstance(e, ProbeRequest)]

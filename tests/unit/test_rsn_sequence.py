@@ -8,7 +8,8 @@ import struct
 
 import pytest
 
-from ntmobile.core.dc import DcConfig, DcCore, DirectionDecision, PeerKind, Resolution, ResolveRequest
+from ntmobile.core.dc import DcConfig, DcCore, DirectionDecision, ResolveRequest
+from ntmobile.core.discovery import DiscoveryResult, Evidence, Outcome
 from ntmobile.core.node import DataReceived, NodeConfig, NodeCore, PathFailed, PathReady
 from ntmobile.core.registry import ClientRecord, MemoryStore, Pools
 from ntmobile.core.rs import DcLink, ProbeRequest, RelayAdded, RsConfig, RsCore
@@ -65,9 +66,9 @@ class World:
         for ev in list(self.net.hosts["dc"].events):
             if isinstance(ev, ResolveRequest):
                 self.net.hosts["dc"].events.remove(ev)
-                self.dc.resolution_result(ev.token, Resolution(
-                    PeerKind.GENERAL, addrs4=(GN,), evidence=("NS gn.example = ns.gn.example", "no DC TXT marker",
-                                                              f"A {GN}")), self.net.now)
+                self.dc.resolution_result(ev.token, DiscoveryResult(
+                    ev.fqdn, Outcome.GENERAL_NODE, a=(GN,), evidence=Evidence((
+                        "NS gn.example = ns.gn.example", "no DC TXT marker", f"A {GN}"))), self.net.now)
 
     def setup_path(self) -> PathReady:
         rid = self.mn.request_path("www.gn.example", self.net.now)
@@ -168,7 +169,8 @@ def test_nxdomain_reaches_the_node() -> None:
     w.mn.request_path("nonexistent.gn.example", w.net.now)
     w.net.step()
     token = next(e for e in w.net.hosts["dc"].events if isinstance(e, ResolveRequest)).token
-    w.dc.resolution_result(token, Resolution(PeerKind.NXDOMAIN, reason="NXDOMAIN from ns.gn.example"), w.net.now)
+    w.dc.resolution_result(token, DiscoveryResult("nonexistent.gn.example", Outcome.NXDOMAIN,
+                                                   reason="NXDOMAIN from ns.gn.example"), w.net.now)
     w.net.run_until(lambda: bool(w.net.events_of("mn", PathFailed)))
     assert w.net.events_of("mn", PathFailed)[0].status is Status.NXDOMAIN
 

@@ -5,7 +5,8 @@ Each test is listed in docs/security.md §7."""
 
 from __future__ import annotations
 
-from ntmobile.core.dc import PeerKind, RegistrationRejected, Resolution, ResolveRequest
+from ntmobile.core.dc import RegistrationRejected, ResolveRequest
+from ntmobile.core.discovery import DiscoveryResult, Evidence, Outcome
 from ntmobile.core.node import NodeConfig, NodeCore, PathReady, RegistrationFailed
 from ntmobile.core.registry import ClientRecord
 from ntmobile.core.rs import ProbeRequest, RelayAdded
@@ -44,8 +45,8 @@ class TwoNodes(World):
             if isinstance(ev, ResolveRequest):
                 self.net.hosts["dc"].events.remove(ev)
                 addr = GN2 if ev.fqdn.startswith("other.") else self.gn_addr
-                self.dc.resolution_result(ev.token, Resolution(PeerKind.GENERAL, addrs4=(addr,),
-                                                               evidence=(f"A {addr}",)), self.net.now)
+                self.dc.resolution_result(ev.token, DiscoveryResult(ev.fqdn, Outcome.GENERAL_NODE, a=(addr,),
+                                                                    evidence=Evidence((f"A {addr}",))), self.net.now)
 
     def path_of(self, node: NodeCore, host: str, fqdn: str) -> PathReady:
         rid = node.request_path(fqdn, self.net.now)
@@ -204,7 +205,8 @@ def test_dns_answers_cannot_steer_the_node_to_an_attackers_tunnel() -> None:
         for ev in list(w.net.hosts["dc"].events):
             if isinstance(ev, ResolveRequest):
                 w.net.hosts["dc"].events.remove(ev)
-                w.dc.resolution_result(ev.token, Resolution(PeerKind.GENERAL, addrs4=(ATTACKER[0],)), w.net.now)
+                w.dc.resolution_result(ev.token, DiscoveryResult(ev.fqdn, Outcome.GENERAL_NODE, a=(ATTACKER[0],)),
+                                       w.net.now)
         return any(rid in e.request_ids for e in w.net.events_of("mn", PathReady))
 
     w.net.run_until(ready, max_time=20)

@@ -39,7 +39,8 @@ import dns.rdataclass
 import dns.rdatatype
 from cryptography.hazmat.primitives.ciphers.aead import AESGCM
 
-from ntmobile.core.dc import DcConfig, DcCore, PeerKind, Resolution, ResolveRequest
+from ntmobile.core.dc import DcConfig, DcCore, ResolveRequest
+from ntmobile.core.discovery import DiscoveryResult, Outcome
 from ntmobile.core.node import NodeConfig, NodeCore
 from ntmobile.core.registry import ClientRecord, MemoryStore, Pools
 from ntmobile.core.rs import DcLink, ProbeRequest, RsConfig, RsCore
@@ -112,7 +113,8 @@ def corpus_world(ids: Identities | None = None, seed: int = 1
                     moved = True
             for ev in _drain(dc):
                 if isinstance(ev, ResolveRequest):
-                    dc.resolution_result(ev.token, Resolution(PeerKind.GENERAL, addrs4=("192.0.2.40",)), now)
+                    gn = DiscoveryResult(ev.fqdn, Outcome.GENERAL_NODE, a=("192.0.2.40",))
+                    dc.resolution_result(ev.token, gn, now)
                     moved = True
             _drain(node)
             if not moved:

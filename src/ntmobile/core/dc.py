@@ -4,7 +4,7 @@ through RS-S), keepalives.
 
 Name resolution is asked for, not performed: a Direction Request for a name outside the DC's own
 domain emits ``ResolveRequest``; the runtime runs the DNS discovery (core.discovery) and feeds the
-answer back with ``resolution_result``.
+answer (a ``DiscoveryResult``) back with ``resolution_result``.
 """
 
 from __future__ import annotations
@@ -16,7 +16,6 @@ import os
 from collections import OrderedDict
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from enum import Enum
 from typing import Any, TypeVar
 
 from ntmobile.crypto import Channel, Ephemeral, dc_static_keys, long_term_keys, session_keys, x25519_public
@@ -59,6 +58,8 @@ from ntmobile.wire import (
 from ntmobile.wire.frame import SIGNAL_HEADER_SIZE, pack_version_not_supported, txid_of
 
 from .common import CoreBase, Event, new_txid
+from .discovery import DiscoveryResult, Outcome
+from .dnsauth import DcMarker
 from .registry import ClientRecord, Store, StoreError
 
 RELAY_DIRECTION_TIMEOUT = 0.8
@@ -118,28 +119,6 @@ class DcConfig:
             if fqdn == dom or fqdn.endswith("." + dom):
                 return dom
         return None
-
-
-class PeerKind(Enum):
-    GENERAL = "general"
-    NTM = "ntm"
-    NXDOMAIN = "nxdomain"
-    NODATA = "nodata"
-    SERVFAIL = "servfail"
-
-
-@dataclass(frozen=True, slots=True)
-class Resolution:
-    """What DNS discovery found out about a name (see core.discovery)."""
-
-    kind: PeerKind
-    addrs4: tuple[str, ...] = ()
-    addrs6: tuple[str, ...] = ()
-    evidence: tuple[str, ...] = ()
-    reason: str = ""
-    #: NTM peers: the marker TXT of the peer's zone (the peer DC's signalling endpoint and key).
-    dc_endpoint: Endpoint | None = None
-    dc_key: bytes | None = None
 
 
 # -- events ------------------------------------------------------------------------------------
@@ -652,19 +631,20 @@ class DcCore(CoreBase):
         self._resolving[token] = d
         self._emit(ResolveRequest(token, fqdn))
 
-    def resolution_result(self, token: int, result: Resolution, now: float) -> None:
+    def resolution_result(self, token: int, result: DiscoveryResult, now: float) -> None:
+        """The runtime's answer to ResolveRequest ``token``: what discovery (core.discovery) found."""
         d = self._resolving.pop(token, None)
         if d is None:
             return
-        d.evidence.extend(result.evidence)
-        if result.kind is PeerKind.GENERAL:
+        d.evidence.extend(result.evidence.lines)
+        if result.outcome is Outcome.GENERAL_NODE:
             self._direct_general_node(d, result, now)
-        elif result.kind is PeerKind.NXDOMAIN:
+        elif result.outcome is Outcome.NXDOMAIN:
             self._fail_direction(d, Status.NXDOMAIN, result.reason or f"{d.fqdn} does not exist")
-        elif result.kind is PeerKind.NODATA:
+        elif result.outcome is Outcome.NODATA:
             self._fail_direction(d, Status.NODATA, result.reason or f"{d.fqdn} has no address")
-        elif result.kind is PeerKind.NTM:
-            self._query_peer_dc(d, result, now)
+        elif result.outcome is Outcome.NTM_PEER:
+            self._query_peer_dc(d, result.marker, now)
         else:
             self._fail_direction(d, Status.SERVFAIL, result.reason or f"resolving {d.fqdn} failed")
 
@@ -674,17 +654,17 @@ class DcCore(CoreBase):
             if pid not in self.paths and pid != self.config.dc_id and self.store.get_client(pid) is None:
                 return pid
 
-    def _direct_general_node(self, d: _Direction, res: Resolution, now: float) -> None:
+    def _direct_general_node(self, d: _Direction, res: DiscoveryResult, now: float) -> None:
         rec = d.node.record
         mapping: list[tuple[str, str]] = []
         peer4 = peer6 = gn4 = gn6 = None
         try:
-            if rec.vip4 and res.addrs4:
-                gn4 = res.addrs4[0]
+            if rec.vip4 and res.a:
+                gn4 = res.a[0]
                 peer4 = self.store.gn_vip(rec.client_id, gn4)
                 mapping.append((peer4, gn4))
-            if rec.vip6 and res.addrs6:
-                gn6 = res.addrs6[0]
+            if rec.vip6 and res.aaaa:
+                gn6 = res.aaaa[0]
                 peer6 = self.store.gn_vip(rec.client_id, gn6)
                 mapping.append((peer6, gn6))
         except StoreError as exc:
@@ -1172,30 +1152,31 @@ class DcCore(CoreBase):
             self.stats["drop_unexpected"] += 1
 
     # requesting side
-    def _query_peer_dc(self, d: _Direction, res: Resolution, now: float) -> None:
+    def _query_peer_dc(self, d: _Direction, marker: DcMarker | None, now: float) -> None:
         if not self.config.secret:
             self._fail_direction(d, Status.PEER_UNREACHABLE,
                                  f"{d.fqdn} is an NTM node of another DC; this DC has no key for DC-to-DC coordination")
             return
         configured = self._configured_key(d.fqdn)
-        if configured is not None and res.dc_key is not None and res.dc_key != configured:
+        if configured is not None and marker is not None and marker.key != configured:
             self._fail_direction(d, Status.PEER_UNREACHABLE,
                                  "the marker key of the peer's DC differs from the configured key (spoofed DNS?)")
             return
-        key = configured if configured is not None else res.dc_key
-        if key is None or res.dc_endpoint is None:
+        key = configured if configured is not None else marker.key if marker is not None else None
+        if key is None or marker is None:
             self._fail_direction(d, Status.PEER_UNREACHABLE, "the peer's DC marker names no endpoint or key")
             return
         peer = self._peer_for_key(key, now)
         if peer is None:
             self._fail_direction(d, Status.PEER_UNREACHABLE, "the peer DC's key is unusable")
             return
+        endpoint = marker.address
         peer.trusted = True
-        peer.endpoint = res.dc_endpoint
-        d.peer_out, d.peer_out_ep = peer, res.dc_endpoint
+        peer.endpoint = endpoint
+        d.peer_out, d.peer_out_ep = peer, endpoint
         if not d.redirect:
             d.path_key, d.relay_key = self._rand(32), self._rand(32)
-        d.evidence.append(f"peer DC at {res.dc_endpoint[0]}:{res.dc_endpoint[1]}, key {key[:6].hex()}... "
+        d.evidence.append(f"peer DC at {endpoint[0]}:{endpoint[1]}, key {key[:6].hex()}... "
                           f"({'configured' if configured is not None else 'from the DNS marker'})")
         domain = self.config.own_domain(d.node.record.name) or self.config.domain
         self._send_peer_query(d, now)

@@ -24,11 +24,9 @@ from ntmobile.core.dc import (
     DirectionDecision,
     NatClassified,
     PeerDcNote,
-    PeerKind,
     ProbeDatagram,
     RegistrationRejected,
     RelayLost,
-    Resolution,
     ResolveRequest,
     VerifyPeerDc,
 )
@@ -56,22 +54,6 @@ REGISTRATION_SUMMARY_SECONDS = 10.0
 #: hundreds of milliseconds at 100,000 nodes. They are still freed by reference counting when
 #: dropped; the DC's state holds no reference cycles that need the collector.
 GC_FREEZE_SECONDS = 5.0
-
-_OUTCOME = {
-    Outcome.GENERAL_NODE: PeerKind.GENERAL,
-    Outcome.NTM_PEER: PeerKind.NTM,
-    Outcome.NXDOMAIN: PeerKind.NXDOMAIN,
-    Outcome.NODATA: PeerKind.NODATA,
-    Outcome.SERVFAIL: PeerKind.SERVFAIL,
-}
-
-
-def to_resolution(r: DiscoveryResult) -> Resolution:
-    marker = r.marker if r.outcome is Outcome.NTM_PEER else None
-    return Resolution(_OUTCOME[r.outcome], tuple(r.a), tuple(r.aaaa), tuple(r.evidence.lines), r.reason,
-                      dc_endpoint=marker.address if marker is not None else None,
-                      dc_key=marker.key if marker is not None else None)
-
 
 class _ProbeProtocol(asyncio.DatagramProtocol):
     """The DC's probe socket (NAT classification): datagrams go to DcCore.receive_probe."""
@@ -260,27 +242,26 @@ class DcDaemon:
         loop = asyncio.get_running_loop()
         cached = self.cache.get(ev.fqdn, loop.time())
         if cached is not None:
-            res = to_resolution(cached)
-            res = dataclasses.replace(res, evidence=res.evidence + ("(from the DC's discovery cache)",))
+            res = dataclasses.replace(cached, evidence=dataclasses.replace(
+                cached.evidence, lines=cached.evidence.lines + ("(from the DC's discovery cache)",)))
             self.core.resolution_result(ev.token, res, loop.time())  # the flush that runs us sends its output
             return
         resolvers = [(a, self.settings.resolver_port) for a in self.settings.resolvers]
         if not resolvers:
-            self.core.resolution_result(ev.token, Resolution(PeerKind.SERVFAIL, reason="no resolvers configured"),
-                                        loop.time())
+            self.core.resolution_result(
+                ev.token, DiscoveryResult(ev.fqdn, Outcome.SERVFAIL, reason="no resolvers configured"), loop.time())
             return
 
         async def work() -> None:
             try:
                 d = Discovery(ev.fqdn, resolvers, loop.time(), deadline=DISCOVERY_DEADLINE)
-                result = await run_discovery(d)
-                self.cache.put(result, loop.time())
-                res = to_resolution(result)
+                res = await run_discovery(d)
+                self.cache.put(res, loop.time())
             except ValueError as exc:
-                res = Resolution(PeerKind.NXDOMAIN, reason=str(exc))
+                res = DiscoveryResult(ev.fqdn, Outcome.NXDOMAIN, reason=str(exc))
             except Exception as exc:  # discovery must never take the DC down
                 log.exception("discovery of %s failed", ev.fqdn)
-                res = Resolution(PeerKind.SERVFAIL, reason=f"discovery error: {exc}")
+                res = DiscoveryResult(ev.fqdn, Outcome.SERVFAIL, reason=f"discovery error: {exc}")
             self.core.resolution_result(ev.token, res, loop.time())
             self.driver.flush()
 
