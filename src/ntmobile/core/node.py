@@ -16,12 +16,9 @@ from ntmobile.crypto import (
     CapsuleOpener,
     CapsuleSealer,
     Channel,
-    Ephemeral,
     KeyPair,
-    long_term_keys,
     path_keys,
     relay_leg_keys,
-    session_keys,
 )
 from ntmobile.wire import (
     CapsuleFlags,
@@ -30,6 +27,7 @@ from ntmobile.wire import (
     Endpoint,
     Keepalive,
     KeepaliveAck,
+    Message,
     MessageType,
     NatKind,
     PathMode,
@@ -53,17 +51,15 @@ from ntmobile.wire import (
 from ntmobile.wire.constants import SUPPORTED_VERSIONS
 
 from .common import CoreBase, Event, new_txid
+from .registration import RegistrationClient
 
-#: Give up on a registration attempt after this long, then retry with backoff (capped).
+#: Give up on a registration attempt after this long, then retry with backoff (core.registration).
 REGISTRATION_TIMEOUT = 6.0
-REGISTRATION_RETRY_MAX = 30.0
 #: The DC must answer a Direction Request within this (the app's DNS query is held meanwhile;
 #: glibc's resolver waits 5 s per try, so the node answers SERVFAIL before that).
 DIRECTION_TIMEOUT = 4.0
 #: Tunnel Request/Response must complete within this per endpoint tried.
 TUNNEL_TIMEOUT = 3.0
-#: Keepalive exchanges without an answer before the node re-registers.
-KEEPALIVE_MISSES = 3
 #: Tunnel Requests for a path we do not know yet are held this long (seconds), at most this many.
 EARLY_HOLD = 2.0
 EARLY_MAX = 16
@@ -194,6 +190,68 @@ class _Lookup:
     request_ids: list[int]
 
 
+class _NodeDcLink(RegistrationClient):
+    """The node's registration with its DC (core.registration). A re-registration (handover, DC
+    request) keeps the old session and its keepalives until the new session is up; after a failure
+    the node retries only while it is not registered."""
+
+    KEEP_SESSION_WHILE_REGISTERING = True
+    STALE_STAT = "drop_stale_registration"
+    TIMEOUT_REASON = "the DC did not answer the registration"
+    BAD_KEY_REASON = None
+
+    def __init__(self, node: NodeCore, seq_base: int) -> None:
+        c = node.config
+        RegistrationClient.__init__(self, node, c.node_id, c.dc_endpoint, c.psk, seq_base=seq_base,
+                                    random_bytes=node._rand, timeout=REGISTRATION_TIMEOUT)
+        self.node = node
+
+    def _new_txid(self) -> int:
+        return new_txid(self._rand)
+
+    def _request_message(self, ephemeral: bytes) -> RegistrationRequest:
+        node = self.node
+        return RegistrationRequest(role=Role.NODE, name=node.config.name, ephemeral=ephemeral,
+                                   versions=SUPPORTED_VERSIONS, local_endpoints=node.local_endpoints,
+                                   capabilities=node.config.capabilities)
+
+    def _refusal(self, header: SignalHeader, msg: RegistrationResponse) -> tuple[int, str] | None:
+        if not SUPPORTED_VERSIONS[0] <= msg.version <= SUPPORTED_VERSIONS[1]:
+            return Status.UNSUPPORTED_VERSION, f"the DC chose protocol version {msg.version}, which this node lacks"
+        return None
+
+    def _keepalive_interval(self, msg: RegistrationResponse) -> float:
+        return float(msg.keepalive)
+
+    def _keepalive_timeout(self) -> float:
+        return min(3.0, max(1.0, self.keepalive / 2))
+
+    def _registered(self, msg: RegistrationResponse, now: float) -> None:
+        self.node._on_registered(msg, now)
+
+    def _failed(self, status: int | None, reason: str, now: float) -> None:
+        self.node._emit(RegistrationFailed(Status.SERVFAIL if status is None else _status(status), reason))
+
+    def _may_retry(self, gen: int) -> bool:
+        return self.reg_txid is None and not self.node.registered
+
+    def _retry(self, now: float) -> None:
+        self.node.register(self.node.local_endpoints, now)
+
+    def _lost(self, now: float) -> None:
+        self.node.registered = False
+        self.node.register(self.node.local_endpoints, now)
+
+    def _on_status(self, header: SignalHeader, msg: StatusMessage, now: float) -> None:
+        self.node._on_long_term_status(header, msg, now)
+
+    def _on_other(self, header: SignalHeader, msg: Message, addr: Endpoint, now: float) -> bool:
+        if not isinstance(msg, Keepalive):
+            return False
+        self.node._on_nat_filter_probe(header, addr)
+        return True
+
+
 class NodeCore(CoreBase):
     """An NTM node. See the module docstring and docs/protocol.md."""
 
@@ -202,16 +260,10 @@ class NodeCore(CoreBase):
         CoreBase.__init__(self)
         self.config = config
         self._rand = random_bytes
-        self._lt = Channel(long_term_keys(config.psk, config.node_id), config.node_id, seq_start=seq_base)
-        self._session: Channel | None = None
-        self._eph: Ephemeral | None = None
-        self._reg_txid: int | None = None
-        self._reg_backoff = 1.0
+        self._dc = _NodeDcLink(self, seq_base)
         self.local_endpoints: tuple[Endpoint, ...] = ()
         self.registered = False
         self.registration: Registered | None = None
-        self._ka_misses = 0
-        self._ka_generation = 0
         self._paths: dict[bytes, _Path] = {}
         self._by_name: dict[str, bytes] = {}
         self._lookups: dict[int, _Lookup] = {}  # Direction Request txid -> lookup
@@ -234,15 +286,7 @@ class NodeCore(CoreBase):
     def register(self, local_endpoints: tuple[Endpoint, ...], now: float) -> None:
         """(Re-)register with the DC, reporting the addresses the node believes it has."""
         self.local_endpoints = tuple(local_endpoints)
-        self._eph = Ephemeral(self._rand)
-        if self._reg_txid is not None:
-            self._answered(self._lt, self._reg_txid)
-        self._reg_txid = new_txid(self._rand)
-        msg = RegistrationRequest(role=Role.NODE, name=self.config.name, ephemeral=self._eph.public,
-                                  versions=SUPPORTED_VERSIONS, local_endpoints=self.local_endpoints,
-                                  capabilities=self.config.capabilities)
-        self._request(self._lt, msg, self._reg_txid, self.config.dc_endpoint, now, timeout=REGISTRATION_TIMEOUT,
-                      flags=SignalFlags.LONG_TERM, on_timeout=self._registration_timed_out)
+        self._dc.start(now)
 
     def addresses_changed(self, local_endpoints: tuple[Endpoint, ...], now: float) -> None:
         """Handover: the node's real address changed.
@@ -262,10 +306,7 @@ class NodeCore(CoreBase):
         after the new address). Whatever could not leave before goes out now instead of at its next
         retransmission: the pending registration and an announcement on every established path."""
         self.stats["route_changes"] += 1
-        if self._reg_txid is not None:
-            pending = self._pending.get((id(self._lt), self._reg_txid))
-            if pending is not None:
-                self._transmit(pending)
+        self._dc.resend()
         self._announce_all(now)
 
     def request_path(self, fqdn: str, now: float) -> int:
@@ -286,7 +327,7 @@ class NodeCore(CoreBase):
             if lookup.fqdn == name:
                 lookup.request_ids.append(rid)
                 return rid
-        if self._session is None:
+        if self._dc.session is None:
             # Not registered yet (start-up, or re-registering after a DC restart): hold the lookup until
             # the registration completes, within the same budget as a Direction Request.
             waiting = self._awaiting_registration.get(name)
@@ -305,10 +346,10 @@ class NodeCore(CoreBase):
             self._emit(PathFailed(tuple(rids), name, Status.SERVFAIL, "not registered with the DC"))
 
     def _send_direction_request(self, name: str, rids: list[int], now: float) -> None:
-        assert self._session is not None
+        assert self._dc.session is not None
         txid = new_txid(self._rand)
         self._lookups[txid] = _Lookup(name, list(rids))
-        self._request(self._session, DirectionRequest(fqdn=name, capabilities=self.config.capabilities), txid,
+        self._request(self._dc.session, DirectionRequest(fqdn=name, capabilities=self.config.capabilities), txid,
                       self.config.dc_endpoint, now, timeout=DIRECTION_TIMEOUT,
                       on_timeout=functools.partial(self._direction_timed_out, txid))
 
@@ -367,7 +408,7 @@ class NodeCore(CoreBase):
     def receive_datagram(self, data: bytes, addr: Endpoint, now: float) -> None:
         self._now_hint = now
         if (len(data) >= 2 and data[1] == MessageType.VERSION_NOT_SUPPORTED and addr == self.config.dc_endpoint
-                and self._reg_txid is not None):
+                and self._dc.reg_txid is not None):
             self._on_version_not_supported(data, now)
             return
         try:
@@ -400,59 +441,33 @@ class NodeCore(CoreBase):
             self.stats["drop_dc_wrong_source"] += 1
             return
         if header.flags & SignalFlags.LONG_TERM:
-            msg = self._open(self._lt, header, data)
-            if msg is None:
-                return
-            if isinstance(msg, RegistrationResponse):
-                self._on_registration_response(header, msg, now)
-            elif isinstance(msg, StatusMessage):
-                self._on_long_term_status(header, msg, now)
-            elif isinstance(msg, Keepalive):
-                self.stats["nat_filter_probes_answered"] += 1
-                self._reply(self._lt, KeepaliveAck(observed=addr), header.txid, self.config.dc_endpoint,
-                            flags=SignalFlags.LONG_TERM)
-            else:
-                self.stats["drop_unexpected"] += 1
+            self._dc.receive_long_term(header, data, addr, now)
             return
-        if self._session is None:
+        session = self._dc.session
+        if session is None:
             self.stats["drop_no_session"] += 1
             return
-        msg = self._open(self._session, header, data)
+        msg = self._open(session, header, data)
         if msg is None:
             return
         if isinstance(msg, RouteDirection):
             self._on_route_direction(header, msg, addr, now)
         elif isinstance(msg, KeepaliveAck):
-            if self._answered(self._session, header.txid) is not None:
-                self._ka_misses = 0
+            if self._answered(session, header.txid) is not None:
+                self._dc.missed = 0
         elif isinstance(msg, StatusMessage):
             self._on_session_status(header, msg, now)
         else:
             self.stats["drop_unexpected"] += 1
 
-    def _on_registration_response(self, header: SignalHeader, msg: RegistrationResponse, now: float) -> None:
-        if header.txid != self._reg_txid or self._eph is None:
-            self.stats["drop_stale_registration"] += 1
-            return
-        self._answered(self._lt, header.txid)
-        if not SUPPORTED_VERSIONS[0] <= msg.version <= SUPPORTED_VERSIONS[1]:
-            self._reg_txid = None
-            self._emit(RegistrationFailed(Status.UNSUPPORTED_VERSION,
-                                          f"the DC chose protocol version {msg.version}, which this node lacks"))
-            self._schedule_reregistration(now)
-            return
-        try:
-            shared = self._eph.exchange(msg.ephemeral)
-        except ValueError:
-            self.stats["drop_auth"] += 1
-            return
-        keys = session_keys(self.config.psk, shared, self.config.node_id, self._eph.public, msg.ephemeral)
-        self._session = Channel(keys, self.config.node_id)
-        self._reg_txid = None
-        self._reg_backoff = 1.0
+    def _on_nat_filter_probe(self, header: SignalHeader, addr: Endpoint) -> None:
+        self.stats["nat_filter_probes_answered"] += 1
+        self._reply(self._dc.long_term, KeepaliveAck(observed=addr), header.txid, self.config.dc_endpoint,
+                    flags=SignalFlags.LONG_TERM)
+
+    def _on_registered(self, msg: RegistrationResponse, now: float) -> None:
+        """The session with the DC is up (the keepalives to it are started by the DC link)."""
         self.registered = True
-        self._ka_misses = 0
-        self._ka_generation += 1
         nat = NatKind(msg.nat) if msg.nat in (0, 1) else NatKind.NAT
         self.registration = Registered(msg.vip4, msg.vip6, msg.observed, nat, msg.keepalive)
         self._emit(self.registration)
@@ -462,11 +477,9 @@ class NodeCore(CoreBase):
         self._probe_endpoint = msg.probe
         if msg.probe is not None:
             # Mapping probe: the DC compares its source with the registration's observed endpoint.
-            self._request(self._session, Keepalive(), new_txid(self._rand), msg.probe, now, timeout=2.0,
+            assert self._dc.session is not None
+            self._request(self._dc.session, Keepalive(), new_txid(self._rand), msg.probe, now, timeout=2.0,
                           tag="nat-probe")
-        if msg.keepalive:
-            gen = self._ka_generation
-            self._call_at(now + msg.keepalive, lambda t: self._keepalive_tick(t, gen))
         for path in self._paths.values():
             self._refresh_path(path, now)
         if self._handover_pending:
@@ -477,19 +490,16 @@ class NodeCore(CoreBase):
         status = _status(header.status)
         if status is Status.REREGISTER:
             self.stats["reregister_requested"] += 1
-            self._session = None
+            self._dc.session = None
             self.registered = False
             self.register(self.local_endpoints, now)
             return
-        if header.txid == self._reg_txid:
-            self._answered(self._lt, header.txid)
-            self._reg_txid = None
-            self._emit(RegistrationFailed(status, msg.reason))
-            self._schedule_reregistration(now)
+        if header.txid == self._dc.reg_txid:
+            self._dc.fail(status, msg.reason, now)
 
     def _on_session_status(self, header: SignalHeader, msg: StatusMessage, now: float) -> None:
-        assert self._session is not None
-        pending = self._answered(self._session, header.txid)
+        assert self._dc.session is not None
+        pending = self._answered(self._dc.session, header.txid)
         if self._redirects.pop(header.txid, None) is not None:
             # The DC could not re-direct (e.g. UNKNOWN_PATH, the peer unreachable): the path stays as
             # it is; the announcements and address learning keep it working where they can.
@@ -508,47 +518,11 @@ class NodeCore(CoreBase):
         except CodecError:
             self.stats["drop_malformed"] += 1
             return
-        if txid != self._reg_txid:
+        if txid != self._dc.reg_txid:
             self.stats["drop_stale_registration"] += 1
             return
-        self._answered(self._lt, txid)
-        self._reg_txid = None
-        self._emit(RegistrationFailed(Status.UNSUPPORTED_VERSION,
-                                      f"the DC speaks protocol versions {lo}..{hi}; this node speaks "
-                                      f"{SUPPORTED_VERSIONS[0]}..{SUPPORTED_VERSIONS[1]}"))
-        self._schedule_reregistration(now)
-
-    def _registration_timed_out(self, now: float) -> None:
-        self._reg_txid = None
-        self._emit(RegistrationFailed(Status.SERVFAIL, "the DC did not answer the registration"))
-        self._schedule_reregistration(now)
-
-    def _schedule_reregistration(self, now: float) -> None:
-        delay = self._reg_backoff
-        self._reg_backoff = min(self._reg_backoff * 2, REGISTRATION_RETRY_MAX)
-        self._call_at(now + delay, self._retry_registration)
-
-    def _retry_registration(self, now: float) -> None:
-        if self._reg_txid is None and not self.registered:
-            self.register(self.local_endpoints, now)
-
-    def _keepalive_tick(self, now: float, generation: int) -> None:
-        if generation != self._ka_generation or self._session is None or self.registration is None:
-            return
-        self._request(self._session, Keepalive(), new_txid(self._rand), self.config.dc_endpoint, now,
-                      timeout=min(3.0, max(1.0, self.registration.keepalive / 2)),
-                      on_timeout=lambda t: self._keepalive_missed(t, generation))
-        self._call_at(now + self.registration.keepalive, lambda t: self._keepalive_tick(t, generation))
-
-    def _keepalive_missed(self, now: float, generation: int) -> None:
-        if generation != self._ka_generation:
-            return
-        self._ka_misses += 1
-        self.stats["keepalive_missed"] += 1
-        if self._ka_misses >= KEEPALIVE_MISSES:
-            self._ka_generation += 1
-            self.registered = False
-            self.register(self.local_endpoints, now)
+        self._dc.fail(Status.UNSUPPORTED_VERSION, f"the DC speaks protocol versions {lo}..{hi}; this node speaks "
+                      f"{SUPPORTED_VERSIONS[0]}..{SUPPORTED_VERSIONS[1]}", now)
 
     def _direction_timed_out(self, txid: int, now: float) -> None:
         lookup = self._lookups.pop(txid, None)
@@ -558,11 +532,11 @@ class NodeCore(CoreBase):
 
     # -- paths -------------------------------------------------------------------------------
     def _on_route_direction(self, header: SignalHeader, rd: RouteDirection, addr: Endpoint, now: float) -> None:
-        assert self._session is not None
+        assert self._dc.session is not None
         lookup = self._lookups.pop(header.txid, None)
         redirected = self._redirects.pop(header.txid, None)
         if lookup is not None or redirected is not None:
-            self._answered(self._session, header.txid)
+            self._answered(self._dc.session, header.txid)
         elif header.status != Status.OK:
             self.stats["drop_unexpected"] += 1
             return
@@ -593,7 +567,7 @@ class NodeCore(CoreBase):
             self._by_name.setdefault(rd.peer_name.rstrip(".").lower(), path.path_id)
         if lookup is None and redirected is None:
             # DC-initiated (we are told to take part in a path): acknowledge, also for duplicates.
-            self._reply(self._session, RouteDirectionAck(path_id=rd.path_id), header.txid, addr)
+            self._reply(self._dc.session, RouteDirectionAck(path_id=rd.path_id), header.txid, addr)
         if path.established:
             if path.request_ids:
                 self._emit(PathReady(path.info(), tuple(path.request_ids)))
@@ -693,14 +667,14 @@ class NodeCore(CoreBase):
     def _redirect_path(self, path: _Path, now: float) -> bool:
         """Ask the DC to decide this NTM-peer path again (same Path ID, key and roles). False when it
         cannot be asked now (not registered, not an NTM-peer path, or a re-direction is in flight)."""
-        if self._session is None or not path.established or path.mode is PathMode.RS_N or not path.rd.peer_name:
+        if self._dc.session is None or not path.established or path.mode is PathMode.RS_N or not path.rd.peer_name:
             return False
         if path.path_id in self._redirects.values():
             return False
         txid = new_txid(self._rand)
         self._redirects[txid] = path.path_id
         self.stats["redirects_requested"] += 1
-        self._request(self._session, DirectionRequest(fqdn=path.rd.peer_name, path_id=path.path_id,
+        self._request(self._dc.session, DirectionRequest(fqdn=path.rd.peer_name, path_id=path.path_id,
                                                       capabilities=self.config.capabilities),
                       txid, self.config.dc_endpoint, now, timeout=DIRECTION_TIMEOUT,
                       on_timeout=functools.partial(self._redirect_timed_out, txid))

@@ -38,7 +38,6 @@ RS-S responder leg carries no flag. Incoming tunnel signalling names its leg wit
 from __future__ import annotations
 
 import dataclasses
-import enum
 import heapq
 import ipaddress
 import os
@@ -53,11 +52,8 @@ from ntmobile.crypto import (
     CapsuleOpener,
     CapsuleSealer,
     Channel,
-    Ephemeral,
-    long_term_keys,
     path_keys,
     relay_leg_keys,
-    session_keys,
 )
 from ntmobile.wire import (
     CAPSULE_OVERHEAD,
@@ -93,18 +89,15 @@ from ntmobile.wire.constants import SUPPORTED_VERSIONS
 from ntmobile.wire.frame import GSO_CHUNK_OVERHEAD
 
 from .common import CoreBase, Event, new_txid
+from .registration import DcState, RegistrationClient
 
-#: Give up on one registration attempt after this long (retransmitting meanwhile).
+#: Give up on one registration attempt after this long (retransmitting meanwhile; retry backoff and
+#: keepalive misses: core.registration).
 REGISTRATION_TIMEOUT = 6.0
-#: Retry delays after a failed registration: first, cap.
-REGISTRATION_BACKOFF_INITIAL = 1.0
-REGISTRATION_BACKOFF_MAX = 30.0
 #: Keepalive interval towards a DC when its Registration Response says 0.
 KEEPALIVE_DEFAULT = 10.0
 #: A keepalive exchange is given up (one miss) after min(interval, this).
 KEEPALIVE_TIMEOUT_MAX = 5.0
-#: Missed keepalive acks before the RS re-registers.
-KEEPALIVE_MISSES = 3
 #: Size of the virtio_net_hdr that starts a GSO payload.
 VNET_HDR_SIZE = 10
 
@@ -301,30 +294,60 @@ class RelayEntry:
 # -- DC links --------------------------------------------------------------------------------------
 
 
-class DcState(enum.Enum):
-    IDLE = "idle"
-    REGISTERING = "registering"
-    REGISTERED = "registered"
-    BACKOFF = "backoff"
+class _Dc(RegistrationClient):
+    """The relay's registration with one of its DCs (core.registration). A registration that starts
+    stops the old session's keepalives; a failed one is retried after the backoff."""
 
+    def __init__(self, rs: RsCore, link: DcLink, seq_base: int) -> None:
+        RegistrationClient.__init__(self, rs, rs.config.rs_id, link.endpoint, link.psk, seq_base=seq_base,
+                                    random_bytes=rs._rand, timeout=rs.config.registration_timeout,
+                                    keepalive=KEEPALIVE_DEFAULT)
+        self.rs = rs
+        self.link = link
 
-@dataclass(eq=False, slots=True)
-class _Dc:
-    link: DcLink
-    long_term: Channel = field(repr=False)
-    session: Channel | None = field(default=None, repr=False)
-    state: DcState = DcState.IDLE
-    #: Bumped whenever a registration starts: invalidates older keepalive and retry timers.
-    gen: int = 0
-    ephemeral: Ephemeral | None = field(default=None, repr=False)
-    reg_txid: int | None = None
-    ka_txid: int | None = None
-    keepalive: float = KEEPALIVE_DEFAULT
-    missed: int = 0
-    backoff: float = REGISTRATION_BACKOFF_INITIAL
-    observed: Endpoint | None = None
-    nat: int | None = None
-    registered_at: float | None = None
+    def start(self, now: float) -> None:
+        self.rs.stats["registrations_sent"] += 1
+        RegistrationClient.start(self, now)
+
+    def _new_txid(self) -> int:
+        return self.rs._txid()
+
+    def _request_message(self, ephemeral: bytes) -> RegistrationRequest:
+        c = self.rs.config
+        return RegistrationRequest(role=Role.RELAY, name=c.name, ephemeral=ephemeral, versions=SUPPORTED_VERSIONS,
+                                   local_endpoints=tuple(c.local_endpoints), capabilities=c.capabilities,
+                                   load=len(self.rs._paths))
+
+    def _refusal(self, header: SignalHeader, msg: RegistrationResponse) -> tuple[int, str] | None:
+        if header.status != Status.OK:
+            return header.status, "registration refused"
+        if msg.version != VERSION:
+            return Status.UNSUPPORTED_VERSION, f"DC chose version {msg.version}"
+        return None
+
+    def _keepalive_interval(self, msg: RegistrationResponse) -> float:
+        return float(msg.keepalive) if msg.keepalive > 0 else KEEPALIVE_DEFAULT
+
+    def _keepalive_message(self) -> Keepalive:
+        return Keepalive(load=len(self.rs._paths))
+
+    def _keepalive_timeout(self) -> float:
+        return max(0.5, min(self.keepalive, KEEPALIVE_TIMEOUT_MAX))
+
+    def _registered(self, msg: RegistrationResponse, now: float) -> None:
+        self.rs.stats["registrations"] += 1
+        self.rs._emit(Registered(self.link.dc_id, msg.observed))
+
+    def _failed(self, status: int | None, reason: str, now: float) -> None:
+        self.rs.stats["registrations_failed"] += 1
+        self.rs._emit(RegistrationFailed(self.link.dc_id, _status(status) if status is not None else None, reason))
+
+    def _lost(self, now: float) -> None:
+        self.rs.stats["reregister_keepalive"] += 1
+        self.start(now)
+
+    def _on_status(self, header: SignalHeader, msg: StatusMessage, now: float) -> None:
+        self.rs._on_dc_status(self, header, msg, now)
 
 
 TunPacket = tuple[bytes | memoryview, bool]
@@ -356,8 +379,7 @@ class RsCore(CoreBase):
         for link in config.dcs:
             if len(link.dc_id) != _ID_SIZE or link.dc_id == config.rs_id or link.dc_id in self._dcs:
                 raise ValueError(f"bad or duplicate DC id {link.dc_id.hex()}")
-            lt = Channel(long_term_keys(link.psk, config.rs_id), config.rs_id, seq_start=seq_base)
-            self._dcs[link.dc_id] = _Dc(link, lt)
+            self._dcs[link.dc_id] = _Dc(self, link, seq_base)
         self._paths: dict[bytes, RelayEntry] = {}
         #: RS-N reply lookup: (node VIP, peer VIP) packed -> entry.
         self._by_vips: dict[tuple[bytes, bytes], RelayEntry] = {}
@@ -374,7 +396,7 @@ class RsCore(CoreBase):
         """(Re-)register with every DC (one not already mid-registration)."""
         for dc in self._dcs.values():
             if dc.state is not DcState.REGISTERING:
-                self._start_registration(dc, now)
+                dc.start(now)
 
     def packets_to_tun(self) -> list[TunPacket]:
         """Inner packets of RS-N paths for the TUN device, as ``(payload, gso)``: with ``gso`` the
@@ -545,113 +567,10 @@ class RsCore(CoreBase):
         self._send(e.sealer.seal(packet), ep)
         return True
 
-    # -- registration with the DCs ------------------------------------------------------------------
-    def _start_registration(self, dc: _Dc, now: float) -> None:
-        dc.gen += 1
-        self._cancel_where(lambda p: p.tag is dc)
-        dc.state = DcState.REGISTERING
-        dc.ka_txid = None
-        dc.ephemeral = Ephemeral(self._rand)
-        dc.reg_txid = txid = self._txid()
-        msg = RegistrationRequest(role=Role.RELAY, name=self.config.name, ephemeral=dc.ephemeral.public,
-                                  versions=SUPPORTED_VERSIONS, local_endpoints=tuple(self.config.local_endpoints),
-                                  capabilities=self.config.capabilities, load=len(self._paths))
-        gen = dc.gen
-        self.stats["registrations_sent"] += 1
-        self._request(dc.long_term, msg, txid, dc.link.endpoint, now, timeout=self.config.registration_timeout,
-                      flags=SignalFlags.LONG_TERM, tag=dc,
-                      on_timeout=lambda t: self._registration_timed_out(dc, gen, t))
-
-    def _registration_timed_out(self, dc: _Dc, gen: int, now: float) -> None:
-        if dc.gen == gen and dc.state is DcState.REGISTERING:
-            self._registration_failed(dc, None, "no answer from the DC", now)
-
-    def _registration_failed(self, dc: _Dc, status: int | None, reason: str, now: float) -> None:
-        if dc.reg_txid is not None:
-            self._answered(self.config.rs_id, dc.reg_txid)
-        dc.state = DcState.BACKOFF
-        dc.reg_txid = None
-        dc.ephemeral = None
-        delay = dc.backoff
-        dc.backoff = min(dc.backoff * 2, REGISTRATION_BACKOFF_MAX)
-        self.stats["registrations_failed"] += 1
-        self._emit(RegistrationFailed(dc.link.dc_id, _status(status) if status is not None else None, reason))
-        gen = dc.gen
-        self._call_at(now + delay, lambda t: self._retry_registration(dc, gen, t))
-
-    def _retry_registration(self, dc: _Dc, gen: int, now: float) -> None:
-        if dc.gen == gen and dc.state is DcState.BACKOFF:
-            self._start_registration(dc, now)
-
-    def _on_registration_response(self, dc: _Dc, hdr: SignalHeader, msg: RegistrationResponse,
-                                  now: float) -> None:
-        eph = dc.ephemeral
-        if dc.state is not DcState.REGISTERING or hdr.txid != dc.reg_txid or eph is None:
-            self.stats["drop_late_response"] += 1
-            return
-        if hdr.status != Status.OK:
-            self._registration_failed(dc, hdr.status, "registration refused", now)
-            return
-        if msg.version != VERSION:
-            self._registration_failed(dc, Status.UNSUPPORTED_VERSION, f"DC chose version {msg.version}", now)
-            return
-        try:
-            shared = eph.exchange(msg.ephemeral)
-        except ValueError:
-            self.stats["drop_auth"] += 1
-            self._registration_failed(dc, None, "degenerate ephemeral key from the DC", now)
-            return
-        self._answered(self.config.rs_id, hdr.txid)
-        keys = session_keys(dc.link.psk, shared, self.config.rs_id, eph.public, msg.ephemeral)
-        dc.session = Channel(keys, self.config.rs_id)
-        dc.state = DcState.REGISTERED
-        dc.reg_txid = None
-        dc.ephemeral = None
-        dc.backoff = REGISTRATION_BACKOFF_INITIAL
-        dc.missed = 0
-        dc.keepalive = float(msg.keepalive) if msg.keepalive > 0 else KEEPALIVE_DEFAULT
-        dc.observed = msg.observed
-        dc.nat = msg.nat
-        dc.registered_at = now
-        self.stats["registrations"] += 1
-        self._emit(Registered(dc.link.dc_id, msg.observed))
-        gen = dc.gen
-        self._call_at(now + dc.keepalive, lambda t: self._send_keepalive(dc, gen, t))
-
-    def _send_keepalive(self, dc: _Dc, gen: int, now: float) -> None:
-        if dc.gen != gen or dc.state is not DcState.REGISTERED or dc.session is None:
-            return
-        if dc.ka_txid is not None:
-            self._answered(self.config.rs_id, dc.ka_txid)
-        dc.ka_txid = txid = self._txid()
-        timeout = max(0.5, min(dc.keepalive, KEEPALIVE_TIMEOUT_MAX))
-        self._request(dc.session, Keepalive(load=len(self._paths)), txid, dc.link.endpoint, now, timeout=timeout,
-                      tag=dc, on_timeout=lambda t: self._keepalive_missed(dc, gen, txid, t))
-        self._call_at(now + dc.keepalive, lambda t: self._send_keepalive(dc, gen, t))
-
-    def _keepalive_missed(self, dc: _Dc, gen: int, txid: int, now: float) -> None:
-        if dc.gen != gen or dc.state is not DcState.REGISTERED:
-            return
-        if dc.ka_txid == txid:
-            dc.ka_txid = None
-        dc.missed += 1
-        self.stats["keepalive_missed"] += 1
-        if dc.missed >= KEEPALIVE_MISSES:
-            self.stats["reregister_keepalive"] += 1
-            self._start_registration(dc, now)
-
     # -- from a DC ----------------------------------------------------------------------------------
     def _on_dc(self, dc: _Dc, hdr: SignalHeader, data: bytes, addr: Endpoint, now: float) -> None:
         if hdr.flags & SignalFlags.LONG_TERM:
-            msg = self._open(dc.long_term, hdr, data)
-            if msg is None:
-                return
-            if isinstance(msg, RegistrationResponse):
-                self._on_registration_response(dc, hdr, msg, now)
-            elif isinstance(msg, StatusMessage):
-                self._on_dc_status(dc, hdr, msg, now)
-            else:
-                self.stats["drop_unexpected"] += 1
+            dc.receive_long_term(hdr, data, addr, now)
             return
         session = dc.session
         if session is None:
@@ -710,12 +629,12 @@ class RsCore(CoreBase):
 
     def _on_dc_status(self, dc: _Dc, hdr: SignalHeader, msg: StatusMessage, now: float) -> None:
         if dc.state is DcState.REGISTERING and hdr.txid == dc.reg_txid:
-            self._registration_failed(dc, hdr.status, msg.reason or "registration refused", now)
+            dc.fail(hdr.status, msg.reason or "registration refused", now)
         elif hdr.status == Status.REREGISTER or (dc.ka_txid is not None and hdr.txid == dc.ka_txid):
             # The DC lost our session (restart) or refused a keepalive: register again.
             if dc.state is not DcState.REGISTERING:
                 self.stats["reregister_requested"] += 1
-                self._start_registration(dc, now)
+                dc.start(now)
         else:
             self.stats["status_ignored"] += 1
 
