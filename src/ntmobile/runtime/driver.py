@@ -23,7 +23,7 @@ log = logging.getLogger(__name__)
 
 Endpoint = tuple[str, int]
 #: Datagrams a batch-reading driver takes from a socket per readiness callback.
-READ_BATCH = 64
+READ_BATCH = 16
 
 
 class SansIOCore(Protocol):
