@@ -8,6 +8,7 @@ unknown one is skipped, which is how later minor versions add fields.
 from __future__ import annotations
 
 import ipaddress
+import re
 import struct
 import sys
 from collections.abc import Callable, Iterator
@@ -274,20 +275,16 @@ def pack_attr(atype: int, value: bytes) -> bytes:
     return _TL.pack(atype, len(value)) + value
 
 
+_OCTET = r"(?:25[0-5]|2[0-4][0-9]|1[0-9][0-9]|[1-9]?[0-9])"
+_DOTTED_QUAD = re.compile(rf"{_OCTET}\.{_OCTET}\.{_OCTET}\.{_OCTET}", re.ASCII)
+
+
 def _pack4(text: str) -> bytes:
     """Packed IPv4 address: a strict dotted quad (what ``ipaddress`` accepts, a few times faster:
     addresses are in most signalling messages). ValueError otherwise."""
-    parts = text.split(".")
-    if len(parts) == 4:
-        for p in parts:
-            if not (p.isascii() and p.isdigit() and len(p) <= 3) or (p[0] == "0" and len(p) > 1):
-                break
-        else:
-            try:
-                return bytes((int(parts[0]), int(parts[1]), int(parts[2]), int(parts[3])))
-            except ValueError:  # an octet above 255
-                pass
-    raise ValueError(f"{text!r} is not an IPv4 address")
+    if _DOTTED_QUAD.fullmatch(text) is None:
+        raise ValueError(f"{text!r} is not an IPv4 address")
+    return bytes(map(int, text.split(".")))
 
 
 _HEX = frozenset("0123456789abcdefABCDEF")
