@@ -535,3 +535,13 @@ def test_hkdf_matches_rfc5869_test_case_1_and_the_cryptography_implementation() 
         for length in (16, 32, 64, 100):
             ref = HKDF(algorithm=hashes.SHA256(), length=length, salt=salt, info=b"ntm1 test").derive(b"k" * 32)
             assert hkdf(b"k" * 32, salt=salt, info=b"ntm1 test", length=length) == ref
+
+
+@given(st.binary(max_size=200), st.binary(max_size=300))
+@settings(max_examples=500)
+def test_hmac_sha256_matches_the_standard_library(key: bytes, msg: bytes) -> None:
+    import hmac
+
+    from ntmobile.crypto.keys import hmac_sha256
+
+    assert hmac_sha256(key, msg) == hmac.digest(key, msg, "sha256")

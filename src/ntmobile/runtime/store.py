@@ -37,6 +37,9 @@ CREATE TABLE IF NOT EXISTS settings (key TEXT PRIMARY KEY, value BLOB NOT NULL);
 """
 
 
+_ROLES = {int(r): r for r in Role}
+
+
 class SqliteStore:
     def __init__(self, path: str | Path, pools: Pools) -> None:
         self.path = Path(path)
@@ -99,7 +102,7 @@ class SqliteStore:
         if row is None:
             return None
         cid = bytes(row[0])
-        return ClientRecord(cid, row[1], Role(row[2]), bytes(row[3]), row[4], row[5], self._seqs.get(cid, row[6]))
+        return ClientRecord(cid, row[1], _ROLES[row[2]], bytes(row[3]), row[4], row[5], self._seqs.get(cid, row[6]))
 
     # -- Store protocol --------------------------------------------------------------------------
     def get_client(self, client_id: bytes) -> ClientRecord | None:

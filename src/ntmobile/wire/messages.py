@@ -312,9 +312,9 @@ SCHEMAS: dict[type[Message], tuple[_FieldSpec, ...]] = {cls: _schema(cls) for cl
 
 # The codec below runs on every signalling message: per class, the fields with their attribute
 # header bytes and value codecs resolved once.
-_Enc = tuple[str, bytes, Callable[[object], bytes], bool, bool]
+_Enc = tuple[str, int, Callable[[object], bytes], bool, bool]
 _ENC: dict[type[Message], tuple[_Enc, ...]] = {
-    cls: tuple((sp.name, bytes((sp.attr,)), ENCODERS[sp.kind], sp.required, sp.repeated) for sp in specs)
+    cls: tuple((sp.name, sp.attr, ENCODERS[sp.kind], sp.required, sp.repeated) for sp in specs)
     for cls, specs in SCHEMAS.items()
 }
 _DEC: dict[MessageType, tuple[type[Message], dict[int, tuple[str, Callable[[bytes], object], bool]],
@@ -323,32 +323,35 @@ _DEC: dict[MessageType, tuple[type[Message], dict[int, tuple[str, Callable[[byte
             tuple((sp.name, sp.attr) for sp in SCHEMAS[cls] if sp.required))
     for mtype, cls in MESSAGE_CLASSES.items()
 }
-_U16 = struct.Struct("!H")
+_TL = struct.Struct("!BH")
 
 
 def encode_body(msg: Message) -> bytes:
     """Encode a message's attributes (the plaintext body)."""
     out: list[bytes] = []
-    pack16 = _U16.pack
+    add = out.append
+    tl = _TL.pack
     try:
-        for name, tbyte, enc, required, repeated in _ENC[type(msg)]:
+        for name, atype, enc, required, repeated in _ENC[type(msg)]:
             value = getattr(msg, name)
             if repeated:
                 for item in value:
                     raw = enc(item)
-                    out += (tbyte, pack16(len(raw)), raw)
+                    add(tl(atype, len(raw)))
+                    add(raw)
             elif value is None:
                 if required:
                     raise CodecError(f"{type(msg).__name__}.{name} is required")
             else:
                 raw = enc(value)
-                if len(raw) > 0xFFFF:
-                    raise CodecError("attribute too long")
-                out += (tbyte, pack16(len(raw)), raw)
+                add(tl(atype, len(raw)))
+                add(raw)
     except ValueError as exc:  # address errors (CodecError is a ValueError too)
         if isinstance(exc, CodecError):
             raise
         raise CodecError(f"bad value in {type(msg).__name__}: {exc}") from None
+    except struct.error:
+        raise CodecError("attribute too long") from None
     return b"".join(out)
 
 
