@@ -548,6 +548,10 @@ def to_markdown(rep: dict[str, Any]) -> str:
         f"{r.get('registered_twice')}); DC paths directed {p.get('dc_paths_directed')} for {p.get('completed')} "
         f"(direction retransmits {p.get('dc_direction_retransmits')}, ready twice {p.get('ready_twice')}); "
         f"node retransmissions {rep.get('node_retransmissions')}; kernel UDP drops {rep.get('kernel_udp_drops')}.",
+        f"CPU per registration: DC {r.get('dc_cpu_us_each')} µs (busy {r.get('dc_cpu_busy')} of a core, "
+        f"{r.get('dc_cpu_system_share')} of it in the kernel), generator {r.get('generator_cpu_us_each')} µs; "
+        f"per path set-up: DC {p.get('dc_cpu_us_each')} µs (busy {p.get('dc_cpu_busy')}), relay "
+        f"{p.get('relay_cpu_us_each')} µs, generator {p.get('generator_cpu_us_each')} µs.",
         f"DC RSS {rep.get('dc_rss_kib_start')} KiB at start, {rep.get('dc_rss_kib_registered')} KiB registered, "
         f"{rep.get('dc_rss_kib_end')} KiB at the end; first path (discovery, relay probe) "
         f"{rep.get('first_path_ms')} ms.",
