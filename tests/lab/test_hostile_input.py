@@ -22,6 +22,7 @@ from typing import Any
 
 import pytest
 
+from ntmobile.bench.fuzz import lab_udp_drops
 from ntmobile.lab import Lab
 from ntmobile.lab.state import ProcRecord
 
@@ -47,15 +48,6 @@ def rss_kib(pid: int) -> int:
             return int(line.split()[1])
     raise AssertionError(f"process {pid} is gone")
 
-
-def kernel_drops(lab: Lab, host: str, port: int) -> int:
-    total = 0
-    for f in ("/proc/net/udp", "/proc/net/udp6"):
-        for line in lab.exec(host, ["cat", f], timeout=10).stdout.splitlines()[1:]:
-            parts = line.split()
-            if int(parts[1].rsplit(":", 1)[1], 16) == port:
-                total += int(parts[-1])
-    return total
 
 
 def send(lab: Lab, host: str, dest: str, port: int, count: int, seed: int, kind: str,
@@ -91,30 +83,30 @@ def test_every_daemon_port_survives_hostile_input(lab_factory: LabFactory) -> No
     runs: list[tuple[str, int, int, int]] = []  # (what, sent, read by the daemon, kernel drops)
 
     # The DC's signalling port, from the global host gl: the full million.
-    before, drops = dc_rx()[0], kernel_drops(lab, "dca", 7410)
+    before, drops = dc_rx()[0], lab_udp_drops(lab, "dca", 7410)
     r = send(lab, "gl", dca, 7410, MAIN_COUNT, 11, "signal", rate=25000)
     runs.append(("dc signalling", r["sent"] - r["send_errors"], dc_rx()[0] - before,
-                 kernel_drops(lab, "dca", 7410) - drops))
+                 lab_udp_drops(lab, "dca", 7410) - drops))
     # The DC's DNS port.
-    before, drops = dc_rx()[1], kernel_drops(lab, "dca", 53)
+    before, drops = dc_rx()[1], lab_udp_drops(lab, "dca", 53)
     r = send(lab, "gl", dca, 53, OTHER_COUNT, 12, "dns", rate=4000)
-    wait_for(lambda: dc_rx()[1] - before + kernel_drops(lab, "dca", 53) - drops >= r["sent"] - r["send_errors"],
+    wait_for(lambda: dc_rx()[1] - before + lab_udp_drops(lab, "dca", 53) - drops >= r["sent"] - r["send_errors"],
              30, "the DC's DNS server to read everything")
-    runs.append(("dc dns", r["sent"] - r["send_errors"], dc_rx()[1] - before, kernel_drops(lab, "dca", 53) - drops))
+    runs.append(("dc dns", r["sent"] - r["send_errors"], dc_rx()[1] - before, lab_udp_drops(lab, "dca", 53) - drops))
     # The relay's port.
-    before, drops = rs_rx(), kernel_drops(lab, "rs1", 7411)
+    before, drops = rs_rx(), lab_udp_drops(lab, "rs1", 7411)
     r = send(lab, "gl", rs1, 7411, OTHER_COUNT, 13, "signal")
-    runs.append(("rs", r["sent"] - r["send_errors"], rs_rx() - before, kernel_drops(lab, "rs1", 7411) - drops))
+    runs.append(("rs", r["sent"] - r["send_errors"], rs_rx() - before, lab_udp_drops(lab, "rs1", 7411) - drops))
     # The node's port and its DNS stub, from inside its own namespace (it sits behind NAT A).
-    before, drops = node_rx()[0], kernel_drops(lab, "mn", 7412)
+    before, drops = node_rx()[0], lab_udp_drops(lab, "mn", 7412)
     r = send(lab, "mn", "127.0.0.1", 7412, OTHER_COUNT, 14, "signal")
-    runs.append(("node", r["sent"] - r["send_errors"], node_rx()[0] - before, kernel_drops(lab, "mn", 7412) - drops))
-    before, drops = node_rx()[1], kernel_drops(lab, "mn", 53)
+    runs.append(("node", r["sent"] - r["send_errors"], node_rx()[0] - before, lab_udp_drops(lab, "mn", 7412) - drops))
+    before, drops = node_rx()[1], lab_udp_drops(lab, "mn", 53)
     r = send(lab, "mn", "127.0.0.53", 53, OTHER_COUNT, 15, "dns", rate=4000)
-    wait_for(lambda: node_rx()[1] - before + kernel_drops(lab, "mn", 53) - drops >= r["sent"] - r["send_errors"],
+    wait_for(lambda: node_rx()[1] - before + lab_udp_drops(lab, "mn", 53) - drops >= r["sent"] - r["send_errors"],
              30, "the node's DNS stub to read everything")
     runs.append(("node dns stub", r["sent"] - r["send_errors"], node_rx()[1] - before,
-                 kernel_drops(lab, "mn", 53) - drops))
+                 lab_udp_drops(lab, "mn", 53) - drops))
 
     for what, sent, read, kdrops in runs:
         assert sent <= read + kdrops <= sent + LEGIT_SLACK, (what, sent, read, kdrops)

@@ -29,7 +29,7 @@ import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import dns.edns
 import dns.flags
@@ -46,6 +46,9 @@ from ntmobile.core.registry import ClientRecord, MemoryStore, Pools
 from ntmobile.core.rs import DcLink, ProbeRequest, RsConfig, RsCore
 from ntmobile.crypto import CapsuleSealer
 from ntmobile.wire import CapsuleFlags, MessageType, Role
+
+if TYPE_CHECKING:
+    from ntmobile.lab import Lab
 
 Endpoint = tuple[str, int]
 
@@ -365,6 +368,17 @@ class DaemonUnderTest:
                 self.proc.wait(10)
 
 
+def lab_udp_drops(lab: Lab, host: str, port: int) -> int:
+    """Datagrams the kernel dropped on ``host``'s UDP sockets bound to ``port`` (full buffers)."""
+    total = 0
+    for f in ("/proc/net/udp", "/proc/net/udp6"):
+        for line in lab.exec(host, ["cat", f], timeout=10).stdout.splitlines()[1:]:
+            parts = line.split()
+            if int(parts[1].rsplit(":", 1)[1], 16) == port:
+                total += int(parts[-1])
+    return total
+
+
 def _free_port() -> int:
     """A port free for both UDP and TCP on 127.0.0.1 (the DNS server binds both)."""
     for _ in range(100):
@@ -673,15 +687,6 @@ def run_lab_bench(count: int, seed: int = 8, *, prefix: str = "fuzz", log: Calla
         out: dict[str, Any] = json.loads(cp.stdout)
         return out
 
-    def drops(lab: Lab, host: str, port: int) -> int:
-        total = 0
-        for f in ("/proc/net/udp", "/proc/net/udp6"):
-            for line in lab.exec(host, ["cat", f], timeout=10).stdout.splitlines()[1:]:
-                parts = line.split()
-                if int(parts[1].rsplit(":", 1)[1], 16) == port:
-                    total += int(parts[-1])
-        return total
-
     def pid_of(lab: Lab, host: str, kind: str) -> int:
         return next(p.pid for p in lab.state.processes if p.host == host and p.name.startswith(kind))
 
@@ -721,16 +726,16 @@ def run_lab_bench(count: int, seed: int = 8, *, prefix: str = "fuzz", log: Calla
                    ("node_dns_stub_udp", "mn", "127.0.0.53", 53, "mn", "dns", 4000, stub_rx, "node")]
         for i, (name, src, dest, port, dhost, kind, rate, rx, who) in enumerate(targets):
             log(f"{name} {dest}:{port} from {src}: {count} datagrams ...")
-            before, d0 = rx(), drops(lab, dhost, port)
+            before, d0 = rx(), lab_udp_drops(lab, dhost, port)
             cp = lab.exec(src, [sys.executable, "-m", "ntmobile.bench.fuzz", "send", dest, str(port), str(count),
                                 str(seed + i), kind, str(rate)], timeout=count / rate * 4 + 120)
             r: dict[str, Any] = json.loads(cp.stdout.strip().splitlines()[-1])
             wanted = r["sent"] - r["send_errors"]
             until = time.monotonic() + 60
-            while rx() - before + drops(lab, dhost, port) - d0 < wanted and time.monotonic() < until:
+            while rx() - before + lab_udp_drops(lab, dhost, port) - d0 < wanted and time.monotonic() < until:
                 time.sleep(0.2)
             r["daemon_received"] = rx() - before
-            r["kernel_drops"] = drops(lab, dhost, port) - d0
+            r["kernel_drops"] = lab_udp_drops(lab, dhost, port) - d0
             r["accounted"] = wanted <= r["daemon_received"] + r["kernel_drops"]
             r["rss_kib_after"] = rss_kib(pids[who])
             report["targets"][name] = r
