@@ -164,13 +164,13 @@ class DcDaemon:
                     raise
                 log.warning("no IPv6 DNS listener: %s", exc)
         control = await serve_control(s.control, self.control)
-        freezer = asyncio.create_task(self._freeze_long_lived())
+        housekeeping = asyncio.create_task(self._housekeeping())
         log.info("DC %s (id %s) up: signalling %s:%d, DNS port %d, %d enrolled", s.domain, self.dc_id.hex(),
                  s.address, s.port, s.dns_port, self.store.count())
         try:
             await stop.wait()
         finally:
-            freezer.cancel()
+            housekeeping.cancel()
             control.close()
             for tr in self.probe_transports.values():
                 tr.close()
@@ -181,10 +181,18 @@ class DcDaemon:
                 t.cancel()
             self.store.close()
 
-    async def _freeze_long_lived(self) -> None:
+    async def _housekeeping(self) -> None:
+        """Every GC_FREEZE_SECONDS: freeze what survived; every REGISTRATION_SUMMARY_SECONDS: log how
+        many nodes registered (they are logged one by one only at DEBUG)."""
         while True:
             await asyncio.sleep(GC_FREEZE_SECONDS)
             gc.freeze()
+            now = self.driver.now()
+            if self._node_registrations and now - self._summary_at >= REGISTRATION_SUMMARY_SECONDS:
+                log.info("registered %d nodes in the last %.0f s (%d sessions)", self._node_registrations,
+                         now - self._summary_at, len(self.core._sessions))
+                self._node_registrations = 0
+                self._summary_at = now
 
     def _begin_batch(self) -> None:
         self.store.begin_batch()
@@ -200,11 +208,6 @@ class DcDaemon:
             self.core.end_batch(str(exc), self.driver.now())
         else:
             self.core.end_batch(None, self.driver.now())
-        if self._node_registrations and self.driver.now() - self._summary_at >= REGISTRATION_SUMMARY_SECONDS:
-            log.info("registered %d nodes in the last %.0f s (%d sessions)", self._node_registrations,
-                     self.driver.now() - self._summary_at, len(self.core._sessions))
-            self._node_registrations = 0
-            self._summary_at = self.driver.now()
 
     # -- events ----------------------------------------------------------------------------------
     def on_event(self, ev: object) -> None:

@@ -157,22 +157,20 @@ class CoreDriver:
             core.receive_datagram(data, addr, now)
         self.flush()
 
-    def flush(self) -> None:
-        """Process events, then send datagrams, then re-arm the timer."""
+    def _drain_events(self) -> None:
         while (ev := self.core.next_event()) is not None:
             try:
                 self.on_event(ev)
             except Exception:  # a handler bug must not kill the daemon
                 self.handler_errors += 1
                 log.exception("event handler failed on %r", ev)
+
+    def flush(self) -> None:
+        """Process events, then send datagrams, then re-arm the timer."""
+        self._drain_events()
         if self.on_flush is not None:
             self.on_flush()
-            while (ev := self.core.next_event()) is not None:  # what on_flush made the core say
-                try:
-                    self.on_event(ev)
-                except Exception:
-                    self.handler_errors += 1
-                    log.exception("event handler failed on %r", ev)
+            self._drain_events()  # what on_flush made the core say
         for dg in self.core.datagrams_to_send():
             self.send(dg.data, dg.addr)
         self._arm()
