@@ -4,27 +4,36 @@ DC to the other relay; when no other relay is left the DC rebuilds it on the rel
 
 from __future__ import annotations
 
+from typing import Any
+
 from ntmobile.core.node import PathClosed, PathReady
 from ntmobile.core.registry import ClientRecord
 from ntmobile.core.rs import DcLink, ProbeRequest, RsConfig, RsCore
 from ntmobile.wire import PathMode, Role
 
 from .harness import seeded_bytes
-from .test_rsn_sequence import DC_EP, DC_ID, World
+from .test_rsn_sequence import World
 
 RS2_EP = ("192.0.2.21", 7411)
+
+
+def add_rs2(world: Any) -> RsCore:
+    """Enrol, start and register a second relay, rs2, in an in-memory world with one DC and rs1."""
+    rec = ClientRecord(b"\x03" * 8, "rs2", Role.RELAY, b"\x33" * 32)
+    world.store.add_client(rec)
+    link = DcLink(world.dc.config.dc_id, world.net.hosts["dc"].addr, rec.psk)
+    rs2 = RsCore(RsConfig("rs2", rec.client_id, [link], local_endpoints=[RS2_EP]), world.net.now, seq_base=10**15,
+                 random_bytes=seeded_bytes(42))
+    world.net.add("rs2", rs2, RS2_EP)
+    rs2.register(world.net.now)
+    world.net.run_until(lambda: len(world.dc.relays()) == 2)
+    return rs2
 
 
 class TwoRelays(World):
     def __init__(self) -> None:
         super().__init__()
-        rec = ClientRecord(b"\x03" * 8, "rs2", Role.RELAY, b"\x33" * 32)
-        self.store.add_client(rec)
-        self.rs2 = RsCore(RsConfig("rs2", rec.client_id, [DcLink(DC_ID, DC_EP, rec.psk)], local_endpoints=[RS2_EP]),
-                          self.net.now, seq_base=10**15, random_bytes=seeded_bytes(42))
-        self.net.add("rs2", self.rs2, RS2_EP)
-        self.rs2.register(self.net.now)
-        self.net.run_until(lambda: len(self.dc.relays()) == 2)
+        self.rs2 = add_rs2(self)
 
     def resolve_as_gn(self) -> None:
         for ev in list(self.net.hosts["rs2"].events):

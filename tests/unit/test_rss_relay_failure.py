@@ -17,8 +17,8 @@ from ntmobile.wire import MessageType, PathMode, Role, RsType, SignalHeader, Sta
 
 from .harness import seeded_bytes
 from .test_handover import DC_EP, DC_ID, NAT_A, NAT_B, World, _direct_roundtrip
+from .test_relay_failure import RS2_EP, add_rs2
 
-RS2_EP = ("192.0.2.21", 7411)
 KEEPALIVE = 15.0  # the DC's keepalive: both nodes are behind a NAT
 
 
@@ -32,13 +32,7 @@ class TwoRelays(World):
                              seq_base=10**15, random_bytes=seeded_bytes(77))
             self.net.hosts["dc"].core = self.dc
             self.rs.register(self.net.now)
-        rec = ClientRecord(b"\x03" * 8, "rs2", Role.RELAY, b"\x33" * 32)
-        self.store.add_client(rec)
-        self.rs2 = RsCore(RsConfig("rs2", rec.client_id, [DcLink(DC_ID, DC_EP, rec.psk)], local_endpoints=[RS2_EP]),
-                          self.net.now, seq_base=10**15, random_bytes=seeded_bytes(42))
-        self.net.add("rs2", self.rs2, RS2_EP)
-        self.rs2.register(self.net.now)
-        self.net.run_until(lambda: len(self.dc.relays()) == 2)
+        self.rs2 = add_rs2(self)
 
     def rss_path(self) -> bytes:
         self.node("mn", NAT_A)

@@ -577,20 +577,28 @@ def test_struct_sizes_match_docs() -> None:
     assert struct.calcsize("!BBBB8sQ") == 20
 
 
+def _ours_and_ipaddress(text: str, *, v6: bool) -> tuple[bytes | None, bytes | None]:
+    """(our IP4/IP6 encoding of ``text``, ipaddress's packed form); None where either refuses it."""
+    from ntmobile.wire.tlv import Kind, encode_value
+
+    try:
+        want: bytes | None = (ipaddress.IPv6Address if v6 else ipaddress.IPv4Address)(text).packed
+    except ValueError:
+        want = None
+    try:
+        got: bytes | None = encode_value(Kind.IP6 if v6 else Kind.IP4, text)
+    except CodecError:
+        got = None
+    return got, want
+
+
 @given(st.one_of(st.text(alphabet="0123456789.+_ x٤", max_size=20),
                  st.tuples(*[st.integers(0, 300)] * 4).map(lambda t: ".".join(map(str, t)))))
 @settings(max_examples=500)
 def test_ipv4_text_is_accepted_exactly_as_ipaddress_accepts_it(text: str) -> None:
-    from ntmobile.wire.tlv import Kind, decode_value, encode_value
+    from ntmobile.wire.tlv import Kind, decode_value
 
-    try:
-        want: bytes | None = ipaddress.IPv4Address(text).packed
-    except ValueError:
-        want = None
-    try:
-        got: bytes | None = encode_value(Kind.IP4, text)
-    except CodecError:
-        got = None
+    got, want = _ours_and_ipaddress(text, v6=False)
     assert got == want
     if want is not None:
         assert decode_value(Kind.IP4, want) == str(ipaddress.IPv4Address(text))
@@ -613,25 +621,11 @@ _V6_TEXT = st.one_of(
 )
 
 
-def _ours_and_ipaddress_v6(text: str) -> tuple[bytes | None, bytes | None]:
-    """(our IP6 encoding of ``text``, ipaddress's packed form); None where either refuses it."""
-    from ntmobile.wire.tlv import Kind, encode_value
-
-    try:
-        want: bytes | None = ipaddress.IPv6Address(text).packed
-    except ValueError:
-        want = None
-    try:
-        got: bytes | None = encode_value(Kind.IP6, text)
-    except CodecError:
-        got = None
-    return got, want
-
 
 @given(_V6_TEXT)
 @settings(max_examples=2000)
 def test_ipv6_text_is_accepted_exactly_as_ipaddress_accepts_it(text: str) -> None:
-    got, want = _ours_and_ipaddress_v6(text)
+    got, want = _ours_and_ipaddress(text, v6=True)
     assert got == want
 
 
@@ -639,5 +633,5 @@ def test_ipv6_text_is_accepted_exactly_as_ipaddress_accepts_it(text: str) -> Non
                                   "1:2:3:4:5:6:7:8:9", "1::2::3", ":1:2:3:4:5:6:7", "1:2:3:4:5:6:7:", "12345::",
                                   "fe80::1%eth0", "::ffff:1.2.3.4", "1:2:3:4:5:6:7::8", ":::", "", "g::1", "FD00::AB"])
 def test_ipv6_edge_forms_match_ipaddress(text: str) -> None:
-    got, want = _ours_and_ipaddress_v6(text)
+    got, want = _ours_and_ipaddress(text, v6=True)
     assert got == want
