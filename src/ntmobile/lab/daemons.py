@@ -1,7 +1,8 @@
 """Registry of ntmobile daemon kinds the lab can start (`[[hosts.daemons]] kind = "..."`).
 
 A kind maps to a builder: given a DaemonContext (the lab, the host, the host's working dir and the
-topology's daemon spec) it returns a DaemonLaunch (argv, config files to write, ports to wait for).
+topology's daemon spec) it returns a DaemonLaunch (argv, config files to write, ports to wait for, and optionally a
+status check on its control socket that says when it is ready for use).
 Code adds kinds with `register_daemon_kind("dc", build_dc)`. The modules listed in KIND_MODULES are
 imported (once) the first time an unregistered kind is looked up, so that the project's own kinds
 are available to `ntm lab up` without an explicit import; a listed module that does not exist is
@@ -14,7 +15,7 @@ import importlib
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 from .topology import DaemonSpec
 
@@ -36,6 +37,10 @@ class DaemonLaunch:
     files: dict[Path, str] = field(default_factory=dict)  # written before the start
     ready_tcp: tuple[int, ...] = ()  # the daemon is up when these ports listen in its namespace
     ready_udp: tuple[int, ...] = ()
+    #: Then, if set, the lab asks this control socket (in the host's namespace) for ``status`` until
+    #: ``ready_when(reply)`` holds: e.g. a node is ready once it is registered with its DC.
+    ready_control: str | None = None
+    ready_when: Callable[[dict[str, Any]], bool] | None = None
 
 
 DaemonBuilder = Callable[[DaemonContext], DaemonLaunch]

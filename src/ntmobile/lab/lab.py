@@ -19,6 +19,9 @@ from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
+from ntmobile.osops.netns import call_in_netns
+from ntmobile.runtime import control
+
 from . import apps, dns, nft
 from .daemons import DaemonContext, DaemonLaunch, daemon_builder, daemon_kinds
 from .state import (
@@ -346,13 +349,16 @@ class Lab:
     def _start_services(self) -> None:
         topo = self.topology
         waits: list[tuple[ProcRecord, tuple[int, ...], tuple[int, ...]]] = []
+        checks: list[tuple[ProcRecord, DaemonLaunch]] = []
 
         def start(host: str, name: str, launch: tuple[list[str], dict[Path, str], tuple[int, ...]],
-                  udp: tuple[int, ...] = ()) -> None:
+                  udp: tuple[int, ...] = ()) -> ProcRecord:
             argv, files, tcp = launch
             for p, text in files.items():
                 p.write_text(text)
-            waits.append((self.spawn(host, argv, name), tcp, udp))
+            rec = self.spawn(host, argv, name)
+            waits.append((rec, tcp, udp))
+            return rec
 
         if topo.dns is not None:
             d = topo.dns
@@ -409,11 +415,15 @@ class Lab:
                     assert builder is not None
                     w = self.host_workdir(h.name)
                     launch: DaemonLaunch = builder(DaemonContext(lab=self, host=h.name, workdir=w, spec=spec))
-                    start(h.name, f"{spec.kind}{i or ''}", (launch.argv, launch.files, launch.ready_tcp),
-                          launch.ready_udp)
+                    rec = start(h.name, f"{spec.kind}{i or ''}",
+                                (launch.argv, launch.files, launch.ready_tcp), launch.ready_udp)
+                    if launch.ready_control is not None and launch.ready_when is not None:
+                        checks.append((rec, launch))
         deadline = time.monotonic() + READY_TIMEOUT
         for rec, tcp, udp in waits:
             self._wait_ready(rec, tcp, udp, deadline)
+        for rec, launch in checks:
+            self._wait_status(rec, launch, deadline)
 
     def _wait_ready(self, rec: ProcRecord, tcp: tuple[int, ...], udp: tuple[int, ...],
                     deadline: float) -> None:
@@ -432,6 +442,27 @@ class Lab:
                 raise LabError(f"{rec.name} on {rec.host} is not listening after {READY_TIMEOUT:.0f} s "
                                f"(log {rec.log})")
             time.sleep(0.02)
+
+    def _wait_status(self, rec: ProcRecord, launch: DaemonLaunch, deadline: float) -> None:
+        """Poll the daemon's control socket until its status says it is ready (e.g. registered)."""
+        assert launch.ready_control is not None and launch.ready_when is not None
+        last = "no answer on its control socket"
+        while True:
+            if not proc_alive(rec):
+                raise LabError(f"{rec.name} on {rec.host} exited during start (log {rec.log})")
+            try:
+                st = call_in_netns(self.ns(rec.host), control.query, launch.ready_control, "status", 1.0,
+                                   timeout=5.0)
+            except (ConnectionError, OSError, TimeoutError, ValueError) as e:
+                last = str(e)
+            else:
+                if launch.ready_when(st):
+                    return
+                last = "its status does not say ready yet"
+            if time.monotonic() > deadline:
+                raise LabError(f"{rec.name} on {rec.host} is not ready after {READY_TIMEOUT:.0f} s: {last} "
+                               f"(log {rec.log})")
+            time.sleep(0.05)
 
     # --- running things -------------------------------------------------------------------------
 

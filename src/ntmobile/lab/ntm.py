@@ -16,12 +16,14 @@ Topology syntax (docs/lab.md)::
 
 Hosts are started in topology order, so DC hosts must come before the relays and nodes that
 enrol with them. Builders enrol directly in the DC's SQLite registry (what `ntm dc enroll` does).
+`Lab.up` returns once every relay is registered with each of its DCs and every node with its DC.
 """
 
 from __future__ import annotations
 
 import sys
 from pathlib import Path
+from typing import Any
 
 from ntmobile.runtime.config import DcSettings, NodeSettings, PoolSettings, RsSettings, dump, load
 from ntmobile.runtime.enroll import enroll
@@ -83,7 +85,8 @@ def build_rs(ctx: DaemonContext) -> DaemonLaunch:
                           control="ntm-rs", offload=bool(c.get("offload", True)))
     path = ctx.workdir / "rs.toml"
     dump(settings, path)
-    return DaemonLaunch(argv=[*NTM, "rs", "run", "-c", str(path)], ready_udp=(RS_PORT,))
+    return DaemonLaunch(argv=[*NTM, "rs", "run", "-c", str(path)], ready_udp=(RS_PORT,),
+                        ready_control=settings.control, ready_when=_rs_registered)
 
 
 def build_node(ctx: DaemonContext) -> DaemonLaunch:
@@ -99,7 +102,19 @@ def build_node(ctx: DaemonContext) -> DaemonLaunch:
     resolv = ETC_NETNS / lab.ns(ctx.host) / "resolv.conf"
     text = f"# ntm lab: {ctx.host} resolves through its NTM node's DNS stub\nnameserver {settings.dns_listen}\n"
     return DaemonLaunch(argv=[*NTM, "node", "run", "-c", str(path)], files={resolv: text},
-                        ready_udp=(NODE_PORT, settings.dns_port), ready_tcp=(settings.dns_port,))
+                        ready_udp=(NODE_PORT, settings.dns_port), ready_tcp=(settings.dns_port,),
+                        ready_control=settings.control, ready_when=_node_registered)
+
+
+def _rs_registered(status: dict[str, Any]) -> bool:
+    """A relay is ready once every DC it serves has registered it."""
+    dcs = status.get("dcs") or []
+    return bool(dcs) and all(d.get("state") == "registered" for d in dcs)
+
+
+def _node_registered(status: dict[str, Any]) -> bool:
+    """A node is ready once it is registered with its DC (its DNS stub answers lookups then)."""
+    return bool(status.get("registered"))
 
 
 def register_all() -> None:
