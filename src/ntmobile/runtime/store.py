@@ -4,12 +4,18 @@ Implements core.registry.Store with the same allocation rules as MemoryStore. Ev
 own transaction, except registrations' sequence numbers between ``begin_batch`` and ``end_batch``
 (group commit: the DC writes them once per batch of datagrams, before it sends the replies); a
 failing write raises StoreError (the core turns it into STORAGE_ERROR replies).
+
+With ``background_checkpoint`` (the DC daemon), commits never copy the write-ahead log back into the
+database themselves (SQLite's automatic checkpoint, with its fsync, would run on the event loop every
+thousand pages): the owner calls ``checkpoint()`` on a thread of its own, which runs a passive
+checkpoint on that thread's own connection.
 """
 
 from __future__ import annotations
 
 import os
 import sqlite3
+import threading
 from pathlib import Path
 
 from ntmobile.core.registry import ClientRecord, Pools, StoreError, VipPool
@@ -41,21 +47,48 @@ _ROLES = {int(r): r for r in Role}
 
 
 class SqliteStore:
-    def __init__(self, path: str | Path, pools: Pools) -> None:
+    def __init__(self, path: str | Path, pools: Pools, *, background_checkpoint: bool = False) -> None:
         self.path = Path(path)
         self.pools = pools
         self._batching = False
         self._seqs: dict[bytes, int] = {}
+        self._ckpt = threading.local()
+        self._ckpt_conns: list[sqlite3.Connection] = []
         try:
             self.path.parent.mkdir(parents=True, exist_ok=True)
             self.db = sqlite3.connect(str(self.path), isolation_level=None, timeout=5.0)
             self.db.execute("PRAGMA journal_mode=WAL")
             self.db.execute("PRAGMA synchronous=NORMAL")
+            if background_checkpoint:
+                self.db.execute("PRAGMA wal_autocheckpoint=0")
             self.db.executescript(SCHEMA)
         except sqlite3.Error as exc:
             raise StoreError(f"cannot open the registry database {self.path}: {exc}") from None
 
+    def checkpoint(self) -> tuple[int, int]:
+        """Copy committed pages from the write-ahead log into the database (passive: never waits for
+        or blocks the writer). Meant for a thread other than the writer's; each calling thread gets
+        its own connection. Returns (pages in the log, pages copied); StoreError on failure."""
+        conn: sqlite3.Connection | None = getattr(self._ckpt, "conn", None)
+        try:
+            if conn is None:
+                conn = sqlite3.connect(str(self.path), isolation_level=None, timeout=5.0,
+                                       check_same_thread=False)
+                self._ckpt.conn = conn
+                self._ckpt_conns.append(conn)
+            _busy, log_pages, copied = conn.execute("PRAGMA wal_checkpoint(PASSIVE)").fetchone()
+        except sqlite3.Error as exc:
+            raise StoreError(f"{self.path}: checkpoint: {exc}") from None
+        return int(log_pages), int(copied)
+
     def close(self) -> None:
+        for conn in self._ckpt_conns:
+            conn.close()
+        self._ckpt_conns.clear()
+        try:
+            self.db.execute("PRAGMA wal_checkpoint(TRUNCATE)")
+        except sqlite3.Error:
+            pass  # e.g. a read-only file: the log stays and is replayed on the next open
         self.db.close()
 
     # -- group commit ------------------------------------------------------------------------------
