@@ -15,7 +15,6 @@ from __future__ import annotations
 
 import os
 import sqlite3
-import threading
 from pathlib import Path
 
 from ntmobile.core.registry import ClientRecord, Pools, StoreError, VipPool
@@ -52,8 +51,7 @@ class SqliteStore:
         self.pools = pools
         self._batching = False
         self._seqs: dict[bytes, int] = {}
-        self._ckpt = threading.local()
-        self._ckpt_conns: list[sqlite3.Connection] = []
+        self._ckpt: sqlite3.Connection | None = None
         try:
             self.path.parent.mkdir(parents=True, exist_ok=True)
             self.db = sqlite3.connect(str(self.path), isolation_level=None, timeout=5.0)
@@ -67,24 +65,21 @@ class SqliteStore:
 
     def checkpoint(self) -> tuple[int, int]:
         """Copy committed pages from the write-ahead log into the database (passive: never waits for
-        or blocks the writer). Meant for a thread other than the writer's; each calling thread gets
-        its own connection. Returns (pages in the log, pages copied); StoreError on failure."""
-        conn: sqlite3.Connection | None = getattr(self._ckpt, "conn", None)
+        or blocks the writer). Meant for a thread other than the writer's (one at a time), on a
+        connection of its own. Returns (pages in the log, pages copied); StoreError on failure."""
         try:
-            if conn is None:
-                conn = sqlite3.connect(str(self.path), isolation_level=None, timeout=5.0,
-                                       check_same_thread=False)
-                self._ckpt.conn = conn
-                self._ckpt_conns.append(conn)
-            _busy, log_pages, copied = conn.execute("PRAGMA wal_checkpoint(PASSIVE)").fetchone()
+            if self._ckpt is None:
+                self._ckpt = sqlite3.connect(str(self.path), isolation_level=None, timeout=5.0,
+                                             check_same_thread=False)
+            _busy, log_pages, copied = self._ckpt.execute("PRAGMA wal_checkpoint(PASSIVE)").fetchone()
         except sqlite3.Error as exc:
             raise StoreError(f"{self.path}: checkpoint: {exc}") from None
         return int(log_pages), int(copied)
 
     def close(self) -> None:
-        for conn in self._ckpt_conns:
-            conn.close()
-        self._ckpt_conns.clear()
+        if self._ckpt is not None:
+            self._ckpt.close()
+            self._ckpt = None
         try:
             self.db.execute("PRAGMA wal_checkpoint(TRUNCATE)")
         except sqlite3.Error:

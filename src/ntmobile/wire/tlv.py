@@ -153,22 +153,21 @@ def _dec_u8(raw: bytes) -> object:
     return raw[0]
 
 
-def _dec_u16(raw: bytes) -> object:
-    if len(raw) != 2:
-        raise CodecError("wrong length for a U16 attribute")
-    return _U16.unpack(raw)[0]
+def _dec_uint(st: struct.Struct, kind: str) -> Callable[[bytes], object]:
+    """Decoder of a big-endian unsigned integer attribute of exactly ``st.size`` bytes."""
+    size, unpack, err = st.size, st.unpack, f"wrong length for a {kind} attribute"
+
+    def dec(raw: bytes) -> object:
+        if len(raw) != size:
+            raise CodecError(err)
+        return unpack(raw)[0]
+
+    return dec
 
 
-def _dec_u32(raw: bytes) -> object:
-    if len(raw) != 4:
-        raise CodecError("wrong length for a U32 attribute")
-    return _U32.unpack(raw)[0]
-
-
-def _dec_u64(raw: bytes) -> object:
-    if len(raw) != 8:
-        raise CodecError("wrong length for a U64 attribute")
-    return _U64.unpack(raw)[0]
+_dec_u16 = _dec_uint(_U16, "U16")
+_dec_u32 = _dec_uint(_U32, "U32")
+_dec_u64 = _dec_uint(_U64, "U64")
 
 
 def _dec_id8(raw: bytes) -> object:
