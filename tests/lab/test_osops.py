@@ -212,6 +212,36 @@ def test_nft_errors_are_one_line_and_apply_is_atomic(lab: Lab) -> None:
     assert not netns.call_in_netns(ns, nft.table_exists, "inet", "ntm_j")
 
 
+def test_rs_fast_table_adds_replaces_removes_and_counts(lab: Lab) -> None:
+    """The RS-S fast-path table (nft.RsFastTable): paths of either family go in and out one
+    transaction each, a re-added Path ID replaces its old legs, and counters read back per path."""
+    ns = lab.ns("n")
+    t = nft.RsFastTable("ntm_rs_fast", 7411, "192.0.2.20", "2001:db8:1::20")
+    a = nft.FastPath(b"\x01" * 8, ("192.0.2.100", 7412), ("192.0.2.101", 7412))
+    b = nft.FastPath(b"\x02" * 8, ("2001:db8::100", 7412), ("2001:db8::101", 7999))
+    moved = nft.FastPath(b"\x01" * 8, ("192.0.2.100", 7413), ("192.0.2.101", 7412))
+
+    def legs() -> str:
+        return netns.run_in_netns(ns, ["nft", "list", "map", "inet", "ntm_rs_fast", "legs4"]).stdout
+
+    netns.call_in_netns(ns, t.apply)
+    netns.call_in_netns(ns, t.add, a)
+    netns.call_in_netns(ns, t.add, b)
+    netns.call_in_netns(ns, t.add, moved)
+    assert "7413" in legs() and "192.0.2.100 . 7412" not in legs()
+    counts, posted = netns.call_in_netns(ns, t.counters)
+    assert counts == {a.path_id: (0, 0, 0, 0), b.path_id: (0, 0, 0, 0)} and posted == 0
+    with pytest.raises(ValueError):
+        t.add(nft.FastPath(b"\x03" * 8, ("192.0.2.100", 1), ("2001:db8::1", 2)))  # two families
+    assert netns.call_in_netns(ns, t.remove, a.path_id) and not netns.call_in_netns(ns, t.remove, a.path_id)
+    assert "192.0.2" not in legs()
+    netns.call_in_netns(ns, t.apply)  # a restart rebuilds the same table from memory
+    assert [p.path_id for p in t.paths] == [b.path_id]
+    assert b.path_id.hex() in netns.run_in_netns(ns, ["nft", "list", "table", "inet", "ntm_rs_fast"]).stdout
+    netns.call_in_netns(ns, t.delete)
+    assert not netns.call_in_netns(ns, nft.table_exists, "inet", "ntm_rs_fast") and t.paths == []
+
+
 # ---- RS-N NAPT -------------------------------------------------------------------------------------
 
 ECHO_SERVER = r"""

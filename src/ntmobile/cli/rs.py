@@ -61,11 +61,19 @@ def status(control: str = typer.Option("ntm-rs", help="control socket name"),
     con.print(f"relay [bold]{st['name']}[/] id {st['rs_id']}: {st['paths']} paths, {st['mappings']} NAT mappings")
     for dc in st["dcs"]:
         con.print(f"  DC {dc['dc_id']} at {dc['endpoint']}: {dc['state']}")
-    t = Table("path", "type", "initiator", "responder", "VIP map", "pkts i→r", "pkts r→i", "drops")
+    fast = st.get("fast_path") or {}
+    in_kernel = set(fast.get("paths", []))
+    if fast.get("enabled"):
+        con.print(f"  RS-S kernel fast path (nft table inet {fast['table']}): {len(in_kernel)} path(s) in the "
+                  f"kernel, {fast.get('promoted', 0)} promoted, {fast.get('demoted', 0)} back to the daemon")
+    else:
+        con.print(f"  RS-S kernel fast path off{': ' + fast['disabled_reason'] if fast.get('disabled_reason') else ''}")
+    t = Table("path", "type", "initiator", "responder", "VIP map", "bytes i→r", "bytes r→i", "drops")
     for e in st["entries"]:
         vmap = " ".join(f"{e[f'peer_vip{f}']}→{e[f'gn_addr{f}']}" for f in (4, 6) if e.get(f"gn_addr{f}"))
-        t.add_row(e["path_id"], e["rs_type"], str(e["initiator"]), str(e["responder"] or "-"), vmap,
-                  str(e["packets_i2r"]), str(e["packets_r2i"]), str(e["drops"]))
+        kind = e["rs_type"] + (" (kernel)" if e["path_id"] in in_kernel else "")
+        t.add_row(e["path_id"], kind, str(e["initiator"]), str(e["responder"] or "-"), vmap,
+                  str(e["bytes_i2r"]), str(e["bytes_r2i"]), str(e["drops"]))
     con.print(t)
 
 

@@ -381,6 +381,8 @@ class RsCore(CoreBase):
                 raise ValueError(f"bad or duplicate DC id {link.dc_id.hex()}")
             self._dcs[link.dc_id] = _Dc(self, link, seq_base)
         self._paths: dict[bytes, RelayEntry] = {}
+        #: The RS-S entries among them (what the runtime's kernel fast path looks at every second).
+        self._rs_s: dict[bytes, RelayEntry] = {}
         #: RS-N reply lookup: (node VIP, peer VIP) packed -> entry.
         self._by_vips: dict[tuple[bytes, bytes], RelayEntry] = {}
         self._idle: list[tuple[float, int, RelayEntry]] = []
@@ -413,6 +415,9 @@ class RsCore(CoreBase):
 
     def entries(self) -> list[RelayEntry]:
         return list(self._paths.values())
+
+    def rs_s_entries(self) -> list[RelayEntry]:
+        return list(self._rs_s.values())
 
     def entry(self, path_id: bytes) -> RelayEntry | None:
         return self._paths.get(path_id)
@@ -617,6 +622,22 @@ class RsCore(CoreBase):
         self.stats["probes"] += 1
         self._emit(ProbeRequest(self._probe_token, target))
 
+    def kernel_forwarded(self, path_id: bytes, i2r: tuple[int, int], r2i: tuple[int, int], now: float) -> bool:
+        """RS-S data the kernel forwarded for ``path_id`` since the last call (the runtime's
+        fast path: docs/dataplane.md): (packets, bytes) each way. It counts like relayed data and,
+        when anything moved, keeps the entry active. False when the entry is gone or not RS-S."""
+        e = self._paths.get(path_id)
+        if e is None or e.responder is None:
+            return False
+        e.packets_i2r += i2r[0]
+        e.bytes_i2r += i2r[1]
+        e.packets_r2i += r2i[0]
+        e.bytes_r2i += r2i[1]
+        if i2r[0] or r2i[0]:
+            e.last_active = max(e.last_active, now)
+            self.stats["kernel_forwarded"] += i2r[0] + r2i[0]
+        return True
+
     def probe_result(self, token: int, hops: int | None, rtt_us: int | None, now: float) -> None:
         """The runtime measured the distance asked for by ProbeRequest ``token`` (None: no reply)."""
         key = self._probe_tokens.pop(token, None)
@@ -694,6 +715,8 @@ class RsCore(CoreBase):
             self._remove(old, "superseded")  # RelayRemoved before RelayAdded: the NAT mapping moves
         e = self._new_entry(dc, msg, now)
         self._paths[pid] = e
+        if e.responder is not None:
+            self._rs_s[pid] = e
         for pair in e.vip_pairs:
             self._by_vips[pair] = e
         self._push_idle(e, e.deadline)
@@ -927,6 +950,7 @@ class RsCore(CoreBase):
         if self._paths.get(e.path_id) is not e:
             return
         del self._paths[e.path_id]
+        self._rs_s.pop(e.path_id, None)
         for pair in e.vip_pairs:
             if self._by_vips.get(pair) is e:
                 del self._by_vips[pair]

@@ -5,10 +5,11 @@ Labels (HKDF-SHA256 ``info``) are part of the protocol; docs/security.md lists t
 
 from __future__ import annotations
 
-import hashlib
+import importlib
 import os
 from collections.abc import Callable
 from dataclasses import dataclass
+from typing import Any
 
 from cryptography.hazmat.primitives.asymmetric.x25519 import X25519PrivateKey, X25519PublicKey
 
@@ -20,7 +21,23 @@ KEY_SIZE = 32
 _ZERO_SALT = bytes(32)
 _IPAD = bytes(x ^ 0x36 for x in range(256))
 _OPAD = bytes(x ^ 0x5C for x in range(256))
-_sha256 = hashlib.sha256
+
+
+# CPython's own SHA-256, not hashlib's: hashlib maps the system's libcrypto (about 4 MiB of resident
+# memory) beside the OpenSSL that `cryptography` carries, and the relay keeps its memory small
+# (docs/dataplane.md). It costs 0.7 µs more per registration (two key schedules, 9.5 against 8.8 µs).
+def _pick_sha256() -> Callable[[bytes], Any]:
+    for name in ("_sha256", "_sha2"):  # Python 3.11; later Pythons
+        try:
+            return importlib.import_module(name).sha256  # type: ignore[no-any-return]
+        except (ImportError, AttributeError):
+            pass
+    import hashlib  # pragma: no cover
+
+    return hashlib.sha256  # pragma: no cover
+
+
+_sha256 = _pick_sha256()
 
 
 def hmac_sha256(key: bytes, msg: bytes) -> bytes:
@@ -30,7 +47,8 @@ def hmac_sha256(key: bytes, msg: bytes) -> bytes:
     if len(key) > 64:
         key = _sha256(key).digest()
     k = key.ljust(64, b"\0")
-    return _sha256(k.translate(_OPAD) + _sha256(k.translate(_IPAD) + msg).digest()).digest()
+    mac: bytes = _sha256(k.translate(_OPAD) + _sha256(k.translate(_IPAD) + msg).digest()).digest()
+    return mac
 
 
 def hkdf_extract(secret: bytes, salt: bytes) -> bytes:

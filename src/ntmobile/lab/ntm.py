@@ -82,7 +82,8 @@ def build_rs(ctx: DaemonContext) -> DaemonLaunch:
     except Exception:
         v6 = None
     settings = RsSettings(name=name, credentials=creds, address=lab.addr(ctx.host, 4), address6=v6,
-                          control="ntm-rs", offload=bool(c.get("offload", True)))
+                          control="ntm-rs", offload=bool(c.get("offload", True)),
+                          fast_path=bool(c.get("fast_path", True)))
     path = ctx.workdir / "rs.toml"
     dump(settings, path)
     return DaemonLaunch(argv=[*NTM, "rs", "run", "-c", str(path)], ready_udp=(RS_PORT,),

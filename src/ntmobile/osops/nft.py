@@ -253,3 +253,181 @@ class RsNatTable:
                 out[labels[fwd]] = int(pk)
                 fwd += 1
         return out
+
+
+# -- RS-S kernel fast path -----------------------------------------------------------------------
+
+Endpoint = tuple[str, int]
+
+
+@dataclass(frozen=True, slots=True)
+class FastPath:
+    """One RS-S path forwarded by the kernel: data capsules of ``path_id`` from the initiator
+    leg's endpoint go to the responder leg's and back, rewritten as if the relay had sent them."""
+
+    path_id: bytes
+    initiator: Endpoint
+    responder: Endpoint
+
+    @property
+    def version(self) -> int:
+        return ipaddress.ip_address(self.initiator[0]).version
+
+    @property
+    def tag(self) -> str:
+        return self.path_id.hex()
+
+
+class RsFastTable:
+    """The RS-S kernel fast path (table inet NAME, docs/dataplane.md "RS-S in the kernel").
+
+    * prerouting, priority raw - 10 (before conntrack): a datagram to the relay's address and
+      port whose first bytes say version 1, DATA, *while a socket is bound there* (the daemon's:
+      a relay daemon that died forwards nothing, so its nodes see it dead and move on), looks its
+      source (address . port) up in
+      ``legs4``/``legs6``; a fast path's leg jumps to the chain ``p<path id>i`` or ``...r``, which
+      checks the Path ID and the FROM_RESPONDER flag of that leg, marks it untracked, counts it and
+      rewrites the destination to the other leg's endpoint. Anything else (signalling, other
+      paths, a datagram whose flag names the wrong leg) is left alone and reaches the daemon.
+    * postrouting, priority srcnat: a datagram whose (source . destination) 4-tuple is a rewritten
+      leg pair of ``fwd4``/``fwd6`` leaves from the relay's address and port, and is counted.
+
+    The kernel forwards a GSO packet (a capsule's chunks from one sender) as one unit. Everything in
+    it is the head's: the daemon only puts paths here whose leg endpoints carry no other path, and
+    nodes send signalling with a hop limit their data never has, so that no receive offload
+    merges anything else behind a fast path's data (docs/dataplane.md)."""
+
+    def __init__(self, name: str, port: int, local4: str | None, local6: str | None = None) -> None:
+        _check_name(name)
+        self.name = name
+        self.port = int(port)
+        self.local4 = str(ipaddress.IPv4Address(local4)) if local4 else None
+        self.local6 = str(ipaddress.IPv6Address(local6)) if local6 else None
+        self._paths: dict[bytes, FastPath] = {}
+
+    @property
+    def paths(self) -> list[FastPath]:
+        return list(self._paths.values())
+
+    def __contains__(self, path_id: object) -> bool:
+        return path_id in self._paths
+
+    def _check(self, p: FastPath) -> None:
+        a, b = ipaddress.ip_address(p.initiator[0]), ipaddress.ip_address(p.responder[0])
+        if a.version != b.version:
+            raise ValueError("legs of different address families cannot be rewritten in the kernel")
+        if (self.local4 if a.version == 4 else self.local6) is None:
+            raise ValueError(f"the relay has no IPv{a.version} address")
+        if len(p.path_id) != 8:
+            raise ValueError("a Path ID is 8 bytes")
+        for _, port in (p.initiator, p.responder):
+            if not 0 < int(port) < 65536:
+                raise ValueError(f"bad port {port}")
+
+    def _objects(self, p: FastPath) -> str:
+        """The path's counters and leg chains, as statements inside a table block."""
+        ip = "ip" if p.version == 4 else "ip6"
+        out = []
+        for side, flag, dst in (("i", 0, p.responder), ("r", 1, p.initiator)):
+            out.append(f"\tcounter c{p.tag}{side} {{\n\t}}\n"
+                       f"\tchain p{p.tag}{side} {{\n"
+                       f"\t\t@th,96,64 0x{p.tag} @th,87,1 {flag} notrack counter name \"c{p.tag}{side}\" "
+                       f"{ip} daddr set {dst[0]} udp dport set {dst[1]}\n\t}}\n")
+        return "".join(out)
+
+    @staticmethod
+    def _legs(p: FastPath) -> str:
+        (ia, ip_), (ra, rp) = p.initiator, p.responder
+        return f"{ia} . {ip_} : jump p{p.tag}i, {ra} . {rp} : jump p{p.tag}r"
+
+    @staticmethod
+    def _fwd(p: FastPath) -> str:
+        (ia, ip_), (ra, rp) = p.initiator, p.responder
+        return f"{ia} . {ip_} . {ra} . {rp}, {ra} . {rp} . {ia} . {ip_}"
+
+    def render(self) -> str:
+        """The whole table in nft syntax."""
+        port = self.port
+        out = [f"table inet {self.name} {{\n"]
+        out += [self._objects(p) for p in self._paths.values()]
+        for v, addr in ((4, "ipv4_addr"), (6, "ipv6_addr")):
+            mine = [p for p in self._paths.values() if p.version == v]
+            out.append(f"\tmap legs{v} {{\n\t\ttype {addr} . inet_service : verdict\n"
+                       + (f"\t\telements = {{ {', '.join(map(self._legs, mine))} }}\n" if mine else "") + "\t}\n")
+            out.append(f"\tset fwd{v} {{\n\t\ttype {addr} . inet_service . {addr} . inet_service\n"
+                       + (f"\t\telements = {{ {', '.join(map(self._fwd, mine))} }}\n" if mine else "") + "\t}\n")
+        out.append("\tchain prerouting {\n\t\ttype filter hook prerouting priority raw - 10; policy accept;\n")
+        if self.local4:
+            out.append(f"\t\tip daddr {self.local4} udp dport {port} @th,64,16 0x0140 socket transparent 0 "
+                       "ip saddr . udp sport vmap @legs4\n")
+        if self.local6:
+            out.append(f"\t\tip6 daddr {self.local6} udp dport {port} @th,64,16 0x0140 socket transparent 0 "
+                       "ip6 saddr . udp sport vmap @legs6\n")
+        out.append("\t}\n")
+        out.append("\tchain postrouting {\n\t\ttype filter hook postrouting priority srcnat; policy accept;\n")
+        if self.local4:
+            out.append(f"\t\tip saddr . udp sport . ip daddr . udp dport @fwd4 counter "
+                       f"ip saddr set {self.local4} udp sport set {port}\n")
+        if self.local6:
+            out.append(f"\t\tip6 saddr . udp sport . ip6 daddr . udp dport @fwd6 counter "
+                       f"ip6 saddr set {self.local6} udp sport set {port}\n")
+        out.append("\t}\n}\n")
+        return "".join(out)
+
+    def apply(self) -> None:
+        """Create or replace the whole table in one transaction."""
+        apply_ruleset(f"add table inet {self.name}\ndelete table inet {self.name}\n{self.render()}")
+
+    def delete(self) -> None:
+        """Delete the table; the paths are forgotten too."""
+        self._paths.clear()
+        delete_table("inet", self.name)
+
+    def add(self, p: FastPath) -> None:
+        """Forward ``p`` in the kernel (replacing an older binding of its Path ID), atomically."""
+        self._check(p)
+        old = self._paths.get(p.path_id)
+        t = f"inet {self.name}"
+        cmds = self._remove_cmds(old) if old is not None else ""
+        cmds += (f"table {t} {{\n{self._objects(p)}}}\n"
+                 f"add element {t} legs{p.version} {{ {self._legs(p)} }}\n"
+                 f"add element {t} fwd{p.version} {{ {self._fwd(p)} }}\n")
+        apply_ruleset(cmds)
+        self._paths[p.path_id] = p
+
+    def _remove_cmds(self, p: FastPath) -> str:
+        t = f"inet {self.name}"
+        (ia, ip_), (ra, rp) = p.initiator, p.responder
+        return (f"delete element {t} legs{p.version} {{ {ia} . {ip_}, {ra} . {rp} }}\n"
+                f"delete element {t} fwd{p.version} {{ {self._fwd(p)} }}\n"
+                + "".join(f"delete chain {t} p{p.tag}{s}\ndelete counter {t} c{p.tag}{s}\n" for s in "ir"))
+
+    def remove(self, path_id: bytes) -> bool:
+        """Stop forwarding ``path_id`` in the kernel; False when it was not."""
+        p = self._paths.pop(path_id, None)
+        if p is None:
+            return False
+        apply_ruleset(self._remove_cmds(p))
+        return True
+
+    def counters(self) -> tuple[dict[bytes, tuple[int, int, int, int]], int]:
+        """Per fast path (packets, bytes) initiator->responder then responder->initiator, and the
+        packets the postrouting rules sent on. A kernel packet may be a GSO packet of many
+        datagrams: packets count those units, bytes are exact."""
+        per: dict[str, list[int]] = {}
+        posted = 0
+        for item in list_table_json("inet", self.name):
+            c = item.get("counter")
+            if c is not None and len(c.get("name", "")) == 18:
+                per.setdefault(c["name"][1:17], [0, 0, 0, 0])
+                i = 0 if c["name"][-1] == "i" else 2
+                per[c["name"][1:17]][i:i + 2] = [int(c["packets"]), int(c["bytes"])]
+            rule = item.get("rule")
+            if rule is not None and rule.get("chain") == "postrouting":
+                posted += next((int(e["counter"]["packets"]) for e in rule["expr"] if "counter" in e), 0)
+        out = {}
+        for tag, v in per.items():
+            pid = bytes.fromhex(tag)
+            if pid in self._paths:
+                out[pid] = (v[0], v[1], v[2], v[3])
+        return out, posted

@@ -22,7 +22,9 @@ class ConfigError(Exception):
 
 
 class _Model(BaseModel):
-    model_config = ConfigDict(extra="forbid", frozen=True)
+    # Schemas are built on first use: a daemon validates only its own settings (the relay keeps its
+    # resident memory small, docs/dataplane.md).
+    model_config = ConfigDict(extra="forbid", frozen=True, defer_build=True)
 
 
 def _cidr(v: str | None) -> str | None:
@@ -133,6 +135,8 @@ class RsSettings(_Model):
     nft_table: str = "ntm_rs"
     control: str = "ntm-rs"
     offload: bool = True
+    #: RS-S paths with traffic are forwarded by the kernel (nft table ``<nft_table>_fast``).
+    fast_path: bool = True
 
     _a = field_validator("address")(_addr)
 

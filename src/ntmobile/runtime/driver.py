@@ -16,6 +16,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import socket
+import struct
 from collections.abc import Callable
 from typing import Any, Protocol
 
@@ -60,6 +61,27 @@ def bind_udp(host: str, port: int, *, family: int, rcvbuf: int = 4 << 20) -> soc
     return sock
 
 
+_DATA = 0x40
+#: TTL / hop limit of a node's signalling datagrams: never the data's (the system default, 64 on
+#: most hosts), so that no receiver's GRO coalesces signalling into a train of data (it only merges
+#: datagrams whose IP headers agree but for the length). 255 unless that is the default.
+SIGNAL_HOPS = 255
+
+
+def signal_hops_cmsg(sock: socket.socket) -> list[tuple[int, int, bytes]]:
+    """The ancillary data that sends one datagram on ``sock`` with ``SIGNAL_HOPS`` (or 254 when
+    the socket's own TTL / hop limit is 255 already)."""
+    if sock.family == socket.AF_INET6:
+        level, opt, cm = socket.IPPROTO_IPV6, socket.IPV6_UNICAST_HOPS, socket.IPV6_HOPLIMIT
+    else:
+        level, opt, cm = socket.IPPROTO_IP, socket.IP_TTL, socket.IP_TTL
+    default = sock.getsockopt(level, opt)
+    if default < 0:  # IPv6: "the route's" hop limit, i.e. net.ipv6.conf.*.hop_limit (64)
+        default = 64
+    hops = SIGNAL_HOPS if default != SIGNAL_HOPS else SIGNAL_HOPS - 1
+    return [(level, cm, struct.pack("i", hops))]
+
+
 class _Proto(asyncio.DatagramProtocol):
     def __init__(self, driver: CoreDriver) -> None:
         self.driver = driver
@@ -78,8 +100,12 @@ class CoreDriver:
     def __init__(self, core: SansIOCore, on_event: Callable[[Any], None], *,
                  data_hook: Callable[[bytes, Endpoint], bool] | None = None,
                  on_flush: Callable[[], None] | None = None, batch_reads: bool = False,
-                 on_batch_start: Callable[[], None] | None = None) -> None:
+                 on_batch_start: Callable[[], None] | None = None, mark_signalling: bool = False) -> None:
         self.core = core
+        #: Send every datagram that is not a data capsule with its own TTL / hop limit
+        #: (``SIGNAL_HOPS``): a node's GRO barrier, docs/dataplane.md "RS-S in the kernel".
+        self.mark_signalling = mark_signalling
+        self._hops_cmsg: dict[int, tuple[socket.socket, list[tuple[int, int, bytes]]]] = {}
         self.on_flush = on_flush
         self.batch_reads = batch_reads
         self.on_batch_start = on_batch_start
@@ -104,6 +130,8 @@ class CoreDriver:
             except OSError as exc:
                 log.warning("no IPv6 signalling socket on port %d: %s", port, exc)
         for s in socks:
+            if self.mark_signalling:
+                self._hops_cmsg[s.family] = (s, signal_hops_cmsg(s))
             transport, _ = await self.loop.create_datagram_endpoint(lambda: _Proto(self), sock=s)
             self.transports[s.family] = transport
             if self.batch_reads:
@@ -181,6 +209,17 @@ class CoreDriver:
         if t is None:
             self.socket_errors += 1
             return
+        marked = self._hops_cmsg.get(fam)
+        if (marked is not None and not (len(data) > 1 and data[1] == _DATA)
+                and not t.get_write_buffer_size()):  # type: ignore[attr-defined]
+            try:
+                marked[0].sendmsg([data], marked[1], 0, addr)
+                return
+            except BlockingIOError:
+                pass  # the transport queues it (unmarked): a full buffer is no time for a barrier
+            except OSError:
+                self.socket_errors += 1
+                return
         t.sendto(data, addr)
 
     def _arm(self) -> None:

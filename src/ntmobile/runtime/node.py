@@ -95,7 +95,7 @@ class NodeDaemon:
         await netlink.async_link_up(self.tun.name, min(s.mtu, inner_mtu(PATH_MTU)))
         if self.tun.vnet_hdr:
             set_gso_max_size(self.tun.name, gso_max_size(PATH_MTU))
-        self.driver = CoreDriver(self.core, self.on_event, data_hook=self.on_datagram)
+        self.driver = CoreDriver(self.core, self.on_event, data_hook=self.on_datagram, mark_signalling=True)
         await self.driver.start(s.port)
         self.udpio = UdpIo(self.driver.sockets(), self.on_capsule, self.driver.on_datagram, on_run=self.on_run)
         self.fwd = NodeForwarder(self.tun, self.udpio, path_mtu=PATH_MTU, on_miss=self.on_miss, on_learn=self.on_learn)

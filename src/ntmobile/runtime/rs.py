@@ -26,13 +26,14 @@ from ntmobile.dataplane.forwarder import PATH_MTU, inner_mtu
 from ntmobile.dataplane.tun import MAX_PACKET, Tun, ip_link_up, ip_route_replace, open_tun
 from ntmobile.dataplane.udpio import Train, UdpIo
 from ntmobile.osops import sysctl
-from ntmobile.osops.nft import NftError, RsNatTable
+from ntmobile.osops.nft import NftError, RsFastTable, RsNatTable
 from ntmobile.osops.ping import icmp_echo
 from ntmobile.wire import Capability
 
 from .config import ConfigError, Credentials, RsSettings
 from .control import serve_control
 from .driver import CoreDriver
+from .rsfast import POLL_SECONDS, FastPaths
 
 log = logging.getLogger("ntm.rs")
 BATCH = 64
@@ -88,6 +89,11 @@ class RsDaemon:
         self.nat = RsNatTable(s.nft_table, self.tun.name, s.vip4_ranges, s.vip6_ranges)
         self.nat.apply()
         self.driver = CoreDriver(self.core, self.on_event, on_flush=self.flush_tun)
+        self.fast = FastPaths(self.core, RsFastTable(f"{s.nft_table}_fast", s.port, s.address, s.address6),
+                              self.driver.now)
+        if s.fast_path:
+            self.fast.start()
+            self._spawn(self._poll_fast())
         await self.driver.start(s.port)
         self.buf = bytearray(MAX_PACKET)
         self._dirty = False
@@ -108,11 +114,26 @@ class RsDaemon:
             self.udpio.stop()
             control.close()
             self.driver.close()
+            self.fast.close()
             try:
                 self.nat.delete()
             except NftError as exc:
                 log.warning("cannot delete nft table %s: %s", s.nft_table, exc)
             self.tun.close()
+
+    def _spawn(self, coro: Any) -> None:
+        task = asyncio.get_running_loop().create_task(coro)
+        self._tasks.add(task)
+        task.add_done_callback(self._tasks.discard)
+
+    async def _poll_fast(self) -> None:
+        while self.fast.enabled:
+            await asyncio.sleep(POLL_SECONDS)
+            try:
+                self.fast.poll(self.driver.now())
+            except Exception:  # never let a bug here take the relay down: the daemon relays all
+                log.exception("RS-S fast path poll failed")
+                self.fast.disable("internal error (logged)")
 
     # -- data ------------------------------------------------------------------------------------
     def flush_tun(self) -> None:
@@ -173,6 +194,7 @@ class RsDaemon:
                      ", ".join(f"{a} . {b} -> {c}" for a, b, c in e.nat_mappings()) or "(outer rewrite only)")
         elif isinstance(ev, RelayRemoved):
             e = ev.entry
+            self.fast.on_removed(e.path_id)
             for node_vip, peer_vip, _gn in e.nat_mappings():
                 try:
                     self.nat.remove_mapping(node_vip, peer_vip)
@@ -182,6 +204,7 @@ class RsDaemon:
             log.info("relay entry %s removed (%s): %d/%d packets", e.path_id.hex(), ev.reason, e.packets_i2r,
                      e.packets_r2i)
         elif isinstance(ev, RelayEndpointChanged):
+            self.fast.on_endpoint(ev.path_id, ev.addr)
             log.info("path %s: %s leg now at %s:%d", ev.path_id.hex(), ev.leg.name.lower(), ev.addr[0], ev.addr[1])
         elif isinstance(ev, Registered):
             log.info("registered with DC %s (observed %s:%d)", ev.dc_id.hex(), ev.observed[0], ev.observed[1])
@@ -196,9 +219,7 @@ class RsDaemon:
             self.core.probe_result(ev.token, hops, rtt, self.driver.now())
             self.driver.flush()
 
-        task = asyncio.get_running_loop().create_task(measure())
-        self._tasks.add(task)
-        task.add_done_callback(self._tasks.discard)
+        self._spawn(measure())
 
     def on_tun_readable(self) -> None:
         buf = self.buf
@@ -233,6 +254,7 @@ class RsDaemon:
         snap.update(role="rs", pid=os.getpid(), uptime=round(time.time() - self.started, 1),
                     nat_errors=self.nat_errors, tun=self.tun.name, mappings=len(self.nat.mappings),
                     offloads=sorted(self.tun.features), gso=_offload_active(self.tun),
+                    fast_path=self.fast.snapshot(),
                     dataplane=self.udpio.stats | {"tun_write_errors": self.tun_write_errors,
                                                   "tun_bad_vnet": self.tun_bad_vnet})
         return snap
