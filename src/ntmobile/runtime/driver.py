@@ -20,6 +20,8 @@ import struct
 from collections.abc import Callable
 from typing import Any, Protocol
 
+from ntmobile.wire import MessageType
+
 log = logging.getLogger(__name__)
 
 Endpoint = tuple[str, int]
@@ -61,7 +63,7 @@ def bind_udp(host: str, port: int, *, family: int, rcvbuf: int = 4 << 20) -> soc
     return sock
 
 
-_DATA = 0x40
+_DATA = int(MessageType.DATA)
 #: TTL / hop limit of a node's signalling datagrams: never the data's (the system default, 64 on
 #: most hosts), so that no receiver's GRO coalesces signalling into a train of data (it only merges
 #: datagrams whose IP headers agree but for the length). 255 unless that is the default.
@@ -102,8 +104,9 @@ class CoreDriver:
                  on_flush: Callable[[], None] | None = None, batch_reads: bool = False,
                  on_batch_start: Callable[[], None] | None = None, mark_signalling: bool = False) -> None:
         self.core = core
-        #: Send every datagram that is not a data capsule with its own TTL / hop limit
-        #: (``SIGNAL_HOPS``): a node's GRO barrier, docs/dataplane.md "RS-S in the kernel".
+        #: With ``mark_signalling``, every datagram that is not a data capsule leaves with its own
+        #: TTL / hop limit (``SIGNAL_HOPS``): a node's GRO barrier, docs/dataplane.md "RS-S in the
+        #: kernel". Per family: the socket and its ancillary data.
         self.mark_signalling = mark_signalling
         self._hops_cmsg: dict[int, tuple[socket.socket, list[tuple[int, int, bytes]]]] = {}
         self.on_flush = on_flush
