@@ -414,20 +414,17 @@ class RsFastTable:
         """Per fast path (packets, bytes) initiator->responder then responder->initiator, and the
         packets the postrouting rules sent on. A kernel packet may be a GSO packet of many
         datagrams: packets count those units, bytes are exact."""
-        per: dict[str, list[int]] = {}
+        named: dict[str, tuple[int, int]] = {}
         posted = 0
         for item in list_table_json("inet", self.name):
             c = item.get("counter")
-            if c is not None and len(c.get("name", "")) == 18:
-                per.setdefault(c["name"][1:17], [0, 0, 0, 0])
-                i = 0 if c["name"][-1] == "i" else 2
-                per[c["name"][1:17]][i:i + 2] = [int(c["packets"]), int(c["bytes"])]
+            if c is not None:
+                named[c["name"]] = (int(c["packets"]), int(c["bytes"]))
             rule = item.get("rule")
             if rule is not None and rule.get("chain") == "postrouting":
                 posted += next((int(e["counter"]["packets"]) for e in rule["expr"] if "counter" in e), 0)
         out = {}
-        for tag, v in per.items():
-            pid = bytes.fromhex(tag)
-            if pid in self._paths:
-                out[pid] = (v[0], v[1], v[2], v[3])
+        for p in self._paths.values():
+            i2r, r2i = named.get(f"c{p.tag}i", (0, 0)), named.get(f"c{p.tag}r", (0, 0))
+            out[p.path_id] = (*i2r, *r2i)
         return out, posted

@@ -130,7 +130,7 @@ class RsDaemon:
         while self.fast.enabled:
             await asyncio.sleep(POLL_SECONDS)
             try:
-                self.fast.poll(self.driver.now())
+                self.fast.poll()
             except Exception:  # never let a bug here take the relay down: the daemon relays all
                 log.exception("RS-S fast path poll failed")
                 self.fast.disable("internal error (logged)")

@@ -152,10 +152,6 @@ class FastPaths:
             except NftError as exc:
                 log.warning("cannot delete nft table %s: %s", self.table.name, exc)
 
-    @property
-    def paths(self) -> list[FastPath]:
-        return self.table.paths
-
     # -- Relay Table events (synchronous: before the daemon's answer leaves) ----------------------
     def on_endpoint(self, path_id: bytes, addr: Endpoint) -> None:
         if self.enabled:
@@ -167,7 +163,7 @@ class FastPaths:
             self._demote(path_id, "entry removed")
 
     def _demote(self, path_id: bytes, why: str) -> None:
-        self._collect(final=path_id)
+        self._collect(only=path_id)
         try:
             self.table.remove(path_id)
         except NftError as exc:
@@ -179,11 +175,11 @@ class FastPaths:
         log.info("path %s relayed by the daemon again (%s)", path_id.hex(), why)
 
     # -- once a second ----------------------------------------------------------------------------
-    def poll(self, now: float) -> None:
+    def poll(self) -> None:
         if not self.enabled:
             return
         if self.table.paths:
-            self._collect(now=now)
+            self._collect()
             if not self.enabled:
                 return
             for pid, n in list(self._idle.items()):
@@ -203,17 +199,18 @@ class FastPaths:
             log.info("path %s forwarded by the kernel: %s:%d <-> %s:%d", p.path_id.hex(), *p.initiator,
                      *p.responder)
 
-    def _collect(self, now: float | None = None, final: bytes | None = None) -> None:
-        """Read the kernel's counters and hand what moved to the core."""
+    def _collect(self, only: bytes | None = None) -> None:
+        """Read the kernel's counters and hand what moved to the core (of every fast path, or of
+        ``only``, which is about to leave the kernel)."""
         try:
             counts, posted = self.table.counters()
         except NftError as exc:
             self.disable(f"cannot read counters: {exc}")
             return
-        when = now if now is not None else self.clock()
+        when = self.clock()
         pre = 0
         for pid, c in counts.items():
-            if final is not None and pid != final:
+            if only is not None and pid != only:
                 continue
             old = self._counts.get(pid, (0, 0, 0, 0))
             d = tuple(x - y for x, y in zip(c, old, strict=True))
@@ -224,7 +221,7 @@ class FastPaths:
                 self.core.kernel_forwarded(pid, (d[0], d[1]), (d[2], d[3]), when)
             elif pid in self._idle:
                 self._idle[pid] += 1
-        if final is None:
+        if only is None:
             sent, self._posted = posted - self._posted, posted
             if pre >= 8 and not sent:
                 # Rewritten at prerouting, never seen at postrouting: something between (a forward
