@@ -399,8 +399,9 @@ def test_redirect_of_a_path_the_dc_does_not_know_is_refused_and_the_path_kept() 
 
 def test_path_type_follows_the_moves_across_two_dcs() -> None:
     """mn (DC a.example) and cn (DC b.example) behind two cone NATs talk through an RS-S. mn going global
-    makes the path DIRECT (its DC re-directs through cn's DC with the same Path ID and keys; both nodes
-    announce themselves, cn opens its NAT); mn going behind another NAT makes it RS-S again."""
+    makes the path DIRECT (its DC re-directs through cn's DC with the same Path ID and a fresh key, which
+    both nodes take in place; both nodes announce themselves, cn opens its NAT); mn going behind another
+    NAT makes it RS-S again."""
     from .test_dc_peering import Nat
     from .test_dc_peering import World as PeeringWorld
 

@@ -1,6 +1,7 @@
 """An RS-N relay dies (in memory, real cores): the node notices within one path keepalive interval
-plus 3 s, closes the path, and asking again gets the same path (Path ID, key, GN VIP) moved by the
-DC to the other relay; when no other relay is left the DC rebuilds it on the relay once it returns."""
+plus 3 s, closes the path, and asking again gets the same path (Path ID, GN VIP) with a fresh key,
+moved by the DC to the other relay (no sealer starts again under a key it used: docs/security.md §3);
+when no other relay is left the DC rebuilds it on the relay once it returns."""
 
 from __future__ import annotations
 
@@ -59,6 +60,7 @@ def test_dead_relay_is_noticed_and_the_path_moves_to_another_relay() -> None:
     second = w.setup_path().path
     assert second.rs_name == "rs2" and second.endpoint == RS2_EP
     assert (second.path_id, second.peer_vip4, second.peer_vip6) == (first.path_id, first.peer_vip4, first.peer_vip6)
+    assert second.data_keys != first.data_keys  # the node and rs2 start new counters: new keys
     assert [e.path_id for e in w.rs2.entries()] == [first.path_id]
 
 
@@ -75,6 +77,6 @@ def test_path_is_rebuilt_on_the_only_relay_when_it_returns() -> None:
     rs.register(w.net.now)
     w.net.run_until(lambda: rs.stats["registrations"] == 1 and bool(w.dc.relays()), max_time=30)
     again = w.setup_path().path
-    assert again.rs_name == "rs1" and again.peer_vip4 == first.peer_vip4
+    assert again.rs_name == "rs1" and again.peer_vip4 == first.peer_vip4 and again.data_keys != first.data_keys
     assert [e.path_id for e in rs.entries()] == [again.path_id]
     assert len(w.net.events_of("mn", PathReady)) == 2

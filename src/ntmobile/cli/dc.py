@@ -31,6 +31,7 @@ def _settings(path: Path):  # type: ignore[no-untyped-def]
 @app.command("run")
 def run(config: Path = ConfigOpt, verbose: bool = typer.Option(False, "--verbose", "-v")) -> None:
     """Run the DC daemon in the foreground."""
+    from ntmobile.runtime.config import ConfigError
     from ntmobile.runtime.dc import run_dc
 
     settings = _settings(config)
@@ -40,7 +41,7 @@ def run(config: Path = ConfigOpt, verbose: bool = typer.Option(False, "--verbose
                         format="%(asctime)s %(name)s %(levelname)s %(message)s")
     try:
         run_dc(settings)
-    except StoreError as exc:
+    except (StoreError, ConfigError) as exc:
         fail(str(exc))
     except OSError as exc:
         if exc.errno == 98:

@@ -36,6 +36,8 @@ def run(config: Path = typer.Option(..., "--config", "-c", help="node configurat
                         format="%(asctime)s %(name)s %(levelname)s %(message)s")
     try:
         run_node(settings, creds)
+    except ConfigError as exc:
+        fail(str(exc))
     except OSError as exc:
         if exc.errno == 98:
             fail(f"a port is already in use ({exc}): stop the other service or change port/dns_port")

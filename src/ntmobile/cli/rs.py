@@ -39,6 +39,8 @@ def run(config: Path = typer.Option(..., "--config", "-c", help="relay configura
                         format="%(asctime)s %(name)s %(levelname)s %(message)s")
     try:
         run_rs(settings, creds)
+    except ConfigError as exc:
+        fail(str(exc))
     except NftError as exc:
         fail(f"cannot start the relay: {exc}")
     except OSError as exc:

@@ -18,7 +18,15 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any, TypeVar
 
-from ntmobile.crypto import Channel, Ephemeral, dc_static_keys, long_term_keys, session_keys, x25519_public
+from ntmobile.crypto import (
+    Channel,
+    CounterFloor,
+    Ephemeral,
+    dc_static_keys,
+    long_term_keys,
+    session_keys,
+    x25519_public,
+)
 from ntmobile.wire import (
     VERSION,
     CodecError,
@@ -316,6 +324,12 @@ class PathRecord:
     requester_role: PathRole = PathRole.INITIATOR
     #: The path's relay key (made once, kept when a re-direction switches DIRECT <-> RS-S).
     relay_key: bytes = b""
+    #: Who holds live sealers under ``path_key``: each node's name with the registration (``reg_tag``)
+    #: of the session it got the key in. A re-direction keeps the key only for holders still in that
+    #: session (or the node that names the path); anyone else gets a fresh key (docs/security.md §3).
+    holders: tuple[tuple[str, int], ...] = ()
+    #: The peer DC (its static key) a path to a node of another DC was set up with.
+    via: bytes = b""
 
 
 def reachable(nat: NatKind) -> bool:
@@ -356,12 +370,16 @@ def decide_route(a_nat: NatKind, a_observed: Endpoint, b_nat: NatKind, b_observe
 
 class DcCore(CoreBase):
     def __init__(self, config: DcConfig, store: Store, now: float, *, seq_base: int,
-                 random_bytes: Callable[[int], bytes] = os.urandom) -> None:
+                 counter: CounterFloor | None = None, random_bytes: Callable[[int], bytes] = os.urandom) -> None:
+        """``seq_base``: the wall clock (µs) at ``now`` (Peer Query timestamps). ``counter``: the send
+        counter of every long-term and DC-to-DC channel, persisted by the runtime (CounterFloor);
+        without one, an in-memory counter from ``seq_base`` (tests)."""
         CoreBase.__init__(self)
         self.config = config
         self.store = store
         self._rand = random_bytes
         self._seq_base = seq_base
+        self._counter = counter if counter is not None else CounterFloor(max(seq_base, 1))
         self._lt: OrderedDict[bytes, Channel] = OrderedDict()
         self._eph: Ephemeral | None = None
         self._eph_at = -1e9
@@ -440,13 +458,14 @@ class DcCore(CoreBase):
                         header.txid, addr, status=Status.REREGISTER, flags=SignalFlags.LONG_TERM)
 
     def _long_term(self, record: ClientRecord, now: float) -> Channel:
-        """The long-term channel of ``record`` (fresh from the registry). Our send counter starts at
-        the wall clock in microseconds, so a rebuilt channel never reuses a sequence number."""
+        """The long-term channel of ``record`` (fresh from the registry). Every long-term channel draws
+        its send counter from the DC's persisted CounterFloor, so a rebuilt channel (eviction, restart)
+        never reuses a sequence number, whatever the clock does."""
         lt = self._lt
         ch = lt.get(record.client_id)
         if ch is None:
             ch = Channel(long_term_keys(record.psk, record.client_id).swapped(), self.config.dc_id,
-                         seq_start=self._wall_us(now), recv_floor=record.last_seq)
+                         counter=self._counter, recv_floor=record.last_seq)
             lt[record.client_id] = ch
             if len(lt) > LONG_TERM_CACHE:
                 lt.popitem(last=False)
@@ -681,7 +700,9 @@ class DcCore(CoreBase):
             self._fail_direction(d, Status.NO_RELAY, "no relay server is registered")
             return
         # One RS-N path per (node, GN address): the kernel NAT keys on (node VIP, GN VIP), so a second
-        # name of the same GN reuses the path (same ID and key; the RS treats the repeat as a refresh).
+        # name of the same GN reuses the Path ID. Never the key: the node asks by name, so it may hold
+        # nothing of the path any more (its relay died, it restarted), and the relay may be another
+        # one; a fresh key means no sealer ever starts again under a key it used (docs/security.md §3).
         known = self._rsn_by_gn.get((rec.name, d.gn_map))
         same = self.paths.get(known) if known is not None else None
         if same is not None and not (same.initiator == rec.name and same.gn_map == d.gn_map
@@ -689,10 +710,11 @@ class DcCore(CoreBase):
             same = None
         if same is not None:
             d.evidence.append(f"reusing path {same.path_id.hex()} to the same general node (via {same.rs})")
-            d.path_id, path_key = same.path_id, same.path_key
+            d.path_id = same.path_id
             d.reuse_rs = same.rs
         else:
-            d.path_id, path_key = self._new_path_id(), self._rand(32)
+            d.path_id = self._new_path_id()
+        path_key = self._rand(32)
         d.gn_addr = gn_addr
         d.relay_msg = RelayDirection(path_id=d.path_id, rs_type=RsType.N, idle_timeout=self.config.idle_timeout,
                                      path_key=path_key, node_vip4=rec.vip4 if peer4 else None,
@@ -895,6 +917,10 @@ class DcCore(CoreBase):
                                            now, d.gn_map, d.route.path_key)
         self.paths[d.path_id].requester_role = PathRole(d.route.path_role)
         self.paths[d.path_id].relay_key = d.route.relay_key or (previous.relay_key if previous else b"")
+        self.paths[d.path_id].holders = tuple((s.record.name, s.reg_tag) for s in (d.node, d.responder)
+                                              if s is not None)
+        if d.peer_out is not None:
+            self.paths[d.path_id].via = d.peer_out.key
         if d.route.mode == PathMode.RS_N and d.gn_map:
             self._rsn_by_gn[(d.node.record.name, d.gn_map)] = d.path_id
         self.stats["paths_directed"] += 1
@@ -1015,7 +1041,7 @@ class DcCore(CoreBase):
         except ValueError:
             self.stats["drop_peer_bad_key"] += 1
             return None
-        peer = _PeerDc(key, Channel(keys, self.config.dc_id, seq_start=self._wall_us(now)))
+        peer = _PeerDc(key, Channel(keys, self.config.dc_id, counter=self._counter))
         self._peers_by_key[key] = peer
         return peer
 
@@ -1288,7 +1314,8 @@ class DcCore(CoreBase):
             refuse(Status.PEER_UNREACHABLE, f"{fqdn} is not registered")
             return
         known = self.paths.get(q.path_id)
-        redirect = (known is not None and known.path_key == q.path_key and known.mode is not PathMode.RS_N
+        # A re-direction of a path this peer DC set up (same two nodes); it comes with fresh keys.
+        redirect = (known is not None and known.via == peer.key and known.mode is not PathMode.RS_N
                     and {known.initiator, known.peer} == {name, fqdn})
         if (q.path_id in self.paths and not redirect) or q.path_id == self.config.dc_id \
                 or self.store.get_client(q.path_id) is not None:
@@ -1378,6 +1405,8 @@ class DcCore(CoreBase):
                                            (), pi.query.path_key)
         self.paths[d.path_id].requester_role = pi.requester_role
         self.paths[d.path_id].relay_key = pi.query.relay_key
+        self.paths[d.path_id].holders = ((node.record.name, node.reg_tag),)
+        self.paths[d.path_id].via = pi.dc.key
         self.stats["paths_directed_for_peer_dc"] += 1
         self._emit(DirectionDecision(pi.requester, node.record.name, Status.OK, pi.mode, rs_name, d.path_id,
                                      tuple(d.evidence)))
@@ -1434,10 +1463,10 @@ class DcCore(CoreBase):
         if target is None and self.config.own_domain(other_name) is None:
             # An NTM node of another DC: ask its DC again with this path's ID and keys (a Peer Query
             # it accepts as a re-direction of the path it knows); the name is resolved as usual.
-            d.path_id, d.path_key = pid, rec.path_key
-            # A fresh relay key for every re-direction: the relay the peer DC picks may be another one
-            # (or one that restarted), whose leg channels start their counters again (§10).
-            d.relay_key = self._rand(32)
+            # Fresh keys for every re-direction across DCs: this DC cannot know whether the other node
+            # (or the relay the peer DC picks) still holds the path's counters; both nodes re-key the
+            # path in place (docs/security.md §3, protocol.md §10).
+            d.path_id, d.path_key, d.relay_key = pid, self._rand(32), self._rand(32)
             d.evidence.append(f"re-direction of path {pid.hex()} with {other_name} (another DC) after a move: "
                               f"{name} {node.nat.name} at {node.endpoint}")
             token = self._next_token
@@ -1460,6 +1489,16 @@ class DcCore(CoreBase):
         # same one restarted, and a relay's leg channels start their counters at 1; a key is never
         # given to a relay twice (the relay re-keys an entry it has, §10).
         relay_key = self._rand(32) if mode is PathMode.RS_S else None
+        # The path key stays only if both nodes still hold the sealers they made under it: the node
+        # that asked names the path (it has it); any other node must still be in the session it got
+        # the key in. A node that registered since may have restarted (new counters): then both get a
+        # fresh key and re-key the path in place, so no (key, nonce) is ever sealed twice.
+        held = dict(rec.holders)
+        keep = all(held.get(s.record.name) == s.reg_tag for s in (node, peer)
+                   if d.dc_initiated or s is not node)
+        path_key = rec.path_key if keep else self._rand(32)
+        if not keep:
+            self.stats["paths_rekeyed"] += 1
         behind_one_nat = same_nat(node_nat, node.endpoint, peer_nat, peer.endpoint)
 
         def targets(of: _Session) -> tuple[Endpoint, ...]:
@@ -1468,7 +1507,7 @@ class DcCore(CoreBase):
             return of.local_endpoints if behind_one_nat else (of.endpoint,)
 
         def route_for(me: _Session, other: _Session, role: PathRole) -> RouteDirection:
-            return RouteDirection(path_id=pid, path_role=role, mode=mode, path_key=rec.path_key,
+            return RouteDirection(path_id=pid, path_role=role, mode=mode, path_key=path_key,
                                   idle_timeout=self.config.idle_timeout,
                                   keepalive=self.config.keepalive if me.nat is NatKind.NAT else 0,
                                   peer_name=other.record.name, peer_vip4=other.record.vip4,
@@ -1476,7 +1515,7 @@ class DcCore(CoreBase):
 
         d.evidence.append(f"re-direction of path {pid.hex()} after a move: {name} {node_nat.name} at {node.endpoint}, "
                           f"{other_name} {peer_nat.name} at {peer.endpoint} -> {mode.name} (was {rec.mode.name}); "
-                          f"path ID, key and roles kept")
+                          f"path ID and roles kept, {'key kept' if keep else 'new key (a node registered since)'}")
         d.route = route_for(node, peer, my_role)
         d.responder = peer
         d.responder_route = route_for(peer, node, peer_role)

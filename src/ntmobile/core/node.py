@@ -16,7 +16,9 @@ from ntmobile.crypto import (
     CapsuleOpener,
     CapsuleSealer,
     Channel,
+    CounterFloor,
     KeyPair,
+    UsedKeys,
     path_keys,
     relay_leg_keys,
 )
@@ -63,6 +65,8 @@ TUNNEL_TIMEOUT = 3.0
 #: Tunnel Requests for a path we do not know yet are held this long (seconds), at most this many.
 EARLY_HOLD = 2.0
 EARLY_MAX = 16
+#: Path keys remembered as used (32 bytes each): a Route Direction re-using one is refused.
+RETIRED_KEYS = 4096
 
 
 @dataclass(frozen=True, slots=True)
@@ -200,9 +204,9 @@ class _NodeDcLink(RegistrationClient):
     TIMEOUT_REASON = "the DC did not answer the registration"
     BAD_KEY_REASON = None
 
-    def __init__(self, node: NodeCore, seq_base: int) -> None:
+    def __init__(self, node: NodeCore, counter: CounterFloor) -> None:
         c = node.config
-        RegistrationClient.__init__(self, node, c.node_id, c.dc_endpoint, c.psk, seq_base=seq_base,
+        RegistrationClient.__init__(self, node, c.node_id, c.dc_endpoint, c.psk, counter=counter,
                                     random_bytes=node._rand, timeout=REGISTRATION_TIMEOUT)
         self.node = node
 
@@ -255,12 +259,14 @@ class _NodeDcLink(RegistrationClient):
 class NodeCore(CoreBase):
     """An NTM node. See the module docstring and docs/protocol.md."""
 
-    def __init__(self, config: NodeConfig, now: float, *, seq_base: int,
+    def __init__(self, config: NodeConfig, now: float, *, seq_base: int = 1, counter: CounterFloor | None = None,
                  random_bytes: Callable[[int], bytes] = os.urandom) -> None:
+        """``counter``: the long-term send counter, persisted by the runtime (CounterFloor); without
+        one, an in-memory counter from ``seq_base`` (tests)."""
         CoreBase.__init__(self)
         self.config = config
         self._rand = random_bytes
-        self._dc = _NodeDcLink(self, seq_base)
+        self._dc = _NodeDcLink(self, counter if counter is not None else CounterFloor(seq_base))
         self.local_endpoints: tuple[Endpoint, ...] = ()
         self.registered = False
         self.registration: Registered | None = None
@@ -281,6 +287,10 @@ class NodeCore(CoreBase):
         #: Tunnel signalling that arrived before the Route Direction that makes its path (a peer that
         #: initiates may be faster than our own DC): (path id, datagram, source, time).
         self._early: list[tuple[bytes, bytes, Endpoint, float]] = []
+        #: Every path key this process has made sealers under (the newest RETIRED_KEYS): a Route
+        #: Direction that would make a new sealer under one of them is refused, so a counter never
+        #: starts again under a key, whatever the DC sends (docs/security.md §3).
+        self._used_keys = UsedKeys(RETIRED_KEYS)
 
     # -- API ----------------------------------------------------------------------------------
     def register(self, local_endpoints: tuple[Endpoint, ...], now: float) -> None:
@@ -581,7 +591,16 @@ class NodeCore(CoreBase):
             for _pid, held, src, _at in early:
                 self.receive_datagram(held, src, now)
 
+    def _claim_key(self, key: bytes) -> bool:
+        """Take ``key`` for new sealers; False (counted) if this process has sealed under it before."""
+        if self._used_keys.claim(key):
+            return True
+        self.stats["drop_reused_path_key"] += 1
+        return False
+
     def _new_path(self, rd: RouteDirection, role: PathRole, mode: PathMode, now: float) -> _Path | None:
+        if not self._claim_key(rd.path_key):
+            return None
         keys = path_keys(rd.path_key, rd.path_id)
         sig_keys, data_keys = keys.for_initiator() if role is PathRole.INITIATOR else keys.for_responder()
         responder = role is PathRole.RESPONDER
@@ -684,12 +703,34 @@ class NodeCore(CoreBase):
         if self._redirects.pop(txid, None) is not None:
             self.stats["redirect_timeouts"] += 1
 
+    def _rekey(self, path: _Path, rd: RouteDirection) -> bool:
+        """The DC gave the path a fresh path key (a node of it may have restarted, or the path was asked
+        for again by name): new data sealer and opener, new path signalling channel; the old ones are
+        dropped (capsules still in flight under the old key are lost and counted as auth drops)."""
+        if not self._claim_key(rd.path_key):
+            return False
+        keys = path_keys(rd.path_key, rd.path_id)
+        sig_keys, data_keys = keys.for_initiator() if path.role is PathRole.INITIATOR else keys.for_responder()
+        flags = CapsuleFlags.FROM_RESPONDER if path.role is PathRole.RESPONDER else CapsuleFlags.NONE
+        path.sealer = CapsuleSealer(data_keys.send, rd.path_id, flags)
+        path.opener = CapsuleOpener(data_keys.recv)
+        path.data_keys = data_keys
+        path.channels = {k: c for k, c in path.channels.items() if k != ("path",)}
+        path.channels[("path",)] = path.sig = Channel(sig_keys, rd.path_id)
+        self.stats["paths_rekeyed"] += 1
+        return True
+
     def _redirected(self, path: _Path, rd: RouteDirection, role: PathRole, mode: PathMode, now: float) -> None:
         """A new Route Direction for a path we have: the DC re-decided it (after a move of either end).
-        Same Path ID, key and role, so the data sealer/opener and their counters carry on; the mode,
-        the targets and (RS-S) the relay may change. Both ends then announce themselves."""
-        if role is not path.role or rd.path_key != path.rd.path_key:
+        Same Path ID and role; usually the same key, so the data sealer/opener and their counters carry
+        on; with a fresh key the path is re-keyed in place (``_rekey``). The mode, the targets and
+        (RS-S) the relay may change. Both ends then announce themselves."""
+        if role is not path.role:
             # Another role would make us seal with the other direction's key: never reuse a key so.
+            self.stats["redirect_refused_role_or_key"] += 1
+            return
+        rekeyed = rd.path_key != path.rd.path_key
+        if rekeyed and not self._rekey(path, rd):
             self.stats["redirect_refused_role_or_key"] += 1
             return
         if mode is PathMode.RS_S:
@@ -699,7 +740,16 @@ class NodeCore(CoreBase):
             key: tuple[object, ...] = ("leg", rd.relay_key)
             targets = [rd.rs_endpoint]
         elif mode is PathMode.RS_N or path.mode is PathMode.RS_N:
-            return  # an RS-N path is reused as it is (e.g. a second name of the same general node)
+            # An RS-N path is reused (a second name of the same general node); a fresh key re-keys it.
+            if rekeyed:
+                path.rd = rd
+                # (Pending path signalling was sealed under the old key, which the relay dropped.)
+                self._cancel_where(lambda p: p.tag in (("tunnel", path.path_id), ("keepalive", path.path_id)))
+                if path.established:
+                    self._emit(PathReady(path.info(), ()))
+                if path.endpoint is not None:
+                    self._send_tunnel_request(path, now)
+            return
         else:
             key = ("path",)
             targets = list(rd.peer_endpoints)
@@ -723,8 +773,9 @@ class NodeCore(CoreBase):
             if path.endpoint != targets[0]:
                 path.endpoint = targets[0]
                 self._emit(PathEndpointChanged(path.path_id, targets[0]))
-        if mode is not old_mode and path.established:
-            self._emit(PathReady(path.info(), ()))  # the data plane re-reads mode (address learning) and endpoint
+        if (mode is not old_mode or rekeyed) and path.established:
+            # The data plane re-reads mode (address learning), endpoint, sealer and opener.
+            self._emit(PathReady(path.info(), ()))
         if path.established:
             self._start_path_keepalives(path)
         if path.endpoint is not None:

@@ -21,7 +21,7 @@ import enum
 import functools
 from collections.abc import Callable
 
-from ntmobile.crypto import Channel, Ephemeral, long_term_keys, session_keys
+from ntmobile.crypto import Channel, CounterFloor, Ephemeral, long_term_keys, session_keys
 from ntmobile.wire import (
     Endpoint,
     Keepalive,
@@ -62,14 +62,14 @@ class RegistrationClient:
     #: Reason given when the DC's ephemeral key is unusable; None: only count it (drop_auth).
     BAD_KEY_REASON: str | None = "degenerate ephemeral key from the DC"
 
-    def __init__(self, core: CoreBase, client_id: bytes, endpoint: Endpoint, psk: bytes, *, seq_base: int,
+    def __init__(self, core: CoreBase, client_id: bytes, endpoint: Endpoint, psk: bytes, *, counter: CounterFloor,
                  random_bytes: Callable[[int], bytes], timeout: float, keepalive: float = 0.0) -> None:
         self.core = core
         self.client_id = client_id
         self.endpoint = endpoint
         self.psk = psk
         self.timeout = timeout
-        self.long_term = Channel(long_term_keys(psk, client_id), client_id, seq_start=seq_base)
+        self.long_term = Channel(long_term_keys(psk, client_id), client_id, counter=counter)
         self.session: Channel | None = None
         self.state = DcState.IDLE
         #: Bumped when the keepalive chain of the session must stop (and older retry timers).

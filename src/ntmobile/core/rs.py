@@ -52,6 +52,8 @@ from ntmobile.crypto import (
     CapsuleOpener,
     CapsuleSealer,
     Channel,
+    CounterFloor,
+    UsedKeys,
     path_keys,
     relay_leg_keys,
 )
@@ -106,6 +108,8 @@ _ID_SIZE = 8
 MAX_PROBES = 256
 #: RS-S: relay keys an entry remembers after a re-key (they are never taken again).
 RETIRED_KEYS_MAX = 8
+#: Keys remembered as used by the whole relay (32 bytes each; beyond Relay Table size at default limits).
+USED_KEYS_MAX = 1 << 16
 # Plain ints for the data path: ``int & IntFlag`` goes through enum's Python-level __rand__ and
 # builds a flag object per datagram (a few microseconds each on the relay's hot path).
 _F_GSO = int(CapsuleFlags.GSO)
@@ -298,8 +302,8 @@ class _Dc(RegistrationClient):
     """The relay's registration with one of its DCs (core.registration). A registration that starts
     stops the old session's keepalives; a failed one is retried after the backoff."""
 
-    def __init__(self, rs: RsCore, link: DcLink, seq_base: int) -> None:
-        RegistrationClient.__init__(self, rs, rs.config.rs_id, link.endpoint, link.psk, seq_base=seq_base,
+    def __init__(self, rs: RsCore, link: DcLink, counter: CounterFloor) -> None:
+        RegistrationClient.__init__(self, rs, rs.config.rs_id, link.endpoint, link.psk, counter=counter,
                                     random_bytes=rs._rand, timeout=rs.config.registration_timeout,
                                     keepalive=KEEPALIVE_DEFAULT)
         self.rs = rs
@@ -359,7 +363,9 @@ class RsCore(CoreBase):
     """A relay server (RS-S and RS-N in one). See the module docstring."""
 
     def __init__(self, config: RsConfig, now: float, *, random_bytes: Callable[[int], bytes] = os.urandom,
-                 seq_base: int) -> None:
+                 seq_base: int = 1, counter: CounterFloor | None = None) -> None:
+        """``counter``: the long-term send counter of every DC link, persisted by the runtime
+        (CounterFloor); without one, an in-memory counter from ``seq_base`` (tests)."""
         CoreBase.__init__(self)
         if len(config.rs_id) != _ID_SIZE:
             raise ValueError("rs_id must be 8 bytes")
@@ -376,11 +382,15 @@ class RsCore(CoreBase):
         self.created = now
         self._rand = random_bytes
         self._dcs: dict[bytes, _Dc] = {}
+        lt_counter = counter if counter is not None else CounterFloor(seq_base)
         for link in config.dcs:
             if len(link.dc_id) != _ID_SIZE or link.dc_id == config.rs_id or link.dc_id in self._dcs:
                 raise ValueError(f"bad or duplicate DC id {link.dc_id.hex()}")
-            self._dcs[link.dc_id] = _Dc(self, link, seq_base)
+            self._dcs[link.dc_id] = _Dc(self, link, lt_counter)
         self._paths: dict[bytes, RelayEntry] = {}
+        #: Path and relay keys this process has made sealers (channels, capsule sealers) under: a Relay
+        #: Direction that would make another one under any of them is refused (docs/security.md §3).
+        self._used_keys = UsedKeys(USED_KEYS_MAX)
         #: The RS-S entries among them (what the runtime's kernel fast path looks at every second).
         self._rs_s: dict[bytes, RelayEntry] = {}
         #: RS-N reply lookup: (node VIP, peer VIP) packed -> entry.
@@ -670,11 +680,24 @@ class RsCore(CoreBase):
                     and _same_binding(existing.direction, dataclasses.replace(msg, relay_key=old_key))):
                 # The DC re-directed the path with a fresh relay key (docs/protocol.md §10): new leg keys,
                 # same legs and endpoints, so relaying goes on while the nodes announce themselves.
-                if msg.relay_key in existing.retired_keys:
+                if msg.relay_key in existing.retired_keys or not self._used_keys.claim(msg.relay_key):
                     self.stats["relay_direction_retired_key"] += 1
                     self._direction_response(session, pid, hdr.txid, addr, Status.PATH_ID_IN_USE)
                     return
                 self._rekey(existing, msg)
+                self._direction_response(session, pid, hdr.txid, addr, Status.OK)
+                return
+            if (existing.dc_id == dc.link.dc_id and existing.rs_type is RsType.N and msg.rs_type == RsType.N
+                    and msg.path_key is not None and msg.path_key != existing.direction.path_key
+                    and _same_binding(existing.direction,
+                                      dataclasses.replace(msg, path_key=existing.direction.path_key))):
+                # The node asked for the path again (by name) and the DC re-keyed it: new data keys and
+                # path signalling channel, same VIP pair and NAT mapping.
+                if not self._used_keys.claim(msg.path_key):
+                    self.stats["relay_direction_retired_key"] += 1
+                    self._direction_response(session, pid, hdr.txid, addr, Status.PATH_ID_IN_USE)
+                    return
+                self._rekey_rsn(existing, msg)
                 self._direction_response(session, pid, hdr.txid, addr, Status.OK)
                 return
             if existing.dc_id != dc.link.dc_id or not _same_binding(existing.direction, msg):
@@ -697,6 +720,12 @@ class RsCore(CoreBase):
             self.stats["relay_direction_bad"] += 1
             self._direction_response(session, pid, hdr.txid, addr, Status.BAD_REQUEST)
             return
+        key = msg.path_key if msg.rs_type == RsType.N else msg.relay_key
+        if key is None or key in self._used_keys:
+            # A key this relay has sealed under before (its counters would start again): never again.
+            self.stats["relay_direction_retired_key"] += 1
+            self._direction_response(session, pid, hdr.txid, addr, Status.PATH_ID_IN_USE)
+            return
         # One RS-N path per (node VIP, peer VIP) pair: the kernel NAT cannot tell two apart. A new
         # path of the same DC for a pair supersedes the old one (the node set the path up again);
         # the same pair from another DC (overlapping VIP spaces) cannot be relayed here.
@@ -713,6 +742,7 @@ class RsCore(CoreBase):
         for old in superseded.values():
             self.stats["relays_superseded"] += 1
             self._remove(old, "superseded")  # RelayRemoved before RelayAdded: the NAT mapping moves
+        self._used_keys.claim(key)
         e = self._new_entry(dc, msg, now)
         self._paths[pid] = e
         if e.responder is not None:
@@ -735,6 +765,16 @@ class RsCore(CoreBase):
         old_timeout, e.idle_timeout = e.idle_timeout, self._idle_timeout(msg)
         if e.idle_timeout < old_timeout:
             self._push_idle(e, e.deadline)
+        self.stats["relay_direction_rekeyed"] += 1
+
+    def _rekey_rsn(self, e: RelayEntry, msg: RelayDirection) -> None:
+        assert msg.path_key is not None
+        keys = path_keys(msg.path_key, e.path_id)
+        e.direction = msg
+        e.data_keys = (keys.data_i2r, keys.data_r2i)
+        e._opener = e._sealer = None
+        e.initiator.channel = Channel(keys.for_responder()[0], e.path_id)
+        e.initiator.pending_txid = None
         self.stats["relay_direction_rekeyed"] += 1
 
     def _direction_response(self, session: Channel, pid: bytes, txid: int, addr: Endpoint, status: Status) -> None:

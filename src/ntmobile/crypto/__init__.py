@@ -1,12 +1,13 @@
 """Cryptography: key derivation, sealed signalling channels, data capsules, replay windows.
 See docs/security.md."""
 
-from .channel import AuthError, CapsuleOpener, CapsuleSealer, Channel, ReplayWindow
+from .channel import AuthError, CapsuleOpener, CapsuleSealer, Channel, CounterFloor, ReplayWindow
 from .keys import (
     Ephemeral,
     KeyPair,
     PathKeys,
     RandomBytes,
+    UsedKeys,
     dc_static_keys,
     hkdf,
     long_term_keys,
@@ -18,7 +19,7 @@ from .keys import (
 )
 
 __all__ = [
-    "AuthError", "CapsuleOpener", "CapsuleSealer", "Channel", "Ephemeral", "KeyPair", "PathKeys", "RandomBytes",
-    "ReplayWindow", "dc_static_keys", "hkdf", "long_term_keys", "path_keys", "peer_dc_keys", "relay_leg_keys",
-    "session_keys", "x25519_public",
+    "AuthError", "CapsuleOpener", "CapsuleSealer", "Channel", "CounterFloor", "Ephemeral", "KeyPair", "PathKeys",
+    "RandomBytes", "ReplayWindow", "UsedKeys", "dc_static_keys", "hkdf", "long_term_keys", "path_keys",
+    "peer_dc_keys", "relay_leg_keys", "session_keys", "x25519_public",
 ]

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import struct
 from collections import deque
+from collections.abc import Callable
 
 from cryptography.exceptions import InvalidTag
 from cryptography.hazmat.primitives.ciphers.aead import AESGCM
@@ -145,21 +146,61 @@ class LazyAead:
 _live: deque[LazyAead] = deque()
 
 
+class CounterFloor:
+    """Send counters for keys that outlive a process (long-term and DC-to-DC static keys), shared by
+    every channel under such keys in the process: each value is handed out once.
+
+    Values are taken from blocks reserved before use: ``persist(ceiling)`` must make "every counter
+    up to ``ceiling`` may have been used" durable before it returns (the runtime writes a file and
+    fsyncs it), so a restarted process starts above everything it sealed, whatever the clock says.
+    ``persist=None`` keeps the counter in memory only (tests, benches). A failing ``persist`` makes
+    the seal fail (CodecError): nothing is sealed under a counter that is not reserved.
+    """
+
+    __slots__ = ("next", "ceiling", "block", "_persist")
+
+    def __init__(self, start: int, persist: Callable[[int], None] | None = None, *, block: int = 1 << 16) -> None:
+        if start < 1 or block < 1:
+            raise ValueError("counters start at 1 and are reserved in blocks of at least 1")
+        self.next = start
+        self.ceiling = start - 1 if persist is not None else _MAX_SEQ
+        self.block = block
+        self._persist = persist
+
+    def take(self) -> int:
+        n = self.next
+        if n > self.ceiling:
+            if n > _MAX_SEQ:
+                raise CodecError("send counter exhausted; re-key")
+            ceiling = min(n + self.block - 1, _MAX_SEQ)
+            assert self._persist is not None
+            try:
+                self._persist(ceiling)
+            except Exception as exc:  # the runtime's storage failed: seal nothing
+                raise CodecError(f"cannot reserve send counters: {exc}") from exc
+            self.ceiling = ceiling
+        self.next = n + 1
+        return n
+
+
 class Channel:
     """One authenticated, encrypted signalling channel between two parties.
 
     ``sender`` is the 8-byte key identifier written into every header we send; the receiver uses
-    it to find the matching keys.
+    it to find the matching keys. Counters start at ``seq_start`` (1: the keys are new), or come from
+    a shared ``counter`` (keys that outlive the process: see CounterFloor).
     """
 
-    __slots__ = ("_send", "_recv", "sender", "next_seq", "window")
+    __slots__ = ("_send", "_recv", "sender", "next_seq", "window", "_counter")
 
-    def __init__(self, keys: KeyPair, sender: bytes, *, seq_start: int = 1, recv_floor: int = 0) -> None:
+    def __init__(self, keys: KeyPair, sender: bytes, *, seq_start: int = 1, recv_floor: int = 0,
+                 counter: CounterFloor | None = None) -> None:
         self._send = LazyAead(keys.send)
         self._recv = LazyAead(keys.recv)
         self.sender = sender
         self.next_seq = seq_start
         self.window = ReplayWindow(floor=recv_floor)
+        self._counter = counter
 
     @property
     def keys(self) -> KeyPair:
@@ -168,9 +209,12 @@ class Channel:
         return KeyPair(self._send.key, self._recv.key)
 
     def seal(self, msg: Message, *, txid: int, status: int = 0, flags: int = 0) -> bytes:
-        seq = self.next_seq
-        if seq > _MAX_SEQ:
-            raise CodecError("send counter exhausted; re-key")
+        if self._counter is not None:
+            seq = self._counter.take()
+        else:
+            seq = self.next_seq
+            if seq > _MAX_SEQ:
+                raise CodecError("send counter exhausted; re-key")
         self.next_seq = seq + 1
         header = SignalHeader(VERSION, msg.TYPE, flags, status, self.sender, txid, seq).pack()
         sealed = self._send.ctx().encrypt(_NONCE.pack(seq), encode_body(msg), header)

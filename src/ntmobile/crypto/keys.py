@@ -191,3 +191,31 @@ def relay_leg_keys(relay_key: bytes, path_id: bytes, *, responder_leg: bool) -> 
     leg = b"r" if responder_leg else b"i"
     prk = hkdf_extract(relay_key, path_id)
     return KeyPair(hkdf_expand(prk, b"ntm1 relay up " + leg), hkdf_expand(prk, b"ntm1 relay down " + leg))
+
+
+class UsedKeys:
+    """The keys one process has made sealers under (the newest ``size``), so it never makes a second
+    sealer, whose counter would start again, under any of them: whatever a DC sends, a (key, nonce)
+    pair is sealed once per process. Across processes the DC's key rule holds (docs/security.md §3)."""
+
+    __slots__ = ("size", "_keys")
+
+    def __init__(self, size: int = 4096) -> None:
+        self.size = size
+        self._keys: dict[bytes, None] = {}
+
+    def claim(self, key: bytes) -> bool:
+        """Take ``key`` for a new sealer; False if it was taken before."""
+        keys = self._keys
+        if key in keys:
+            return False
+        keys[key] = None
+        if len(keys) > self.size:
+            del keys[next(iter(keys))]
+        return True
+
+    def __contains__(self, key: object) -> bool:
+        return key in self._keys
+
+    def __len__(self) -> int:
+        return len(self._keys)

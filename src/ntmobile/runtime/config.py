@@ -137,6 +137,8 @@ class RsSettings(_Model):
     offload: bool = True
     #: RS-S paths with traffic are forwarded by the kernel (nft table ``<nft_table>_fast``).
     fast_path: bool = True
+    state_dir: str | None = Field(None, description="where the long-term send counter is kept "
+                                                    "(default: the first credentials file's directory)")
 
     _a = field_validator("address")(_addr)
 
@@ -155,6 +157,8 @@ class NodeSettings(_Model):
     tunnel_domains: list[str] = Field(["."], description="suffixes whose A/AAAA lookups set up tunnels")
     control: str = "ntm-node"
     offload: bool = True
+    state_dir: str | None = Field(None, description="where the long-term send counter is kept "
+                                                    "(default: the credentials file's directory)")
 
 
 class Credentials(_Model):

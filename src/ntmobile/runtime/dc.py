@@ -14,6 +14,7 @@ import signal
 import socket
 import threading
 import time
+from pathlib import Path
 from typing import Any
 
 import dns.message
@@ -41,6 +42,7 @@ from ntmobile.wire import Role
 from . import dnsclasses  # noqa: F401  (dnspython's IN rdata classes before any input)
 from .config import DcSettings
 from .control import serve_control
+from .counters import DC_BLOCK, counter_floor
 from .dns import DnsServer, run_discovery, serve_dns
 from .driver import CoreDriver, bind_udp, normalize
 from .store import SqliteStore
@@ -152,7 +154,9 @@ class DcDaemon:
         cfg = DcConfig(s.domain, self.dc_id, keepalive=s.keepalive, relay_keepalive=s.relay_keepalive,
                        idle_timeout=s.idle_timeout, extra_domains=tuple(s.extra_domains), secret=self.secret,
                        peers=tuple((p.domain.rstrip(".").lower(), p.key_bytes) for p in s.peers), probe=probe)
-        self.core = DcCore(cfg, self.store, loop.time(), seq_base=time.time_ns() // 1000)
+        db = Path(s.database)
+        counter = counter_floor(db.with_name(db.name + ".counter"), block=DC_BLOCK)
+        self.core = DcCore(cfg, self.store, loop.time(), seq_base=time.time_ns() // 1000, counter=counter)
         self.driver = CoreDriver(self.core, self.on_event, batch_reads=True, on_batch_start=self._begin_batch,
                                  on_flush=self._commit)
         self._summary_at = loop.time()

@@ -12,6 +12,7 @@ import signal
 import socket
 import time
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any
 
 import dns.flags
@@ -41,6 +42,7 @@ from ntmobile.wire import Capability, PathMode, Status
 from . import dnsclasses  # noqa: F401  (dnspython's IN rdata classes before any input)
 from .config import Credentials, NodeSettings
 from .control import serve_control
+from .counters import counter_floor
 from .driver import CoreDriver
 from .stub import StubServer
 
@@ -91,7 +93,9 @@ class NodeDaemon:
         caps = Capability.INNER6 | (Capability.GSO if offload_active(self.tun) else 0)
         cfg = NodeConfig(self.creds.name, self.creds.id_bytes, self.creds.psk, self.creds.dc_id_bytes,
                          (self.creds.dc_address, self.creds.dc_port), capabilities=int(caps))
-        self.core = NodeCore(cfg, loop.time(), seq_base=time.time_ns() // 1000)
+        state = Path(s.state_dir) if s.state_dir else Path(s.credentials).parent
+        counter = counter_floor(state / f"node-{self.creds.client_id}.counter")
+        self.core = NodeCore(cfg, loop.time(), counter=counter)
         await netlink.async_link_up(self.tun.name, min(s.mtu, inner_mtu(PATH_MTU)))
         if self.tun.vnet_hdr:
             set_gso_max_size(self.tun.name, gso_max_size(PATH_MTU))

@@ -8,6 +8,7 @@ import logging
 import os
 import signal
 import time
+from pathlib import Path
 from typing import Any
 
 from ntmobile.core.rs import (
@@ -32,6 +33,7 @@ from ntmobile.wire import Capability
 
 from .config import ConfigError, Credentials, RsSettings
 from .control import serve_control
+from .counters import counter_floor
 from .driver import CoreDriver
 from .rsfast import POLL_SECONDS, FastPaths
 
@@ -70,7 +72,9 @@ class RsDaemon:
         caps = Capability.INNER6 | (Capability.GSO if _offload_active(self.tun) else 0)
         cfg = RsConfig(s.name, self.rs_id, self.links, local_endpoints=local, max_paths=s.max_paths,
                        capabilities=int(caps), path_mtu=PATH_MTU)
-        self.core = RsCore(cfg, loop.time(), seq_base=time.time_ns() // 1000)
+        state = Path(s.state_dir) if s.state_dir else Path(s.credentials[0]).parent
+        counter = counter_floor(state / f"rs-{self.rs_id.hex()}.counter")
+        self.core = RsCore(cfg, loop.time(), counter=counter)
         # iproute2, not pyroute2: the relay keeps its resident memory small (docs/dataplane.md).
         ip_link_up(self.tun.name, min(s.mtu, inner_mtu(PATH_MTU)))
         # No gso_max_size cap here (unlike a node's TUN): super-packets the kernel forwards from a
