@@ -2,7 +2,9 @@
 redirect and re-key (docs/security.md §3, "One nonce per key").
 
 The real DC, relay and node cores in the in-memory harness, with a nonce ledger that records every
-AES-GCM seal (tests/unit/nonce_ledger.py). A hypothesis state machine drives a random fault scenario:
+AES-GCM seal (tests/unit/nonce_ledger.py), and a look at the wire as an observer sees it: no two data
+capsules with the same (Path ID, direction, counter, chunk) and different bytes (a Path ID names one key).
+A hypothesis state machine drives a random fault scenario:
 relay loss, relay idle expiry, relay restart, node restart, DC restart, moves (re-directions, RS-S
 re-keys) and traffic on RS-N and RS-S paths, and checks after every step that no pair repeats. Restarted
 parties keep what their runtime persists: the registry (DC) and the CounterFloor ceiling of their
@@ -19,11 +21,12 @@ from hypothesis.stateful import RuleBasedStateMachine, initialize, invariant, ru
 
 from ntmobile.core.dc import DcConfig, DcCore, ResolveRequest
 from ntmobile.core.discovery import DiscoveryResult, Outcome
-from ntmobile.core.node import NodeConfig, NodeCore, PathReady
+from ntmobile.core.node import NodeConfig, NodeCore, PathClosed, PathReady
 from ntmobile.core.registry import ClientRecord, MemoryStore
 from ntmobile.core.rs import DcLink, ProbeRequest, RsConfig, RsCore
 from ntmobile.crypto import CounterFloor
 from ntmobile.wire import PathMode, Role
+from ntmobile.wire.frame import capsule_nonce_id
 
 from .harness import Net, seeded_bytes
 from .nonce_ledger import NonceLedger, nonce_ledger
@@ -237,9 +240,22 @@ class NonceFaults(RuleBasedStateMachine):
     def no_nonce_sealed_twice(self) -> None:
         if hasattr(self, "ledger"):
             assert not self.ledger.reused, f"{len(self.ledger.reused)} (key, nonce) pairs sealed twice"
+            assert not wire_repeats(self.w.net), "capsule identities repeated with other bytes on the wire"
 
 
 LEDGER: list[NonceLedger] = []
+
+
+def wire_repeats(net: Net) -> list[tuple[bytes, bool, int, int]]:
+    """Capsule identities (wire.capsule_nonce_id) sent twice with different bytes, by anyone."""
+    seen: dict[tuple[bytes, bool, int, int], bytes] = {}
+    out = []
+    for sent in net.sent_by.values():
+        for data in sent:
+            ident = capsule_nonce_id(data)
+            if ident is not None and seen.setdefault(ident, data) != data:
+                out.append(ident)
+    return out
 
 
 @pytest.fixture
@@ -278,11 +294,12 @@ def test_rsn_path_moved_after_a_relay_kill_gets_new_keys(ledger: NonceLedger) ->
     w.dead.add("rs")
     w.settle(30.0)  # the node notices; the next packet asks again
     second = _rsn_path(w)
-    assert second.path.rs_name == "rs2" and second.path.path_id == first.path.path_id
-    assert second.path.data_keys != first.path.data_keys
+    # A new path (new Path ID and key) on rs2, for the same GN VIP: the application keeps its address.
+    assert second.path.rs_name == "rs2" and second.path.peer_vip4 == first.path.peer_vip4
+    assert second.path.path_id != first.path.path_id and second.path.data_keys != first.path.data_keys
     for _ in range(3):
         w.traffic()
-    assert ledger.seals > 0 and not ledger.reused
+    assert ledger.seals > 0 and not ledger.reused and not wire_repeats(w.net)
 
 
 def test_node_restart_gets_a_path_key_it_never_had(ledger: NonceLedger) -> None:
@@ -292,14 +309,16 @@ def test_node_restart_gets_a_path_key_it_never_had(ledger: NonceLedger) -> None:
     w.start_node("mn", NAT_A)
     w.settle(3.0)
     second = _rsn_path(w)
-    assert second.path.path_id == first.path.path_id and second.path.data_keys != first.path.data_keys
+    assert second.path.peer_vip4 == first.path.peer_vip4
+    assert second.path.path_id != first.path.path_id and second.path.data_keys != first.path.data_keys
     w.traffic()
-    assert not ledger.reused
+    assert not ledger.reused and not wire_repeats(w.net)
 
 
-def test_redirect_to_a_restarted_node_rekeys_the_path(ledger: NonceLedger) -> None:
+def test_redirect_to_a_restarted_node_sets_a_new_path_up(ledger: NonceLedger) -> None:
     """mn ↔ cn through RS-S; cn restarts (its counters are new); mn moves and asks to re-direct the path:
-    the DC must not hand the old key to the new cn. Both get a fresh key; mn re-keys in place."""
+    the DC must not hand the old key to the new cn. It answers PATH_GONE, mn closes the path, and the
+    next set-up (by name, as the next packet to cn's VIP does) gets a new Path ID and key."""
     w = FaultWorld()
     mn = w.nodes["mn"]
     rid = mn.request_path("cn.a.example", w.net.now)
@@ -313,12 +332,16 @@ def test_redirect_to_a_restarted_node_rekeys_the_path(ledger: NonceLedger) -> No
     h.addr, h.public = NAT_C
     mn.addresses_changed((h.addr,), w.net.now)
     w.settle(6.0)
-    assert w.dc.stats["paths_rekeyed"] >= 1
-    info, cinfo = mn.path_info(pid), w.nodes["cn"].path_info(pid)
-    assert info is not None and cinfo is not None and info.data_keys != ready.path.data_keys
-    assert info.data_keys == cinfo.data_keys.swapped()
+    assert w.dc.stats["paths_dropped_peer_restarted"] == 1 and mn.stats["redirect_refused"] == 1
+    assert mn.path_info(pid) is None and w.nodes["cn"].path_info(pid) is None and pid not in w.dc.paths
+    assert any(getattr(e, "path_id", None) == pid for e in w.net.events_of("mn", PathClosed))
+    rid = mn.request_path("cn.a.example", w.net.now)
+    w.settle(4.0)
+    again = next(e for e in w.net.events_of("mn", PathReady) if rid in e.request_ids)
+    assert again.path.path_id != pid and again.path.data_keys != ready.path.data_keys
+    assert again.path.peer_vip4 == ready.path.peer_vip4
     w.traffic()
-    assert not ledger.reused
+    assert not ledger.reused and not wire_repeats(w.net)
 
 
 def test_a_node_never_makes_a_second_sealer_under_a_key_it_used(ledger: NonceLedger) -> None:

@@ -10,7 +10,7 @@ import pytest
 
 from ntmobile.core.dc import DcConfig, DcCore, DirectionDecision, ResolveRequest
 from ntmobile.core.discovery import DiscoveryResult, Evidence, Outcome
-from ntmobile.core.node import DataReceived, NodeConfig, NodeCore, PathFailed, PathReady
+from ntmobile.core.node import DataReceived, NodeConfig, NodeCore, PathClosed, PathFailed, PathReady
 from ntmobile.core.registry import ClientRecord, MemoryStore, Pools
 from ntmobile.core.rs import DcLink, ProbeRequest, RelayAdded, RsConfig, RsCore
 from ntmobile.crypto import CapsuleSealer, Channel, KeyPair
@@ -186,8 +186,10 @@ def test_unreachable_relay_gives_relay_failed_quickly() -> None:
     assert w.net.now - t0 < 4.0
 
 
-def test_second_name_of_same_gn_reuses_the_path() -> None:
-    """www and ftp of one GN share the GN VIP, so they share one RS-N path (the kernel NAT keys on it)."""
+def test_second_name_of_same_gn_supersedes_the_path() -> None:
+    """www and ftp of one GN share the GN VIP, so they share one RS-N path (the kernel NAT keys on it): the
+    node asks by name, so the DC sets a new path (new Path ID and key, on the same relay) that supersedes
+    the old one at the relay and at the node; both names lead to it (docs/security.md §3)."""
     w = World()
     first = w.setup_path().path
     rid = w.mn.request_path("ftp.gn.example", w.net.now)
@@ -198,10 +200,13 @@ def test_second_name_of_same_gn_reuses_the_path() -> None:
 
     w.net.run_until(ready)
     second = next(e for e in w.net.events_of("mn", PathReady) if rid in e.request_ids).path
-    assert second.path_id == first.path_id and second.peer_vip4 == first.peer_vip4
-    assert len(w.rs.entries()) == 1
+    assert second.path_id != first.path_id and second.peer_vip4 == first.peer_vip4
+    assert second.data_keys != first.data_keys and second.rs_name == first.rs_name
+    assert [e.path_id for e in w.rs.entries()] == [second.path_id]
+    assert [e.path_id for e in w.net.events_of("mn", PathClosed)] == [first.path_id]
+    assert w.mn.request_path("www.gn.example", w.net.now) and w.mn.paths()[0]["path_id"] == second.path_id.hex()
     decision = w.net.events_of("dc", DirectionDecision)[-1]
-    assert any("reusing path" in line for line in decision.evidence)
+    assert any("superseding path" in line for line in decision.evidence)
 
 
 def test_path_keepalives_keep_the_relay_entry_and_nat_mapping_alive() -> None:

@@ -224,6 +224,9 @@ class _Session:
     #: one integer (a retransmitted request gets the same response again, rebuilt from the session),
     #: the DC ephemeral and the probe endpoint it announced.
     reg_tag: int = 0
+    #: The client process (RegistrationRequest INSTANCE; without one, every registration counts as a
+    #: new process): a path key is only ever given again to the instance that holds it.
+    instance: bytes = b""
     dc_eph: bytes = b""
     probe: Endpoint | None = None
     load: int = 0
@@ -324,12 +327,9 @@ class PathRecord:
     requester_role: PathRole = PathRole.INITIATOR
     #: The path's relay key (made once, kept when a re-direction switches DIRECT <-> RS-S).
     relay_key: bytes = b""
-    #: Who holds live sealers under ``path_key``: each node's name with the registration (``reg_tag``)
-    #: of the session it got the key in. A re-direction keeps the key only for holders still in that
-    #: session (or the node that names the path); anyone else gets a fresh key (docs/security.md §3).
-    holders: tuple[tuple[str, int], ...] = ()
-    #: The peer DC (its static key) a path to a node of another DC was set up with.
-    via: bytes = b""
+    #: Who holds the path's sealers: each node's name with the process instance it got the key in. A
+    #: re-direction re-sends the key only to those instances (docs/security.md §3).
+    holders: tuple[tuple[str, bytes], ...] = ()
 
 
 def reachable(nat: NatKind) -> bool:
@@ -556,6 +556,7 @@ class DcCore(CoreBase):
             probe = next((p for p in self.config.probe if (":" in p[0]) == (":" in addr[0])), None)
         session = _Session(record, Channel(keys, self.config.dc_id), addr, msg.local_endpoints, nat, now,
                            msg.capabilities, reg_tag=reg_tag, dc_eph=eph.public,
+                           instance=msg.instance or reg_tag.to_bytes(24, "big"),
                            probe=probe, load=msg.load or 0)
         self._sessions[record.client_id] = session
         if record.role is Role.RELAY:
@@ -699,21 +700,20 @@ class DcCore(CoreBase):
         if not relays:
             self._fail_direction(d, Status.NO_RELAY, "no relay server is registered")
             return
-        # One RS-N path per (node, GN address): the kernel NAT keys on (node VIP, GN VIP), so a second
-        # name of the same GN reuses the Path ID. Never the key: the node asks by name, so it may hold
-        # nothing of the path any more (its relay died, it restarted), and the relay may be another
-        # one; a fresh key means no sealer ever starts again under a key it used (docs/security.md §3).
+        # One RS-N path per (node, GN address): the kernel NAT keys on (node VIP, GN VIP). A node that
+        # asks again by name (a second name of the GN, its relay died, it restarted) gets a new path
+        # (new Path ID and key: it may hold nothing of the old one, and the relay may be another) that
+        # supersedes the old one at the relay and at the node, on the same relay if it is alive. A Path
+        # ID names one key for its whole life (docs/security.md §3).
         known = self._rsn_by_gn.get((rec.name, d.gn_map))
         same = self.paths.get(known) if known is not None else None
         if same is not None and not (same.initiator == rec.name and same.gn_map == d.gn_map
                                      and same.mode is PathMode.RS_N):
             same = None
         if same is not None:
-            d.evidence.append(f"reusing path {same.path_id.hex()} to the same general node (via {same.rs})")
-            d.path_id = same.path_id
+            d.evidence.append(f"superseding path {same.path_id.hex()} to the same general node (via {same.rs})")
             d.reuse_rs = same.rs
-        else:
-            d.path_id = self._new_path_id()
+        d.path_id = self._new_path_id()
         path_key = self._rand(32)
         d.gn_addr = gn_addr
         d.relay_msg = RelayDirection(path_id=d.path_id, rs_type=RsType.N, idle_timeout=self.config.idle_timeout,
@@ -917,12 +917,13 @@ class DcCore(CoreBase):
                                            now, d.gn_map, d.route.path_key)
         self.paths[d.path_id].requester_role = PathRole(d.route.path_role)
         self.paths[d.path_id].relay_key = d.route.relay_key or (previous.relay_key if previous else b"")
-        self.paths[d.path_id].holders = tuple((s.record.name, s.reg_tag) for s in (d.node, d.responder)
+        self.paths[d.path_id].holders = tuple((s.record.name, s.instance) for s in (d.node, d.responder)
                                               if s is not None)
-        if d.peer_out is not None:
-            self.paths[d.path_id].via = d.peer_out.key
         if d.route.mode == PathMode.RS_N and d.gn_map:
+            superseded = self._rsn_by_gn.get((d.node.record.name, d.gn_map))
             self._rsn_by_gn[(d.node.record.name, d.gn_map)] = d.path_id
+            if superseded is not None and superseded != d.path_id:
+                self._release(superseded, now)  # (its relay has dropped it already if it is this one)
         self.stats["paths_directed"] += 1
         self._emit(DirectionDecision(d.node.record.name, d.fqdn, Status.OK, PathMode(d.route.mode), rs_name,
                                      d.path_id, tuple(d.evidence)))
@@ -1241,6 +1242,8 @@ class DcCore(CoreBase):
             d.evidence.append(f"peer DC: path ID {d.path_id.hex() if d.path_id else ''} in use; asking with a new one")
             self._send_peer_query(d, now)
             return
+        if status is Status.PATH_GONE and d.redirect and d.path_id is not None:
+            self.paths.pop(d.path_id, None)  # the peer's node restarted: the path is set up again
         self._fail_direction(d, status, f"peer DC: {reason or status.name}")
 
     def _peer_answered(self, d: _Direction, msg: PeerAnswer, now: float) -> None:
@@ -1314,9 +1317,14 @@ class DcCore(CoreBase):
             refuse(Status.PEER_UNREACHABLE, f"{fqdn} is not registered")
             return
         known = self.paths.get(q.path_id)
-        # A re-direction of a path this peer DC set up (same two nodes); it comes with fresh keys.
-        redirect = (known is not None and known.via == peer.key and known.mode is not PathMode.RS_N
+        redirect = (known is not None and known.path_key == q.path_key and known.mode is not PathMode.RS_N
                     and {known.initiator, known.peer} == {name, fqdn})
+        if redirect and known is not None and dict(known.holders).get(node.record.name) != node.instance:
+            # Our node restarted since it got this path's key: never send the key to it again.
+            self.stats["paths_dropped_peer_restarted"] += 1
+            self._release(known.path_id, now)
+            refuse(Status.PATH_GONE, f"{fqdn} restarted since it got path {q.path_id.hex()}: set it up again")
+            return
         if (q.path_id in self.paths and not redirect) or q.path_id == self.config.dc_id \
                 or self.store.get_client(q.path_id) is not None:
             refuse(Status.PATH_ID_IN_USE, "path ID in use here")
@@ -1405,8 +1413,7 @@ class DcCore(CoreBase):
                                            (), pi.query.path_key)
         self.paths[d.path_id].requester_role = pi.requester_role
         self.paths[d.path_id].relay_key = pi.query.relay_key
-        self.paths[d.path_id].holders = ((node.record.name, node.reg_tag),)
-        self.paths[d.path_id].via = pi.dc.key
+        self.paths[d.path_id].holders = ((node.record.name, node.instance),)
         self.stats["paths_directed_for_peer_dc"] += 1
         self._emit(DirectionDecision(pi.requester, node.record.name, Status.OK, pi.mode, rs_name, d.path_id,
                                      tuple(d.evidence)))
@@ -1459,14 +1466,19 @@ class DcCore(CoreBase):
             return
         other_name = rec.peer if name == rec.initiator else rec.initiator
         d.fqdn = other_name
+        if d.dc_initiated and not self._still_held(d, rec, node, now):
+            return
         target = self.store.client_by_name(other_name)
         if target is None and self.config.own_domain(other_name) is None:
             # An NTM node of another DC: ask its DC again with this path's ID and keys (a Peer Query
             # it accepts as a re-direction of the path it knows); the name is resolved as usual.
-            # Fresh keys for every re-direction across DCs: this DC cannot know whether the other node
-            # (or the relay the peer DC picks) still holds the path's counters; both nodes re-key the
-            # path in place (docs/security.md §3, protocol.md §10).
-            d.path_id, d.path_key, d.relay_key = pid, self._rand(32), self._rand(32)
+            # An NTM node of another DC: ask its DC again with this path's ID and keys (a Peer Query
+            # it accepts as a re-direction of the path it knows, if its node still holds the path); the
+            # name is resolved as usual.
+            d.path_id, d.path_key = pid, rec.path_key
+            # A fresh relay key for every re-direction: the relay the peer DC picks may be another one
+            # (or one that restarted), whose leg channels start their counters again (§10).
+            d.relay_key = self._rand(32)
             d.evidence.append(f"re-direction of path {pid.hex()} with {other_name} (another DC) after a move: "
                               f"{name} {node.nat.name} at {node.endpoint}")
             token = self._next_token
@@ -1477,6 +1489,8 @@ class DcCore(CoreBase):
         peer = self._sessions.get(target.client_id) if target is not None else None
         if peer is None:
             self._fail_direction(d, Status.PEER_UNREACHABLE, f"{other_name} is not registered")
+            return
+        if not self._still_held(d, rec, peer, now):
             return
         initiator = PathRole.INITIATOR
         my_role = rec.requester_role if name == rec.initiator else (
@@ -1489,16 +1503,7 @@ class DcCore(CoreBase):
         # same one restarted, and a relay's leg channels start their counters at 1; a key is never
         # given to a relay twice (the relay re-keys an entry it has, §10).
         relay_key = self._rand(32) if mode is PathMode.RS_S else None
-        # The path key stays only if both nodes still hold the sealers they made under it: the node
-        # that asked names the path (it has it); any other node must still be in the session it got
-        # the key in. A node that registered since may have restarted (new counters): then both get a
-        # fresh key and re-key the path in place, so no (key, nonce) is ever sealed twice.
-        held = dict(rec.holders)
-        keep = all(held.get(s.record.name) == s.reg_tag for s in (node, peer)
-                   if d.dc_initiated or s is not node)
-        path_key = rec.path_key if keep else self._rand(32)
-        if not keep:
-            self.stats["paths_rekeyed"] += 1
+        path_key = rec.path_key
         behind_one_nat = same_nat(node_nat, node.endpoint, peer_nat, peer.endpoint)
 
         def targets(of: _Session) -> tuple[Endpoint, ...]:
@@ -1515,7 +1520,7 @@ class DcCore(CoreBase):
 
         d.evidence.append(f"re-direction of path {pid.hex()} after a move: {name} {node_nat.name} at {node.endpoint}, "
                           f"{other_name} {peer_nat.name} at {peer.endpoint} -> {mode.name} (was {rec.mode.name}); "
-                          f"path ID and roles kept, {'key kept' if keep else 'new key (a node registered since)'}")
+                          f"path ID, key and roles kept")
         d.route = route_for(node, peer, my_role)
         d.responder = peer
         d.responder_route = route_for(peer, node, peer_role)
@@ -1533,6 +1538,19 @@ class DcCore(CoreBase):
             self._try_next_relay(d, now)
         else:
             self._send_responder_route(d, now)
+
+    def _still_held(self, d: _Direction, rec: PathRecord, s: _Session, now: float) -> bool:
+        """Whether ``s`` still holds the path's sealers: it runs as the process instance that got the key.
+        A node that restarted since has new counters: the key must never reach it again, so the path
+        is dropped (PATH_GONE) and set up anew, by name, with a new Path ID and key (docs/security.md
+        §3: a Path ID names one key for its whole life)."""
+        if dict(rec.holders).get(s.record.name) == s.instance:
+            return True
+        self.stats["paths_dropped_peer_restarted"] += 1
+        self._release(rec.path_id, now)
+        self._fail_direction(d, Status.PATH_GONE, f"{s.record.name} restarted since it got path "
+                             f"{rec.path_id.hex()}: the path must be set up again")
+        return False
 
     def _redirect_finished(self, d: _Direction, status: Status | None) -> None:
         pid = d.path_id

@@ -217,7 +217,7 @@ class _NodeDcLink(RegistrationClient):
         node = self.node
         return RegistrationRequest(role=Role.NODE, name=node.config.name, ephemeral=ephemeral,
                                    versions=SUPPORTED_VERSIONS, local_endpoints=node.local_endpoints,
-                                   capabilities=node.config.capabilities)
+                                   capabilities=node.config.capabilities, instance=node.instance)
 
     def _refusal(self, header: SignalHeader, msg: RegistrationResponse) -> tuple[int, str] | None:
         if not SUPPORTED_VERSIONS[0] <= msg.version <= SUPPORTED_VERSIONS[1]:
@@ -266,6 +266,8 @@ class NodeCore(CoreBase):
         CoreBase.__init__(self)
         self.config = config
         self._rand = random_bytes
+        #: This process's instance (RegistrationRequest INSTANCE): its paths and counters live and die with it.
+        self.instance = random_bytes(8)
         self._dc = _NodeDcLink(self, counter if counter is not None else CounterFloor(seq_base))
         self.local_endpoints: tuple[Endpoint, ...] = ()
         self.registered = False
@@ -510,10 +512,15 @@ class NodeCore(CoreBase):
     def _on_session_status(self, header: SignalHeader, msg: StatusMessage, now: float) -> None:
         assert self._dc.session is not None
         pending = self._answered(self._dc.session, header.txid)
-        if self._redirects.pop(header.txid, None) is not None:
-            # The DC could not re-direct (e.g. UNKNOWN_PATH, the peer unreachable): the path stays as
-            # it is; the announcements and address learning keep it working where they can.
+        redirected = self._redirects.pop(header.txid, None)
+        if redirected is not None:
+            # The DC could not re-direct. PATH_GONE: the peer node restarted, and must never get this
+            # path's key again: close the path, so the next packet sets a new one up by name. Otherwise
+            # (UNKNOWN_PATH after a DC restart, the peer unreachable, no relay) the path stays as it is;
+            # the announcements and address learning keep it working where they can.
             self.stats["redirect_refused"] += 1
+            if header.status == Status.PATH_GONE:
+                self._close_path(redirected, "the peer restarted: the path is set up again")
             return
         lookup = self._lookups.pop(header.txid, None)
         if lookup is not None:
@@ -703,34 +710,13 @@ class NodeCore(CoreBase):
         if self._redirects.pop(txid, None) is not None:
             self.stats["redirect_timeouts"] += 1
 
-    def _rekey(self, path: _Path, rd: RouteDirection) -> bool:
-        """The DC gave the path a fresh path key (a node of it may have restarted, or the path was asked
-        for again by name): new data sealer and opener, new path signalling channel; the old ones are
-        dropped (capsules still in flight under the old key are lost and counted as auth drops)."""
-        if not self._claim_key(rd.path_key):
-            return False
-        keys = path_keys(rd.path_key, rd.path_id)
-        sig_keys, data_keys = keys.for_initiator() if path.role is PathRole.INITIATOR else keys.for_responder()
-        flags = CapsuleFlags.FROM_RESPONDER if path.role is PathRole.RESPONDER else CapsuleFlags.NONE
-        path.sealer = CapsuleSealer(data_keys.send, rd.path_id, flags)
-        path.opener = CapsuleOpener(data_keys.recv)
-        path.data_keys = data_keys
-        path.channels = {k: c for k, c in path.channels.items() if k != ("path",)}
-        path.channels[("path",)] = path.sig = Channel(sig_keys, rd.path_id)
-        self.stats["paths_rekeyed"] += 1
-        return True
-
     def _redirected(self, path: _Path, rd: RouteDirection, role: PathRole, mode: PathMode, now: float) -> None:
         """A new Route Direction for a path we have: the DC re-decided it (after a move of either end).
-        Same Path ID and role; usually the same key, so the data sealer/opener and their counters carry
-        on; with a fresh key the path is re-keyed in place (``_rekey``). The mode, the targets and
-        (RS-S) the relay may change. Both ends then announce themselves."""
-        if role is not path.role:
+        Same Path ID, key and role, so the data sealer/opener and their counters carry on; the mode,
+        the targets and (RS-S) the relay may change. Both ends then announce themselves. (A Path ID
+        names one key for its whole life: a path that needs new keys gets a new Path ID.)"""
+        if role is not path.role or rd.path_key != path.rd.path_key:
             # Another role would make us seal with the other direction's key: never reuse a key so.
-            self.stats["redirect_refused_role_or_key"] += 1
-            return
-        rekeyed = rd.path_key != path.rd.path_key
-        if rekeyed and not self._rekey(path, rd):
             self.stats["redirect_refused_role_or_key"] += 1
             return
         if mode is PathMode.RS_S:
@@ -740,16 +726,7 @@ class NodeCore(CoreBase):
             key: tuple[object, ...] = ("leg", rd.relay_key)
             targets = [rd.rs_endpoint]
         elif mode is PathMode.RS_N or path.mode is PathMode.RS_N:
-            # An RS-N path is reused (a second name of the same general node); a fresh key re-keys it.
-            if rekeyed:
-                path.rd = rd
-                # (Pending path signalling was sealed under the old key, which the relay dropped.)
-                self._cancel_where(lambda p: p.tag in (("tunnel", path.path_id), ("keepalive", path.path_id)))
-                if path.established:
-                    self._emit(PathReady(path.info(), ()))
-                if path.endpoint is not None:
-                    self._send_tunnel_request(path, now)
-            return
+            return  # an RS-N path is never re-directed (a repeated Route Direction)
         else:
             key = ("path",)
             targets = list(rd.peer_endpoints)
@@ -773,9 +750,8 @@ class NodeCore(CoreBase):
             if path.endpoint != targets[0]:
                 path.endpoint = targets[0]
                 self._emit(PathEndpointChanged(path.path_id, targets[0]))
-        if (mode is not old_mode or rekeyed) and path.established:
-            # The data plane re-reads mode (address learning), endpoint, sealer and opener.
-            self._emit(PathReady(path.info(), ()))
+        if mode is not old_mode and path.established:
+            self._emit(PathReady(path.info(), ()))  # the data plane re-reads mode (address learning) and endpoint
         if path.established:
             self._start_path_keepalives(path)
         if path.endpoint is not None:
@@ -822,6 +798,17 @@ class NodeCore(CoreBase):
             path.request_ids.clear()
         if first:
             self._start_path_keepalives(path)
+        if first and path.mode is PathMode.RS_N:
+            # A new RS-N path to a general node we already had one to supersedes it (the DC set it up
+            # again: a second name, a dead relay; same GN VIP, new Path ID and key). The data plane has
+            # just moved the VIP to the new path; the old one goes.
+            vips = {path.rd.peer_vip4, path.rd.peer_vip6} - {None}
+            for old in [p for p in self._paths.values() if p is not path and p.mode is PathMode.RS_N
+                        and vips & {p.rd.peer_vip4, p.rd.peer_vip6}]:
+                self.stats["paths_superseded"] += 1
+                for name in [n for n, pid in self._by_name.items() if pid == old.path_id]:
+                    self._by_name[name] = path.path_id  # its names now lead to the new path
+                self._close_path(old.path_id, "superseded by a new path to the same general node")
 
     def _start_path_keepalives(self, path: _Path) -> None:
         interval = self._path_keepalive_interval(path)
@@ -878,13 +865,17 @@ class NodeCore(CoreBase):
                 self.stats["rss_relay_redirects"] += 1
             return
         self.stats["relay_lost"] += 1
-        del self._paths[path_id]
-        if path.fqdn is not None and self._by_name.get(path.fqdn) == path_id:
-            del self._by_name[path.fqdn]
+        self._close_path(path_id, "the relay stopped answering path keepalives")
+
+    def _close_path(self, path_id: bytes, reason: str) -> None:
+        """Forget a path (its names, timers) and tell the runtime; the next packet to its VIP asks the
+        DC again by name, for a new path (new Path ID and key)."""
+        if self._paths.pop(path_id, None) is None:
+            return
         for name in [n for n, pid in self._by_name.items() if pid == path_id]:
             del self._by_name[name]
         self._cancel_where(lambda p: p.tag in (("tunnel", path_id), ("keepalive", path_id)))
-        self._emit(PathClosed(path_id, "the relay stopped answering path keepalives"))
+        self._emit(PathClosed(path_id, reason))
 
     def _learn(self, path: _Path, addr: Endpoint) -> None:
         if path.endpoint != addr:

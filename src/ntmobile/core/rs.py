@@ -320,7 +320,7 @@ class _Dc(RegistrationClient):
         c = self.rs.config
         return RegistrationRequest(role=Role.RELAY, name=c.name, ephemeral=ephemeral, versions=SUPPORTED_VERSIONS,
                                    local_endpoints=tuple(c.local_endpoints), capabilities=c.capabilities,
-                                   load=len(self.rs._paths))
+                                   load=len(self.rs._paths), instance=self.rs.instance)
 
     def _refusal(self, header: SignalHeader, msg: RegistrationResponse) -> tuple[int, str] | None:
         if header.status != Status.OK:
@@ -381,6 +381,8 @@ class RsCore(CoreBase):
         self.config = config
         self.created = now
         self._rand = random_bytes
+        #: This process's instance (RegistrationRequest INSTANCE).
+        self.instance = random_bytes(8)
         self._dcs: dict[bytes, _Dc] = {}
         lt_counter = counter if counter is not None else CounterFloor(seq_base)
         for link in config.dcs:
@@ -687,19 +689,6 @@ class RsCore(CoreBase):
                 self._rekey(existing, msg)
                 self._direction_response(session, pid, hdr.txid, addr, Status.OK)
                 return
-            if (existing.dc_id == dc.link.dc_id and existing.rs_type is RsType.N and msg.rs_type == RsType.N
-                    and msg.path_key is not None and msg.path_key != existing.direction.path_key
-                    and _same_binding(existing.direction,
-                                      dataclasses.replace(msg, path_key=existing.direction.path_key))):
-                # The node asked for the path again (by name) and the DC re-keyed it: new data keys and
-                # path signalling channel, same VIP pair and NAT mapping.
-                if not self._used_keys.claim(msg.path_key):
-                    self.stats["relay_direction_retired_key"] += 1
-                    self._direction_response(session, pid, hdr.txid, addr, Status.PATH_ID_IN_USE)
-                    return
-                self._rekey_rsn(existing, msg)
-                self._direction_response(session, pid, hdr.txid, addr, Status.OK)
-                return
             if existing.dc_id != dc.link.dc_id or not _same_binding(existing.direction, msg):
                 self.stats["relay_direction_in_use"] += 1
                 self._direction_response(session, pid, hdr.txid, addr, Status.PATH_ID_IN_USE)
@@ -765,16 +754,6 @@ class RsCore(CoreBase):
         old_timeout, e.idle_timeout = e.idle_timeout, self._idle_timeout(msg)
         if e.idle_timeout < old_timeout:
             self._push_idle(e, e.deadline)
-        self.stats["relay_direction_rekeyed"] += 1
-
-    def _rekey_rsn(self, e: RelayEntry, msg: RelayDirection) -> None:
-        assert msg.path_key is not None
-        keys = path_keys(msg.path_key, e.path_id)
-        e.direction = msg
-        e.data_keys = (keys.data_i2r, keys.data_r2i)
-        e._opener = e._sealer = None
-        e.initiator.channel = Channel(keys.for_responder()[0], e.path_id)
-        e.initiator.pending_txid = None
         self.stats["relay_direction_rekeyed"] += 1
 
     def _direction_response(self, session: Channel, pid: bytes, txid: int, addr: Endpoint, status: Status) -> None:

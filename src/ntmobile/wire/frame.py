@@ -37,7 +37,7 @@ from __future__ import annotations
 import struct
 from typing import NamedTuple
 
-from .constants import SIGNAL_TYPES, SUPPORTED_VERSIONS, TAG_SIZE, VERSION, MessageType
+from .constants import SIGNAL_TYPES, SUPPORTED_VERSIONS, TAG_SIZE, VERSION, CapsuleFlags, MessageType
 from .errors import CodecError
 
 SIGNAL_HEADER = struct.Struct("!BBBB8sIQ")
@@ -127,6 +127,19 @@ def parse_chunk_header(data: bytes | bytearray | memoryview) -> ChunkHeader:
     if index < count - 1 and body != seg or index == count - 1 and count > 1 and body > seg:
         raise CodecError(f"GSO chunk {index}/{count}: {body} body bytes with seg {seg}")
     return ChunkHeader(count, index, seg)
+
+
+def capsule_nonce_id(data: bytes | bytearray | memoryview) -> tuple[bytes, bool, int, int] | None:
+    """What an observer sees of a data capsule's (key, nonce): (Path ID, from the responder, counter,
+    GSO chunk index or -1). A Path ID names one key for its whole life and each direction has its own
+    key, so two capsules with one identity and different bytes would be one nonce sealed twice
+    (docs/security.md §3). None for anything that is not a well-formed data capsule."""
+    try:
+        flags, path_id, counter = parse_capsule_header(data)
+        chunk = parse_chunk_header(data).chunk if flags & CapsuleFlags.GSO else -1
+    except CodecError:
+        return None
+    return path_id, bool(flags & CapsuleFlags.FROM_RESPONDER), counter, chunk
 
 
 def pack_version_not_supported(txid: int) -> bytes:

@@ -45,6 +45,10 @@ class RegistrationRequest(Message):
     local_endpoints: tuple[Endpoint, ...] = _rep(Attr.LOCAL_ENDPOINT, Kind.ENDPOINT)
     capabilities: int = _f(Attr.CAPABILITIES, Kind.U32, default=0)
     load: int | None = _f(Attr.LOAD, Kind.U32)
+    #: 8 random bytes made when the client process starts: a registration with another instance means
+    #: the client restarted (all its paths and counters are new), one with the same instance that it
+    #: only registered again (handover, REREGISTER). The DC never hands a restarted client a path key.
+    instance: bytes | None = _f(Attr.INSTANCE, Kind.ID8)
 
 
 @dataclass(frozen=True, slots=True)

@@ -68,6 +68,7 @@ class Attr(IntEnum):
     HOPS = 0x28
     DC_KEY = 0x29
     PROBE_ENDPOINT = 0x2A
+    INSTANCE = 0x2B
 
 
 class Kind(IntEnum):
