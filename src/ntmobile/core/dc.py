@@ -1319,10 +1319,8 @@ class DcCore(CoreBase):
         known = self.paths.get(q.path_id)
         redirect = (known is not None and known.path_key == q.path_key and known.mode is not PathMode.RS_N
                     and {known.initiator, known.peer} == {name, fqdn})
-        if redirect and known is not None and dict(known.holders).get(node.record.name) != node.instance:
+        if redirect and known is not None and not self._holds(known, node, now):
             # Our node restarted since it got this path's key: never send the key to it again.
-            self.stats["paths_dropped_peer_restarted"] += 1
-            self._release(known.path_id, now)
             refuse(Status.PATH_GONE, f"{fqdn} restarted since it got path {q.path_id.hex()}: set it up again")
             return
         if (q.path_id in self.paths and not redirect) or q.path_id == self.config.dc_id \
@@ -1471,8 +1469,6 @@ class DcCore(CoreBase):
         target = self.store.client_by_name(other_name)
         if target is None and self.config.own_domain(other_name) is None:
             # An NTM node of another DC: ask its DC again with this path's ID and keys (a Peer Query
-            # it accepts as a re-direction of the path it knows); the name is resolved as usual.
-            # An NTM node of another DC: ask its DC again with this path's ID and keys (a Peer Query
             # it accepts as a re-direction of the path it knows, if its node still holds the path); the
             # name is resolved as usual.
             d.path_id, d.path_key = pid, rec.path_key
@@ -1503,7 +1499,6 @@ class DcCore(CoreBase):
         # same one restarted, and a relay's leg channels start their counters at 1; a key is never
         # given to a relay twice (the relay re-keys an entry it has, §10).
         relay_key = self._rand(32) if mode is PathMode.RS_S else None
-        path_key = rec.path_key
         behind_one_nat = same_nat(node_nat, node.endpoint, peer_nat, peer.endpoint)
 
         def targets(of: _Session) -> tuple[Endpoint, ...]:
@@ -1512,7 +1507,7 @@ class DcCore(CoreBase):
             return of.local_endpoints if behind_one_nat else (of.endpoint,)
 
         def route_for(me: _Session, other: _Session, role: PathRole) -> RouteDirection:
-            return RouteDirection(path_id=pid, path_role=role, mode=mode, path_key=path_key,
+            return RouteDirection(path_id=pid, path_role=role, mode=mode, path_key=rec.path_key,
                                   idle_timeout=self.config.idle_timeout,
                                   keepalive=self.config.keepalive if me.nat is NatKind.NAT else 0,
                                   peer_name=other.record.name, peer_vip4=other.record.vip4,
@@ -1539,15 +1534,22 @@ class DcCore(CoreBase):
         else:
             self._send_responder_route(d, now)
 
+    def _holds(self, rec: PathRecord, s: _Session, now: float) -> bool:
+        """Whether ``s`` runs as the process instance that got ``rec``'s key; if not, the path is dropped
+        (its relay entry released): the key must never reach a restarted process."""
+        if dict(rec.holders).get(s.record.name) == s.instance:
+            return True
+        self.stats["paths_dropped_peer_restarted"] += 1
+        self._release(rec.path_id, now)
+        return False
+
     def _still_held(self, d: _Direction, rec: PathRecord, s: _Session, now: float) -> bool:
         """Whether ``s`` still holds the path's sealers: it runs as the process instance that got the key.
         A node that restarted since has new counters: the key must never reach it again, so the path
         is dropped (PATH_GONE) and set up anew, by name, with a new Path ID and key (docs/security.md
         §3: a Path ID names one key for its whole life)."""
-        if dict(rec.holders).get(s.record.name) == s.instance:
+        if self._holds(rec, s, now):
             return True
-        self.stats["paths_dropped_peer_restarted"] += 1
-        self._release(rec.path_id, now)
         self._fail_direction(d, Status.PATH_GONE, f"{s.record.name} restarted since it got path "
                              f"{rec.path_id.hex()}: the path must be set up again")
         return False
