@@ -69,7 +69,8 @@ class RsDaemon:
         self.tun = open_tun(s.tun, vnet_hdr=s.offload, offloads=s.offload, uso=False)
         caps = Capability.INNER6 | (Capability.GSO if _offload_active(self.tun) else 0)
         cfg = RsConfig(s.name, self.rs_id, self.links, local_endpoints=local, max_paths=s.max_paths,
-                       capabilities=int(caps), path_mtu=PATH_MTU)
+                       capabilities=int(caps), path_mtu=PATH_MTU, rsn_allow=tuple(s.rsn_allow),
+                       rsn_refuse=(*s.vip4_ranges, *s.vip6_ranges))
         self.core = RsCore(cfg, loop.time(), seq_base=time.time_ns() // 1000)
         # iproute2, not pyroute2: the relay keeps its resident memory small (docs/dataplane.md).
         ip_link_up(self.tun.name, min(s.mtu, inner_mtu(PATH_MTU)))
@@ -86,7 +87,10 @@ class RsDaemon:
                 sysctl.write_sysctl(key, 0)
             except OSError as exc:
                 log.warning("sysctl %s: %s", key, exc)
-        self.nat = RsNatTable(s.nft_table, self.tun.name, s.vip4_ranges, s.vip6_ranges)
+        # After translation the kernel drops what the core refuses too (and every local address).
+        policy = self.core.targets
+        self.nat = RsNatTable(s.nft_table, self.tun.name, s.vip4_ranges, s.vip6_ranges,
+                              refuse=[str(n) for v in (4, 6) for n in policy.refused_networks(v)])
         self.nat.apply()
         self.driver = CoreDriver(self.core, self.on_event, on_flush=self.flush_tun)
         self.fast = FastPaths(self.core, RsFastTable(f"{s.nft_table}_fast", s.port, s.address, s.address6),

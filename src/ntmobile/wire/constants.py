@@ -87,6 +87,8 @@ class Status(IntEnum):
     NODATA = 15
     PATH_ID_IN_USE = 16
     STALE = 17
+    #: The general node's address is not one an RS-N may be directed to (docs/security.md, "RS-N targets").
+    ADDRESS_REFUSED = 18
 
 
 class Role(IntEnum):
