@@ -5,6 +5,7 @@ Topology syntax (docs/lab.md)::
     [[hosts.daemons]]                     # on host dca
     kind = "dc"
     config = { domain = "a.example", vip4 = "100.64.1.0/24", vip6 = "fd00:6e74:1::/64" }
+    # dc and rs: rsn_allow = [...] (default: the documentation ranges, the lab's "internet")
 
     [[hosts.daemons]]                     # on host rs1
     kind = "rs"

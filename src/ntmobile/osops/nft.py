@@ -18,8 +18,8 @@ gives back; the kernel does the translation with `RsNatTable`:
 * forward: counted accepts for traffic from the TUN and for established/related traffic back into
   it; anything else towards the VIP ranges through the TUN is dropped (nobody on the GN side can
   open connections to VIPs).
-* guard, at prerouting after DNAT (priority dstnat + 10): a packet from the TUN whose (translated)
-  destination is an address of the relay itself (``fib daddr type local``, also broadcast and
+* guard, at prerouting after DNAT (priority dstnat + 10): a packet from the TUN that was translated
+  (``ct status dnat``) to an address of the relay itself (``fib daddr type local``, also broadcast and
   multicast) or lies in the refused ranges (``refused4``/``refused6``: what core.targets refuses,
   allow-list applied) is dropped and counted, whatever mapping the daemon installed
   (docs/security.md, "RS-N targets").
@@ -195,9 +195,9 @@ class RsNatTable:
                    f"\t\tiifname {tun} ip6 saddr @vip6 dnat ip6 to ip6 saddr . ip6 daddr map @dnat6\n"
                    "\t}\n\n")
         out.append("\tchain guard {\n\t\ttype filter hook prerouting priority dstnat + 10; policy accept;\n"
-                   f"\t\tiifname {tun} fib daddr type {{ local, broadcast, multicast }} counter drop\n"
-                   f"\t\tiifname {tun} ip daddr @refused4 counter drop\n"
-                   f"\t\tiifname {tun} ip6 daddr @refused6 counter drop\n"
+                   f"\t\tiifname {tun} ct status dnat fib daddr type {{ local, broadcast, multicast }} counter drop\n"
+                   f"\t\tiifname {tun} ct status dnat ip daddr @refused4 counter drop\n"
+                   f"\t\tiifname {tun} ct status dnat ip6 daddr @refused6 counter drop\n"
                    "\t}\n\n")
         out.append("\tchain postrouting {\n\t\ttype nat hook postrouting priority srcnat; policy accept;\n"
                    f"\t\toifname != {tun} ip saddr @vip4 counter masquerade\n"
