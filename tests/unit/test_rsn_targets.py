@@ -14,7 +14,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from ntmobile.core.dc import DirectionDecision, ResolveRequest
+from ntmobile.core.dc import DcCore, DirectionDecision, ResolveRequest
 from ntmobile.core.discovery import DiscoveryResult, Outcome
 from ntmobile.core.node import PathFailed, PathReady
 from ntmobile.core.rs import ProbeRequest, RelayAdded
@@ -234,3 +234,9 @@ def test_the_relay_allow_list_opens_a_private_network() -> None:
 def test_a_bad_relay_allow_list_is_refused_at_start() -> None:
     with pytest.raises(ValueError, match="bad relay configuration.*10.9.0.0/33"):
         make_rs(rsn_allow=("10.9.0.0/33",))
+
+
+def test_a_bad_dc_allow_list_is_refused_at_construction_not_on_input() -> None:
+    w = World()
+    with pytest.raises(ValueError, match="allow-list.*10.9.0.0/33"):
+        DcCore(dataclasses.replace(w.dc.config, rsn_allow=("10.9.0.0/33",)), w.store, 0.0, seq_base=1)

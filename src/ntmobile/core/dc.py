@@ -381,7 +381,8 @@ class DcCore(CoreBase):
         #: RS-N path per (node name, GN mapping), for reuse without scanning every path.
         self._rsn_by_gn: dict[tuple[str, tuple[tuple[str, str], ...]], bytes] = {}
         #: RS-N target policy, for the configuration it was built from (rebuilt if that is replaced).
-        self._targets: tuple[DcConfig | None, TargetPolicy] = (None, TargetPolicy())
+        #: Built now, so a bad prefix is a ValueError at construction, never an error on input.
+        self._targets = (config, self._target_policy(config))
         self._directions: dict[tuple[bytes, int], _Direction] = {}
         self._resolving: dict[int, _Direction] = {}
         self._next_token = 1
@@ -735,13 +736,16 @@ class DcCore(CoreBase):
             return
         self._choose_relay(d, relays, now)
 
+    @staticmethod
+    def _target_policy(c: DcConfig) -> TargetPolicy:
+        return TargetPolicy(c.rsn_allow, c.rsn_refuse + tuple(str(a) for a, _p in c.probe))
+
     def _rsn_target(self, addrs: tuple[str, ...], refused: list[str]) -> str | None:
         """The first of ``addrs`` an RS-N may be directed to; the others' reasons go to ``refused``."""
         if not addrs:
             return None
         if self._targets[0] is not self.config:
-            c = self.config
-            self._targets = (c, TargetPolicy(c.rsn_allow, c.rsn_refuse + tuple(a for a, _p in c.probe)))
+            self._targets = (self.config, self._target_policy(self.config))
         policy = self._targets[1]
         own: list[str] = []
         for rs in self.relays():
