@@ -374,6 +374,42 @@ def test_rs_nat_table_dnat_by_source_vip_and_masquerade(lab: Lab) -> None:
     assert not r.in_rs(nft.table_exists, "inet", "ntm_rs")
 
 
+
+def test_rs_nat_table_guard_drops_translated_traffic_to_the_relay_and_refused_ranges(lab: Lab) -> None:
+    """Issue 14 §3: whatever mapping exists, the kernel never delivers translated traffic to the relay
+    itself (fib daddr type local) or into a refused range; allow-listed and global targets work."""
+    from ntmobile.core.targets import TargetPolicy
+
+    r = RsnLab(lab)
+    policy = TargetPolicy(allow=["198.18.0.0/15", "2001:db8::/32"], refuse=["10.200.0.0/16", "fd00:200::/64"])
+    r.table = nft.RsNatTable("ntm_rs", "ntmrst", ["10.200.0.0/16"], ["fd00:200::/64"],
+                             refuse=[str(n) for v in (4, 6) for n in policy.refused_networks(v)])
+    for gn_vip, target in (("10.201.0.5", "198.18.0.2"),  # the GN (allow-listed here): reachable
+                           ("10.201.0.6", "198.18.0.1"),  # the relay's own address
+                           ("10.201.0.7", "127.0.0.1"),  # the relay's loopback
+                           ("10.201.0.8", "10.202.0.2")):  # a refused range, routed to the GN host
+        r.table.add_mapping("10.200.0.1", gn_vip, target, live=False)
+    r.table.add_mapping("fd00:200::1", "fd00:201::5", "2001:db8:18::2", live=False)
+    r.table.add_mapping("fd00:200::1", "fd00:201::6", "2001:db8:18::1", live=False)  # the relay's own
+    r.in_rs(r.table.apply)
+    lab.sh(r.gn, "ip", "addr", "add", "10.202.0.2/32", "dev", "lo")
+    lab.sh(r.rs, "ip", "route", "add", "10.202.0.2/32", "via", "198.18.0.2")
+    for ns in (r.gn, r.rs):  # echo servers on the GN and on the relay itself (all its addresses)
+        srv = lab.spawn(ns, [sys.executable, "-c", ECHO_SERVER])
+        assert read_line(srv, 15) == "ready"
+    assert r.ask("10.201.0.5", "10.200.0.1") == "198.18.0.1 198.18.0.2"
+    assert r.ask("fd00:201::5") == "2001:db8:18::1 2001:db8:18::2"
+    for refused in ("10.201.0.6", "10.201.0.7", "10.201.0.8", "fd00:201::6"):
+        with pytest.raises(OSError):
+            netns.call_in_netns(r.node, ask, refused, None if ":" in refused else "10.200.0.1", 1.5)
+    c = r.in_rs(r.table.counters)
+    assert isinstance(c, dict)
+    assert c["guard_local"] >= 3 and c["guard_refused4"] >= 1, c  # (SYN retransmissions count too)
+    # Without the guard (today's main) the relay's own echo server would have answered:
+    lab.sh(r.rs, "nft", "flush", "chain", "inet", "ntm_rs", "guard")
+    assert r.ask("10.201.0.6", "10.200.0.1") == "10.200.0.1 198.18.0.1"
+
+
 VSFTPD_CONF = """listen=YES
 listen_ipv6=NO
 background=NO

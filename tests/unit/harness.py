@@ -9,7 +9,14 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any, Protocol
 
+from ntmobile.core.targets import DOCUMENTATION_NETS
+
 Endpoint = tuple[str, int]
+
+#: The harness's "internet" is documentation space (RFC 5737, RFC 3849), which an RS-N refuses by
+#: default (docs/security.md, "RS-N targets"): the DCs and relays of the tests allow-list it, as the
+#: lab's configs do.
+TEST_NETS = DOCUMENTATION_NETS
 
 
 class SansIO(Protocol):

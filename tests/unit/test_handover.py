@@ -17,7 +17,7 @@ from ntmobile.core.registry import ClientRecord, MemoryStore, Pools
 from ntmobile.core.rs import DcLink, ProbeRequest, RelayEndpointChanged, RsConfig, RsCore
 from ntmobile.wire import MessageType, PathMode, PathRole, Role
 
-from .harness import Net, seeded_bytes
+from .harness import TEST_NETS, Net, seeded_bytes
 
 DC_ID = bytes.fromhex("dc000000000000bb")
 DC_EP = ("192.0.2.10", 7410)
@@ -48,10 +48,10 @@ class World:
         self.store = MemoryStore(POOLS)
         rs_rec = ClientRecord(b"\x02" * 8, "rs1", Role.RELAY, b"\x22" * 32)
         self.store.add_client(rs_rec)
-        self.dc = DcCore(DcConfig("a.example", DC_ID), self.store, self.net.now, seq_base=10**15,
+        self.dc = DcCore(DcConfig("a.example", DC_ID, rsn_allow=TEST_NETS), self.store, self.net.now, seq_base=10**15,
                          random_bytes=seeded_bytes(seed))
         self.rs = RsCore(RsConfig("rs1", rs_rec.client_id, [DcLink(DC_ID, DC_EP, rs_rec.psk)],
-                                  local_endpoints=[RS_EP]), self.net.now, seq_base=10**15,
+                                  local_endpoints=[RS_EP], rsn_allow=TEST_NETS), self.net.now, seq_base=10**15,
                          random_bytes=seeded_bytes(seed + 1))
         self.net.add("dc", self.dc, DC_EP)
         self.net.add("rs", self.rs, RS_EP)

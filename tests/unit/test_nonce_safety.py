@@ -28,7 +28,7 @@ from ntmobile.crypto import CounterFloor
 from ntmobile.wire import PathMode, Role
 from ntmobile.wire.frame import capsule_nonce_id
 
-from .harness import Net, seeded_bytes
+from .harness import TEST_NETS, Net, seeded_bytes
 from .nonce_ledger import NonceLedger, nonce_ledger
 from .test_handover import DC_EP, DC_ID, GLOBAL, GN, NAT_A, NAT_B, NAT_C, POOLS, RS_EP, ipv4_udp
 from .test_relay_failure import RS2_EP
@@ -81,8 +81,8 @@ class FaultWorld:
         return seeded_bytes(1000 + self.incarnation)
 
     def start_dc(self) -> None:
-        self.dc = DcCore(DcConfig("a.example", DC_ID, keepalive=15), self.store, self.net.now, seq_base=10**15,
-                         counter=self.disk.floor("dc"), random_bytes=self._rand())
+        self.dc = DcCore(DcConfig("a.example", DC_ID, keepalive=15, rsn_allow=TEST_NETS), self.store, self.net.now,
+                         seq_base=10**15, counter=self.disk.floor("dc"), random_bytes=self._rand())
         if "dc" in self.net.hosts:
             self.net.hosts["dc"].core = self.dc
         else:
@@ -92,7 +92,8 @@ class FaultWorld:
         cid, ep = RELAYS[name]
         rec = self.store.get_client(cid)
         assert rec is not None
-        core = RsCore(RsConfig(rec.name, cid, [DcLink(DC_ID, DC_EP, rec.psk)], local_endpoints=[ep]), self.net.now,
+        core = RsCore(RsConfig(rec.name, cid, [DcLink(DC_ID, DC_EP, rec.psk)], local_endpoints=[ep],
+                               rsn_allow=TEST_NETS), self.net.now,
                       counter=self.disk.floor(name), random_bytes=self._rand())
         if name in self.net.hosts:
             self.net.hosts[name].core = core

@@ -12,7 +12,7 @@ from ntmobile.core.registry import ClientRecord
 from ntmobile.core.rs import DcLink, ProbeRequest, RsConfig, RsCore
 from ntmobile.wire import PathMode, Role
 
-from .harness import seeded_bytes
+from .harness import TEST_NETS, seeded_bytes
 from .test_rsn_sequence import World
 
 RS2_EP = ("192.0.2.21", 7411)
@@ -23,7 +23,8 @@ def add_rs2(world: Any) -> RsCore:
     rec = ClientRecord(b"\x03" * 8, "rs2", Role.RELAY, b"\x33" * 32)
     world.store.add_client(rec)
     link = DcLink(world.dc.config.dc_id, world.net.hosts["dc"].addr, rec.psk)
-    rs2 = RsCore(RsConfig("rs2", rec.client_id, [link], local_endpoints=[RS2_EP]), world.net.now, seq_base=10**15,
+    rs2 = RsCore(RsConfig("rs2", rec.client_id, [link], local_endpoints=[RS2_EP], rsn_allow=TEST_NETS), world.net.now,
+                 seq_base=10**15,
                  random_bytes=seeded_bytes(42))
     world.net.add("rs2", rs2, RS2_EP)
     rs2.register(world.net.now)

@@ -68,6 +68,8 @@ from ntmobile.wire import (
     parse_signal_header,
 )
 
+from .harness import TEST_NETS
+
 RS_ID = bytes.fromhex("5253000000000001")
 DC_ID = bytes.fromhex("4443000000000001")
 DC2_ID = bytes.fromhex("4443000000000002")
@@ -182,7 +184,8 @@ def make_rs(dcs: tuple[FakeDc, ...] | None = None, **cfg: object) -> tuple[RsCor
     eps = {DC_ID: DC_EP, DC2_ID: DC2_EP}
     config = RsConfig(name="rs1.example", rs_id=RS_ID,
                       dcs=[DcLink(d.dc_id, eps[d.dc_id], d.psk) for d in dcs],
-                      local_endpoints=(RS_OBSERVED,), **{"capabilities": int(Capability.GSO), **cfg})  # type: ignore[arg-type]
+                      local_endpoints=(RS_OBSERVED,),
+                      **{"capabilities": int(Capability.GSO), "rsn_allow": TEST_NETS, **cfg})  # type: ignore[arg-type]
     core = RsCore(config, 0.0, seq_base=SEQ_BASE)
     core.register(0.0)
     sent = core.datagrams_to_send()
@@ -823,9 +826,9 @@ def _e2e_setup() -> tuple[Any, Any, RsCore, dict[Endpoint, Any], dict[Endpoint, 
     store.add_client(ClientRecord(RS_ID, "rs1.ntm.example", Role.RELAY, PSK))
     store.add_client(ClientRecord(b"NODE-A\x00\x01", "a.ntm.example", Role.NODE, PSK2))
     store.add_client(ClientRecord(b"NODE-B\x00\x01", "b.ntm.example", Role.NODE, PSK2))
-    dc = DcCore(DcConfig(domain="ntm.example", dc_id=DC_ID), store, 0.0, seq_base=1)
+    dc = DcCore(DcConfig(domain="ntm.example", dc_id=DC_ID, rsn_allow=TEST_NETS), store, 0.0, seq_base=1)
     rs = RsCore(RsConfig(name="rs1.ntm.example", rs_id=RS_ID, dcs=[DcLink(DC_ID, DC_EP, PSK)],
-                         local_endpoints=(RS_OBSERVED,)), 0.0, seq_base=SEQ_BASE)
+                         local_endpoints=(RS_OBSERVED,), rsn_allow=TEST_NETS), 0.0, seq_base=SEQ_BASE)
     nodes = {
         NODE_A: NodeCore(NodeConfig("a.ntm.example", b"NODE-A\x00\x01", PSK2, DC_ID, DC_EP), 0.0, seq_base=1),
         NODE_B: NodeCore(NodeConfig("b.ntm.example", b"NODE-B\x00\x01", PSK2, DC_ID, DC_EP), 0.0, seq_base=1),

@@ -16,7 +16,7 @@ from ntmobile.core.rs import DcLink, ProbeRequest, RelayAdded, RsConfig, RsCore
 from ntmobile.crypto import CapsuleSealer, Channel, KeyPair
 from ntmobile.wire import CapsuleFlags, MessageType, PathMode, Role, RouteDirection, Status
 
-from .harness import Net, random_loss, seeded_bytes
+from .harness import TEST_NETS, Net, random_loss, seeded_bytes
 
 DC_ID = bytes.fromhex("dc000000000000aa")
 DC_EP = ("192.0.2.10", 7410)
@@ -42,10 +42,10 @@ class World:
         self.rs_rec = ClientRecord(b"\x02" * 8, "rs1", Role.RELAY, b"\x22" * 32)
         self.store.add_client(self.mn_rec)
         self.store.add_client(self.rs_rec)
-        self.dc = DcCore(DcConfig("a.example", DC_ID), self.store, self.net.now, seq_base=10**15,
+        self.dc = DcCore(DcConfig("a.example", DC_ID, rsn_allow=TEST_NETS), self.store, self.net.now, seq_base=10**15,
                          random_bytes=seeded_bytes(seed))
         self.rs = RsCore(RsConfig("rs1", self.rs_rec.client_id, [DcLink(DC_ID, DC_EP, self.rs_rec.psk)],
-                                  local_endpoints=[RS_EP]), self.net.now, seq_base=10**15,
+                                  local_endpoints=[RS_EP], rsn_allow=TEST_NETS), self.net.now, seq_base=10**15,
                          random_bytes=seeded_bytes(seed + 1))
         self.mn = NodeCore(NodeConfig("mn.a.example", self.mn_rec.client_id, self.mn_rec.psk, DC_ID, DC_EP),
                            self.net.now, seq_base=10**15, random_bytes=seeded_bytes(seed + 2))

@@ -13,7 +13,7 @@ from ntmobile.core.rs import ProbeRequest, RelayAdded
 from ntmobile.crypto import CapsuleSealer, Channel, KeyPair
 from ntmobile.wire import CapsuleFlags, MessageType, PathMode, Role, Status, TunnelRequest
 
-from .harness import seeded_bytes
+from .harness import TEST_NETS, seeded_bytes
 from .test_rsn_sequence import DC_EP, DC_ID, GN, MN_PUB, RS_EP, World, ipv4_udp
 
 EVIL_PRIV = ("10.1.0.66", 7412)
@@ -226,7 +226,7 @@ def test_recorded_registration_replayed_to_a_restarted_dc_is_rejected() -> None:
     # The DC restarts: a new core over the same (persisted) registry.
     from ntmobile.core.dc import ClientRegistered, DcConfig, DcCore
 
-    dc2 = DcCore(DcConfig("a.example", DC_ID), w.store, w.net.now, seq_base=10**15 + 10**9,
+    dc2 = DcCore(DcConfig("a.example", DC_ID, rsn_allow=TEST_NETS), w.store, w.net.now, seq_base=10**15 + 10**9,
                  random_bytes=seeded_bytes(99))
     dc2.receive_datagram(request, MN_PUB, w.net.now)
     assert dc2.stats["drop_replay"] == 1

@@ -190,7 +190,8 @@ def relay_main(dc_id_hex: str, max_paths: int) -> None:
     1 hop, 250 µs (there is no GN to ping in the namespace). Stats as JSON on SIGTERM (stdout)."""
     core = RsCore(RsConfig(RELAY.name, RELAY.client_id, [DcLink(bytes.fromhex(dc_id_hex), (DC_ADDR, DC_PORT),
                                                                RELAY.psk)],
-                           local_endpoints=[RS_EP], max_paths=max_paths), time.monotonic(),
+                           local_endpoints=[RS_EP], max_paths=max_paths, rsn_allow=(f"{GN_ADDR}/32",)),
+                  time.monotonic(),
                   seq_base=time.time_ns() // 1000)
     sock = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
     sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 8 << 20)
@@ -376,7 +377,8 @@ def run_inner(nodes: int, paths: int, window: int, workdir: Path, log: Callable[
     cfg = workdir / "dc.toml"
     cfg.write_text(f'domain = "{DOMAIN}"\naddress = "{DC_ADDR}"\ndatabase = "{db}"\nport = {DC_PORT}\n'
                    f'listen4 = "{DC_ADDR}"\nresolvers = ["{DNS_ADDR}"]\ncontrol = "ntm-bench-dc"\n'
-                   f'idle_timeout = 600\n[pools]\nvip4 = "{POOLS.vip4}"\nvip6 = "{POOLS.vip6}"\n'
+                   f'idle_timeout = 600\nrsn_allow = ["{GN_ADDR}/32"]\n'
+                   f'[pools]\nvip4 = "{POOLS.vip4}"\nvip6 = "{POOLS.vip6}"\n'
                    f'gn_vip4 = "{POOLS.gn_vip4}"\ngn_vip6 = "{POOLS.gn_vip6}"\n')
     stop_dns = threading.Event()
     serve_gn_zone(stop_dns)

@@ -44,6 +44,7 @@ from ntmobile.core.discovery import DiscoveryResult, Outcome
 from ntmobile.core.node import NodeConfig, NodeCore
 from ntmobile.core.registry import ClientRecord, MemoryStore, Pools
 from ntmobile.core.rs import DcLink, ProbeRequest, RsConfig, RsCore
+from ntmobile.core.targets import DOCUMENTATION_NETS as LAB_NETS
 from ntmobile.crypto import CapsuleSealer
 from ntmobile.wire import CapsuleFlags, MessageType, Role
 
@@ -91,9 +92,11 @@ def corpus_world(ids: Identities | None = None, seed: int = 1
     store.add_client(ClientRecord(ids.node.client_id, ids.node.name, Role.NODE, ids.node.psk))
     store.add_client(ClientRecord(ids.relay.client_id, ids.relay.name, Role.RELAY, ids.relay.psk))
     now = 1000.0
-    dc = DcCore(DcConfig("fuzz.example", ids.dc_id), store, now, seq_base=10**15, random_bytes=_rng_bytes(rng))
+    dc = DcCore(DcConfig("fuzz.example", ids.dc_id, rsn_allow=LAB_NETS), store, now, seq_base=10**15,
+                random_bytes=_rng_bytes(rng))
     rs = RsCore(RsConfig(ids.relay.name, ids.relay.client_id, [DcLink(ids.dc_id, DC_EP, ids.relay.psk)],
-                         local_endpoints=[RS_EP]), now, seq_base=10**15, random_bytes=_rng_bytes(rng))
+                         local_endpoints=[RS_EP], rsn_allow=LAB_NETS), now, seq_base=10**15,
+                random_bytes=_rng_bytes(rng))
     node = NodeCore(NodeConfig(ids.node.name, ids.node.client_id, ids.node.psk, ids.dc_id, DC_EP), now,
                     seq_base=10**15, random_bytes=_rng_bytes(rng))
     cores: dict[Endpoint, tuple[str, Any]] = {DC_EP: ("dc", dc), RS_EP: ("rs", rs), NODE_EP: ("node", node)}

@@ -40,6 +40,7 @@ def measure(paths: int) -> dict[str, Any]:
     import ntmobile.cli.main  # noqa: F401  (what `ntm rs run` loads counts in the relay's RSS)
     import ntmobile.runtime.rs  # noqa: F401
     from ntmobile.core.rs import DcLink, RelayAdded, RsConfig, RsCore
+    from ntmobile.core.targets import DOCUMENTATION_NETS
     from ntmobile.crypto import Channel, Ephemeral, long_term_keys, path_keys, session_keys
     from ntmobile.wire import (
         Capability,
@@ -57,7 +58,8 @@ def measure(paths: int) -> dict[str, Any]:
     rs_id, dc_id, psk = b"RS-scale", b"DC-scale", os.urandom(32)
     dc_ep, rs_ep = ("192.0.2.10", 7410), ("192.0.2.20", 7411)
     core = RsCore(RsConfig("rs.scale", rs_id, [DcLink(dc_id, dc_ep, psk)], local_endpoints=(rs_ep,),
-                           max_paths=paths + 1, capabilities=int(Capability.GSO | Capability.INNER6)),
+                           max_paths=paths + 1, capabilities=int(Capability.GSO | Capability.INNER6),
+                           rsn_allow=DOCUMENTATION_NETS),
                   0.0, seq_base=1)
     lt = Channel(long_term_keys(psk, rs_id).swapped(), dc_id, seq_start=10)
     core.register(0.0)

@@ -69,6 +69,7 @@ from .common import CoreBase, Event, new_txid
 from .discovery import DiscoveryResult, Outcome
 from .dnsauth import DcMarker
 from .registry import ClientRecord, Store, StoreError
+from .targets import TargetPolicy
 
 RELAY_DIRECTION_TIMEOUT = 0.8
 ROUTE_DIRECTION_TIMEOUT = 2.0
@@ -120,6 +121,10 @@ class DcConfig:
     peers: tuple[tuple[str, bytes], ...] = ()
     #: The DC's probe endpoints (one per family) for NAT classification; empty: no probes.
     probe: tuple[Endpoint, ...] = ()
+    #: RS-N targets: prefixes opened although not globally routable (operator allow-list), and prefixes
+    #: always refused (the VIP and GN-VIP pools, the DC's own addresses). docs/security.md "RS-N targets".
+    rsn_allow: tuple[str, ...] = ()
+    rsn_refuse: tuple[str, ...] = ()
 
     def own_domain(self, fqdn: str) -> str | None:
         """The domain of this DC that ``fqdn`` belongs to, or None."""
@@ -259,6 +264,8 @@ class _Direction:
     probing: set[str] = field(default_factory=set)
     reuse_rs: str | None = None
     tried: list[_Session] = field(default_factory=list)
+    #: Relays that refused the general node's address (ADDRESS_REFUSED): not asked again.
+    refused_by: list[str] = field(default_factory=list)
     #: A re-direction of an existing path (handover): its Path ID, key and roles never change.
     redirect: bool = False
     #: A re-direction the DC started itself (the path's relay died, or a relay is back for a path that
@@ -391,6 +398,9 @@ class DcCore(CoreBase):
         self._relay_ids: dict[bytes, None] = {}
         #: RS-N path per (node name, GN mapping), for reuse without scanning every path.
         self._rsn_by_gn: dict[tuple[str, tuple[tuple[str, str], ...]], bytes] = {}
+        #: RS-N target policy, for the configuration it was built from (rebuilt if that is replaced).
+        #: Built now, so a bad prefix is a ValueError at construction, never an error on input.
+        self._targets = (config, self._target_policy(config))
         self._directions: dict[tuple[bytes, int], _Direction] = {}
         self._resolving: dict[int, _Direction] = {}
         self._next_token = 1
@@ -678,20 +688,31 @@ class DcCore(CoreBase):
         rec = d.node.record
         mapping: list[tuple[str, str]] = []
         peer4 = peer6 = gn4 = gn6 = None
+        # Only globally routable unicast addresses (or allow-listed ones) become NAT targets: anything
+        # else would let the relay reach into its own network (docs/security.md, "RS-N targets").
+        refused: list[str] = []
+        gn4 = self._rsn_target(res.a, refused) if rec.vip4 else None
+        gn6 = self._rsn_target(res.aaaa, refused) if rec.vip6 else None
         try:
-            if rec.vip4 and res.a:
-                gn4 = res.a[0]
+            if gn4 is not None:
                 peer4 = self.store.gn_vip(rec.client_id, gn4)
                 mapping.append((peer4, gn4))
-            if rec.vip6 and res.aaaa:
-                gn6 = res.aaaa[0]
+            if gn6 is not None:
                 peer6 = self.store.gn_vip(rec.client_id, gn6)
                 mapping.append((peer6, gn6))
         except StoreError as exc:
             self._fail_direction(d, Status.STORAGE_ERROR, f"cannot record the GN VIP: {exc}")
             return
+        if refused:
+            self.stats["rsn_targets_refused"] += len(refused)
+            d.evidence.append("refused as RS-N targets: " + "; ".join(refused))
         if not mapping:
-            self._fail_direction(d, Status.NODATA, "the general node has no address of a family the node has a VIP of")
+            if refused:
+                self._fail_direction(d, Status.ADDRESS_REFUSED, f"no address of {d.fqdn} may be reached through "
+                                     f"a relay: {refused[0]}")
+            else:
+                self._fail_direction(d, Status.NODATA,
+                                     "the general node has no address of a family the node has a VIP of")
             return
         d.gn_map = tuple(mapping)
         d.evidence.append("general node: " + ", ".join(f"VIP {v} stands for {r}" for v, r in mapping))
@@ -737,6 +758,30 @@ class DcCore(CoreBase):
             return
         self._choose_relay(d, relays, now)
 
+    @staticmethod
+    def _target_policy(c: DcConfig) -> TargetPolicy:
+        return TargetPolicy(c.rsn_allow, c.rsn_refuse + tuple(str(a) for a, _p in c.probe))
+
+    def _rsn_target(self, addrs: tuple[str, ...], refused: list[str]) -> str | None:
+        """The first of ``addrs`` an RS-N may be directed to; the others' reasons go to ``refused``."""
+        if not addrs:
+            return None
+        if self._targets[0] is not self.config:
+            self._targets = (self.config, self._target_policy(self.config))
+        policy = self._targets[1]
+        own: list[str] = []
+        for rs in self.relays():
+            own.append(rs.endpoint[0])
+            own.extend(ep[0] for ep in rs.local_endpoints)
+        for a in addrs:
+            why = policy.refusal(a, own)
+            if why is None and (vip_of := self.store.client_by_vip(a)) is not None:
+                why = f"{a} is the VIP of {vip_of.name}"
+            if why is None:
+                return a
+            refused.append(why)
+        return None
+
     def _metric_fresh(self, rs: str, gn_addr: str, now: float) -> bool:
         m = self._metrics.get((rs, gn_addr))
         return m is not None and m[2] > now
@@ -775,9 +820,14 @@ class DcCore(CoreBase):
         assert d.relay_msg is not None
         if not d.candidates and d.tried and now - d.started < RELAY_BUDGET:
             # Every relay failed once but the node's budget allows another round (lossy paths).
-            d.candidates, d.tried = [r for r in d.tried if r.alive or len(d.tried) == 1], []
+            d.candidates, d.tried = [r for r in d.tried if (r.alive or len(d.tried) == 1)
+                                     and r.record.name not in d.refused_by], []
         if not d.candidates:
-            self._fail_direction(d, Status.RELAY_FAILED, "no relay server accepted the path")
+            if d.refused_by:
+                self._fail_direction(d, Status.ADDRESS_REFUSED, f"relay {d.refused_by[0]} refuses to reach "
+                                     f"{d.gn_addr} and no other relay accepted the path")
+            else:
+                self._fail_direction(d, Status.RELAY_FAILED, "no relay server accepted the path")
             return
         rs = d.candidates.pop(0)
         d.tried.append(rs)
@@ -809,6 +859,8 @@ class DcCore(CoreBase):
                 # The Path ID is the querying DC's: it picks another and asks again.
                 self._fail_direction(d, Status.PATH_ID_IN_USE, f"relay {rs.record.name}: path ID in use")
                 return
+            if header.status == Status.ADDRESS_REFUSED:
+                d.refused_by.append(rs.record.name)
             if header.status == Status.PATH_ID_IN_USE and not d.redirect:
                 new_id = self._new_path_id()
                 assert d.relay_msg is not None

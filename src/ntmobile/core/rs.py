@@ -92,6 +92,7 @@ from ntmobile.wire.frame import GSO_CHUNK_OVERHEAD
 
 from .common import CoreBase, Event, new_txid
 from .registration import DcState, RegistrationClient
+from .targets import TargetPolicy
 
 #: Give up on one registration attempt after this long (retransmitting meanwhile; retry backoff and
 #: keepalive misses: core.registration).
@@ -144,6 +145,10 @@ class RsConfig:
     registration_timeout: float = REGISTRATION_TIMEOUT
     #: Underlay path MTU: GSO capsules toward nodes are cut into chunks whose datagrams fit it.
     path_mtu: int = 1500
+    #: RS-N targets (docs/security.md, "RS-N targets"): prefixes opened although not globally routable
+    #: (operator allow-list), and prefixes always refused (the relay's VIP ranges).
+    rsn_allow: tuple[str, ...] = ()
+    rsn_refuse: tuple[str, ...] = ()
 
 
 # -- events ----------------------------------------------------------------------------------------
@@ -379,6 +384,12 @@ class RsCore(CoreBase):
         except CodecError as exc:
             raise ValueError(f"bad relay configuration: {exc}") from None
         self.config = config
+        try:
+            self.targets = TargetPolicy(config.rsn_allow, config.rsn_refuse)
+        except ValueError as exc:
+            raise ValueError(f"bad relay configuration: {exc}") from None
+        #: The relay's own addresses: never an RS-N target.
+        self._own = tuple(str(ep[0]) for ep in config.local_endpoints)
         self.created = now
         self._rand = random_bytes
         #: This process's instance (RegistrationRequest INSTANCE).
@@ -628,6 +639,11 @@ class RsCore(CoreBase):
         if target is None:
             self._reply(session, RelayProbeResult(), hdr.txid, addr, status=Status.BAD_REQUEST)
             return
+        if self._refused_target(target) is not None:
+            self.stats["probe_target_refused"] += 1
+            self._reply(session, RelayProbeResult(gn_addr4=msg.gn_addr4, gn_addr6=msg.gn_addr6), hdr.txid, addr,
+                        status=Status.ADDRESS_REFUSED)
+            return
         self._probe_token += 1
         self._probing[key] = (self._probe_token, session, addr, msg)
         self._probe_tokens[self._probe_token] = key
@@ -709,6 +725,11 @@ class RsCore(CoreBase):
             self.stats["relay_direction_bad"] += 1
             self._direction_response(session, pid, hdr.txid, addr, Status.BAD_REQUEST)
             return
+        if msg.rs_type == RsType.N and self._refused_target(msg.gn_addr4, msg.gn_addr6) is not None:
+            # Checked again here, before any NAT mapping exists: the DC may be wrong or compromised.
+            self.stats["relay_direction_target_refused"] += 1
+            self._direction_response(session, pid, hdr.txid, addr, Status.ADDRESS_REFUSED)
+            return
         key = msg.path_key if msg.rs_type == RsType.N else msg.relay_key
         if key is None or key in self._used_keys:
             # A key this relay has sealed under before (its counters would start again): never again.
@@ -775,6 +796,13 @@ class RsCore(CoreBase):
                 return "RS-S needs the relay key (and never the path key)"
         else:
             return f"unknown RS type {msg.rs_type}"
+        return None
+
+    def _refused_target(self, *addrs: str | None) -> str | None:
+        """Why one of ``addrs`` (None: absent) may not be an RS-N target of this relay, or None."""
+        for a in addrs:
+            if a is not None and (why := self.targets.refusal(a, self._own)) is not None:
+                return why
         return None
 
     def _idle_timeout(self, msg: RelayDirection) -> float:

@@ -5,6 +5,7 @@ Topology syntax (docs/lab.md)::
     [[hosts.daemons]]                     # on host dca
     kind = "dc"
     config = { domain = "a.example", vip4 = "100.64.1.0/24", vip6 = "fd00:6e74:1::/64" }
+    # dc and rs: rsn_allow = [...] (default: the documentation ranges, the lab's "internet")
 
     [[hosts.daemons]]                     # on host rs1
     kind = "rs"
@@ -25,6 +26,7 @@ import sys
 from pathlib import Path
 from typing import Any
 
+from ntmobile.core.targets import DOCUMENTATION_NETS
 from ntmobile.runtime.config import DcSettings, NodeSettings, PoolSettings, RsSettings, dump, load
 from ntmobile.runtime.enroll import enroll
 from ntmobile.wire import DC_PORT, NODE_PORT, RS_PORT, Role
@@ -42,6 +44,12 @@ def _dc_settings(ctx: DaemonContext, dc_host: str) -> DcSettings:
     return load(path, DcSettings)
 
 
+def _rsn_allow(c: dict[str, Any]) -> list[str]:
+    """The lab's "internet" is documentation space, which RS-N paths refuse by default: the lab's DCs
+    and relays allow-list it (a topology may say otherwise with config.rsn_allow)."""
+    return [str(x) for x in c.get("rsn_allow", DOCUMENTATION_NETS)]
+
+
 def build_dc(ctx: DaemonContext) -> DaemonLaunch:
     c = ctx.spec.config
     lab = ctx.lab
@@ -57,6 +65,7 @@ def build_dc(ctx: DaemonContext) -> DaemonLaunch:
         ns_addresses=[v4] + ([v6] if v6 else []), resolvers=lab.resolvers()[:1], control="ntm-dc",
         keepalive=int(c.get("keepalive", 15)), idle_timeout=int(c.get("idle_timeout", 120)),
         pools=PoolSettings(vip4=c.get("vip4", "100.64.1.0/24"), vip6=c.get("vip6", "fd00:6e74:1::/64")),
+        rsn_allow=_rsn_allow(c),
     )
     path = ctx.workdir / "dc.toml"
     dump(settings, path)
@@ -83,7 +92,7 @@ def build_rs(ctx: DaemonContext) -> DaemonLaunch:
         v6 = None
     settings = RsSettings(name=name, credentials=creds, address=lab.addr(ctx.host, 4), address6=v6,
                           control="ntm-rs", offload=bool(c.get("offload", True)),
-                          fast_path=bool(c.get("fast_path", True)))
+                          fast_path=bool(c.get("fast_path", True)), rsn_allow=_rsn_allow(c))
     path = ctx.workdir / "rs.toml"
     dump(settings, path)
     return DaemonLaunch(argv=[*NTM, "rs", "run", "-c", str(path)], ready_udp=(RS_PORT,),

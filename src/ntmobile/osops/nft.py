@@ -18,6 +18,11 @@ gives back; the kernel does the translation with `RsNatTable`:
 * forward: counted accepts for traffic from the TUN and for established/related traffic back into
   it; anything else towards the VIP ranges through the TUN is dropped (nobody on the GN side can
   open connections to VIPs).
+* guard, at prerouting after DNAT (priority dstnat + 10): a packet from the TUN that was translated
+  (``ct status dnat``) to an address of the relay itself (``fib daddr type local``, also broadcast and
+  multicast) or lies in the refused ranges (``refused4``/``refused6``: what core.targets refuses,
+  allow-list applied) is dropped and counted, whatever mapping the daemon installed
+  (docs/security.md, "RS-N targets").
 """
 
 from __future__ import annotations
@@ -136,7 +141,7 @@ class RsNatTable:
     always reproduce the current state (e.g. after an RS restart)."""
 
     def __init__(self, name: str, tun_ifname: str, vip4_ranges: Iterable[str] = (),
-                 vip6_ranges: Iterable[str] = (), *, ftp_helper: bool = True) -> None:
+                 vip6_ranges: Iterable[str] = (), *, ftp_helper: bool = True, refuse: Iterable[str] = ()) -> None:
         _check_name(name)
         self.name = name
         self.tun_ifname = tun_ifname
@@ -144,6 +149,9 @@ class RsNatTable:
         self.vip4_ranges = [ipaddress.IPv4Network(r) for r in vip4_ranges]
         self.vip6_ranges = [ipaddress.IPv6Network(r) for r in vip6_ranges]
         self.ftp_helper = ftp_helper
+        refused = [ipaddress.ip_network(r) for r in refuse]
+        self.refused4 = [n for n in refused if n.version == 4]
+        self.refused6 = [n for n in refused if n.version == 6]
         self._maps: dict[tuple[IPAddr, IPAddr], NatMapping] = {}
 
     @property
@@ -174,6 +182,10 @@ class RsNatTable:
                    + elems([str(r) for r in self.vip4_ranges]) + "\t}\n\n")
         out.append("\tset vip6 {\n\t\ttype ipv6_addr\n\t\tflags interval\n"
                    + elems([str(r) for r in self.vip6_ranges]) + "\t}\n\n")
+        out.append("\tset refused4 {\n\t\ttype ipv4_addr\n\t\tflags interval\n"
+                   + elems([str(r) for r in self.refused4]) + "\t}\n\n")
+        out.append("\tset refused6 {\n\t\ttype ipv6_addr\n\t\tflags interval\n"
+                   + elems([str(r) for r in self.refused6]) + "\t}\n\n")
         out.append("\tmap dnat4 {\n\t\ttype ipv4_addr . ipv4_addr : ipv4_addr\n\t\tcounter\n"
                    + elems([m.element() for m in v4]) + "\t}\n\n")
         out.append("\tmap dnat6 {\n\t\ttype ipv6_addr . ipv6_addr : ipv6_addr\n\t\tcounter\n"
@@ -181,6 +193,11 @@ class RsNatTable:
         out.append("\tchain prerouting {\n\t\ttype nat hook prerouting priority dstnat; policy accept;\n"
                    f"\t\tiifname {tun} ip saddr @vip4 dnat ip to ip saddr . ip daddr map @dnat4\n"
                    f"\t\tiifname {tun} ip6 saddr @vip6 dnat ip6 to ip6 saddr . ip6 daddr map @dnat6\n"
+                   "\t}\n\n")
+        out.append("\tchain guard {\n\t\ttype filter hook prerouting priority dstnat + 10; policy accept;\n"
+                   f"\t\tiifname {tun} ct status dnat fib daddr type {{ local, broadcast, multicast }} counter drop\n"
+                   f"\t\tiifname {tun} ct status dnat ip daddr @refused4 counter drop\n"
+                   f"\t\tiifname {tun} ct status dnat ip6 daddr @refused6 counter drop\n"
                    "\t}\n\n")
         out.append("\tchain postrouting {\n\t\ttype nat hook postrouting priority srcnat; policy accept;\n"
                    f"\t\toifname != {tun} ip saddr @vip4 counter masquerade\n"
@@ -236,9 +253,11 @@ class RsNatTable:
     def counters(self) -> dict[str, int]:
         """Packet counters of the table's rules, by a short label (e.g. 'masquerade4', 'fwd_in4')."""
         labels = ["fwd_in4", "fwd_in6", "fwd_back", "fwd_drop4", "fwd_drop6"]
+        guard = ["guard_local", "guard_refused4", "guard_refused6"]
         out: dict[str, int] = {}
         fwd = 0
         masq = 0
+        g = 0
         for item in list_table_json("inet", self.name):
             rule = item.get("rule")
             if rule is None:
@@ -249,6 +268,9 @@ class RsNatTable:
             if rule["chain"] == "postrouting":
                 masq += 1
                 out[f"masquerade{4 if masq == 1 else 6}"] = int(pk)
+            elif rule["chain"] == "guard" and g < len(guard):
+                out[guard[g]] = int(pk)
+                g += 1
             elif rule["chain"] == "forward" and fwd < len(labels):
                 out[labels[fwd]] = int(pk)
                 fwd += 1

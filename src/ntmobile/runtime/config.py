@@ -39,6 +39,19 @@ def _addr(v: str) -> str:
     return v
 
 
+def _prefixes(v: list[str]) -> list[str]:
+    for p in v:
+        try:
+            ipaddress.ip_network(p, strict=True)
+        except ValueError as exc:
+            raise ValueError(f"{p!r} is not an address prefix like 10.9.0.0/16 ({exc})") from None
+    return v
+
+
+#: ``rsn_allow``: prefixes an RS-N may reach although they are not globally routable (docs/operations.md).
+_RSN_ALLOW: Any = Field([], description="non-global prefixes RS-N paths may be directed to (e.g. a private network)")
+
+
 class PoolSettings(_Model):
     vip4: str | None = "100.64.1.0/24"
     vip6: str | None = "fd00:6e74:1::/64"
@@ -89,8 +102,10 @@ class DcSettings(_Model):
     probe_port: int | None = Field(DC_PROBE_PORT, ge=1, le=65535,
                                    description="second UDP port for NAT classification probes (none: no probes)")
     peers: list[PeerDcSettings] = Field([], description="trusted peer DCs (take precedence over DNS markers)")
+    rsn_allow: list[str] = _RSN_ALLOW
 
     _a = field_validator("address")(_addr)
+    _allow = field_validator("rsn_allow")(_prefixes)
 
     @field_validator("ns_addresses", "resolvers")
     @classmethod
@@ -137,10 +152,12 @@ class RsSettings(_Model):
     offload: bool = True
     #: RS-S paths with traffic are forwarded by the kernel (nft table ``<nft_table>_fast``).
     fast_path: bool = True
+    rsn_allow: list[str] = _RSN_ALLOW
     state_dir: str | None = Field(None, description="where the long-term send counter is kept "
                                                     "(default: the first credentials file's directory)")
 
     _a = field_validator("address")(_addr)
+    _allow = field_validator("rsn_allow")(_prefixes)
 
 
 class NodeSettings(_Model):

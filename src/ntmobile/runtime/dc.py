@@ -83,6 +83,14 @@ class _ProbeProtocol(asyncio.DatagramProtocol):
         pass
 
 
+def rsn_refused(s: DcSettings) -> tuple[str, ...]:
+    """Prefixes never given to an RS-N, allow-list or not: the VIP and GN-VIP pools and the DC's own
+    addresses (docs/security.md, "RS-N targets")."""
+    p = s.pools
+    pools = [x for x in (p.vip4, p.vip6, p.gn_vip4, p.gn_vip6) if x]
+    return tuple(dict.fromkeys([*pools, s.address, *s.ns_addresses]))
+
+
 def _lowest_priority() -> None:
     """Run the calling thread at nice 19 (Linux nices threads one by one): the checkpoint thread then
     only takes the CPU the event loop leaves idle, even when the DC is pinned to one core."""
@@ -153,7 +161,8 @@ class DcDaemon:
             probe = tuple((a, s.probe_port) for a in dict.fromkeys([s.address, *s.ns_addresses]))
         cfg = DcConfig(s.domain, self.dc_id, keepalive=s.keepalive, relay_keepalive=s.relay_keepalive,
                        idle_timeout=s.idle_timeout, extra_domains=tuple(s.extra_domains), secret=self.secret,
-                       peers=tuple((p.domain.rstrip(".").lower(), p.key_bytes) for p in s.peers), probe=probe)
+                       peers=tuple((p.domain.rstrip(".").lower(), p.key_bytes) for p in s.peers), probe=probe,
+                       rsn_allow=tuple(s.rsn_allow), rsn_refuse=rsn_refused(s))
         db = Path(s.database)
         counter = counter_floor(db.with_name(db.name + ".counter"), block=DC_BLOCK)
         self.core = DcCore(cfg, self.store, loop.time(), seq_base=time.time_ns() // 1000, counter=counter)

@@ -51,6 +51,11 @@ log = logging.getLogger("ntm.node")
 #: TTL of the VIP answers the stub gives applications (the VIP is stable; the path is rebuilt on
 #: demand when an application sends to a VIP whose path has expired).
 ANSWER_TTL = 60
+#: What the application gets when its name cannot be tunnelled (anything else: SERVFAIL). A name whose
+#: addresses no relay may reach (ADDRESS_REFUSED: loopback, private, link-local ...; docs/security.md
+#: "RS-N targets") is REFUSED, never the internal address.
+_FAILURE_RCODES = {Status.NXDOMAIN: dns.rcode.NXDOMAIN, Status.NODATA: dns.rcode.NOERROR,
+                   Status.ADDRESS_REFUSED: dns.rcode.REFUSED}
 #: Upstream forwarding timeout for names that are not tunnelled.
 UPSTREAM_TIMEOUT = 2.0
 
@@ -332,7 +337,7 @@ class NodeDaemon:
             h.reply.set_result(r.to_wire())
 
     def answer_failure(self, h: _Held, status: Status) -> None:
-        rcode = {Status.NXDOMAIN: dns.rcode.NXDOMAIN, Status.NODATA: dns.rcode.NOERROR}.get(status, dns.rcode.SERVFAIL)
+        rcode = _FAILURE_RCODES.get(status, dns.rcode.SERVFAIL)
         if not h.reply.done():
             h.reply.set_result(_response(h.query, rcode).to_wire())
 

@@ -71,7 +71,8 @@ class RsDaemon:
         self.tun = open_tun(s.tun, vnet_hdr=s.offload, offloads=s.offload, uso=False)
         caps = Capability.INNER6 | (Capability.GSO if _offload_active(self.tun) else 0)
         cfg = RsConfig(s.name, self.rs_id, self.links, local_endpoints=local, max_paths=s.max_paths,
-                       capabilities=int(caps), path_mtu=PATH_MTU)
+                       capabilities=int(caps), path_mtu=PATH_MTU, rsn_allow=tuple(s.rsn_allow),
+                       rsn_refuse=(*s.vip4_ranges, *s.vip6_ranges))
         state = Path(s.state_dir) if s.state_dir else Path(s.credentials[0]).parent
         counter = counter_floor(state / f"rs-{self.rs_id.hex()}.counter")
         self.core = RsCore(cfg, loop.time(), counter=counter)
@@ -90,7 +91,10 @@ class RsDaemon:
                 sysctl.write_sysctl(key, 0)
             except OSError as exc:
                 log.warning("sysctl %s: %s", key, exc)
-        self.nat = RsNatTable(s.nft_table, self.tun.name, s.vip4_ranges, s.vip6_ranges)
+        # After translation the kernel drops what the core refuses too (and every local address).
+        policy = self.core.targets
+        self.nat = RsNatTable(s.nft_table, self.tun.name, s.vip4_ranges, s.vip6_ranges,
+                              refuse=[str(n) for v in (4, 6) for n in policy.refused_networks(v)])
         self.nat.apply()
         self.driver = CoreDriver(self.core, self.on_event, on_flush=self.flush_tun)
         self.fast = FastPaths(self.core, RsFastTable(f"{s.nft_table}_fast", s.port, s.address, s.address6),

@@ -87,9 +87,11 @@ class Status(IntEnum):
     NODATA = 15
     PATH_ID_IN_USE = 16
     STALE = 17
+    #: The general node's address is not one an RS-N may be directed to (docs/security.md, "RS-N targets").
+    ADDRESS_REFUSED = 18
     #: A re-direction cannot keep the path: a node of it restarted since it got the path's key, and no
     #: key is ever given to a process twice. The node closes the path; the next packet sets up a new one.
-    PATH_GONE = 18
+    PATH_GONE = 19
 
 
 class Role(IntEnum):
