@@ -210,9 +210,12 @@ def load(path: str | Path, model: type[M]) -> M:
         raise ConfigError(f"{p}: {where}: {err['msg']}") from None
 
 
-def dump(model: BaseModel, path: str | Path, *, mode: int = 0o600) -> None:
-    p = Path(path)
-    p.parent.mkdir(parents=True, exist_ok=True)
-    data = model.model_dump(exclude_none=True)
-    p.write_text(tomli_w.dumps(data))
-    p.chmod(mode)
+def dump(model: BaseModel, path: str | Path) -> None:
+    """Write ``model`` as TOML to ``path``: mode 0600 from the first byte, never through a symlink, in
+    a directory nobody else can write (credentials hold secrets). ConfigError (one line) if unsafe."""
+    from .private import PrivateFileError, write_private
+
+    try:
+        write_private(Path(path), tomli_w.dumps(model.model_dump(exclude_none=True)).encode())
+    except PrivateFileError as exc:
+        raise ConfigError(str(exc)) from None
