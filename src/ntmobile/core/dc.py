@@ -637,7 +637,15 @@ class DcCore(CoreBase):
         if d is None:
             return
         d.evidence.extend(result.evidence.lines)
-        if result.outcome is Outcome.GENERAL_NODE:
+        if result.outcome is Outcome.GENERAL_NODE and (d.redirect or self._configured_key(d.fqdn) is not None):
+            # A name under a configured peer domain (or of an NTM-peer path being re-directed) whose
+            # marker is gone (removed, or DNS spoofed) is an NTM peer we cannot reach: never a general
+            # node, whose traffic would leave an RS-N in clear.
+            self.stats["direction_peer_marker_missing"] += 1
+            why = "its path is being re-directed" if d.redirect else "it is under a configured peer domain"
+            self._fail_direction(d, Status.PEER_UNREACHABLE, f"{d.fqdn} is an NTM peer ({why}) but its zone has no "
+                                 "DC marker: not reached as a general node")
+        elif result.outcome is Outcome.GENERAL_NODE:
             self._direct_general_node(d, result, now)
         elif result.outcome is Outcome.NXDOMAIN:
             self._fail_direction(d, Status.NXDOMAIN, result.reason or f"{d.fqdn} does not exist")
