@@ -39,6 +39,31 @@ def _addr(v: str) -> str:
     return v
 
 
+def _group(v: str | None) -> str | None:
+    """A group name or numeric GID that exists on this host (the control socket's ``control_group``)."""
+    if v is not None:
+        import grp
+
+        try:
+            grp.getgrgid(int(v)) if v.isdigit() else grp.getgrnam(v)
+        except KeyError:
+            raise ValueError(f"no such group {v!r}") from None
+    return v
+
+
+def group_id(v: str | None) -> int | None:
+    """The GID of a validated ``control_group`` (None: root and the daemon's own user only)."""
+    if v is None:
+        return None
+    import grp
+
+    return int(v) if v.isdigit() else grp.getgrnam(v).gr_gid
+
+
+_CONTROL_GROUP = Field(None, description="group whose members may use the control socket (`ntm ... status`); "
+                             "root and the daemon's own user always may")
+
+
 class PoolSettings(_Model):
     vip4: str | None = "100.64.1.0/24"
     vip6: str | None = "fd00:6e74:1::/64"
@@ -85,6 +110,8 @@ class DcSettings(_Model):
     relay_keepalive: int = Field(5, ge=1, le=3600)
     idle_timeout: int = Field(120, ge=5, le=65535)
     control: str = "ntm-dc"
+    control_group: str | None = _CONTROL_GROUP
+    _g = field_validator("control_group")(_group)
     pools: PoolSettings = PoolSettings()
     probe_port: int | None = Field(DC_PROBE_PORT, ge=1, le=65535,
                                    description="second UDP port for NAT classification probes (none: no probes)")
@@ -134,6 +161,8 @@ class RsSettings(_Model):
     max_paths: int = Field(100_000, ge=1)
     nft_table: str = "ntm_rs"
     control: str = "ntm-rs"
+    control_group: str | None = _CONTROL_GROUP
+    _g = field_validator("control_group")(_group)
     offload: bool = True
     #: RS-S paths with traffic are forwarded by the kernel (nft table ``<nft_table>_fast``).
     fast_path: bool = True
@@ -154,6 +183,8 @@ class NodeSettings(_Model):
     upstream_port: int = Field(53, ge=1, le=65535)
     tunnel_domains: list[str] = Field(["."], description="suffixes whose A/AAAA lookups set up tunnels")
     control: str = "ntm-node"
+    control_group: str | None = _CONTROL_GROUP
+    _g = field_validator("control_group")(_group)
     offload: bool = True
 
 

@@ -39,7 +39,7 @@ from ntmobile.core.registry import Pools, StoreError
 from ntmobile.wire import Role
 
 from . import dnsclasses  # noqa: F401  (dnspython's IN rdata classes before any input)
-from .config import DcSettings
+from .config import DcSettings, group_id
 from .control import serve_control
 from .dns import DnsServer, run_discovery, serve_dns
 from .driver import CoreDriver, bind_udp, normalize
@@ -183,7 +183,7 @@ class DcDaemon:
                 if host == s.listen4:
                     raise
                 log.warning("no IPv6 DNS listener: %s", exc)
-        control = await serve_control(s.control, self.control)
+        control = await serve_control(s.control, self.control, group=group_id(s.control_group))
         housekeeping = asyncio.create_task(self._housekeeping())
         checkpoints = asyncio.create_task(self._checkpoints())
         log.info("DC %s (id %s) up: signalling %s:%d, DNS port %d, %d enrolled", s.domain, self.dc_id.hex(),
