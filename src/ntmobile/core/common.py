@@ -32,6 +32,12 @@ RTO_INITIAL = 0.25
 RTO_BACKOFF = 2.0
 RTO_MAX = 2.0
 
+#: No reply to unauthenticated input (whose source address nobody verified) is larger than this many
+#: times the datagram it answers: DNS answers over UDP (larger ones are truncated), REREGISTER,
+#: Version Not Supported, Peer Hello replies. A spoofed request cannot make the DC a reflector that
+#: amplifies more than this (docs/security.md, "Reflection").
+AMPLIFICATION_MAX = 4
+
 
 @dataclass(frozen=True, slots=True)
 class Datagram:

@@ -34,7 +34,14 @@ from ntmobile.core.dc import (
     VerifyPeerDc,
 )
 from ntmobile.core.discovery import Discovery, DiscoveryCache, DiscoveryResult, Outcome
-from ntmobile.core.dnsauth import AuthoritativeZone, NameServer, NodeRecords, SoaFields, format_marker
+from ntmobile.core.dnsauth import (
+    UDP_AMPLIFICATION_MAX,
+    AuthoritativeZone,
+    NameServer,
+    NodeRecords,
+    SoaFields,
+    format_marker,
+)
 from ntmobile.core.registry import Pools, StoreError
 from ntmobile.wire import Role
 
@@ -178,7 +185,8 @@ class DcDaemon:
             if host is None:
                 continue
             try:
-                self.dns_servers.append(await serve_dns(self.respond, host, s.dns_port))
+                self.dns_servers.append(await serve_dns(self.respond, host, s.dns_port,
+                                                        max_reply_factor=UDP_AMPLIFICATION_MAX))
             except OSError as exc:
                 if host == s.listen4:
                     raise
