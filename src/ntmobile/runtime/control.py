@@ -76,6 +76,9 @@ async def serve_control(name: str, handler: Handler, *, group: int | None = None
 
     async def session(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
         try:
+            # The request line first (also from a refused client: its send must not fail on a closed
+            # socket, so it reads the refusal), then who sent it.
+            line = await asyncio.wait_for(reader.readline(), 5.0)
             try:
                 pid, uid, gid = peer_credentials(writer.get_extra_info("socket"))
             except (OSError, TypeError):
@@ -91,7 +94,6 @@ async def serve_control(name: str, handler: Handler, *, group: int | None = None
                 await writer.drain()
                 return
             ctl.served += 1
-            line = await asyncio.wait_for(reader.readline(), 5.0)
             try:
                 req = json.loads(line or b"{}")
                 reply = handler(req if isinstance(req, dict) else {})
@@ -99,7 +101,7 @@ async def serve_control(name: str, handler: Handler, *, group: int | None = None
                 reply = {"error": f"{type(exc).__name__}: {exc}"}
             writer.write(json.dumps(reply, default=str).encode() + b"\n")
             await writer.drain()
-        except (TimeoutError, ConnectionError):
+        except (TimeoutError, ConnectionError, ValueError):  # ValueError: a line over the reader's limit
             pass
         finally:
             writer.close()
