@@ -575,9 +575,10 @@ def test_hellos_with_unverifiable_keys_do_not_accumulate() -> None:
     tokens = []
     for i in range(PEER_UNVERIFIED_MAX + 10):
         key = x25519_public(i.to_bytes(2, "big") * 16)
+        w.net.now += 0.05  # (within the global hello rate; one source network each: no per-prefix limit)
         dcb.receive_datagram(pack_peer_hello(bytes([0xEE, i >> 8, i & 0xFF]) + bytes(5), 1,
-                                             PeerHello(domain="evil.example", key=key)), ("192.0.2.99", 7410),
-                             w.net.now)
+                                             PeerHello(domain="evil.example", key=key)),
+                             (f"10.{i >> 8}.{i & 255}.9", 7410), w.net.now)
         tokens += [e.token for e in iter(dcb.next_event, None) if isinstance(e, VerifyPeerDc)]
     assert len(tokens) == PEER_UNVERIFIED_MAX
     assert dcb.stats["drop_peer_hello_unverified_full"] == 10
