@@ -644,12 +644,11 @@ class DcCore(CoreBase):
         if d is None:
             return
         d.evidence.extend(result.evidence.lines)
-        if result.outcome is Outcome.GENERAL_NODE and (d.redirect or self._configured_key(d.fqdn) is not None):
-            # A name under a configured peer domain (or of an NTM-peer path being re-directed) whose
-            # marker is gone (removed, or DNS spoofed) is an NTM peer we cannot reach: never a general
+        why = self._must_be_ntm_peer(d) if result.outcome is Outcome.GENERAL_NODE else None
+        if why is not None:
+            # Its marker is gone (removed, or DNS spoofed): an NTM peer we cannot reach, never a general
             # node, whose traffic would leave an RS-N in clear.
             self.stats["direction_peer_marker_missing"] += 1
-            why = "its path is being re-directed" if d.redirect else "it is under a configured peer domain"
             self._fail_direction(d, Status.PEER_UNREACHABLE, f"{d.fqdn} is an NTM peer ({why}) but its zone has no "
                                  "DC marker: not reached as a general node")
         elif result.outcome is Outcome.GENERAL_NODE:
@@ -662,6 +661,15 @@ class DcCore(CoreBase):
             self._query_peer_dc(d, result.marker, now)
         else:
             self._fail_direction(d, Status.SERVFAIL, result.reason or f"resolving {d.fqdn} failed")
+
+    def _must_be_ntm_peer(self, d: _Direction) -> str | None:
+        """Why ``d``'s name can only be an NTM peer (None: it may be a general node)."""
+        rec = self.paths.get(d.path_id) if d.redirect and d.path_id is not None else None
+        if rec is not None and rec.mode is not PathMode.RS_N:
+            return "its NTM-peer path is being re-directed"
+        if self._configured_key(d.fqdn) is not None:
+            return "it is under a configured peer domain"
+        return None
 
     def _new_path_id(self) -> bytes:
         while True:
