@@ -54,9 +54,9 @@ def free_port() -> int:
 @pytest.fixture
 def cfgdir() -> Iterator[Path]:
     # Under /tmp directly (pytest's tmp_path sits in a root-only directory): the non-root runs
-    # must reach the files too.
+    # must read the files too (not write: credentials go only into directories nobody else can write).
     d = Path(tempfile.mkdtemp(prefix="ntm-clierr-"))
-    d.chmod(0o777)
+    d.chmod(0o755)
     try:
         yield d
     finally:

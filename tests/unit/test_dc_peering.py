@@ -28,7 +28,7 @@ from ntmobile.core.node import DataReceived, NodeConfig, NodeCore, PathFailed, P
 from ntmobile.core.registry import ClientRecord, MemoryStore, Pools
 from ntmobile.core.rs import DcLink, RsConfig, RsCore
 from ntmobile.crypto import x25519_public
-from ntmobile.wire import MessageType, NatKind, PathMode, PathRole, Role, Status, parse_signal_header
+from ntmobile.wire import MessageType, NatKind, PathMode, PathRole, Role, RsType, Status, parse_signal_header
 
 from .harness import Net, seeded_bytes
 
@@ -445,6 +445,50 @@ def test_configured_key_overrides_a_spoofed_marker() -> None:
     assert "configured" in result.reason
 
 
+def _marker_gone(w: World, host: str, dc: DcCore) -> Callable[[str, Any], bool]:
+    """A hook: the peer's zone lost its marker (removed, or DNS spoofed): discovery finds a general node."""
+
+    def hook(h: str, ev: Any) -> bool:
+        if h == host and isinstance(ev, ResolveRequest):
+            dc.resolution_result(ev.token, DiscoveryResult(ev.fqdn, Outcome.GENERAL_NODE, a=("192.0.2.70",)),
+                                 w.net.now)
+            return True
+        return False
+
+    return hook
+
+
+def test_a_configured_peer_domain_without_its_marker_fails_the_direction_never_a_clear_rs_n_path() -> None:
+    w = World("cone", "none", configured=True)
+    w.net.hooks.insert(0, _marker_gone(w, "dca", w.dca))
+    result = w.connect(w.mn, "mn", "cn.b.example")
+    assert isinstance(result, PathFailed) and result.status is Status.PEER_UNREACHABLE
+    assert "no DC marker" in result.reason
+    assert w.dca.stats["direction_peer_marker_missing"] == 1
+    assert not w.rs.entries() and not w.mn.paths()  # no Relay Direction, no general-node path
+    assert not any(r.mode is PathMode.RS_N for r in w.dca.paths.values())
+    # a name outside every configured peer domain is still a general node
+    assert w.dca._configured_key("www.c.example") is None
+
+
+def test_a_redirected_ntm_peer_path_whose_marker_is_gone_is_not_made_a_general_node_path() -> None:
+    w = World("cone", "cone")
+    ready = w.connect(w.mn, "mn", "cn.b.example")
+    assert isinstance(ready, PathReady) and ready.path.mode is PathMode.RS_S
+    w.net.hooks.insert(0, _marker_gone(w, "dca", w.dca))
+    t = w.net.now
+    w.net.run_until(lambda: w.net.now >= t + 1.0)
+    w.net.hosts["mn"].addr = ("192.0.2.60", 7412)  # mn goes global: its DC re-directs the path
+    w.net.nat_of.pop("mn", None)
+    decided = len(w.net.events_of("dca", DirectionDecision))
+    w.mn.addresses_changed((("192.0.2.60", 7412),), w.net.now)
+    w.net.run_until(lambda: len(w.net.events_of("dca", DirectionDecision)) > decided, max_time=10)
+    decision = w.net.events_of("dca", DirectionDecision)[decided]
+    assert decision.status is Status.PEER_UNREACHABLE and w.dca.stats["direction_peer_marker_missing"] == 1
+    assert not any(r.mode is PathMode.RS_N for r in w.dca.paths.values())
+    assert all(e.rs_type is not RsType.N for e in w.rs.entries())
+
+
 def test_forged_and_replayed_peer_queries_are_rejected() -> None:
     w = World("cone", "none")
     ready = w.connect(w.mn, "mn", "cn.b.example")
@@ -531,9 +575,10 @@ def test_hellos_with_unverifiable_keys_do_not_accumulate() -> None:
     tokens = []
     for i in range(PEER_UNVERIFIED_MAX + 10):
         key = x25519_public(i.to_bytes(2, "big") * 16)
+        w.net.now += 0.05  # (within the global hello rate; one source network each: no per-prefix limit)
         dcb.receive_datagram(pack_peer_hello(bytes([0xEE, i >> 8, i & 0xFF]) + bytes(5), 1,
-                                             PeerHello(domain="evil.example", key=key)), ("192.0.2.99", 7410),
-                             w.net.now)
+                                             PeerHello(domain="evil.example", key=key)),
+                             (f"10.{i >> 8}.{i & 255}.9", 7410), w.net.now)
         tokens += [e.token for e in iter(dcb.next_event, None) if isinstance(e, VerifyPeerDc)]
     assert len(tokens) == PEER_UNVERIFIED_MAX
     assert dcb.stats["drop_peer_hello_unverified_full"] == 10

@@ -15,6 +15,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from ntmobile.core.dnsauth import (
+    UDP_AMPLIFICATION_MAX,
     AuthoritativeZone,
     DcMarker,
     NameServer,
@@ -66,8 +67,9 @@ def ask(
     tcp: bool = False,
     use_edns: int | bool = False,
     payload: int = 1232,
+    pad: int = 0,
 ) -> dns.message.Message:
-    q = dns.message.make_query(name, rdtype, use_edns=use_edns, payload=payload)
+    q = dns.message.make_query(name, rdtype, use_edns=use_edns, payload=payload, pad=pad)
     wire = zone.respond(q.to_wire(), tcp=tcp)
     assert wire is not None
     r = dns.message.from_wire(wire)
@@ -155,7 +157,8 @@ def test_soa_at_apex_is_authoritative_and_copies_id_and_question() -> None:
 
 
 def test_ns_at_apex_carries_in_zone_glue_only() -> None:
-    r = ask(make_zone(), "a.example.", "NS")
+    # (a padded query: NS with glue is more than UDP_AMPLIFICATION_MAX times a bare query)
+    r = ask(make_zone(), "a.example.", "NS", use_edns=0, pad=128)
     assert rrset(r, "answer", "a.example.", "NS") == [
         "dc.a.example.",
         "ns.other.example.",
@@ -168,7 +171,7 @@ def test_ns_at_apex_carries_in_zone_glue_only() -> None:
 
 
 def test_txt_at_apex_is_the_dc_marker() -> None:
-    r = ask(make_zone(), "a.example.", "TXT")
+    r = ask(make_zone(), "a.example.", "TXT", use_edns=0)  # as resolvers ask
     assert r.flags & dns.flags.AA
     texts = [txt_strings(rd) for rr in r.answer for rd in rr]
     assert texts == [MARKER]
@@ -181,16 +184,23 @@ def test_zone_without_marker_answers_txt_with_nodata() -> None:
     assert rrset(r, "authority", "a.example.", "SOA")
 
 
-def test_any_at_apex_returns_soa_ns_and_txt() -> None:
-    r = ask(make_zone(), "a.example.", "ANY")
-    types = {dns.rdatatype.to_text(rr.rdtype) for rr in r.answer}
-    assert types == {"SOA", "NS", "TXT"}
+def test_any_is_answered_minimally_with_one_rrset() -> None:
+    """RFC 8482: ANY gets one RRset (the SOA at the apex, a node's A RRset), never all of them."""
+    zone = make_zone()
+    for name, rdtype in (("a.example.", "SOA"), ("mn.a.example.", "A"), ("dc.a.example.", "A")):
+        for tcp in (False, True):
+            r = ask(zone, name, "ANY", tcp=tcp, use_edns=0)
+            assert [dns.rdatatype.to_text(rr.rdtype) for rr in r.answer] == [rdtype]
+            assert r.flags & dns.flags.AA and not r.additional and not r.flags & dns.flags.TC
+    assert ask(zone, "v4only.a.example.", "ANY").answer[0].rdtype == dns.rdatatype.A
+    assert zone.stats.any_minimal == 7
+    assert ask(zone, "nope.a.example.", "ANY").rcode() == dns.rcode.NXDOMAIN
 
 
 @pytest.mark.parametrize(
     "rdtype,expected",
     [("A", {"A": ["198.18.0.5"]}), ("AAAA", {"AAAA": ["2001:db8:c0ff:ee::5"]}),
-     ("ANY", {"A": ["198.18.0.5"], "AAAA": ["2001:db8:c0ff:ee::5"]})],
+     ("ANY", {"A": ["198.18.0.5"]})],
 )
 def test_node_names_answer_their_vips(rdtype: str, expected: dict[str, list[str]]) -> None:
     r = ask(make_zone(), "mn.a.example.", rdtype)
@@ -323,7 +333,8 @@ def test_plain_udp_answer_over_512_bytes_is_truncated() -> None:
 
 
 def test_edns_payload_lets_the_same_answer_through_udp() -> None:
-    r = ask(make_zone(), "many.a.example.", "A", use_edns=0, payload=1232)
+    # (from a query padded enough that the answer stays within UDP_AMPLIFICATION_MAX times it)
+    r = ask(make_zone(), "many.a.example.", "A", use_edns=0, payload=1232, pad=400)
     assert not r.flags & dns.flags.TC
     assert len(rrset(r, "answer", "many.a.example.", "A")) == 50
 
@@ -348,7 +359,7 @@ def test_glue_is_dropped_before_the_answer_is_truncated() -> None:
         marker=None,
         lookup=lambda name: None,
     )
-    r = ask(zone, "a.example.", "NS")
+    r = ask(zone, "a.example.", "NS", use_edns=0, payload=512, pad=128)
     assert not r.flags & dns.flags.TC
     assert len(rrset(r, "answer", "a.example.", "NS")) == 12
     assert not r.additional
@@ -394,3 +405,29 @@ def test_random_bodies_behind_a_query_header_never_raise(body: bytes, tcp: bool)
     header = b"\xab\xcd\x01\x00\x00\x01\x00\x00\x00\x00\x00\x01"
     out = make_zone().respond(header + body, tcp=tcp)
     assert out is not None and out[:2] == b"\xab\xcd"
+    if not tcp:
+        assert len(out) <= UDP_AMPLIFICATION_MAX * len(header + body)
+
+
+AMP_NAMES = ["a.example.", "mn.a.example.", "v4only.a.example.", "many.a.example.", "huge.a.example.",
+             "dc.a.example.", "ns1.sub.a.example.", "sub.a.example.", "nope.a.example.", "other.example.", "."]
+AMP_TYPES = ["A", "AAAA", "ANY", "TXT", "NS", "SOA", "MX", "AXFR", "CNAME"]
+
+
+@pytest.mark.parametrize("use_edns,payload", [(False, 512), (0, 512), (0, 1232), (0, 4096)])
+def test_no_udp_answer_is_more_than_the_amplification_bound_times_its_query(use_edns: int | bool,
+                                                                             payload: int) -> None:
+    """A query's source address is not verified, so a UDP answer is at most UDP_AMPLIFICATION_MAX
+    times the query (for every name and type, with and without EDNS); a larger one is truncated and
+    complete over TCP."""
+    zone = make_zone()
+    for name in AMP_NAMES:
+        for rdtype in AMP_TYPES:
+            q = dns.message.make_query(name, rdtype, use_edns=use_edns, payload=payload).to_wire()
+            udp = zone.respond(q, tcp=False)
+            assert udp is not None and len(udp) <= UDP_AMPLIFICATION_MAX * len(q), (name, rdtype, len(udp))
+            if dns.message.from_wire(udp).flags & dns.flags.TC:
+                tcp = zone.respond(q, tcp=True)
+                assert tcp is not None and not dns.message.from_wire(tcp).flags & dns.flags.TC
+    assert zone.stats.amplification_truncated > 0
+    assert UDP_AMPLIFICATION_MAX == 4

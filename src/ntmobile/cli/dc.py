@@ -52,10 +52,17 @@ def run(config: Path = ConfigOpt, verbose: bool = typer.Option(False, "--verbose
 
 
 def _enroll(config: Path, name: str, out: Path | None, role: Role, client_id: str | None = None) -> None:
-    from ntmobile.runtime.config import dump
+    from ntmobile.runtime.config import ConfigError, dump
     from ntmobile.runtime.enroll import enroll
 
     settings = _settings(config)
+    if out is not None and str(out) != "-":
+        from ntmobile.runtime.private import PrivateFileError, private_dir
+
+        try:  # before the registry changes: a refused directory leaves nothing enrolled
+            private_dir(out.parent)
+        except PrivateFileError as exc:
+            fail(f"cannot write credentials there: {exc}")
     try:
         creds = enroll(settings, name, role, client_id=bytes.fromhex(client_id) if client_id else None)
     except StoreError as exc:
@@ -65,7 +72,10 @@ def _enroll(config: Path, name: str, out: Path | None, role: Role, client_id: st
 
         sys.stdout.write(tomli_w.dumps(creds.model_dump()))
     else:
-        dump(creds, out)
+        try:
+            dump(creds, out)
+        except ConfigError as exc:
+            fail(f"enrolled {creds.name}, but cannot write its credentials: {exc}")
         typer.echo(f"enrolled {creds.name} ({creds.role}, id {creds.client_id}); credentials in {out}", err=True)
 
 

@@ -32,6 +32,12 @@ RTO_INITIAL = 0.25
 RTO_BACKOFF = 2.0
 RTO_MAX = 2.0
 
+#: No reply to unauthenticated input (whose source address nobody verified) is larger than this many
+#: times the datagram it answers: DNS answers over UDP (larger ones are truncated), REREGISTER,
+#: Version Not Supported, Peer Hello replies. A spoofed request cannot make the DC a reflector that
+#: amplifies more than this (docs/security.md, "Reflection").
+AMPLIFICATION_MAX = 4
+
 
 @dataclass(frozen=True, slots=True)
 class Datagram:
@@ -92,6 +98,15 @@ class CoreBase:
 
     def _send(self, data: bytes, addr: Endpoint) -> None:
         self._out.append(Datagram(data, addr))
+
+    def _send_unauthenticated(self, data: bytes, request_len: int, addr: Endpoint) -> bool:
+        """Send a reply to input nobody authenticated (its source may be spoofed) only if it is at most
+        AMPLIFICATION_MAX times the request; otherwise count it and send nothing."""
+        if len(data) > AMPLIFICATION_MAX * request_len:
+            self.stats["drop_reply_amplification"] += 1
+            return False
+        self._send(data, addr)
+        return True
 
     def _reply(self, channel: Channel, msg: Message, txid: int, addr: Endpoint, *, status: int = 0,
                flags: int = 0) -> bytes:
@@ -163,3 +178,62 @@ class CoreBase:
 
 def new_txid(random_bytes: Callable[[int], bytes]) -> int:
     return int.from_bytes(random_bytes(4), "big") or 1
+
+
+def source_prefix(addr: Endpoint) -> str:
+    """The network a source address belongs to for rate limits: its /24 (IPv4) or /48 (IPv6). One
+    host, or one small network spoofing its neighbours, shares one bucket."""
+    host = addr[0]
+    if ":" not in host:
+        return host.rpartition(".")[0]
+    groups = host.split("%", 1)[0].split(":")
+    if "" in groups:  # expand "::" far enough for the first three groups
+        i = groups.index("")
+        groups = groups[:i] + ["0"] * (8 - len(groups) + 1) + groups[i + 1:]
+    return ":".join(g.lower().lstrip("0") or "0" for g in groups[:3])
+
+
+@dataclass(slots=True)
+class _Bucket:
+    tokens: float
+    at: float
+
+
+class RateLimiter:
+    """Token buckets, ``now`` injected: one per key (``rate`` per second, ``burst`` at most) and one
+    for all keys together (``global_rate``, ``global_burst``). At most ``max_keys`` buckets are kept
+    (the oldest is forgotten first), so unauthenticated senders cannot grow it. A refused call costs
+    no token."""
+
+    def __init__(self, rate: float, burst: float, global_rate: float, global_burst: float,
+                 max_keys: int = 1024) -> None:
+        self.rate, self.burst = rate, burst
+        self.max_keys = max_keys
+        self._global = _Bucket(global_burst, 0.0)
+        self._global_rate, self._global_burst = global_rate, global_burst
+        self._keys: dict[str, _Bucket] = {}
+
+    @staticmethod
+    def _refill(b: _Bucket, rate: float, burst: float, now: float) -> None:
+        if now > b.at:
+            b.tokens = min(burst, b.tokens + (now - b.at) * rate)
+        b.at = max(b.at, now)  # a clock stepped back refills nothing
+
+    def allow(self, key: str, now: float) -> bool:
+        b = self._keys.get(key)
+        if b is None:
+            if len(self._keys) >= self.max_keys:
+                del self._keys[next(iter(self._keys))]
+            b = self._keys[key] = _Bucket(self.burst, now)
+        else:
+            self._refill(b, self.rate, self.burst, now)
+        g = self._global
+        self._refill(g, self._global_rate, self._global_burst, now)
+        if b.tokens < 1 or g.tokens < 1:
+            return False
+        b.tokens -= 1
+        g.tokens -= 1
+        return True
+
+    def __len__(self) -> int:
+        return len(self._keys)

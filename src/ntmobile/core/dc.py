@@ -65,7 +65,7 @@ from ntmobile.wire import (
 )
 from ntmobile.wire.frame import SIGNAL_HEADER_SIZE, pack_version_not_supported, txid_of
 
-from .common import CoreBase, Event, new_txid
+from .common import CoreBase, Event, RateLimiter, new_txid, source_prefix
 from .discovery import DiscoveryResult, Outcome
 from .dnsauth import DcMarker
 from .registry import ClientRecord, Store, StoreError
@@ -104,6 +104,10 @@ PEER_PATH_ATTEMPTS = 3
 PEER_HELLO_RESEND = (0.5, 1.5)
 #: Peer DCs known only from an unverified hello (unauthenticated input): at most this many at a time.
 PEER_UNVERIFIED_MAX = 256
+#: Peer Hellos from unknown sources (any but a verified peer's known endpoint, with its key): per
+#: source prefix (/24, /48) this many per second with this burst, and for all such sources together.
+PEER_HELLO_RATE = (1.0, 4.0)
+PEER_HELLO_GLOBAL_RATE = (20.0, 50.0)
 
 
 @dataclass(frozen=True, slots=True)
@@ -411,6 +415,7 @@ class DcCore(CoreBase):
         self._peers_by_key: dict[bytes, _PeerDc] = {}
         self._peers_by_id: dict[bytes, _PeerDc] = {}
         self._verifying: dict[int, tuple[_PeerDc, str]] = {}
+        self._hello_limit = RateLimiter(*PEER_HELLO_RATE, *PEER_HELLO_GLOBAL_RATE)
         #: Re-directions: the one running per Path ID, and the ones waiting for it (docs/protocol.md §10).
         self._redirecting: dict[bytes, _Direction] = {}
         self._redirect_queue: dict[bytes, list[_Direction]] = {}
@@ -435,7 +440,7 @@ class DcCore(CoreBase):
             # smaller than the request, so it cannot amplify).
             self.stats["drop_unknown_version"] += 1
             txid = txid_of(data)
-            self._send(pack_version_not_supported(txid if txid is not None else 0), addr)
+            self._send_unauthenticated(pack_version_not_supported(txid if txid is not None else 0), len(data), addr)
             return
         try:
             _v, mtype = peek(data)
@@ -464,8 +469,10 @@ class DcCore(CoreBase):
         else:
             # We lost the session (DC restart): ask the client to register again.
             self.stats["reregister_sent"] += 1
-            self._reply(self._long_term(record, now), StatusMessage(answers=header.type, reason="no session; register"),
-                        header.txid, addr, status=Status.REREGISTER, flags=SignalFlags.LONG_TERM)
+            reply = self._long_term(record, now).seal(StatusMessage(answers=header.type, reason="no session; register"),
+                                                      txid=header.txid, status=Status.REREGISTER,
+                                                      flags=SignalFlags.LONG_TERM)
+            self._send_unauthenticated(reply, len(data), addr)
 
     def _long_term(self, record: ClientRecord, now: float) -> Channel:
         """The long-term channel of ``record`` (fresh from the registry). Every long-term channel draws
@@ -667,7 +674,14 @@ class DcCore(CoreBase):
         if d is None:
             return
         d.evidence.extend(result.evidence.lines)
-        if result.outcome is Outcome.GENERAL_NODE:
+        why = self._must_be_ntm_peer(d) if result.outcome is Outcome.GENERAL_NODE else None
+        if why is not None:
+            # Its marker is gone (removed, or DNS spoofed): an NTM peer we cannot reach, never a general
+            # node, whose traffic would leave an RS-N in clear.
+            self.stats["direction_peer_marker_missing"] += 1
+            self._fail_direction(d, Status.PEER_UNREACHABLE, f"{d.fqdn} is an NTM peer ({why}) but its zone has no "
+                                 "DC marker: not reached as a general node")
+        elif result.outcome is Outcome.GENERAL_NODE:
             self._direct_general_node(d, result, now)
         elif result.outcome is Outcome.NXDOMAIN:
             self._fail_direction(d, Status.NXDOMAIN, result.reason or f"{d.fqdn} does not exist")
@@ -677,6 +691,15 @@ class DcCore(CoreBase):
             self._query_peer_dc(d, result.marker, now)
         else:
             self._fail_direction(d, Status.SERVFAIL, result.reason or f"resolving {d.fqdn} failed")
+
+    def _must_be_ntm_peer(self, d: _Direction) -> str | None:
+        """Why ``d``'s name can only be an NTM peer (None: it may be a general node)."""
+        rec = self.paths.get(d.path_id) if d.redirect and d.path_id is not None else None
+        if rec is not None and rec.mode is not PathMode.RS_N:
+            return "its NTM-peer path is being re-directed"
+        if self._configured_key(d.fqdn) is not None:
+            return "it is under a configured peer domain"
+        return None
 
     def _new_path_id(self) -> bytes:
         while True:
@@ -1107,11 +1130,16 @@ class DcCore(CoreBase):
                 best = (len(dom), key)
         return best[1] if best is not None else None
 
-    def _send_hello(self, peer: _PeerDc, addr: Endpoint, domain: str, now: float, *, reply: bool) -> None:
+    def _send_hello(self, peer: _PeerDc, addr: Endpoint, domain: str, now: float, *, reply: int = 0) -> None:
+        """Introduce ourselves; ``reply``: the length of the (unauthenticated) hello we answer."""
         peer.hello_sent = now
         hello = PeerHello(domain=domain, key=self._public)
-        self._send(pack_peer_hello(self.config.dc_id, new_txid(self._rand), hello,
-                                   flags=SignalFlags.FROM_RESPONDER if reply else 0), addr)
+        data = pack_peer_hello(self.config.dc_id, new_txid(self._rand), hello,
+                               flags=SignalFlags.FROM_RESPONDER if reply else 0)
+        if not reply:
+            self._send(data, addr)
+        elif not self._send_unauthenticated(data, reply, addr):
+            return
         self.stats["peer_hellos_sent"] += 1
 
     def _bind_peer(self, peer: _PeerDc, dc_id: bytes, now: float) -> None:
@@ -1133,6 +1161,13 @@ class DcCore(CoreBase):
         if not self.config.secret or sender == self.config.dc_id or self.store.get_client(sender) is not None:
             self.stats["drop_peer_hello"] += 1
             return
+        known = self._peers_by_key.get(hello.key)
+        if (known is None or not (known.trusted or known.domains) or known.endpoint != addr) \
+                and not self._hello_limit.allow(source_prefix(addr), now):
+            # Unauthenticated, from an unknown source: it may cost a key agreement, a DNS look-up
+            # and a reply, so strangers get few.
+            self.stats["drop_peer_hello_rate"] += 1
+            return
         if hello.key not in self._peers_by_key and sum(
                 1 for p in self._peers_by_key.values() if not p.trusted and not p.domains) >= PEER_UNVERIFIED_MAX:
             self.stats["drop_peer_hello_unverified_full"] += 1
@@ -1142,7 +1177,8 @@ class DcCore(CoreBase):
             self.stats["drop_peer_hello"] += 1
             return
         self.stats["peer_hellos"] += 1
-        peer.endpoint = addr
+        if not (peer.trusted or peer.domains):
+            peer.endpoint = addr  # a verified peer's endpoint moves only on authenticated datagrams
         domain = hello.domain.rstrip(".").lower()
         if peer.trusted or peer.domains:
             if peer.dc_id != sender:
@@ -1165,7 +1201,7 @@ class DcCore(CoreBase):
                 peer.checking.add(domain)
                 self._emit(VerifyPeerDc(token, domain, hello.key))
         if not header.flags & SignalFlags.FROM_RESPONDER and now - peer.hello_sent > 0.2:
-            self._send_hello(peer, addr, self.config.domain, now, reply=True)
+            self._send_hello(peer, addr, self.config.domain, now, reply=len(data))
 
     def peer_dc_verified(self, token: int, key: bytes | None, now: float) -> None:
         """The runtime looked up the marker of a domain a peer DC's hello named: ``key`` is the key it
@@ -1213,6 +1249,7 @@ class DcCore(CoreBase):
         msg = self._open(peer.channel, header, data)
         if msg is None:
             return
+        peer.endpoint = addr  # authenticated: the peer DC is there
         if isinstance(msg, PeerQuery):
             self._on_peer_query(peer, header, msg, addr, now)
         elif isinstance(msg, (PeerAnswer, StatusMessage)):
@@ -1270,7 +1307,7 @@ class DcCore(CoreBase):
             d.path_id = self._new_path_id()
         d.peer_attempts += 1
         if peer.dc_id is None:
-            self._send_hello(peer, ep, self.config.own_domain(rec.name) or self.config.domain, now, reply=False)
+            self._send_hello(peer, ep, self.config.own_domain(rec.name) or self.config.domain, now)
         q = PeerQuery(fqdn=d.fqdn, name=rec.name, path_id=d.path_id, path_key=d.path_key, relay_key=d.relay_key,
                       timestamp=self._wall_us(now), nat=int(self._nat_class(node)), vip4=rec.vip4, vip6=rec.vip6,
                       observed=node.endpoint, local_endpoints=node.local_endpoints, capabilities=node.capabilities)
@@ -1281,7 +1318,7 @@ class DcCore(CoreBase):
     def _rehello(self, d: _Direction, domain: str, now: float) -> None:
         peer = d.peer_out
         if d.reply is None and peer is not None and peer.dc_id is None and d.peer_out_ep is not None:
-            self._send_hello(peer, d.peer_out_ep, domain, now, reply=False)
+            self._send_hello(peer, d.peer_out_ep, domain, now)
 
     def _peer_query_timed_out(self, d: _Direction, now: float) -> None:
         if d.reply is None:

@@ -31,6 +31,8 @@ import dns.rdatatype
 import dns.rdtypes.ANY.TXT
 import dns.rrset
 
+from ntmobile.core.common import AMPLIFICATION_MAX
+
 MARKER_VERSION = "ntm1"
 MARKER_KEY_LEN = 32
 HEADER_LEN = 12
@@ -38,6 +40,11 @@ HEADER_LEN = 12
 DEFAULT_MAX_UDP_PAYLOAD = 1232
 CLASSIC_UDP_LIMIT = 512
 TXT_STRING_MAX = 255
+#: A UDP answer is at most this many times the size of its query (its source address is not verified:
+#: a spoofed query must not make us a reflector). Larger answers are truncated (TC), so the client
+#: asks again over TCP, or pads its query (EDNS padding) to make room. The same bound as every other
+#: unauthenticated reply of the DC (core.common.AMPLIFICATION_MAX).
+UDP_AMPLIFICATION_MAX = AMPLIFICATION_MAX
 
 
 # --------------------------------------------------------------------------------------------
@@ -169,6 +176,8 @@ class ResponderStats:
     nodata: int = 0
     servfail: int = 0
     truncated: int = 0
+    amplification_truncated: int = 0  # of these, truncated with the limit set by UDP_AMPLIFICATION_MAX
+    any_minimal: int = 0  # ANY queries answered with one RRset (RFC 8482)
     by_type: dict[str, int] = field(default_factory=dict)
 
 
@@ -262,12 +271,14 @@ class AuthoritativeZone:
         if len(query.question) != 1:
             return self._bare_error(qid, flags, dns.rcode.FORMERR)
         try:
-            response = dns.message.make_response(query, our_payload=self.max_udp_payload)
+            # pad=0: no EDNS padding (RFC 8467 pads only encrypted transports; padding would only
+            # make answers larger than their queries)
+            response = dns.message.make_response(query, our_payload=self.max_udp_payload, pad=0)
         except Exception:
             return self._bare_error(qid, flags, dns.rcode.FORMERR)
         if query.edns > 0:
             response.set_rcode(dns.rcode.BADVERS)
-            return self._finish(response, query, tcp)
+            return self._finish(response, query, tcp, len(query_wire))
         q = query.question[0]
         self.stats.by_type[dns.rdatatype.to_text(q.rdtype)] = (
             self.stats.by_type.get(dns.rdatatype.to_text(q.rdtype), 0) + 1
@@ -277,12 +288,12 @@ class AuthoritativeZone:
         ):
             self.stats.refused += 1
             response.set_rcode(dns.rcode.REFUSED)
-            return self._finish(response, query, tcp)
+            return self._finish(response, query, tcp, len(query_wire))
         if dns.rdatatype.is_metatype(q.rdtype) and q.rdtype != dns.rdatatype.ANY:
             # AXFR, IXFR, OPT, TSIG...: zone transfers are not offered.
             self.stats.refused += 1
             response.set_rcode(dns.rcode.REFUSED)
-            return self._finish(response, query, tcp)
+            return self._finish(response, query, tcp, len(query_wire))
         response.flags |= dns.flags.AA
         try:
             self._fill(response, q.name, q.rdtype)
@@ -292,7 +303,7 @@ class AuthoritativeZone:
             response.flags &= ~dns.flags.AA
             response.answer, response.authority, response.additional = [], [], []
             response.set_rcode(dns.rcode.SERVFAIL)
-        return self._finish(response, query, tcp)
+        return self._finish(response, query, tcp, len(query_wire))
 
     # ----------------------------------------------------------------------------------------
 
@@ -315,17 +326,23 @@ class AuthoritativeZone:
         if not answers:
             self._nodata(response)
             return
+        if rdtype == dns.rdatatype.ANY:
+            # RFC 8482: ANY gets one RRset (the A RRset, or the AAAA one if there is no A), not all.
+            self.stats.any_minimal += 1
+            answers = answers[:1]
         response.answer.extend(answers)
 
     def _fill_apex(self, response: dns.message.Message, rdtype: int) -> None:
-        any_type = rdtype == dns.rdatatype.ANY
-        if rdtype == dns.rdatatype.SOA or any_type:
+        if rdtype == dns.rdatatype.SOA:
             response.answer.append(self._soa)
-        if rdtype == dns.rdatatype.NS or any_type:
+        elif rdtype == dns.rdatatype.ANY:
+            # RFC 8482: ANY at the apex gets the SOA RRset only (ask NS and TXT by name).
+            self.stats.any_minimal += 1
+            response.answer.append(self._soa)
+        elif rdtype == dns.rdatatype.NS:
             response.answer.append(self._ns)
-            if not any_type:
-                response.additional.extend(self._glue())
-        if (rdtype == dns.rdatatype.TXT or any_type) and self._txt is not None:
+            response.additional.extend(self._glue())
+        elif rdtype == dns.rdatatype.TXT and self._txt is not None:
             response.answer.append(self._txt)
         if not response.answer:
             self._nodata(response)
@@ -361,29 +378,40 @@ class AuthoritativeZone:
         self.stats.nodata += 1
         response.authority.append(self._negative_soa())
 
-    def _finish(self, response: dns.message.Message, query: dns.message.Message, tcp: bool) -> bytes:
+    def _finish(self, response: dns.message.Message, query: dns.message.Message, tcp: bool,
+                query_len: int) -> bytes:
+        amplification = False
         if tcp:
             limit = 65535
-        elif query.edns >= 0:
-            limit = max(CLASSIC_UDP_LIMIT, min(query.payload, self.max_udp_payload))
         else:
-            limit = CLASSIC_UDP_LIMIT
+            if query.edns >= 0:
+                limit = max(CLASSIC_UDP_LIMIT, min(query.payload, self.max_udp_payload))
+            else:
+                limit = CLASSIC_UDP_LIMIT
+            if query_len * UDP_AMPLIFICATION_MAX < limit:
+                # The truncated form (header, question, OPT without options) is never larger than
+                # the query, so it always fits this limit.
+                limit = query_len * UDP_AMPLIFICATION_MAX
+                amplification = True
         self.stats.answers += 1
-        try:
-            return response.to_wire(max_size=limit)
-        except dns.exception.TooBig:
-            pass
+        wire = _wire_within(response, limit)
+        if wire is not None:
+            return wire
         # The additional section is optional: drop it before truncating (RFC 2181 §9).
         response.additional = []
-        try:
-            return response.to_wire(max_size=limit)
-        except dns.exception.TooBig:
-            pass
+        wire = _wire_within(response, limit)
+        if wire is not None:
+            return wire
         self.stats.truncated += 1
+        if amplification:
+            self.stats.amplification_truncated += 1
         response.answer = []
         response.authority = []
         response.flags |= dns.flags.TC
-        return response.to_wire(max_size=limit)
+        wire = _wire_within(response, limit)
+        if wire is None:  # cannot happen (see above): never more than the limit anyway
+            return self._bare_error(response.id, query.flags, dns.rcode.SERVFAIL)
+        return wire
 
     def _bare_error(self, qid: int, flags: int, rcode: dns.rcode.Rcode) -> bytes:
         """An error response built from the header alone (the query could not be used)."""
@@ -395,3 +423,12 @@ class AuthoritativeZone:
         opcode_bits = flags & 0x7800
         out_flags = dns.flags.QR | opcode_bits | (flags & dns.flags.RD) | int(rcode)
         return qid.to_bytes(2, "big") + out_flags.to_bytes(2, "big") + bytes(8)
+
+
+def _wire_within(response: dns.message.Message, limit: int) -> bytes | None:
+    """The response's wire form if it fits ``limit`` bytes (dnspython never enforces less than 512)."""
+    try:
+        wire = response.to_wire(max_size=limit)
+    except dns.exception.TooBig:
+        return None
+    return wire if len(wire) <= limit else None

@@ -52,6 +52,31 @@ def _prefixes(v: list[str]) -> list[str]:
 _RSN_ALLOW: Any = Field([], description="non-global prefixes RS-N paths may be directed to (e.g. a private network)")
 
 
+def _group(v: str | None) -> str | None:
+    """A group name or numeric GID that exists on this host (the control socket's ``control_group``)."""
+    if v is not None:
+        import grp
+
+        try:
+            grp.getgrgid(int(v)) if v.isdigit() else grp.getgrnam(v)
+        except KeyError:
+            raise ValueError(f"no such group {v!r}") from None
+    return v
+
+
+def group_id(v: str | None) -> int | None:
+    """The GID of a validated ``control_group`` (None: root and the daemon's own user only)."""
+    if v is None:
+        return None
+    import grp
+
+    return int(v) if v.isdigit() else grp.getgrnam(v).gr_gid
+
+
+_CONTROL_GROUP = Field(None, description="group whose members may use the control socket (`ntm ... status`); "
+                             "root and the daemon's own user always may")
+
+
 class PoolSettings(_Model):
     vip4: str | None = "100.64.1.0/24"
     vip6: str | None = "fd00:6e74:1::/64"
@@ -98,6 +123,8 @@ class DcSettings(_Model):
     relay_keepalive: int = Field(5, ge=1, le=3600)
     idle_timeout: int = Field(120, ge=5, le=65535)
     control: str = "ntm-dc"
+    control_group: str | None = _CONTROL_GROUP
+    _g = field_validator("control_group")(_group)
     pools: PoolSettings = PoolSettings()
     probe_port: int | None = Field(DC_PROBE_PORT, ge=1, le=65535,
                                    description="second UDP port for NAT classification probes (none: no probes)")
@@ -149,6 +176,8 @@ class RsSettings(_Model):
     max_paths: int = Field(100_000, ge=1)
     nft_table: str = "ntm_rs"
     control: str = "ntm-rs"
+    control_group: str | None = _CONTROL_GROUP
+    _g = field_validator("control_group")(_group)
     offload: bool = True
     #: RS-S paths with traffic are forwarded by the kernel (nft table ``<nft_table>_fast``).
     fast_path: bool = True
@@ -173,6 +202,8 @@ class NodeSettings(_Model):
     upstream_port: int = Field(53, ge=1, le=65535)
     tunnel_domains: list[str] = Field(["."], description="suffixes whose A/AAAA lookups set up tunnels")
     control: str = "ntm-node"
+    control_group: str | None = _CONTROL_GROUP
+    _g = field_validator("control_group")(_group)
     offload: bool = True
     state_dir: str | None = Field(None, description="where the long-term send counter is kept "
                                                     "(default: the credentials file's directory)")
@@ -231,9 +262,12 @@ def load(path: str | Path, model: type[M]) -> M:
         raise ConfigError(f"{p}: {where}: {err['msg']}") from None
 
 
-def dump(model: BaseModel, path: str | Path, *, mode: int = 0o600) -> None:
-    p = Path(path)
-    p.parent.mkdir(parents=True, exist_ok=True)
-    data = model.model_dump(exclude_none=True)
-    p.write_text(tomli_w.dumps(data))
-    p.chmod(mode)
+def dump(model: BaseModel, path: str | Path) -> None:
+    """Write ``model`` as TOML to ``path``: mode 0600 from the first byte, never through a symlink, in
+    a directory nobody else can write (credentials hold secrets). ConfigError (one line) if unsafe."""
+    from .private import PrivateFileError, write_private
+
+    try:
+        write_private(Path(path), tomli_w.dumps(model.model_dump(exclude_none=True)).encode())
+    except PrivateFileError as exc:
+        raise ConfigError(str(exc)) from None

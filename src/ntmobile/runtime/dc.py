@@ -35,12 +35,19 @@ from ntmobile.core.dc import (
     VerifyPeerDc,
 )
 from ntmobile.core.discovery import Discovery, DiscoveryCache, DiscoveryResult, Outcome
-from ntmobile.core.dnsauth import AuthoritativeZone, NameServer, NodeRecords, SoaFields, format_marker
+from ntmobile.core.dnsauth import (
+    UDP_AMPLIFICATION_MAX,
+    AuthoritativeZone,
+    NameServer,
+    NodeRecords,
+    SoaFields,
+    format_marker,
+)
 from ntmobile.core.registry import Pools, StoreError
 from ntmobile.wire import Role
 
 from . import dnsclasses  # noqa: F401  (dnspython's IN rdata classes before any input)
-from .config import DcSettings
+from .config import DcSettings, group_id
 from .control import serve_control
 from .counters import DC_BLOCK, counter_floor
 from .dns import DnsServer, run_discovery, serve_dns
@@ -191,12 +198,13 @@ class DcDaemon:
             if host is None:
                 continue
             try:
-                self.dns_servers.append(await serve_dns(self.respond, host, s.dns_port))
+                self.dns_servers.append(await serve_dns(self.respond, host, s.dns_port,
+                                                        max_reply_factor=UDP_AMPLIFICATION_MAX))
             except OSError as exc:
                 if host == s.listen4:
                     raise
                 log.warning("no IPv6 DNS listener: %s", exc)
-        control = await serve_control(s.control, self.control)
+        control = await serve_control(s.control, self.control, group=group_id(s.control_group))
         housekeeping = asyncio.create_task(self._housekeeping())
         checkpoints = asyncio.create_task(self._checkpoints())
         log.info("DC %s (id %s) up: signalling %s:%d, DNS port %d, %d enrolled", s.domain, self.dc_id.hex(),

@@ -36,12 +36,14 @@ class ServerStats:
     no_answer: int = 0  # the handler returned None
     handler_errors: int = 0  # the handler raised (counted, dropped)
     send_errors: int = 0
+    amplification_dropped: int = 0  # UDP replies over max_reply_factor times their query: not sent
 
 
 class _UdpServerProtocol(asyncio.DatagramProtocol):
-    def __init__(self, handler: Handler, stats: ServerStats) -> None:
+    def __init__(self, handler: Handler, stats: ServerStats, max_reply_factor: int | None = None) -> None:
         self.handler = handler
         self.stats = stats
+        self.max_reply_factor = max_reply_factor
         self.transport: asyncio.DatagramTransport | None = None
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
@@ -60,6 +62,10 @@ class _UdpServerProtocol(asyncio.DatagramProtocol):
             return
         if self.transport is None or len(reply) > MAX_UDP_RESPONSE:
             self.stats.send_errors += 1
+            return
+        if self.max_reply_factor is not None and len(reply) > self.max_reply_factor * len(data):
+            # The handler truncates such answers itself (core.dnsauth); this is the last line.
+            self.stats.amplification_dropped += 1
             return
         self.transport.sendto(reply, addr)
         self.stats.udp_responses += 1
@@ -96,8 +102,11 @@ class DnsServer:
         await self.close()
 
 
-async def serve_dns(handler: Handler, host: str, port: int) -> DnsServer:
+async def serve_dns(handler: Handler, host: str, port: int, *, max_reply_factor: int | None = None) -> DnsServer:
     """Serve `handler(query, tcp) -> response | None` over UDP and TCP on host:port.
+
+With ``max_reply_factor``, no UDP reply larger than that many times its query is sent (counted in
+``amplification_dropped``): an unverified source address cannot get an amplified answer.
 
     Port 0 picks a free port (the same for UDP and TCP); `DnsServer.port` tells which.
     TCP uses the 2-byte length framing of RFC 1035 §4.2.2, several queries per connection.
@@ -130,7 +139,8 @@ async def serve_dns(handler: Handler, host: str, port: int) -> DnsServer:
         except OSError:
             usock.close()
             raise
-        udp, _proto = await loop.create_datagram_endpoint(lambda: _UdpServerProtocol(handler, stats), sock=usock)
+        udp, _proto = await loop.create_datagram_endpoint(lambda: _UdpServerProtocol(handler, stats, max_reply_factor),
+                                                       sock=usock)
         bound_port = int(udp.get_extra_info("sockname")[1])
         try:  # room for bursts (and floods) of queries while the loop is busy
             udp.get_extra_info("socket").setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4 << 20)

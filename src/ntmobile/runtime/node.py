@@ -40,7 +40,7 @@ from ntmobile.osops import netlink
 from ntmobile.wire import Capability, PathMode, Status
 
 from . import dnsclasses  # noqa: F401  (dnspython's IN rdata classes before any input)
-from .config import Credentials, NodeSettings
+from .config import Credentials, NodeSettings, group_id
 from .control import serve_control
 from .counters import counter_floor
 from .driver import CoreDriver
@@ -112,7 +112,7 @@ class NodeDaemon:
         loop.add_reader(self.tun.fileno(), self.fwd.on_tun_readable)
         self.stub = stub = StubServer(self.on_dns_query)
         await stub.start(s.dns_listen, s.dns_port)
-        control = await serve_control(s.control, self.control)
+        control = await serve_control(s.control, self.control, group=group_id(s.control_group))
         self.core.register(await self.local_endpoints(), loop.time())
         self.driver.flush()
         self.addr_task = loop.create_task(self.watch_addresses())

@@ -31,7 +31,7 @@ from ntmobile.osops.nft import NftError, RsFastTable, RsNatTable
 from ntmobile.osops.ping import icmp_echo
 from ntmobile.wire import Capability
 
-from .config import ConfigError, Credentials, RsSettings
+from .config import ConfigError, Credentials, RsSettings, group_id
 from .control import serve_control
 from .counters import counter_floor
 from .driver import CoreDriver
@@ -110,7 +110,7 @@ class RsDaemon:
         self.train = Train(self.udpio)
         self.udpio.start(loop, self.driver.transports.values())
         loop.add_reader(self.tun.fileno(), self.on_tun_readable)
-        control = await serve_control(s.control, self.control)
+        control = await serve_control(s.control, self.control, group=group_id(s.control_group))
         self.core.register(loop.time())
         self.driver.flush()
         log.info("relay %s (id %s) up: %s:%d, TUN %s, nft table inet %s, %d DC(s)", s.name, self.rs_id.hex(),

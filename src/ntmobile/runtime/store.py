@@ -9,6 +9,10 @@ With ``background_checkpoint`` (the DC daemon), commits never copy the write-ahe
 database themselves (SQLite's automatic checkpoint, with its fsync, would run on the event loop every
 thousand pages): the owner calls ``checkpoint()`` on a thread of its own, which runs a passive
 checkpoint on that thread's own connection.
+
+The registry holds every client's secret and the DC's static key: it is created mode 0600 before
+SQLite opens it (SQLite gives its -wal, -shm and -journal files the mode of the database), in a
+directory nobody else can write, and never through a symbolic link (runtime/private.py).
 """
 
 from __future__ import annotations
@@ -16,9 +20,15 @@ from __future__ import annotations
 import os
 import sqlite3
 from pathlib import Path
+from urllib.parse import quote
 
 from ntmobile.core.registry import ClientRecord, Pools, StoreError, VipPool
 from ntmobile.wire import Role
+
+from .private import PrivateFileError, check_private_file, create_private
+
+#: Files SQLite keeps next to the database (WAL mode; the rollback journal of older opens).
+SIDE_FILES = ("-wal", "-shm", "-journal")
 
 SCHEMA = """
 CREATE TABLE IF NOT EXISTS clients (
@@ -53,8 +63,15 @@ class SqliteStore:
         self._seqs: dict[bytes, int] = {}
         self._ckpt: sqlite3.Connection | None = None
         try:
-            self.path.parent.mkdir(parents=True, exist_ok=True)
-            self.db = sqlite3.connect(str(self.path), isolation_level=None, timeout=5.0)
+            create_private(self.path)
+            for suffix in SIDE_FILES:
+                check_private_file(self.path.with_name(self.path.name + suffix))
+        except PrivateFileError as exc:
+            raise StoreError(f"cannot open the registry database: {exc}") from None
+        try:
+            # mode=rw: SQLite opens the file made above and never creates one with its own mode
+            self._uri = f"file:{quote(str(self.path))}?mode=rw"
+            self.db = sqlite3.connect(self._uri, uri=True, isolation_level=None, timeout=5.0)
             self.db.execute("PRAGMA journal_mode=WAL")
             self.db.execute("PRAGMA synchronous=NORMAL")
             if background_checkpoint:
@@ -69,7 +86,7 @@ class SqliteStore:
         connection of its own. Returns (pages in the log, pages copied); StoreError on failure."""
         try:
             if self._ckpt is None:
-                self._ckpt = sqlite3.connect(str(self.path), isolation_level=None, timeout=5.0,
+                self._ckpt = sqlite3.connect(self._uri, uri=True, isolation_level=None, timeout=5.0,
                                              check_same_thread=False)
             _busy, log_pages, copied = self._ckpt.execute("PRAGMA wal_checkpoint(PASSIVE)").fetchone()
         except sqlite3.Error as exc:
