@@ -353,6 +353,12 @@ class ReassemblyRefused(AuthError):
 PROCESS_POOL = ReassemblyPool()
 
 
+def reassembly_snapshot(pool: ReassemblyPool = PROCESS_POOL) -> dict[str, int]:
+    """A daemon's reassembly books for its status: bytes held by partial GSO capsules, how many,
+    and the budget."""
+    return {"held": pool.held, "partials": len(pool), "budget": pool.budget}
+
+
 class CapsuleOpener:
     """Opens data capsules of one path direction, with replay protection.
 

@@ -32,7 +32,7 @@ from ntmobile.core.node import (
     Registered,
     RegistrationFailed,
 )
-from ntmobile.crypto.channel import PROCESS_POOL, REASSEMBLY_TIMEOUT
+from ntmobile.crypto.channel import PROCESS_POOL, REASSEMBLY_TIMEOUT, reassembly_snapshot
 from ntmobile.dataplane.forwarder import PATH_MTU, FwdPath, NodeForwarder, gso_max_size, inner_mtu
 from ntmobile.dataplane.tun import Tun, open_tun, set_gso_max_size
 from ntmobile.dataplane.udpio import UdpIo
@@ -391,6 +391,7 @@ class NodeDaemon:
             "keepalive": reg.keepalive if reg else None,
             "local_endpoints": [list(e) for e in self.core.local_endpoints],
             "paths": paths, "stats": dict(self.core.stats), "dataplane": self.fwd.stats | self.udpio.stats,
+            "reassembly": reassembly_snapshot(),
             "dns_stub": {"received": self.stub.received, "dropped": self.stub.dropped, "errors": self.stub.errors,
                          "pending": len(self.stub.tasks)},
             "offloads": sorted(self.tun.features), "gso": offload_active(self.tun), "error": self.last_error,
