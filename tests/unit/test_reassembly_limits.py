@@ -287,3 +287,30 @@ def test_rs_core_timer_expires_partials() -> None:
     assert timer is not None and timer <= 4.0 + REASSEMBLY_TIMEOUT
     core.handle_timer(4.0 + REASSEMBLY_TIMEOUT)
     assert len(PROCESS_POOL) == 0 and PROCESS_POOL.held == 0
+
+
+@settings(max_examples=150, deadline=None)
+@given(st.lists(st.tuples(st.integers(1, 30), st.integers(2, 60), st.integers(0, 59), st.integers(1, 12),
+                          st.sampled_from([100, 1448, 30000]), st.booleans()), max_size=60))
+def test_random_runs_keep_the_books_and_the_bounds(runs: list[tuple[int, int, int, int, int, bool]]) -> None:
+    """The same through ``open_run``: GRO-like runs of forged chunks (any start, any length, the
+    last one short or not), from the learnt endpoint or not."""
+    pool = ReassemblyPool(300_000)
+    o = CapsuleOpener(KEY, pool)
+    for counter, count, start, k, seg, learnt in runs:
+        start = min(start, count - 1)
+        k = min(k, count - start)
+        size = seg + 24
+        data = b"".join(forged_chunk(counter, count, start + j, seg,
+                                     bytes(seg if start + j < count - 1 else max(1, seg // 3))) for j in range(k))
+        mv = memoryview(data)
+        before = o.held
+        try:
+            _, used = o.open_run(mv, size, 0.0, learnt=learnt)
+            assert 1 <= used <= k
+        except (AuthError, CodecError):
+            pass
+        assert o.held <= OPENER_BUDGET and pool.held <= pool.budget and o.held == held_bytes(o) == pool.held
+        assert learnt or o.held <= before  # a stranger's run never adds state
+    pool.expire(1e9)
+    assert pool.held == o.held == 0
