@@ -22,7 +22,7 @@ from typing import Any
 
 import pytest
 
-from ntmobile.bench.fuzz import lab_udp_drops
+from ntmobile.bench.fuzz import lab_udp_drops, run_chunk_floods
 from ntmobile.lab import Lab
 from ntmobile.lab.state import ProcRecord
 
@@ -127,3 +127,44 @@ def test_every_daemon_port_survives_hostile_input(lab_factory: LabFactory) -> No
     # (the name above went through the node's stub); the DC's own DNS answers the node's VIP.
     cp = lab.exec("gl", ["dig", f"@{dca}", "+short", "+time=5", "A", "mn.a.example"], timeout=20)
     assert cp.stdout.strip() == js(lab, "mn", "status")["vip4"]
+
+
+CHUNK_COUNT = 5000
+#: What a daemon's RSS may grow by under forged GSO chunk floods: the per-daemon reassembly budget
+#: (crypto.channel.POOL_BUDGET, 2 MiB) and allocator slack. On main one 25-byte datagram of the
+#: issue made the opener allocate 16 MiB (count x seg), 16 per path: 256 MiB.
+CHUNK_RSS_GROWTH_KIB = 4 * 1024
+
+
+def test_forged_gso_chunk_floods_hold_no_memory(lab_factory: LabFactory) -> None:
+    """Issue 14, section 2: forged GSO chunks (the issue's 25-byte datagram first, then plausible
+    64 KB layouts with random indices, random Path IDs, random layouts; ntmobile.bench.fuzz.ChunkFlood)
+    sent to each relay holding mn's paths and to mn, from a wrong source and from a source spoofed to
+    be the learnt endpoint. Every daemon reads them all, its RSS grows by less than a few MiB, its
+    partials leave on the timer, the drops are counted, and mn's RS-N path still works."""
+    lab = lab_factory("nat", bare=False)
+    wait_for(lambda: js(lab, "mn", "status").get("registered"), 20, "mn registered")
+    rep = run_chunk_floods(lab, CHUNK_COUNT, seed=21)
+    floods = rep["floods"]
+    assert {"mn_wrong_source", "mn_spoofed_relay_endpoint"} <= floods.keys(), floods.keys()
+    assert any(k.endswith("_wrong_source") and not k.startswith("mn") for k in floods), floods.keys()
+    assert any(k.endswith("_spoofed_learnt_endpoint") for k in floods), floods.keys()
+    for name, r in floods.items():
+        assert r["sent"] - r["send_errors"] <= r["daemon_received"] + r["kernel_drops"], (name, r)
+        assert r["rss_growth_kib"] < CHUNK_RSS_GROWTH_KIB, (name, r)
+        books = r["reassembly"]
+        assert books["held"] <= books["budget"] and books["partials"] == 0 and r["partials_expired"], (name, r)
+        c = r["counters"]
+        if name.startswith("mn"):
+            dropped = c.get("dp_rx_chunk_unknown_source", 0) + c.get("dp_rx_malformed", 0)
+            if name == "mn_wrong_source":
+                assert c.get("dp_rx_chunk_unknown_source", 0) > 0, (name, c)
+        else:
+            dropped = c.get("drop_chunk_unknown_source", 0) + c.get("drop_malformed", 0)
+            if name.endswith("_wrong_source"):
+                assert c.get("drop_chunk_unknown_source", 0) + c.get("drop_data_unknown_source", 0) > 0, (name, c)
+            else:
+                assert c.get("drop_malformed", 0) >= 512, (name, c)  # the issue's 512: count x seg too large
+        assert dropped > 0, (name, c)
+    # Still working: mn's RS-N path carries traffic.
+    assert lab.exec("mn", ["ping", "-c", "3", "-W", "2", "www.gn.example"], timeout=30, check=False).returncode == 0

@@ -10,7 +10,7 @@ import socket
 import pytest
 
 from ntmobile.crypto import AuthError, CapsuleOpener, CapsuleSealer
-from ntmobile.crypto.channel import REASSEMBLY_SLOTS, REASSEMBLY_TIMEOUT
+from ntmobile.crypto.channel import REASSEMBLY_SLOTS, REASSEMBLY_TIMEOUT, ReassemblyPool
 from ntmobile.dataplane.forwarder import gso_max_size, inner_mtu
 from ntmobile.dataplane.udp import GSO_MAX_BYTES, GSO_MAX_SEGMENTS
 from ntmobile.dataplane.udpio import Train, UdpIo, chunk_size
@@ -23,7 +23,7 @@ PID = b"PATH-ID!"
 
 
 def pair() -> tuple[CapsuleSealer, CapsuleOpener]:
-    return CapsuleSealer(KEY, PID, 0), CapsuleOpener(KEY)
+    return CapsuleSealer(KEY, PID, 0), CapsuleOpener(KEY, ReassemblyPool())
 
 
 def chunks(blob: bytes, size: int) -> list[bytes]:
@@ -56,7 +56,7 @@ def test_in_order_reordered_and_duplicated_chunks_open_once() -> None:
         if n % 2:
             random.shuffle(parts)
         parts[1:1] = parts[:1]  # a duplicate before the capsule is complete
-        got = [r for p in parts if (r := o.open_chunk(p, 0.0)) is not None]
+        got = [r for p in parts if (r := o.open_chunk(p, 0.0, learnt=True)) is not None]
         assert got == [payload]
 
 
@@ -67,7 +67,7 @@ def test_interleaved_capsules_and_per_packet_capsules_share_the_counter() -> Non
     single = s.seal(b"plain packet")
     assert parse_capsule_header(single).counter == 3
     mixed = [x for pair_ in zip(pa, pb, strict=False) for x in pair_] + pb[len(pa):]
-    got = [r for p in mixed if (r := o.open_chunk(p, 0.0)) is not None]
+    got = [r for p in mixed if (r := o.open_chunk(p, 0.0, learnt=True)) is not None]
     assert sorted(got, key=len) == [a, b]
     assert o.open(single) == b"plain packet"
 
@@ -76,11 +76,12 @@ def test_lost_chunk_drops_the_capsule_and_frees_its_slot() -> None:
     s, o = pair()
     lost = chunks(*s.seal_gso(os.urandom(20000), 1400))
     for p in lost[:-1]:
-        assert o.open_chunk(p, 0.0) is None
+        assert o.open_chunk(p, 0.0, learnt=True) is None
     assert o.pending == 1
     # Later capsules still open; the incomplete one times out.
     nxt = os.urandom(3000)
-    got = [r for p in chunks(*s.seal_gso(nxt, 1400)) if (r := o.open_chunk(p, REASSEMBLY_TIMEOUT + 1)) is not None]
+    later = REASSEMBLY_TIMEOUT + 1
+    got = [r for p in chunks(*s.seal_gso(nxt, 1400)) if (r := o.open_chunk(p, later, learnt=True)) is not None]
     assert got == [nxt] and o.pending == 0 and o.reasm_dropped == 1
 
 
@@ -88,7 +89,7 @@ def test_reassembly_memory_is_bounded() -> None:
     s, o = pair()
     for _ in range(REASSEMBLY_SLOTS * 3):
         first = chunks(*s.seal_gso(os.urandom(5000), 1400))[0]
-        o.open_chunk(first, 0.0)
+        o.open_chunk(first, 0.0, learnt=True)
         assert o.pending <= REASSEMBLY_SLOTS
     assert o.reasm_dropped == REASSEMBLY_SLOTS * 2
 
@@ -97,23 +98,23 @@ def test_replay_and_forgery() -> None:
     s, o = pair()
     payload = os.urandom(4000)
     parts = chunks(*s.seal_gso(payload, 1400))
-    assert [r for p in parts if (r := o.open_chunk(p, 0.0))] == [payload]
+    assert [r for p in parts if (r := o.open_chunk(p, 0.0, learnt=True))] == [payload]
     with pytest.raises(AuthError, match="replay"):
-        o.open_chunk(parts[0], 0.0)
+        o.open_chunk(parts[0], 0.0, learnt=True)
     parts2 = chunks(*s.seal_gso(payload, 1400))
     bad = bytearray(parts2[1])
     bad[-1] ^= 1
-    o.open_chunk(parts2[0], 0.0)
-    o.open_chunk(bytes(bad), 0.0)
+    o.open_chunk(parts2[0], 0.0, learnt=True)
+    o.open_chunk(bytes(bad), 0.0, learnt=True)
     with pytest.raises(AuthError):
-        o.open_chunk(parts2[2], 0.0)
+        o.open_chunk(parts2[2], 0.0, learnt=True)
     # A chunk claiming another layout than its capsule's other chunks.
     parts3 = chunks(*s.seal_gso(payload, 1400))
-    o.open_chunk(parts3[0], 0.0)
+    o.open_chunk(parts3[0], 0.0, learnt=True)
     wrong = bytearray(parts3[1])
     wrong[20] = 9
     with pytest.raises(CodecError):
-        o.open_chunk(bytes(wrong), 0.0)
+        o.open_chunk(bytes(wrong), 0.0, learnt=True)
 
 
 @pytest.mark.parametrize("bad", [
@@ -126,7 +127,7 @@ def test_replay_and_forgery() -> None:
 def test_malformed_chunk_headers(bad: bytes) -> None:
     _, o = pair()
     with pytest.raises(CodecError):
-        o.open_chunk(bad, 0.0)
+        o.open_chunk(bad, 0.0, learnt=True)
 
 
 @pytest.mark.parametrize("split", [None, 1, 20, 43])
@@ -140,7 +141,7 @@ def test_open_run_matches_open_chunk(split: int | None) -> None:
     for b in batches:
         off = 0
         while off < len(b):
-            r, k = o.open_run(b[off:], size, 0.0, scratch=True)
+            r, k = o.open_run(b[off:], size, 0.0, learnt=True, scratch=True)
             assert k >= 1
             off += k * size
             if r is not None:
@@ -156,9 +157,9 @@ def test_open_run_falls_back_when_a_foreign_chunk_is_in_the_run() -> None:
     # a's chunk 2 was lost; b's chunk 2 sits in its place (same size): the run fails the fast
     # path's AEAD and is taken chunk by chunk; a stays incomplete, nothing wrong is delivered.
     run = b"".join(pa[:2] + [pb[2]] + pa[3:])
-    r, k = o.open_run(memoryview(run), size, 0.0)
+    r, k = o.open_run(memoryview(run), size, 0.0, learnt=True)
     assert r is None and k == len(pa)
-    rest = [x for p in pb[:2] + pb[3:] if (x := o.open_chunk(p, 0.0)) is not None]
+    rest = [x for p in pb[:2] + pb[3:] if (x := o.open_chunk(p, 0.0, learnt=True)) is not None]
     assert rest == [b]
 
 
@@ -222,12 +223,12 @@ def test_udpio_loopback_gso_gro_roundtrip() -> None:
     s, o = pair()
 
     def on_capsule(data: memoryview, addr: tuple[str, int], now: float) -> None:
-        r = o.open_chunk(data, now)
+        r = o.open_chunk(data, now, learnt=True)
         if r is not None:
             got.append(r)
 
     def on_run(data: memoryview, size: int, addr: tuple[str, int], now: float) -> int:
-        r, k = o.open_run(data, size, now)
+        r, k = o.open_run(data, size, now, learnt=True)
         if r is not None:
             got.append(bytes(r))
         return k
@@ -300,5 +301,5 @@ def test_udpio_falls_back_to_one_datagram_per_send_without_gso() -> None:
         io.send_chunks(blob, size, ("192.0.2.1", 7412))
     assert sock.gso_tries == 1 and io.gso[socket.AF_INET] is False and io.stats["gso_fallbacks"] == 1
     assert all(len(d) <= size for d in sock.sent)
-    got = [r for d in sock.sent if (r := o.open_chunk(d, 0.0)) is not None]
+    got = [r for d in sock.sent if (r := o.open_chunk(d, 0.0, learnt=True)) is not None]
     assert got == [payload, payload]

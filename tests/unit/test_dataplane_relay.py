@@ -51,7 +51,7 @@ def test_rs_s_forwards_a_run_once_and_only_from_the_learnt_leg() -> None:
     e = core.entries()[0]
     assert e.packets_i2r == k and e.bytes_i2r == len(blob)
     # The peer opens exactly what was forwarded.
-    out = [r for o in range(0, len(blob), size) if (r := resp.opener.open_chunk(blob[o:o + size], 3.0))]
+    out = [r for o in range(0, len(blob), size) if (r := resp.opener.open_chunk(blob[o:o + size], 3.0, learnt=True))]
     assert len(out) == 1
     # From anywhere else: nothing is forwarded.
     blob2, _ = ini.sealer.seal_gso(os.urandom(5000), 1000)

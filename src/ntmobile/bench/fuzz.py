@@ -282,6 +282,56 @@ class Mutator:
                            *(self.rng.randrange(3) for _ in range(4)))
 
 
+#: Kinds of forged GSO chunk datagrams (``ChunkFlood``).
+CHUNK_FLOODS = ("issue", "plausible", "many_paths", "random_layout")
+_CHUNK = struct.Struct("!BBBB8sQBBH")  # capsule header + chunk header (wire/frame.py)
+
+
+class ChunkFlood:
+    """Forged GSO chunk datagrams: a capsule header with the GSO flag and a chunk header, then a
+    body. Nothing in them can be authenticated before a capsule's last chunk is in, so they probe
+    what a daemon holds for strangers (issue 14, section 2; crypto.channel.CapsuleOpener).
+
+    - ``issue``: the review's datagram, 25 bytes: a live Path ID, count 255, index 254, seg 65535,
+      one body byte;
+    - ``plausible``: a live Path ID, count 45, seg 1448 and full 1448-byte bodies (a 64 KB
+      capsule's layout), random index and counter;
+    - ``many_paths``: the issue's datagram under random Path IDs;
+    - ``random_layout``: a live Path ID, random count, index and seg, a short body.
+
+    Counters are random, so every datagram would start a capsule of its own; the direction flag is
+    random too."""
+
+    def __init__(self, path_ids: list[bytes], seed: int, kinds: tuple[str, ...] = CHUNK_FLOODS) -> None:
+        self.rng = random.Random(seed)
+        self.path_ids = path_ids or [bytes(8)]
+        self.kinds = kinds
+        self.counts: dict[str, int] = {}
+        self._n = 0
+
+    def next(self) -> bytes:
+        r = self.rng
+        if self._n < 512 and "issue" in self.kinds:  # the issue's flood first, exactly
+            kind = "issue"
+        else:
+            kind = self.kinds[r.randrange(len(self.kinds))]
+        self._n += 1
+        self.counts[kind] = self.counts.get(kind, 0) + 1
+        flags = int(CapsuleFlags.GSO) | r.choice((0, int(CapsuleFlags.FROM_RESPONDER)))
+        pid = r.randbytes(8) if kind == "many_paths" else self.path_ids[r.randrange(len(self.path_ids))]
+        counter = r.randrange(1, 1 << 48)
+        if kind in ("issue", "many_paths"):
+            count, index, seg, body = 255, 254, 65535, 1
+        elif kind == "plausible":
+            count, index, seg = 45, r.randrange(44), 1448
+            body = seg
+        else:
+            count = r.randrange(2, 256)
+            index, seg = r.randrange(count), r.randrange(1, 65536)
+            body = seg if index < count - 1 and seg <= 1400 else r.randrange(1, 64)
+        return _CHUNK.pack(1, int(MessageType.DATA), flags, 0, pid, counter, count, index, seg) + r.randbytes(body)
+
+
 def dns_corpus(domain: str = "fuzz.example") -> list[bytes]:
     out = []
     for name in (domain, f"fz.{domain}", f"dc.{domain}", f"nobody.{domain}", "www.gn.example"):
@@ -648,14 +698,33 @@ def to_markdown(rep: dict[str, Any]) -> str:
               f"{rep.get('alive')}; registration afterwards {rep.get('registration_after')}; DNS afterwards "
               f"{rep.get('dns_after')}; transfer afterwards {rep.get('transfer_after', 'n/a')}; tracebacks in the "
               f"log {rep.get('log_tracebacks', 'n/a')}; handler errors {rep.get('handler_errors')}"]
+    floods = rep.get("chunk_floods", {}).get("floods", {})
+    if floods:
+        lines += ["", "Forged GSO chunk floods (what reassembly holds for strangers):", "",
+                  "| flood | daemon | sent | received | RSS before KiB | RSS after KiB | growth KiB | held after |",
+                  "|---|---|---|---|---|---|---|---|"]
+        for name, r in floods.items():
+            held = (r.get("reassembly") or {}).get("held")
+            lines.append(f"| {name} | {r['daemon']} | {r['sent']} | {r['daemon_received']} | {r['rss_kib_before']} | "
+                         f"{r['rss_kib_after']} | {r['rss_growth_kib']} | {held} |")
     return "\n".join(lines)
 
 
-def send_paced(host: str, port: int, gen: Mutator, count: int, rate: float) -> dict[str, Any]:
+#: setsockopt(SOL_IP, IP_TRANSPARENT): bind to an address that is not the host's (root only).
+IP_TRANSPARENT = getattr(socket, "IP_TRANSPARENT", 19)
+
+
+def send_paced(host: str, port: int, gen: Mutator | ChunkFlood, count: int, rate: float, *,
+               source: Endpoint | None = None) -> dict[str, Any]:
     """Send ``count`` datagrams to host:port at about ``rate`` per second (no feedback: what the
-    receiver's socket cannot hold shows up in its kernel drop counter)."""
+    receiver's socket cannot hold shows up in its kernel drop counter). With ``source`` they leave
+    from that address and port even if it is not this host's (a spoofer: IP_TRANSPARENT, IPv4)."""
     fam = socket.AF_INET6 if ":" in host else socket.AF_INET
     sock = socket.socket(fam, socket.SOCK_DGRAM)
+    if source is not None:
+        sock.setsockopt(socket.SOL_IP, IP_TRANSPARENT, 1)
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        sock.bind(source)
     sent = errors = 0
     t0 = time.monotonic()
     try:
@@ -677,6 +746,104 @@ def send_paced(host: str, port: int, gen: Mutator, count: int, rate: float) -> d
             "rate_per_s": round(sent / elapsed) if elapsed else 0, "mutations": gen.counts}
 
 
+def lab_json(lab: Lab, host: str, *argv: str) -> dict[str, Any]:
+    """``ntm ARGV --json`` in a lab host, parsed."""
+    cp = lab.exec(host, [sys.executable, "-m", "ntmobile", *argv, "--json"], timeout=30)
+    out: dict[str, Any] = json.loads(cp.stdout)
+    return out
+
+
+def daemon_pid(lab: Lab, host: str, kind: str) -> int:
+    return next(p.pid for p in lab.state.processes if p.host == host and p.name.startswith(kind))
+
+
+def _wait(predicate: Callable[[], bool], timeout: float) -> bool:
+    deadline = time.monotonic() + timeout
+    while not predicate():
+        if time.monotonic() > deadline:
+            return False
+        time.sleep(0.2)
+    return True
+
+
+def run_chunk_floods(lab: Lab, count: int, seed: int = 8, *, rate: int = 5000,
+                     log: Callable[[str], None] = print) -> dict[str, Any]:
+    """Forged GSO chunk floods (``ChunkFlood``) against the relays and the node mn of a running
+    ``nat`` lab. mn first sets up an RS-N path (to the GN) and, if the DCs peer, an RS-S path (to
+    cn). Then, per relay holding such paths: ``count`` datagrams from gl (a source that is no leg),
+    and ``count`` from gl spoofing mn's learnt endpoint there (the relay's worst case); and to mn's
+    port: ``count`` from inside mn (a wrong source) and ``count`` from nata spoofing the relay's
+    endpoint (the node's worst case). Each flood reports the daemon's RSS (KiB) before and after
+    (after partials had time to expire), its reassembly books and the drop counters that moved."""
+    from ntmobile.crypto.channel import REASSEMBLY_TIMEOUT
+
+    for name in ("www.gn.example", "cn.b.example"):
+        lab.exec("mn", ["ping", "-c", "2", "-W", "2", name], timeout=30, check=False)
+    _wait(lambda: any(p["mode"] == "RS_N" and p["established"] for p in lab_json(lab, "mn", "status")["paths"]), 30)
+    relays = sorted({p.host for p in lab.state.processes if p.name.startswith("rs")})
+    report: dict[str, Any] = {"count": count, "rate": rate, "floods": {}}
+
+    def rx_of(host: str, kind: str) -> Callable[[], int]:
+        def rx() -> int:
+            d = lab_json(lab, host, *(("rs", "status") if kind == "rs" else ("status",)))["dataplane"]
+            return int(d["rx_datagrams"] + d["rx_errors"])
+        return rx
+
+    def flood(name: str, src: str, dest: str, port: int, host: str, kind: str, pids: list[str],
+              spoof: str | None, i: int) -> None:
+        pid = daemon_pid(lab, host, kind)
+        rx = rx_of(host, kind)
+
+        def status() -> dict[str, Any]:
+            return lab_json(lab, host, *(("rs", "status") if kind == "rs" else ("status",)))
+
+        before, d0, rss0 = rx(), lab_udp_drops(lab, host, port), rss_kib(pid)
+        st0 = status()
+        argv = [sys.executable, "-m", "ntmobile.bench.fuzz", "send", dest, str(port), str(count), str(seed + i),
+                "chunks", str(rate), ",".join(pids), ",".join(CHUNK_FLOODS)] + ([spoof] if spoof else [])
+        log(f"{name}: {count} forged chunks {dest}:{port} from {src}{' as ' + spoof if spoof else ''} ...")
+        cp = lab.exec(src, argv, timeout=count / rate * 4 + 60)
+        r: dict[str, Any] = json.loads(cp.stdout.strip().splitlines()[-1])
+        wanted = r["sent"] - r["send_errors"]
+        _wait(lambda: rx() - before + lab_udp_drops(lab, host, port) - d0 >= wanted, 60)
+        # Partials leave on the daemon's timer (REASSEMBLY_TIMEOUT): RSS after they did, not during.
+        r["partials_expired"] = _wait(lambda: not status()["reassembly"]["partials"], 10 + REASSEMBLY_TIMEOUT)
+        st1 = status()
+        c0 = st0["stats"] | {"dp_" + k: v for k, v in st0["dataplane"].items()}
+        c1 = st1["stats"] | {"dp_" + k: v for k, v in st1["dataplane"].items()}
+        r.update(daemon=host, daemon_received=rx() - before, kernel_drops=lab_udp_drops(lab, host, port) - d0,
+                 rss_kib_before=rss0, rss_kib_after=rss_kib(pid), reassembly=st1.get("reassembly"),
+                 counters={k: v - c0.get(k, 0) for k, v in c1.items() if isinstance(v, int) and v != c0.get(k, 0)})
+        r["rss_growth_kib"] = r["rss_kib_after"] - rss0
+        report["floods"][name] = r
+        log(json.dumps({k: v for k, v in r.items() if k not in ("mutations", "counters")}))
+
+    i = 0
+    for rs in relays:
+        entries = lab_json(lab, rs, "rs", "status")["entries"]
+        if not entries:
+            continue
+        pids = [e["path_id"] for e in entries]
+        flood(f"{rs}_wrong_source", "gl", lab.addr(rs), 7411, rs, "rs", pids, None, i)
+        i += 1
+        for e in entries:
+            if e["rs_type"] == "N" and e["initiator"] and not e["initiator"].startswith("["):  # IPv4 spoofing
+                flood(f"{rs}_spoofed_learnt_endpoint", "gl", lab.addr(rs), 7411, rs, "rs", [e["path_id"]],
+                      str(e["initiator"]), i)
+                i += 1
+                break
+    paths = lab_json(lab, "mn", "status")["paths"]
+    pids = [p["path_id"] for p in paths]
+    flood("mn_wrong_source", "mn", "127.0.0.1", 7412, "mn", "node", pids, None, i)
+    for p in paths:
+        ep = p.get("endpoint")
+        if p["mode"] == "RS_N" and ep and ":" not in str(ep[0]):
+            flood("mn_spoofed_relay_endpoint", "nata", lab.addr("mn"), 7412, "mn", "node", [p["path_id"]],
+                  f"{ep[0]}:{ep[1]}", i + 1)
+            break
+    return report
+
+
 def run_lab_bench(count: int, seed: int = 8, *, prefix: str = "fuzz", log: Callable[[str], None] = print
                   ) -> dict[str, Any]:
     """Every daemon port of a running lab (built-in topology "nat", brought up and torn down here):
@@ -685,14 +852,7 @@ def run_lab_bench(count: int, seed: int = 8, *, prefix: str = "fuzz", log: Calla
     datagrams the daemon read (its own counters) + the kernel's drops on that socket vs sent."""
     from ntmobile.lab import Lab
 
-    def js(lab: Lab, host: str, *argv: str) -> dict[str, Any]:
-        cp = lab.exec(host, [sys.executable, "-m", "ntmobile", *argv, "--json"], timeout=30)
-        out: dict[str, Any] = json.loads(cp.stdout)
-        return out
-
-    def pid_of(lab: Lab, host: str, kind: str) -> int:
-        return next(p.pid for p in lab.state.processes if p.host == host and p.name.startswith(kind))
-
+    js, pid_of = lab_json, daemon_pid
     lab = Lab.up("nat", prefix=prefix, bare=False)
     report: dict[str, Any] = {"seed": seed, "count_per_port": count, "targets": {}, "lab": "nat"}
     try:
@@ -743,6 +903,8 @@ def run_lab_bench(count: int, seed: int = 8, *, prefix: str = "fuzz", log: Calla
             r["rss_kib_after"] = rss_kib(pids[who])
             report["targets"][name] = r
             log(json.dumps({k: v for k, v in r.items() if k != "mutations"}))
+        # Forged GSO chunks (issue 14): what reassembly holds for strangers, per daemon.
+        report["chunk_floods"] = run_chunk_floods(lab, max(1000, count // 10), seed, log=log)
         report["alive"] = all(Path(f"/proc/{p}").exists() for p in pids.values())
         report["rss_kib_end"] = {k: rss_kib(v) for k, v in pids.items()}
         # The stub holds tunnelled lookups until the DC answers (at most MAX_PENDING at once): let the
@@ -767,19 +929,33 @@ def run_lab_bench(count: int, seed: int = 8, *, prefix: str = "fuzz", log: Calla
     return report
 
 
+_USAGE = ("usage: python -m ntmobile.bench.fuzz send HOST PORT COUNT SEED signal|dns [RATE] | "
+          "send HOST PORT COUNT SEED chunks RATE PATHIDS(hex,comma-separated) [KINDS(comma-separated) [SRC_ADDR:PORT]]")
+
+
 def main(argv: list[str]) -> None:
-    """``python -m ntmobile.bench.fuzz send HOST PORT COUNT SEED signal|dns [RATE]``: the sender
-    the lab test runs inside a lab host; prints its figures as JSON."""
-    if len(argv) < 6 or argv[0] != "send" or argv[5] not in ("signal", "dns"):
-        raise SystemExit("usage: python -m ntmobile.bench.fuzz send HOST PORT COUNT SEED signal|dns [RATE]")
+    """``python -m ntmobile.bench.fuzz send HOST PORT COUNT SEED signal|dns [RATE]``, or ``... chunks
+    RATE PATHIDS [KINDS [SRC:PORT]]`` (forged GSO chunks, optionally from a spoofed source): the
+    sender the lab tests run inside a lab host; prints its figures as JSON."""
+    if len(argv) < 6 or argv[0] != "send" or argv[5] not in ("signal", "dns", "chunks") or (
+            argv[5] == "chunks" and len(argv) < 8):
+        raise SystemExit(_USAGE)
     host, port, count, seed, kind = argv[1], int(argv[2]), int(argv[3]), int(argv[4]), argv[5]
     rate = float(argv[6]) if len(argv) > 6 else 20000.0
-    if kind == "dns":
+    source: Endpoint | None = None
+    gen: Mutator | ChunkFlood
+    if kind == "chunks":
+        kinds = tuple(argv[8].split(",")) if len(argv) > 8 and argv[8] else CHUNK_FLOODS
+        gen = ChunkFlood([bytes.fromhex(x) for x in argv[7].split(",") if x], seed, kinds)
+        if len(argv) > 9:
+            a, _, p = argv[9].rpartition(":")
+            source = (a, int(p))
+    elif kind == "dns":
         gen = Mutator(dns_corpus(), seed, dns_mode=True)
     else:
         c = capture_corpus(seed=seed)
         gen = Mutator(c["dc"] + c["rs"] + c["node"], seed)
-    print(json.dumps(send_paced(host, port, gen, count, rate)), flush=True)
+    print(json.dumps(send_paced(host, port, gen, count, rate, source=source)), flush=True)
 
 
 if __name__ == "__main__":

@@ -28,6 +28,7 @@ from ntmobile.crypto import (
     x25519_public,
 )
 from ntmobile.wire import (
+    MAX_SIGNAL_SIZE,
     VERSION,
     CodecError,
     DirectionRequest,
@@ -98,6 +99,9 @@ PEER_QUERY_TIMEOUT = 3.0
 PEER_CLOCK_SKEW = 30.0
 #: Sealed datagrams held per peer DC while its key is being checked.
 PEER_HELD_MAX = 16
+#: ... and for all peer DCs together (each at most MAX_SIGNAL_SIZE bytes: unauthenticated input
+#: holds at most 256 x 1200 bytes here).
+PEER_HELD_TOTAL = 256
 #: A Peer Query whose Path ID is in use at the peer DC or its relay is retried this often.
 PEER_PATH_ATTEMPTS = 3
 #: Peer Hellos are re-sent at these delays while the peer DC has not introduced itself.
@@ -1237,7 +1241,8 @@ class DcCore(CoreBase):
             return True
         for p in self._peers_by_key.values():
             if p.claimed_id == header.sender and p.checking:
-                if len(p.held) < PEER_HELD_MAX:
+                if (len(p.held) < PEER_HELD_MAX and len(data) <= MAX_SIGNAL_SIZE
+                        and sum(len(q.held) for q in self._peers_by_key.values()) < PEER_HELD_TOTAL):
                     p.held.append((header, data, addr))
                     self.stats["peer_held"] += 1
                 else:

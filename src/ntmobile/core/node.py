@@ -23,6 +23,7 @@ from ntmobile.crypto import (
     relay_leg_keys,
 )
 from ntmobile.wire import (
+    MAX_SIGNAL_SIZE,
     CapsuleFlags,
     CodecError,
     DirectionRequest,
@@ -436,10 +437,16 @@ class NodeCore(CoreBase):
             self._on_dc(header, data, addr, now)
         elif header.sender in self._paths:
             self._on_tunnel(self._paths[header.sender], header, data, addr, now)
-        elif header.type is MessageType.TUNNEL_REQUEST:
-            self._early = [e for e in self._early if now - e[3] < EARLY_HOLD][-EARLY_MAX + 1:]
-            self._early.append((header.sender, data, addr, now))
+        elif header.type is MessageType.TUNNEL_REQUEST and len(data) <= MAX_SIGNAL_SIZE:
+            # Unauthenticated until its path arrives: at most EARLY_MAX of at most MAX_SIGNAL_SIZE
+            # bytes, for EARLY_HOLD seconds.
+            kept = [e for e in self._early if 0 <= now - e[3] < EARLY_HOLD][-EARLY_MAX + 1:]
+            self.stats["tunnel_request_held_dropped"] += len(self._early) - len(kept)
+            kept.append((header.sender, data, addr, now))
+            self._early = kept
             self.stats["tunnel_request_held"] += 1
+        elif header.type is MessageType.TUNNEL_REQUEST:
+            self.stats["drop_oversize"] += 1
         else:
             self.stats["drop_unknown_sender"] += 1
 

@@ -48,11 +48,13 @@ from functools import lru_cache
 from typing import Any
 
 from ntmobile.crypto import (
+    PROCESS_POOL,
     AuthError,
     CapsuleOpener,
     CapsuleSealer,
     Channel,
     CounterFloor,
+    ReassemblyRefused,
     UsedKeys,
     path_keys,
     relay_leg_keys,
@@ -469,11 +471,15 @@ class RsCore(CoreBase):
         if self._idle:
             top = self._idle[0][0]
             t = top if t is None else min(t, top)
+        reasm = PROCESS_POOL.deadline()  # partial GSO capsules of the RS-N paths
+        if reasm is not None:
+            t = reasm if t is None else min(t, reasm)
         return t
 
     def handle_timer(self, now: float) -> None:
         CoreBase.handle_timer(self, now)
         self._expire(now)
+        PROCESS_POOL.expire(now)
 
     # -- input: UDP ---------------------------------------------------------------------------------
     def receive_datagram(self, data: bytes, addr: Endpoint, now: float) -> None:
@@ -552,7 +558,7 @@ class RsCore(CoreBase):
                 or not self.config.capabilities & _CAP_GSO):
             return self._on_data(first, addr, now), 1
         try:
-            payload, k = opener.open_run(data, size, now, scratch=True)
+            payload, k = opener.open_run(data, size, now, learnt=addr == e.initiator.endpoint, scratch=True)
         except (AuthError, CodecError):
             return self._on_data(first, addr, now), 1  # counts it
         if payload is not None:
@@ -948,7 +954,13 @@ class RsCore(CoreBase):
             self.stats["drop_gso_unsupported"] += 1
             return None
         try:
-            payload = opener.open_chunk(data, now) if gso else opener.open(data)
+            # Reassembly state only for chunks from the node's learnt endpoint (CapsuleOpener).
+            payload = (opener.open_chunk(data, now, learnt=addr == e.initiator.endpoint) if gso
+                       else opener.open(data))
+        except ReassemblyRefused:
+            e.drops += 1
+            self.stats["drop_chunk_unknown_source"] += 1
+            return None
         except AuthError as exc:
             e.drops += 1
             self.stats["drop_data_replay" if "replay" in str(exc) else "drop_data_auth"] += 1

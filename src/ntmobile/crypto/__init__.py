@@ -1,7 +1,17 @@
 """Cryptography: key derivation, sealed signalling channels, data capsules, replay windows.
 See docs/security.md."""
 
-from .channel import AuthError, CapsuleOpener, CapsuleSealer, Channel, CounterFloor, ReplayWindow
+from .channel import (
+    PROCESS_POOL,
+    AuthError,
+    CapsuleOpener,
+    CapsuleSealer,
+    Channel,
+    CounterFloor,
+    ReassemblyPool,
+    ReassemblyRefused,
+    ReplayWindow,
+)
 from .keys import (
     Ephemeral,
     KeyPair,
@@ -19,7 +29,7 @@ from .keys import (
 )
 
 __all__ = [
-    "AuthError", "CapsuleOpener", "CapsuleSealer", "Channel", "CounterFloor", "Ephemeral", "KeyPair", "PathKeys",
-    "RandomBytes", "ReplayWindow", "UsedKeys", "dc_static_keys", "hkdf", "long_term_keys", "path_keys",
-    "peer_dc_keys", "relay_leg_keys", "session_keys", "x25519_public",
+    "PROCESS_POOL", "AuthError", "CapsuleOpener", "CapsuleSealer", "Channel", "CounterFloor", "Ephemeral", "KeyPair",
+    "PathKeys", "RandomBytes", "ReassemblyPool", "ReassemblyRefused", "ReplayWindow", "UsedKeys", "dc_static_keys",
+    "hkdf", "long_term_keys", "path_keys", "peer_dc_keys", "relay_leg_keys", "session_keys", "x25519_public",
 ]

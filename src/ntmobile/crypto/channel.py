@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import struct
-from collections import deque
+from collections import OrderedDict, deque
 from collections.abc import Callable
 
 from cryptography.exceptions import InvalidTag
@@ -43,6 +43,14 @@ REASSEMBLY_TIMEOUT = 0.5
 MAX_CHUNKS = 255
 #: Largest GSO payload: virtio_net_hdr + a 64 KB IP packet.
 MAX_GSO_PAYLOAD = 10 + 65535
+#: Largest sealed GSO capsule (payload + tag): what the chunks of one capsule may add up to.
+MAX_GSO_SEALED = MAX_GSO_PAYLOAD + TAG_SIZE
+#: Bytes charged to a partial capsule for its bookkeeping, beyond the chunk bytes it holds.
+PARTIAL_OVERHEAD = 512
+#: Bytes of partial GSO capsules one opener may hold (four of the largest capsules).
+OPENER_BUDGET = 4 * (MAX_GSO_SEALED + PARTIAL_OVERHEAD)
+#: Bytes of partial GSO capsules all openers of one pool (one daemon) may hold together.
+POOL_BUDGET = 2 << 20
 
 
 class _Scratch:
@@ -298,33 +306,132 @@ def _chunk_headers(count: int, seg: int) -> list[bytes]:
 
 
 class _Partial:
-    __slots__ = ("header", "count", "seg", "buf", "missing", "total", "started")
+    """A GSO capsule waiting for chunks. ``pieces`` maps a chunk index to the bodies of the
+    consecutive chunks that arrived together from there (one chunk, or part of a GRO run): a
+    partial holds the bytes that arrived, never count x seg up front."""
 
-    def __init__(self, header: bytes, count: int, seg: int, now: float) -> None:
+    __slots__ = ("opener", "counter", "header", "count", "seg", "pieces", "missing", "held", "started")
+
+    def __init__(self, opener: CapsuleOpener, counter: int, header: bytes, count: int, seg: int,
+                 now: float) -> None:
+        self.opener = opener
+        self.counter = counter
         self.header = header
         self.count = count
         self.seg = seg
-        self.buf = bytearray(count * seg)
+        self.pieces: dict[int, bytes] = {}
         self.missing = (1 << count) - 1
-        self.total = (count - 1) * seg  # completed by the last chunk
+        self.held = PARTIAL_OVERHEAD
         self.started = now
+
+    def sealed(self) -> tuple[memoryview, int]:
+        """The process's scratch buffer with the bodies received in place (chunk i at i x seg),
+        and the end of the last of them."""
+        ct = _buffers().ct_v
+        seg = self.seg
+        total = 0
+        for i, b in self.pieces.items():
+            o = i * seg
+            ct[o:o + len(b)] = b
+            total = max(total, o + len(b))
+        return ct, total
+
+
+class ReassemblyPool:
+    """The partial GSO capsules of every opener of one daemon, oldest first: one byte budget for
+    all of them (the oldest is dropped to make room) and their expiry. ``expire`` runs from the
+    daemon's timer (``deadline`` says when it is next due), so a partial leaves after
+    REASSEMBLY_TIMEOUT whether or not more chunks arrive."""
+
+    __slots__ = ("budget", "timeout", "held", "_order")
+
+    def __init__(self, budget: int = 0, timeout: float = REASSEMBLY_TIMEOUT) -> None:
+        self.budget = budget or POOL_BUDGET
+        self.timeout = timeout
+        #: Bytes held by all partials of the pool (chunk bodies + PARTIAL_OVERHEAD each).
+        self.held = 0
+        self._order: OrderedDict[_Partial, None] = OrderedDict()
+
+    def __len__(self) -> int:
+        return len(self._order)
+
+    def deadline(self) -> float | None:
+        """When the oldest partial expires; None without partials."""
+        for p in self._order:
+            return p.started + self.timeout
+        return None
+
+    def expire(self, now: float) -> int:
+        """Drop every partial older than the timeout, or started after ``now`` (the clock went
+        back); return how many were dropped (each is counted in its opener's ``reasm_dropped``)."""
+        order = self._order
+        limit = now - self.timeout
+        n = 0
+        while order:
+            p = next(iter(order))
+            if limit < p.started <= now:
+                break
+            p.opener._drop(p)
+            n += 1
+        return n
+
+    def _make_room(self, need: int, keep: _Partial) -> None:
+        order = self._order
+        while self.held + need > self.budget:
+            it = iter(order)
+            p = next(it, None)
+            if p is keep:
+                p = next(it, None)
+            if p is None:
+                return
+            p.opener._drop(p)
+
+
+class ReassemblyRefused(AuthError):
+    """A chunk that would need reassembly state, from a source that is not the path's learnt
+    endpoint (an unauthenticated stranger holds no memory of ours)."""
+
+
+#: The pool of every opener made without one. A daemon runs one core: this is the per-process
+#: budget.
+PROCESS_POOL = ReassemblyPool()
+
+
+def reassembly_snapshot(pool: ReassemblyPool = PROCESS_POOL) -> dict[str, int]:
+    """A daemon's reassembly books for its status: bytes held by partial GSO capsules, how many,
+    and the budget."""
+    return {"held": pool.held, "partials": len(pool), "budget": pool.budget}
 
 
 class CapsuleOpener:
     """Opens data capsules of one path direction, with replay protection.
 
-    GSO capsules arrive as chunks (``open_chunk``): they are reassembled, then opened with one AEAD
-    operation. At most REASSEMBLY_SLOTS capsules are pending; one that is not complete within
-    REASSEMBLY_TIMEOUT (a chunk was lost) is dropped whole and counted in ``reasm_dropped``.
+    GSO capsules arrive as chunks (``open_chunk``, ``open_run``): they are reassembled, then opened
+    with one AEAD operation. Nothing is authenticated before the last chunk is in, so reassembly
+    holds state only under these rules (docs/dataplane.md, "Reassembly limits"):
+
+    - A capsule received whole (one chunk, or a whole GRO run) is opened at once, from any source.
+      Anything that needs a partial is taken only with ``learnt`` (the datagram came from the
+      path's learnt endpoint); otherwise ``ReassemblyRefused``, counted in ``reasm_refused``.
+    - A capsule's count x seg must fit the largest sealed super-packet (MAX_GSO_SEALED).
+    - A partial holds the bytes that arrived, plus PARTIAL_OVERHEAD. At most REASSEMBLY_SLOTS
+      partials and OPENER_BUDGET bytes per opener, POOL_BUDGET bytes per pool (per daemon): the
+      oldest partial is dropped to make room.
+    - A partial not complete after REASSEMBLY_TIMEOUT is dropped by the pool's ``expire`` (the
+      daemon's timer). Every dropped partial is counted in ``reasm_dropped``.
     """
 
-    __slots__ = ("_aead", "window", "_partial", "reasm_dropped")
+    __slots__ = ("_aead", "window", "_partial", "_pool", "held", "reasm_dropped", "reasm_refused")
 
-    def __init__(self, key: bytes) -> None:
+    def __init__(self, key: bytes, pool: ReassemblyPool | None = None) -> None:
         self._aead = LazyAead(key)
         self.window = ReplayWindow()
         self._partial: dict[int, _Partial] = {}
+        self._pool = PROCESS_POOL if pool is None else pool
+        #: Bytes held by this opener's partials.
+        self.held = 0
         self.reasm_dropped = 0
+        self.reasm_refused = 0
 
     def open(self, data: bytes | bytearray | memoryview) -> bytes:
         """Return the inner payload. CodecError for a malformed capsule, AuthError for a bad or
@@ -341,51 +448,44 @@ class CapsuleOpener:
         self.window.update(hdr.counter)
         return payload
 
-    def open_chunk(self, data: bytes | bytearray | memoryview, now: float) -> bytes | None:
-        """Take one datagram of a GSO capsule. Returns the opened payload (virtio_net_hdr +
-        super-packet) once all chunks are in, None while chunks are missing. CodecError for a
-        malformed chunk, AuthError for a bad or replayed capsule."""
+    def open_chunk(self, data: bytes | bytearray | memoryview, now: float, *, learnt: bool) -> bytes | None:
+        """Take one datagram of a GSO capsule (``learnt``: it came from the path's learnt
+        endpoint). Returns the opened payload (virtio_net_hdr + super-packet) once all chunks are
+        in, None while chunks are missing. CodecError for a malformed chunk, AuthError for a bad or
+        replayed capsule, ReassemblyRefused (an AuthError) for a chunk that needs reassembly from
+        another source."""
         ch = parse_chunk_header(data)
         counter: int = CAPSULE_HEADER.unpack_from(data, 0)[5]
         if not self.window.check(counter):
             raise AuthError("replayed capsule")
         if ch.chunks == 1:
             return self._open_whole(counter, bytes(data[:CAPSULE_HEADER_SIZE]), data[GSO_CHUNK_OVERHEAD:])
-        parts = self._partial
-        p = parts.get(counter)
-        if p is None:
-            if parts:
-                self._expire(now)
-            p = parts[counter] = _Partial(bytes(data[:CAPSULE_HEADER_SIZE]), ch.chunks, ch.seg, now)
-        elif p.count != ch.chunks or p.seg != ch.seg or p.header != data[:CAPSULE_HEADER_SIZE]:
-            raise CodecError("GSO chunk does not match the capsule's other chunks")
-        bit = 1 << ch.chunk
+        count, idx, seg = ch
+        p = self._partial.get(counter) if learnt else None
+        if p is None or p.count != count or p.seg != seg or p.header != data[:CAPSULE_HEADER_SIZE]:
+            p = self._partial_for(data, counter, count, seg, now, learnt)
+        bit = 1 << idx
         if not p.missing & bit:
             return None  # duplicate
-        body = data[GSO_CHUNK_OVERHEAD:]
-        off = ch.chunk * p.seg
-        p.buf[off:off + len(body)] = body
-        p.missing &= ~bit
-        if ch.chunk == p.count - 1:
-            p.total += len(body)
+        self._add(p, idx, bit, bytes(data[GSO_CHUNK_OVERHEAD:]))
         if p.missing:
             return None
-        del parts[counter]
-        return self._open_whole(counter, p.header, memoryview(p.buf)[:p.total])
+        return self._complete(p, False)
 
-    def open_run(self, data: memoryview, size: int, now: float, *,
+    def open_run(self, data: memoryview, size: int, now: float, *, learnt: bool,
                  scratch: bool = False) -> tuple[bytes | memoryview | None, int]:
         """Take a run of GSO chunk datagrams laid back to back every ``size`` bytes (a UDP GRO
-        batch from the first chunk on). Consumes the consecutive chunks of the first datagram's
-        capsule (at least that one) and returns ``(payload or None, datagrams consumed)``: the
-        same result as ``open_chunk`` on each, with one header check and copy per chunk.
-        CodecError / AuthError as ``open_chunk`` (then one datagram counts as consumed). With
-        ``scratch`` a payload is a view of a shared buffer, valid until the next such call."""
+        batch from the first chunk on), all from one source (``learnt`` as in ``open_chunk``).
+        Consumes the consecutive chunks of the first datagram's capsule (at least that one) and
+        returns ``(payload or None, datagrams consumed)``: the same result as ``open_chunk`` on
+        each, with one header check and copy per chunk. CodecError / AuthError as ``open_chunk``
+        (then one datagram counts as consumed). With ``scratch`` a payload is a view of a shared
+        buffer, valid until the next such call."""
         n = len(data)
         ch = parse_chunk_header(data[:size])
         count, idx, seg = ch
         if count == 1 or size != seg + GSO_CHUNK_OVERHEAD or n <= size:
-            return self.open_chunk(data[:size], now), 1
+            return self.open_chunk(data[:size], now, learnt=learnt), 1
         header = data[:CAPSULE_HEADER_SIZE].tobytes()
         counter: int = CAPSULE_HEADER.unpack_from(header, 0)[5]
         if not self.window.check(counter):
@@ -396,7 +496,7 @@ class CapsuleOpener:
         if idx == 0 and k == count and data[o:o + GSO_CHUNK_OVERHEAD] == header + pack(count, k - 1, seg):
             # Fast path: the whole capsule, first and last chunk in place (one sendmsg, one GRO
             # batch). Chunks in between are not checked one by one: if one is foreign, the AEAD
-            # fails and the datagrams are taken one at a time instead.
+            # fails and the datagrams are taken one at a time instead. Nothing is held.
             sealed = b"".join([data[o + GSO_CHUNK_OVERHEAD:o + size] for o in range(0, n, size)][:k])
             try:
                 return self._open_whole(counter, header, sealed, scratch), k
@@ -404,7 +504,7 @@ class CapsuleOpener:
                 out = None
                 for o in range(0, min(k * size, n), size):
                     try:
-                        out = self.open_chunk(data[o:o + size], now) or out
+                        out = self.open_chunk(data[o:o + size], now, learnt=learnt) or out
                     except (AuthError, CodecError):
                         self.reasm_dropped += 1
                 return out, k
@@ -418,29 +518,93 @@ class CapsuleOpener:
         if not last and end != k * size:
             k -= 1  # a short datagram that is not the capsule's last chunk: leave it to open_chunk
             end = k * size
-        parts = self._partial
-        p = parts.get(counter)
-        if p is None:
-            if parts:
-                self._expire(now)
-            p = parts[counter] = _Partial(header, count, seg, now)
-        elif p.count != count or p.seg != seg or p.header != header:
-            raise CodecError("GSO chunk does not match the capsule's other chunks")
-        buf = p.buf
-        bit = 1 << idx
-        for o in range(0, end, size):
-            if p.missing & bit:
-                body = data[o + GSO_CHUNK_OVERHEAD:min(o + size, n)]
-                boff = (o // size + idx) * seg
-                buf[boff:boff + len(body)] = body
-                p.missing &= ~bit
-                if bit >> (count - 1):
-                    p.total += len(body)
-            bit <<= 1
+        p = self._partial_for(header, counter, count, seg, now, learnt)
+        mask = ((1 << k) - 1) << idx
+        if p.missing == mask:  # the run completes the capsule: its chunks go straight to the scratch
+            if last and idx * seg + end - k * GSO_CHUNK_OVERHEAD > MAX_GSO_SEALED:
+                raise CodecError("GSO capsule larger than the largest super-packet")
+            self._release(p)
+            ct, total = p.sealed()
+            for o in range(0, end, size):
+                b = data[o + GSO_CHUNK_OVERHEAD:min(o + size, n)]
+                off = (o // size + idx) * seg
+                ct[off:off + len(b)] = b
+                total = max(total, off + len(b))
+            return self._open_whole(counter, p.header, ct[:total], scratch), k
+        if p.missing & mask == mask:  # the usual case: the run is new, keep it as one piece
+            self._add(p, idx, mask, b"".join([data[o + GSO_CHUNK_OVERHEAD:min(o + size, n)]
+                                              for o in range(0, end, size)]))
+        else:
+            bit = 1 << idx
+            for o in range(0, end, size):
+                if p.missing & bit:
+                    self._add(p, (o // size) + idx, bit, data[o + GSO_CHUNK_OVERHEAD:min(o + size, n)].tobytes())
+                bit <<= 1
         if p.missing:
             return None, k
-        del parts[counter]
-        return self._open_whole(counter, p.header, memoryview(buf)[:p.total], scratch), k
+        return self._complete(p, scratch), k
+
+    # -- reassembly state -------------------------------------------------------------------------
+    def _partial_for(self, data: bytes | bytearray | memoryview, counter: int, count: int, seg: int,
+                     now: float, learnt: bool) -> _Partial:
+        """The partial of capsule ``counter`` (``data`` starts with its header), made if new."""
+        if not learnt:
+            self.reasm_refused += 1
+            raise ReassemblyRefused("GSO chunk to reassemble from a source other than the learnt endpoint")
+        p = self._partial.get(counter)
+        if p is not None:
+            if p.count != count or p.seg != seg or p.header != data[:CAPSULE_HEADER_SIZE]:
+                raise CodecError("GSO chunk does not match the capsule's other chunks")
+            return p
+        if (count - 1) * seg >= MAX_GSO_SEALED:
+            raise CodecError(f"GSO capsule of {count} chunks of {seg} bytes exceeds the largest super-packet")
+        pool = self._pool
+        if pool._order:
+            pool.expire(now)
+        parts = self._partial
+        while len(parts) >= REASSEMBLY_SLOTS:
+            self._drop(next(iter(parts.values())))
+        p = parts[counter] = _Partial(self, counter, bytes(data[:CAPSULE_HEADER_SIZE]), count, seg, now)
+        pool._order[p] = None
+        self.held += PARTIAL_OVERHEAD
+        pool.held += PARTIAL_OVERHEAD
+        return p
+
+    def _add(self, p: _Partial, idx: int, mask: int, body: bytes) -> None:
+        """Keep ``body``: the chunks ``mask`` of ``p``, from chunk ``idx`` on."""
+        n = len(body)
+        if mask >> (p.count - 1) and idx * p.seg + n > MAX_GSO_SEALED:
+            raise CodecError("GSO capsule larger than the largest super-packet")
+        if self.held + n > OPENER_BUDGET:
+            for q in [q for q in self._partial.values() if q is not p]:
+                self._drop(q)
+                if self.held + n <= OPENER_BUDGET:
+                    break
+        pool = self._pool
+        if pool.held + n > pool.budget:
+            pool._make_room(n, p)
+        p.pieces[idx] = body
+        p.missing &= ~mask
+        p.held += n
+        self.held += n
+        pool.held += n
+
+    def _release(self, p: _Partial) -> None:
+        del self._partial[p.counter]
+        self.held -= p.held
+        pool = self._pool
+        pool.held -= p.held
+        del pool._order[p]
+
+    def _drop(self, p: _Partial) -> None:
+        self._release(p)
+        p.pieces.clear()
+        self.reasm_dropped += 1
+
+    def _complete(self, p: _Partial, scratch: bool) -> bytes:
+        self._release(p)
+        ct, total = p.sealed()
+        return self._open_whole(p.counter, p.header, ct[:total], scratch)
 
     def _open_whole(self, counter: int, header: bytes, sealed: bytes | bytearray | memoryview,
                     scratch: bool = False) -> bytes:
@@ -459,16 +623,6 @@ class CapsuleOpener:
             raise AuthError("capsule authentication failed") from None
         self.window.update(counter)
         return payload
-
-    def _expire(self, now: float) -> None:
-        parts = self._partial
-        limit = now - REASSEMBLY_TIMEOUT
-        for c in [c for c, p in parts.items() if p.started < limit]:
-            del parts[c]
-            self.reasm_dropped += 1
-        while len(parts) >= REASSEMBLY_SLOTS:
-            del parts[next(iter(parts))]
-            self.reasm_dropped += 1
 
     @property
     def pending(self) -> int:

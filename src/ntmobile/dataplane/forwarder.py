@@ -23,7 +23,7 @@ import socket
 from collections.abc import Callable
 from dataclasses import dataclass
 
-from ntmobile.crypto import AuthError, CapsuleOpener, CapsuleSealer
+from ntmobile.crypto import AuthError, CapsuleOpener, CapsuleSealer, ReassemblyRefused
 from ntmobile.wire import CodecError
 from ntmobile.wire.constants import TAG_SIZE, CapsuleFlags
 from ntmobile.wire.frame import GSO_CHUNK_OVERHEAD
@@ -89,7 +89,8 @@ class NodeForwarder:
         self.buf = bytearray(MAX_PACKET)
         self.stats = {"tun_no_path": 0, "rx_auth": 0, "rx_malformed": 0, "rx_unknown_path": 0, "rx_spoofed": 0,
                       "rx_gso_unsupported": 0, "tun_write_dropped": 0, "tun_write_errors": 0, "tx_gso_capsules": 0,
-                      "tx_segmented": 0, "rx_gso_capsules": 0, "tun_bad_vnet": 0}
+                      "tx_segmented": 0, "rx_gso_capsules": 0, "tun_bad_vnet": 0,
+                      "rx_chunk_unknown_source": 0}
 
     def add(self, path_id: bytes, sealer: CapsuleSealer, opener: CapsuleOpener, peer_vips: list[str],
             endpoint: Endpoint | None, learn: bool, *, gso: bool = False) -> FwdPath:
@@ -179,7 +180,11 @@ class NodeForwarder:
             self.stats["rx_unknown_path" if fp is None else "rx_gso_unsupported"] += 1
             return 1
         try:
-            inner, k = fp.opener.open_run(data, size, now, scratch=True)
+            # Reassembly state only for chunks from the path's endpoint (crypto.channel.CapsuleOpener).
+            inner, k = fp.opener.open_run(data, size, now, learnt=addr == fp.endpoint, scratch=True)
+        except ReassemblyRefused:
+            self.stats["rx_chunk_unknown_source"] += 1
+            return 1
         except AuthError:
             self.stats["rx_auth"] += 1
             return 1
@@ -202,12 +207,15 @@ class NodeForwarder:
                 if not self.vnet:
                     self.stats["rx_gso_unsupported"] += 1
                     return
-                inner = fp.opener.open_chunk(data, now)
+                inner = fp.opener.open_chunk(data, now, learnt=addr == fp.endpoint)
                 if inner is None:
                     return
                 self.stats["rx_gso_capsules"] += 1
             else:
                 inner = fp.opener.open(data)
+        except ReassemblyRefused:
+            self.stats["rx_chunk_unknown_source"] += 1
+            return
         except AuthError:
             self.stats["rx_auth"] += 1
             return

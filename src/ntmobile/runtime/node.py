@@ -33,6 +33,7 @@ from ntmobile.core.node import (
     Registered,
     RegistrationFailed,
 )
+from ntmobile.crypto.channel import PROCESS_POOL, REASSEMBLY_TIMEOUT, reassembly_snapshot
 from ntmobile.dataplane.forwarder import PATH_MTU, FwdPath, NodeForwarder, gso_max_size, inner_mtu
 from ntmobile.dataplane.tun import Tun, open_tun, set_gso_max_size
 from ntmobile.dataplane.udpio import UdpIo
@@ -116,6 +117,7 @@ class NodeDaemon:
         self.core.register(await self.local_endpoints(), loop.time())
         self.driver.flush()
         self.addr_task = loop.create_task(self.watch_addresses())
+        sweep = loop.create_task(self.expire_partials())
         log.info("node %s up: TUN %s, UDP port %d, DNS stub %s:%d, DC %s:%d", self.creds.name, self.tun.name, s.port,
                  s.dns_listen, s.dns_port, self.creds.dc_address, self.creds.dc_port)
         try:
@@ -123,12 +125,21 @@ class NodeDaemon:
         finally:
             if self.addr_task is not None:
                 self.addr_task.cancel()
+            sweep.cancel()
             loop.remove_reader(self.tun.fileno())
             self.udpio.stop()
             control.close()
             await stub.close()
             self.driver.close()
             self.tun.close()
+
+    async def expire_partials(self) -> None:
+        """Partial GSO capsules leave on a timer, not only when more chunks arrive (the data path
+        bypasses the core's timer; crypto.channel.ReassemblyPool)."""
+        loop = asyncio.get_running_loop()
+        while True:
+            await asyncio.sleep(REASSEMBLY_TIMEOUT / 2)
+            PROCESS_POOL.expire(loop.time())
 
     async def local_endpoints(self) -> tuple[tuple[str, int], ...]:
         eps: list[tuple[str, int]] = []
@@ -389,6 +400,7 @@ class NodeDaemon:
             "keepalive": reg.keepalive if reg else None,
             "local_endpoints": [list(e) for e in self.core.local_endpoints],
             "paths": paths, "stats": dict(self.core.stats), "dataplane": self.fwd.stats | self.udpio.stats,
+            "reassembly": reassembly_snapshot(),
             "dns_stub": {"received": self.stub.received, "dropped": self.stub.dropped, "errors": self.stub.errors,
                          "pending": len(self.stub.tasks)},
             "offloads": sorted(self.tun.features), "gso": offload_active(self.tun), "error": self.last_error,

@@ -22,6 +22,7 @@ from ntmobile.core.rs import (
     RsConfig,
     RsCore,
 )
+from ntmobile.crypto.channel import reassembly_snapshot
 from ntmobile.dataplane import vnet
 from ntmobile.dataplane.forwarder import PATH_MTU, inner_mtu
 from ntmobile.dataplane.tun import MAX_PACKET, Tun, ip_link_up, ip_route_replace, open_tun
@@ -262,7 +263,7 @@ class RsDaemon:
         snap.update(role="rs", pid=os.getpid(), uptime=round(time.time() - self.started, 1),
                     nat_errors=self.nat_errors, tun=self.tun.name, mappings=len(self.nat.mappings),
                     offloads=sorted(self.tun.features), gso=_offload_active(self.tun),
-                    fast_path=self.fast.snapshot(),
+                    fast_path=self.fast.snapshot(), reassembly=reassembly_snapshot(),
                     dataplane=self.udpio.stats | {"tun_write_errors": self.tun_write_errors,
                                                   "tun_bad_vnet": self.tun_bad_vnet})
         return snap

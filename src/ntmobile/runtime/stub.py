@@ -15,7 +15,15 @@ from . import dnsclasses  # noqa: F401  (dnspython's IN rdata classes before any
 log = logging.getLogger(__name__)
 
 AsyncHandler = Callable[[bytes, bool], Awaitable[bytes | None]]
+#: Queries held at once (a tunnelled lookup waits for its path, up to core.node.DIRECTION_TIMEOUT).
 MAX_PENDING = 4096
+#: Largest query taken (UDP or TCP): a question and an OPT record need far less. What any local
+#: process can make the stub hold is at most MAX_PENDING queries and PENDING_BYTES of them.
+MAX_QUERY = 4096
+#: Bytes of queries held at once.
+PENDING_BYTES = 1 << 20
+#: TCP connections open at once (each holds at most one query).
+MAX_TCP = 128
 
 
 class _Udp(asyncio.DatagramProtocol):
@@ -27,13 +35,14 @@ class _Udp(asyncio.DatagramProtocol):
         self.transport = transport  # type: ignore[assignment]
 
     def datagram_received(self, data: bytes, addr: tuple[Any, ...]) -> None:
-        self.server.received += 1
-        if len(self.server.tasks) >= MAX_PENDING:
-            self.server.dropped += 1
+        srv = self.server
+        srv.received += 1
+        n = len(data)
+        if len(srv.tasks) >= MAX_PENDING or n > MAX_QUERY or srv.pending_bytes + n > PENDING_BYTES:
+            srv.dropped += 1
             return
         task = asyncio.get_running_loop().create_task(self._answer(data, addr))
-        self.server.tasks.add(task)
-        task.add_done_callback(self.server.tasks.discard)
+        srv.hold(task, n)
 
     async def _answer(self, data: bytes, addr: tuple[Any, ...]) -> None:
         try:
@@ -70,7 +79,9 @@ class StubServer:
         self.handler = handler
         self.tasks: set[asyncio.Task[None]] = set()
         self.received = 0  # UDP queries read (each is answered, held, or counted in dropped/errors)
-        self.dropped = 0
+        self.dropped = 0  # over MAX_PENDING / MAX_QUERY / PENDING_BYTES / MAX_TCP
+        self.pending_bytes = 0
+        self.tcp_open = 0
         self.errors = 0
         self.udp: asyncio.DatagramTransport | None = None
         self.tcp: asyncio.Server | None = None
@@ -82,10 +93,28 @@ class StubServer:
         self.udp = transport
         self.tcp = await asyncio.start_server(self._tcp, host, port, family=fam, reuse_address=True)
 
+    def hold(self, task: asyncio.Task[None], n: int) -> None:
+        """Keep ``task`` (answering an ``n``-byte query) in the books until it is done."""
+        self.tasks.add(task)
+        self.pending_bytes += n
+
+        def done(t: asyncio.Task[None]) -> None:
+            self.tasks.discard(t)
+            self.pending_bytes -= n
+        task.add_done_callback(done)
+
     async def _tcp(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        if self.tcp_open >= MAX_TCP:
+            self.dropped += 1
+            writer.close()
+            return
+        self.tcp_open += 1
         try:
             while True:
                 n = int.from_bytes(await asyncio.wait_for(reader.readexactly(2), 10.0), "big")
+                if n > MAX_QUERY:
+                    self.dropped += 1
+                    break
                 query = await asyncio.wait_for(reader.readexactly(n), 10.0)
                 reply = await self.handler(query, True)
                 if reply is None:
@@ -98,6 +127,7 @@ class StubServer:
             self.errors += 1
             log.exception("DNS handler failed (TCP)")
         finally:
+            self.tcp_open -= 1
             writer.close()
 
     async def close(self) -> None:
