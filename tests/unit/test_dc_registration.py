@@ -11,6 +11,7 @@ from ntmobile.core import dc as dcmod
 from ntmobile.core.dc import DcConfig, DcCore
 from ntmobile.core.node import NodeConfig, NodeCore, RegistrationFailed
 from ntmobile.core.registry import ClientRecord, MemoryStore, Pools
+from ntmobile.core.timing import EPHEMERAL_LIFETIME
 from ntmobile.wire import MessageType, Role, Status, parse_signal_header
 
 from .harness import seeded_bytes
@@ -122,7 +123,7 @@ def test_dc_ephemeral_lives_at_most_one_second() -> None:
     dc, _store, nodes = make(3)
     dc.receive_datagram(request(nodes[0], 0, 1.0), ep(0), 1.0)
     dc.receive_datagram(request(nodes[1], 1, 1.5), ep(1), 1.5)
-    dc.receive_datagram(request(nodes[2], 2, 1.0 + dcmod.EPHEMERAL_LIFETIME + 0.01), ep(2), 2.01)
+    dc.receive_datagram(request(nodes[2], 2, 1.0 + EPHEMERAL_LIFETIME + 0.01), ep(2), 2.01)
     s = [dc._sessions[n.config.node_id] for n in nodes]
     assert s[0].dc_eph == s[1].dc_eph
     assert s[2].dc_eph != s[0].dc_eph

@@ -9,7 +9,8 @@ import asyncio
 import socket
 
 from ntmobile.core.dc import PEER_HELD_MAX, PEER_HELD_TOTAL, PEER_UNVERIFIED_MAX
-from ntmobile.core.node import EARLY_HOLD, EARLY_MAX, NodeConfig, NodeCore
+from ntmobile.core.node import EARLY_MAX, NodeConfig, NodeCore
+from ntmobile.core.timing import EARLY_HOLD
 from ntmobile.crypto import x25519_public
 from ntmobile.runtime import stub
 from ntmobile.wire import MAX_SIGNAL_SIZE, MessageType, PeerHello, SignalHeader, pack_peer_hello

@@ -27,10 +27,7 @@ from dataclasses import dataclass, field
 from ntmobile.crypto import AuthError, Channel
 from ntmobile.wire import CodecError, Endpoint, Message, SignalHeader
 
-#: Retransmission: first timeout, backoff factor, cap.
-RTO_INITIAL = 0.25
-RTO_BACKOFF = 2.0
-RTO_MAX = 2.0
+from .timing import RTO_BACKOFF, RTO_INITIAL, RTO_MAX
 
 #: No reply to unauthenticated input (whose source address nobody verified) is larger than this many
 #: times the datagram it answers: DNS answers over UDP (larger ones are truncated), REREGISTER,

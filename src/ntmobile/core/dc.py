@@ -71,32 +71,26 @@ from .discovery import DiscoveryResult, Outcome
 from .dnsauth import DcMarker
 from .registry import ClientRecord, Store, StoreError
 from .targets import TargetPolicy
+from .timing import (
+    DISTANCE_PROBE_TIMEOUT,
+    EPHEMERAL_LIFETIME,
+    METRIC_TTL,
+    PEER_CLOCK_SKEW,
+    PEER_HELLO_MIN_GAP,
+    PEER_HELLO_RESEND,
+    PEER_QUERY_TIMEOUT,
+    REDIRECT_STALE,
+    RELAY_BUDGET,
+    RELAY_DEAD_AFTER,
+    RELAY_DIRECTION_TIMEOUT,
+    REPLY_CACHE_SECONDS,
+    ROUTE_DIRECTION_TIMEOUT,
+    UNREACHABLE_METRIC_TTL,
+)
 
-RELAY_DIRECTION_TIMEOUT = 0.8
-ROUTE_DIRECTION_TIMEOUT = 2.0
-#: A relay that has not been heard from for this many keepalive intervals is considered down.
-RELAY_DEAD_AFTER = 3
-#: Replies to requests are kept this long, to answer retransmissions identically.
-REPLY_CACHE_SECONDS = 30.0
-#: The DC's X25519 ephemeral of the registration handshake is used for at most this long (seconds)
-#: and then forgotten: a busy DC saves a key generation per registration, and a recorded session
-#: stays safe once the ephemeral's secret is gone (docs/security.md, "Registration").
-EPHEMERAL_LIFETIME = 1.0
 #: Long-term channels kept in memory (least recently used first out). A dropped one is rebuilt from
 #: the registry (its replay floor is the last registration's sequence number) on the next message.
 LONG_TERM_CACHE = 4096
-#: Relays are retried (a second round) while the direction is younger than this; the node waits 4 s.
-RELAY_BUDGET = 2.5
-#: How long the DC waits for relays to measure their distance to a general node.
-PROBE_TIMEOUT = 0.5
-#: How long a relay's measured distance to a GN address is reused.
-METRIC_TTL = 300.0
-#: One re-direction of a path runs at a time; one older than this is taken as stuck and overtaken.
-REDIRECT_STALE = 10.0
-#: DC to DC: a Peer Query is retransmitted until this (the node waits 4 s for its whole direction).
-PEER_QUERY_TIMEOUT = 3.0
-#: Peer Query timestamps further than this (seconds) from our clock are refused with STALE.
-PEER_CLOCK_SKEW = 30.0
 #: Sealed datagrams held per peer DC while its key is being checked.
 PEER_HELD_MAX = 16
 #: ... and for all peer DCs together (each at most MAX_SIGNAL_SIZE bytes: unauthenticated input
@@ -104,8 +98,6 @@ PEER_HELD_MAX = 16
 PEER_HELD_TOTAL = 256
 #: A Peer Query whose Path ID is in use at the peer DC or its relay is retried this often.
 PEER_PATH_ATTEMPTS = 3
-#: Peer Hellos are re-sent at these delays while the peer DC has not introduced itself.
-PEER_HELLO_RESEND = (0.5, 1.5)
 #: Peer DCs known only from an unverified hello (unauthenticated input): at most this many at a time.
 PEER_UNVERIFIED_MAX = 256
 #: Peer Hellos from unknown sources (any but a verified peer's known endpoint, with its key): per
@@ -780,7 +772,7 @@ class DcCore(CoreBase):
             probe = RelayProbe(gn_addr4=gn4, gn_addr6=None if gn4 else gn6)
             d.probing = {r.record.name for r in missing}
             for r in missing:
-                self._request(r.channel, probe, new_txid(self._rand), r.endpoint, now, timeout=PROBE_TIMEOUT,
+                self._request(r.channel, probe, new_txid(self._rand), r.endpoint, now, timeout=DISTANCE_PROBE_TIMEOUT,
                               tag=("probe", d, r), on_timeout=functools.partial(self._probe_timed_out, d, r))
             return
         self._choose_relay(d, relays, now)
@@ -817,7 +809,8 @@ class DcCore(CoreBase):
         self._probe_answered(d, rs, None, None, now)
 
     def _probe_answered(self, d: _Direction, rs: _Session, hops: int | None, rtt_us: int | None, now: float) -> None:
-        self._metrics[(rs.record.name, d.gn_addr)] = (hops, rtt_us, now + (METRIC_TTL if hops is not None else 10.0))
+        ttl = METRIC_TTL if hops is not None else UNREACHABLE_METRIC_TTL
+        self._metrics[(rs.record.name, d.gn_addr)] = (hops, rtt_us, now + ttl)
         d.probing.discard(rs.record.name)
         if not d.probing and d.reply is None and not d.candidates and d.rs is None:
             self._choose_relay(d, self.relays(), now)
@@ -1204,7 +1197,7 @@ class DcCore(CoreBase):
                 self._verifying[token] = (peer, domain)
                 peer.checking.add(domain)
                 self._emit(VerifyPeerDc(token, domain, hello.key))
-        if not header.flags & SignalFlags.FROM_RESPONDER and now - peer.hello_sent > 0.2:
+        if not header.flags & SignalFlags.FROM_RESPONDER and now - peer.hello_sent > PEER_HELLO_MIN_GAP:
             self._send_hello(peer, addr, self.config.domain, now, reply=len(data))
 
     def peer_dc_verified(self, token: int, key: bytes | None, now: float) -> None:

@@ -55,16 +55,17 @@ from ntmobile.wire.constants import SUPPORTED_VERSIONS
 
 from .common import CoreBase, Event, new_txid
 from .registration import RegistrationClient
+from .timing import (
+    DIRECTION_TIMEOUT,
+    EARLY_HOLD,
+    MAPPING_PROBE_TIMEOUT,
+    MOVED_GRACE,
+    REGISTRATION_TIMEOUT,
+    TUNNEL_TIMEOUT,
+    node_keepalive_timeout,
+)
 
-#: Give up on a registration attempt after this long, then retry with backoff (core.registration).
-REGISTRATION_TIMEOUT = 6.0
-#: The DC must answer a Direction Request within this (the app's DNS query is held meanwhile;
-#: glibc's resolver waits 5 s per try, so the node answers SERVFAIL before that).
-DIRECTION_TIMEOUT = 4.0
-#: Tunnel Request/Response must complete within this per endpoint tried.
-TUNNEL_TIMEOUT = 3.0
-#: Tunnel Requests for a path we do not know yet are held this long (seconds), at most this many.
-EARLY_HOLD = 2.0
+#: Tunnel Requests held for a path we do not know yet (for EARLY_HOLD seconds): at most this many.
 EARLY_MAX = 16
 #: Path keys remembered as used (32 bytes each): a Route Direction re-using one is refused.
 RETIRED_KEYS = 4096
@@ -229,7 +230,7 @@ class _NodeDcLink(RegistrationClient):
         return float(msg.keepalive)
 
     def _keepalive_timeout(self) -> float:
-        return min(3.0, max(1.0, self.keepalive / 2))
+        return node_keepalive_timeout(self.keepalive)
 
     def _registered(self, msg: RegistrationResponse, now: float) -> None:
         self.node._on_registered(msg, now)
@@ -497,8 +498,8 @@ class NodeCore(CoreBase):
         if msg.probe is not None:
             # Mapping probe: the DC compares its source with the registration's observed endpoint.
             assert self._dc.session is not None
-            self._request(self._dc.session, Keepalive(), new_txid(self._rand), msg.probe, now, timeout=2.0,
-                          tag="nat-probe")
+            self._request(self._dc.session, Keepalive(), new_txid(self._rand), msg.probe, now,
+                          timeout=MAPPING_PROBE_TIMEOUT, tag="nat-probe")
         for path in self._paths.values():
             self._refresh_path(path, now)
         if self._handover_pending:
@@ -843,7 +844,7 @@ class NodeCore(CoreBase):
         # even if the keepalive's answer is lost (e.g. sent to the address we just left).
         mark = path.opener.window.top
         self._request(path.sig, Keepalive(), new_txid(self._rand), path.endpoint, now,
-                      timeout=min(3.0, max(1.0, interval / 2)), flags=self._sig_flags(path),
+                      timeout=node_keepalive_timeout(interval), flags=self._sig_flags(path),
                       tag=("keepalive", path_id),
                       on_timeout=functools.partial(self._path_keepalive_lost, path_id, path, mark))
         self.stats["path_keepalives"] += 1
@@ -861,7 +862,7 @@ class NodeCore(CoreBase):
           DIRECT) and tells both nodes. If that fails, the next lost keepalive asks again."""
         if self._paths.get(path_id) is not path or path.mode is PathMode.DIRECT:
             return
-        if path.opener.window.top > mark or now - self._moved_at < 2 * TUNNEL_TIMEOUT:
+        if path.opener.window.top > mark or now - self._moved_at < MOVED_GRACE:
             # Authenticated data came in since the keepalive left (the relay is alive), or we have
             # just moved and the answer went to our old address: not a relay failure.
             self.stats["path_keepalive_lost_but_alive"] += 1

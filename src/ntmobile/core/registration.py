@@ -34,12 +34,7 @@ from ntmobile.wire import (
 )
 
 from .common import CoreBase
-
-#: First retry delay after a failed registration, and its cap (the delay doubles on every failure).
-REGISTRATION_BACKOFF_INITIAL = 1.0
-REGISTRATION_BACKOFF_MAX = 30.0
-#: Keepalive exchanges without an answer before the client registers again.
-KEEPALIVE_MISSES = 3
+from .timing import KEEPALIVE_MISSES, REGISTRATION_BACKOFF_INITIAL, REGISTRATION_BACKOFF_MAX
 
 
 class DcState(enum.Enum):

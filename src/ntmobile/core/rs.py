@@ -95,14 +95,8 @@ from ntmobile.wire.frame import GSO_CHUNK_OVERHEAD
 from .common import CoreBase, Event, new_txid
 from .registration import DcState, RegistrationClient
 from .targets import TargetPolicy
+from .timing import REGISTRATION_TIMEOUT, RELAY_KEEPALIVE_DEFAULT, relay_keepalive_timeout
 
-#: Give up on one registration attempt after this long (retransmitting meanwhile; retry backoff and
-#: keepalive misses: core.registration).
-REGISTRATION_TIMEOUT = 6.0
-#: Keepalive interval towards a DC when its Registration Response says 0.
-KEEPALIVE_DEFAULT = 10.0
-#: A keepalive exchange is given up (one miss) after min(interval, this).
-KEEPALIVE_TIMEOUT_MAX = 5.0
 #: Size of the virtio_net_hdr that starts a GSO payload.
 VNET_HDR_SIZE = 10
 
@@ -312,7 +306,7 @@ class _Dc(RegistrationClient):
     def __init__(self, rs: RsCore, link: DcLink, counter: CounterFloor) -> None:
         RegistrationClient.__init__(self, rs, rs.config.rs_id, link.endpoint, link.psk, counter=counter,
                                     random_bytes=rs._rand, timeout=rs.config.registration_timeout,
-                                    keepalive=KEEPALIVE_DEFAULT)
+                                    keepalive=RELAY_KEEPALIVE_DEFAULT)
         self.rs = rs
         self.link = link
 
@@ -337,13 +331,13 @@ class _Dc(RegistrationClient):
         return None
 
     def _keepalive_interval(self, msg: RegistrationResponse) -> float:
-        return float(msg.keepalive) if msg.keepalive > 0 else KEEPALIVE_DEFAULT
+        return float(msg.keepalive) if msg.keepalive > 0 else RELAY_KEEPALIVE_DEFAULT
 
     def _keepalive_message(self) -> Keepalive:
         return Keepalive(load=len(self.rs._paths))
 
     def _keepalive_timeout(self) -> float:
-        return max(0.5, min(self.keepalive, KEEPALIVE_TIMEOUT_MAX))
+        return relay_keepalive_timeout(self.keepalive)
 
     def _registered(self, msg: RegistrationResponse, now: float) -> None:
         self.rs.stats["registrations"] += 1

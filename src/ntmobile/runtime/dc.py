@@ -44,6 +44,7 @@ from ntmobile.core.dnsauth import (
     format_marker,
 )
 from ntmobile.core.registry import Pools, StoreError
+from ntmobile.core.timing import DISCOVERY_DEADLINE
 from ntmobile.wire import Role
 
 from . import dnsclasses  # noqa: F401  (dnspython's IN rdata classes before any input)
@@ -56,8 +57,6 @@ from .store import SqliteStore
 
 log = logging.getLogger("ntm.dc")
 
-#: The DC answers a Direction Request within the node's 4 s budget: discovery gets this much.
-DISCOVERY_DEADLINE = 2.0
 #: Node registrations are logged one by one at DEBUG; at INFO as a count every this many seconds.
 REGISTRATION_SUMMARY_SECONDS = 10.0
 #: Every this many seconds the DC moves the objects that survived so far (sessions, records,

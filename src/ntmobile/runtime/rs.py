@@ -22,6 +22,7 @@ from ntmobile.core.rs import (
     RsConfig,
     RsCore,
 )
+from ntmobile.core.timing import ECHO_PROBE_TIMEOUT
 from ntmobile.crypto.channel import reassembly_snapshot
 from ntmobile.dataplane import vnet
 from ntmobile.dataplane.forwarder import PATH_MTU, inner_mtu
@@ -40,8 +41,6 @@ from .rsfast import POLL_SECONDS, FastPaths
 
 log = logging.getLogger("ntm.rs")
 BATCH = 64
-#: The relay answers its DC's distance probe within this (the DC waits 0.5 s).
-PROBE_TIMEOUT = 0.35
 
 
 def dc_links(creds: list[Credentials]) -> tuple[bytes, list[DcLink]]:
@@ -222,7 +221,7 @@ class RsDaemon:
 
     def probe(self, ev: ProbeRequest) -> None:
         async def measure() -> None:
-            result = await icmp_echo(ev.target, timeout=PROBE_TIMEOUT)
+            result = await icmp_echo(ev.target, timeout=ECHO_PROBE_TIMEOUT)
             hops, rtt = result if result is not None else (None, None)
             log.info("distance to %s: %s", ev.target, f"{hops} hops, {rtt} µs" if result else "no echo reply")
             self.core.probe_result(ev.token, hops, rtt, self.driver.now())

@@ -1,0 +1,119 @@
+"""The protocol's time budgets (seconds), in one place and derived from one another where related.
+
+Every budget says what it bounds and how it relates to the others; the relations the docs state are
+asserted by tests/unit/test_timing.py. The cores and daemons import them from here. (The GSO
+reassembly timeout, ``crypto.channel.REASSEMBLY_TIMEOUT``, lives in ``crypto``, which cannot import
+``core``.)
+"""
+
+from __future__ import annotations
+
+# --- outside bounds we must fit in -------------------------------------------------------------
+
+#: glibc's stub resolver waits this long per try for an answer (resolv.conf ``timeout``, default 5 s):
+#: the node must answer an application's DNS query before that, or the application retries or fails.
+GLIBC_RESOLVER_TRY = 5.0
+
+# --- retransmission (core.common) --------------------------------------------------------------
+
+#: First retransmission of a signalling request comes after this; the interval then grows by
+#: RTO_BACKOFF up to RTO_MAX, until the request's overall timeout passes.
+RTO_INITIAL = 0.25
+RTO_BACKOFF = 2.0
+RTO_MAX = 2.0
+
+# --- the node's budgets ------------------------------------------------------------------------
+
+#: The DC must answer the node's Direction Request within this (the application's DNS query is held
+#: meanwhile): below GLIBC_RESOLVER_TRY, so the node answers SERVFAIL before the resolver gives up.
+#: Every DC-side budget of a direction below must fit inside it.
+DIRECTION_TIMEOUT = 4.0
+#: A Tunnel Request/Response exchange must complete within this, per endpoint of the peer tried.
+TUNNEL_TIMEOUT = 3.0
+#: After a move, a lost path keepalive within this is not a relay failure (its answer went to the
+#: node's old address): a Tunnel Request's whole exchange, twice.
+MOVED_GRACE = 2 * TUNNEL_TIMEOUT
+#: Tunnel Requests for a path the node does not know yet (its Route Direction is still on the way)
+#: are held this long: at most TUNNEL_TIMEOUT, past which the initiator has given up on them.
+EARLY_HOLD = 2.0
+#: The node's NAT mapping probe (a Keepalive to the DC's probe endpoint) is given up after this.
+MAPPING_PROBE_TIMEOUT = 2.0
+#: A path keepalive (node to peer or relay) is given up after interval / 2, kept within these bounds;
+#: so the node notices a dead relay one keepalive interval plus at most NODE_KEEPALIVE_TIMEOUT_MAX on.
+NODE_KEEPALIVE_TIMEOUT_MIN = 1.0
+NODE_KEEPALIVE_TIMEOUT_MAX = 3.0
+
+# --- registration with a DC (node and relay; core.registration) ----------------------------------
+
+#: One registration attempt (retransmitted meanwhile) is given up after this, then retried.
+REGISTRATION_TIMEOUT = 6.0
+#: First retry delay after a failed registration, and its cap (the delay doubles on every failure).
+REGISTRATION_BACKOFF_INITIAL = 1.0
+REGISTRATION_BACKOFF_MAX = 30.0
+#: Keepalive exchanges in a row without an answer before the client registers again.
+KEEPALIVE_MISSES = 3
+#: The relay's keepalive interval towards a DC whose Registration Response says 0.
+RELAY_KEEPALIVE_DEFAULT = 10.0
+#: The relay gives up one keepalive exchange after min(interval, max), at least min: always before
+#: the next keepalive leaves.
+RELAY_KEEPALIVE_TIMEOUT_MIN = 0.5
+RELAY_KEEPALIVE_TIMEOUT_MAX = 5.0
+
+# --- the DC's budgets within one direction -------------------------------------------------------
+
+#: The DC waits this long for a relay's answer to a Relay Direction (and a Path Release), then marks
+#: the relay dead and tries the next one.
+RELAY_DIRECTION_TIMEOUT = 0.8
+#: Relays are retried (another round) while the direction is younger than this: the last Relay
+#: Direction then still fits inside the node's DIRECTION_TIMEOUT.
+RELAY_BUDGET = 2.5
+#: The DC waits this long for a Route Direction Ack (the peer node told of a path).
+ROUTE_DIRECTION_TIMEOUT = 2.0
+#: The DC waits this long for relays to measure their distance to a general node: a measurement and
+#: at least one Relay Direction fit inside RELAY_BUDGET.
+DISTANCE_PROBE_TIMEOUT = 0.5
+#: The relay's one ICMP echo of a distance probe is given up after this: the relay answers the DC
+#: before DISTANCE_PROBE_TIMEOUT passes.
+ECHO_PROBE_TIMEOUT = 0.35
+#: DC to DC: a Peer Query is retransmitted until this, inside the node's DIRECTION_TIMEOUT.
+PEER_QUERY_TIMEOUT = 3.0
+#: The DC daemon's discovery of another domain's DC (NS -> TXT -> A/AAAA) gets this much of the
+#: node's DIRECTION_TIMEOUT. (Discovery and a Peer Query of the same direction together may exceed
+#: it: the node then answers SERVFAIL; a second try finds the marker cached.)
+DISCOVERY_DEADLINE = 2.0
+
+# --- the DC's bookkeeping ----------------------------------------------------------------------
+
+#: Replies to requests are kept this long, to answer retransmissions identically: longer than any
+#: client retransmits one request.
+REPLY_CACHE_SECONDS = 30.0
+#: The DC's X25519 ephemeral of the registration handshake is used for at most this long, then
+#: forgotten (docs/security.md, "Registration").
+EPHEMERAL_LIFETIME = 1.0
+#: How long a relay's measured distance to a GN address is reused ...
+METRIC_TTL = 300.0
+#: ... and how long a relay that did not answer a distance probe counts as unreachable.
+UNREACHABLE_METRIC_TTL = 10.0
+#: One re-direction of a path runs at a time; one older than this is taken as stuck and overtaken:
+#: longer than a re-direction whose every step ran into its timeout.
+REDIRECT_STALE = 10.0
+#: A relay not heard from for this many of its keepalive intervals is considered down.
+RELAY_DEAD_AFTER = 3
+#: Peer Query timestamps further than this from our clock are refused with STALE; the nonces seen are
+#: kept twice as long (anything older is refused by its timestamp).
+PEER_CLOCK_SKEW = 30.0
+#: Peer Hellos are re-sent at these delays while the peer DC has not introduced itself (inside a
+#: Peer Query's PEER_QUERY_TIMEOUT) ...
+PEER_HELLO_RESEND = (0.5, 1.5)
+#: ... and a hello is answered with ours at most once per this (hellos crossing each other).
+PEER_HELLO_MIN_GAP = 0.2
+
+
+def node_keepalive_timeout(interval: float) -> float:
+    """How long the node waits for the answer to a keepalive sent every ``interval`` seconds."""
+    return min(NODE_KEEPALIVE_TIMEOUT_MAX, max(NODE_KEEPALIVE_TIMEOUT_MIN, interval / 2))
+
+
+def relay_keepalive_timeout(interval: float) -> float:
+    """How long the relay waits for its DC's answer to a keepalive sent every ``interval`` seconds."""
+    return max(RELAY_KEEPALIVE_TIMEOUT_MIN, min(interval, RELAY_KEEPALIVE_TIMEOUT_MAX))
