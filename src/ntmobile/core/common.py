@@ -24,7 +24,7 @@ from collections import Counter, deque
 from collections.abc import Callable
 from dataclasses import dataclass, field
 
-from ntmobile.crypto import AuthError, Channel
+from ntmobile.crypto import AuthError, Channel, ReplayError
 from ntmobile.wire import CodecError, Endpoint, Message, SignalHeader
 
 from .timing import RTO_BACKOFF, RTO_INITIAL, RTO_MAX
@@ -166,8 +166,10 @@ class CoreBase:
         """Open a sealed message; count and drop on failure (never raises on input)."""
         try:
             return channel.open(header, data)
-        except AuthError as exc:
-            self.stats["drop_replay" if "replay" in str(exc) else "drop_auth"] += 1
+        except ReplayError:
+            self.stats["drop_replay"] += 1
+        except AuthError:
+            self.stats["drop_auth"] += 1
         except CodecError:
             self.stats["drop_malformed_body"] += 1
         return None

@@ -55,6 +55,7 @@ from ntmobile.crypto import (
     Channel,
     CounterFloor,
     ReassemblyRefused,
+    ReplayError,
     UsedKeys,
     path_keys,
     relay_leg_keys,
@@ -955,9 +956,13 @@ class RsCore(CoreBase):
             e.drops += 1
             self.stats["drop_chunk_unknown_source"] += 1
             return None
-        except AuthError as exc:
+        except ReplayError:
             e.drops += 1
-            self.stats["drop_data_replay" if "replay" in str(exc) else "drop_data_auth"] += 1
+            self.stats["drop_data_replay"] += 1
+            return None
+        except AuthError:
+            e.drops += 1
+            self.stats["drop_data_auth"] += 1
             return None
         except CodecError:
             e.drops += 1

@@ -10,6 +10,7 @@ from .channel import (
     CounterFloor,
     ReassemblyPool,
     ReassemblyRefused,
+    ReplayError,
     ReplayWindow,
 )
 from .keys import (
@@ -30,6 +31,7 @@ from .keys import (
 
 __all__ = [
     "PROCESS_POOL", "AuthError", "CapsuleOpener", "CapsuleSealer", "Channel", "CounterFloor", "Ephemeral", "KeyPair",
-    "PathKeys", "RandomBytes", "ReassemblyPool", "ReassemblyRefused", "ReplayWindow", "UsedKeys", "dc_static_keys",
-    "hkdf", "long_term_keys", "path_keys", "peer_dc_keys", "relay_leg_keys", "session_keys", "x25519_public",
+    "PathKeys", "RandomBytes", "ReassemblyPool", "ReassemblyRefused", "ReplayError", "ReplayWindow", "UsedKeys",
+    "dc_static_keys", "hkdf", "long_term_keys", "path_keys", "peer_dc_keys", "relay_leg_keys", "session_keys",
+    "x25519_public",
 ]

@@ -74,7 +74,12 @@ def _buffers() -> _Scratch:
 
 
 class AuthError(Exception):
-    """A datagram failed authentication, or was a replay."""
+    """A datagram failed authentication, or was a replay (ReplayError)."""
+
+
+class ReplayError(AuthError):
+    """A datagram whose counter the replay window has already seen, or is below the window (checked
+    before authentication: a forged datagram reusing an old counter is refused here too)."""
 
 
 class ReplayWindow:
@@ -232,9 +237,10 @@ class Channel:
         return out
 
     def open(self, header: SignalHeader, data: bytes) -> Message:
-        """Authenticate, check for replay, and decode. AuthError or CodecError on failure."""
+        """Check for replay, authenticate, and decode. ReplayError (an AuthError), AuthError or CodecError
+        on failure."""
         if not self.window.check(header.seq):
-            raise AuthError("replayed or too old")
+            raise ReplayError("replayed or too old")
         try:
             body = self._recv.ctx().decrypt(_NONCE.pack(header.seq), data[SIGNAL_HEADER_SIZE:],
                                             data[:SIGNAL_HEADER_SIZE])
@@ -438,7 +444,7 @@ class CapsuleOpener:
         replayed one."""
         hdr = parse_capsule_header(data)
         if not self.window.check(hdr.counter):
-            raise AuthError("replayed capsule")
+            raise ReplayError("replayed capsule")
         try:
             payload = self._aead.ctx().decrypt(
                 _NONCE.pack(hdr.counter), data[CAPSULE_HEADER_SIZE:], data[:CAPSULE_HEADER_SIZE]
@@ -457,7 +463,7 @@ class CapsuleOpener:
         ch = parse_chunk_header(data)
         counter: int = CAPSULE_HEADER.unpack_from(data, 0)[5]
         if not self.window.check(counter):
-            raise AuthError("replayed capsule")
+            raise ReplayError("replayed capsule")
         if ch.chunks == 1:
             return self._open_whole(counter, bytes(data[:CAPSULE_HEADER_SIZE]), data[GSO_CHUNK_OVERHEAD:])
         count, idx, seg = ch
@@ -489,7 +495,7 @@ class CapsuleOpener:
         header = data[:CAPSULE_HEADER_SIZE].tobytes()
         counter: int = CAPSULE_HEADER.unpack_from(header, 0)[5]
         if not self.window.check(counter):
-            raise AuthError("replayed capsule")
+            raise ReplayError("replayed capsule")
         k = min(count - idx, -(-n // size))
         pack = CHUNK_HEADER.pack
         o = (k - 1) * size
@@ -609,7 +615,7 @@ class CapsuleOpener:
     def _open_whole(self, counter: int, header: bytes, sealed: bytes | bytearray | memoryview,
                     scratch: bool = False) -> bytes:
         if not self.window.check(counter):
-            raise AuthError("replayed capsule")
+            raise ReplayError("replayed capsule")
         if len(sealed) < TAG_SIZE:
             raise CodecError("GSO capsule shorter than its tag")
         try:
