@@ -13,8 +13,6 @@ of parts (pseudo-header, headers, payload) can be added and reduced again with `
 
 from __future__ import annotations
 
-import ipaddress
-
 Buffer = bytes | bytearray | memoryview
 
 _M = 0xFFFF
@@ -53,8 +51,3 @@ def verify(data: Buffer, start: int = 0) -> bool:
 def pseudo_sum(src: bytes, dst: bytes, proto: int, length: int) -> int:
     """Reduced sum of the IPv4 (4-byte addresses) or IPv6 (16-byte addresses) pseudo-header."""
     return (int.from_bytes(src, "big") + int.from_bytes(dst, "big") + proto + length) % _M
-
-
-def pseudo_sum_addr(src: str, dst: str, proto: int, length: int) -> int:
-    """`pseudo_sum` from textual addresses (convenience for tests and control code)."""
-    return pseudo_sum(ipaddress.ip_address(src).packed, ipaddress.ip_address(dst).packed, proto, length)

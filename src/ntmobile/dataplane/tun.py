@@ -27,9 +27,7 @@ from types import TracebackType
 from ntmobile.dataplane.vnet import VNET_HDR_LEN, ZERO_HDR
 
 TUNSETIFF = 0x400454CA
-TUNSETPERSIST = 0x400454CB
 TUNSETOFFLOAD = 0x400454D0
-TUNGETIFF = 0x800454D2
 
 IFF_TUN = 0x0001
 IFF_NO_PI = 0x1000
@@ -119,9 +117,6 @@ class Tun:
         if self.vnet_hdr:
             return self.writev((ZERO_HDR, packet))
         return self.write(packet)
-
-    def set_persist(self, persist: bool) -> None:
-        fcntl.ioctl(self.fd, TUNSETPERSIST, 1 if persist else 0)
 
     def close(self) -> None:
         if self.fd >= 0:

@@ -93,11 +93,6 @@ class UdpIo:
         for s in self.socks.values():
             s.close()
 
-    @property
-    def gso_any(self) -> bool:
-        """UDP GSO is usable on at least one socket (not yet disproven by the kernel)."""
-        return any(self.gso.values())
-
     # -- receive ----------------------------------------------------------------------------------
     def _readable(self, sock: socket.socket) -> None:
         buf, view = self.buf, self.view

@@ -137,9 +137,3 @@ def delete_netns(name: str, *, missing_ok: bool = True) -> None:
     r = subprocess.run(["ip", "netns", "del", name], capture_output=True, text=True)
     if r.returncode != 0:
         raise NetnsError(0, f"ip netns del {name}: {r.stderr.strip()}")
-
-
-def list_netns() -> list[str]:
-    if not NETNS_RUN_DIR.is_dir():
-        return []
-    return sorted(p.name for p in NETNS_RUN_DIR.iterdir())

@@ -159,10 +159,6 @@ class DcSettings(_Model):
         return [self.domain, *self.extra_domains]
 
 
-class DcLinkSettings(_Model):
-    credentials: str = Field(description="path of the credentials file from `ntm dc enroll-rs`")
-
-
 class RsSettings(_Model):
     name: str
     credentials: list[str] = Field(description="credential files from `ntm dc enroll-rs`, one per DC served")
