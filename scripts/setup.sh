@@ -38,6 +38,6 @@ if [ ! -x .venv/bin/python ]; then
 fi
 stamp=.venv/.ntm-installed
 if [ ! -f "$stamp" ] || [ pyproject.toml -nt "$stamp" ]; then
-  .venv/bin/pip install -q --disable-pip-version-check -e '.[dev]'
+  .venv/bin/pip install -q --disable-pip-version-check -e '.[dev,bench]'
   touch "$stamp"
 fi

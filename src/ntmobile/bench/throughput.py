@@ -280,7 +280,7 @@ def run_bench(*, runs: int = 10, seconds: float = 10, conditions: Sequence[str] 
     (out_dir / "bench-throughput.md").write_text(to_markdown(report))
     try:
         plot(report, out_dir / "bench-throughput.png")
-    except ImportError as exc:  # matplotlib is a dependency; keep the numbers if it is missing
+    except ImportError as exc:  # matplotlib is the optional extra "bench": keep the numbers without it
         log(f"no chart: {exc}")
     return report
 
@@ -350,8 +350,15 @@ def to_markdown(report: dict[str, Any]) -> str:
     return "\n".join(lines)
 
 
+#: What to do when the chart's library is missing (it is the optional extra ``bench``).
+NO_MATPLOTLIB = "matplotlib is not installed: pip install 'ntmobile[bench]'"
+
+
 def plot(report: dict[str, Any], path: Path) -> None:
-    import matplotlib
+    try:
+        import matplotlib
+    except ImportError:
+        raise ImportError(NO_MATPLOTLIB) from None
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
