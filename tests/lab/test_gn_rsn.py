@@ -137,3 +137,16 @@ def load_topology_file(name: str) -> Any:
     from ntmobile.lab import load_topology
 
     return load_topology(HERE / "topologies" / name)
+
+
+def test_every_daemon_shows_its_handler_errors_in_status(lab_factory: LabFactory) -> None:
+    """`ntm status`, `ntm dc status` and `ntm rs status` (--json) each carry the driver's count of
+    handler exceptions and the last one's text (runtime.driver.HandlerErrors): none in a healthy run."""
+    lab = lab_factory("nat", bare=False)
+    registered(lab)
+    lab.exec("mn", ["curl", "-sS", "-4", "-m", "15", "-o", "/dev/null", "http://www.gn.example/"], timeout=30)
+    for host, cmd in (("mn", []), ("dca", ["dc"]), ("rs1", ["rs"]), ("rs2", ["rs"])):
+        cp = lab.exec(host, [*NTM, *cmd, "status", "--json"], timeout=10)
+        drv = json.loads(cp.stdout)["driver"]
+        assert (drv["handler_errors"], drv["last_handler_error"]) == (0, None), (host, drv)
+        assert drv["received"] > 0, host

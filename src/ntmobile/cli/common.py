@@ -49,3 +49,11 @@ def daemon_status(control: str, as_json: bool) -> dict[str, Any] | None:
         print(json.dumps(st, indent=2))
         return None
     return st
+
+
+def handler_errors_line(st: dict[str, Any]) -> str | None:
+    """One line on the daemon's handler errors for its status table (None when there were none)."""
+    drv = st.get("driver") or {}
+    if not drv.get("handler_errors"):
+        return None
+    return f"  [red]{drv['handler_errors']} handler error(s), the last: {drv.get('last_handler_error')}[/]"

@@ -11,7 +11,7 @@ import typer
 from ntmobile.core.registry import StoreError
 from ntmobile.wire import Role
 
-from .common import daemon_status, fail, missing_command, require_root
+from .common import daemon_status, fail, handler_errors_line, missing_command, require_root
 
 app = typer.Typer(help="Direction Coordinator: registration, VIPs, authoritative DNS, tunnel direction.",
                   no_args_is_help=True)
@@ -111,6 +111,8 @@ def status(control: str = typer.Option("ntm-dc", help="control socket name"),
 
     con = Console()
     con.print(f"DC [bold]{st['domain']}[/] id {st['dc_id']} at {st['address']}:{st['port']}, {st['paths']} paths")
+    if (line := handler_errors_line(st)) is not None:
+        con.print(line)
     t = Table("name", "role", "VIP4", "VIP6", "endpoint", "NAT", "load")
     for s in st["sessions"]:
         t.add_row(s["name"], s["role"], s["vip4"] or "", s["vip6"] or "", f"{s['endpoint'][0]}:{s['endpoint'][1]}",

@@ -8,7 +8,7 @@ from pathlib import Path
 
 import typer
 
-from .common import daemon_status, fail, missing_command, require_root
+from .common import daemon_status, fail, handler_errors_line, missing_command, require_root
 
 app = typer.Typer(help="NTM node: TUN with the node's VIPs, DNS-triggered tunnels, handover.",
                   no_args_is_help=True)
@@ -60,6 +60,8 @@ def status(control: str = typer.Option("ntm-node", help="control socket name of 
               f"keepalive {st['keepalive']}s  TUN {st['tun']}")
     if st.get("error"):
         con.print(f"  [red]{st['error']}[/]")
+    if (line := handler_errors_line(st)) is not None:
+        con.print(line)
     t = Table("peer", "peer VIPs", "mode", "RS", "endpoint", "tx bytes", "rx bytes", "age s", "state")
     for p in st["paths"]:
         ep = p["endpoint"]

@@ -8,7 +8,7 @@ from pathlib import Path
 
 import typer
 
-from .common import daemon_status, fail, missing_command, require_root
+from .common import daemon_status, fail, handler_errors_line, missing_command, require_root
 
 app = typer.Typer(help="Relay server: RS-S between NATed NTM nodes, RS-N to general nodes (kernel NAPT).",
                   no_args_is_help=True)
@@ -61,6 +61,8 @@ def status(control: str = typer.Option("ntm-rs", help="control socket name"),
 
     con = Console()
     con.print(f"relay [bold]{st['name']}[/] id {st['rs_id']}: {st['paths']} paths, {st['mappings']} NAT mappings")
+    if (line := handler_errors_line(st)) is not None:
+        con.print(line)
     for dc in st["dcs"]:
         con.print(f"  DC {dc['dc_id']} at {dc['endpoint']}: {dc['state']}")
     fast = st.get("fast_path") or {}

@@ -206,6 +206,8 @@ class DcDaemon:
         control = await serve_control(s.control, self.control, group=group_id(s.control_group))
         housekeeping = asyncio.create_task(self._housekeeping())
         checkpoints = asyncio.create_task(self._checkpoints())
+        self.driver.errors.watch(housekeeping, "housekeeping")
+        self.driver.errors.watch(checkpoints, "checkpoints")
         log.info("DC %s (id %s) up: signalling %s:%d, DNS port %d, %d enrolled", s.domain, self.dc_id.hex(),
                  s.address, s.port, s.dns_port, self.store.count())
         try:
@@ -326,9 +328,7 @@ class DcDaemon:
             self.core.resolution_result(ev.token, res, loop.time())
             self.driver.flush()
 
-        task = loop.create_task(work())
-        self._tasks.add(task)
-        task.add_done_callback(self._tasks.discard)
+        self.driver.spawn(work(), self._tasks, "discovery")
 
     def _verify_peer(self, ev: VerifyPeerDc) -> None:
         """A peer DC's hello names ``ev.domain``: look up that zone's marker TXT; its key must be the
@@ -352,9 +352,7 @@ class DcDaemon:
             self.core.peer_dc_verified(ev.token, key, loop.time())
             self.driver.flush()
 
-        task = loop.create_task(work())
-        self._tasks.add(task)
-        task.add_done_callback(self._tasks.discard)
+        self.driver.spawn(work(), self._tasks, "peer DC verification")
 
     # -- control ---------------------------------------------------------------------------------
     def control(self, req: dict[str, Any]) -> dict[str, Any]:
@@ -364,17 +362,15 @@ class DcDaemon:
         if cmd == "stats":  # counters only: cheap with many sessions (benches, monitoring)
             return {"stats": dict(self.core.stats), "paths": len(self.core.paths),
                     "sessions": len(self.core._sessions), "relays": len(self.core.relays()),
-                    "driver": {"received": self.driver.received, "socket_errors": self.driver.socket_errors,
-                               "handler_errors": self.driver.handler_errors}}
+                    "driver": self.driver.status()}
         return {
             "role": "dc", "domain": self.settings.domain, "dc_id": self.dc_id.hex(),
             "address": self.settings.address, "port": self.settings.port, "uptime": time.time() - self.started,
             "sessions": self.core.sessions(), "paths": len(self.core.paths), "stats": dict(self.core.stats),
             "dns": {z.origin.to_text(): vars(z.stats) for z in getattr(self, "zones", [])},
             "dns_servers": [{"host": srv.host, "port": srv.port, **vars(srv.stats)} for srv in self.dns_servers],
-            "driver": {"received": self.driver.received, "socket_errors": self.driver.socket_errors,
-                       "handler_errors": self.driver.handler_errors, "commit_errors": self.commit_errors,
-                       "checkpoint_errors": self.checkpoint_errors},
+            "driver": self.driver.status() | {"commit_errors": self.commit_errors,
+                                              "checkpoint_errors": self.checkpoint_errors},
             "discovery_cache": {"entries": len(self.cache), "hits": self.cache.stats.hits,
                                 "misses": self.cache.stats.misses},
             "decisions": self.decisions[-20:], "pid": os.getpid(),

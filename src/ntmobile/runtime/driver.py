@@ -9,6 +9,11 @@ With ``batch_reads`` (the DC) the driver reads the sockets itself: each readines
 to ``READ_BATCH`` datagrams into the core and flushes once, between ``on_batch_start`` and the
 flush's ``on_flush`` (the DC commits its registry writes there, once per batch, before the replies
 leave).
+
+An exception out of a daemon's handler (an event handler, a task it started, a callback of the
+data plane) or out of the core never stops the daemon: ``HandlerErrors`` counts it, logs it with its
+traceback the first time that kind of error happens there (one line after that), and keeps the
+last one's text for the daemon's status (``driver.handler_errors``, ``driver.last_handler_error``).
 """
 
 from __future__ import annotations
@@ -27,6 +32,50 @@ log = logging.getLogger(__name__)
 Endpoint = tuple[str, int]
 #: Datagrams a batch-reading driver takes from a socket per readiness callback.
 READ_BATCH = 16
+#: Kinds of handler error (where, exception type) whose traceback has been logged: at most this many
+#: are remembered (past that, every new kind is logged in one line).
+TRACEBACK_KINDS_MAX = 256
+
+
+class HandlerErrors:
+    """Exceptions that a daemon's handlers raised: counted, logged, the last one kept for status."""
+
+    def __init__(self, logger: logging.Logger = log) -> None:
+        self.log = logger
+        self.count = 0
+        #: "where: ExceptionType: message" of the last one (None until one happens).
+        self.last: str | None = None
+        self._logged: set[tuple[str, type[BaseException]]] = set()
+
+    def record(self, where: str, exc: BaseException) -> None:
+        self.count += 1
+        self.last = f"{where}: {type(exc).__name__}: {exc}"
+        kind = (where, type(exc))
+        if kind not in self._logged and len(self._logged) < TRACEBACK_KINDS_MAX:
+            self._logged.add(kind)
+            self.log.error("handler error in %s", where, exc_info=exc)
+        else:
+            self.log.error("handler error (%d so far; traceback logged at its first): %s", self.count, self.last)
+
+    def watch(self, task: asyncio.Task[Any], where: str) -> None:
+        """Record the exception a background task ends with (cancellation is not an error)."""
+
+        def done(t: asyncio.Task[Any]) -> None:
+            if not t.cancelled() and (exc := t.exception()) is not None:
+                self.record(where, exc)
+
+        task.add_done_callback(done)
+
+    def guard(self, where: str, fn: Callable[..., None]) -> Callable[..., None]:
+        """``fn`` as a callback whose exceptions are recorded instead of raised."""
+
+        def guarded(*args: Any) -> None:
+            try:
+                fn(*args)
+            except Exception as exc:
+                self.record(where, exc)
+
+        return guarded
 
 
 class SansIOCore(Protocol):
@@ -120,7 +169,7 @@ class CoreDriver:
         self._timer: asyncio.TimerHandle | None = None
         self._timer_at: float | None = None
         self.socket_errors = 0
-        self.handler_errors = 0
+        self.errors = HandlerErrors()
         #: Datagrams read from the sockets (every one goes to the core or the data hook, which count
         #: their own drops): with the kernel's per-socket drops this accounts for all that arrived.
         self.received = 0
@@ -145,6 +194,23 @@ class CoreDriver:
                 self._readers.append(r)
                 self.loop.add_reader(r.fileno(), self._readable, r)
 
+    @property
+    def handler_errors(self) -> int:
+        return self.errors.count
+
+    def status(self) -> dict[str, Any]:
+        """The driver's part of a daemon's status."""
+        return {"received": self.received, "socket_errors": self.socket_errors,
+                "handler_errors": self.errors.count, "last_handler_error": self.errors.last}
+
+    def spawn(self, coro: Any, tasks: set[asyncio.Task[None]], where: str) -> asyncio.Task[None]:
+        """Run ``coro`` as a task kept in ``tasks`` while it runs; an exception it ends with is recorded."""
+        task: asyncio.Task[None] = self.loop.create_task(coro)
+        tasks.add(task)
+        task.add_done_callback(tasks.discard)
+        self.errors.watch(task, where)
+        return task
+
     def sockets(self) -> list[socket.socket]:
         return [t.get_extra_info("socket") for t in self.transports.values()]
 
@@ -163,9 +229,12 @@ class CoreDriver:
 
     def on_datagram(self, data: bytes, addr: Endpoint) -> None:
         self.received += 1
-        if self.data_hook is not None and self.data_hook(data, addr):
-            return
-        self.core.receive_datagram(data, addr, self.loop.time())
+        try:
+            if self.data_hook is not None and self.data_hook(data, addr):
+                return
+            self.core.receive_datagram(data, addr, self.loop.time())
+        except Exception as exc:  # a bug must not kill the daemon: counted, shown in status
+            self.errors.record("receive_datagram", exc)
         self.flush()
 
     def _readable(self, sock: socket.socket) -> None:
@@ -183,24 +252,29 @@ class CoreDriver:
                 continue
             self.received += 1
             addr = normalize(raw)
-            if hook is not None and hook(data, addr):
-                continue
-            core.receive_datagram(data, addr, now)
+            try:
+                if hook is not None and hook(data, addr):
+                    continue
+                core.receive_datagram(data, addr, now)
+            except Exception as exc:  # a bug must not kill the daemon: counted, shown in status
+                self.errors.record("receive_datagram", exc)
         self.flush()
 
     def _drain_events(self) -> None:
         while (ev := self.core.next_event()) is not None:
             try:
                 self.on_event(ev)
-            except Exception:  # a handler bug must not kill the daemon
-                self.handler_errors += 1
-                log.exception("event handler failed on %r", ev)
+            except Exception as exc:  # a handler bug must not kill the daemon
+                self.errors.record(f"on_event({type(ev).__name__})", exc)
 
     def flush(self) -> None:
         """Process events, then send datagrams, then re-arm the timer."""
         self._drain_events()
         if self.on_flush is not None:
-            self.on_flush()
+            try:
+                self.on_flush()
+            except Exception as exc:
+                self.errors.record("on_flush", exc)
             self._drain_events()  # what on_flush made the core say
         for dg in self.core.datagrams_to_send():
             self.send(dg.data, dg.addr)
@@ -239,5 +313,8 @@ class CoreDriver:
     def _fire(self) -> None:
         self._timer = None
         self._timer_at = None
-        self.core.handle_timer(self.loop.time())
+        try:
+            self.core.handle_timer(self.loop.time())
+        except Exception as exc:  # the timer is re-armed below all the same
+            self.errors.record("handle_timer", exc)
         self.flush()

@@ -88,6 +88,8 @@ class NodeDaemon:
         self.addr_task: asyncio.Task[None] | None = None
         self._refreshing: set[str] = set()
         self.last_error: str | None = None
+        #: Background tasks running (kept referenced until done).
+        self._tasks: set[asyncio.Task[None]] = set()
         #: Wall-clock time of the latest handover the node detected (reported by `ntm status`).
         self.handover_at: float | None = None
 
@@ -108,7 +110,9 @@ class NodeDaemon:
         self.driver = CoreDriver(self.core, self.on_event, data_hook=self.on_datagram, mark_signalling=True)
         await self.driver.start(s.port)
         self.udpio = UdpIo(self.driver.sockets(), self.on_capsule, self.driver.on_datagram, on_run=self.on_run)
-        self.fwd = NodeForwarder(self.tun, self.udpio, path_mtu=PATH_MTU, on_miss=self.on_miss, on_learn=self.on_learn)
+        errors = self.driver.errors
+        self.fwd = NodeForwarder(self.tun, self.udpio, path_mtu=PATH_MTU, on_miss=errors.guard("on_miss", self.on_miss),
+                                 on_learn=errors.guard("on_learn", self.on_learn))
         self.udpio.start(loop, self.driver.transports.values())
         loop.add_reader(self.tun.fileno(), self.fwd.on_tun_readable)
         self.stub = stub = StubServer(self.on_dns_query)
@@ -118,6 +122,8 @@ class NodeDaemon:
         self.driver.flush()
         self.addr_task = loop.create_task(self.watch_addresses())
         sweep = loop.create_task(self.expire_partials())
+        errors.watch(self.addr_task, "address monitor")
+        errors.watch(sweep, "reassembly sweep")
         log.info("node %s up: TUN %s, UDP port %d, DNS stub %s:%d, DC %s:%d", self.creds.name, self.tun.name, s.port,
                  s.dns_listen, s.dns_port, self.creds.dc_address, self.creds.dc_port)
         try:
@@ -188,17 +194,21 @@ class NodeDaemon:
                     continue  # nothing to do yet (e.g. the old address is gone, the new not yet up)
                 old, state = state, new
                 now = loop.time()
-                if eps != old[0]:
-                    self.handover_at = time.time()
-                    log.info("addresses changed: %s (route to the DC via %s); announcing on every path and "
-                             "re-registering", ", ".join(a for a, _ in sorted(eps)), src)
-                    self.core.addresses_changed(tuple(sorted(eps)), now)
-                elif src is not None:
-                    log.info("route to the DC now via %s: sending what is pending", src)
-                    self.core.routes_changed(now)
+                try:
+                    if eps != old[0]:
+                        self.handover_at = time.time()
+                        log.info("addresses changed: %s (route to the DC via %s); announcing on every path and "
+                                 "re-registering", ", ".join(a for a, _ in sorted(eps)), src)
+                        self.core.addresses_changed(tuple(sorted(eps)), now)
+                    elif src is not None:
+                        log.info("route to the DC now via %s: sending what is pending", src)
+                        self.core.routes_changed(now)
+                except Exception as exc:  # the watch goes on: counted, shown in status
+                    self.driver.errors.record("address change", exc)
                 self.driver.flush()
 
         checker = loop.create_task(check())
+        self.driver.errors.watch(checker, "address change")
         try:
             async with netlink.AddressMonitor(routes=True, links=False) as mon:
                 changed.set()  # anything that changed between the first look and the subscription
@@ -245,7 +255,7 @@ class NodeDaemon:
                  ev.observed[0], ev.observed[1], ev.nat.name, ev.keepalive)
         self.last_error = None
         if old != self.vips:
-            asyncio.get_running_loop().create_task(self.configure_vips(ev.vip4, ev.vip6))
+            self.driver.spawn(self.configure_vips(ev.vip4, ev.vip6), self._tasks, "VIP configuration")
 
     async def configure_vips(self, vip4: str | None, vip6: str | None) -> None:
         name = self.tun.name
@@ -405,6 +415,7 @@ class NodeDaemon:
                          "pending": len(self.stub.tasks)},
             "offloads": sorted(self.tun.features), "gso": offload_active(self.tun), "error": self.last_error,
             "tun": self.tun.name, "uptime": round(time.time() - self.started, 1), "handover_at": self.handover_at,
+            "driver": self.driver.status(),
         }
 
 

@@ -101,7 +101,7 @@ class RsDaemon:
                               self.driver.now)
         if s.fast_path:
             self.fast.start()
-            self._spawn(self._poll_fast())
+            self._spawn(self._poll_fast(), "fast path poll")
         await self.driver.start(s.port)
         self.buf = bytearray(MAX_PACKET)
         self._dirty = False
@@ -129,18 +129,16 @@ class RsDaemon:
                 log.warning("cannot delete nft table %s: %s", s.nft_table, exc)
             self.tun.close()
 
-    def _spawn(self, coro: Any) -> None:
-        task = asyncio.get_running_loop().create_task(coro)
-        self._tasks.add(task)
-        task.add_done_callback(self._tasks.discard)
+    def _spawn(self, coro: Any, where: str) -> None:
+        self.driver.spawn(coro, self._tasks, where)
 
     async def _poll_fast(self) -> None:
         while self.fast.enabled:
             await asyncio.sleep(POLL_SECONDS)
             try:
                 self.fast.poll()
-            except Exception:  # never let a bug here take the relay down: the daemon relays all
-                log.exception("RS-S fast path poll failed")
+            except Exception as exc:  # never let a bug here take the relay down: the daemon relays all
+                self.driver.errors.record("fast path poll", exc)
                 self.fast.disable("internal error (logged)")
 
     # -- data ------------------------------------------------------------------------------------
@@ -227,7 +225,7 @@ class RsDaemon:
             self.core.probe_result(ev.token, hops, rtt, self.driver.now())
             self.driver.flush()
 
-        self._spawn(measure())
+        self._spawn(measure(), "distance probe")
 
     def on_tun_readable(self) -> None:
         buf = self.buf
@@ -262,7 +260,7 @@ class RsDaemon:
         snap.update(role="rs", pid=os.getpid(), uptime=round(time.time() - self.started, 1),
                     nat_errors=self.nat_errors, tun=self.tun.name, mappings=len(self.nat.mappings),
                     offloads=sorted(self.tun.features), gso=_offload_active(self.tun),
-                    fast_path=self.fast.snapshot(), reassembly=reassembly_snapshot(),
+                    fast_path=self.fast.snapshot(), reassembly=reassembly_snapshot(), driver=self.driver.status(),
                     dataplane=self.udpio.stats | {"tun_write_errors": self.tun_write_errors,
                                                   "tun_bad_vnet": self.tun_bad_vnet})
         return snap
