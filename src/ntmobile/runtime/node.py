@@ -114,7 +114,7 @@ class NodeDaemon:
         self.fwd = NodeForwarder(self.tun, self.udpio, path_mtu=PATH_MTU, on_miss=errors.guard("on_miss", self.on_miss),
                                  on_learn=errors.guard("on_learn", self.on_learn))
         self.udpio.start(loop, self.driver.transports.values())
-        loop.add_reader(self.tun.fileno(), self.fwd.on_tun_readable)
+        loop.add_reader(self.tun.fileno(), errors.guard("TUN read", self.fwd.on_tun_readable))
         self.stub = stub = StubServer(self.on_dns_query)
         await stub.start(s.dns_listen, s.dns_port)
         control = await serve_control(s.control, self.control, group=group_id(s.control_group))

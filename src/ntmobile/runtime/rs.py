@@ -109,7 +109,7 @@ class RsDaemon:
                            on_batch_end=self.on_batch_end, on_run=self.on_run)
         self.train = Train(self.udpio)
         self.udpio.start(loop, self.driver.transports.values())
-        loop.add_reader(self.tun.fileno(), self.on_tun_readable)
+        loop.add_reader(self.tun.fileno(), self.driver.errors.guard("TUN read", self.on_tun_readable))
         control = await serve_control(s.control, self.control, group=group_id(s.control_group))
         self.core.register(loop.time())
         self.driver.flush()
