@@ -48,6 +48,28 @@ class Event:
     __slots__ = ()
 
 
+class Timer:
+    """A cancellable handle on a callback a core scheduled with ``_call_at``: ``cancel()`` makes sure it
+    never runs (idempotent; a no-op once it has run). Callbacks need no liveness checks of their own
+    when whoever makes them obsolete cancels them."""
+
+    __slots__ = ("when", "fn", "_live")
+
+    def __init__(self, when: float, fn: Callable[[float], None]) -> None:
+        self.when = when
+        self.fn: Callable[[float], None] | None = fn
+        self._live = True
+
+    @property
+    def active(self) -> bool:
+        """True until it has run or been cancelled."""
+        return self._live
+
+    def cancel(self) -> None:
+        self._live = False
+        self.fn = None  # drop what the closure holds
+
+
 @dataclass(slots=True)
 class _Pending:
     key: tuple[int, int]
@@ -72,7 +94,7 @@ class CoreBase:
     _events: deque[Event] = field(default_factory=deque)
     stats: Counter[str] = field(default_factory=Counter)
     _pending: dict[tuple[int, int], _Pending] = field(default_factory=dict)
-    _timers: list[tuple[float, int, Callable[[float], None]]] = field(default_factory=list)
+    _timers: list[tuple[float, int, Timer]] = field(default_factory=list)
     _timer_seq: int = 0
 
     # -- outputs ---------------------------------------------------------------------------------
@@ -85,8 +107,11 @@ class CoreBase:
 
     def get_timer(self) -> float | None:
         deadlines = [p.deadline for p in self._pending.values()]
-        if self._timers:
-            deadlines.append(self._timers[0][0])
+        timers = self._timers
+        while timers and not timers[0][2].active:
+            heapq.heappop(timers)
+        if timers:
+            deadlines.append(timers[0][0])
         return min(deadlines) if deadlines else None
 
     # -- helpers for subclasses ------------------------------------------------------------------
@@ -113,13 +138,20 @@ class CoreBase:
 
     def _request(self, channel: Channel, msg: Message, txid: int, dest: Endpoint, now: float, *,
                  timeout: float, flags: int = 0, on_timeout: Callable[[float], None] | None = None,
-                 tag: object = None) -> None:
-        """Send a request and retransmit it (re-sealed, same txid) until answered or ``timeout``."""
+                 tag: object = None) -> _Pending:
+        """Send a request and retransmit it (re-sealed, same txid) until answered or ``timeout``.
+        Returns its handle, which ``_cancel_request`` takes."""
         key = (id(channel), txid)
         p = _Pending(key, channel, msg, txid, flags, dest, now + RTO_INITIAL, now + timeout, RTO_INITIAL,
                      on_timeout=on_timeout, tag=tag)
         self._pending[key] = p
         self._transmit(p)
+        return p
+
+    def _cancel_request(self, p: _Pending | None) -> None:
+        """Stop retransmitting ``p`` and forget it (its ``on_timeout`` never runs). None is a no-op."""
+        if p is not None and self._pending.get(p.key) is p:
+            del self._pending[p.key]
 
     def _transmit(self, p: _Pending) -> None:
         p.attempts += 1
@@ -141,9 +173,13 @@ class CoreBase:
         for k in [k for k, p in self._pending.items() if pred(p)]:
             del self._pending[k]
 
-    def _call_at(self, when: float, fn: Callable[[float], None]) -> None:
+    def _call_at(self, when: float, fn: Callable[[float], None]) -> Timer:
+        """Run ``fn(now)`` from the first ``handle_timer`` at or after ``when``; returns a handle whose
+        ``cancel()`` stops it."""
         self._timer_seq += 1
-        heapq.heappush(self._timers, (when, self._timer_seq, fn))
+        timer = Timer(when, fn)
+        heapq.heappush(self._timers, (when, self._timer_seq, timer))
+        return timer
 
     def handle_timer(self, now: float) -> None:
         for p in [p for p in self._pending.values() if p.deadline <= now]:
@@ -159,8 +195,12 @@ class CoreBase:
             p.deadline = min(now + p.rto, p.give_up_at)
             self._transmit(p)
         while self._timers and self._timers[0][0] <= now:
-            _, _, fn = heapq.heappop(self._timers)
-            fn(now)
+            _, _, timer = heapq.heappop(self._timers)
+            fn = timer.fn
+            if timer._live and fn is not None:
+                timer._live = False
+                timer.fn = None
+                fn(now)
 
     def _open(self, channel: Channel, header: SignalHeader, data: bytes) -> Message | None:
         """Open a sealed message; count and drop on failure (never raises on input)."""
