@@ -202,6 +202,28 @@ class CoreBase:
                 timer.fn = None
                 fn(now)
 
+    # -- the signalling port: what a helper object a core owns (core.registration's client) may use --
+    def send_request(self, channel: Channel, msg: Message, txid: int, dest: Endpoint, now: float, *,
+                     timeout: float, flags: int = 0, on_timeout: Callable[[float], None] | None = None,
+                     tag: object = None) -> _Pending:
+        """``_request`` for helpers."""
+        return self._request(channel, msg, txid, dest, now, timeout=timeout, flags=flags, on_timeout=on_timeout,
+                             tag=tag)
+
+    def cancel_request(self, p: _Pending | None) -> None:
+        self._cancel_request(p)
+
+    def retransmit(self, p: _Pending | None) -> None:
+        """Send a request still in flight again now (its retransmission schedule is unchanged)."""
+        if p is not None and self._pending.get(p.key) is p:
+            self._transmit(p)
+
+    def call_at(self, when: float, fn: Callable[[float], None]) -> Timer:
+        return self._call_at(when, fn)
+
+    def open_sealed(self, channel: Channel, header: SignalHeader, data: bytes) -> Message | None:
+        return self._open(channel, header, data)
+
     def _open(self, channel: Channel, header: SignalHeader, data: bytes) -> Message | None:
         """Open a sealed message; count and drop on failure (never raises on input)."""
         try:

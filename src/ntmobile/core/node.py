@@ -30,7 +30,6 @@ from ntmobile.wire import (
     Endpoint,
     Keepalive,
     KeepaliveAck,
-    Message,
     MessageType,
     NatKind,
     PathMode,
@@ -54,7 +53,8 @@ from ntmobile.wire import (
 from ntmobile.wire.constants import SUPPORTED_VERSIONS
 
 from .common import CoreBase, Event, new_txid
-from .registration import RegistrationClient
+from .registration import AttemptFailed, RegistrationClient, RegistrationPolicy, SessionLost, SessionUp
+from .registration import Outcome as RegistrationOutcome
 from .timing import (
     DIRECTION_TIMEOUT,
     EARLY_HOLD,
@@ -196,66 +196,13 @@ class _Lookup:
     request_ids: list[int]
 
 
-class _NodeDcLink(RegistrationClient):
-    """The node's registration with its DC (core.registration). A re-registration (handover, DC
-    request) keeps the old session and its keepalives until the new session is up; after a failure
-    the node retries only while it is not registered."""
-
-    KEEP_SESSION_WHILE_REGISTERING = True
-    STALE_STAT = "drop_stale_registration"
-    TIMEOUT_REASON = "the DC did not answer the registration"
-    BAD_KEY_REASON = None
-
-    def __init__(self, node: NodeCore, counter: CounterFloor) -> None:
-        c = node.config
-        RegistrationClient.__init__(self, node, c.node_id, c.dc_endpoint, c.psk, counter=counter,
-                                    random_bytes=node._rand, timeout=REGISTRATION_TIMEOUT)
-        self.node = node
-
-    def _new_txid(self) -> int:
-        return new_txid(self._rand)
-
-    def _request_message(self, ephemeral: bytes) -> RegistrationRequest:
-        node = self.node
-        return RegistrationRequest(role=Role.NODE, name=node.config.name, ephemeral=ephemeral,
-                                   versions=SUPPORTED_VERSIONS, local_endpoints=node.local_endpoints,
-                                   capabilities=node.config.capabilities, instance=node.instance)
-
-    def _refusal(self, header: SignalHeader, msg: RegistrationResponse) -> tuple[int, str] | None:
-        if not SUPPORTED_VERSIONS[0] <= msg.version <= SUPPORTED_VERSIONS[1]:
-            return Status.UNSUPPORTED_VERSION, f"the DC chose protocol version {msg.version}, which this node lacks"
-        return None
-
-    def _keepalive_interval(self, msg: RegistrationResponse) -> float:
-        return float(msg.keepalive)
-
-    def _keepalive_timeout(self) -> float:
-        return node_keepalive_timeout(self.keepalive)
-
-    def _registered(self, msg: RegistrationResponse, now: float) -> None:
-        self.node._on_registered(msg, now)
-
-    def _failed(self, status: int | None, reason: str, now: float) -> None:
-        self.node._emit(RegistrationFailed(Status.SERVFAIL if status is None else _status(status), reason))
-
-    def _may_retry(self, gen: int) -> bool:
-        return self.reg_txid is None and not self.node.registered
-
-    def _retry(self, now: float) -> None:
-        self.node.register(self.node.local_endpoints, now)
-
-    def _lost(self, now: float) -> None:
-        self.node.registered = False
-        self.node.register(self.node.local_endpoints, now)
-
-    def _on_status(self, header: SignalHeader, msg: StatusMessage, now: float) -> None:
-        self.node._on_long_term_status(header, msg, now)
-
-    def _on_other(self, header: SignalHeader, msg: Message, addr: Endpoint, now: float) -> bool:
-        if not isinstance(msg, Keepalive):
-            return False
-        self.node._on_nat_filter_probe(header, addr)
-        return True
+#: The node's registration: a re-registration (handover, DC request) keeps the old session and its
+#: keepalives until the new session is up (RENEWING); after a failure the node retries only while it is
+#: not registered.
+_REGISTRATION_POLICY = RegistrationPolicy(
+    keep_session=True, keepalive_timeout=node_keepalive_timeout, versions=SUPPORTED_VERSIONS,
+    stale_stat="drop_stale_registration", timeout_reason="the DC did not answer the registration",
+    bad_key_reason=None)
 
 
 class NodeCore(CoreBase):
@@ -270,7 +217,12 @@ class NodeCore(CoreBase):
         self._rand = random_bytes
         #: This process's instance (RegistrationRequest INSTANCE): its paths and counters live and die with it.
         self.instance = random_bytes(8)
-        self._dc = _NodeDcLink(self, counter if counter is not None else CounterFloor(seq_base))
+        c = config
+        self._dc = RegistrationClient(
+            self, c.node_id, c.dc_endpoint, c.psk, counter=counter if counter is not None else CounterFloor(seq_base),
+            random_bytes=random_bytes, new_txid=lambda: new_txid(random_bytes), timeout=REGISTRATION_TIMEOUT,
+            policy=_REGISTRATION_POLICY, request_message=self._registration_request,
+            on_outcome=self._registration_outcome)
         self.local_endpoints: tuple[Endpoint, ...] = ()
         self.registered = False
         self.registration: Registered | None = None
@@ -295,6 +247,24 @@ class NodeCore(CoreBase):
         #: Direction that would make a new sealer under one of them is refused, so a counter never
         #: starts again under a key, whatever the DC sends (docs/security.md §3).
         self._used_keys = UsedKeys(RETIRED_KEYS)
+
+    # -- registration with the DC (core.registration) ------------------------------------------
+    def _registration_request(self, ephemeral: bytes) -> RegistrationRequest:
+        return RegistrationRequest(role=Role.NODE, name=self.config.name, ephemeral=ephemeral,
+                                   versions=SUPPORTED_VERSIONS, local_endpoints=self.local_endpoints,
+                                   capabilities=self.config.capabilities, instance=self.instance)
+
+    def _registration_outcome(self, outcome: RegistrationOutcome, now: float) -> None:
+        if isinstance(outcome, SessionUp):
+            self._on_registered(outcome.response, now)
+        elif isinstance(outcome, AttemptFailed):
+            status = Status.SERVFAIL if outcome.status is None else _status(outcome.status)
+            self._emit(RegistrationFailed(status, outcome.reason))
+        elif isinstance(outcome, SessionLost):
+            self.registered = False
+            self.register(self.local_endpoints, now)
+        elif not self.registered:  # RetryDue: only while not registered
+            self.register(self.local_endpoints, now)
 
     # -- API ----------------------------------------------------------------------------------
     def register(self, local_endpoints: tuple[Endpoint, ...], now: float) -> None:
@@ -461,7 +431,13 @@ class NodeCore(CoreBase):
             self.stats["drop_dc_wrong_source"] += 1
             return
         if header.flags & SignalFlags.LONG_TERM:
-            self._dc.receive_long_term(header, data, addr, now)
+            lt_msg = self._dc.receive_long_term(header, data, addr, now)
+            if isinstance(lt_msg, StatusMessage):
+                self._on_long_term_status(header, lt_msg, now)
+            elif isinstance(lt_msg, Keepalive):
+                self._on_nat_filter_probe(header, addr)
+            elif lt_msg is not None:
+                self.stats["drop_unexpected"] += 1
             return
         session = self._dc.session
         if session is None:
@@ -473,8 +449,7 @@ class NodeCore(CoreBase):
         if isinstance(msg, RouteDirection):
             self._on_route_direction(header, msg, addr, now)
         elif isinstance(msg, KeepaliveAck):
-            if self._answered(session, header.txid) is not None:
-                self._dc.missed = 0
+            self._dc.keepalive_acked(header.txid)
         elif isinstance(msg, StatusMessage):
             self._on_session_status(header, msg, now)
         else:
@@ -510,7 +485,7 @@ class NodeCore(CoreBase):
         status = _status(header.status)
         if status is Status.REREGISTER:
             self.stats["reregister_requested"] += 1
-            self._dc.session = None
+            self._dc.drop_session()
             self.registered = False
             self.register(self.local_endpoints, now)
             return

@@ -44,7 +44,7 @@ import os
 import struct
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
-from functools import lru_cache
+from functools import lru_cache, partial
 from typing import Any
 
 from ntmobile.crypto import (
@@ -75,7 +75,6 @@ from ntmobile.wire import (
     PathReleaseAck,
     PathRole,
     RegistrationRequest,
-    RegistrationResponse,
     RelayDirection,
     RelayProbe,
     RelayProbeResult,
@@ -94,7 +93,15 @@ from ntmobile.wire.constants import SUPPORTED_VERSIONS
 from ntmobile.wire.frame import GSO_CHUNK_OVERHEAD
 
 from .common import CoreBase, Event, new_txid
-from .registration import DcState, RegistrationClient
+from .registration import (
+    AttemptFailed,
+    DcState,
+    RegistrationClient,
+    RegistrationPolicy,
+    SessionLost,
+    SessionUp,
+)
+from .registration import Outcome as RegistrationOutcome
 from .targets import TargetPolicy
 from .timing import REGISTRATION_TIMEOUT, RELAY_KEEPALIVE_DEFAULT, relay_keepalive_timeout
 
@@ -301,59 +308,25 @@ class RelayEntry:
 
 
 class _Dc(RegistrationClient):
-    """The relay's registration with one of its DCs (core.registration). A registration that starts
-    stops the old session's keepalives; a failed one is retried after the backoff."""
+    """The relay's registration with one of its DCs (core.registration), and the link it serves. A
+    registration that starts stops the old session's keepalives; a failed one is retried after the
+    backoff."""
 
     def __init__(self, rs: RsCore, link: DcLink, counter: CounterFloor) -> None:
-        RegistrationClient.__init__(self, rs, rs.config.rs_id, link.endpoint, link.psk, counter=counter,
-                                    random_bytes=rs._rand, timeout=rs.config.registration_timeout,
-                                    keepalive=RELAY_KEEPALIVE_DEFAULT)
-        self.rs = rs
+        RegistrationClient.__init__(
+            self, rs, rs.config.rs_id, link.endpoint, link.psk, counter=counter, random_bytes=rs._rand,
+            new_txid=rs._txid, timeout=rs.config.registration_timeout, policy=_REGISTRATION_POLICY,
+            request_message=rs._registration_request,
+            on_outcome=partial(rs._registration_outcome, link.dc_id),
+            keepalive_message=rs._keepalive_message)
         self.link = link
 
-    def start(self, now: float) -> None:
-        self.rs.stats["registrations_sent"] += 1
-        RegistrationClient.start(self, now)
 
-    def _new_txid(self) -> int:
-        return self.rs._txid()
-
-    def _request_message(self, ephemeral: bytes) -> RegistrationRequest:
-        c = self.rs.config
-        return RegistrationRequest(role=Role.RELAY, name=c.name, ephemeral=ephemeral, versions=SUPPORTED_VERSIONS,
-                                   local_endpoints=tuple(c.local_endpoints), capabilities=c.capabilities,
-                                   load=len(self.rs._paths), instance=self.rs.instance)
-
-    def _refusal(self, header: SignalHeader, msg: RegistrationResponse) -> tuple[int, str] | None:
-        if header.status != Status.OK:
-            return header.status, "registration refused"
-        if msg.version != VERSION:
-            return Status.UNSUPPORTED_VERSION, f"DC chose version {msg.version}"
-        return None
-
-    def _keepalive_interval(self, msg: RegistrationResponse) -> float:
-        return float(msg.keepalive) if msg.keepalive > 0 else RELAY_KEEPALIVE_DEFAULT
-
-    def _keepalive_message(self) -> Keepalive:
-        return Keepalive(load=len(self.rs._paths))
-
-    def _keepalive_timeout(self) -> float:
-        return relay_keepalive_timeout(self.keepalive)
-
-    def _registered(self, msg: RegistrationResponse, now: float) -> None:
-        self.rs.stats["registrations"] += 1
-        self.rs._emit(Registered(self.link.dc_id, msg.observed))
-
-    def _failed(self, status: int | None, reason: str, now: float) -> None:
-        self.rs.stats["registrations_failed"] += 1
-        self.rs._emit(RegistrationFailed(self.link.dc_id, _status(status) if status is not None else None, reason))
-
-    def _lost(self, now: float) -> None:
-        self.rs.stats["reregister_keepalive"] += 1
-        self.start(now)
-
-    def _on_status(self, header: SignalHeader, msg: StatusMessage, now: float) -> None:
-        self.rs._on_dc_status(self, header, msg, now)
+#: The relay's registrations: no session kept while registering again; a refused status or another
+#: protocol version is a refusal.
+_REGISTRATION_POLICY = RegistrationPolicy(
+    keep_session=False, keepalive_timeout=relay_keepalive_timeout, default_keepalive=RELAY_KEEPALIVE_DEFAULT,
+    versions=(VERSION, VERSION), refuse_on_status=True)
 
 
 TunPacket = tuple[bytes | memoryview, bool]
@@ -413,12 +386,41 @@ class RsCore(CoreBase):
         self._probe_tokens: dict[int, tuple[bytes, int]] = {}
         self._probe_token = 0
 
+    # -- registration with the DCs (core.registration) ---------------------------------------------
+    def _registration_request(self, ephemeral: bytes) -> RegistrationRequest:
+        c = self.config
+        return RegistrationRequest(role=Role.RELAY, name=c.name, ephemeral=ephemeral, versions=SUPPORTED_VERSIONS,
+                                   local_endpoints=tuple(c.local_endpoints), capabilities=c.capabilities,
+                                   load=len(self._paths), instance=self.instance)
+
+    def _keepalive_message(self) -> Keepalive:
+        return Keepalive(load=len(self._paths))
+
+    def _start_registration(self, dc: _Dc, now: float) -> None:
+        self.stats["registrations_sent"] += 1
+        dc.start(now)
+
+    def _registration_outcome(self, dc_id: bytes, outcome: RegistrationOutcome, now: float) -> None:
+        dc = self._dcs[dc_id]
+        if isinstance(outcome, SessionUp):
+            self.stats["registrations"] += 1
+            self._emit(Registered(dc_id, outcome.response.observed))
+        elif isinstance(outcome, AttemptFailed):
+            self.stats["registrations_failed"] += 1
+            self._emit(RegistrationFailed(dc_id, _status(outcome.status) if outcome.status is not None else None,
+                                          outcome.reason))
+        elif isinstance(outcome, SessionLost):
+            self.stats["reregister_keepalive"] += 1
+            self._start_registration(dc, now)
+        else:  # RetryDue
+            self._start_registration(dc, now)
+
     # -- API ---------------------------------------------------------------------------------------
     def register(self, now: float) -> None:
         """(Re-)register with every DC (one not already mid-registration)."""
         for dc in self._dcs.values():
             if dc.state is not DcState.REGISTERING:
-                dc.start(now)
+                self._start_registration(dc, now)
 
     def packets_to_tun(self) -> list[TunPacket]:
         """Inner packets of RS-N paths for the TUN device, as ``(payload, gso)``: with ``gso`` the
@@ -599,7 +601,11 @@ class RsCore(CoreBase):
     # -- from a DC ----------------------------------------------------------------------------------
     def _on_dc(self, dc: _Dc, hdr: SignalHeader, data: bytes, addr: Endpoint, now: float) -> None:
         if hdr.flags & SignalFlags.LONG_TERM:
-            dc.receive_long_term(hdr, data, addr, now)
+            lt_msg = dc.receive_long_term(hdr, data, addr, now)
+            if isinstance(lt_msg, StatusMessage):
+                self._on_dc_status(dc, hdr, lt_msg, now)
+            elif lt_msg is not None:
+                self.stats["drop_unexpected"] += 1
             return
         session = dc.session
         if session is None:
@@ -615,11 +621,9 @@ class RsCore(CoreBase):
         elif isinstance(msg, RelayProbe):
             self._on_probe(dc, session, hdr, msg, addr)
         elif isinstance(msg, KeepaliveAck):
-            if dc.ka_txid != hdr.txid or self._answered(self.config.rs_id, hdr.txid) is None:
+            if not dc.keepalive_acked(hdr.txid):
                 self.stats["drop_late_response"] += 1
                 return
-            dc.ka_txid = None
-            dc.missed = 0
             if msg.observed is not None:
                 dc.observed = msg.observed
         elif isinstance(msg, StatusMessage):
@@ -684,7 +688,7 @@ class RsCore(CoreBase):
             # The DC lost our session (restart) or refused a keepalive: register again.
             if dc.state is not DcState.REGISTERING:
                 self.stats["reregister_requested"] += 1
-                dc.start(now)
+                self._start_registration(dc, now)
         else:
             self.stats["status_ignored"] += 1
 
