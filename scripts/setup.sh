@@ -41,3 +41,13 @@ if [ ! -f "$stamp" ] || [ pyproject.toml -nt "$stamp" ]; then
   .venv/bin/pip install -q --disable-pip-version-check -e '.[dev,bench]'
   touch "$stamp"
 fi
+
+# `ntm` on PATH for every shell (root's and other users'): a link to this checkout's command. The last
+# checkout set up wins; NTM_NO_LINK=1 leaves /usr/local/bin alone.
+if [ "${NTM_NO_LINK:-0}" != 1 ]; then
+  target="$PWD/.venv/bin/ntm"
+  if [ "$(readlink /usr/local/bin/ntm 2>/dev/null || true)" != "$target" ]; then
+    ln -sfn "$target" /usr/local/bin/ntm
+    echo "ntmobile setup: /usr/local/bin/ntm -> $target"
+  fi
+fi

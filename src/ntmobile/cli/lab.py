@@ -13,7 +13,7 @@ from ntmobile.cli.common import fail, require_root
 
 lab_app = typer.Typer(name="lab", help="The network-namespace lab (see docs/lab.md).", no_args_is_help=True)
 
-NAME_HELP = "Lab name: prefix of its namespaces and files (1-8 lowercase letters/digits)."
+NAME_HELP = "Lab name: prefix of its namespaces and files (1-8 lowercase letters/digits); default: $NTM_LAB, else ntm."
 
 
 def _pairs(values: list[str], what: str) -> dict[str, str]:
@@ -29,7 +29,7 @@ def _pairs(values: list[str], what: str) -> dict[str, str]:
 @lab_app.command("up")
 def up(
     topology: str = typer.Argument(..., help="Built-in topology (paper, nat, handover) or a TOML file."),
-    name: str = typer.Option("ntm", "--name", "-n", help=NAME_HELP),
+    name: str = typer.Option("ntm", "--name", "-n", envvar="NTM_LAB", help=NAME_HELP),
     bare: bool = typer.Option(False, "--bare", help="Do not start the topology's ntmobile daemons."),
     rate: float | None = typer.Option(None, "--rate", help="Rate limit (Mbit/s, tbf) on every link."),
     loss: float | None = typer.Option(None, "--loss", help="Random loss (percent, nft numgen) on every link."),
@@ -63,7 +63,7 @@ def up(
 
 
 @lab_app.command("down")
-def down(name: str = typer.Option("ntm", "--name", "-n", help=NAME_HELP)) -> None:
+def down(name: str = typer.Option("ntm", "--name", "-n", envvar="NTM_LAB", help=NAME_HELP)) -> None:
     """Tear a lab down: processes, namespaces, veths, nft tables, /etc/netns files, state."""
     require_root("ntm lab down")
     from ntmobile.lab import LabError, teardown
@@ -80,7 +80,7 @@ def down(name: str = typer.Option("ntm", "--name", "-n", help=NAME_HELP)) -> Non
 def exec_(
     host: str = typer.Argument(..., help="Host name (mn, cn, gn, ...)."),
     cmd: list[str] = typer.Argument(..., metavar="-- CMD...", help="Command and arguments."),
-    name: str = typer.Option("ntm", "--name", "-n", help=NAME_HELP),
+    name: str = typer.Option("ntm", "--name", "-n", envvar="NTM_LAB", help=NAME_HELP),
 ) -> None:
     """Run a command in a lab host (its namespace, resolv.conf and ssh config)."""
     require_root("ntm lab exec")
@@ -102,7 +102,7 @@ def exec_(
 
 @lab_app.command("status")
 def status(
-    name: str = typer.Option("ntm", "--name", "-n", help=NAME_HELP),
+    name: str = typer.Option("ntm", "--name", "-n", envvar="NTM_LAB", help=NAME_HELP),
     as_json: bool = typer.Option(False, "--json", help="Machine-readable output."),
 ) -> None:
     """Hosts, addresses, NAT profiles, running services of a lab."""
@@ -123,7 +123,7 @@ def status(
 def move(
     host: str = typer.Argument(..., help="The host to move (e.g. mn)."),
     network: str = typer.Argument(..., help="Target link/network (e.g. neta, netb, global)."),
-    name: str = typer.Option("ntm", "--name", "-n", help=NAME_HELP),
+    name: str = typer.Option("ntm", "--name", "-n", envvar="NTM_LAB", help=NAME_HELP),
 ) -> None:
     """Move a host to another access network: old leg down, new leg up with address and route."""
     require_root("ntm lab move")
