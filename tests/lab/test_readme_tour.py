@@ -51,7 +51,8 @@ def test_the_readme_tour_works_as_typed() -> None:
         for line in lines:
             out = subprocess.run(["bash", "-c", f"set -o pipefail; {line}"], env=env, capture_output=True,
                                  text=True, timeout=240)
-            assert out.returncode == 0, f"README tour line failed (rc {out.returncode}): {line}\n{out.stdout}\n{out.stderr}"
+            assert out.returncode == 0, (f"README tour line failed (rc {out.returncode}): {line}\n"
+                                         f"{out.stdout}\n{out.stderr}")
             outputs.append(out.stdout)
     finally:
         teardown(name)

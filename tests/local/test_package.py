@@ -48,6 +48,6 @@ def test_ntm_from_the_installed_wheel_runs(wheel: Path, tmp_path: Path) -> None:
     assert out.returncode == 0, out.stderr
     assert out.stdout.splitlines()[0].startswith(str(target))
     assert "nat" in out.stdout.splitlines()[1].split(",")
-    cli = subprocess.run([sys.executable, "-S", str(target / "bin" / "ntm"), "--help"], env=env, capture_output=True, text=True,
-                         timeout=60)
+    cli = subprocess.run([sys.executable, "-S", str(target / "bin" / "ntm"), "--help"], env=env,
+                         capture_output=True, text=True, timeout=60)
     assert cli.returncode == 0 and "lab" in cli.stdout, cli.stderr
