@@ -5,11 +5,15 @@ from __future__ import annotations
 import logging
 import sys
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import typer
 
 from ntmobile.core.registry import StoreError
 from ntmobile.wire import Role
+
+if TYPE_CHECKING:
+    from ntmobile.runtime.config import DcSettings as DcSettingsT
 
 from .common import daemon_status, fail, handler_errors_line, missing_command, require_root
 
@@ -49,6 +53,57 @@ def run(config: Path = ConfigOpt, verbose: bool = typer.Option(False, "--verbose
                  f"{settings.dns_port}, probe_port {settings.probe_port} (and the one after it) is taken; stop "
                  "the other service or change these in the config")
         fail(missing_command(exc) or f"cannot start the DC: {exc}")
+
+
+def delegation(settings: DcSettingsT) -> list[str]:
+    """The records the parent zone must publish for every domain the DC serves: NS, and glue (A/AAAA)
+    when the name server's name lies inside the delegated domain (RFC 1034 §4.2.2)."""
+    import ipaddress
+
+    lines = []
+    for domain in settings.domains:
+        ns_name, addrs = settings.name_server(domain)
+        lines.append(f"{domain}. 3600 IN NS {ns_name}.")
+        if ns_name == domain or ns_name.endswith("." + domain):
+            for a in addrs:
+                kind = "A" if ipaddress.ip_address(a).version == 4 else "AAAA"
+                lines.append(f"{ns_name}. 3600 IN {kind} {a}")
+    return lines
+
+
+@app.command("init")
+def init(domain: str = typer.Argument(..., help="the domain this DC serves, e.g. a.example"),
+         address: str = typer.Option(..., "--address", "-a", help="the DC's public IPv4 or IPv6 address"),
+         address6: str | None = typer.Option(None, "--address6", help="a second (IPv6) address of the DC"),
+         ns_name: str | None = typer.Option(None, "--ns-name", help="the DC's name-server name (default dc.DOMAIN)"),
+         database: str = typer.Option("/var/lib/ntmobile/dc.sqlite", "--database", help="registry file"),
+         out: Path = typer.Option(Path("dc.toml"), "--out", "-o", help="where to write the configuration"),
+         force: bool = typer.Option(False, "--force", help="overwrite an existing configuration file"),
+         ) -> None:
+    """Write a DC configuration for DOMAIN and print the records its parent zone must publish."""
+    from pydantic import ValidationError
+
+    from ntmobile.runtime.config import ConfigError, DcSettings, dump
+
+    if out.exists() and not force:
+        fail(f"{out} exists: pass --force to overwrite it, or --out another file")
+    try:
+        settings = DcSettings(domain=domain, address=address, database=database, ns_name=ns_name,
+                              ns_addresses=[address, *([address6] if address6 else [])])
+    except ValidationError as exc:
+        err = exc.errors()[0]
+        fail(f"{'.'.join(str(x) for x in err['loc'])}: {err['msg']}")
+    try:
+        dump(settings, out)
+    except ConfigError as exc:
+        fail(f"cannot write {out}: {exc}")
+    typer.echo(f"wrote {out} (DC for {settings.domain} at {settings.address}, signalling UDP {settings.port}, "
+               f"DNS {settings.dns_port})", err=True)
+    typer.echo(f"; Publish in the parent zone of {settings.domain}:")
+    for line in delegation(settings):
+        typer.echo(line)
+    typer.echo(f"; Then start it (as root): ntm dc run -c {out}")
+    typer.echo(f"; Check from anywhere: dig {settings.domain} TXT   (the \"v=ntm1; dc=...\" marker)")
 
 
 def _enroll(config: Path, name: str, out: Path | None, role: Role, client_id: str | None = None) -> None:

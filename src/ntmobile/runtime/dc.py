@@ -130,8 +130,7 @@ class DcDaemon:
         s = self.settings
         zones = []
         for domain in s.domains:
-            ns_name = s.ns_name if (s.ns_name and domain == s.domain) else f"dc.{domain}"
-            ns_addrs = tuple(s.ns_addresses or [s.address])
+            ns_name, ns_addrs = s.name_server(domain)
             zones.append(AuthoritativeZone(
                 domain + ".",
                 soa=SoaFields(mname=ns_name + ".", rname=f"hostmaster.{domain}.", serial=int(self.started)),
