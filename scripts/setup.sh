@@ -11,6 +11,7 @@ APT_PACKAGES=(
   dnsmasq-base nsd unbound bind9-dnsutils
   iperf3 iperf curl openssh-server openssh-client vsftpd lftp busybox
   wireguard-go wireguard-tools openvpn socat
+  dbus-daemon
 )
 
 if [ "$(id -u)" -ne 0 ]; then
@@ -30,6 +31,18 @@ if [ "${#missing[@]}" -gt 0 ]; then
   printf '#!/bin/sh\nexit 101\n' > /usr/sbin/policy-rc.d && chmod +x /usr/sbin/policy-rc.d
   apt-get install -y -qq --no-install-recommends "${missing[@]}" >/dev/null
   rm -f /usr/sbin/policy-rc.d
+fi
+
+# systemd-resolved for the lab's resolved host (lab/resolved.py): unpacked, never installed (its
+# package would take this machine's /etc/resolv.conf over).
+RESOLVED_DIR=/var/cache/ntmobile/resolved
+if [ ! -x "$RESOLVED_DIR/root/lib/systemd/systemd-resolved" ]; then
+  echo "ntmobile setup: unpacking systemd-resolved into $RESOLVED_DIR (for the lab; not installed)"
+  mkdir -p "$RESOLVED_DIR" && rm -f "$RESOLVED_DIR"/*.deb
+  want="systemd-resolved=$(dpkg-query -W -f='${Version}' systemd)"
+  get() { (cd "$RESOLVED_DIR" && apt-get download -qq "$@" 2>/dev/null); }
+  get "$want" || get systemd-resolved || { apt-get update -qq && { get "$want" || get systemd-resolved; }; }
+  dpkg -x "$RESOLVED_DIR"/systemd-resolved_*.deb "$RESOLVED_DIR/root"
 fi
 
 PY=${NTM_PYTHON:-python3}

@@ -3,7 +3,7 @@
 Seeded random and mutated datagrams (ntmobile.bench.fuzz: real captured datagrams truncated,
 extended, oversized, bit-flipped, with garbled bodies, wrong keys, unknown senders and Path IDs,
 replays; DNS garbage and valid-but-odd queries) are sent from inside the lab to the DC's signalling
-port and DNS port, the relay's port, the node's port and the node's DNS stub (127.0.0.53 in its
+port and DNS port, the relay's port, the node's port and the node's DNS stub (127.0.0.153 in its
 namespace). Afterwards every daemon is alive, its RSS grew by less than a bound, it still works (a
 fresh RS-N transfer, DNS through the stub and the DC), and its counters account for every
 datagram: datagrams read by the daemon plus the kernel's drops on that socket equal those sent

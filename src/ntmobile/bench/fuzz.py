@@ -46,7 +46,11 @@ from ntmobile.core.registry import ClientRecord, MemoryStore, Pools
 from ntmobile.core.rs import DcLink, ProbeRequest, RsConfig, RsCore
 from ntmobile.core.targets import DOCUMENTATION_NETS as LAB_NETS
 from ntmobile.crypto import CapsuleSealer
+from ntmobile.runtime.config import NodeSettings
 from ntmobile.wire import CapsuleFlags, MessageType, Role
+
+#: The node's DNS stub (its default address).
+STUB_ADDR: str = NodeSettings.model_fields["dns_listen"].default
 
 if TYPE_CHECKING:
     from ntmobile.lab import Lab
@@ -886,7 +890,7 @@ def run_lab_bench(count: int, seed: int = 8, *, prefix: str = "fuzz", log: Calla
                    ("dc_dns_udp", "gl", dca, 53, "dca", "dns", 4000, dc_dns, "dc"),
                    ("rs_udp", "gl", rs1, 7411, "rs1", "signal", 15000, rs_rx, "rs"),
                    ("node_udp", "mn", "127.0.0.1", 7412, "mn", "signal", 15000, node_rx, "node"),
-                   ("node_dns_stub_udp", "mn", "127.0.0.53", 53, "mn", "dns", 4000, stub_rx, "node")]
+                   ("node_dns_stub_udp", "mn", STUB_ADDR, 53, "mn", "dns", 4000, stub_rx, "node")]
         for i, (name, src, dest, port, dhost, kind, rate, rx, who) in enumerate(targets):
             log(f"{name} {dest}:{port} from {src}: {count} datagrams ...")
             before, d0 = rx(), lab_udp_drops(lab, dhost, port)

@@ -15,7 +15,7 @@ from ntmobile.wire import Role
 if TYPE_CHECKING:
     from ntmobile.runtime.config import DcSettings as DcSettingsT
 
-from .common import daemon_status, fail, handler_errors_line, missing_command, require_root
+from .common import add_install_service, daemon_status, fail, handler_errors_line, missing_command, require_root
 
 app = typer.Typer(help="Direction Coordinator: registration, VIPs, authoritative DNS, tunnel direction.",
                   no_args_is_help=True)
@@ -176,6 +176,8 @@ def status(control: str = typer.Option("ntm-dc", help="control socket name"),
     for d in st["decisions"][-5:]:
         con.print(f"{d['node']} -> {d['fqdn']}: {d['status']} {d['mode'] or ''} {d['rs'] or ''}")
 
+
+add_install_service(app, "dc")
 
 def register(root: typer.Typer) -> None:
     root.add_typer(app, name="dc")

@@ -8,7 +8,7 @@ from pathlib import Path
 
 import typer
 
-from .common import daemon_status, fail, handler_errors_line, missing_command, require_root
+from .common import add_install_service, daemon_status, fail, handler_errors_line, missing_command, require_root
 
 app = typer.Typer(help="NTM node: TUN with the node's VIPs, DNS-triggered tunnels, handover.",
                   no_args_is_help=True)
@@ -70,6 +70,8 @@ def status(control: str = typer.Option("ntm-node", help="control socket name of 
                   str(p["age"]), "up" if p["established"] else "setting up")
     con.print(t)
 
+
+add_install_service(app, "node")
 
 def register(root: typer.Typer) -> None:
     root.add_typer(app, name="node")

@@ -8,7 +8,7 @@ from pathlib import Path
 
 import typer
 
-from .common import daemon_status, fail, handler_errors_line, missing_command, require_root
+from .common import add_install_service, daemon_status, fail, handler_errors_line, missing_command, require_root
 
 app = typer.Typer(help="Relay server: RS-S between NATed NTM nodes, RS-N to general nodes (kernel NAPT).",
                   no_args_is_help=True)
@@ -80,6 +80,8 @@ def status(control: str = typer.Option("ntm-rs", help="control socket name"),
                   str(e["bytes_i2r"]), str(e["bytes_r2i"]), str(e["drops"]))
     con.print(t)
 
+
+add_install_service(app, "rs")
 
 def register(root: typer.Typer) -> None:
     root.add_typer(app, name="rs")

@@ -29,9 +29,11 @@ from typing import Any
 from ntmobile.core.targets import DOCUMENTATION_NETS
 from ntmobile.runtime.config import DcSettings, NodeSettings, PoolSettings, RsSettings, dump, load
 from ntmobile.runtime.enroll import enroll
+from ntmobile.service import setpriv_argv
 from ntmobile.wire import DC_PORT, NODE_PORT, RS_PORT, Role
 
 from .daemons import DaemonContext, DaemonLaunch, daemon_builder, register_daemon_kind
+from .resolved import resolved_argv
 
 NTM = [sys.executable, "-m", "ntmobile"]
 ETC_NETNS = Path("/etc/netns")
@@ -48,6 +50,12 @@ def _rsn_allow(c: dict[str, Any]) -> list[str]:
     """The lab's "internet" is documentation space, which RS-N paths refuse by default: the lab's DCs
     and relays allow-list it (a topology may say otherwise with config.rsn_allow)."""
     return [str(x) for x in c.get("rsn_allow", DOCUMENTATION_NETS)]
+
+
+def _as_service(kind: str, c: dict[str, Any], argv: list[str]) -> list[str]:
+    """With ``service_caps = true`` in its config, a daemon runs with only the capabilities its systemd
+    unit gives it (ntmobile.service), as it would as a service."""
+    return [*setpriv_argv(kind), *argv] if c.get("service_caps") else argv
 
 
 def build_dc(ctx: DaemonContext) -> DaemonLaunch:
@@ -69,7 +77,8 @@ def build_dc(ctx: DaemonContext) -> DaemonLaunch:
     )
     path = ctx.workdir / "dc.toml"
     dump(settings, path)
-    return DaemonLaunch(argv=[*NTM, "dc", "run", "-c", str(path)], ready_udp=(DC_PORT, 53), ready_tcp=(53,))
+    return DaemonLaunch(argv=_as_service("dc", c, [*NTM, "dc", "run", "-c", str(path)]), ready_udp=(DC_PORT, 53),
+                        ready_tcp=(53,))
 
 
 def build_rs(ctx: DaemonContext) -> DaemonLaunch:
@@ -95,7 +104,7 @@ def build_rs(ctx: DaemonContext) -> DaemonLaunch:
                           fast_path=bool(c.get("fast_path", True)), rsn_allow=_rsn_allow(c))
     path = ctx.workdir / "rs.toml"
     dump(settings, path)
-    return DaemonLaunch(argv=[*NTM, "rs", "run", "-c", str(path)], ready_udp=(RS_PORT,),
+    return DaemonLaunch(argv=_as_service("rs", c, [*NTM, "rs", "run", "-c", str(path)]), ready_udp=(RS_PORT,),
                         ready_control=settings.control, ready_when=_rs_registered)
 
 
@@ -105,13 +114,21 @@ def build_node(ctx: DaemonContext) -> DaemonLaunch:
     cred = enroll(_dc_settings(ctx, str(c["dc"])), str(c.get("name", ctx.host)), Role.NODE)
     cred_path = ctx.workdir / "node.cred.toml"
     dump(cred, cred_path)
+    # The lab writes each host's resolv.conf itself (below), so the node leaves the host's resolver alone.
     settings = NodeSettings(credentials=str(cred_path), upstream=lab.resolvers(), control="ntm-node",
-                            offload=bool(c.get("offload", True)))
+                            offload=bool(c.get("offload", True)),
+                            dns_integration=str(c.get("dns_integration", "none")))
     path = ctx.workdir / "node.toml"
     dump(settings, path)
     resolv = ETC_NETNS / lab.ns(ctx.host) / "resolv.conf"
-    text = f"# ntm lab: {ctx.host} resolves through its NTM node's DNS stub\nnameserver {settings.dns_listen}\n"
-    return DaemonLaunch(argv=[*NTM, "node", "run", "-c", str(path)], files={resolv: text},
+    if settings.dns_integration == "none":
+        text = f"# ntm lab: {ctx.host} resolves through its NTM node's DNS stub\nnameserver {settings.dns_listen}\n"
+    else:  # the host's own resolvers, which the node replaces by its stub (and puts back when it stops)
+        text = f"# ntm lab: {ctx.host}'s resolvers\n" + "".join(f"nameserver {a}\n" for a in lab.resolvers())
+    argv = _as_service("node", c, [*NTM, "node", "run", "-c", str(path)])
+    if c.get("host_resolved"):  # a real systemd-resolved beside the node (lab/resolved.py)
+        argv = resolved_argv(ctx.workdir, argv)
+    return DaemonLaunch(argv=argv, files={resolv: text},
                         ready_udp=(NODE_PORT, settings.dns_port), ready_tcp=(settings.dns_port,),
                         ready_control=settings.control, ready_when=_node_registered)
 

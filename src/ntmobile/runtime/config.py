@@ -9,7 +9,7 @@ import base64
 import ipaddress
 import tomllib
 from pathlib import Path
-from typing import Any, TypeVar
+from typing import Any, Literal, TypeVar
 
 import tomli_w
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
@@ -198,7 +198,8 @@ class NodeSettings(_Model):
     mtu: int = Field(1400, ge=1280, le=65000)
     routes4: list[str] = ["100.64.0.0/10"]
     routes6: list[str] = ["fd00:6e74::/32"]
-    dns_listen: str = "127.0.0.53"
+    #: Not 127.0.0.53 / 127.0.0.54: systemd-resolved owns those on most Linux hosts.
+    dns_listen: str = "127.0.0.153"
     dns_port: int = Field(53, ge=1, le=65535)
     upstream: list[str] = Field([], description="resolvers for names that are not tunnelled")
     upstream_port: int = Field(53, ge=1, le=65535)
@@ -209,6 +210,10 @@ class NodeSettings(_Model):
     offload: bool = True
     state_dir: str | None = Field(None, description="where the long-term send counter is kept "
                                                     "(default: the credentials file's directory)")
+    dns_integration: Literal["auto", "resolved", "resolv.conf", "none"] = Field(
+        "auto", description="how the host's resolver is pointed at the stub: systemd-resolved's per-link DNS, "
+                            "rewriting resolv.conf (restored on exit), auto (resolved when it runs), none")
+    resolv_conf: str = Field("/etc/resolv.conf", description="the resolv.conf the resolv.conf mode rewrites")
 
 
 class Credentials(_Model):

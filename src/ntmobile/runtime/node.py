@@ -38,13 +38,15 @@ from ntmobile.dataplane.forwarder import PATH_MTU, FwdPath, NodeForwarder, gso_m
 from ntmobile.dataplane.tun import Tun, open_tun, set_gso_max_size
 from ntmobile.dataplane.udpio import UdpIo
 from ntmobile.osops import netlink
+from ntmobile.osops.resolver import ResolverError
 from ntmobile.wire import Capability, PathMode, Status
 
 from . import dnsclasses  # noqa: F401  (dnspython's IN rdata classes before any input)
-from .config import Credentials, NodeSettings, group_id
+from .config import ConfigError, Credentials, NodeSettings, group_id
 from .control import serve_control
 from .counters import counter_floor
 from .driver import CoreDriver
+from .hostdns import HostDns, take_host_dns
 from .stub import StubServer
 
 log = logging.getLogger("ntm.node")
@@ -92,6 +94,9 @@ class NodeDaemon:
         self._tasks: set[asyncio.Task[None]] = set()
         #: Wall-clock time of the latest handover the node detected (reported by `ntm status`).
         self.handover_at: float | None = None
+        #: The host's resolver settings the node holds (runtime.hostdns) and the stub's upstream servers.
+        self.host_dns = HostDns("none", settings.dns_listen)
+        self.upstream: list[str] = list(settings.upstream)
 
     # -- start-up ---------------------------------------------------------------------------------
     async def run(self, stop: asyncio.Event) -> None:
@@ -117,6 +122,13 @@ class NodeDaemon:
         loop.add_reader(self.tun.fileno(), errors.guard("TUN read", self.fwd.on_tun_readable))
         self.stub = stub = StubServer(self.on_dns_query)
         await stub.start(s.dns_listen, s.dns_port)
+        try:
+            self.host_dns = take_host_dns(s.dns_integration, stub=s.dns_listen, tun=self.tun.name,
+                                          domains=s.tunnel_domains, resolv_conf=Path(s.resolv_conf), state_dir=state)
+        except ResolverError as exc:
+            await stub.close()
+            raise ConfigError(f"dns_integration = {s.dns_integration!r}: {exc}") from None
+        self.upstream = list(s.upstream) or self.host_dns.upstream
         control = await serve_control(s.control, self.control, group=group_id(s.control_group))
         self.core.register(await self.local_endpoints(), loop.time())
         self.driver.flush()
@@ -135,6 +147,10 @@ class NodeDaemon:
             loop.remove_reader(self.tun.fileno())
             self.udpio.stop()
             control.close()
+            try:
+                self.host_dns.revert()
+            except ResolverError as exc:
+                log.error("%s", exc)
             await stub.close()
             self.driver.close()
             self.tun.close()
@@ -364,7 +380,7 @@ class NodeDaemon:
 
     async def forward_upstream(self, wire: bytes, tcp: bool) -> bytes | None:
         loop = asyncio.get_running_loop()
-        for server in self.settings.upstream:
+        for server in self.upstream:
             fam = socket.AF_INET6 if ":" in server else socket.AF_INET
             try:
                 if tcp:
@@ -412,7 +428,8 @@ class NodeDaemon:
             "paths": paths, "stats": dict(self.core.stats), "dataplane": self.fwd.stats | self.udpio.stats,
             "reassembly": reassembly_snapshot(),
             "dns_stub": {"received": self.stub.received, "dropped": self.stub.dropped, "errors": self.stub.errors,
-                         "pending": len(self.stub.tasks)},
+                         "pending": len(self.stub.tasks), "address": self.settings.dns_listen,
+                         "host_integration": self.host_dns.mode, "upstream": self.upstream},
             "offloads": sorted(self.tun.features), "gso": offload_active(self.tun), "error": self.last_error,
             "tun": self.tun.name, "uptime": round(time.time() - self.started, 1), "handover_at": self.handover_at,
             "driver": self.driver.status(),
