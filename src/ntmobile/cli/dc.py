@@ -137,10 +137,25 @@ def _enroll(config: Path, name: str, out: Path | None, role: Role, client_id: st
 @app.command("enroll")
 def enroll_node(name: str = typer.Argument(..., help="node name, e.g. mn or mn.a.example"),
                 config: Path = ConfigOpt,
-                out: Path | None = typer.Option(None, "--out", "-o", help="write the credentials here (mode 600)")
+                out: Path | None = typer.Option(None, "--out", "-o", help="write the credentials here (mode 600)"),
+                token: bool = typer.Option(False, "--token", help="print a one-line join token for `ntm node join` "
+                                           "instead (single use; the node gets its credentials from the DC)"),
+                expires: int = typer.Option(3600, "--expires", min=60, max=30 * 86400,
+                                            help="seconds the token stays valid"),
                 ) -> None:
-    """Issue a node's credentials. Without them a node cannot register."""
-    _enroll(config, name, out, Role.NODE)
+    """Issue a node's credentials (or a join token). Without them a node cannot register."""
+    if not token:
+        _enroll(config, name, out, Role.NODE)
+        return
+    from ntmobile.runtime.join import JoinError, issue_token
+
+    settings = _settings(config)
+    try:
+        full, text = issue_token(settings, name, lifetime=expires)
+    except (JoinError, StoreError) as exc:
+        fail(f"cannot issue a token for {name}: {exc}")
+    typer.echo(text)
+    typer.echo(f"token for {full}, valid {expires} s, single use: on the node run `ntm node join TOKEN`", err=True)
 
 
 @app.command("enroll-rs")

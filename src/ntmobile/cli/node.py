@@ -73,6 +73,44 @@ def status(control: str = typer.Option("ntm-node", help="control socket name of 
 
 add_install_service(app, "node")
 
+
+@app.command("join")
+def join(token: str = typer.Argument(..., help="the token `ntm dc enroll NAME --token` printed"),
+         directory: Path = typer.Option(Path("/etc/ntmobile"), "--dir", help="where to write node.toml and the "
+                                        "credentials"),
+         timeout: float = typer.Option(10.0, "--timeout", help="seconds to wait for the DC")) -> None:
+    """Join a DC with a token: get this node's credentials and write its configuration."""
+    from ntmobile.runtime.config import ConfigError, NodeSettings, dump
+    from ntmobile.runtime.join import JoinError, credentials_of, redeem
+    from ntmobile.runtime.private import PrivateFileError, private_dir
+    from ntmobile.wire import CodecError
+    from ntmobile.wire.join import parse_token
+
+    try:
+        parsed = parse_token(token)
+    except CodecError as exc:
+        fail(str(exc))
+    config = directory / "node.toml"
+    if config.exists():
+        fail(f"{config} exists: remove it or choose another --dir")
+    try:
+        private_dir(directory)
+    except PrivateFileError as exc:
+        fail(f"cannot write the node's files there: {exc}")
+    try:
+        got = redeem(parsed, timeout=timeout)
+    except JoinError as exc:
+        fail(str(exc))
+    creds = credentials_of(got)
+    cred_path = directory / f"{got.name}.cred.toml"
+    try:
+        dump(creds, cred_path)
+        dump(NodeSettings(credentials=cred_path.name), config)
+    except ConfigError as exc:
+        fail(f"joined as {got.name}, but cannot write its files: {exc}")
+    typer.echo(f"joined {got.domain} as {got.name} (id {creds.client_id}); wrote {config} and {cred_path}", err=True)
+    typer.echo(f"start it with `ntm node run -c {config}` (or `ntm node install-service -c {config}`)", err=True)
+
 def register(root: typer.Typer) -> None:
     root.add_typer(app, name="node")
     root.command("status")(status)

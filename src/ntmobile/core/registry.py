@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import functools
 import ipaddress
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Protocol
 
@@ -30,6 +31,19 @@ class ClientRecord:
     last_seq: int = 0
 
 
+@dataclass(slots=True)
+class JoinRecord:
+    """A join token the DC issued (wire/join.py): who may join with it, until when, and how it was used."""
+
+    token_id: bytes
+    secret: bytes
+    name: str
+    expires: int
+    #: The node ephemeral of the join that used it (None: unused), and the answer sent to that join.
+    used_by: bytes | None = None
+    answer: bytes | None = None
+
+
 class Store(Protocol):
     def get_client(self, client_id: bytes) -> ClientRecord | None: ...
     def client_by_name(self, name: str) -> ClientRecord | None: ...
@@ -41,6 +55,14 @@ class Store(Protocol):
         just read from this store (saves a read when it already has its VIPs)."""
         ...
     def gn_vip(self, node_id: bytes, gn_addr: str) -> str: ...
+    def add_join(self, record: JoinRecord) -> None: ...
+    def get_join(self, token_id: bytes) -> JoinRecord | None: ...
+    def redeem_join(self, token_id: bytes, used_by: bytes, client: ClientRecord,
+                    answer_for: Callable[[ClientRecord], bytes]) -> bytes:
+        """In one transaction: enrol ``client``, give it its VIPs, mark the token used by ``used_by`` with
+        the answer ``answer_for(client)`` returns (stored for retransmissions), and return that answer.
+        StoreError (and nothing written) if any step fails."""
+        ...
 
 
 class VipPool:
@@ -80,6 +102,7 @@ class MemoryStore:
         self.pools = pools
         self._clients: dict[bytes, ClientRecord] = {}
         self._gn: dict[tuple[bytes, str], str] = {}
+        self._joins: dict[bytes, JoinRecord] = {}
         self.fail_writes = False
 
     def _check_write(self) -> None:
@@ -125,3 +148,29 @@ class MemoryStore:
             used = {v for (n, _), v in self._gn.items() if n == node_id}
             self._gn[key] = pool.first_free(used)
         return self._gn[key]
+
+    def add_join(self, record: JoinRecord) -> None:
+        self._check_write()
+        if record.token_id in self._joins:
+            raise StoreError("join token id in use")
+        self._joins[record.token_id] = record
+
+    def get_join(self, token_id: bytes) -> JoinRecord | None:
+        return self._joins.get(token_id)
+
+    def redeem_join(self, token_id: bytes, used_by: bytes, client: ClientRecord,
+                    answer_for: Callable[[ClientRecord], bytes]) -> bytes:
+        self._check_write()
+        rec = self._joins[token_id]
+        if rec.used_by is not None:
+            raise StoreError("join token already used")
+        self.add_client(client)
+        try:
+            self.assign_vips(client.client_id)
+            answer = answer_for(client)
+        except BaseException:
+            del self._clients[client.client_id]
+            raise
+        rec.used_by, rec.answer = used_by, answer
+        return answer
+

@@ -19,10 +19,11 @@ from __future__ import annotations
 
 import os
 import sqlite3
+from collections.abc import Callable
 from pathlib import Path
 from urllib.parse import quote
 
-from ntmobile.core.registry import ClientRecord, Pools, StoreError, VipPool
+from ntmobile.core.registry import ClientRecord, JoinRecord, Pools, StoreError, VipPool
 from ntmobile.wire import Role
 
 from .private import PrivateFileError, check_private_file, create_private
@@ -49,6 +50,14 @@ CREATE TABLE IF NOT EXISTS gn_vips (
     UNIQUE (node_id, vip)
 );
 CREATE TABLE IF NOT EXISTS settings (key TEXT PRIMARY KEY, value BLOB NOT NULL);
+CREATE TABLE IF NOT EXISTS joins (
+    token_id BLOB PRIMARY KEY,
+    secret BLOB NOT NULL,
+    name TEXT NOT NULL,
+    expires INTEGER NOT NULL,
+    used_by BLOB,
+    answer BLOB
+);
 """
 
 
@@ -201,6 +210,46 @@ class SqliteStore:
         return vip
 
     # -- extras --------------------------------------------------------------------------------
+    def add_join(self, record: JoinRecord) -> None:
+        self._write("INSERT INTO joins (token_id, secret, name, expires) VALUES (?,?,?,?)",
+                    (record.token_id, record.secret, record.name, record.expires))
+
+    def get_join(self, token_id: bytes) -> JoinRecord | None:
+        try:
+            row = self.db.execute("SELECT token_id, secret, name, expires, used_by, answer FROM joins "
+                                  "WHERE token_id = ?", (token_id,)).fetchone()
+        except sqlite3.Error as exc:
+            raise StoreError(f"{self.path}: {exc}") from None
+        if row is None:
+            return None
+        return JoinRecord(bytes(row[0]), bytes(row[1]), row[2], row[3], None if row[4] is None else bytes(row[4]),
+                          None if row[5] is None else bytes(row[5]))
+
+    def redeem_join(self, token_id: bytes, used_by: bytes, client: ClientRecord,
+                    answer_for: Callable[[ClientRecord], bytes]) -> bytes:
+        try:
+            self.db.execute("BEGIN IMMEDIATE")
+        except sqlite3.Error as exc:
+            raise StoreError(f"{self.path}: {exc}") from None
+        try:
+            self.add_client(client)
+            client.vip4, client.vip6 = self.assign_vips(client.client_id)
+            answer = answer_for(client)
+            cur = self.db.execute("UPDATE joins SET used_by = ?, answer = ? WHERE token_id = ? AND used_by IS NULL",
+                                  (used_by, answer, token_id))
+            if cur.rowcount != 1:
+                raise StoreError("join token already used")
+            self.db.execute("COMMIT")
+        except BaseException as exc:
+            try:
+                self.db.execute("ROLLBACK")
+            except sqlite3.Error:
+                pass
+            if isinstance(exc, sqlite3.Error):
+                raise StoreError(f"{self.path}: {exc}") from None
+            raise
+        return answer
+
     def count(self) -> int:
         """Enrolled clients (nodes and relays)."""
         return int(self.db.execute("SELECT COUNT(*) FROM clients").fetchone()[0])

@@ -44,12 +44,16 @@ class MessageType(IntEnum):
     RELAY_PROBE = 0x11
     RELAY_PROBE_RESULT = 0x12
     PEER_HELLO = 0x20
+    #: Joining with a token (wire/join.py): a framing of their own, not the signalling header's.
+    JOIN_REQUEST = 0x21
+    JOIN_RESPONSE = 0x22
     VERSION_NOT_SUPPORTED = 0x3F
     DATA = 0x40
 
 
 #: Types carried in the signalling framing (everything but DATA).
-SIGNAL_TYPES = frozenset(t for t in MessageType if t is not MessageType.DATA)
+SIGNAL_TYPES = frozenset(t for t in MessageType
+                         if t not in (MessageType.DATA, MessageType.JOIN_REQUEST, MessageType.JOIN_RESPONSE))
 
 
 class SignalFlags(IntFlag):
@@ -92,6 +96,10 @@ class Status(IntEnum):
     #: A re-direction cannot keep the path: a node of it restarted since it got the path's key, and no
     #: key is ever given to a process twice. The node closes the path; the next packet sets up a new one.
     PATH_GONE = 19
+    #: A join token past its expiry (wire/join.py).
+    TOKEN_EXPIRED = 20
+    #: A join token that another join has already used.
+    TOKEN_USED = 21
 
 
 class Role(IntEnum):
