@@ -26,7 +26,7 @@ from ntmobile.core.discovery import DiscoveryResult, Evidence, Outcome
 from ntmobile.core.dnsauth import DcMarker
 from ntmobile.core.node import DataReceived, NodeConfig, NodeCore, PathFailed, PathReady
 from ntmobile.core.registry import ClientRecord, MemoryStore, Pools
-from ntmobile.core.rs import DcLink, RsConfig, RsCore
+from ntmobile.core.rs import DcLink, RsConfig, RsCore, RssEntry
 from ntmobile.crypto import x25519_public
 from ntmobile.wire import MessageType, NatKind, PathMode, PathRole, Role, RsType, Status, parse_signal_header
 
@@ -381,9 +381,9 @@ def test_peer_dc_grid(a_nat: str, b_nat: str) -> None:
     w.exchange_data(ready.path.path_id)
     # the RS-S relayed both directions by Path ID, holding no key that opens the capsules
     if mode is PathMode.RS_S:
-        entry = w.rs._paths[ready.path.path_id]
-        assert entry.packets_i2r >= 1 and entry.packets_r2i >= 1
-        assert entry.opener is None
+        entry = w.rs.entry(ready.path.path_id)
+        assert entry is not None and entry.packets_i2r >= 1 and entry.packets_r2i >= 1
+        assert isinstance(entry, RssEntry) and not hasattr(entry, "opener")
     decisions = [e for e in w.net.events_of("dcb", DirectionDecision) if e.status is Status.OK]
     assert decisions and decisions[-1].mode is mode
 
