@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import os
 
-from ntmobile.core.rs import _same_prefix_run
+from ntmobile.core.rs.forward import _same_prefix_run
 from ntmobile.wire import Capability, TunnelRequest
 
 from .test_rs_core import NODE_A, NODE_B, events, ip4, setup_rs_n, setup_rs_s

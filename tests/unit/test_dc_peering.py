@@ -7,7 +7,6 @@ from __future__ import annotations
 import itertools
 import struct
 from collections.abc import Callable
-from dataclasses import dataclass, field
 from typing import Any
 
 import pytest
@@ -17,7 +16,6 @@ from ntmobile.core.dc import (
     DcCore,
     DirectionDecision,
     PathRecord,
-    ProbeDatagram,
     ResolveRequest,
     VerifyPeerDc,
     decide_route,
@@ -26,11 +24,12 @@ from ntmobile.core.discovery import DiscoveryResult, Evidence, Outcome
 from ntmobile.core.dnsauth import DcMarker
 from ntmobile.core.node import DataReceived, NodeConfig, NodeCore, PathFailed, PathReady
 from ntmobile.core.registry import ClientRecord, MemoryStore, Pools
-from ntmobile.core.rs import DcLink, RsConfig, RsCore
+from ntmobile.core.rs import DcLink, RsConfig, RssEntry
 from ntmobile.crypto import x25519_public
 from ntmobile.wire import MessageType, NatKind, PathMode, PathRole, Role, RsType, Status, parse_signal_header
 
-from .harness import Net, seeded_bytes
+from . import harness
+from .harness import Nat, NatNet, seeded_bytes
 
 Endpoint = tuple[str, int]
 
@@ -45,142 +44,19 @@ POOLS_B = Pools("100.64.2.0/24", "fd00:6e74:2::/64", "100.127.0.0/16", "fd00:6e7
 SEQ_BASE = 1_800_000_000_000_000  # wall clock in µs at the simulated start
 
 
-# -- a network with NATs of the four kinds ------------------------------------------------------
-
-
-@dataclass
-class Nat:
-    kind: str  # "cone" (port-restricted), "symmetric", "open" (one-to-one)
-    public_ip: str
-    lan: str  # prefix of the inside addresses, e.g. "10.1.0."
-    mappings: dict[tuple[Endpoint, Endpoint | None], int] = field(default_factory=dict)
-    allowed: dict[int, set[Endpoint]] = field(default_factory=dict)
-    inside: dict[int, Endpoint] = field(default_factory=dict)
-    next_port: int = 40000
-
-    def outbound(self, src: Endpoint, dest: Endpoint) -> Endpoint:
-        key = (src, dest if self.kind == "symmetric" else None)
-        port = self.mappings.get(key)
-        if port is None:
-            if self.kind != "symmetric" and src[1] not in self.inside:
-                port = src[1]  # port preserved (Linux masquerade when free; one-to-one always)
-            else:
-                self.next_port += 7
-                port = self.next_port
-            self.mappings[key] = port
-            self.inside[port] = src
-        self.allowed.setdefault(port, set()).add(dest)
-        return (self.public_ip, port)
-
-    def inbound(self, port: int, src: Endpoint) -> Endpoint | None:
-        inner = self.inside.get(port)
-        if inner is None:
-            return None
-        if self.kind == "open" or src in self.allowed.get(port, set()):
-            return inner
-        return None
-
-
-class ProbeSocket:
-    """The DC's probe socket as a harness host: datagrams go to DcCore.receive_probe; ProbeDatagram
-    events of the DC are sent from here."""
-
-    def __init__(self, dc: DcCore) -> None:
-        self.dc = dc
-        self.out: list[Any] = []
-
-    def receive_datagram(self, data: bytes, addr: Endpoint, now: float) -> None:
-        self.dc.receive_probe(data, addr, now)
-
-    def datagrams_to_send(self) -> list[Any]:
-        out, self.out = self.out, []
-        return out
-
-    def next_event(self) -> Any:
-        return None
-
-    def get_timer(self) -> float | None:
-        return None
-
-    def handle_timer(self, now: float) -> None:
-        pass
-
-
-@dataclass
-class _Dg:
-    data: bytes
-    addr: Endpoint
-
-
-class NatNet(Net):
-    """Routes by address like harness.Net, with NATs: a host behind a NAT reaches the world through
-    its mappings, is reached only as its NAT's filtering allows, and reaches hosts of its own LAN on
-    their private addresses."""
-
-    def __init__(self) -> None:
-        super().__init__()
-        self.nat_of: dict[str, Nat] = {}
-        self.probe_of: dict[str, ProbeSocket] = {}
-        self.filter_of: dict[str, ProbeSocket] = {}
-        self.hooks: list[Callable[[str, Any], bool]] = []
-
-    def pump_events(self) -> None:
-        for h in self.hosts.values():
-            while (ev := h.core.next_event()) is not None:
-                if isinstance(ev, ProbeDatagram) and h.name in self.probe_of:
-                    sockets = self.filter_of if ev.filter else self.probe_of
-                    sockets[h.name].out.append(_Dg(ev.data, ev.addr))
-                    continue
-                if any(hook(h.name, ev) for hook in self.hooks):
-                    continue
-                h.events.append(ev)
-
-    def step(self) -> bool:
-        self.pump_events()
-        moved = False
-        for h in list(self.hosts.values()):
-            for dg in h.core.datagrams_to_send():
-                moved = True
-                self.sent_by[h.name].append(dg.data)
-                self._deliver(h.name, dg.data, dg.addr)
-        self.pump_events()
-        return moved
-
-    def _deliver(self, src_name: str, data: bytes, dest: Endpoint) -> None:
-        src_host = self.hosts[src_name]
-        src_nat = self.nat_of.get(src_name)
-        target = next((h for h in self.hosts.values() if h.addr == dest), None)
-        if target is not None:
-            dst_nat = self.nat_of.get(target.name)
-            if dst_nat is not None and dst_nat is not src_nat:
-                self.dropped += 1  # a private address of another network
-                return
-            src = src_host.addr if (src_nat is None or dst_nat is src_nat) else src_nat.outbound(src_host.addr, dest)
-        else:
-            nat = next((n for n in self.nat_of.values() if n.public_ip == dest[0]), None)
-            src = src_host.addr if src_nat is None else src_nat.outbound(src_host.addr, dest)
-            inner = nat.inbound(dest[1], src) if nat is not None else None
-            target = next((h for h in self.hosts.values() if h.addr == inner), None) if inner else None
-            if target is None:
-                self.dropped += 1
-                return
-        if self.drop is not None and self.drop(src_name, target.name, data):
-            self.dropped += 1
-            return
-        self.delivered += 1
-        target.core.receive_datagram(data, src, self.now)
-
-
 # -- the world ----------------------------------------------------------------------------------
 
 
 NAT_ADDRS = {"a": ("10.1.0.", "192.0.2.100"), "b": ("10.2.0.", "192.0.2.101")}
 
 
-class World:
+class World(harness.World):
+    """Two DCs (a.example, b.example) with probe sockets, a relay serving both, and a node of each,
+    in a NatNet world (harness.World): each node behind a NAT of the kind given ("none": global)."""
+
     def __init__(self, a_nat: str = "cone", b_nat: str = "cone", *, same_nat: bool = False,
                  configured: bool = False) -> None:
-        self.net = NatNet()
+        super().__init__(nat=True, seq_base=SEQ_BASE)
         self.store_a, self.store_b = MemoryStore(POOLS_A), MemoryStore(POOLS_B)
         self.mn_rec = ClientRecord(b"\x01" * 8, "mn.a.example", Role.NODE, b"\x11" * 32)
         self.cn_rec = ClientRecord(b"\x03" * 8, "cn.b.example", Role.NODE, b"\x33" * 32)
@@ -189,43 +65,31 @@ class World:
         self.store_b.add_client(self.cn_rec)
         self.store_a.add_client(self.rs_rec)
         self.store_b.add_client(ClientRecord(self.rs_rec.client_id, "rs1", Role.RELAY, b"\x44" * 32))
-        self.dca = self._dc("dca", "a.example", DCA_ID, DCA_EP, DCA_PROBE, DCA_SECRET, self.store_a,
-                            (("b.example", DCB_KEY),) if configured else (), 1)
-        self.dcb = self._dc("dcb", "b.example", DCB_ID, DCB_EP, DCB_PROBE, DCB_SECRET, self.store_b,
-                            (("a.example", DCA_KEY),) if configured else (), 2)
-        self.rs = RsCore(RsConfig("rs1", self.rs_rec.client_id,
-                                  [DcLink(DCA_ID, DCA_EP, self.rs_rec.psk), DcLink(DCB_ID, DCB_EP, b"\x44" * 32)],
-                                  local_endpoints=[RS_EP]), self.net.now, seq_base=SEQ_BASE,
-                         random_bytes=seeded_bytes(3))
-        self.net.add("rs", self.rs, RS_EP)
+        for host, domain, dc_id, ep, probe, secret, store, peer, seed in (
+                ("dca", "a.example", DCA_ID, DCA_EP, DCA_PROBE, DCA_SECRET, self.store_a, ("b.example", DCB_KEY), 1),
+                ("dcb", "b.example", DCB_ID, DCB_EP, DCB_PROBE, DCB_SECRET, self.store_b, ("a.example", DCA_KEY), 2)):
+            self.add_dc(host, DcConfig(domain, dc_id, secret=secret, peers=(peer,) if configured else (),
+                                       probe=(probe,)), store, ep, seed=seed * 100)
+        self.add_relay("rs", RsConfig("rs1", self.rs_rec.client_id,
+                                      [DcLink(DCA_ID, DCA_EP, self.rs_rec.psk), DcLink(DCB_ID, DCB_EP, b"\x44" * 32)],
+                                      local_endpoints=[RS_EP]), RS_EP, seed=3)
         if same_nat:
             nat = Nat(a_nat, "192.0.2.100", "10.1.0.") if a_nat != "none" else None
-            self.mn = self._node("mn", self.mn_rec, DCA_ID, DCA_EP, ("10.1.0.10", 7412), nat, 4)
-            self.cn = self._node("cn", self.cn_rec, DCB_ID, DCB_EP, ("10.1.0.20", 7412), nat, 5)
+            places = ((("10.1.0.10", 7412), nat), (("10.1.0.20", 7412), nat))
         else:
-            self.mn = self._node("mn", self.mn_rec, DCA_ID, DCA_EP, self._addr("a", a_nat), self._nat("a", a_nat), 4)
-            self.cn = self._node("cn", self.cn_rec, DCB_ID, DCB_EP, self._addr("b", b_nat), self._nat("b", b_nat), 5)
+            places = ((self._addr("a", a_nat), self._nat("a", a_nat)), (self._addr("b", b_nat), self._nat("b", b_nat)))
+        for (host, rec, dc_id, dc_ep, seed), (addr, nat) in zip(
+                (("mn", self.mn_rec, DCA_ID, DCA_EP, 4), ("cn", self.cn_rec, DCB_ID, DCB_EP, 5)), places, strict=True):
+            self.add_node(host, NodeConfig(rec.name, rec.client_id, rec.psk, dc_id, dc_ep), addr, nat=nat, seed=seed)
         self.resolved: list[str] = []
         self.verify_answers: dict[str, bytes | None] = {"a.example": DCA_KEY, "b.example": DCB_KEY}
+        assert isinstance(self.net, NatNet)
         self.net.hooks.append(self._service)
         self.rs.register(self.net.now)
         self.mn.register((self.net.hosts["mn"].addr,), self.net.now)
         self.cn.register((self.net.hosts["cn"].addr,), self.net.now)
         self.net.run_until(lambda: self.mn.registered and self.cn.registered and bool(self.dca.relays())
                            and bool(self.dcb.relays()))
-
-    def _dc(self, host: str, domain: str, dc_id: bytes, ep: Endpoint, probe: Endpoint, secret: bytes,
-            store: MemoryStore, peers: tuple[tuple[str, bytes], ...], seed: int) -> DcCore:
-        dc = DcCore(DcConfig(domain, dc_id, secret=secret, peers=peers, probe=(probe,)), store, self.net.now,
-                    seq_base=SEQ_BASE, random_bytes=seeded_bytes(seed * 100))
-        ps = ProbeSocket(dc)
-        self.net.add(host + "-probe", ps, probe)
-        self.net.probe_of[host] = ps
-        fs = ProbeSocket(dc)  # the filter socket only sends
-        self.net.add(host + "-filter", fs, (probe[0], probe[1] + 1))
-        self.net.filter_of[host] = fs
-        self.net.add(host, dc, ep)
-        return dc
 
     @staticmethod
     def _addr(side: str, kind: str) -> Endpoint:
@@ -236,15 +100,6 @@ class World:
     def _nat(side: str, kind: str) -> Nat | None:
         lan, pub = NAT_ADDRS[side]
         return None if kind == "none" else Nat(kind, pub, lan)
-
-    def _node(self, host: str, rec: ClientRecord, dc_id: bytes, dc_ep: Endpoint, addr: Endpoint, nat: Nat | None,
-              seed: int) -> NodeCore:
-        node = NodeCore(NodeConfig(rec.name, rec.client_id, rec.psk, dc_id, dc_ep), self.net.now, seq_base=SEQ_BASE,
-                        random_bytes=seeded_bytes(seed))
-        self.net.add(host, node, addr)
-        if nat is not None:
-            self.net.nat_of[host] = nat
-        return node
 
     def _service(self, host: str, ev: Any) -> bool:
         """What the DC runtimes do: DNS discovery (the other domain is an NTM peer with the marker of its
@@ -264,19 +119,6 @@ class World:
             dc.peer_dc_verified(ev.token, self.verify_answers.get(ev.domain), self.net.now)
             return True
         return False
-
-    def connect(self, src: NodeCore, host: str, fqdn: str, max_time: float = 10.0) -> PathReady | PathFailed:
-        rid = src.request_path(fqdn, self.net.now)
-
-        def done() -> bool:
-            return any(rid in e.request_ids for e in self.net.events_of(host, PathReady) + self.net.events_of(
-                host, PathFailed))
-
-        self.net.run_until(done, max_time=max_time)
-        result: PathReady | PathFailed = next(
-            e for e in self.net.events_of(host, PathReady) + self.net.events_of(host, PathFailed)
-            if rid in e.request_ids)
-        return result
 
     def exchange_data(self, path_id: bytes) -> None:
         """A packet each way on the path; both must arrive (end to end, also through RS-S)."""
@@ -381,9 +223,9 @@ def test_peer_dc_grid(a_nat: str, b_nat: str) -> None:
     w.exchange_data(ready.path.path_id)
     # the RS-S relayed both directions by Path ID, holding no key that opens the capsules
     if mode is PathMode.RS_S:
-        entry = w.rs._paths[ready.path.path_id]
-        assert entry.packets_i2r >= 1 and entry.packets_r2i >= 1
-        assert entry.opener is None
+        entry = w.rs.entry(ready.path.path_id)
+        assert entry is not None and entry.packets_i2r >= 1 and entry.packets_r2i >= 1
+        assert isinstance(entry, RssEntry) and not hasattr(entry, "opener")
     decisions = [e for e in w.net.events_of("dcb", DirectionDecision) if e.status is Status.OK]
     assert decisions and decisions[-1].mode is mode
 

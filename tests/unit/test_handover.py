@@ -10,20 +10,14 @@ from __future__ import annotations
 
 import struct
 
-from ntmobile.core.dc import DcConfig, DcCore, ResolveRequest
-from ntmobile.core.discovery import DiscoveryResult, Outcome
-from ntmobile.core.node import DataReceived, NodeConfig, NodeCore, PathEndpointChanged, PathReady, Registered
-from ntmobile.core.registry import ClientRecord, MemoryStore, Pools
-from ntmobile.core.rs import DcLink, ProbeRequest, RelayEndpointChanged, RsConfig, RsCore
-from ntmobile.wire import MessageType, PathMode, PathRole, Role
+from ntmobile.core.node import NodeCore, PathEndpointChanged, PathReady, Registered
+from ntmobile.core.rs import RelayEndpointChanged
+from ntmobile.wire import MessageType, PathMode, PathRole
 
-from .harness import TEST_NETS, Net, seeded_bytes
+from . import harness
 
 DC_ID = bytes.fromhex("dc000000000000bb")
-DC_EP = ("192.0.2.10", 7410)
-RS_EP = ("192.0.2.20", 7411)
-GN = "192.0.2.40"
-POOLS = Pools("100.64.1.0/24", "fd00:6e74:1::/64", "100.127.0.0/16", "fd00:6e74:ff::/64")
+DC_EP, RS_EP, GN, POOLS = harness.WORLD_DC_EP, harness.WORLD_RS_EP, harness.WORLD_GN, harness.WORLD_POOLS
 Ep = tuple[str, int]
 
 # The handover lab's places: behind NAT A, behind NAT B, global.
@@ -40,74 +34,12 @@ def ipv4_udp(src: str, dst: str, payload: bytes) -> bytes:
     return struct.pack("!BBHHHBBH4s4s", 0x45, 0, 20 + len(udp), 1, 0, 64, 17, 0, s, d) + udp
 
 
-class World:
-    """One DC (a.example), one relay, and nodes placed at (private address, NAT mapping or None)."""
+class World(harness.World):
+    """The one-DC world (harness.World): one DC (a.example), one relay, and nodes placed at (private
+    address, NAT mapping or None)."""
 
     def __init__(self, seed: int = 1) -> None:
-        self.net = Net()
-        self.store = MemoryStore(POOLS)
-        rs_rec = ClientRecord(b"\x02" * 8, "rs1", Role.RELAY, b"\x22" * 32)
-        self.store.add_client(rs_rec)
-        self.dc = DcCore(DcConfig("a.example", DC_ID, rsn_allow=TEST_NETS), self.store, self.net.now, seq_base=10**15,
-                         random_bytes=seeded_bytes(seed))
-        self.rs = RsCore(RsConfig("rs1", rs_rec.client_id, [DcLink(DC_ID, DC_EP, rs_rec.psk)],
-                                  local_endpoints=[RS_EP], rsn_allow=TEST_NETS), self.net.now, seq_base=10**15,
-                         random_bytes=seeded_bytes(seed + 1))
-        self.net.add("dc", self.dc, DC_EP)
-        self.net.add("rs", self.rs, RS_EP)
-        self.rs.register(self.net.now)
-        self.nodes: dict[str, NodeCore] = {}
-        self._seed = seed + 10
-
-    def node(self, host: str, place: tuple[Ep, Ep | None]) -> NodeCore:
-        idx = len(self.nodes) + 1
-        rec = ClientRecord(bytes([0x10 + idx]) * 8, f"{host}.a.example", Role.NODE, bytes([0x30 + idx]) * 32)
-        self.store.add_client(rec)
-        self._seed += 1
-        core = NodeCore(NodeConfig(rec.name, rec.client_id, rec.psk, DC_ID, DC_EP), self.net.now, seq_base=10**15,
-                        random_bytes=seeded_bytes(self._seed))
-        self.net.add(host, core, place[0], place[1])
-        core.register((place[0],), self.net.now)
-        self.nodes[host] = core
-        self.net.run_until(lambda: core.registered and bool(self.dc.relays()))
-        return core
-
-    def move(self, host: str, place: tuple[Ep, Ep | None]) -> None:
-        """The host's interface now has another address (and sits behind another NAT, or none)."""
-        h = self.net.hosts[host]
-        h.addr, h.public = place
-        self.nodes[host].addresses_changed((place[0],), self.net.now)
-
-    def seen_as(self, host: str) -> Ep:
-        h = self.net.hosts[host]
-        return h.public or h.addr
-
-    def answer_requests(self) -> None:
-        """Play the RS's ICMP prober and the DC's DNS discovery (a general node at GN)."""
-        for ev in list(self.net.hosts["rs"].events):
-            if isinstance(ev, ProbeRequest):
-                self.net.hosts["rs"].events.remove(ev)
-                self.rs.probe_result(ev.token, 1, 250, self.net.now)
-        for ev in list(self.net.hosts["dc"].events):
-            if isinstance(ev, ResolveRequest):
-                self.net.hosts["dc"].events.remove(ev)
-                self.dc.resolution_result(ev.token, DiscoveryResult(ev.fqdn, Outcome.GENERAL_NODE, a=(GN,)),
-                                          self.net.now)
-
-    def path(self, host: str, fqdn: str) -> PathReady:
-        core = self.nodes[host]
-        rid = core.request_path(fqdn, self.net.now)
-
-        def ready() -> bool:
-            self.answer_requests()
-            return any(rid in e.request_ids for e in self.net.events_of(host, PathReady))
-
-        self.net.run_until(ready, max_time=20)
-        found: PathReady = next(e for e in self.net.events_of(host, PathReady) if rid in e.request_ids)
-        return found
-
-    def received(self, host: str) -> list[bytes]:
-        return [e.payload for e in self.net.events_of(host, DataReceived)]
+        super().__init__(dc_id=DC_ID, seed=seed)
 
 
 def _vip4(core: NodeCore) -> str:

@@ -116,17 +116,3 @@ def test_relative_imports_are_checked_like_absolute_ones() -> None:
     names = _imports(SRC / "core" / "probe.py", source)
     assert names == {"ntmobile.runtime", "ntmobile.core.common", "ntmobile.core.dc", "elsewhere"}
     assert _imports(SRC / "runtime" / "dc.py") >= {"ntmobile.runtime.config", "ntmobile.runtime.dnsclasses"}
-
-
-def test_the_relay_loads_neither_tls_nor_a_second_openssl() -> None:
-    """`ntm rs run` keeps its resident memory small (docs/dataplane.md: <= 64 MiB with 10,000 paths):
-    Python's ssl (TLS) and hashlib's libcrypto (beside the OpenSSL in `cryptography`) would each add
-    about 4-6 MiB. This regressed once unnoticed (hashlib came in with a faster HMAC)."""
-    import subprocess
-    import sys
-
-    code = ("from ntmobile.runtime.lean import without_tls; without_tls()\n"
-            "import sys, ntmobile.cli.main, ntmobile.runtime.rs\n"
-            "print(sorted(m for m in ('ssl', '_ssl', 'hashlib', '_hashlib') if sys.modules.get(m) is not None))")
-    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True, timeout=60)
-    assert out.stdout.strip() == "[]", out.stdout

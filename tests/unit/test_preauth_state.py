@@ -1,18 +1,14 @@
 """State made before authentication is bounded in count and bytes, expires, and every drop is
 counted (issue 14, section 2): Tunnel Requests a node holds for paths it does not know yet,
-datagrams a DC holds for a peer DC whose key is being checked, queries the node's DNS stub holds.
-(GSO reassembly: test_reassembly_limits.py.)"""
+datagrams a DC holds for a peer DC whose key is being checked. (Queries the node's DNS stub holds:
+tests/local/test_dns_servers.py; GSO reassembly: test_reassembly_limits.py.)"""
 
 from __future__ import annotations
-
-import asyncio
-import socket
 
 from ntmobile.core.dc import PEER_HELD_MAX, PEER_HELD_TOTAL, PEER_UNVERIFIED_MAX
 from ntmobile.core.node import EARLY_MAX, NodeConfig, NodeCore
 from ntmobile.core.timing import EARLY_HOLD
 from ntmobile.crypto import x25519_public
-from ntmobile.runtime import stub
 from ntmobile.wire import MAX_SIGNAL_SIZE, MessageType, PeerHello, SignalHeader, pack_peer_hello
 
 from .test_dc_peering import World
@@ -68,56 +64,3 @@ def test_datagrams_held_for_unverified_peer_dcs_are_bounded_in_count_and_bytes()
     assert max(len(p.held) for p in dcb._peers_by_key.values()) <= PEER_HELD_MAX
     sent = len(ids) * (PEER_HELD_MAX + 4)
     assert dcb.stats["peer_held"] == len(held) and dcb.stats["peer_held"] + dcb.stats["drop_peer_held"] == sent
-
-
-def test_the_dns_stub_holds_a_bounded_number_and_volume_of_queries() -> None:
-    """A local process floods the stub with queries its handler holds (as it holds tunnelled
-    lookups until the path is ready): at most MAX_PENDING queries and PENDING_BYTES of them, none
-    over MAX_QUERY; at most MAX_TCP connections; every query over the limits counted in dropped."""
-    async def main() -> tuple[int, int, int, int, int]:
-        release = asyncio.Event()
-
-        async def handler(wire: bytes, tcp: bool) -> bytes | None:
-            await release.wait()
-            return None
-
-        srv = stub.StubServer(handler)
-        await srv.start("127.0.0.1", 0)
-        assert srv.udp is not None and srv.tcp is not None
-        port = srv.udp.get_extra_info("sockname")[1]
-        tport = srv.tcp.sockets[0].getsockname()[1]
-        tx = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
-        sent = 0
-        try:
-            loop = asyncio.get_running_loop()
-            deadline = loop.time() + 20
-            for size in [stub.MAX_QUERY + 1] * 50 + [stub.MAX_QUERY] * 600:
-                tx.sendto(bytes(size), ("127.0.0.1", port))
-                sent += 1
-                while srv.received < sent - 8 and loop.time() < deadline:  # never overrun the socket buffer
-                    await asyncio.sleep(0.001)
-            while srv.received < sent and loop.time() < deadline:
-                await asyncio.sleep(0.01)
-            peak_bytes, peak_tasks = srv.pending_bytes, len(srv.tasks)
-            conns = [await asyncio.open_connection("127.0.0.1", tport) for _ in range(stub.MAX_TCP + 20)]
-            for _r, wr in conns:
-                wr.write((100).to_bytes(2, "big") + bytes(100))
-            over = 50 + (600 - stub.PENDING_BYTES // stub.MAX_QUERY) + 20  # UDP: too big, over budget; TCP: over cap
-            deadline = loop.time() + 10
-            while (srv.tcp_open < stub.MAX_TCP or srv.dropped < over) and loop.time() < deadline:
-                await asyncio.sleep(0.01)
-            tcp_open = srv.tcp_open
-            release.set()
-            for _r, wr in conns:
-                wr.close()
-            dropped = srv.dropped
-            await srv.close()
-            return peak_bytes, peak_tasks, tcp_open, dropped, srv.received
-        finally:
-            tx.close()
-
-    peak_bytes, peak_tasks, tcp_open, dropped, received = asyncio.run(main())
-    assert received == 650
-    assert peak_bytes <= stub.PENDING_BYTES and peak_tasks == stub.PENDING_BYTES // stub.MAX_QUERY
-    assert tcp_open == stub.MAX_TCP
-    assert dropped == 50 + (600 - peak_tasks) + 20

@@ -1,4 +1,4 @@
-"""The RS-S kernel fast path's decisions (``runtime.rsfast.FastPolicy``) and the core's
+"""The RS-S kernel fast path's decisions (``core.rs.fastpolicy.FastPolicy``) and the core's
 accounting of kernel-forwarded data (``RsCore.kernel_forwarded``), on a real relay core.
 
 Which paths the kernel may forward: RS-S, both legs learnt, one address family the relay has,
@@ -10,9 +10,8 @@ from __future__ import annotations
 import os
 from collections import Counter
 
-from ntmobile.core.rs import RelayAdded, RsCore
-from ntmobile.osops.nft import FastPath
-from ntmobile.runtime.rsfast import FastPolicy
+from ntmobile.core.rs import RelayAdded, RsCore, RssEntry
+from ntmobile.core.rs.fastpolicy import FastPath, FastPolicy
 from ntmobile.wire import RelayDirection, RsType, Status, TunnelRequest
 
 from .test_rs_core import NODE_A, NODE_B, FakeDc, LegS, direct, events, setup_rs_n, setup_rs_s
@@ -78,7 +77,7 @@ def test_a_leg_endpoint_shared_with_another_path_keeps_both_in_the_daemon() -> N
     pol = FastPolicy(RS4, None, promote_bytes=1)
     use: Counter[tuple[str, int]] = Counter()
     for e in core.entries():
-        use.update(leg.endpoint for leg in (e.initiator, e.responder) if leg is not None and leg.endpoint)
+        use.update(leg.endpoint for leg in e.legs() if leg.endpoint)
     [e] = core.entries()
     assert pol.eligible(e, use) == FastPath(e.path_id, NODE_A, NODE_B)
     # A second RS-S path from node A's very endpoint (another peer, same relay, same socket).
@@ -104,7 +103,7 @@ def test_families_the_kernel_cannot_rewrite() -> None:
     [e] = core.entries()
     use = Counter({NODE_A: 1, NODE_B: 1})
     assert FastPolicy(None, "2001:db8::20").eligible(e, use) is None  # no IPv4 address to send from
-    assert e.responder is not None
+    assert isinstance(e, RssEntry)
     e.responder.endpoint = ("2001:db8::30", 5)
     assert FastPolicy(RS4, "2001:db8::20").eligible(e, Counter({NODE_A: 1, ("2001:db8::30", 5): 1})) is None
 

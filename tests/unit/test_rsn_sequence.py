@@ -8,23 +8,21 @@ import struct
 
 import pytest
 
-from ntmobile.core.dc import DcConfig, DcCore, DirectionDecision, ResolveRequest
-from ntmobile.core.discovery import DiscoveryResult, Evidence, Outcome
-from ntmobile.core.node import DataReceived, NodeConfig, NodeCore, PathClosed, PathFailed, PathReady
-from ntmobile.core.registry import ClientRecord, MemoryStore, Pools
-from ntmobile.core.rs import DcLink, ProbeRequest, RelayAdded, RsConfig, RsCore
+from ntmobile.core.dc import DirectionDecision, ResolveRequest
+from ntmobile.core.discovery import DiscoveryResult, Outcome
+from ntmobile.core.node import DataReceived, PathClosed, PathFailed, PathReady
+from ntmobile.core.registry import ClientRecord
+from ntmobile.core.rs import RelayAdded
 from ntmobile.crypto import CapsuleSealer, Channel, KeyPair
 from ntmobile.wire import CapsuleFlags, MessageType, PathMode, Role, RouteDirection, Status
 
-from .harness import TEST_NETS, Net, random_loss, seeded_bytes
+from . import harness
 
 DC_ID = bytes.fromhex("dc000000000000aa")
-DC_EP = ("192.0.2.10", 7410)
-RS_EP = ("192.0.2.20", 7411)
+DC_EP, RS_EP = harness.WORLD_DC_EP, harness.WORLD_RS_EP
 MN_PRIV = ("10.1.0.10", 7412)
 MN_PUB = ("192.0.2.100", 40001)
-GN = "192.0.2.40"
-POOLS = Pools("100.64.1.0/24", "fd00:6e74:1::/64", "100.127.0.0/16", "fd00:6e74:ff::/64")
+GN, POOLS = harness.WORLD_GN, harness.WORLD_POOLS
 
 
 def ipv4_udp(src: str, dst: str, payload: bytes) -> bytes:
@@ -34,51 +32,21 @@ def ipv4_udp(src: str, dst: str, payload: bytes) -> bytes:
     return struct.pack("!BBHHHBBH4s4s", 0x45, 0, 20 + len(udp), 1, 0, 64, 17, 0, s, d) + udp
 
 
-class World:
+class World(harness.World):
+    """The one-DC world (harness.World) with its node ``mn`` behind a NAT mapping."""
+
     def __init__(self, loss: float = 0.0, seed: int = 1) -> None:
-        self.net = Net(drop=random_loss(loss, seed) if loss else None)
-        self.store = MemoryStore(POOLS)
+        super().__init__(dc_id=DC_ID, loss=loss, seed=seed)
         self.mn_rec = ClientRecord(b"\x01" * 8, "mn.a.example", Role.NODE, b"\x11" * 32)
-        self.rs_rec = ClientRecord(b"\x02" * 8, "rs1", Role.RELAY, b"\x22" * 32)
-        self.store.add_client(self.mn_rec)
-        self.store.add_client(self.rs_rec)
-        self.dc = DcCore(DcConfig("a.example", DC_ID, rsn_allow=TEST_NETS), self.store, self.net.now, seq_base=10**15,
-                         random_bytes=seeded_bytes(seed))
-        self.rs = RsCore(RsConfig("rs1", self.rs_rec.client_id, [DcLink(DC_ID, DC_EP, self.rs_rec.psk)],
-                                  local_endpoints=[RS_EP], rsn_allow=TEST_NETS), self.net.now, seq_base=10**15,
-                         random_bytes=seeded_bytes(seed + 1))
-        self.mn = NodeCore(NodeConfig("mn.a.example", self.mn_rec.client_id, self.mn_rec.psk, DC_ID, DC_EP),
-                           self.net.now, seq_base=10**15, random_bytes=seeded_bytes(seed + 2))
-        self.net.add("dc", self.dc, DC_EP)
-        self.net.add("rs", self.rs, RS_EP)
-        self.net.add("mn", self.mn, MN_PRIV, public=MN_PUB)
-        self.rs.register(self.net.now)
-        self.mn.register((MN_PRIV,), self.net.now)
-        self.net.run_until(lambda: self.mn.registered and bool(self.dc.relays()))
+        self.node("mn", (MN_PRIV, MN_PUB), rec=self.mn_rec, seed=seed + 2)
 
     def resolve_as_gn(self) -> None:
         """Answer the DC's resolution request as DNS discovery would for a general node, and the
         relay's distance probe as its runtime would (ICMP echo)."""
-        for ev in list(self.net.hosts["rs"].events):
-            if isinstance(ev, ProbeRequest):
-                self.net.hosts["rs"].events.remove(ev)
-                self.rs.probe_result(ev.token, 1, 250, self.net.now)
-        for ev in list(self.net.hosts["dc"].events):
-            if isinstance(ev, ResolveRequest):
-                self.net.hosts["dc"].events.remove(ev)
-                self.dc.resolution_result(ev.token, DiscoveryResult(
-                    ev.fqdn, Outcome.GENERAL_NODE, a=(GN,), evidence=Evidence((
-                        "NS gn.example = ns.gn.example", "no DC TXT marker", f"A {GN}"))), self.net.now)
+        self.answer_requests()
 
     def setup_path(self) -> PathReady:
-        rid = self.mn.request_path("www.gn.example", self.net.now)
-
-        def ready() -> bool:
-            self.resolve_as_gn()
-            return any(rid in e.request_ids for e in self.net.events_of("mn", PathReady))
-
-        self.net.run_until(ready, max_time=20)
-        return next(e for e in self.net.events_of("mn", PathReady) if rid in e.request_ids)
+        return self.path("mn", "www.gn.example")
 
 
 def test_rsn_sequence_end_to_end() -> None:

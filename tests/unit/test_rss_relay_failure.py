@@ -155,7 +155,7 @@ def test_relay_rekeys_an_rss_entry_for_its_dc_and_never_takes_a_retired_key() ->
     e = w.rs.entry(pid)
     assert e is not None and e.direction.relay_key is not None
     old_key, legs = e.direction.relay_key, (e.initiator.endpoint, e.responder_endpoint)
-    session = w.rs._dcs[DC_ID].session
+    session = w.rs.dc_session(DC_ID)
     assert session is not None
     new = dataclasses.replace(e.direction, relay_key=b"\x77" * 32)
     w.rs._on_relay_direction(w.rs._dcs[DC_ID], session, _hdr(7), new, DC_EP, w.net.now)

@@ -6,7 +6,7 @@ Each test is listed in docs/security.md §7."""
 from __future__ import annotations
 
 from ntmobile.core.dc import RegistrationRejected, ResolveRequest
-from ntmobile.core.discovery import DiscoveryResult, Evidence, Outcome
+from ntmobile.core.discovery import DiscoveryResult, Outcome
 from ntmobile.core.node import NodeConfig, NodeCore, PathReady, RegistrationFailed
 from ntmobile.core.registry import ClientRecord
 from ntmobile.core.rs import ProbeRequest, RelayAdded
@@ -28,35 +28,15 @@ class TwoNodes(World):
     def __init__(self, seed: int = 1) -> None:
         super().__init__(seed=seed)
         self.evil_rec = ClientRecord(b"\x06" * 8, "evil.a.example", Role.NODE, b"\x66" * 32)
-        self.store.add_client(self.evil_rec)
-        self.evil = NodeCore(NodeConfig("evil.a.example", self.evil_rec.client_id, self.evil_rec.psk, DC_ID, DC_EP),
-                             self.net.now, seq_base=10**15, random_bytes=seeded_bytes(seed + 9))
-        self.net.add("evil", self.evil, EVIL_PRIV, public=EVIL_PUB)
-        self.evil.register((EVIL_PRIV,), self.net.now)
-        self.net.run_until(lambda: self.evil.registered)
+        self.node("evil", (EVIL_PRIV, EVIL_PUB), rec=self.evil_rec, seed=seed + 9)
         self.gn_addr = GN
 
-    def resolve_as_gn(self) -> None:
-        for ev in list(self.net.hosts["rs"].events):
-            if isinstance(ev, ProbeRequest):
-                self.net.hosts["rs"].events.remove(ev)
-                self.rs.probe_result(ev.token, 1, 250, self.net.now)
-        for ev in list(self.net.hosts["dc"].events):
-            if isinstance(ev, ResolveRequest):
-                self.net.hosts["dc"].events.remove(ev)
-                addr = GN2 if ev.fqdn.startswith("other.") else self.gn_addr
-                self.dc.resolution_result(ev.token, DiscoveryResult(ev.fqdn, Outcome.GENERAL_NODE, a=(addr,),
-                                                                    evidence=Evidence((f"A {addr}",))), self.net.now)
+    def gn_address(self, fqdn: str) -> str:
+        return GN2 if fqdn.startswith("other.") else self.gn_addr
 
     def path_of(self, node: NodeCore, host: str, fqdn: str) -> PathReady:
-        rid = node.request_path(fqdn, self.net.now)
-
-        def ready() -> bool:
-            self.resolve_as_gn()
-            return any(rid in e.request_ids for e in self.net.events_of(host, PathReady))
-
-        self.net.run_until(ready, max_time=20)
-        return next(e for e in self.net.events_of(host, PathReady) if rid in e.request_ids)
+        assert node is self.nodes[host]
+        return self.path(host, fqdn)
 
 
 def _tun_packets(w: World) -> list[bytes]:

@@ -35,6 +35,8 @@ from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from typing import Any, Literal
 
+from ntmobile.core.rs.fastpolicy import FastPath
+
 NFT = "nft"
 Family = Literal["ip", "ip6", "inet", "arp", "bridge", "netdev"]
 
@@ -278,26 +280,7 @@ class RsNatTable:
 
 
 # -- RS-S kernel fast path -----------------------------------------------------------------------
-
-Endpoint = tuple[str, int]
-
-
-@dataclass(frozen=True, slots=True)
-class FastPath:
-    """One RS-S path forwarded by the kernel: data capsules of ``path_id`` from the initiator
-    leg's endpoint go to the responder leg's and back, rewritten as if the relay had sent them."""
-
-    path_id: bytes
-    initiator: Endpoint
-    responder: Endpoint
-
-    @property
-    def version(self) -> int:
-        return ipaddress.ip_address(self.initiator[0]).version
-
-    @property
-    def tag(self) -> str:
-        return self.path_id.hex()
+# (FastPath, the record of one path, comes with the policy that decides it: core.rs.fastpolicy.)
 
 
 class RsFastTable:

@@ -181,7 +181,7 @@ class RsDaemon:
     def on_batch_end(self) -> None:
         self.train.flush()
         core = self.core
-        if self._dirty or core._events or core._out:  # (the queues: should a forward ever emit)
+        if self._dirty or core.has_output():  # (the queues: should a forward ever emit)
             self._dirty = False
             self.driver.flush()  # events (endpoint learnt), inner packets to the TUN, sends
 

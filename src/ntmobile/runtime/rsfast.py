@@ -1,8 +1,8 @@
-"""The relay's RS-S kernel fast path: which paths the kernel forwards, and keeping the core's
-counters and activity times true for them (docs/dataplane.md, "RS-S in the kernel").
+"""Applies the relay's RS-S fast-path decisions to its nft table and keeps the core's counters and
+activity times true for the paths the kernel forwards (docs/dataplane.md, "RS-S in the kernel").
 
-The decisions (``FastPolicy``) are pure: fed the Relay Table and counters, they return what to add
-and remove. ``FastPaths`` applies them with ``osops.nft.RsFastTable``, once a second
+The decisions (``core.rs.fastpolicy.FastPolicy``) are pure: fed the Relay Table and counters, they
+return what to add and remove. ``FastPaths`` applies them with ``osops.nft.RsFastTable``, once a second
 (``poll``) and, synchronously, on Relay Table events (``on_endpoint``, ``on_removed``): an event
 handler runs before the daemon sends the answer that caused it, so a path that shares a leg
 endpoint with a fast path takes it out of the kernel before any of its data can arrive.
@@ -10,14 +10,13 @@ endpoint with a fast path takes it out of the kernel before any of its data can 
 
 from __future__ import annotations
 
-import ipaddress
 import logging
 from collections import Counter
-from collections.abc import Callable, Iterable
-from dataclasses import dataclass, field
+from collections.abc import Callable
 
-from ntmobile.core.rs import RelayEntry, RsCore
-from ntmobile.osops.nft import FastPath, NftError, RsFastTable
+from ntmobile.core.rs import RsCore
+from ntmobile.core.rs.fastpolicy import FastPolicy
+from ntmobile.osops.nft import NftError, RsFastTable
 
 log = logging.getLogger("ntm.rs.fast")
 
@@ -25,85 +24,6 @@ Endpoint = tuple[str, int]
 
 #: Seconds between counter reads and promotion rounds.
 POLL_SECONDS = 1.0
-#: A path is moved into the kernel once the daemon relayed this many bytes of it in one poll
-#: (1 MiB/s = 8.4 Mbit/s): small paths stay in the daemon, where nft calls cost nothing.
-PROMOTE_BYTES = 1 << 20
-#: A fast path whose kernel counters stood still this many polls goes back to the daemon.
-IDLE_POLLS = 300
-#: Most paths forwarded by the kernel at once.
-MAX_FAST = 1024
-
-
-def _family(ep: Endpoint) -> int:
-    return ipaddress.ip_address(ep[0]).version
-
-
-@dataclass
-class FastPolicy:
-    """Which RS-S paths may be forwarded by the kernel, and which should be."""
-
-    local4: str | None
-    local6: str | None
-    promote_bytes: int = PROMOTE_BYTES
-    max_fast: int = MAX_FAST
-    #: Bytes the daemon had relayed per entry at the last poll.
-    _seen: dict[bytes, int] = field(default_factory=dict)
-
-    def eligible(self, e: RelayEntry, use: Counter[Endpoint]) -> FastPath | None:
-        """The fast path for ``e``, or None when the kernel cannot forward it exactly as the daemon
-        would: RS-S with both legs learnt, one address family the relay has, and leg endpoints
-        that carry no other path (the kernel forwards a coalesced packet as a whole)."""
-        if e.responder is None:
-            return None
-        a, b = e.initiator.endpoint, e.responder.endpoint
-        if a is None or b is None or a == b:
-            return None
-        fam = _family(a)
-        if fam != _family(b) or (self.local4 if fam == 4 else self.local6) is None:
-            return None
-        if use[a] != 1 or use[b] != 1:
-            return None
-        return FastPath(e.path_id, (a[0], int(a[1])), (b[0], int(b[1])))
-
-    def candidates(self, rs_s: Iterable[RelayEntry], everyone: Callable[[], Iterable[RelayEntry]],
-                   fast: set[bytes]) -> list[FastPath]:
-        """Paths to move into the kernel now: RS-S entries (``rs_s``) the daemon relayed at least
-        ``promote_bytes`` of since the last call, busiest first, up to ``max_fast`` in all.
-        ``everyone`` (every entry, for the endpoint check) is only walked when there is one."""
-        busy: list[tuple[int, RelayEntry]] = []
-        seen = self._seen
-        now_seen: dict[bytes, int] = {}
-        for e in rs_s:
-            if e.path_id in fast:
-                continue
-            total = e.bytes_i2r + e.bytes_r2i
-            now_seen[e.path_id] = total
-            delta = total - seen.get(e.path_id, total)
-            if delta >= self.promote_bytes:
-                busy.append((delta, e))
-        self._seen = now_seen
-        room = self.max_fast - len(fast)
-        if not busy or room <= 0:
-            return []
-        use: Counter[Endpoint] = Counter()
-        for e in everyone():
-            for leg in (e.initiator, e.responder):
-                if leg is not None and leg.endpoint is not None:
-                    use[leg.endpoint] += 1
-        out: list[FastPath] = []
-        for _, e in sorted(busy, key=lambda x: -x[0]):
-            if len(out) >= room:
-                break
-            p = self.eligible(e, use)
-            if p is not None:
-                out.append(p)
-        return out
-
-    @staticmethod
-    def conflicts(fast: Iterable[FastPath], path_id: bytes, addr: Endpoint) -> list[bytes]:
-        """Fast paths to take out of the kernel because ``path_id`` now has a leg at ``addr``: the
-        path itself (its legs moved) and any other fast path with a leg there."""
-        return [p.path_id for p in fast if p.path_id == path_id or addr in (p.initiator, p.responder)]
 
 
 class FastPaths:
@@ -182,9 +102,8 @@ class FastPaths:
             self._collect()
             if not self.enabled:
                 return
-            for pid, n in list(self._idle.items()):
-                if n >= IDLE_POLLS:
-                    self._demote(pid, "idle")
+            for pid in self.policy.idle(self._idle):
+                self._demote(pid, "idle")
         fast = {p.path_id for p in self.table.paths}
         for p in self.policy.candidates(self.core.rs_s_entries(), self.core.entries, fast):
             try:
