@@ -36,9 +36,10 @@ from ntmobile.core.node import (
 from ntmobile.core.stubpolicy import StubPolicy, failure_rcode, normalize
 from ntmobile.crypto.channel import PROCESS_POOL, REASSEMBLY_TIMEOUT, reassembly_snapshot
 from ntmobile.dataplane.forwarder import PATH_MTU, FwdPath, NodeForwarder, gso_max_size, inner_mtu
-from ntmobile.dataplane.tun import Tun, open_tun, set_gso_max_size
+from ntmobile.dataplane.tun import Tun, open_tun
 from ntmobile.dataplane.udpio import UdpIo
 from ntmobile.osops import netlink
+from ntmobile.osops.iproute import set_gso_max_size
 from ntmobile.wire import Capability, PathMode, Status
 
 from . import dnsclasses  # noqa: F401  (dnspython's IN rdata classes before any input)
