@@ -190,6 +190,7 @@ class NodeCore(NodeDirections):
         path.rx_packets += rx_packets
         path.rx_bytes += rx_bytes
         if path.mode is not PathMode.RS_S:
+            # End-to-end authenticated data from a new address: the peer moved (handover).
             self._learn(path, addr)
         if not path.established and path.role is PathRole.RESPONDER:
             self._establish(path)
@@ -341,12 +342,7 @@ class NodeCore(NodeDirections):
         except CodecError:
             self.stats["drop_malformed"] += 1
             return
-        path.last_rx = now
-        path.rx_packets += 1
-        path.rx_bytes += len(payload)
-        if path.mode is not PathMode.RS_S:
-            # End-to-end authenticated data from a new address: the peer moved (handover).
-            self._learn(path, addr)
-        if not path.established and path.role is PathRole.RESPONDER:
-            self._establish(path)
+        # Liveness, counters, address learning and a responder's establishment: the one place the
+        # daemon's forwarder reaches too (note_data).
+        self.note_data(path.path_id, addr, 1, len(payload), now)
         self._emit(DataReceived(path.path_id, payload))
