@@ -181,7 +181,7 @@ def test_direct_responder_moves_and_initiator_accepts_its_tunnel_request() -> No
     w.net.run_until(lambda: mn.path_info(pid).endpoint == ("192.0.2.71", 7412))  # type: ignore[union-attr]
     assert mn.stats["drop_unexpected"] == 0
     # The responder's announcement was answered (not only learnt from): its refresh completed.
-    w.net.run_until(lambda: not any(p.tag == ("tunnel", pid) for p in cn._pending.values()))
+    w.net.run_until(lambda: not cn.tunnel_request_in_flight(pid))
     assert cn.stats["tunnel_refresh_timeouts"] == 0
     _direct_roundtrip(w, pid, b"after the responder moved")
 
@@ -217,7 +217,7 @@ def test_rss_leg_moves_and_relay_forwards_to_the_new_address() -> None:
     assert entry is not None
     w.net.run_until(lambda: entry.initiator.endpoint == NAT_C[1])
     # The relay answered the leg's request at once (the other leg is known) ...
-    w.net.run_until(lambda: not any(p.tag == ("tunnel", pid) for p in mn._pending.values()))
+    w.net.run_until(lambda: not mn.tunnel_request_in_flight(pid))
     assert mn.stats["tunnel_refresh_timeouts"] == 0
     # ... and data flows both ways through it; the peer never saw the move.
     _direct_roundtrip(w, pid, b"after the move")

@@ -6,6 +6,8 @@ relative imports (``from .x import y`` counts as ``ntmobile.<package>.x``), top-
 - ``core`` imports ``wire``, ``crypto``, the standard library and dnspython's pure message classes;
   never ``asyncio``, ``socket``, ``time`` (nor threads, selectors, subprocesses), ``runtime``,
   ``dataplane``, ``osops``, ``lab``;
+- ``dataplane`` runs no commands and does no netlink (``subprocess``, ``pyroute2``: that is ``osops``),
+  and imports none of ``runtime``, ``osops``, ``lab``;
 - ``runtime``, ``dataplane``, ``osops``, ``lab`` never import ``cli``.
 """
 
@@ -26,6 +28,9 @@ FORBIDDEN = {
                "ntmobile.osops", "ntmobile.lab", "ntmobile.cli"},
     "core": {"asyncio", "socket", "time", "threading", "selectors", "subprocess", "pyroute2",
              "ntmobile.runtime", "ntmobile.dataplane", "ntmobile.osops", "ntmobile.lab", "ntmobile.cli"},
+    # The hot path does no OS configuration (that is osops) and no control logic (that is core / runtime).
+    "dataplane": {"subprocess", "pyroute2", "ntmobile.runtime", "ntmobile.osops", "ntmobile.lab",
+                  "ntmobile.cli"},
 }
 
 

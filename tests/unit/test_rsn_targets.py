@@ -18,8 +18,8 @@ from ntmobile.core.dc import DcCore, DirectionDecision, ResolveRequest
 from ntmobile.core.discovery import DiscoveryResult, Outcome
 from ntmobile.core.node import PathFailed, PathReady
 from ntmobile.core.rs import ProbeRequest, RelayAdded
+from ntmobile.core.stubpolicy import failure_rcode
 from ntmobile.core.targets import SPECIAL4, SPECIAL6, TargetPolicy, special
-from ntmobile.runtime import node as node_runtime
 from ntmobile.runtime.config import ConfigError, DcSettings, RsSettings, load
 from ntmobile.wire import MessageType, RelayProbe, Status
 
@@ -173,7 +173,7 @@ def test_a_gn_name_resolving_to_an_internal_address_gets_no_rs_n_path(target: st
     assert decision.status is Status.ADDRESS_REFUSED and any(addr in line for line in decision.evidence)
     assert w.dc.stats["rsn_targets_refused"] == 1
     # What the application gets for it: REFUSED (never the internal address).
-    assert node_runtime._FAILURE_RCODES[got.status] == dns.rcode.REFUSED
+    assert failure_rcode(got.status) == dns.rcode.REFUSED
 
 
 @pytest.mark.parametrize("addr", INTERNAL6)

@@ -11,7 +11,8 @@ super-packets of up to 64 KB. The accepted set is probed from the largest down a
 The fd is non-blocking. `read_into()` returns 0 when nothing is queued. `write()` returns 0 and
 counts the packet in `Tun.dropped_link_down` when the kernel answers EIO, which it does while the
 link is not yet up (the packet is dropped; the data loop must not die for it). Bringing the link up
-and adding addresses and routes is `ntmobile.osops.netlink`'s job.
+and adding addresses and routes is `ntmobile.osops.netlink`'s job (gso_max_size and the relay's
+link and routes: `ntmobile.osops.iproute`).
 """
 
 from __future__ import annotations
@@ -20,7 +21,6 @@ import errno
 import fcntl
 import os
 import struct
-import subprocess
 from collections.abc import Sequence
 from types import TracebackType
 
@@ -184,31 +184,3 @@ def open_tun(name: str, *, vnet_hdr: bool, offloads: bool, multi_queue: bool = F
     except BaseException:
         os.close(fd)
         raise
-
-
-def set_gso_max_size(name: str, size: int) -> bool:
-    """Cap the super-packets the kernel hands this TUN (``ip link set gso_max_size``): the data
-    plane keeps every GSO capsule within one UDP_SEGMENT send. False if ``ip`` refused."""
-    try:
-        subprocess.run(["ip", "link", "set", "dev", name, "gso_max_size", str(size)], check=True,
-                       capture_output=True, timeout=10)
-    except (OSError, subprocess.SubprocessError):
-        return False
-    return True
-
-
-def ip_link_up(name: str, mtu: int) -> None:
-    """``ip link set NAME mtu MTU up`` (iproute2). The relay configures its TUN this way so that it
-    need not load pyroute2 (about 20 MiB of resident memory) for two operations at start-up."""
-    _ip(["link", "set", "dev", name, "mtu", str(mtu), "up"])
-
-
-def ip_route_replace(dst: str, dev: str) -> None:
-    """``ip route replace DST dev DEV`` (IPv4 or IPv6 prefix)."""
-    _ip(["-6" if ":" in dst else "-4", "route", "replace", dst, "dev", dev])
-
-
-def _ip(args: Sequence[str]) -> None:
-    cp = subprocess.run(["ip", *args], capture_output=True, text=True, timeout=10)
-    if cp.returncode != 0:
-        raise TunError(0, f"ip {' '.join(args)}: {cp.stderr.strip()}")

@@ -33,11 +33,13 @@ from ntmobile.core.node import (
     Registered,
     RegistrationFailed,
 )
+from ntmobile.core.stubpolicy import StubPolicy, failure_rcode, normalize
 from ntmobile.crypto.channel import PROCESS_POOL, REASSEMBLY_TIMEOUT, reassembly_snapshot
 from ntmobile.dataplane.forwarder import PATH_MTU, FwdPath, NodeForwarder, gso_max_size, inner_mtu
-from ntmobile.dataplane.tun import Tun, open_tun, set_gso_max_size
+from ntmobile.dataplane.tun import Tun, open_tun
 from ntmobile.dataplane.udpio import UdpIo
 from ntmobile.osops import netlink
+from ntmobile.osops.iproute import set_gso_max_size
 from ntmobile.osops.resolver import ResolverError
 from ntmobile.wire import Capability, PathMode, Status
 
@@ -54,11 +56,6 @@ log = logging.getLogger("ntm.node")
 #: TTL of the VIP answers the stub gives applications (the VIP is stable; the path is rebuilt on
 #: demand when an application sends to a VIP whose path has expired).
 ANSWER_TTL = 60
-#: What the application gets when its name cannot be tunnelled (anything else: SERVFAIL). A name whose
-#: addresses no relay may reach (ADDRESS_REFUSED: loopback, private, link-local ...; docs/security.md
-#: "RS-N targets") is REFUSED, never the internal address.
-_FAILURE_RCODES = {Status.NXDOMAIN: dns.rcode.NXDOMAIN, Status.NODATA: dns.rcode.NOERROR,
-                   Status.ADDRESS_REFUSED: dns.rcode.REFUSED}
 #: Upstream forwarding timeout for names that are not tunnelled.
 UPSTREAM_TIMEOUT = 2.0
 
@@ -82,6 +79,8 @@ class NodeDaemon:
     def __init__(self, settings: NodeSettings, creds: Credentials) -> None:
         self.settings = settings
         self.creds = creds
+        #: Which names the DNS stub tunnels (core.stubpolicy).
+        self.stub_policy = StubPolicy(creds.name, settings.tunnel_domains)
         self.started = time.time()
         self.lookups: dict[int, _Lookup] = {}  # core request id -> held queries
         self.name_by_vip: dict[bytes, str] = {}
@@ -297,7 +296,7 @@ class NodeDaemon:
         if p.peer_name:
             for v in vips:
                 self.name_by_vip[ipaddress.ip_address(v).packed] = p.peer_name
-            self._refreshing.discard(p.peer_name.rstrip(".").lower())
+            self._refreshing.discard(normalize(p.peer_name))
         log.info("path %s to %s ready: %s%s, peer %s", p.path_id.hex(), p.peer_name, p.mode.name,
                  f" via {p.rs_name}" if p.rs_name else "", ", ".join(vips))
         for rid in ev.request_ids:
@@ -333,16 +332,6 @@ class NodeDaemon:
         self.driver.flush()
 
     # -- DNS stub ---------------------------------------------------------------------------------
-    def tunnelled(self, qname: str) -> bool:
-        name = qname.rstrip(".").lower()
-        if not name or name == "localhost" or name.endswith(".arpa") or name == self.creds.name:
-            return False
-        for suffix in self.settings.tunnel_domains:
-            suf = suffix.strip(".").lower()
-            if suf == "" or name == suf or name.endswith("." + suf):
-                return True
-        return False
-
     async def on_dns_query(self, wire: bytes, tcp: bool) -> bytes | None:
         try:
             q = dns.message.from_wire(wire)
@@ -355,10 +344,10 @@ class NodeDaemon:
         question = q.question[0]
         qtype = question.rdtype
         qname = question.name.to_text()
-        if qtype in (dns.rdatatype.A, dns.rdatatype.AAAA) and self.tunnelled(qname):
+        if self.stub_policy.wants_tunnel(qname, qtype):
             fut: asyncio.Future[bytes | None] = asyncio.get_running_loop().create_future()
             held = _Held(q, fut, qtype)
-            rid = self.core.request_path(qname.rstrip(".").lower(), self.driver.now())
+            rid = self.core.request_path(normalize(qname), self.driver.now())
             self.lookups.setdefault(rid, _Lookup(qname)).held.append(held)
             self.driver.flush()
             return await fut
@@ -374,7 +363,7 @@ class NodeDaemon:
             h.reply.set_result(r.to_wire())
 
     def answer_failure(self, h: _Held, status: Status) -> None:
-        rcode = _FAILURE_RCODES.get(status, dns.rcode.SERVFAIL)
+        rcode = failure_rcode(status)
         if not h.reply.done():
             h.reply.set_result(_response(h.query, rcode).to_wire())
 

@@ -26,9 +26,10 @@ from ntmobile.core.timing import ECHO_PROBE_TIMEOUT
 from ntmobile.crypto.channel import reassembly_snapshot
 from ntmobile.dataplane import vnet
 from ntmobile.dataplane.forwarder import PATH_MTU, inner_mtu
-from ntmobile.dataplane.tun import MAX_PACKET, Tun, ip_link_up, ip_route_replace, open_tun
+from ntmobile.dataplane.tun import MAX_PACKET, Tun, open_tun
 from ntmobile.dataplane.udpio import Train, UdpIo
 from ntmobile.osops import sysctl
+from ntmobile.osops.iproute import ip_link_up, ip_route_replace
 from ntmobile.osops.nft import NftError, RsFastTable, RsNatTable
 from ntmobile.osops.ping import icmp_echo
 from ntmobile.wire import Capability

@@ -15,7 +15,7 @@ from . import dnsclasses  # noqa: F401  (dnspython's IN rdata classes before any
 log = logging.getLogger(__name__)
 
 AsyncHandler = Callable[[bytes, bool], Awaitable[bytes | None]]
-#: Queries held at once (a tunnelled lookup waits for its path, up to core.node.DIRECTION_TIMEOUT).
+#: Queries held at once (a tunnelled lookup waits for its path, up to core.timing.DIRECTION_TIMEOUT).
 MAX_PENDING = 4096
 #: Largest query taken (UDP or TCP): a question and an OPT record need far less. What any local
 #: process can make the stub hold is at most MAX_PENDING queries and PENDING_BYTES of them.

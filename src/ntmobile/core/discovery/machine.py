@@ -1,4 +1,5 @@
-"""Sans-IO peer discovery: is the owner of an FQDN an NTM node (behind a DC) or a general node?
+"""The discovery state machine, one `Discovery` per name: is the owner of an FQDN an NTM node
+(behind a DC) or a general node?
 
 The DC runs one `Discovery` per Direction Request for a name it does not serve itself:
 
@@ -12,13 +13,14 @@ The machine is driven like aioquic/dnspython's `_Resolution`: `next_queries(now)
 send (or TCP exchanges when `tcp` is set), `receive(query_id, wire, now)` feeds responses,
 `handle_timer(now)` fires at `get_timer()`. Every step is written to `result.evidence`.
 No clock, sockets or asyncio here.
+
+The machine's state is explicit (``DiscoveryState``; ``TRANSITIONS`` lists every legal move): ZONE_CUT
+-> NS_ADDRESSES -> TXT -> ADDRESSES (general node), each able to end in DONE.
 """
 
 import enum
 import secrets
-from collections import OrderedDict
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass, field
 
 import dns.flags
 import dns.message
@@ -30,117 +32,32 @@ import dns.rrset
 
 from ntmobile.core.dnsauth import DcMarker, parse_marker, txt_strings
 
-Address = tuple[str, int]
-
-QUERY_PAYLOAD = 1232
-
-
-class Outcome(enum.Enum):
-    NTM_PEER = "ntm-peer"
-    GENERAL_NODE = "general-node"
-    NXDOMAIN = "nxdomain"
-    NODATA = "nodata"  # the name exists but has no A/AAAA and no DC marker
-    SERVFAIL = "servfail"  # servers unreachable or broken, or the deadline passed
+from .queries import Purpose, Query, Sent, fmt_server, negative_ttl, rcode_text
+from .results import QUERY_PAYLOAD, Address, DiscoveryResult, DiscoveryStats, Evidence, Outcome, OutgoingQuery
 
 
-@dataclass(frozen=True)
-class OutgoingQuery:
-    id: int  # handle for receive()/fail(); not the DNS message id
-    dest: Address
-    wire: bytes  # the DNS message (no TCP length prefix)
-    tcp: bool
+class DiscoveryState(enum.Enum):
+    ZONE_CUT = "finding the zone cut"
+    NS_ADDRESSES = "looking up the name servers"
+    TXT = "asking the name servers for TXT"
+    ADDRESSES = "looking up A/AAAA"
+    DONE = "done"
 
 
-@dataclass(frozen=True)
-class Evidence:
-    lines: tuple[str, ...] = ()
-    zone: str | None = None
-    ns_names: tuple[str, ...] = ()
-    ns_addresses: tuple[str, ...] = ()
-    txt_server: str | None = None
-    txt: tuple[str, ...] = ()
-    a: tuple[str, ...] = ()
-    aaaa: tuple[str, ...] = ()
-    cnames: tuple[str, ...] = ()
+_D = DiscoveryState
+#: Every legal move of a discovery (state -> the states it may go to). TXT -> TXT: the next name
+#: server's addresses, after the first gave no authoritative answer.
+TRANSITIONS: dict[DiscoveryState, frozenset[DiscoveryState]] = {
+    _D.ZONE_CUT: frozenset({_D.NS_ADDRESSES, _D.DONE}),
+    _D.NS_ADDRESSES: frozenset({_D.TXT, _D.DONE}),
+    _D.TXT: frozenset({_D.TXT, _D.ADDRESSES, _D.DONE}),
+    _D.ADDRESSES: frozenset({_D.DONE}),
+    _D.DONE: frozenset(),
+}
 
 
-@dataclass(frozen=True)
-class DiscoveryResult:
-    """What discovery found out about a name; the DC core takes it as it is (DcCore.resolution_result)."""
-
-    fqdn: str
-    outcome: Outcome
-    ttl: int = 0  # seconds this result may be cached
-    reason: str = ""
-    evidence: Evidence = Evidence()
-    #: NTM peers: the marker TXT of the peer's zone (the peer DC's signalling endpoint and key).
-    marker: DcMarker | None = None
-    a: tuple[str, ...] = ()
-    aaaa: tuple[str, ...] = ()
-
-
-@dataclass
-class DiscoveryStats:
-    sent: int = 0
-    retransmits: int = 0
-    tcp_fallbacks: int = 0
-    responses: int = 0
-    ignored: int = 0  # unparseable, mismatched or late responses
-
-
-class _Purpose(enum.Enum):
-    ZONE = "zone"
-    NSADDR = "nsaddr"
-    TXT = "txt"
-    ADDR = "addr"
-
-
-@dataclass
-class _Query:
-    purpose: _Purpose
-    qname: dns.name.Name
-    rdtype: dns.rdatatype.RdataType
-    servers: list[Address]
-    recursive: bool
-    timeout: float
-    server_index: int = 0
-    attempt: int = 0
-    tcp: bool = False
-    msg_id: int = 0
-    wire: bytes = b""
-    expires: float = 0.0
-    finished: bool = False
-    failed: bool = False
-    nxdomain: bool = False
-    label: str = ""
-
-
-@dataclass
-class _Sent:
-    query: _Query
-    server: Address
-    msg_id: int
-    tcp: bool
-
-
-def _fmt_server(server: Address) -> str:
-    host, port = server
-    return f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
-
-
-def _rcode_text(rcode: int) -> str:
-    try:
-        return dns.rcode.to_text(dns.rcode.Rcode(rcode))
-    except ValueError:
-        return f"RCODE{rcode}"
-
-
-def _negative_ttl(msg: dns.message.Message) -> int | None:
-    for rrset in msg.authority:
-        if rrset.rdtype == dns.rdatatype.SOA and len(rrset) > 0:
-            minimum = int(getattr(rrset[0], "minimum", rrset.ttl))
-            return min(rrset.ttl, minimum)
-    return None
+class DiscoveryStateError(RuntimeError):
+    """An illegal move of a discovery's state (a bug in the machine, never caused by input)."""
 
 
 class Discovery:
@@ -184,10 +101,10 @@ class Discovery:
 
         self._result: DiscoveryResult | None = None
         self._outbox: list[OutgoingQuery] = []
-        self._handles: dict[int, _Sent] = {}
+        self._handles: dict[int, Sent] = {}
         self._next_handle = 1
-        self._active: list[_Query] = []
-        self._phase = "finding the zone cut"
+        self._active: list[Query] = []
+        self.state = DiscoveryState.ZONE_CUT
 
         # evidence being collected
         self._lines: list[str] = []
@@ -211,7 +128,24 @@ class Discovery:
 
     @property
     def done(self) -> bool:
-        return self._result is not None
+        return self.state is DiscoveryState.DONE
+
+    def _move(self, to: DiscoveryState) -> None:
+        if to not in TRANSITIONS[self.state]:
+            raise DiscoveryStateError(f"discovery of {self.fqdn}: {self.state.name} -> {to.name} is not allowed")
+        self.state = to
+
+    @property
+    def _phase(self) -> str:
+        """What the machine is doing, for the evidence (a deadline that passes names it)."""
+        s = self.state
+        if s is DiscoveryState.NS_ADDRESSES:
+            return f"looking up the name servers of {self._zone}"
+        if s is DiscoveryState.TXT:
+            return f"asking the name servers of {self._zone} for TXT"
+        if s is DiscoveryState.ADDRESSES:
+            return f"looking up A/AAAA of {self.fqdn}"
+        return str(s.value)
 
     @property
     def result(self) -> DiscoveryResult:
@@ -224,45 +158,45 @@ class Discovery:
         return out
 
     def get_timer(self) -> float | None:
-        if self._result is not None:
+        if self.done:
             return None
         expiries = [q.expires for q in self._active if not q.finished]
         return min([self.deadline, *expiries])
 
     def handle_timer(self, now: float) -> None:
-        if self._result is not None:
+        if self.done:
             return
         if now >= self.deadline:
             self._finish_fail(f"deadline of {self.deadline_s:g} s exceeded while {self._phase}")
             return
         for q in list(self._active):
-            if q.finished or q.expires > now or self._result is not None:
+            if q.finished or q.expires > now or self.done:
                 continue
             server = q.servers[q.server_index]
             if not q.tcp and q.attempt <= self.retries:
                 self._log(
-                    f"no answer from {_fmt_server(server)} for {q.label} within {q.timeout:g} s: "
+                    f"no answer from {fmt_server(server)} for {q.label} within {q.timeout:g} s: "
                     "retransmitting"
                 )
                 q.timeout = min(q.timeout * self.backoff, self.max_timeout)
                 self.stats.retransmits += 1
                 self._emit(q, now)
             else:
-                self._next_server(q, now, f"no answer from {_fmt_server(server)} for {q.label}")
+                self._next_server(q, now, f"no answer from {fmt_server(server)} for {q.label}")
 
     def fail(self, query_id: int, reason: str, now: float) -> None:
         """The runtime could not send or got a hard error (ICMP unreachable, TCP reset)."""
         sent = self._handles.get(query_id)
-        if self._result is not None or sent is None or sent.query.finished:
+        if self.done or sent is None or sent.query.finished:
             return
         q = sent.query
         if sent.server != q.servers[q.server_index] or sent.tcp != q.tcp:
             return  # about an earlier attempt
-        self._next_server(q, now, f"{_fmt_server(sent.server)} failed for {q.label}: {reason}")
+        self._next_server(q, now, f"{fmt_server(sent.server)} failed for {q.label}: {reason}")
 
     def receive(self, query_id: int, response_wire: bytes, now: float) -> None:
         sent = self._handles.get(query_id)
-        if self._result is not None or sent is None or sent.query.finished:
+        if self.done or sent is None or sent.query.finished:
             self.stats.ignored += 1
             return
         q = sent.query
@@ -276,7 +210,7 @@ class Discovery:
         if flags & dns.flags.TC and not sent.tcp:
             if q.tcp:
                 return  # already switched to TCP for this query
-            self._log(f"{_fmt_server(sent.server)} truncated the answer to {q.label}: retrying over TCP")
+            self._log(f"{fmt_server(sent.server)} truncated the answer to {q.label}: retrying over TCP")
             self.stats.tcp_fallbacks += 1
             q.tcp = True
             q.timeout = min(max(q.timeout, self.timeout) * self.backoff, self.max_timeout)
@@ -297,11 +231,11 @@ class Discovery:
             return
         self.stats.responses += 1
         server = sent.server
-        if q.purpose is _Purpose.ZONE:
+        if q.purpose is Purpose.ZONE:
             self._on_zone(q, server, msg, now)
-        elif q.purpose is _Purpose.NSADDR:
+        elif q.purpose is Purpose.NSADDR:
             self._on_nsaddr(q, server, msg, now)
-        elif q.purpose is _Purpose.TXT:
+        elif q.purpose is Purpose.TXT:
             self._on_txt(q, server, msg, now)
         else:
             self._on_addr(q, server, msg, now)
@@ -310,20 +244,20 @@ class Discovery:
 
     def _new_query(
         self,
-        purpose: _Purpose,
+        purpose: Purpose,
         qname: dns.name.Name,
         rdtype: dns.rdatatype.RdataType,
         servers: list[Address],
         recursive: bool,
         now: float,
-    ) -> _Query:
+    ) -> Query:
         label = f"{dns.rdatatype.to_text(rdtype)}? {qname}"
-        q = _Query(purpose, qname, rdtype, servers, recursive, self.timeout, label=label)
+        q = Query(purpose, qname, rdtype, servers, recursive, self.timeout, label=label)
         self._active.append(q)
         self._emit(q, now, new_id=True)
         return q
 
-    def _emit(self, q: _Query, now: float, *, new_id: bool = False) -> None:
+    def _emit(self, q: Query, now: float, *, new_id: bool = False) -> None:
         if new_id or not q.wire:
             q.msg_id = self._id_source() & 0xFFFF
             msg = dns.message.make_query(
@@ -341,11 +275,11 @@ class Discovery:
         server = q.servers[q.server_index]
         handle = self._next_handle
         self._next_handle += 1
-        self._handles[handle] = _Sent(q, server, q.msg_id, q.tcp)
+        self._handles[handle] = Sent(q, server, q.msg_id, q.tcp)
         self._outbox.append(OutgoingQuery(handle, server, q.wire, q.tcp))
         self.stats.sent += 1
 
-    def _next_server(self, q: _Query, now: float, why: str) -> None:
+    def _next_server(self, q: Query, now: float, why: str) -> None:
         failed = q.servers[q.server_index]
         if q.recursive and failed in self.resolvers and len(self.resolvers) > 1:
             # Later queries of this discovery start with the resolvers that still work.
@@ -353,7 +287,7 @@ class Discovery:
             self.resolvers.append(failed)
         q.server_index += 1
         if q.server_index < len(q.servers):
-            self._log(f"{why}: trying {_fmt_server(q.servers[q.server_index])}")
+            self._log(f"{why}: trying {fmt_server(q.servers[q.server_index])}")
             q.tcp = False
             q.timeout = self.timeout
             self._emit(q, now, new_id=True)
@@ -363,14 +297,14 @@ class Discovery:
         q.failed = True
         self._on_failed(q, now)
 
-    def _reject(self, q: _Query, server: Address, now: float, why: str) -> None:
+    def _reject(self, q: Query, server: Address, now: float, why: str) -> None:
         """A useless answer: move on, unless it is a late one from a server already given up on."""
         if server != q.servers[q.server_index]:
             self._log(f"{why} (late answer, ignored)")
             return
         self._next_server(q, now, why)
 
-    def _done_with(self, q: _Query) -> None:
+    def _done_with(self, q: Query) -> None:
         q.finished = True
 
     def _log(self, line: str) -> None:
@@ -379,12 +313,12 @@ class Discovery:
     def _see_ttl(self, ttl: int) -> None:
         self._ttl = ttl if self._ttl is None else min(self._ttl, ttl)
 
-    def _on_failed(self, q: _Query, now: float) -> None:
-        if q.purpose is _Purpose.ZONE:
+    def _on_failed(self, q: Query, now: float) -> None:
+        if q.purpose is Purpose.ZONE:
             self._finish_fail(f"no resolver answered {q.label}")
-        elif q.purpose is _Purpose.NSADDR:
+        elif q.purpose is Purpose.NSADDR:
             self._nsaddr_progress(now)
-        elif q.purpose is _Purpose.TXT:
+        elif q.purpose is Purpose.TXT:
             self._txt_tried.update(h for h, _ in q.servers)
             self._txt_or_lookup(now)
         else:
@@ -394,21 +328,21 @@ class Discovery:
 
     def _ask_zone(self, qname: dns.name.Name, now: float) -> None:
         self._zone_asked.add(qname)
-        self._new_query(_Purpose.ZONE, qname, dns.rdatatype.NS, list(self.resolvers), True, now)
+        self._new_query(Purpose.ZONE, qname, dns.rdatatype.NS, list(self.resolvers), True, now)
 
-    def _on_zone(self, q: _Query, server: Address, msg: dns.message.Message, now: float) -> None:
+    def _on_zone(self, q: Query, server: Address, msg: dns.message.Message, now: float) -> None:
         rcode = msg.rcode()
-        where = f"{q.label} via resolver {_fmt_server(server)}"
+        where = f"{q.label} via resolver {fmt_server(server)}"
         self._note_cnames(msg)
         if rcode == dns.rcode.NXDOMAIN:
             self._done_with(q)
-            ttl = _negative_ttl(msg)
+            ttl = negative_ttl(msg)
             soa_name = next((r.name.to_text() for r in msg.authority if r.rdtype == dns.rdatatype.SOA), None)
             self._log(f"{where} -> NXDOMAIN (SOA {soa_name or 'absent'})")
             self._finish(Outcome.NXDOMAIN, f"{self.fqdn} does not exist", ttl=ttl or 0)
             return
         if rcode != dns.rcode.NOERROR:
-            self._reject(q, server, now, f"{where} -> {_rcode_text(rcode)}")
+            self._reject(q, server, now, f"{where} -> {rcode_text(rcode)}")
             return
         self._done_with(q)
         targets = [self.name, *self._cname_targets]
@@ -445,7 +379,7 @@ class Discovery:
                     addrs = [rd.to_text() for rd in rrset]
                     self._ns_addrs.setdefault(rrset.name, []).extend(addrs)
                     self._log(f"glue for {rrset.name}: {', '.join(addrs)}")
-            self._phase = f"looking up the name servers of {self._zone}"
+            self._move(DiscoveryState.NS_ADDRESSES)
             self._txt_or_lookup(now)
             return
         soa = next((r for r in msg.authority if r.rdtype == dns.rdatatype.SOA and relevant(r.name)), None)
@@ -474,7 +408,7 @@ class Discovery:
 
     def _txt_or_lookup(self, now: float) -> None:
         """Ask TXT of an untried NS address, or look up NS addresses, or give up."""
-        if self._result is not None:
+        if self.done:
             return
         v4: list[str] = []
         v6: list[str] = []
@@ -486,27 +420,27 @@ class Discovery:
         candidates = v4 + v6
         if candidates:
             assert self._zone is not None
-            self._phase = f"asking the name servers of {self._zone} for TXT"
+            self._move(DiscoveryState.TXT)
             servers = [(a, self.ns_port) for a in candidates]
-            self._new_query(_Purpose.TXT, self._zone, dns.rdatatype.TXT, servers, False, now)
+            self._new_query(Purpose.TXT, self._zone, dns.rdatatype.TXT, servers, False, now)
             return
         todo = [n for n in self._ns_names if n not in self._ns_looked_up]
         if todo:
             for name in todo:
                 self._ns_looked_up.add(name)
                 for rdtype in (dns.rdatatype.A, dns.rdatatype.AAAA):
-                    self._new_query(_Purpose.NSADDR, name, rdtype, list(self.resolvers), True, now)
+                    self._new_query(Purpose.NSADDR, name, rdtype, list(self.resolvers), True, now)
             return
         if not any(self._ns_addrs.values()):
             self._finish_fail(f"no address found for any name server of {self._zone}")
         else:
             self._finish_fail(f"no name server of {self._zone} answered TXT? {self._zone}")
 
-    def _on_nsaddr(self, q: _Query, server: Address, msg: dns.message.Message, now: float) -> None:
+    def _on_nsaddr(self, q: Query, server: Address, msg: dns.message.Message, now: float) -> None:
         rcode = msg.rcode()
-        where = f"{q.label} via resolver {_fmt_server(server)}"
+        where = f"{q.label} via resolver {fmt_server(server)}"
         if rcode not in (dns.rcode.NOERROR, dns.rcode.NXDOMAIN):
-            self._reject(q, server, now, f"{where} -> {_rcode_text(rcode)}")
+            self._reject(q, server, now, f"{where} -> {rcode_text(rcode)}")
             return
         self._done_with(q)
         addrs = self._addresses(msg, q.rdtype)
@@ -518,7 +452,7 @@ class Discovery:
         self._nsaddr_progress(now)
 
     def _nsaddr_progress(self, now: float) -> None:
-        if any(q.purpose is _Purpose.NSADDR and not q.finished for q in self._active):
+        if any(q.purpose is Purpose.NSADDR and not q.finished for q in self._active):
             return
         self._txt_or_lookup(now)
 
@@ -532,16 +466,16 @@ class Discovery:
 
     # ------------------------------------------------------------------------------ steps (c)+(d)
 
-    def _on_txt(self, q: _Query, server: Address, msg: dns.message.Message, now: float) -> None:
+    def _on_txt(self, q: Query, server: Address, msg: dns.message.Message, now: float) -> None:
         rcode = msg.rcode()
-        where = f"{q.label} @{_fmt_server(server)} (direct, RD=0)"
+        where = f"{q.label} @{fmt_server(server)} (direct, RD=0)"
         authoritative = bool(msg.flags & dns.flags.AA)
         if rcode != dns.rcode.NOERROR or not authoritative:
-            what = _rcode_text(rcode) + ("" if authoritative else ", not authoritative")
+            what = rcode_text(rcode) + ("" if authoritative else ", not authoritative")
             self._reject(q, server, now, f"{where} -> {what}")
             return
         self._done_with(q)
-        self._txt_server = _fmt_server(server)
+        self._txt_server = fmt_server(server)
         texts: list[str] = []
         for rrset in msg.answer:
             if rrset.rdtype == dns.rdatatype.TXT and rrset.name == q.qname:
@@ -549,7 +483,7 @@ class Discovery:
                 texts.extend(txt_strings(rd) for rd in rrset)
         self._txt = texts
         if not texts:
-            ttl = _negative_ttl(msg)
+            ttl = negative_ttl(msg)
             if ttl is not None:
                 self._see_ttl(ttl)
             self._log(f"{where} -> AA NOERROR, no TXT at the apex")
@@ -558,21 +492,21 @@ class Discovery:
         marker = next((m for m in (parse_marker(t) for t in texts) if m is not None), None)
         if marker is not None:
             self._log(
-                f"decision: NTM peer; DC marker of {q.qname} names DC {_fmt_server(marker.address)}"
+                f"decision: NTM peer; DC marker of {q.qname} names DC {fmt_server(marker.address)}"
             )
             self._finish(Outcome.NTM_PEER, f"DC marker at {q.qname}", marker=marker)
             return
         self._log(f"decision: general node; no DC marker at {q.qname}: asking A and AAAA of {self.fqdn}")
-        self._phase = f"looking up A/AAAA of {self.fqdn}"
+        self._move(DiscoveryState.ADDRESSES)
         for rdtype in (dns.rdatatype.A, dns.rdatatype.AAAA):
-            self._new_query(_Purpose.ADDR, self.name, rdtype, list(self.resolvers), True, now)
+            self._new_query(Purpose.ADDR, self.name, rdtype, list(self.resolvers), True, now)
 
-    def _on_addr(self, q: _Query, server: Address, msg: dns.message.Message, now: float) -> None:
+    def _on_addr(self, q: Query, server: Address, msg: dns.message.Message, now: float) -> None:
         rcode = msg.rcode()
-        where = f"{q.label} via resolver {_fmt_server(server)}"
+        where = f"{q.label} via resolver {fmt_server(server)}"
         self._note_cnames(msg)
         if rcode not in (dns.rcode.NOERROR, dns.rcode.NXDOMAIN):
-            self._reject(q, server, now, f"{where} -> {_rcode_text(rcode)}")
+            self._reject(q, server, now, f"{where} -> {rcode_text(rcode)}")
             return
         self._done_with(q)
         addrs = self._addresses(msg, q.rdtype)
@@ -583,15 +517,15 @@ class Discovery:
         elif addrs:
             self._log(f"{where} -> {', '.join(addrs)}")
         else:
-            ttl = _negative_ttl(msg)
+            ttl = negative_ttl(msg)
             if ttl is not None:
                 self._see_ttl(ttl)
             self._log(f"{where} -> no address (NODATA)")
         self._addr_progress()
 
     def _addr_progress(self) -> None:
-        queries = [q for q in self._active if q.purpose is _Purpose.ADDR]
-        if any(not q.finished for q in queries) or self._result is not None:
+        queries = [q for q in self._active if q.purpose is Purpose.ADDR]
+        if any(not q.finished for q in queries) or self.done:
             return
         if self._a or self._aaaa:
             self._finish(Outcome.GENERAL_NODE, "general node with addresses")
@@ -610,7 +544,7 @@ class Discovery:
     def _finish(
         self, outcome: Outcome, reason: str, *, ttl: int | None = None, marker: DcMarker | None = None
     ) -> None:
-        if self._result is not None:
+        if self.done:
             return
         if ttl is None:
             ttl = self._ttl if self._ttl is not None else 0
@@ -636,87 +570,7 @@ class Discovery:
             a=tuple(self._a),
             aaaa=tuple(self._aaaa),
         )
+        self._move(DiscoveryState.DONE)
         self._outbox.clear()
         for q in self._active:
             q.finished = True
-
-
-# ---------------------------------------------------------------------------------------------
-# cache
-# ---------------------------------------------------------------------------------------------
-
-
-@dataclass
-class CacheStats:
-    hits: int = 0
-    misses: int = 0
-    evictions: int = 0
-
-
-@dataclass
-class _Entry:
-    result: DiscoveryResult
-    expires: float
-
-
-_PLAIN = frozenset("abcdefghijklmnopqrstuvwxyz0123456789-_.")
-
-
-def cache_key(fqdn: str) -> str:
-    """Case-insensitive, absolute form of a name ('WWW.B.Example' -> 'www.b.example.').
-
-    A string that is not a valid name gets a key no valid name can have (never raises; it cannot
-    match a stored result, since results only exist for valid names). Plain host names (letters,
-    digits, '-', '_') take a fast path that gives what dnspython gives; the rest goes to dnspython.
-    """
-    low = fqdn.lower()
-    if 0 < len(low) <= 253 and _PLAIN.issuperset(low):
-        name = low[:-1] if low.endswith(".") else low
-        if all(0 < len(label) <= 63 for label in name.split(".")):
-            return name + "."
-    try:
-        return dns.name.from_text(fqdn).canonicalize().to_text()
-    except Exception:
-        return "invalid:" + fqdn.lower()
-
-
-@dataclass
-class DiscoveryCache:
-    """Discovery results by FQDN until their TTL runs out (TTL capped by max_ttl). LRU-bounded."""
-
-    max_entries: int = 4096
-    max_ttl: int = 3600
-    stats: CacheStats = field(default_factory=CacheStats)
-    _entries: "OrderedDict[str, _Entry]" = field(default_factory=OrderedDict)
-
-    def get(self, fqdn: str, now: float) -> DiscoveryResult | None:
-        key = cache_key(fqdn)
-        entry = self._entries.get(key)
-        if entry is None or entry.expires <= now:
-            if entry is not None:
-                del self._entries[key]
-            self.stats.misses += 1
-            return None
-        self._entries.move_to_end(key)
-        self.stats.hits += 1
-        return entry.result
-
-    def put(self, result: DiscoveryResult, now: float) -> None:
-        ttl = min(result.ttl, self.max_ttl)
-        if ttl <= 0:
-            return
-        key = cache_key(result.fqdn)
-        self._entries[key] = _Entry(result, now + ttl)
-        self._entries.move_to_end(key)
-        while len(self._entries) > self.max_entries:
-            self._entries.popitem(last=False)
-            self.stats.evictions += 1
-
-    def purge(self, now: float) -> int:
-        stale = [k for k, e in self._entries.items() if e.expires <= now]
-        for k in stale:
-            del self._entries[k]
-        return len(stale)
-
-    def __len__(self) -> int:
-        return len(self._entries)

@@ -1,0 +1,92 @@
+"""What the node core is configured with and what it tells its owner: NodeConfig and the events."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+from ntmobile.crypto import CapsuleOpener, CapsuleSealer, KeyPair
+from ntmobile.wire import Endpoint, NatKind, PathMode, PathRole, Status
+
+from ..common import Event
+
+
+@dataclass(frozen=True, slots=True)
+class NodeConfig:
+    name: str
+    node_id: bytes
+    psk: bytes
+    dc_id: bytes
+    dc_endpoint: Endpoint
+    capabilities: int = 0
+
+
+@dataclass(frozen=True, slots=True)
+class Registered(Event):
+    vip4: str | None
+    vip6: str | None
+    observed: Endpoint
+    nat: NatKind
+    keepalive: int
+
+
+@dataclass(frozen=True, slots=True)
+class RegistrationFailed(Event):
+    status: Status
+    reason: str
+
+
+@dataclass(frozen=True, slots=True)
+class PathInfo:
+    path_id: bytes
+    role: PathRole
+    mode: PathMode
+    peer_name: str | None
+    peer_vip4: str | None
+    peer_vip6: str | None
+    endpoint: Endpoint | None
+    rs_name: str | None
+    data_keys: KeyPair
+    capabilities: int
+    #: The path's capsule sealer/opener (shared with the data plane: one counter per direction).
+    sealer: CapsuleSealer = field(compare=False, repr=False)
+    opener: CapsuleOpener = field(compare=False, repr=False)
+
+
+@dataclass(frozen=True, slots=True)
+class PathReady(Event):
+    path: PathInfo
+    request_ids: tuple[int, ...]
+
+
+@dataclass(frozen=True, slots=True)
+class PathFailed(Event):
+    request_ids: tuple[int, ...]
+    fqdn: str
+    status: Status
+    reason: str
+
+
+@dataclass(frozen=True, slots=True)
+class PathEndpointChanged(Event):
+    path_id: bytes
+    endpoint: Endpoint
+
+
+@dataclass(frozen=True, slots=True)
+class PathClosed(Event):
+    path_id: bytes
+    reason: str
+
+
+@dataclass(frozen=True, slots=True)
+class DataReceived(Event):
+    path_id: bytes
+    payload: bytes
+
+
+def status_of(code: int) -> Status:
+    """A Status from the wire (an unknown code reads as BAD_REQUEST)."""
+    try:
+        return Status(code)
+    except ValueError:
+        return Status.BAD_REQUEST
