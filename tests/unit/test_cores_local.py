@@ -5,8 +5,9 @@ from __future__ import annotations
 import pytest
 
 from ntmobile.core.dc import ClientRegistered, DcConfig, DcCore, DirectionDecision, decide_route
-from ntmobile.core.node import DataReceived, NodeConfig, NodeCore, PathFailed, PathReady, Registered
+from ntmobile.core.node import DataReceived, LookupFallback, NodeConfig, NodeCore, PathFailed, PathReady, Registered
 from ntmobile.core.registry import ClientRecord, MemoryStore, Pools
+from ntmobile.core.timing import DC_LIVENESS_TIMEOUT, DC_QUIET, DC_SILENT_BACKOFF, REGISTRATION_HOLD
 from ntmobile.wire import NatKind, PathMode, PathRole, Role, Status
 
 from .harness import Net, random_loss, seeded_bytes
@@ -31,8 +32,9 @@ def enroll(store: MemoryStore, name: str, idx: int, role: Role = Role.NODE) -> C
 
 
 def make_node(net: Net, rec: ClientRecord, host: str, addr: tuple[str, int], public: tuple[str, int] | None = None,
-              seed: int = 2) -> NodeCore:
-    node = NodeCore(NodeConfig(rec.name, rec.client_id, rec.psk, DC_ID, DC_EP), net.now, seq_base=10**15,
+              seed: int = 2, fallback: bool = True) -> NodeCore:
+    node = NodeCore(NodeConfig(rec.name, rec.client_id, rec.psk, DC_ID, DC_EP, fallback=fallback), net.now,
+                    seq_base=10**15,
                     random_bytes=seeded_bytes(seed))
     net.add(host, node, addr, public)
     node.register((addr,), net.now)
@@ -218,12 +220,47 @@ def test_lookup_before_registration_is_held_until_registered() -> None:
     rid = mn.request_path("gl.a.example", net.now)  # before the Registration Response
     net.run_until(lambda: bool(net.events_of("mn", PathReady)) or bool(net.events_of("mn", PathFailed)))
     assert net.events_of("mn", PathReady)[0].request_ids == (rid,)
-    # With no DC at all, the held lookup fails within the node's budget.
-    net2 = Net()
-    _dc2, store2 = make_dc(net2)
-    lonely = make_node(net2, enroll(store2, "mn.a.example", 1), "mn", ("192.0.2.60", 7412))
-    net2.drop = lambda src, dst, data: dst == "dc"
-    t0 = net2.now
-    lonely.request_path("gl.a.example", net2.now)
-    net2.run_until(lambda: bool(net2.events_of("mn", PathFailed)))
-    assert net2.events_of("mn", PathFailed)[0].status is Status.SERVFAIL and net2.now - t0 < 5.0
+    # With no DC at all, the held lookup falls back (resolved upstream by the stub) within REGISTRATION_HOLD;
+    # without fallback it fails within the node's budget.
+    for fallback, event, bound in ((True, LookupFallback, REGISTRATION_HOLD + 0.01), (False, PathFailed, 5.0)):
+        net2 = Net()
+        _dc2, store2 = make_dc(net2)
+        lonely = make_node(net2, enroll(store2, "mn.a.example", 1), "mn", ("192.0.2.60", 7412), fallback=fallback)
+        net2.drop = lambda src, dst, data: dst == "dc"
+        t0 = net2.now
+        rid2 = lonely.request_path("gl.a.example", net2.now)
+        net2.run_until(lambda: bool(net2.events_of("mn", event)))  # noqa: B023
+        got = net2.events_of("mn", event)[0]
+        assert got.request_ids == (rid2,) and net2.now - t0 < bound
+        assert not net2.events_of("mn", PathFailed if fallback else LookupFallback)
+
+
+def test_a_dc_that_dies_is_noticed_within_the_liveness_timeout_and_remembered() -> None:
+    """A silent DC never breaks DNS: the first lookup after the DC died falls back within
+    DC_LIVENESS_TIMEOUT (not DIRECTION_TIMEOUT); lookups meanwhile fall back at once; once the DC
+    answers again, lookups are tunnelled again."""
+    net = Net()
+    dc, store = make_dc(net)
+    gl = make_node(net, enroll(store, "gl.a.example", 2), "gl", ("192.0.2.50", 7412), seed=3)
+    mn = make_node(net, enroll(store, "mn.a.example", 1), "mn", ("192.0.2.60", 7412))
+    net.run_until(lambda: mn.registered and gl.registered)
+    net.now += DC_QUIET + 0.5  # the DC has been quiet a while (between keepalives)
+    net.drop = lambda src, dst, data: dst == "dc"  # ... and is dead now
+    t0 = net.now
+    rid = mn.request_path("gl.a.example", net.now)
+    net.run_until(lambda: bool(net.events_of("mn", LookupFallback)))
+    assert net.events_of("mn", LookupFallback)[0].request_ids == (rid,)
+    assert net.now - t0 <= DC_LIVENESS_TIMEOUT + 0.01 and mn.stats["dc_silent"] == 1
+    # Remembered: the next lookup falls back at once, without asking the DC.
+    sent = mn.stats.get("dc_liveness_checks", 0)
+    rid2 = mn.request_path("other.a.example", net.now)
+    t1 = net.now
+    net.run_until(lambda: len(net.events_of("mn", LookupFallback)) >= 2)
+    assert net.events_of("mn", LookupFallback)[-1].request_ids == (rid2,) and net.now == t1
+    assert mn.stats.get("dc_liveness_checks", 0) == sent
+    # The DC answers again (its keepalive ack arrives): lookups are tunnelled again.
+    net.drop = lambda src, dst, data: False
+    net.run_until(lambda: mn.stats.get("dc_back", 0) >= 1 or net.now - t0 > DC_SILENT_BACKOFF + 30)
+    rid3 = mn.request_path("gl.a.example", net.now)
+    net.run_until(lambda: bool([e for e in net.events_of("mn", PathReady) if rid3 in e.request_ids]))
+    assert not [e for e in net.events_of("mn", PathFailed) if rid3 in e.request_ids]

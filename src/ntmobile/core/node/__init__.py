@@ -10,6 +10,7 @@
 from .core import EARLY_MAX, RETIRED_KEYS, NodeCore
 from .events import (
     DataReceived,
+    LookupFallback,
     NodeConfig,
     PathClosed,
     PathEndpointChanged,
@@ -22,7 +23,8 @@ from .events import (
 from .paths import PATH_TRANSITIONS, PathState, PathStateError
 
 __all__ = [
-    "EARLY_MAX", "PATH_TRANSITIONS", "RETIRED_KEYS", "DataReceived", "NodeConfig", "NodeCore", "PathClosed",
+    "EARLY_MAX", "PATH_TRANSITIONS", "RETIRED_KEYS", "DataReceived", "LookupFallback", "NodeConfig", "NodeCore",
+    "PathClosed",
     "PathEndpointChanged", "PathFailed", "PathInfo", "PathReady", "PathState", "PathStateError", "Registered",
     "RegistrationFailed",
 ]

@@ -96,6 +96,9 @@ class NodeCore(NodeDirections):
         #: Lookups made before the node is registered: name -> the request ids and their timer.
         self._awaiting_registration = {}
         self._next_request_id = 1
+        self._dc_heard_at = now
+        self._dc_silent_until = -1e9
+        self._liveness = None
         self._now_hint = now
         self._moved_at = -1e9
         #: Set by addresses_changed; the next Registration Response then re-directs NTM-peer paths.
@@ -120,6 +123,7 @@ class NodeCore(NodeDirections):
 
     def _registration_outcome(self, outcome: RegistrationOutcome, now: float) -> None:
         if isinstance(outcome, SessionUp):
+            self._dc_heard(now)
             self._on_registered(outcome.response, now)
         elif isinstance(outcome, AttemptFailed):
             status = Status.SERVFAIL if outcome.status is None else status_of(outcome.status)
@@ -253,6 +257,8 @@ class NodeCore(NodeDirections):
             return
         if header.flags & SignalFlags.LONG_TERM:
             lt_msg = self._dc.receive_long_term(header, data, addr, now)
+            if lt_msg is not None:
+                self._dc_heard(now)
             if isinstance(lt_msg, StatusMessage):
                 self._on_long_term_status(header, lt_msg, now)
             elif isinstance(lt_msg, Keepalive):
@@ -267,6 +273,7 @@ class NodeCore(NodeDirections):
         msg = self._open(session, header, data)
         if msg is None:
             return
+        self._dc_heard(now)
         if isinstance(msg, RouteDirection):
             self._on_route_direction(header, msg, addr, now)
         elif isinstance(msg, KeepaliveAck):

@@ -11,6 +11,7 @@ from dataclasses import dataclass
 from ntmobile.wire import (
     DirectionRequest,
     Endpoint,
+    Keepalive,
     PathMode,
     PathRole,
     RouteDirection,
@@ -20,10 +21,11 @@ from ntmobile.wire import (
     StatusMessage,
 )
 
-from ..common import Timer, new_txid
-from ..timing import DIRECTION_TIMEOUT, EARLY_HOLD
-from .events import PathFailed, PathReady, status_of
-from .paths import LookupTag, RedirectTag, _Path
+from ..common import Timer, _Pending, new_txid
+from ..registration import DcState
+from ..timing import DC_LIVENESS_TIMEOUT, DC_QUIET, DC_SILENT_BACKOFF, DIRECTION_TIMEOUT, EARLY_HOLD, REGISTRATION_HOLD
+from .events import LookupFallback, PathFailed, PathReady, status_of
+from .paths import LivenessTag, LookupTag, RedirectTag, _Path
 from .tunnel import NodeTunnels
 
 
@@ -52,6 +54,11 @@ class NodeDirections(NodeTunnels):
     _redirects: dict[int, bytes]
     _early: list[tuple[bytes, bytes, Endpoint, float]]
     _next_request_id: int
+    #: When the DC was last heard from (any authenticated datagram), until when it counts as silent,
+    #: and the liveness Keepalive in flight (docs/operations.md, "When the DC is silent").
+    _dc_heard_at: float
+    _dc_silent_until: float
+    _liveness: _Pending | None
 
     def receive_datagram(self, data: bytes, addr: Endpoint, now: float) -> None:  # pragma: no cover - core.py
         raise NotImplementedError
@@ -75,23 +82,75 @@ class NodeDirections(NodeTunnels):
             if lookup.fqdn == name:
                 lookup.request_ids.append(rid)
                 return rid
+        fallback = self.config.fallback
+        if fallback and now < self._dc_silent_until:
+            self._fall_back((rid,), name, "the DC is not answering")
+            return rid
         if self._dc.session is None:
+            if fallback and self._dc.state is DcState.BACKOFF:
+                self._fall_back((rid,), name, "not registered with the DC")
+                return rid
             # Not registered yet (start-up, or re-registering after a DC restart): hold the lookup until
-            # the registration completes, within the same budget as a Direction Request.
+            # the registration completes: REGISTRATION_HOLD, then fall back (without fallback: the
+            # budget of a Direction Request, then fail).
             waiting = self._awaiting_registration.get(name)
             if waiting is not None:
                 waiting.request_ids.append(rid)
             else:
                 wait = self._awaiting_registration[name] = _RegistrationWait([rid])
-                wait.timer = self._call_at(now + DIRECTION_TIMEOUT,
+                wait.timer = self._call_at(now + (REGISTRATION_HOLD if fallback else DIRECTION_TIMEOUT),
                                            functools.partial(self._registration_wait_over, name))
             return rid
         self._send_direction_request(name, [rid], now)
+        if fallback:
+            self._check_dc_alive(now)
         return rid
 
     def _registration_wait_over(self, name: str, now: float) -> None:
         wait = self._awaiting_registration.pop(name)
-        self._emit(PathFailed(tuple(wait.request_ids), name, Status.SERVFAIL, "not registered with the DC"))
+        if self.config.fallback:
+            self._fall_back(tuple(wait.request_ids), name, "not registered with the DC")
+        else:
+            self._emit(PathFailed(tuple(wait.request_ids), name, Status.SERVFAIL, "not registered with the DC"))
+
+    # -- a silent DC never breaks DNS --------------------------------------------------------------
+    def _fall_back(self, rids: tuple[int, ...], name: str, reason: str) -> None:
+        self.stats["lookups_fallback"] += len(rids)
+        self._emit(LookupFallback(rids, name, reason))
+
+    def _check_dc_alive(self, now: float) -> None:
+        """A lookup found the DC quiet for a while: ask it for a sign of life (a session Keepalive) beside
+        the Direction Request, so a dead DC is noticed within DC_LIVENESS_TIMEOUT, not DIRECTION_TIMEOUT."""
+        session = self._dc.session
+        if session is None or self._liveness is not None or now - self._dc_heard_at <= DC_QUIET:
+            return
+        self.stats["dc_liveness_checks"] += 1
+        self._liveness = self._request(session, Keepalive(), new_txid(self._rand), self.config.dc_endpoint, now,
+                                       timeout=DC_LIVENESS_TIMEOUT, tag=LivenessTag(),
+                                       on_timeout=self._dc_went_silent)
+
+    def _dc_heard(self, now: float) -> None:
+        """An authenticated datagram from the DC: it is alive."""
+        self._dc_heard_at = now
+        if self._liveness is not None:
+            self._cancel_request(self._liveness)
+            self._liveness = None
+        if self._dc_silent_until > now:
+            self._dc_silent_until = now
+            self.stats["dc_back"] += 1
+
+    def _dc_went_silent(self, now: float) -> None:
+        """The liveness Keepalive went unanswered: the DC counts as silent for DC_SILENT_BACKOFF, and the
+        lookups waiting for it fall back now."""
+        self._liveness = None
+        self._dc_silent_until = now + DC_SILENT_BACKOFF
+        self.stats["dc_silent"] += 1
+        session = self._dc.session
+        for txid, lookup in list(self._lookups.items()):
+            del self._lookups[txid]
+            if session is not None:
+                self._answered(session, txid)
+            self._fall_back(tuple(lookup.request_ids), lookup.fqdn, "the DC is not answering")
 
     def _send_held_lookups(self, now: float) -> None:
         """The node is registered: the lookups held meanwhile go to the DC now."""

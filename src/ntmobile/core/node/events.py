@@ -18,6 +18,9 @@ class NodeConfig:
     dc_id: bytes
     dc_endpoint: Endpoint
     capabilities: int = 0
+    #: While the DC is silent or the node unregistered, lookups fall back (LookupFallback) instead of
+    #: waiting for DIRECTION_TIMEOUT and failing.
+    fallback: bool = True
 
 
 @dataclass(frozen=True, slots=True)
@@ -56,6 +59,16 @@ class PathInfo:
 class PathReady(Event):
     path: PathInfo
     request_ids: tuple[int, ...]
+
+
+@dataclass(frozen=True, slots=True)
+class LookupFallback(Event):
+    """The DC is silent, or the node is not registered: the lookups ``request_ids`` of ``fqdn`` are not
+    tunnelled; the stub resolves them upstream (a general node) or refuses them (an NTM peer)."""
+
+    request_ids: tuple[int, ...]
+    fqdn: str
+    reason: str
 
 
 @dataclass(frozen=True, slots=True)

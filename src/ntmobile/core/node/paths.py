@@ -57,6 +57,11 @@ class NatProbeTag:
 
 
 @dataclass(frozen=True, slots=True)
+class LivenessTag:
+    """The node's Keepalive asking a quiet DC for a sign of life before a lookup waits on it."""
+
+
+@dataclass(frozen=True, slots=True)
 class LookupTag:
     """A Direction Request for a name (a DNS-triggered lookup)."""
 
