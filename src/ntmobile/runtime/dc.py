@@ -235,7 +235,7 @@ class DcDaemon:
             now = self.driver.now()
             if self._node_registrations and now - self._summary_at >= REGISTRATION_SUMMARY_SECONDS:
                 log.info("registered %d nodes in the last %.0f s (%d sessions)", self._node_registrations,
-                         now - self._summary_at, len(self.core._sessions))
+                         now - self._summary_at, self.core.session_count())
                 self._node_registrations = 0
                 self._summary_at = now
 
@@ -361,7 +361,7 @@ class DcDaemon:
             return {"decisions": self.decisions}
         if cmd == "stats":  # counters only: cheap with many sessions (benches, monitoring)
             return {"stats": dict(self.core.stats), "paths": len(self.core.paths),
-                    "sessions": len(self.core._sessions), "relays": len(self.core.relays()),
+                    "sessions": self.core.session_count(), "relays": len(self.core.relays()),
                     "driver": self.driver.status()}
         return {
             "role": "dc", "domain": self.settings.domain, "dc_id": self.dc_id.hex(),
