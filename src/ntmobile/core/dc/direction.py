@@ -524,6 +524,10 @@ class Directions:
         if r is not None:
             core.redirects.finished(r, status)
 
+    def flows(self) -> list[_Flow]:
+        """The flows answering the Direction Requests the DC remembers (introspection, tests)."""
+        return list(self._asked.values())
+
     def sweep(self, now: float) -> None:
         """Forget the replies older than REPLY_CACHE_SECONDS."""
         expired = [k for k, f in self._asked.items() if f.finished and now - f.done_at > REPLY_CACHE_SECONDS]
