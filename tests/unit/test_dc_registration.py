@@ -7,8 +7,8 @@ from __future__ import annotations
 
 import pytest
 
-from ntmobile.core.dc import sessions as dcsessions
 from ntmobile.core.dc import DcConfig, DcCore
+from ntmobile.core.dc import sessions as dcsessions
 from ntmobile.core.node import NodeConfig, NodeCore, RegistrationFailed
 from ntmobile.core.registry import ClientRecord, MemoryStore, Pools
 from ntmobile.core.timing import EPHEMERAL_LIFETIME

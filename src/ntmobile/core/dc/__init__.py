@@ -2,9 +2,10 @@
 ``core`` (DcCore: input, dispatch, sweep), ``sessions`` (the session table), ``registration``,
 ``natprobe``, ``direction`` (general nodes, local NTM peers, relay choice), ``peering`` (DC to DC),
 ``redirect`` (re-direction after moves), ``paths`` (the path table and the route decision), ``flows``
-(every flow's record, states and transitions), ``config`` and ``events``."""
+(every flow's record, states and transitions), ``zones`` (the authoritative DNS policy), ``config``
+and ``events``."""
 
-from .config import DcConfig
+from .config import DcConfig, rsn_refused
 from .core import DcCore
 from .events import (
     ClientRegistered,
@@ -27,6 +28,7 @@ from .peering import (
     PEER_UNVERIFIED_MAX,
 )
 from .sessions import LONG_TERM_CACHE
+from .zones import DcZones
 
 __all__ = [
     "LONG_TERM_CACHE",
@@ -39,6 +41,7 @@ __all__ = [
     "ClientRegistered",
     "DcConfig",
     "DcCore",
+    "DcZones",
     "DirectionDecision",
     "NatClassified",
     "PathRecord",
@@ -50,5 +53,6 @@ __all__ = [
     "VerifyPeerDc",
     "decide_route",
     "reachable",
+    "rsn_refused",
     "same_nat",
 ]

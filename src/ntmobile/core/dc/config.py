@@ -3,6 +3,7 @@ policy."""
 
 from __future__ import annotations
 
+from collections.abc import Iterable
 from dataclasses import dataclass
 
 from ntmobile.wire import Endpoint
@@ -34,3 +35,9 @@ class DcConfig:
             if fqdn == dom or fqdn.endswith("." + dom):
                 return dom
         return None
+
+
+def rsn_refused(pools: Iterable[str | None], addresses: Iterable[str]) -> tuple[str, ...]:
+    """The prefixes never given to an RS-N, allow-list or not (``DcConfig.rsn_refuse``): the VIP and
+    GN-VIP ``pools`` and the DC's own ``addresses`` (docs/security.md, "RS-N targets")."""
+    return tuple(dict.fromkeys([*(p for p in pools if p), *addresses]))
