@@ -78,10 +78,10 @@ class DcCore(CoreBase):
         #: What each message type on a session goes to.
         self._dispatch: dict[type[Message], _Handler] = {
             Keepalive: self._on_keepalive,
-            DirectionRequest: self._on_direction_request,
-            RelayProbeResult: self._on_probe_result,
-            DirectionResponse: self._on_direction_response,
-            RouteDirectionAck: self._on_route_ack,
+            DirectionRequest: self.directions.on_request,
+            RelayProbeResult: self.directions.on_probe_result,
+            DirectionResponse: self.directions.on_relay_response,
+            RouteDirectionAck: self.directions.on_route_ack,
             PathRelease: self._on_path_release,
             StatusMessage: self._on_answer,
             PathReleaseAck: self._on_answer,
@@ -180,22 +180,6 @@ class DcCore(CoreBase):
         if msg.load is not None:
             session.load = msg.load
         self._reply(session.channel, KeepaliveAck(observed=addr), header.txid, addr)
-
-    def _on_direction_request(self, session: _Session, header: SignalHeader, msg: DirectionRequest,
-                              addr: Endpoint, now: float) -> None:
-        self.directions.on_request(session, header, msg, now)
-
-    def _on_probe_result(self, session: _Session, header: SignalHeader, msg: RelayProbeResult, addr: Endpoint,
-                         now: float) -> None:
-        self.directions.on_probe_result(session, header, msg, now)
-
-    def _on_direction_response(self, session: _Session, header: SignalHeader, msg: DirectionResponse,
-                               addr: Endpoint, now: float) -> None:
-        self.directions.on_relay_response(session, header, msg, now)
-
-    def _on_route_ack(self, session: _Session, header: SignalHeader, msg: RouteDirectionAck, addr: Endpoint,
-                      now: float) -> None:
-        self.directions.on_route_ack(session, header, msg, now)
 
     def _on_path_release(self, session: _Session, header: SignalHeader, msg: PathRelease, addr: Endpoint,
                          now: float) -> None:

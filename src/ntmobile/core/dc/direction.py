@@ -11,6 +11,7 @@ from typing import TYPE_CHECKING, Any, TypeVar
 from ntmobile.wire import (
     DirectionRequest,
     DirectionResponse,
+    Endpoint,
     Message,
     MessageType,
     NatKind,
@@ -103,7 +104,8 @@ class Directions:
         self._targets = (core.config, _target_policy(core.config))
 
     # -- the node's request ---------------------------------------------------------------------------
-    def on_request(self, node: _Session, header: SignalHeader, msg: DirectionRequest, now: float) -> None:
+    def on_request(self, node: _Session, header: SignalHeader, msg: DirectionRequest, addr: Endpoint,
+                   now: float) -> None:
         core = self._core
         key = (node.record.client_id, header.txid)
         existing = self._asked.get(key)
@@ -284,7 +286,8 @@ class Directions:
         m = self._metrics.get((rs, gn_addr))
         return m is not None and m[2] > now
 
-    def on_probe_result(self, rs: _Session, header: SignalHeader, msg: RelayProbeResult, now: float) -> None:
+    def on_probe_result(self, rs: _Session, header: SignalHeader, msg: RelayProbeResult, addr: Endpoint,
+                        now: float) -> None:
         pending = self._core._answered(rs.channel, header.txid)
         if pending is not None and isinstance(pending.tag, ProbeTag):
             ok = header.status == Status.OK
@@ -399,7 +402,8 @@ class Directions:
         if was_alive:
             core.redirects.move_paths_off(rs.record.name, now)
 
-    def on_relay_response(self, rs: _Session, header: SignalHeader, msg: DirectionResponse, now: float) -> None:
+    def on_relay_response(self, rs: _Session, header: SignalHeader, msg: DirectionResponse, addr: Endpoint,
+                          now: float) -> None:
         core = self._core
         pending = core._answered(rs.channel, header.txid)
         if pending is None:
@@ -448,7 +452,8 @@ class Directions:
     def _responder_timed_out(self, f: _PeerSetup, now: float) -> None:
         self.fail(f, Status.PEER_UNREACHABLE, f"{f.fqdn} did not acknowledge its Route Direction")
 
-    def on_route_ack(self, session: _Session, header: SignalHeader, msg: RouteDirectionAck, now: float) -> None:
+    def on_route_ack(self, session: _Session, header: SignalHeader, msg: RouteDirectionAck, addr: Endpoint,
+                     now: float) -> None:
         pending = self._core._answered(session.channel, header.txid)
         if pending is None or not isinstance(pending.tag, RouteTag):
             return  # (a MovedTag: the node took the moved path; nothing waits for it)
