@@ -160,8 +160,7 @@ class Directions:
             self._core.stats["direction_peer_marker_missing"] += 1
             self.fail(f, Status.PEER_UNREACHABLE, f"{f.fqdn} is an NTM peer ({why}) but its zone has no "
                       "DC marker: not reached as a general node")
-        elif result.outcome is Outcome.GENERAL_NODE:
-            assert isinstance(f, Asked)  # a re-direction's name is always an NTM peer (above)
+        elif result.outcome is Outcome.GENERAL_NODE and isinstance(f, Asked):  # (a Redirect's is a peer: above)
             self._direct_general_node(f, result, now)
         elif result.outcome is Outcome.NXDOMAIN:
             self.fail(f, Status.NXDOMAIN, result.reason or f"{f.fqdn} does not exist")
