@@ -310,7 +310,7 @@ def test_a_configured_peer_domain_without_its_marker_fails_the_direction_never_a
     assert not w.rs.entries() and not w.mn.paths()  # no Relay Direction, no general-node path
     assert not any(r.mode is PathMode.RS_N for r in w.dca.paths.values())
     # a name outside every configured peer domain is still a general node
-    assert w.dca._configured_key("www.c.example") is None
+    assert w.dca.peering.configured_key("www.c.example") is None
 
 
 def test_a_redirected_ntm_peer_path_whose_marker_is_gone_is_not_made_a_general_node_path() -> None:
@@ -385,12 +385,12 @@ def test_an_unverified_sender_cannot_name_requesters_of_another_domain() -> None
 def test_path_id_in_use_at_the_peer_dc_is_retried_with_a_new_one() -> None:
     w = World("cone", "none")
     ids = iter([b"\x99" * 8])
-    original = w.dca._new_path_id
+    original = w.dca.path_table.new_path_id
 
     def first_collides() -> bytes:
         return next(ids, None) or original()
 
-    w.dca._new_path_id = first_collides  # type: ignore[method-assign]
+    w.dca.path_table.new_path_id = first_collides  # type: ignore[method-assign]
     w.dcb.paths[b"\x99" * 8] = PathRecord(b"\x99" * 8, "other", "other", PathMode.DIRECT, None, w.net.now)
     ready = w.connect(w.mn, "mn", "cn.b.example")
     assert isinstance(ready, PathReady) and ready.path.path_id != b"\x99" * 8
@@ -426,6 +426,6 @@ def test_hellos_with_unverifiable_keys_do_not_accumulate() -> None:
     assert dcb.stats["drop_peer_hello_unverified_full"] == 10
     for t in tokens:
         dcb.peer_dc_verified(t, None, w.net.now)  # no marker vouches for any of them
-    assert len(dcb._peers_by_key) <= 1  # only keys that are trusted or verified remain
+    assert len(dcb.peering.by_key) <= 1  # only keys that are trusted or verified remain
     ready = w.connect(w.mn, "mn", "cn.b.example")  # the real peer DC still gets through
     assert isinstance(ready, PathReady)

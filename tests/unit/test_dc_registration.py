@@ -7,8 +7,8 @@ from __future__ import annotations
 
 import pytest
 
-from ntmobile.core import dc as dcmod
 from ntmobile.core.dc import DcConfig, DcCore
+from ntmobile.core.dc import sessions as dcsessions
 from ntmobile.core.node import NodeConfig, NodeCore, RegistrationFailed
 from ntmobile.core.registry import ClientRecord, MemoryStore, Pools
 from ntmobile.core.timing import EPHEMERAL_LIFETIME
@@ -84,7 +84,7 @@ def test_retransmitted_request_gets_the_same_session_again() -> None:
     dc.receive_datagram(first, ep(0), 1.0)
     lost = dc.datagrams_to_send()  # the response is lost
     assert len(lost) == 1
-    session = dc._sessions[node.config.node_id]
+    session = dc.clients.by_id[node.config.node_id]
     node.handle_timer(2.0)  # the node retransmits (same txid and ephemeral, resealed)
     [dg_again] = node.datagrams_to_send()
     again = dg_again.data
@@ -92,7 +92,7 @@ def test_retransmitted_request_gets_the_same_session_again() -> None:
     dc.receive_datagram(again, ep(0), 2.0)
     [resp] = dc.datagrams_to_send()
     assert dc.stats["registration_retransmits"] == 1 and dc.stats["registrations"] == 1
-    assert dc._sessions[node.config.node_id] is session
+    assert dc.clients.by_id[node.config.node_id] is session
     node.receive_datagram(resp.data, DC_EP, 2.0)
     assert node.registered
     # The session keys agree: a session message from the node is accepted.
@@ -103,18 +103,18 @@ def test_retransmitted_request_gets_the_same_session_again() -> None:
 
 
 def test_evicted_long_term_channel_is_rebuilt_and_still_refuses_a_replay(monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setattr(dcmod, "LONG_TERM_CACHE", 2)
+    monkeypatch.setattr(dcsessions, "LONG_TERM_CACHE", 2)
     dc, store, nodes = make(4)
     captured = request(nodes[0], 0, 1.0)
     dc.receive_datagram(captured, ep(0), 1.0)
     for i in (1, 2, 3):  # push node 0's long-term channel out of the cache
         dc.receive_datagram(request(nodes[i], i, 1.0), ep(i), 1.0)
-    assert nodes[0].config.node_id not in dc._lt
+    assert not dc.clients.long_term_cached(nodes[0].config.node_id)
     dc.datagrams_to_send()
     dc.receive_datagram(captured, ("203.0.113.9", 4444), 2.0)  # replayed from elsewhere
     assert dc.stats["drop_replay"] == 1
     assert dc.datagrams_to_send() == []
-    assert dc._sessions[nodes[0].config.node_id].endpoint == ep(0)
+    assert dc.clients.by_id[nodes[0].config.node_id].endpoint == ep(0)
     rec = store.get_client(nodes[0].config.node_id)
     assert rec is not None and rec.last_seq == parse_signal_header(captured).seq
 
@@ -124,7 +124,7 @@ def test_dc_ephemeral_lives_at_most_one_second() -> None:
     dc.receive_datagram(request(nodes[0], 0, 1.0), ep(0), 1.0)
     dc.receive_datagram(request(nodes[1], 1, 1.5), ep(1), 1.5)
     dc.receive_datagram(request(nodes[2], 2, 1.0 + EPHEMERAL_LIFETIME + 0.01), ep(2), 2.01)
-    s = [dc._sessions[n.config.node_id] for n in nodes]
+    s = [dc.clients.by_id[n.config.node_id] for n in nodes]
     assert s[0].dc_eph == s[1].dc_eph
     assert s[2].dc_eph != s[0].dc_eph
     assert len({x.channel.keys.send for x in s}) == 3  # every session has its own keys

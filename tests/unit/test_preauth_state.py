@@ -59,8 +59,8 @@ def test_datagrams_held_for_unverified_peer_dcs_are_bounded_in_count_and_bytes()
             size = 60000 if seq % 2 else MAX_SIGNAL_SIZE
             dcb.receive_datagram(sealed_looking(MessageType.PEER_QUERY, sender, seq + 1, size), ("192.0.2.99", 7410),
                                  w.net.now)
-    held = [d for p in dcb._peers_by_key.values() for _h, d, _a in p.held]
+    held = [d for p in dcb.peering.by_key.values() for _h, d, _a in p.held]
     assert len(held) <= PEER_HELD_TOTAL and all(len(d) <= MAX_SIGNAL_SIZE for d in held)
-    assert max(len(p.held) for p in dcb._peers_by_key.values()) <= PEER_HELD_MAX
+    assert max(len(p.held) for p in dcb.peering.by_key.values()) <= PEER_HELD_MAX
     sent = len(ids) * (PEER_HELD_MAX + 4)
     assert dcb.stats["peer_held"] == len(held) and dcb.stats["peer_held"] + dcb.stats["drop_peer_held"] == sent

@@ -71,7 +71,7 @@ def test_nodes_notice_the_dead_relay_and_the_dc_moves_the_path_keeping_id_keys_a
     # (the DC's Relay Direction to the dead relay times out after 0.8 s, then rs2 accepts).
     assert moved_after <= KEEPALIVE + 3.0 + 1.5, moved_after
     assert mn.stats["rss_relay_lost"] + cn.stats["rss_relay_lost"] >= 1
-    w.net.run_until(lambda: not mn._pending and not cn._pending and not w.dc._redirecting, max_time=10)
+    w.net.run_until(lambda: not mn._pending and not cn._pending and not w.dc.redirects.running, max_time=10)
     _direct_roundtrip(w, pid, b"through rs2")
     for n, core in w.nodes.items():
         info, counter = before[n]
@@ -115,7 +115,7 @@ def test_with_no_relay_left_the_path_is_rebuilt_when_the_relay_returns() -> None
     first_key = w.rs.entry(pid).direction.relay_key  # type: ignore[union-attr]
     kill(w, "rs")
     w.net.run_until(lambda: w.dc.stats["directions_failed"] + w.dc.stats["path_moves_failed"] >= 1, max_time=60)
-    assert pid in w.dc._waiting_relay and mn.path_info(pid) is not None  # the path is kept meanwhile
+    assert pid in w.dc.redirects.waiting_relay and mn.path_info(pid) is not None  # the path is kept meanwhile
     # The relay restarts: empty relay table, registers again.
     w.net.drop = None
     rs = RsCore(w.rs.config, w.net.now, seq_base=10**16, random_bytes=seeded_bytes(9))
@@ -124,7 +124,7 @@ def test_with_no_relay_left_the_path_is_rebuilt_when_the_relay_returns() -> None
     rs.register(w.net.now)
     back = w.net.now
     w.net.run_until(lambda: rs.entry(pid) is not None and not mn._pending and not cn._pending
-                    and not w.dc._redirecting, max_time=30)
+                    and not w.dc.redirects.running, max_time=30)
     assert w.net.now - back <= 5 + 2.0  # registration, then the DC's next sweep (every relay_keepalive)
     assert rs.entry(pid).direction.relay_key != first_key  # type: ignore[union-attr]
     _direct_roundtrip(w, pid, b"rebuilt")
@@ -141,7 +141,7 @@ def test_both_nodes_asking_at_once_are_served_one_after_the_other() -> None:
     mn._redirect_path(mn._paths[pid], w.net.now)
     cn._redirect_path(cn._paths[pid], w.net.now)
     w.net.run_until(lambda: w.on_relay(pid, "rs2") and not mn._redirects and not cn._redirects
-                    and not w.dc._redirecting and not w.dc._redirect_queue, max_time=20)
+                    and not w.dc.redirects.running and not w.dc.redirects.queue, max_time=20)
     assert w.dc.stats["redirects_queued"] == 1
     key = w.rs2.entry(pid).direction.relay_key  # type: ignore[union-attr]
     assert mn._paths[pid].rd.relay_key == cn._paths[pid].rd.relay_key == key

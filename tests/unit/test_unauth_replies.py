@@ -106,7 +106,7 @@ def test_hellos_of_a_verified_peer_from_its_endpoint_are_not_limited_and_spoofed
     ready = w.connect(w.mn, "mn", "cn.b.example")
     assert isinstance(ready, PathReady)
     dcb = w.dcb
-    peer = dcb._peers_by_key[DCA_KEY]
+    peer = dcb.peering.by_key[DCA_KEY]
     assert peer.endpoint == DCA_EP and peer.domains
     before = dcb.stats["peer_hellos"]
     hello = pack_peer_hello(w.dca.config.dc_id, 9, PeerHello(domain="a.example", key=DCA_KEY),

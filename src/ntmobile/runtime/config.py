@@ -161,8 +161,9 @@ class DcSettings(_Model):
     def name_server(self, domain: str) -> tuple[str, tuple[str, ...]]:
         """The name server of a served domain as its zone and its parent's delegation name it:
         (host name without the trailing dot, addresses)."""
-        ns_name = self.ns_name if (self.ns_name and domain == self.domain) else f"dc.{domain}"
-        return ns_name, tuple(self.ns_addresses or [self.address])
+        from ntmobile.core.dc.zones import ns_host
+
+        return ns_host(domain, self.domains, self.ns_name or ""), tuple(self.ns_addresses or [self.address])
 
 
 class RsSettings(_Model):

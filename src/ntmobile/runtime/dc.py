@@ -17,14 +17,13 @@ import time
 from pathlib import Path
 from typing import Any
 
-import dns.message
-import dns.name
 from cryptography.hazmat.primitives.asymmetric.x25519 import X25519PrivateKey
 
 from ntmobile.core.dc import (
     ClientRegistered,
     DcConfig,
     DcCore,
+    DcZones,
     DirectionDecision,
     NatClassified,
     PeerDcNote,
@@ -33,14 +32,11 @@ from ntmobile.core.dc import (
     RelayLost,
     ResolveRequest,
     VerifyPeerDc,
+    rsn_refused,
 )
 from ntmobile.core.discovery import Discovery, DiscoveryCache, DiscoveryResult, Outcome
 from ntmobile.core.dnsauth import (
     UDP_AMPLIFICATION_MAX,
-    AuthoritativeZone,
-    NameServer,
-    NodeRecords,
-    SoaFields,
     format_marker,
 )
 from ntmobile.core.registry import Pools, StoreError
@@ -89,14 +85,6 @@ class _ProbeProtocol(asyncio.DatagramProtocol):
         pass
 
 
-def rsn_refused(s: DcSettings) -> tuple[str, ...]:
-    """Prefixes never given to an RS-N, allow-list or not: the VIP and GN-VIP pools and the DC's own
-    addresses (docs/security.md, "RS-N targets")."""
-    p = s.pools
-    pools = [x for x in (p.vip4, p.vip6, p.gn_vip4, p.gn_vip6) if x]
-    return tuple(dict.fromkeys([*pools, s.address, *s.ns_addresses]))
-
-
 def _lowest_priority() -> None:
     """Run the calling thread at nice 19 (Linux nices threads one by one): the checkpoint thread then
     only takes the CPU the event loop leaves idle, even when the DC is pinned to one core."""
@@ -125,38 +113,11 @@ class DcDaemon:
         self._summary_at = 0.0
         self.commit_errors = 0
 
-    def make_zones(self) -> list[AuthoritativeZone]:
+    def make_zones(self) -> DcZones:
         """One authoritative zone per served domain; each carries the DC marker TXT at its apex."""
         s = self.settings
-        zones = []
-        for domain in s.domains:
-            ns_name, ns_addrs = s.name_server(domain)
-            zones.append(AuthoritativeZone(
-                domain + ".",
-                soa=SoaFields(mname=ns_name + ".", rname=f"hostmaster.{domain}.", serial=int(self.started)),
-                nameservers=[NameServer(ns_name + ".", ns_addrs)],
-                marker=format_marker(s.address, s.port, self.public_key),
-                lookup=self._lookup_name,
-            ))
-        return zones
-
-    def respond(self, query: bytes, tcp: bool) -> bytes | None:
-        """Answer from the zone the question falls in (the first zone refuses names outside all)."""
-        zone = self.zones[0]
-        if len(self.zones) > 1:
-            try:
-                qname = dns.message.from_wire(query).question[0].name
-                zone = next((z for z in self.zones if qname.is_subdomain(z.origin)), zone)
-            except Exception:
-                pass
-        return zone.respond(query, tcp=tcp)
-
-    def _lookup_name(self, name: dns.name.Name) -> NodeRecords | None:
-        text = name.to_text().rstrip(".").lower()
-        rec = self.store.client_by_name(text)
-        if rec is None or rec.role is not Role.NODE:
-            return None
-        return NodeRecords(a=(rec.vip4,) if rec.vip4 else (), aaaa=(rec.vip6,) if rec.vip6 else ())
+        return DcZones(s.domains, self.store, ns_name=s.ns_name or "", ns_addresses=s.ns_addresses or [s.address],
+                       marker=format_marker(s.address, s.port, self.public_key), serial=int(self.started))
 
     async def run(self, stop: asyncio.Event) -> None:
         s = self.settings
@@ -167,7 +128,9 @@ class DcDaemon:
         cfg = DcConfig(s.domain, self.dc_id, keepalive=s.keepalive, relay_keepalive=s.relay_keepalive,
                        idle_timeout=s.idle_timeout, extra_domains=tuple(s.extra_domains), secret=self.secret,
                        peers=tuple((p.domain.rstrip(".").lower(), p.key_bytes) for p in s.peers), probe=probe,
-                       rsn_allow=tuple(s.rsn_allow), rsn_refuse=rsn_refused(s))
+                       rsn_allow=tuple(s.rsn_allow),
+                       rsn_refuse=rsn_refused((s.pools.vip4, s.pools.vip6, s.pools.gn_vip4, s.pools.gn_vip6),
+                                              (s.address, *s.ns_addresses)))
         db = Path(s.database)
         counter = counter_floor(db.with_name(db.name + ".counter"), block=DC_BLOCK)
         self.core = DcCore(cfg, self.store, loop.time(), seq_base=time.time_ns() // 1000, counter=counter)
@@ -191,12 +154,13 @@ class DcDaemon:
                     proto = (lambda: asyncio.DatagramProtocol()) if is_filter else (lambda: _ProbeProtocol(self))
                     tr, _ = await loop.create_datagram_endpoint(proto, sock=sock)
                     self.probe_transports[(is_filter, fam)] = tr
-        self.zones = self.make_zones()
+        dns_zones = self.make_zones()
+        self.zones = dns_zones.zones
         for host in (s.listen4, s.listen6):
             if host is None:
                 continue
             try:
-                self.dns_servers.append(await serve_dns(self.respond, host, s.dns_port,
+                self.dns_servers.append(await serve_dns(dns_zones.respond, host, s.dns_port,
                                                         max_reply_factor=UDP_AMPLIFICATION_MAX))
             except OSError as exc:
                 if host == s.listen4:
@@ -234,7 +198,7 @@ class DcDaemon:
             now = self.driver.now()
             if self._node_registrations and now - self._summary_at >= REGISTRATION_SUMMARY_SECONDS:
                 log.info("registered %d nodes in the last %.0f s (%d sessions)", self._node_registrations,
-                         now - self._summary_at, len(self.core._sessions))
+                         now - self._summary_at, self.core.session_count())
                 self._node_registrations = 0
                 self._summary_at = now
 
@@ -360,7 +324,7 @@ class DcDaemon:
             return {"decisions": self.decisions}
         if cmd == "stats":  # counters only: cheap with many sessions (benches, monitoring)
             return {"stats": dict(self.core.stats), "paths": len(self.core.paths),
-                    "sessions": len(self.core._sessions), "relays": len(self.core.relays()),
+                    "sessions": self.core.session_count(), "relays": len(self.core.relays()),
                     "driver": self.driver.status()}
         return {
             "role": "dc", "domain": self.settings.domain, "dc_id": self.dc_id.hex(),

@@ -1,0 +1,43 @@
+"""The DC's configuration (DcConfig): its domains, keys, peer DCs, probe endpoints and RS-N target
+policy."""
+
+from __future__ import annotations
+
+from collections.abc import Iterable
+from dataclasses import dataclass
+
+from ntmobile.wire import Endpoint
+
+
+@dataclass(frozen=True, slots=True)
+class DcConfig:
+    domain: str
+    dc_id: bytes
+    keepalive: int = 15
+    relay_keepalive: int = 5
+    idle_timeout: int = 120
+    #: Further domains this DC is authoritative for (one DC may serve several).
+    extra_domains: tuple[str, ...] = ()
+    #: The DC's static X25519 secret (its public key is in the marker TXT). Empty: no DC-to-DC.
+    secret: bytes = b""
+    #: Configured peer DCs: (domain, static public key). They take precedence over DNS markers.
+    peers: tuple[tuple[str, bytes], ...] = ()
+    #: The DC's probe endpoints (one per family) for NAT classification; empty: no probes.
+    probe: tuple[Endpoint, ...] = ()
+    #: RS-N targets: prefixes opened although not globally routable (operator allow-list), and prefixes
+    #: always refused (the VIP and GN-VIP pools, the DC's own addresses). docs/security.md "RS-N targets".
+    rsn_allow: tuple[str, ...] = ()
+    rsn_refuse: tuple[str, ...] = ()
+
+    def own_domain(self, fqdn: str) -> str | None:
+        """The domain of this DC that ``fqdn`` belongs to, or None."""
+        for dom in (self.domain, *self.extra_domains):
+            if fqdn == dom or fqdn.endswith("." + dom):
+                return dom
+        return None
+
+
+def rsn_refused(pools: Iterable[str | None], addresses: Iterable[str]) -> tuple[str, ...]:
+    """The prefixes never given to an RS-N, allow-list or not (``DcConfig.rsn_refuse``): the VIP and
+    GN-VIP ``pools`` and the DC's own ``addresses`` (docs/security.md, "RS-N targets")."""
+    return tuple(dict.fromkeys([*(p for p in pools if p), *addresses]))

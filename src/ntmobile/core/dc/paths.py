@@ -1,0 +1,136 @@
+"""The DC's path table: every path it directed (PathRecord), new Path IDs, releases, who holds a
+path's key, and the route decision between two NTM nodes."""
+
+from __future__ import annotations
+
+import ipaddress
+from dataclasses import dataclass
+from typing import TYPE_CHECKING
+
+from ntmobile.wire import Endpoint, NatKind, PathMode, PathRelease, PathRole, RelayDirection, RouteDirection, RsType
+
+from ..common import new_txid
+from ..timing import RELAY_DIRECTION_TIMEOUT
+from .config import DcConfig
+from .sessions import _Session
+
+if TYPE_CHECKING:
+    from .core import DcCore
+
+
+@dataclass(slots=True)
+class PathRecord:
+    path_id: bytes
+    initiator: str
+    peer: str
+    mode: PathMode
+    rs: str | None
+    created: float
+    gn_map: tuple[tuple[str, str], ...] = ()
+    path_key: bytes = b""
+    #: The role of ``initiator`` (the node that asked last) on the path; the other node has the other.
+    requester_role: PathRole = PathRole.INITIATOR
+    #: The path's relay key (made once, kept when a re-direction switches DIRECT <-> RS-S).
+    relay_key: bytes = b""
+    #: Who holds the path's sealers: each node's name with the process instance it got the key in. A
+    #: re-direction re-sends the key only to those instances (docs/security.md §3).
+    holders: tuple[tuple[str, bytes], ...] = ()
+
+
+def reachable(nat: NatKind) -> bool:
+    """Reachable from anywhere at its observed endpoint: no NAT, or an open (one-to-one) NAT."""
+    return nat in (NatKind.NONE, NatKind.OPEN)
+
+
+def same_nat(a_nat: NatKind, a_observed: Endpoint, b_nat: NatKind, b_observed: Endpoint) -> bool:
+    """Both nodes behind one NAT: both translated, same observed address."""
+    return a_nat is not NatKind.NONE and b_nat is not NatKind.NONE and a_observed[0] == b_observed[0]
+
+
+def decide_route(a_nat: NatKind, a_observed: Endpoint, b_nat: NatKind, b_observed: Endpoint) -> tuple[PathMode, bool]:
+    """The route table for two NTM nodes (docs/protocol.md, "Route decision"); ``a`` is the requester.
+
+    ``*_nat`` is the DC's classification (NONE, OPEN, CONE, SYMMETRIC; unclassified NAT counts as
+    CONE). Returns (mode, a_initiates). Relayed paths are always initiated by the requester.
+    """
+    try:
+        fam_a = ipaddress.ip_address(a_observed[0]).version
+        fam_b = ipaddress.ip_address(b_observed[0]).version
+    except ValueError:
+        return PathMode.RS_S, True
+    if fam_a != fam_b:
+        return PathMode.RS_S, True  # IPv4 / IPv6 mismatch: only a dual-stack relay joins them
+    if same_nat(a_nat, a_observed, b_nat, b_observed):
+        return PathMode.DIRECT, True  # same NAT: direct on private addresses (NAT type irrelevant)
+    if reachable(a_nat) and reachable(b_nat):
+        return PathMode.DIRECT, True
+    if NatKind.SYMMETRIC in (a_nat, b_nat):
+        return PathMode.RS_S, True  # an endpoint-dependent mapping: nobody can be told where to send
+    if reachable(a_nat):
+        return PathMode.DIRECT, False  # only b is behind a (cone) NAT: b initiates and opens it
+    if reachable(b_nat):
+        return PathMode.DIRECT, True
+    return PathMode.RS_S, True  # both behind different filtering NATs
+
+
+def peer_targets(of: _Session, mode: PathMode, behind_one_nat: bool) -> tuple[Endpoint, ...]:
+    """Where the other node of a DIRECT path sends its Tunnel Request to reach ``of``."""
+    if mode is not PathMode.DIRECT:
+        return ()
+    return of.local_endpoints if behind_one_nat else (of.endpoint,)
+
+
+def peer_route(config: DcConfig, path_id: bytes, mode: PathMode, path_key: bytes, relay_key: bytes | None,
+               me: _Session, other: _Session, role: PathRole, peer_endpoints: tuple[Endpoint, ...]) -> RouteDirection:
+    """The Route Direction that tells ``me`` of its path with ``other`` (both nodes of this DC)."""
+    return RouteDirection(path_id=path_id, path_role=role, mode=mode, path_key=path_key,
+                          idle_timeout=config.idle_timeout,
+                          keepalive=config.keepalive if me.nat is NatKind.NAT else 0,
+                          peer_name=other.record.name, peer_vip4=other.record.vip4,
+                          peer_vip6=other.record.vip6, peer_endpoints=peer_endpoints, relay_key=relay_key)
+
+
+def rss_direction(config: DcConfig, path_id: bytes, relay_key: bytes | None, ini: _Session,
+                  res: _Session) -> RelayDirection:
+    """The Relay Direction of an RS-S path between two nodes of this DC (``ini`` initiates)."""
+    return RelayDirection(path_id=path_id, rs_type=RsType.S, idle_timeout=config.idle_timeout,
+                          relay_key=relay_key, node_vip4=ini.record.vip4, node_vip6=ini.record.vip6,
+                          peer_vip4=res.record.vip4, peer_vip6=res.record.vip6,
+                          node_endpoint=ini.endpoint, responder_endpoint=res.endpoint)
+
+
+class PathTable:
+    """The paths by Path ID, and the RS-N path of each (node, general-node mapping)."""
+
+    def __init__(self, core: DcCore) -> None:
+        self._core = core
+        self.records: dict[bytes, PathRecord] = {}
+        #: RS-N path per (node name, GN mapping), for reuse without scanning every path.
+        self.rsn_by_gn: dict[tuple[str, tuple[tuple[str, str], ...]], bytes] = {}
+
+    def new_path_id(self) -> bytes:
+        core = self._core
+        while True:
+            pid = core._rand(8)
+            if pid not in self.records and pid != core.config.dc_id and core.store.get_client(pid) is None:
+                return pid
+
+    def release(self, path_id: bytes, now: float) -> None:
+        """Forget a path and tell its relay (if any) to drop it."""
+        rec = self.records.pop(path_id, None)
+        if rec is None or rec.rs is None:
+            return
+        core = self._core
+        rs = core.clients.relay_named(rec.rs)
+        if rs is not None:
+            core._request(rs.channel, PathRelease(path_id=path_id), new_txid(core._rand), rs.endpoint, now,
+                         timeout=RELAY_DIRECTION_TIMEOUT)
+
+    def holds(self, rec: PathRecord, s: _Session, now: float) -> bool:
+        """Whether ``s`` runs as the process instance that got ``rec``'s key; if not, the path is dropped
+        (its relay entry released): the key must never reach a restarted process."""
+        if dict(rec.holders).get(s.record.name) == s.instance:
+            return True
+        self._core.stats["paths_dropped_peer_restarted"] += 1
+        self.release(rec.path_id, now)
+        return False

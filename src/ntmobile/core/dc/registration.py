@@ -1,0 +1,141 @@
+"""Registration of nodes and relays with the DC: the long-term handshake that makes a session, its
+retransmitted responses, rejections, and the group commit of the registry writes of a batch."""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING
+
+from ntmobile.crypto import Channel, Ephemeral, session_keys
+from ntmobile.wire import (
+    VERSION,
+    Endpoint,
+    MessageType,
+    NatKind,
+    RegistrationRequest,
+    RegistrationResponse,
+    Role,
+    SignalFlags,
+    SignalHeader,
+    Status,
+    StatusMessage,
+)
+
+from ..registry import ClientRecord, StoreError
+from ..timing import EPHEMERAL_LIFETIME
+from .events import ClientRegistered, RegistrationRejected
+from .sessions import _Session
+
+if TYPE_CHECKING:
+    from .core import DcCore
+
+
+class Registration:
+    """Answers Registration Requests on clients' long-term channels."""
+
+    def __init__(self, core: DcCore) -> None:
+        self._core = core
+        self._eph: Ephemeral | None = None
+        self._eph_at = -1e9
+        #: Between begin_batch and end_batch: the registrations answered (whose registry writes the
+        #: runtime commits at end_batch): session, response datagram, long-term channel, txid, address.
+        self._batch: list[tuple[_Session, bytes, Channel, int, Endpoint]] | None = None
+
+    # -- group commit (the runtime brackets each batch of datagrams) -------------------------------
+    def begin_batch(self) -> None:
+        self._batch = []
+
+    def end_batch(self, error: str | None) -> None:
+        batch, self._batch = self._batch, None
+        if error is None or not batch:
+            return
+        core = self._core
+        failed = {id(data) for _s, data, _lt, _t, _a in batch}
+        core._out = [dg for dg in core._out if id(dg.data) not in failed]
+        for session, _data, lt, txid, addr in batch:
+            core.clients.remove(session)
+            core.stats["registrations"] -= 1
+            self._reject(lt, session.record, txid, addr, Status.STORAGE_ERROR, f"registry cannot be written: {error}")
+
+    def _ephemeral(self, now: float) -> Ephemeral:
+        eph = self._eph
+        if eph is None or now - self._eph_at >= EPHEMERAL_LIFETIME or now < self._eph_at:
+            eph = self._eph = Ephemeral(self._core._rand)
+            self._eph_at = now
+        return eph
+
+    # -- the handshake ------------------------------------------------------------------------------
+    def on_request(self, record: ClientRecord, header: SignalHeader, data: bytes, addr: Endpoint,
+                   now: float) -> None:
+        core = self._core
+        lt = core.clients.long_term(record)
+        msg = core._open(lt, header, data)
+        if not isinstance(msg, RegistrationRequest):
+            return
+        reg_tag = (header.txid << 64) | int.from_bytes(msg.ephemeral[:8], "big")
+        old = core.clients.get(record.client_id)
+        if old is not None and old.reg_tag == reg_tag:
+            # Our response was lost: send it again (same session, same keys; resealed).
+            core.stats["registration_retransmits"] += 1
+            core._reply(lt, self._response(old, addr), header.txid, addr, flags=SignalFlags.LONG_TERM)
+            return
+        try:
+            core.store.set_last_seq(record.client_id, header.seq)
+        except StoreError as exc:
+            self._reject(lt, record, header.txid, addr, Status.STORAGE_ERROR, f"registry cannot be written: {exc}")
+            return
+        if not msg.versions[0] <= VERSION <= msg.versions[1]:
+            self._reject(lt, record, header.txid, addr, Status.UNSUPPORTED_VERSION,
+                         f"DC speaks version {VERSION}, node offers {msg.versions[0]}..{msg.versions[1]}")
+            return
+        if msg.role != record.role or msg.name.rstrip(".").lower() != record.name:
+            self._reject(lt, record, header.txid, addr, Status.NOT_AUTHORIZED,
+                         "name or role does not match the enrolment")
+            return
+        if record.role is Role.NODE:
+            try:
+                record.vip4, record.vip6 = core.store.assign_vips(record.client_id, record)
+            except StoreError as exc:
+                self._reject(lt, record, header.txid, addr, Status.STORAGE_ERROR, f"cannot assign a VIP: {exc}")
+                return
+        else:
+            record.vip4 = record.vip6 = None
+        nat = NatKind.NONE if addr in msg.local_endpoints else NatKind.NAT
+        eph = self._ephemeral(now)
+        try:
+            shared = eph.exchange(msg.ephemeral)
+        except ValueError:
+            core.stats["drop_auth"] += 1
+            return
+        keys = session_keys(record.psk, shared, record.client_id, msg.ephemeral, eph.public).swapped()
+        probe = None
+        if record.role is Role.NODE and nat is NatKind.NAT:
+            probe = next((p for p in core.config.probe if (":" in p[0]) == (":" in addr[0])), None)
+        session = _Session(record, Channel(keys, core.config.dc_id), addr, msg.local_endpoints, nat, now,
+                           msg.capabilities, reg_tag=reg_tag, dc_eph=eph.public,
+                           instance=msg.instance or reg_tag.to_bytes(24, "big"),
+                           probe=probe, load=msg.load or 0)
+        core.clients.add(session)
+        if probe is not None:
+            core.natprobe.send_filter_probe(session, lt, addr)
+        data_out = core._reply(lt, self._response(session, addr), header.txid, addr, flags=SignalFlags.LONG_TERM)
+        if self._batch is not None:
+            self._batch.append((session, data_out, lt, header.txid, addr))
+        core.stats["registrations"] += 1
+        core._emit(ClientRegistered(record.name, record.role, record.vip4, record.vip6, addr, nat))
+
+    def _response(self, s: _Session, addr: Endpoint) -> RegistrationResponse:
+        rec, config = s.record, self._core.config
+        if rec.role is Role.RELAY:
+            keepalive = config.relay_keepalive
+        else:
+            keepalive = config.keepalive if s.nat is NatKind.NAT else 0
+        return RegistrationResponse(ephemeral=s.dc_eph, version=VERSION, observed=addr, nat=s.nat,
+                                    keepalive=keepalive, vip4=rec.vip4, vip6=rec.vip6, name=rec.name, probe=s.probe)
+
+    def _reject(self, lt: Channel, record: ClientRecord, txid: int, addr: Endpoint, status: Status,
+                reason: str) -> None:
+        core = self._core
+        core.stats["registrations_rejected"] += 1
+        core._reply(lt, StatusMessage(answers=MessageType.REGISTRATION_REQUEST, reason=reason), txid, addr,
+                    status=status, flags=SignalFlags.LONG_TERM)
+        core._emit(RegistrationRejected(record.name, status, reason))
