@@ -81,7 +81,7 @@ def test_strangers_get_nothing_and_allocate_nothing() -> None:
     _eph, wrong_mac = request(token, secret=os.urandom(32))
     stranger = JoinToken(os.urandom(8), os.urandom(32), NOW + 60, DC_ID, "192.0.2.10", 7410, "a.example")
     _eph, unknown = request(stranger)
-    for data in (wrong_mac, unknown, b"\x01\x21" + b"\x00" * 20, os.urandom(58)):
+    for data in (wrong_mac, unknown, b"\x01\x21" + b"\x00" * 20, os.urandom(58), bytes(2000)):
         assert desk.receive(data, NOW) is None
     assert store._clients == {} and store.get_join(token.token_id).used_by is None  # type: ignore[union-attr]
     assert desk.stats["join_refused_auth"] == 2 and desk.stats["joins"] == 0

@@ -130,7 +130,7 @@ class DcDaemon:
                        peers=tuple((p.domain.rstrip(".").lower(), p.key_bytes) for p in s.peers), probe=probe,
                        rsn_allow=tuple(s.rsn_allow),
                        rsn_refuse=rsn_refused((s.pools.vip4, s.pools.vip6, s.pools.gn_vip4, s.pools.gn_vip6),
-                                              (s.address, *s.ns_addresses)))
+                                              (s.address, *s.ns_addresses)), address=s.address, port=s.port)
         db = Path(s.database)
         counter = counter_floor(db.with_name(db.name + ".counter"), block=DC_BLOCK)
         self.core = DcCore(cfg, self.store, loop.time(), seq_base=time.time_ns() // 1000, counter=counter)

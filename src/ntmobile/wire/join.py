@@ -12,10 +12,12 @@ the unpadded base64url of::
     55 addr_len    u8,    then the DC's address (ASCII)
        domain_len  u8,    then the DC's domain (ASCII)
 
-Join Request (node -> DC signalling port, 58 bytes)::
+Join Request (node -> DC signalling port, JOIN_REQUEST_PADDED = 256 bytes)::
 
     0  version u8 (1)   1 type u8 (0x21)   2 token_id 8 B   10 ephemeral 32 B (X25519)
     42 mac 16 B: HMAC-SHA256(join MAC key, bytes 0..41), first 16 bytes
+    58 zero padding to 256 bytes: the DC's answer (at most 4 times its request, as every reply to input
+       whose source address nobody verified) then fits even the longest names
 
 Join Response (DC -> node)::
 
@@ -41,7 +43,8 @@ from .errors import CodecError
 
 TOKEN_PREFIX = "ntmj1."
 MAC_SIZE = 16
-JOIN_REQUEST_SIZE = 2 + ID_SIZE + 32 + MAC_SIZE  # 58
+JOIN_REQUEST_SIZE = 2 + ID_SIZE + 32 + MAC_SIZE  # 58: what the DC reads
+JOIN_REQUEST_PADDED = 256  # what the node sends
 _HEAD = struct.Struct("!BB8s")
 
 
@@ -117,7 +120,8 @@ def parse_token(text: str) -> JoinToken:
 
 
 def pack_join_request(token_id: bytes, ephemeral: bytes, mac: bytes) -> bytes:
-    return _HEAD.pack(VERSION, MessageType.JOIN_REQUEST, token_id) + ephemeral + mac
+    body = _HEAD.pack(VERSION, MessageType.JOIN_REQUEST, token_id) + ephemeral + mac
+    return body + bytes(JOIN_REQUEST_PADDED - len(body))
 
 
 def join_request_signed_part(token_id: bytes, ephemeral: bytes) -> bytes:
@@ -126,12 +130,12 @@ def join_request_signed_part(token_id: bytes, ephemeral: bytes) -> bytes:
 
 def parse_join_request(data: bytes) -> tuple[bytes, bytes, bytes]:
     """(token_id, ephemeral, mac). CodecError if malformed."""
-    if len(data) != JOIN_REQUEST_SIZE:
+    if not JOIN_REQUEST_SIZE <= len(data) <= JOIN_REQUEST_PADDED:
         raise CodecError("join request: wrong size")
     version, mtype, token_id = _HEAD.unpack_from(data)
     if version != VERSION or mtype != MessageType.JOIN_REQUEST:
         raise CodecError("join request: wrong version or type")
-    return token_id, data[10:42], data[42:]
+    return token_id, data[10:42], data[42:58]
 
 
 def join_response_head(token_id: bytes, status: int, ephemeral: bytes = b"") -> bytes:

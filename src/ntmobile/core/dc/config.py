@@ -6,7 +6,7 @@ from __future__ import annotations
 from collections.abc import Iterable
 from dataclasses import dataclass
 
-from ntmobile.wire import Endpoint
+from ntmobile.wire import DC_PORT, Endpoint
 
 
 @dataclass(frozen=True, slots=True)
@@ -28,6 +28,9 @@ class DcConfig:
     #: always refused (the VIP and GN-VIP pools, the DC's own addresses). docs/security.md "RS-N targets".
     rsn_allow: tuple[str, ...] = ()
     rsn_refuse: tuple[str, ...] = ()
+    #: The DC's public signalling endpoint, as joined nodes' credentials name it (core/join.py).
+    address: str = ""
+    port: int = DC_PORT
 
     def own_domain(self, fqdn: str) -> str | None:
         """The domain of this DC that ``fqdn`` belongs to, or None."""

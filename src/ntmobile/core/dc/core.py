@@ -37,6 +37,7 @@ from ntmobile.wire.frame import SIGNAL_HEADER_SIZE, pack_version_not_supported, 
 
 from ..common import CoreBase
 from ..discovery import DiscoveryResult
+from ..join import JoinDesk, JoinDeskConfig
 from ..registry import ClientRecord, Store
 from ..timing import RELAY_DEAD_AFTER
 from .config import DcConfig
@@ -75,6 +76,10 @@ class DcCore(CoreBase):
         self.directions = Directions(self)
         self.peering = Peering(self, now)
         self.redirects = Redirects(self)
+        #: Nodes joining with a token (core/join.py).
+        self.joins = JoinDesk(JoinDeskConfig(config.dc_id, config.address, config.port, config.domain), store,
+                              random_bytes)
+        self._t0 = now
         #: What each message type on a session goes to.
         self._dispatch: dict[type[Message], _Handler] = {
             Keepalive: self._on_keepalive,
@@ -108,6 +113,14 @@ class DcCore(CoreBase):
         return self.clients.relays()
 
     # -- input --------------------------------------------------------------------------------
+    def _on_join(self, data: bytes, addr: Endpoint, now: float) -> None:
+        """A Join Request: the join desk answers (or not: unknown token, bad MAC) on the wall clock."""
+        answer = self.joins.receive(data, (self.seq_base + int((now - self._t0) * 1_000_000)) // 1_000_000)
+        for key, n in self.joins.stats.items():
+            self.stats[key] = n
+        if answer is not None:
+            self._send_unauthenticated(answer, len(data), addr)
+
     def receive_datagram(self, data: bytes, addr: Endpoint, now: float) -> None:
         if len(data) >= SIGNAL_HEADER_SIZE and data[0] != VERSION and data[1] != MessageType.VERSION_NOT_SUPPORTED:
             # A client of another protocol version: tell it which versions we speak (unauthenticated,
@@ -120,6 +133,9 @@ class DcCore(CoreBase):
             _v, mtype = peek(data)
             if mtype == MessageType.DATA:
                 self.stats["drop_data_at_dc"] += 1
+                return
+            if mtype == MessageType.JOIN_REQUEST:
+                self._on_join(data, addr, now)
                 return
             header = parse_signal_header(data)
         except CodecError:
