@@ -284,8 +284,11 @@ class World:
     also seeds the cores' randomness). Cores are reachable as attributes by host name (``w.mn``)."""
 
     def __init__(self, *, dc_id: bytes | None = None, nat: bool = False, loss: float = 0.0, seed: int = 1,
-                 seq_base: int = 10**15, pools: Pools = WORLD_POOLS) -> None:
+                 seq_base: int = 10**15, pools: Pools = WORLD_POOLS, fallback: bool | None = None) -> None:
         self.net: Net = NatNet() if nat else Net(drop=random_loss(loss, seed) if loss else None)
+        #: The nodes' DNS fallback (NodeConfig.fallback). Under loss it is off by default: a lost liveness
+        #: check would make a lookup untunnelled, and lossy scenarios test the retransmissions.
+        self.fallback = (not loss) if fallback is None else fallback
         self.seq_base = seq_base
         self.nodes: dict[str, NodeCore] = {}
         self.stores: dict[str, MemoryStore] = {}
@@ -349,8 +352,8 @@ class World:
             self._seed += 1
             seed = self._seed
         dc = self.net.hosts["dc"].core
-        core = self.add_node(host, NodeConfig(rec.name, rec.client_id, rec.psk, dc.config.dc_id, WORLD_DC_EP),
-                             place[0], public=place[1], seed=seed)
+        core = self.add_node(host, NodeConfig(rec.name, rec.client_id, rec.psk, dc.config.dc_id, WORLD_DC_EP,
+                                              fallback=self.fallback), place[0], public=place[1], seed=seed)
         core.register((place[0],), self.net.now)
         self.net.run_until(lambda: core.registered and bool(dc.relays()))
         return core

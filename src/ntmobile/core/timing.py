@@ -36,11 +36,10 @@ MOVED_GRACE = 2 * TUNNEL_TIMEOUT
 #: Tunnel Requests for a path the node does not know yet (its Route Direction is still on the way)
 #: are held this long: at most TUNNEL_TIMEOUT, past which the initiator has given up on them.
 EARLY_HOLD = 2.0
-#: A silent DC never breaks DNS (docs/operations.md, "When the DC is silent"). A lookup that finds the DC
-#: quiet for more than DC_QUIET sends a session Keepalive beside its Direction Request; no answer within
-#: DC_LIVENESS_TIMEOUT (one retransmission at RTO_INITIAL) marks the DC silent for DC_SILENT_BACKOFF,
-#: and lookups meanwhile fall back to the upstream resolvers at once (untunnelled).
-DC_QUIET = 2.0
+#: A silent DC never breaks DNS (docs/operations.md, "When the DC is silent"). A Direction Request goes
+#: with a session Keepalive (unless one is in flight already: a burst of lookups shares it); no answer
+#: within DC_LIVENESS_TIMEOUT (one retransmission at RTO_INITIAL) marks the DC silent for
+#: DC_SILENT_BACKOFF, and lookups meanwhile fall back to the upstream resolvers at once (untunnelled).
 DC_LIVENESS_TIMEOUT = 0.6
 DC_SILENT_BACKOFF = 10.0
 #: A lookup while the node is (re-)registering waits this long for the registration, then falls back.

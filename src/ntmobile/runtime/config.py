@@ -215,6 +215,9 @@ class NodeSettings(_Model):
         "auto", description="how the host's resolver is pointed at the stub: systemd-resolved's per-link DNS, "
                             "rewriting resolv.conf (restored on exit), auto (resolved when it runs), none")
     resolv_conf: str = Field("/etc/resolv.conf", description="the resolv.conf the resolv.conf mode rewrites")
+    dns_fallback: Literal["upstream", "off"] = Field(
+        "upstream", description="when the DC is silent or the node unregistered: resolve general nodes' names "
+                                "upstream (untunnelled) and fail NTM peers' at once; off: wait, then SERVFAIL")
 
 
 class Credentials(_Model):

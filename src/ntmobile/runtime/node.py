@@ -11,6 +11,7 @@ import os
 import signal
 import socket
 import time
+from collections import Counter
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -21,8 +22,10 @@ import dns.rcode
 import dns.rdatatype
 import dns.rrset
 
+from ntmobile.core.discovery import Discovery, DiscoveryCache, DiscoveryResult, Outcome
 from ntmobile.core.node import (
     DataReceived,
+    LookupFallback,
     NodeConfig,
     NodeCore,
     PathClosed,
@@ -34,6 +37,7 @@ from ntmobile.core.node import (
     RegistrationFailed,
 )
 from ntmobile.core.stubpolicy import StubPolicy, failure_rcode, normalize
+from ntmobile.core.timing import DISCOVERY_DEADLINE, FALLBACK_TTL
 from ntmobile.crypto.channel import PROCESS_POOL, REASSEMBLY_TIMEOUT, reassembly_snapshot
 from ntmobile.dataplane.forwarder import PATH_MTU, FwdPath, NodeForwarder, gso_max_size, inner_mtu
 from ntmobile.dataplane.tun import Tun, open_tun
@@ -47,6 +51,7 @@ from . import dnsclasses  # noqa: F401  (dnspython's IN rdata classes before any
 from .config import ConfigError, Credentials, NodeSettings, group_id
 from .control import serve_control
 from .counters import counter_floor
+from .dns import run_discovery
 from .driver import CoreDriver
 from .hostdns import HostDns, take_host_dns
 from .stub import StubServer
@@ -96,6 +101,9 @@ class NodeDaemon:
         #: The host's resolver settings the node holds (runtime.hostdns) and the stub's upstream servers.
         self.host_dns = HostDns("none", settings.dns_listen)
         self.upstream: list[str] = list(settings.upstream)
+        #: Lookups answered without the DC (dns_fallback), by outcome, and what discovery found meanwhile.
+        self.fallback_stats: Counter[str] = Counter()
+        self.fallback_cache = DiscoveryCache()
 
     # -- start-up ---------------------------------------------------------------------------------
     async def run(self, stop: asyncio.Event) -> None:
@@ -104,7 +112,8 @@ class NodeDaemon:
         self.tun = open_data_tun(s.tun, s.offload)
         caps = Capability.INNER6 | (Capability.GSO if offload_active(self.tun) else 0)
         cfg = NodeConfig(self.creds.name, self.creds.id_bytes, self.creds.psk, self.creds.dc_id_bytes,
-                         (self.creds.dc_address, self.creds.dc_port), capabilities=int(caps))
+                         (self.creds.dc_address, self.creds.dc_port), capabilities=int(caps),
+                         fallback=s.dns_fallback == "upstream")
         state = Path(s.state_dir) if s.state_dir else Path(s.credentials).parent
         counter = counter_floor(state / f"node-{self.creds.client_id}.counter")
         self.core = NodeCore(cfg, loop.time(), counter=counter)
@@ -255,6 +264,14 @@ class NodeDaemon:
                     for h in lk.held:
                         self.answer_failure(h, ev.status)
             self._refreshing.discard(ev.fqdn)
+        elif isinstance(ev, LookupFallback):
+            log.info("lookup of %s not tunnelled: %s", ev.fqdn, ev.reason)
+            for rid in ev.request_ids:
+                lk = self.lookups.pop(rid, None)
+                if lk is not None:
+                    for h in lk.held:
+                        self.driver.spawn(self.fallback_answer(h, ev.fqdn), self._tasks, "DNS fallback")
+            self._refreshing.discard(ev.fqdn)
         elif isinstance(ev, PathEndpointChanged):
             self.fwd.set_endpoint(ev.path_id, ev.endpoint)
         elif isinstance(ev, PathClosed):
@@ -367,6 +384,37 @@ class NodeDaemon:
         if not h.reply.done():
             h.reply.set_result(_response(h.query, rcode).to_wire())
 
+    async def fallback_answer(self, h: _Held, fqdn: str) -> None:
+        """The DC is silent or the node unregistered (docs/operations.md, "When the DC is silent"): a
+        general node's name is answered with its real addresses (untunnelled, FALLBACK_TTL); an NTM
+        peer's (its zone has a DC marker) fails at once, as do names discovery cannot resolve."""
+        loop = asyncio.get_running_loop()
+        result = self.fallback_cache.get(fqdn, loop.time())
+        if result is None:
+            resolvers = [(a, self.settings.upstream_port) for a in self.upstream]
+            if not resolvers:
+                result = DiscoveryResult(fqdn, Outcome.SERVFAIL, reason="no upstream resolvers")
+            else:
+                try:
+                    result = await run_discovery(Discovery(fqdn, resolvers, loop.time(), deadline=DISCOVERY_DEADLINE))
+                except ValueError as exc:
+                    result = DiscoveryResult(fqdn, Outcome.NXDOMAIN, reason=str(exc))
+                self.fallback_cache.put(result, loop.time())
+        r = _response(h.query, {Outcome.NXDOMAIN: dns.rcode.NXDOMAIN, Outcome.GENERAL_NODE: dns.rcode.NOERROR,
+                                Outcome.NODATA: dns.rcode.NOERROR}.get(result.outcome, dns.rcode.SERVFAIL))
+        if result.outcome is Outcome.GENERAL_NODE:
+            self.fallback_stats["untunnelled"] += 1
+            addrs = result.a if h.qtype == dns.rdatatype.A else result.aaaa
+            if addrs:
+                r.answer.append(dns.rrset.from_text(h.query.question[0].name, FALLBACK_TTL, "IN",
+                                                    dns.rdatatype.to_text(dns.rdatatype.RdataType(h.qtype)), *addrs))
+        elif result.outcome is Outcome.NTM_PEER:
+            self.fallback_stats["ntm_peer_refused"] += 1
+        else:
+            self.fallback_stats[result.outcome.value] += 1
+        if not h.reply.done():
+            h.reply.set_result(r.to_wire())
+
     async def forward_upstream(self, wire: bytes, tcp: bool) -> bytes | None:
         loop = asyncio.get_running_loop()
         for server in self.upstream:
@@ -418,7 +466,8 @@ class NodeDaemon:
             "reassembly": reassembly_snapshot(),
             "dns_stub": {"received": self.stub.received, "dropped": self.stub.dropped, "errors": self.stub.errors,
                          "pending": len(self.stub.tasks), "address": self.settings.dns_listen,
-                         "host_integration": self.host_dns.mode, "upstream": self.upstream},
+                         "host_integration": self.host_dns.mode, "upstream": self.upstream,
+                         "fallback": dict(self.fallback_stats)},
             "offloads": sorted(self.tun.features), "gso": offload_active(self.tun), "error": self.last_error,
             "tun": self.tun.name, "uptime": round(time.time() - self.started, 1), "handover_at": self.handover_at,
             "driver": self.driver.status(),

@@ -23,7 +23,7 @@ from ntmobile.wire import (
 
 from ..common import Timer, _Pending, new_txid
 from ..registration import DcState
-from ..timing import DC_LIVENESS_TIMEOUT, DC_QUIET, DC_SILENT_BACKOFF, DIRECTION_TIMEOUT, EARLY_HOLD, REGISTRATION_HOLD
+from ..timing import DC_LIVENESS_TIMEOUT, DC_SILENT_BACKOFF, DIRECTION_TIMEOUT, EARLY_HOLD, REGISTRATION_HOLD
 from .events import LookupFallback, PathFailed, PathReady, status_of
 from .paths import LivenessTag, LookupTag, RedirectTag, _Path
 from .tunnel import NodeTunnels
@@ -119,10 +119,11 @@ class NodeDirections(NodeTunnels):
         self._emit(LookupFallback(rids, name, reason))
 
     def _check_dc_alive(self, now: float) -> None:
-        """A lookup found the DC quiet for a while: ask it for a sign of life (a session Keepalive) beside
-        the Direction Request, so a dead DC is noticed within DC_LIVENESS_TIMEOUT, not DIRECTION_TIMEOUT."""
+        """Ask the DC for a sign of life (a session Keepalive) beside a Direction Request, so a dead DC is
+        noticed within DC_LIVENESS_TIMEOUT, not DIRECTION_TIMEOUT (its answer to a Direction Request may
+        take the whole discovery; a Keepalive's comes at once). One in flight serves every lookup."""
         session = self._dc.session
-        if session is None or self._liveness is not None or now - self._dc_heard_at <= DC_QUIET:
+        if session is None or self._liveness is not None:
             return
         self.stats["dc_liveness_checks"] += 1
         self._liveness = self._request(session, Keepalive(), new_txid(self._rand), self.config.dc_endpoint, now,
