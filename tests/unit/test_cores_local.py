@@ -4,7 +4,9 @@ from __future__ import annotations
 
 import pytest
 
-from ntmobile.core.dc import ClientRegistered, DcConfig, DcCore, DirectionDecision, decide_route
+from ntmobile.core.dc import ClientRegistered, DcConfig, DcCore, DirectionDecision, ResolveRequest, decide_route
+from ntmobile.core.discovery import DiscoveryResult, Evidence, Outcome
+from ntmobile.core.dnsauth import DcMarker
 from ntmobile.core.node import DataReceived, LookupFallback, NodeConfig, NodeCore, PathFailed, PathReady, Registered
 from ntmobile.core.registry import ClientRecord, MemoryStore, Pools
 from ntmobile.core.timing import DC_LIVENESS_TIMEOUT, DC_SILENT_BACKOFF, REGISTRATION_HOLD
@@ -267,3 +269,55 @@ def test_a_dc_that_dies_is_noticed_within_the_liveness_timeout_and_remembered() 
     rid3 = mn.request_path("gl.a.example", net.now)
     net.run_until(lambda: bool([e for e in net.events_of("mn", PathReady) if rid3 in e.request_ids]))
     assert not [e for e in net.events_of("mn", PathFailed) if rid3 in e.request_ids]
+
+
+def test_an_alias_into_the_dcs_own_domain_is_directed_to_its_own_node() -> None:
+    """x.gn.example CNAME gl.a.example: discovery ends at this DC's own marker; the DC directs the path to
+    its own node gl (it never asks itself as a peer DC)."""
+    net = Net()
+    dc, mn, gl = _two_nodes(net, mn_public=None)
+    rid = mn.request_path("x.gn.example", net.now)
+    own = DcMarker("192.0.2.10", 7410, bytes(32))
+
+    def answered() -> bool:
+        host = net.hosts["dc"]
+        for ev in [e for e in host.events if isinstance(e, ResolveRequest)]:
+            host.events.remove(ev)
+            dc.resolution_result(ev.token, DiscoveryResult(
+                ev.fqdn, Outcome.NTM_PEER, marker=own,
+                evidence=Evidence(("alias x.gn.example. -> gl.a.example.",),
+                                  cnames=("x.gn.example. -> gl.a.example.",))), net.now)
+        return bool([e for e in net.events_of("mn", PathReady) if rid in e.request_ids]
+                    or [e for e in net.events_of("mn", PathFailed) if rid in e.request_ids])
+
+    net.run_until(answered)
+    ready = [e for e in net.events_of("mn", PathReady) if rid in e.request_ids]
+    assert ready, net.events_of("mn", PathFailed)
+    assert ready[0].path.peer_vip4 == gl.registration.vip4  # type: ignore[union-attr]
+    assert dc.stats["direction_alias_own_domain"] == 1
+
+
+def test_a_burst_of_new_names_sends_one_direction_request_each() -> None:
+    """200 new names at once, answered by the DC 0.9 s later (its discovery under load): one Direction
+    Request per name reaches the DC, none retransmitted (the liveness Keepalive tells the DC alive)."""
+    net = Net()
+    dc, mn, gl = _two_nodes(net, mn_public=None)
+    t0 = net.now
+    names = [f"h{i}.gn.example" for i in range(200)]
+    rids = {mn.request_path(n, net.now) for n in names}
+    for n in names[:50]:  # the application asks A and AAAA of each: the same lookup
+        rids.add(mn.request_path(n, net.now))
+    def answer(now: float) -> None:  # the DC's discovery answers 0.9 s later
+        host = net.hosts["dc"]
+        for ev in [e for e in host.events if isinstance(e, ResolveRequest)]:
+            host.events.remove(ev)
+            dc.resolution_result(ev.token, DiscoveryResult(ev.fqdn, Outcome.NXDOMAIN), now)
+
+    dc.call_at(t0 + 0.9, answer)
+
+    def answer_late() -> bool:
+        done = {r for e in net.events_of("mn", PathFailed) for r in e.request_ids}
+        return rids <= done
+
+    net.run_until(answer_late)
+    assert dc.stats["directions_failed"] == 200 and dc.stats.get("direction_retransmits", 0) == 0, dc.stats

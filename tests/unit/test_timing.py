@@ -72,6 +72,17 @@ def test_keepalive_timeouts_stay_inside_their_bounds_and_before_the_next_keepali
     assert t.REGISTRATION_BACKOFF_INITIAL < t.REGISTRATION_BACKOFF_MAX
 
 
+def test_a_silent_dc_is_noticed_and_a_direction_request_retransmitted_in_time() -> None:
+    # The first liveness Keepalive is retransmitted once before the DC is called silent, and the
+    # fallback (plus an upstream discovery of a few ms) answers within the 1 s an application waits.
+    assert t.RTO_INITIAL < t.DC_LIVENESS_TIMEOUT < 1.0
+    assert t.REGISTRATION_HOLD <= t.DC_LIVENESS_TIMEOUT
+    # A Direction Request is retransmitted twice (after DIRECTION_RTO, then RTO_BACKOFF times more,
+    # capped at RTO_MAX) inside DIRECTION_TIMEOUT.
+    assert t.DIRECTION_RTO + min(t.DIRECTION_RTO * t.RTO_BACKOFF, t.RTO_MAX) < t.DIRECTION_TIMEOUT
+    assert t.FALLBACK_TTL < t.DC_SILENT_BACKOFF
+
+
 def test_the_values_are_todays() -> None:
     """Moving the budgets here changed none of them (the figures and the wire behaviour stay)."""
     assert (t.DIRECTION_TIMEOUT, t.TUNNEL_TIMEOUT, t.EARLY_HOLD, t.REGISTRATION_TIMEOUT) == (4.0, 3.0, 2.0, 6.0)

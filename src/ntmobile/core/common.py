@@ -138,11 +138,11 @@ class CoreBase:
 
     def _request(self, channel: Channel, msg: Message, txid: int, dest: Endpoint, now: float, *,
                  timeout: float, flags: int = 0, on_timeout: Callable[[float], None] | None = None,
-                 tag: object = None) -> _Pending:
-        """Send a request and retransmit it (re-sealed, same txid) until answered or ``timeout``.
-        Returns its handle, which ``_cancel_request`` takes."""
+                 tag: object = None, rto: float = RTO_INITIAL) -> _Pending:
+        """Send a request and retransmit it (re-sealed, same txid) until answered or ``timeout``, first
+        after ``rto``. Returns its handle, which ``_cancel_request`` takes."""
         key = (id(channel), txid)
-        p = _Pending(key, channel, msg, txid, flags, dest, now + RTO_INITIAL, now + timeout, RTO_INITIAL,
+        p = _Pending(key, channel, msg, txid, flags, dest, now + rto, now + timeout, rto,
                      on_timeout=on_timeout, tag=tag)
         self._pending[key] = p
         self._transmit(p)

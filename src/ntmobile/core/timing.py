@@ -41,6 +41,10 @@ EARLY_HOLD = 2.0
 #: within DC_LIVENESS_TIMEOUT (one retransmission at RTO_INITIAL) marks the DC silent for
 #: DC_SILENT_BACKOFF, and lookups meanwhile fall back to the upstream resolvers at once (untunnelled).
 DC_LIVENESS_TIMEOUT = 0.6
+#: Once the liveness Keepalive is answered (the DC is alive, and the Direction Requests sent before it
+#: have most likely arrived), those are next retransmitted DIRECTION_RTO later, not at RTO_INITIAL's
+#: pace: the DC's answer includes its DNS discovery (and, under a burst of new names, a queue).
+DIRECTION_RTO = 1.0
 DC_SILENT_BACKOFF = 10.0
 #: A lookup while the node is (re-)registering waits this long for the registration, then falls back.
 REGISTRATION_HOLD = DC_LIVENESS_TIMEOUT

@@ -166,10 +166,23 @@ class Directions:
             self.fail(f, Status.NXDOMAIN, result.reason or f"{f.fqdn} does not exist")
         elif result.outcome is Outcome.NODATA:
             self.fail(f, Status.NODATA, result.reason or f"{f.fqdn} has no address")
+        elif result.outcome is Outcome.NTM_PEER and isinstance(f, Asked) and (own := self._own_alias(result)):
+            # An alias into this DC's own domain (x.gn.example CNAME gl.a.example): our own node, whose
+            # marker is ours; directed like a name of the domain, never asked of a "peer DC" that is us.
+            f.evidence.append(f"{f.fqdn} is an alias of {own}, in this DC's own domain")
+            self._core.stats["direction_alias_own_domain"] += 1
+            self._direct_local_peer(f, now, target_name=own)
         elif result.outcome is Outcome.NTM_PEER:
             self._core.peering.query(f, result.marker, now)
         else:
             self.fail(f, Status.SERVFAIL, result.reason or f"resolving {f.fqdn} failed")
+
+    def _own_alias(self, result: DiscoveryResult) -> str | None:
+        """The name in this DC's own domains that ``result``'s alias chain ends at, if it does."""
+        if not result.evidence.cnames:
+            return None
+        final = result.evidence.cnames[-1].rsplit("->", 1)[-1].strip().rstrip(".").lower()
+        return final if self._core.config.own_domain(final) is not None else None
 
     def _must_be_ntm_peer(self, f: Asked | Redirect) -> str | None:
         """Why ``f``'s name can only be an NTM peer (None: it may be a general node)."""
@@ -323,15 +336,17 @@ class Directions:
         self.try_next_relay(g, g.leg, now)
 
     # -- NTM peers of this DC's own domain ---------------------------------------------------------
-    def _direct_local_peer(self, d: Asked, now: float) -> None:
+    def _direct_local_peer(self, d: Asked, now: float, target_name: str | None = None) -> None:
+        """A path between two nodes of this DC: ``d``'s name, or ``target_name`` it is an alias of."""
         core = self._core
-        target = core.store.client_by_name(d.fqdn)
+        name = target_name or d.fqdn
+        target = core.store.client_by_name(name)
         if target is None or target.role is not Role.NODE:
-            self.fail(d, Status.NXDOMAIN, f"no node named {d.fqdn} is enrolled here")
+            self.fail(d, Status.NXDOMAIN, f"no node named {name} is enrolled here")
             return
         peer = core.clients.get(target.client_id)
         if peer is None or target.client_id == d.node.record.client_id:
-            self.fail(d, Status.PEER_UNREACHABLE, f"{d.fqdn} is not registered (or is the requester)")
+            self.fail(d, Status.PEER_UNREACHABLE, f"{name} is not registered (or is the requester)")
             return
         node = d.node
         a_nat, b_nat = node.nat_class, peer.nat_class

@@ -23,7 +23,15 @@ from ntmobile.wire import (
 
 from ..common import Timer, _Pending, new_txid
 from ..registration import DcState
-from ..timing import DC_LIVENESS_TIMEOUT, DC_SILENT_BACKOFF, DIRECTION_TIMEOUT, EARLY_HOLD, REGISTRATION_HOLD
+from ..timing import (
+    DC_LIVENESS_TIMEOUT,
+    DC_SILENT_BACKOFF,
+    DIRECTION_RTO,
+    DIRECTION_TIMEOUT,
+    EARLY_HOLD,
+    REGISTRATION_HOLD,
+    RTO_BACKOFF,
+)
 from .events import LookupFallback, PathFailed, PathReady, status_of
 from .paths import LivenessTag, LookupTag, RedirectTag, _Path
 from .tunnel import NodeTunnels
@@ -136,6 +144,13 @@ class NodeDirections(NodeTunnels):
         if self._liveness is not None:
             self._cancel_request(self._liveness)
             self._liveness = None
+            # The DC is alive and the Direction Requests sent before the Keepalive have most likely
+            # reached it: their answers wait for its discovery, so give them DIRECTION_RTO before a
+            # retransmission (a burst of new names then costs one Direction Request each).
+            for p in self._pending.values():
+                if isinstance(p.tag, LookupTag) and p.attempts == 1:
+                    p.deadline = max(p.deadline, min(now + DIRECTION_RTO, p.give_up_at))
+                    p.rto = max(p.rto, DIRECTION_RTO / RTO_BACKOFF)
         if self._dc_silent_until > now:
             self._dc_silent_until = now
             self.stats["dc_back"] += 1
