@@ -44,7 +44,7 @@ def run(config: Path = ConfigOpt, verbose: bool = typer.Option(False, "--verbose
     logging.basicConfig(level=logging.DEBUG if verbose else logging.INFO, stream=sys.stderr,
                         format="%(asctime)s %(name)s %(levelname)s %(message)s")
     try:
-        run_dc(settings)
+        run_dc(settings, config)
     except (StoreError, ConfigError) as exc:
         fail(str(exc))
     except OSError as exc:

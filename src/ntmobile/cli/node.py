@@ -35,7 +35,7 @@ def run(config: Path = typer.Option(..., "--config", "-c", help="node configurat
     logging.basicConfig(level=logging.DEBUG if verbose else logging.INFO, stream=sys.stderr,
                         format="%(asctime)s %(name)s %(levelname)s %(message)s")
     try:
-        run_node(settings, creds)
+        run_node(settings, creds, config)
     except ConfigError as exc:
         fail(str(exc))
     except OSError as exc:

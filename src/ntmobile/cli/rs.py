@@ -38,7 +38,7 @@ def run(config: Path = typer.Option(..., "--config", "-c", help="relay configura
     logging.basicConfig(level=logging.DEBUG if verbose else logging.INFO, stream=sys.stderr,
                         format="%(asctime)s %(name)s %(levelname)s %(message)s")
     try:
-        run_rs(settings, creds)
+        run_rs(settings, creds, config)
     except ConfigError as exc:
         fail(str(exc))
     except NftError as exc:

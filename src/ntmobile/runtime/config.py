@@ -282,3 +282,21 @@ def dump(model: BaseModel, path: str | Path) -> None:
         write_private(Path(path), tomli_w.dumps(model.model_dump(exclude_none=True)).encode())
     except PrivateFileError as exc:
         raise ConfigError(str(exc)) from None
+
+
+def reload_settings(path: str | Path, current: M, live: set[str]) -> tuple[M, set[str], set[str]] | None:
+    """SIGHUP: read ``path`` again. Returns (the settings to run with now, the changed settings that take
+    effect now, the changed ones that need a restart and keep their running value), or None, logged, if
+    the file is not valid (the running configuration stays)."""
+    import logging
+
+    try:
+        new = load(path, type(current))
+    except ConfigError as exc:
+        logging.getLogger("ntmobile").error("reload: %s (the running configuration stays)", exc)
+        return None
+    changed = {k for k in type(current).model_fields if getattr(new, k) != getattr(current, k)}
+    later = changed - live
+    keep = {k: getattr(current, k) for k in later}
+    return new.model_copy(update=keep), changed & live, later
+

@@ -44,7 +44,7 @@ from ntmobile.core.timing import DISCOVERY_DEADLINE
 from ntmobile.wire import Role
 
 from . import dnsclasses  # noqa: F401  (dnspython's IN rdata classes before any input)
-from .config import DcSettings, group_id
+from .config import DcSettings, group_id, reload_settings
 from .control import serve_control
 from .counters import DC_BLOCK, counter_floor
 from .dns import DnsServer, run_discovery, serve_dns
@@ -112,6 +112,25 @@ class DcDaemon:
         self._node_registrations = 0
         self._summary_at = 0.0
         self.commit_errors = 0
+        #: SIGHUP reloads done.
+        self.reloads = 0
+
+    def reload(self, config: Path) -> None:
+        """SIGHUP: keepalive intervals, the idle timeout and the RS-N allow-list take effect at once (for
+        new registrations and directions); other changed settings wait for a restart (logged)."""
+        got = reload_settings(config, self.settings, DC_RELOADABLE)
+        if got is None:
+            return
+        new, now_, later = got
+        self.settings = new
+        self.reloads += 1
+        if later:
+            log.warning("reload: %s change only when the DC restarts", ", ".join(sorted(later)))
+        if now_:
+            log.info("reload: %s", ", ".join(sorted(now_)))
+            self.core.config = dataclasses.replace(self.core.config, keepalive=new.keepalive,
+                                                   relay_keepalive=new.relay_keepalive,
+                                                   idle_timeout=new.idle_timeout, rsn_allow=tuple(new.rsn_allow))
 
     def make_zones(self) -> DcZones:
         """One authoritative zone per served domain; each carries the DC marker TXT at its apex."""
@@ -327,7 +346,8 @@ class DcDaemon:
                     "sessions": self.core.session_count(), "relays": len(self.core.relays()),
                     "driver": self.driver.status()}
         return {
-            "role": "dc", "domain": self.settings.domain, "dc_id": self.dc_id.hex(),
+            "role": "dc", "domain": self.settings.domain, "dc_id": self.dc_id.hex(), "reloads": self.reloads,
+            "keepalive": self.settings.keepalive,
             "address": self.settings.address, "port": self.settings.port, "uptime": time.time() - self.started,
             "sessions": self.core.sessions(), "paths": len(self.core.paths), "stats": dict(self.core.stats),
             "dns": {z.origin.to_text(): vars(z.stats) for z in getattr(self, "zones", [])},
@@ -340,12 +360,19 @@ class DcDaemon:
         }
 
 
-def run_dc(settings: DcSettings) -> None:
+#: What a DC's SIGHUP changes at once (everything else needs a restart).
+DC_RELOADABLE = {"keepalive", "relay_keepalive", "idle_timeout", "rsn_allow"}
+
+
+def run_dc(settings: DcSettings, config: Path | None = None) -> None:
     async def main() -> None:
         stop = asyncio.Event()
         loop = asyncio.get_running_loop()
         for sig in (signal.SIGTERM, signal.SIGINT):
             loop.add_signal_handler(sig, stop.set)
-        await DcDaemon(settings).run(stop)
+        daemon = DcDaemon(settings)
+        if config is not None:
+            loop.add_signal_handler(signal.SIGHUP, daemon.reload, config)
+        await daemon.run(stop)
 
     asyncio.run(main())

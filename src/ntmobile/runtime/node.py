@@ -5,6 +5,7 @@ netlink-driven handover, and a control socket for `ntm status`."""
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import ipaddress
 import logging
 import os
@@ -48,7 +49,7 @@ from ntmobile.osops.resolver import ResolverError
 from ntmobile.wire import Capability, PathMode, Status
 
 from . import dnsclasses  # noqa: F401  (dnspython's IN rdata classes before any input)
-from .config import ConfigError, Credentials, NodeSettings, group_id
+from .config import ConfigError, Credentials, NodeSettings, group_id, reload_settings
 from .control import serve_control
 from .counters import counter_floor
 from .dns import run_discovery
@@ -104,6 +105,9 @@ class NodeDaemon:
         #: Lookups answered without the DC (dns_fallback), by outcome, and what discovery found meanwhile.
         self.fallback_stats: Counter[str] = Counter()
         self.fallback_cache = DiscoveryCache()
+        #: SIGHUP reloads done, and the changed settings that wait for a restart.
+        self.reloads = 0
+        self.restart_needed: list[str] = []
 
     # -- start-up ---------------------------------------------------------------------------------
     async def run(self, stop: asyncio.Event) -> None:
@@ -384,6 +388,38 @@ class NodeDaemon:
         if not h.reply.done():
             h.reply.set_result(_response(h.query, rcode).to_wire())
 
+    def reload(self, config: Path) -> None:
+        """SIGHUP: take the reloadable settings (NODE_RELOADABLE) from the file; say which others changed
+        and wait for a restart."""
+        got = reload_settings(config, self.settings, NODE_RELOADABLE)
+        if got is None:
+            return
+        new, now_, later = got
+        old, self.settings = self.settings, new
+        self.reloads += 1
+        self.restart_needed = sorted(set(self.restart_needed) | later)
+        if later:
+            log.warning("reload: %s change only when the node restarts", ", ".join(sorted(later)))
+        if not now_:
+            log.info("reload: nothing to change")
+            return
+        log.info("reload: %s", ", ".join(sorted(now_)))
+        self.stub_policy = StubPolicy(self.creds.name, new.tunnel_domains)
+        self.core.config = dataclasses.replace(self.core.config, fallback=new.dns_fallback == "upstream")
+        if now_ & {"dns_integration", "resolv_conf", "tunnel_domains"} and (
+                old.dns_integration != "none" or new.dns_integration != "none"):
+            try:
+                self.host_dns.revert()
+                state = Path(new.state_dir) if new.state_dir else Path(new.credentials).parent
+                self.host_dns = take_host_dns(new.dns_integration, stub=new.dns_listen, tun=self.tun.name,
+                                              domains=new.tunnel_domains, resolv_conf=Path(new.resolv_conf),
+                                              state_dir=state)
+            except ResolverError as exc:
+                self.last_error = f"reload: dns_integration: {exc}"
+                log.error("%s", self.last_error)
+                self.host_dns = HostDns("none", new.dns_listen)
+        self.upstream = list(new.upstream) or self.host_dns.upstream
+
     async def fallback_answer(self, h: _Held, fqdn: str) -> None:
         """The DC is silent or the node unregistered (docs/operations.md, "When the DC is silent"): a
         general node's name is answered with its real addresses (untunnelled, FALLBACK_TTL); an NTM
@@ -468,6 +504,7 @@ class NodeDaemon:
                          "pending": len(self.stub.tasks), "address": self.settings.dns_listen,
                          "host_integration": self.host_dns.mode, "upstream": self.upstream,
                          "fallback": dict(self.fallback_stats)},
+            "reloads": self.reloads, "restart_needed": self.restart_needed,
             "offloads": sorted(self.tun.features), "gso": offload_active(self.tun), "error": self.last_error,
             "tun": self.tun.name, "uptime": round(time.time() - self.started, 1), "handover_at": self.handover_at,
             "driver": self.driver.status(),
@@ -492,12 +529,19 @@ def _response(q: dns.message.Message, rcode: int) -> dns.message.Message:
     return r
 
 
-def run_node(settings: NodeSettings, creds: Credentials) -> None:
+#: What a node's SIGHUP changes at once (everything else needs a restart).
+NODE_RELOADABLE = {"tunnel_domains", "upstream", "upstream_port", "dns_fallback", "dns_integration", "resolv_conf"}
+
+
+def run_node(settings: NodeSettings, creds: Credentials, config: Path | None = None) -> None:
     async def main() -> None:
         stop = asyncio.Event()
         loop = asyncio.get_running_loop()
         for sig in (signal.SIGTERM, signal.SIGINT):
             loop.add_signal_handler(sig, stop.set)
-        await NodeDaemon(settings, creds).run(stop)
+        daemon = NodeDaemon(settings, creds)
+        if config is not None:
+            loop.add_signal_handler(signal.SIGHUP, daemon.reload, config)
+        await daemon.run(stop)
 
     asyncio.run(main())

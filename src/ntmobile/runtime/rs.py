@@ -34,7 +34,7 @@ from ntmobile.osops.nft import NftError, RsFastTable, RsNatTable
 from ntmobile.osops.ping import icmp_echo
 from ntmobile.wire import Capability
 
-from .config import ConfigError, Credentials, RsSettings, group_id
+from .config import ConfigError, Credentials, RsSettings, group_id, reload_settings
 from .control import serve_control
 from .counters import counter_floor
 from .driver import CoreDriver
@@ -271,12 +271,25 @@ def _offload_active(tun: Tun) -> bool:
     return tun.vnet_hdr and {"csum", "tso4", "tso6"} <= tun.features
 
 
-def run_rs(settings: RsSettings, creds: list[Credentials]) -> None:
+def run_rs(settings: RsSettings, creds: list[Credentials], config: Path | None = None) -> None:
     async def main() -> None:
         stop = asyncio.Event()
         loop = asyncio.get_running_loop()
         for sig in (signal.SIGTERM, signal.SIGINT):
             loop.add_signal_handler(sig, stop.set)
+        if config is not None:
+            loop.add_signal_handler(signal.SIGHUP, _reload_rs, config, settings)
         await RsDaemon(settings, creds).run(stop)
 
     asyncio.run(main())
+
+
+def _reload_rs(config: Path, settings: RsSettings) -> None:
+    """SIGHUP: a relay's settings all shape its TUN, nft tables and DC links, so none changes without a
+    restart: the file is checked and what changed is logged."""
+    got = reload_settings(config, settings, set())
+    if got is not None and got[2]:
+        log.warning("reload: %s change only when the relay restarts", ", ".join(sorted(got[2])))
+    elif got is not None:
+        log.info("reload: nothing changed")
+
