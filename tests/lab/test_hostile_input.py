@@ -25,6 +25,7 @@ import pytest
 from ntmobile.bench.fuzz import lab_udp_drops, run_chunk_floods
 from ntmobile.lab import Lab
 from ntmobile.lab.state import ProcRecord
+from ntmobile.runtime.config import NodeSettings
 
 from .conftest import LabFactory, wait_for
 
@@ -102,7 +103,7 @@ def test_every_daemon_port_survives_hostile_input(lab_factory: LabFactory) -> No
     r = send(lab, "mn", "127.0.0.1", 7412, OTHER_COUNT, 14, "signal")
     runs.append(("node", r["sent"] - r["send_errors"], node_rx()[0] - before, lab_udp_drops(lab, "mn", 7412) - drops))
     before, drops = node_rx()[1], lab_udp_drops(lab, "mn", 53)
-    r = send(lab, "mn", "127.0.0.53", 53, OTHER_COUNT, 15, "dns", rate=4000)
+    r = send(lab, "mn", NodeSettings.model_fields["dns_listen"].default, 53, OTHER_COUNT, 15, "dns", rate=4000)
     wait_for(lambda: node_rx()[1] - before + lab_udp_drops(lab, "mn", 53) - drops >= r["sent"] - r["send_errors"],
              30, "the node's DNS stub to read everything")
     runs.append(("node dns stub", r["sent"] - r["send_errors"], node_rx()[1] - before,
