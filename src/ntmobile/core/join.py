@@ -38,11 +38,13 @@ class JoinDeskConfig:
 
 
 class JoinDesk:
-    def __init__(self, config: JoinDeskConfig, store: Store, random_bytes: Callable[[int], bytes]) -> None:
+    def __init__(self, config: JoinDeskConfig, store: Store, random_bytes: Callable[[int], bytes], *,
+                 stats: Counter[str] | None = None) -> None:
+        """``stats``: the counters to count in (the DC core's own, so they show in its status)."""
         self.config = config
         self.store = store
         self._rand = random_bytes
-        self.stats: Counter[str] = Counter()
+        self.stats: Counter[str] = stats if stats is not None else Counter()
 
     def receive(self, data: bytes, wall: int) -> bytes | None:
         """A Join Request; ``wall``: the wall clock in Unix seconds. Returns the answer to send, if any."""

@@ -27,6 +27,7 @@ import signal
 import subprocess
 import sys
 import time
+from collections.abc import Callable
 from pathlib import Path
 
 #: Where scripts/setup.sh unpacks the systemd-resolved package.
@@ -72,9 +73,9 @@ def _with_user(src: Path, dst: Path, line: str) -> None:
     _mount("--bind", str(dst), str(src))
 
 
-def _wait(what: str, cond: object, timeout: float = 10.0) -> None:
+def _wait(what: str, cond: Callable[[], bool], timeout: float = 10.0) -> None:
     deadline = time.monotonic() + timeout
-    while not cond():  # type: ignore[operator]
+    while not cond():
         if time.monotonic() > deadline:
             raise SystemExit(f"ntmobile.lab.resolved: {what} did not come up within {timeout:.0f} s")
         time.sleep(0.05)

@@ -87,11 +87,10 @@ class ResolvConf:
     def apply(self, servers: Sequence[str]) -> None:
         self.recover()
         try:
+            text = self.path.read_text() if self.path.exists() else ""
             if self.path.is_symlink():
                 saved = {"symlink": os.readlink(self.path)}
-                text = self.path.read_text() if self.path.exists() else ""
             else:
-                text = self.path.read_text() if self.path.exists() else ""
                 saved = {"text": text} if self.path.exists() else {"absent": "1"}
             _atomic_write(self.backup, json.dumps(saved).encode())
         except OSError as exc:

@@ -67,6 +67,7 @@ class DcCore(CoreBase):
         self.seq_base = seq_base
         self.counter = counter if counter is not None else CounterFloor(max(seq_base, 1))
         self._next_token = 1
+        self._t0 = now
         self.clients = SessionTable(config.dc_id, self.counter)
         self.path_table = PathTable(self)
         #: Every path directed, by Path ID.
@@ -74,12 +75,11 @@ class DcCore(CoreBase):
         self.registration = Registration(self)
         self.natprobe = NatProbe(self)
         self.directions = Directions(self)
-        self.peering = Peering(self, now)
+        self.peering = Peering(self)
         self.redirects = Redirects(self)
         #: Nodes joining with a token (core/join.py).
         self.joins = JoinDesk(JoinDeskConfig(config.dc_id, config.address, config.port, config.domain), store,
-                              random_bytes)
-        self._t0 = now
+                              random_bytes, stats=self.stats)
         #: What each message type on a session goes to.
         self._dispatch: dict[type[Message], _Handler] = {
             Keepalive: self._on_keepalive,
@@ -113,11 +113,13 @@ class DcCore(CoreBase):
         return self.clients.relays()
 
     # -- input --------------------------------------------------------------------------------
+    def wall_us(self, now: float) -> int:
+        """Wall-clock microseconds (the runtime gives ``seq_base`` = wall clock at ``now`` of start)."""
+        return self.seq_base + int((now - self._t0) * 1_000_000)
+
     def _on_join(self, data: bytes, addr: Endpoint, now: float) -> None:
         """A Join Request: the join desk answers (or not: unknown token, bad MAC) on the wall clock."""
-        answer = self.joins.receive(data, (self.seq_base + int((now - self._t0) * 1_000_000)) // 1_000_000)
-        for key, n in self.joins.stats.items():
-            self.stats[key] = n
+        answer = self.joins.receive(data, self.wall_us(now) // 1_000_000)
         if answer is not None:
             self._send_unauthenticated(answer, len(data), addr)
 

@@ -96,18 +96,13 @@ def _status(code: int) -> Status:
 class Peering:
     """The peer DCs (by key and by DC ID), their hellos and verifications, and the Peer Query flows."""
 
-    def __init__(self, core: DcCore, now: float) -> None:
+    def __init__(self, core: DcCore) -> None:
         self._core = core
-        self._t0 = now
         self._public = x25519_public(core.config.secret) if core.config.secret else b""
         self.by_key: dict[bytes, PeerDc] = {}
         self._by_id: dict[bytes, PeerDc] = {}
         self._verifying: dict[int, tuple[PeerDc, str]] = {}
         self._hello_limit = RateLimiter(*PEER_HELLO_RATE, *PEER_HELLO_GLOBAL_RATE)
-
-    def _wall_us(self, now: float) -> int:
-        """Wall-clock microseconds (the runtime gives ``seq_base`` = wall clock at ``now`` of start)."""
-        return self._core.seq_base + int((now - self._t0) * 1_000_000)
 
     def _peer_for_key(self, key: bytes) -> PeerDc | None:
         peer = self.by_key.get(key)
@@ -327,7 +322,7 @@ class Peering:
         if peer.dc_id is None:
             self._send_hello(peer, ep, core.config.own_domain(rec.name) or core.config.domain, now)
         msg = PeerQuery(fqdn=q.fqdn, name=rec.name, path_id=q.path_id, path_key=q.path_key, relay_key=q.relay_key,
-                        timestamp=self._wall_us(now), nat=int(node.nat_class), vip4=rec.vip4, vip6=rec.vip6,
+                        timestamp=self._core.wall_us(now), nat=int(node.nat_class), vip4=rec.vip4, vip6=rec.vip6,
                         observed=node.endpoint, local_endpoints=node.local_endpoints, capabilities=node.capabilities)
         core._request(peer.channel, msg, new_txid(core._rand), ep, now, timeout=PEER_QUERY_TIMEOUT,
                       tag=PeerQueryTag(q), on_timeout=functools.partial(self._query_timed_out, q))
@@ -414,7 +409,7 @@ class Peering:
         if not any(name == dom or name.endswith("." + dom) for dom in peer.domains):
             refuse(Status.NOT_AUTHORIZED, f"{name} is not in a domain verified for the querying DC")
             return
-        skew = (q.timestamp - self._wall_us(now)) / 1e6
+        skew = (q.timestamp - self._core.wall_us(now)) / 1e6
         if abs(skew) > PEER_CLOCK_SKEW:
             refuse(Status.STALE, f"timestamp {skew:+.1f} s from this DC's clock")
             return
