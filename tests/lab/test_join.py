@@ -54,6 +54,8 @@ def test_a_new_host_joins_with_a_token_once(lab_factory: LabFactory, tmp_path: P
 
     st = wait_for(registered, 30, "the joined node to register")
     assert st["name"] == "newbie.a.example" and st["vip4"]
+    # Its long-term counter sits beside its credentials, not in the working directory.
+    assert list(conf.glob("node-*.counter")) and not list(Path.cwd().glob("node-*.counter"))
     lab.exec("mn", ["curl", "-sS", "-4", "-m", "20", "-o", "/dev/null", "http://www.gn.example/"], timeout=30)
     dc = json.loads(lab.exec("dca", [*NTM, "dc", "status", "--json"]).stdout)
     assert any(s["name"] == "newbie.a.example" for s in dc["sessions"])

@@ -9,7 +9,7 @@ import base64
 import ipaddress
 import tomllib
 from pathlib import Path
-from typing import Any, Literal, TypeVar
+from typing import Any, ClassVar, Literal, TypeVar
 
 import tomli_w
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
@@ -25,6 +25,22 @@ class _Model(BaseModel):
     # Schemas are built on first use: a daemon validates only its own settings (the relay keeps its
     # resident memory small, docs/dataplane.md).
     model_config = ConfigDict(extra="forbid", frozen=True, defer_build=True)
+    #: Settings holding file paths: a relative one is relative to the configuration file's directory
+    #: (never to the daemon's working directory), made absolute by ``load``.
+    PATHS: ClassVar[tuple[str, ...]] = ()
+
+    def anchored(self, base: Path) -> _Model:
+        def fix(v: str) -> str:
+            return v if Path(v).is_absolute() else str((base / v).resolve())
+
+        update: dict[str, Any] = {}
+        for name in self.PATHS:
+            v = getattr(self, name)
+            if isinstance(v, str):
+                update[name] = fix(v)
+            elif isinstance(v, list):
+                update[name] = [fix(x) for x in v]
+        return self.model_copy(update=update) if update else self
 
 
 def _cidr(v: str | None) -> str | None:
@@ -111,6 +127,7 @@ class DcSettings(_Model):
     extra_domains: list[str] = Field([], description="further domains this DC serves (zones and nodes)")
     address: str = Field(description="the DC's public signalling address (marker TXT, credentials)")
     database: str = "/var/lib/ntmobile/dc.sqlite"
+    PATHS: ClassVar[tuple[str, ...]] = ("database",)
     port: int = Field(DC_PORT, ge=1, le=65535)
     listen4: str = "0.0.0.0"
     listen6: str | None = "::"
@@ -167,6 +184,7 @@ class DcSettings(_Model):
 
 
 class RsSettings(_Model):
+    PATHS: ClassVar[tuple[str, ...]] = ("credentials", "state_dir")
     name: str
     credentials: list[str] = Field(description="credential files from `ntm dc enroll-rs`, one per DC served")
     address: str
@@ -193,6 +211,7 @@ class RsSettings(_Model):
 
 
 class NodeSettings(_Model):
+    PATHS: ClassVar[tuple[str, ...]] = ("credentials", "state_dir", "resolv_conf")
     credentials: str
     port: int = Field(NODE_PORT, ge=1, le=65535)
     tun: str = "ntm0"
@@ -266,11 +285,14 @@ def load(path: str | Path, model: type[M]) -> M:
     except tomllib.TOMLDecodeError as exc:
         raise ConfigError(f"{p}: not valid TOML: {exc}") from None
     try:
-        return model.model_validate(raw)
+        got = model.model_validate(raw)
     except ValidationError as exc:
         err = exc.errors()[0]
         where = ".".join(str(x) for x in err["loc"]) or "(top level)"
         raise ConfigError(f"{p}: {where}: {err['msg']}") from None
+    if isinstance(got, _Model):
+        got = got.anchored(p.absolute().parent)  # type: ignore[assignment]
+    return got
 
 
 def dump(model: BaseModel, path: str | Path) -> None:
