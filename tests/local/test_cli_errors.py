@@ -104,7 +104,7 @@ def test_missing_or_invalid_files_are_named(cfgdir: Path) -> None:
     (cfgdir / "dc.toml").write_text("domain = [\n")
     assert one_line(ntm("dc", "run", "-c", "dc.toml", cwd=cfgdir)).startswith("ntm: dc.toml: not valid TOML: ")
     (cfgdir / "node.toml").write_text('credentials = "mn.cred"\n')
-    assert one_line(ntm("node", "run", "-c", "node.toml", cwd=cfgdir)) == "ntm: mn.cred: no such file"
+    assert one_line(ntm("node", "run", "-c", "node.toml", cwd=cfgdir)) == f"ntm: {cfgdir / 'mn.cred'}: no such file"
 
 
 def test_node_with_relay_credentials_is_told_which_to_use(cfgdir: Path) -> None:

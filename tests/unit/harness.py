@@ -1,10 +1,13 @@
 """The in-memory test harness: a network that routes datagrams between sans-IO cores by address
 (injected clock, NAT as fixed mappings or as NATs of four kinds, programmable loss), and the
-``World`` of real node, DC and relay cores on it. No sockets."""
+``World`` of real node, DC and relay cores on it. A node host carries the daemon's own data path, a
+``NodeForwarder`` over an in-memory TUN and UDP (``dataplane.memory``): data capsules go to it, as the
+daemon's socket reader sends them, and it follows the core's path events. No sockets."""
 
 from __future__ import annotations
 
 import random
+import struct
 from collections import defaultdict
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -12,11 +15,13 @@ from typing import Any, Protocol
 
 from ntmobile.core.dc import DcConfig, DcCore, ProbeDatagram, ResolveRequest
 from ntmobile.core.discovery import DiscoveryResult, Evidence, Outcome
-from ntmobile.core.node import DataReceived, NodeConfig, NodeCore, PathFailed, PathReady
+from ntmobile.core.node import NodeConfig, NodeCore, PathFailed, PathReady
 from ntmobile.core.registry import ClientRecord, MemoryStore, Pools
 from ntmobile.core.rs import DcLink, ProbeRequest, RsConfig, RsCore
 from ntmobile.core.targets import DOCUMENTATION_NETS
-from ntmobile.wire import Role
+from ntmobile.dataplane.forwarder import FwdPath, NodeForwarder
+from ntmobile.dataplane.memory import MemoryTun, MemoryUdp
+from ntmobile.wire import MessageType, Role
 
 Endpoint = tuple[str, int]
 
@@ -24,6 +29,14 @@ Endpoint = tuple[str, int]
 #: default (docs/security.md, "RS-N targets"): the DCs and relays of the tests allow-list it, as the
 #: lab's configs do.
 TEST_NETS = DOCUMENTATION_NETS
+
+
+def ipv4_udp(src: str, dst: str, payload: bytes) -> bytes:
+    """An IPv4/UDP packet from ``src`` to ``dst`` (what an application would write to the TUN)."""
+    s = bytes(int(x) for x in src.split("."))
+    d = bytes(int(x) for x in dst.split("."))
+    udp = struct.pack("!HHHH", 5000, 6000, 8 + len(payload), 0) + payload
+    return struct.pack("!BBHHHBBH4s4s", 0x45, 0, 20 + len(udp), 1, 0, 64, 17, 0, s, d) + udp
 
 
 class SansIO(Protocol):
@@ -41,6 +54,14 @@ class Host:
     addr: Endpoint
     public: Endpoint | None = None  # NAT mapping: what the world sees
     events: list[Any] = field(default_factory=list)
+    #: A node's data path (``attach_dataplane``): the daemon's forwarder over an in-memory TUN and UDP.
+    fwd: NodeForwarder | None = None
+    tun: MemoryTun | None = None
+    udp: MemoryUdp | None = None
+
+    def follow(self, ev: Any) -> None:
+        if self.fwd is not None:
+            self.fwd.follow(ev)
 
 
 @dataclass
@@ -64,22 +85,60 @@ class Net:
                 return h
         return None
 
+    def attach_dataplane(self, name: str, node: NodeCore, *, vnet_hdr: bool = False) -> Host:
+        """Give node host ``name`` the daemon's data path: a NodeForwarder on an in-memory TUN (offload
+        mode with ``vnet_hdr``) and UDP, whose address learning reaches the core as the daemon's does."""
+        h = self.hosts[name]
+        h.tun, h.udp = MemoryTun(vnet_hdr=vnet_hdr), MemoryUdp()
+
+        def learnt(fp: FwdPath, addr: Endpoint) -> None:
+            node.note_data(fp.path_id, addr, 0, 0, self.now)
+
+        h.fwd = NodeForwarder(h.tun, h.udp, on_learn=learnt)
+        return h
+
     def pump_events(self) -> None:
         for h in self.hosts.values():
             while (ev := h.core.next_event()) is not None:
+                h.follow(ev)
                 h.events.append(ev)
 
     def step(self) -> bool:
-        """Deliver every queued datagram once. Returns True if anything moved."""
+        """Deliver every queued datagram once (the cores' and the forwarders'). Returns True if anything
+        moved."""
         self.pump_events()
         moved = False
         for h in list(self.hosts.values()):
-            for dg in h.core.datagrams_to_send():
+            out = [(dg.data, dg.addr) for dg in h.core.datagrams_to_send()]
+            if h.udp is not None:
+                out += h.udp.take()
+            for data, addr in out:
                 moved = True
-                self.sent_by[h.name].append(dg.data)
-                self._deliver(h.name, dg.data, dg.addr)
+                self.sent_by[h.name].append(data)
+                self._deliver(h.name, data, addr)
         self.pump_events()
         return moved
+
+    def receive(self, target: Host, data: bytes, src: Endpoint) -> None:
+        """``data`` reaches ``target`` from ``src``: a data capsule goes to its forwarder (as the daemon's
+        socket reader hands it over), anything else to its core."""
+        if target.fwd is not None and len(data) >= 2 and data[1] == MessageType.DATA:
+            target.fwd.on_capsule(memoryview(data), src, self.now)
+        else:
+            target.core.receive_datagram(data, src, self.now)
+
+    def send_ip(self, name: str, packet: bytes) -> None:
+        """An application on node host ``name`` sends an IP packet: it enters the forwarder from the TUN."""
+        h = self.hosts[name]
+        assert h.tun is not None and h.fwd is not None, f"{name} has no data path"
+        h.tun.inject(packet)
+        h.fwd.on_tun_readable()
+
+    def received(self, name: str) -> list[bytes]:
+        """The IP packets node host ``name``'s forwarder wrote to its TUN, in order."""
+        tun = self.hosts[name].tun
+        assert tun is not None, f"{name} has no data path"
+        return tun.packets()
 
     def _deliver(self, src_name: str, data: bytes, dest_addr: Endpoint) -> None:
         h = self.hosts[src_name]
@@ -93,7 +152,7 @@ class Net:
         src = h.public or h.addr
         self.log.append((self.now, h.name, dest.name, len(data)))
         self.delivered += 1
-        dest.core.receive_datagram(data, src, self.now)
+        self.receive(dest, data, src)
 
     def run_until(self, cond: Callable[[], bool], *, max_time: float = 60.0) -> None:
         """Run (delivering datagrams, firing timers in time order) until ``cond()`` or ``max_time``
@@ -235,6 +294,7 @@ class NatNet(Net):
                     sockets = self.filter_of if ev.filter else self.probe_of
                     sockets[h.name].out.append(_Dg(ev.data, ev.addr))
                     continue
+                h.follow(ev)
                 if any(hook(h.name, ev) for hook in self.hooks):
                     continue
                 h.events.append(ev)
@@ -261,7 +321,7 @@ class NatNet(Net):
             self.dropped += 1
             return
         self.delivered += 1
-        target.core.receive_datagram(data, src, self.now)
+        self.receive(target, data, src)
 
 
 # -- worlds ------------------------------------------------------------------------------------------
@@ -335,6 +395,7 @@ class World:
         """A node at ``addr`` (behind ``public``, a fixed NAT mapping, or ``nat`` in a NatNet world)."""
         node = NodeCore(config, self.net.now, seq_base=self.seq_base, random_bytes=seeded_bytes(seed))
         self.net.add(host, node, addr, public)
+        self.net.attach_dataplane(host, node)
         if nat is not None:
             assert isinstance(self.net, NatNet)
             self.net.nat_of[host] = nat
@@ -404,8 +465,11 @@ class World:
             if rid in e.request_ids)
         return result
 
+    def send_ip(self, host: str, packet: bytes) -> None:
+        self.net.send_ip(host, packet)
+
     def received(self, host: str) -> list[bytes]:
-        return [e.payload for e in self.net.events_of(host, DataReceived)]
+        return self.net.received(host)
 
     def move(self, host: str, place: tuple[Endpoint, Endpoint | None]) -> None:
         """The host's interface now has another address (and sits behind another NAT, or none)."""

@@ -7,12 +7,12 @@ import pytest
 from ntmobile.core.dc import ClientRegistered, DcConfig, DcCore, DirectionDecision, ResolveRequest, decide_route
 from ntmobile.core.discovery import DiscoveryResult, Evidence, Outcome
 from ntmobile.core.dnsauth import DcMarker
-from ntmobile.core.node import DataReceived, LookupFallback, NodeConfig, NodeCore, PathFailed, PathReady, Registered
+from ntmobile.core.node import LookupFallback, NodeConfig, NodeCore, PathFailed, PathReady, Registered
 from ntmobile.core.registry import ClientRecord, MemoryStore, Pools
 from ntmobile.core.timing import DC_LIVENESS_TIMEOUT, DC_SILENT_BACKOFF, REGISTRATION_HOLD
 from ntmobile.wire import NatKind, PathMode, PathRole, Role, Status
 
-from .harness import Net, random_loss, seeded_bytes
+from .harness import Net, ipv4_udp, random_loss, seeded_bytes
 
 DC_ID = bytes.fromhex("dc00000000000001")
 DC_EP = ("192.0.2.10", 7410)
@@ -39,6 +39,7 @@ def make_node(net: Net, rec: ClientRecord, host: str, addr: tuple[str, int], pub
                     seq_base=10**15,
                     random_bytes=seeded_bytes(seed))
     net.add(host, node, addr, public)
+    net.attach_dataplane(host, node)
     node.register((addr,), net.now)
     return node
 
@@ -142,12 +143,13 @@ def test_global_node_asks_for_natted_peer_which_initiates() -> None:
     decision = net.events_of("dc", DirectionDecision)[0]
     assert decision.mode is PathMode.DIRECT and any("initiates" in line for line in decision.evidence)
     # Data both ways, end-to-end encrypted.
-    pid = ready_gl.path.path_id
-    assert gl.send_data(pid, b"hello from gl", net.now)
-    assert mn.send_data(pid, b"hello from mn", net.now)
-    net.run_until(lambda: bool(net.events_of("mn", DataReceived)) and bool(net.events_of("gl", DataReceived)))
-    assert net.events_of("mn", DataReceived)[0].payload == b"hello from gl"
-    assert net.events_of("gl", DataReceived)[0].payload == b"hello from mn"
+    gl_vip, mn_vip = ready_mn.path.peer_vip4, ready_gl.path.peer_vip4
+    assert gl_vip and mn_vip
+    to_mn, to_gl = ipv4_udp(gl_vip, mn_vip, b"hello from gl"), ipv4_udp(mn_vip, gl_vip, b"hello from mn")
+    net.send_ip("gl", to_mn)
+    net.send_ip("mn", to_gl)
+    net.run_until(lambda: bool(net.received("mn")) and bool(net.received("gl")))
+    assert net.received("mn") == [to_mn] and net.received("gl") == [to_gl]
     # A second lookup of the same name reuses the path without asking the DC again.
     before = dc.stats["paths_directed"]
     rid2 = gl.request_path("mn.a.example", net.now)

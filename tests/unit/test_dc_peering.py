@@ -5,7 +5,6 @@ path reuse, and forged / replayed Peer Queries."""
 from __future__ import annotations
 
 import itertools
-import struct
 from collections.abc import Callable
 from typing import Any
 
@@ -22,14 +21,14 @@ from ntmobile.core.dc import (
 )
 from ntmobile.core.discovery import DiscoveryResult, Evidence, Outcome
 from ntmobile.core.dnsauth import DcMarker
-from ntmobile.core.node import DataReceived, NodeConfig, NodeCore, PathFailed, PathReady
+from ntmobile.core.node import NodeConfig, NodeCore, PathFailed, PathReady
 from ntmobile.core.registry import ClientRecord, MemoryStore, Pools
 from ntmobile.core.rs import DcLink, RsConfig, RssEntry
 from ntmobile.crypto import x25519_public
 from ntmobile.wire import MessageType, NatKind, PathMode, PathRole, Role, RsType, Status, parse_signal_header
 
 from . import harness
-from .harness import Nat, NatNet, seeded_bytes
+from .harness import Nat, NatNet, ipv4_udp, seeded_bytes
 
 Endpoint = tuple[str, int]
 
@@ -122,34 +121,30 @@ class World(harness.World):
 
     def exchange_data(self, path_id: bytes) -> None:
         """A packet each way on the path; both must arrive (end to end, also through RS-S)."""
-        for sender, receiver in ((self.mn, "cn"), (self.cn, "mn")):
-            before = len(self.net.events_of(receiver, DataReceived))
-            pkt = ipv4_udp(b"hello from " + sender.config.name.encode())
+        for sender, host, receiver in ((self.mn, "mn", "cn"), (self.cn, "cn", "mn")):
+            before = len(self.received(receiver))
 
             def known(s: NodeCore = sender) -> bool:
                 info = s.path_info(path_id)
                 return info is not None and info.endpoint is not None
 
             self.net.run_until(known, max_time=10)
+            info, reg = sender.path_info(path_id), sender.registration
+            assert info is not None and info.peer_vip4 and reg is not None and reg.vip4
+            pkt = ipv4_udp(reg.vip4, info.peer_vip4, b"hello from " + sender.config.name.encode())
 
             def arrived(r: str = receiver, n: int = before) -> bool:
-                return len(self.net.events_of(r, DataReceived)) > n
+                return len(self.received(r)) > n
 
             deadline = self.net.now + 10
             while not arrived() and self.net.now < deadline:
-                sender.send_data(path_id, pkt, self.net.now)
+                self.send_ip(host, pkt)
                 try:
                     self.net.run_until(arrived, max_time=0.5)
                 except AssertionError:
                     pass
             assert arrived(), f"no data from {sender.config.name}"
-            assert self.net.events_of(receiver, DataReceived)[-1].payload == pkt
-
-
-def ipv4_udp(payload: bytes) -> bytes:
-    udp = struct.pack("!HHHH", 5000, 6000, 8 + len(payload), 0) + payload
-    return struct.pack("!BBHHHBBH4s4s", 0x45, 0, 20 + len(udp), 1, 0, 64, 17, 0, b"\x64\x40\x01\x01",
-                       b"\x64\x40\x02\x01") + udp
+            assert self.received(receiver)[-1] == pkt
 
 
 # -- the route table ----------------------------------------------------------------------------

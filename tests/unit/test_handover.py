@@ -8,13 +8,12 @@ the re-registration updates the DC."""
 
 from __future__ import annotations
 
-import struct
-
 from ntmobile.core.node import NodeCore, PathEndpointChanged, PathReady, Registered
 from ntmobile.core.rs import RelayEndpointChanged
 from ntmobile.wire import MessageType, PathMode, PathRole
 
 from . import harness
+from .harness import ipv4_udp
 
 DC_ID = bytes.fromhex("dc000000000000bb")
 DC_EP, RS_EP, GN, POOLS = harness.WORLD_DC_EP, harness.WORLD_RS_EP, harness.WORLD_GN, harness.WORLD_POOLS
@@ -25,13 +24,6 @@ NAT_A = (("10.1.0.10", 7412), ("192.0.2.100", 40001))
 NAT_B = (("10.2.0.10", 7412), ("192.0.2.101", 40002))
 NAT_C = (("10.3.0.10", 7412), ("192.0.2.102", 40003))
 GLOBAL = (("192.0.2.60", 7412), None)
-
-
-def ipv4_udp(src: str, dst: str, payload: bytes) -> bytes:
-    s = bytes(int(x) for x in src.split("."))
-    d = bytes(int(x) for x in dst.split("."))
-    udp = struct.pack("!HHHH", 5000, 6000, 8 + len(payload), 0) + payload
-    return struct.pack("!BBHHHBBH4s4s", 0x45, 0, 20 + len(udp), 1, 0, 64, 17, 0, s, d) + udp
 
 
 class World(harness.World):
@@ -51,7 +43,7 @@ def _rsn_roundtrip(w: World, path_id: bytes, peer_vip: str, tag: bytes) -> None:
     """A packet node → RS-N (to its TUN) and the GN's reply RS-N → node, on the node's current address."""
     mn = w.nodes["mn"]
     up = ipv4_udp(_vip4(mn), peer_vip, b"up " + tag)
-    assert mn.send_data(path_id, up, w.net.now)
+    w.send_ip("mn", up)
     w.net.run_until(lambda: bool(w.rs._tun))
     assert [p for p, _gso in w.rs.packets_to_tun()] == [up]
     down = ipv4_udp(peer_vip, _vip4(mn), b"down " + tag)
@@ -157,9 +149,10 @@ def _direct(w: World) -> tuple[NodeCore, NodeCore, bytes]:
 
 def _direct_roundtrip(w: World, pid: bytes, tag: bytes) -> None:
     mn, cn = w.nodes["mn"], w.nodes["cn"]
-    assert mn.send_data(pid, b"mn " + tag, w.net.now)
-    assert cn.send_data(pid, b"cn " + tag, w.net.now)
-    w.net.run_until(lambda: b"mn " + tag in w.received("cn") and b"cn " + tag in w.received("mn"))
+    up, down = ipv4_udp(_vip4(mn), _vip4(cn), b"mn " + tag), ipv4_udp(_vip4(cn), _vip4(mn), b"cn " + tag)
+    w.send_ip("mn", up)
+    w.send_ip("cn", down)
+    w.net.run_until(lambda: up in w.received("cn") and down in w.received("mn"))
 
 
 def test_direct_initiator_moves_and_responder_learns() -> None:
@@ -192,12 +185,15 @@ def test_direct_endpoint_never_moves_on_unauthenticated_or_replayed_input() -> N
     _direct_roundtrip(w, pid, b"one")
     capsule = [d for d in w.net.sent_by["cn"] if d[1] == MessageType.DATA][-1]
     before = mn.path_info(pid).endpoint  # type: ignore[union-attr]
-    mn.receive_datagram(capsule, ("203.0.113.66", 4444), w.net.now)  # replayed capsule, other source
+    host = w.net.hosts["mn"]
+    w.net.receive(host, capsule, ("203.0.113.66", 4444))  # replayed capsule, other source
     forged = bytearray(capsule)
     forged[25] ^= 0x80
-    mn.receive_datagram(bytes(forged), ("203.0.113.66", 4444), w.net.now)
+    w.net.receive(host, bytes(forged), ("203.0.113.66", 4444))
+    w.net.step()
     assert mn.path_info(pid).endpoint == before  # type: ignore[union-attr]
-    assert mn.stats["drop_data_auth"] == 2
+    assert host.fwd is not None and host.fwd.by_id[pid].endpoint == before
+    assert host.fwd.stats["rx_auth"] == 2
 
 
 # -- RS-S --------------------------------------------------------------------------------------------

@@ -118,6 +118,7 @@ class FaultWorld:
             place = (h.addr, h.public)
         else:
             self.net.add(host, core, place[0], place[1])
+        self.net.attach_dataplane(host, core)  # a restarted daemon starts with an empty forwarding table
         self.nodes[host] = core
         core.register((place[0],), self.net.now)
 
@@ -152,7 +153,7 @@ class FaultWorld:
                 if info is None or not path.established:
                     continue
                 dst = info.peer_vip4 or GN
-                core.send_data(info.path_id, ipv4_udp(reg.vip4, dst, b"from " + host.encode()), self.net.now)
+                self.net.send_ip(host, ipv4_udp(reg.vip4, dst, b"from " + host.encode()))
                 if info.mode is PathMode.RS_N:
                     for name in RELAYS:
                         e = self.relay(name).entry(info.path_id)

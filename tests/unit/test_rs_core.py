@@ -69,7 +69,7 @@ from ntmobile.wire import (
     parse_signal_header,
 )
 
-from .harness import TEST_NETS
+from .harness import TEST_NETS, Net
 
 RS_ID = bytes.fromhex("5253000000000001")
 DC_ID = bytes.fromhex("4443000000000001")
@@ -818,7 +818,8 @@ def test_random_input_never_raises(data: bytes, port: int, gso: bool) -> None:
 # -- end to end with the real DC and node cores ---------------------------------------------------------
 
 
-def _e2e_setup() -> tuple[Any, Any, RsCore, dict[Endpoint, Any], dict[Endpoint, list[Event]]]:
+def _e2e_setup() -> tuple[Any, dict[Endpoint, Any], RsCore, Net]:
+    """The real DC, relay and two node cores on the harness's network (each node with its data path)."""
     from ntmobile.core.dc import DcConfig, DcCore
     from ntmobile.core.node import NodeConfig, NodeCore
     from ntmobile.core.registry import ClientRecord, MemoryStore, Pools
@@ -834,78 +835,78 @@ def _e2e_setup() -> tuple[Any, Any, RsCore, dict[Endpoint, Any], dict[Endpoint, 
         NODE_A: NodeCore(NodeConfig("a.ntm.example", b"NODE-A\x00\x01", PSK2, DC_ID, DC_EP), 0.0, seq_base=1),
         NODE_B: NodeCore(NodeConfig("b.ntm.example", b"NODE-B\x00\x01", PSK2, DC_ID, DC_EP), 0.0, seq_base=1),
     }
-    hosts: dict[Endpoint, Any] = {DC_EP: dc, RS_OBSERVED: rs, **nodes}
-    evs: dict[Endpoint, list[Event]] = {ep: [] for ep in hosts}
+    net = Net(now=0.0)
+    net.add("dc", dc, DC_EP)
+    net.add("rs", rs, RS_OBSERVED)
+    for name, (ep, node) in zip(("a", "b"), nodes.items(), strict=True):
+        net.add(name, node, ep)
+        net.attach_dataplane(name, node)
     rs.register(0.0)
     for node in nodes.values():  # both behind (different) NATs: they report private addresses
         node.register((("10.0.0.2", 7412),), 0.0)
-    _pump(hosts, evs, 0.1)
-    return dc, nodes, rs, hosts, evs
+    _pump(net, 0.1)
+    return dc, nodes, rs, net
 
 
-def _pump(hosts: dict[Endpoint, Any], evs: dict[Endpoint, list[Event]], now: float) -> None:
+def _pump(net: Net, now: float) -> None:
+    """Deliver until quiet at ``now`` (no timers fire)."""
+    net.now = now
     for _ in range(50):
-        moved = False
-        for src, core in hosts.items():
-            while (ev := core.next_event()) is not None:
-                evs[src].append(ev)
-            for dg in core.datagrams_to_send():
-                moved = True
-                if dg.addr in hosts:
-                    hosts[dg.addr].receive_datagram(dg.data, src, now)
-        if not moved:
+        if not net.step():
             return
 
 
 def test_end_to_end_rs_n_with_real_dc_and_node() -> None:
     from ntmobile.core.dc import ResolveRequest
     from ntmobile.core.discovery import DiscoveryResult, Outcome
-    from ntmobile.core.node import DataReceived, PathReady
+    from ntmobile.core.node import PathReady
 
-    dc, nodes, rs, hosts, evs = _e2e_setup()
-    assert any(isinstance(e, Registered) for e in evs[RS_OBSERVED])
+    dc, nodes, rs, net = _e2e_setup()
+    assert net.events_of("rs", Registered)
     node = nodes[NODE_A]
     node.request_path("www.gn.example", 1.0)
-    _pump(hosts, evs, 1.0)
-    [resolve] = [e for e in evs[DC_EP] if isinstance(e, ResolveRequest)]
+    _pump(net, 1.0)
+    [resolve] = net.events_of("dc", ResolveRequest)
     dc.resolution_result(resolve.token, DiscoveryResult(resolve.fqdn, Outcome.GENERAL_NODE, a=(GN_ADDR,)), 1.1)
-    _pump(hosts, evs, 1.1)
+    _pump(net, 1.1)
     # The DC asks the relay how far the GN is; the relay's runtime measures and answers.
-    [probe] = [e for e in evs[RS_OBSERVED] if isinstance(e, ProbeRequest)]
+    [probe] = net.events_of("rs", ProbeRequest)
     assert probe.target == GN_ADDR
     rs.probe_result(probe.token, 2, 800, 1.15)
-    _pump(hosts, evs, 1.15)
-    [added] = [e for e in evs[RS_OBSERVED] if isinstance(e, RelayAdded)]
+    _pump(net, 1.15)
+    [added] = net.events_of("rs", RelayAdded)
     entry = added.entry
     [(node_vip, gn_vip, gn_addr)] = entry.nat_mappings()
     assert gn_addr == GN_ADDR and entry.node_endpoint == NODE_A
-    [ready] = [e for e in evs[NODE_A] if isinstance(e, PathReady)]
+    [ready] = net.events_of("a", PathReady)
     assert ready.path.path_id == entry.path_id
     inner = ip4(node_vip, gn_vip, b"to the general node")
-    assert node.send_data(entry.path_id, inner, 1.2)
-    _pump(hosts, evs, 1.2)
+    net.send_ip("a", inner)
+    _pump(net, 1.2)
     assert rs.packets_to_tun() == [(inner, False)]
     reply = ip4(gn_vip, node_vip, b"from the general node")
     rs.tun_packet(reply, 1.3)
-    _pump(hosts, evs, 1.3)
-    assert DataReceived(entry.path_id, reply) in evs[NODE_A]
+    _pump(net, 1.3)
+    assert net.received("a") == [reply]
 
 
 def test_end_to_end_rs_s_with_real_dc_and_nodes() -> None:
-    from ntmobile.core.node import DataReceived, PathReady
+    from ntmobile.core.node import PathReady
 
-    dc, nodes, rs, hosts, evs = _e2e_setup()
+    dc, nodes, rs, net = _e2e_setup()
     nodes[NODE_A].request_path("b.ntm.example", 1.0)
-    _pump(hosts, evs, 1.0)
-    [added] = [e for e in evs[RS_OBSERVED] if isinstance(e, RelayAdded)]
+    _pump(net, 1.0)
+    [added] = net.events_of("rs", RelayAdded)
     entry = added.entry
     assert entry.rs_type is RsType.S
     assert entry.initiator.endpoint == NODE_A and entry.responder_endpoint == NODE_B
-    assert [e for e in evs[NODE_A] if isinstance(e, PathReady)]
-    assert [e for e in evs[NODE_B] if isinstance(e, PathReady)]
-    assert nodes[NODE_A].send_data(entry.path_id, b"hello b", 1.2)
-    assert nodes[NODE_B].send_data(entry.path_id, b"hello a", 1.2)
-    _pump(hosts, evs, 1.2)
-    assert DataReceived(entry.path_id, b"hello b") in evs[NODE_B]
-    assert DataReceived(entry.path_id, b"hello a") in evs[NODE_A]
+    [ready_a] = net.events_of("a", PathReady)
+    [ready_b] = net.events_of("b", PathReady)
+    vip_a, vip_b = ready_b.path.peer_vip4, ready_a.path.peer_vip4
+    assert vip_a and vip_b
+    to_b, to_a = ip4(vip_a, vip_b, b"hello b"), ip4(vip_b, vip_a, b"hello a")
+    net.send_ip("a", to_b)
+    net.send_ip("b", to_a)
+    _pump(net, 1.2)
+    assert net.received("b") == [to_b] and net.received("a") == [to_a]
     assert (entry.packets_i2r, entry.packets_r2i) == (1, 1)

@@ -4,32 +4,24 @@ Route Direction → Tunnel Request/Response → data capsules both ways; with lo
 
 from __future__ import annotations
 
-import struct
-
 import pytest
 
 from ntmobile.core.dc import DirectionDecision, ResolveRequest
 from ntmobile.core.discovery import DiscoveryResult, Outcome
-from ntmobile.core.node import DataReceived, PathClosed, PathFailed, PathReady
+from ntmobile.core.node import PathClosed, PathFailed, PathReady
 from ntmobile.core.registry import ClientRecord
 from ntmobile.core.rs import RelayAdded
 from ntmobile.crypto import CapsuleSealer, Channel, KeyPair
 from ntmobile.wire import CapsuleFlags, MessageType, PathMode, Role, RouteDirection, Status
 
 from . import harness
+from .harness import ipv4_udp
 
 DC_ID = bytes.fromhex("dc000000000000aa")
 DC_EP, RS_EP = harness.WORLD_DC_EP, harness.WORLD_RS_EP
 MN_PRIV = ("10.1.0.10", 7412)
 MN_PUB = ("192.0.2.100", 40001)
 GN, POOLS = harness.WORLD_GN, harness.WORLD_POOLS
-
-
-def ipv4_udp(src: str, dst: str, payload: bytes) -> bytes:
-    s = bytes(int(x) for x in src.split("."))
-    d = bytes(int(x) for x in dst.split("."))
-    udp = struct.pack("!HHHH", 5000, 6000, 8 + len(payload), 0) + payload
-    return struct.pack("!BBHHHBBH4s4s", 0x45, 0, 20 + len(udp), 1, 0, 64, 17, 0, s, d) + udp
 
 
 class World(harness.World):
@@ -67,15 +59,14 @@ def test_rsn_sequence_end_to_end() -> None:
     assert added.entry.nat_mappings() == [(w.mn.registration.vip4, path.peer_vip4, GN)]  # type: ignore[union-attr]
     # Data MN → RS-N: the RS hands the exact inner packet to its TUN.
     pkt = ipv4_udp(w.mn.registration.vip4, path.peer_vip4, b"GET / HTTP/1.0\r\n\r\n")  # type: ignore[union-attr, arg-type]
-    assert w.mn.send_data(path.path_id, pkt, w.net.now)
+    w.send_ip("mn", pkt)
     w.net.step()
     assert [p for p, _gso in w.rs.packets_to_tun()] == [pkt]
     # Reply GN → MN, de-NATed by the kernel (src GN VIP, dst node VIP), sealed back to the node's NAT mapping.
     reply = ipv4_udp(path.peer_vip4, w.mn.registration.vip4, b"HTTP/1.0 200 OK\r\n\r\n")  # type: ignore[arg-type, union-attr]
     w.rs.tun_packet(reply, w.net.now)
     w.net.step()
-    got = w.net.events_of("mn", DataReceived)
-    assert got and got[-1].payload == reply
+    assert w.received("mn") == [reply]
 
 
 @pytest.mark.parametrize("seed", [3, 4, 5, 6, 7])
@@ -93,7 +84,7 @@ def test_replayed_capsule_is_rejected() -> None:
     w = World()
     path = w.setup_path().path
     pkt = ipv4_udp(w.mn.registration.vip4, path.peer_vip4, b"x")  # type: ignore[arg-type, union-attr]
-    w.mn.send_data(path.path_id, pkt, w.net.now)
+    w.send_ip("mn", pkt)
     w.net.step()
     assert len(w.rs.packets_to_tun()) == 1
     capsule = w.net.sent_by["mn"][-1]
@@ -185,7 +176,7 @@ def test_path_keepalives_keep_the_relay_entry_and_nat_mapping_alive() -> None:
     assert w.mn.stats["path_keepalives"] >= 15  # every 15 s: the DC said the node is behind a NAT
     assert w.rs.entry(path.path_id) is not None
     pkt = ipv4_udp(w.mn.registration.vip4, path.peer_vip4, b"still there")  # type: ignore[arg-type, union-attr]
-    w.mn.send_data(path.path_id, pkt, w.net.now)
+    w.send_ip("mn", pkt)
     w.net.step()
     assert [p for p, _gso in w.rs.packets_to_tun()] == [pkt]
 

@@ -59,7 +59,7 @@ def test_node_cannot_inject_into_another_nodes_path_id() -> None:
     assert w.rs.stats["drop_data_auth"] == 1
     # ... or re-sends one of mn's captured capsules from its own address: a replay, refused, and
     # mn's learnt endpoint does not move to evil.
-    w.mn.send_data(mine.path_id, pkt, w.net.now)
+    w.send_ip("mn", pkt)
     w.net.step()
     assert _tun_packets(w) == [pkt]
     captured = w.net.sent_by["mn"][-1]
@@ -69,7 +69,7 @@ def test_node_cannot_inject_into_another_nodes_path_id() -> None:
     entry = w.rs.entry(mine.path_id)
     assert entry is not None and entry.initiator.endpoint == mn_endpoint != EVIL_PUB
     # mn's own traffic still flows.
-    w.mn.send_data(mine.path_id, pkt, w.net.now)
+    w.send_ip("mn", pkt)
     w.net.step()
     assert _tun_packets(w) == [pkt]
 
@@ -80,13 +80,13 @@ def test_node_cannot_claim_another_nodes_vip_as_inner_source() -> None:
     theirs = w.path_of(w.evil, "evil", "www.gn.example").path
     assert theirs.mode is PathMode.RS_N
     spoofed = ipv4_udp(mn_vip, theirs.peer_vip4, b"as mn")  # type: ignore[arg-type]
-    assert w.evil.send_data(theirs.path_id, spoofed, w.net.now)
+    w.send_ip("evil", spoofed)
     w.net.step()
     assert _tun_packets(w) == []
     assert w.rs.stats["drop_inner_address"] == 1
     # Its own VIP passes: the check is the path's (node VIP, GN VIP) pair, not a blanket refusal.
     honest = ipv4_udp(w.evil.registration.vip4, theirs.peer_vip4, b"as evil")  # type: ignore[arg-type, union-attr]
-    w.evil.send_data(theirs.path_id, honest, w.net.now)
+    w.send_ip("evil", honest)
     w.net.step()
     assert _tun_packets(w) == [honest]
 

@@ -26,6 +26,7 @@ import subprocess
 import sys
 import tempfile
 import time
+from collections import ChainMap
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -39,6 +40,7 @@ import dns.rdataclass
 import dns.rdatatype
 from cryptography.hazmat.primitives.ciphers.aead import AESGCM
 
+from ntmobile.core.common import Datagram
 from ntmobile.core.dc import DcConfig, DcCore, ResolveRequest
 from ntmobile.core.discovery import DiscoveryResult, Outcome
 from ntmobile.core.node import NodeConfig, NodeCore
@@ -46,6 +48,8 @@ from ntmobile.core.registry import ClientRecord, MemoryStore, Pools
 from ntmobile.core.rs import DcLink, ProbeRequest, RsConfig, RsCore
 from ntmobile.core.targets import DOCUMENTATION_NETS as LAB_NETS
 from ntmobile.crypto import CapsuleSealer
+from ntmobile.dataplane.forwarder import FwdPath, NodeForwarder
+from ntmobile.dataplane.memory import MemoryTun, MemoryUdp
 from ntmobile.runtime.config import NodeSettings
 from ntmobile.wire import CapsuleFlags, MessageType, Role
 
@@ -86,7 +90,7 @@ def capture_corpus(ids: Identities | None = None, seed: int = 1) -> dict[str, li
 
 
 def corpus_world(ids: Identities | None = None, seed: int = 1
-                 ) -> tuple[dict[str, list[bytes]], DcCore, RsCore, NodeCore]:
+                 ) -> tuple[dict[str, list[bytes]], DcCore, RsCore, FuzzNode]:
     """Run registration (node and relay) and one RS-N path set-up with data both ways between real
     cores in memory; return every datagram sent, keyed by the receiving role, and the three cores
     (registered, with the path set up)."""
@@ -101,8 +105,8 @@ def corpus_world(ids: Identities | None = None, seed: int = 1
     rs = RsCore(RsConfig(ids.relay.name, ids.relay.client_id, [DcLink(ids.dc_id, DC_EP, ids.relay.psk)],
                          local_endpoints=[RS_EP], rsn_allow=LAB_NETS), now, seq_base=10**15,
                 random_bytes=_rng_bytes(rng))
-    node = NodeCore(NodeConfig(ids.node.name, ids.node.client_id, ids.node.psk, ids.dc_id, DC_EP), now,
-                    seq_base=10**15, random_bytes=_rng_bytes(rng))
+    node = FuzzNode(NodeCore(NodeConfig(ids.node.name, ids.node.client_id, ids.node.psk, ids.dc_id, DC_EP), now,
+                             seq_base=10**15, random_bytes=_rng_bytes(rng)))
     cores: dict[Endpoint, tuple[str, Any]] = {DC_EP: ("dc", dc), RS_EP: ("rs", rs), NODE_EP: ("node", node)}
     out: dict[str, list[bytes]] = {"dc": [], "rs": [], "node": []}
 
@@ -136,14 +140,52 @@ def corpus_world(ids: Identities | None = None, seed: int = 1
     node.request_path("www.gn.example", now)
     pump()
     for info in node.paths():
-        pid = bytes.fromhex(str(info["path_id"]))
         vip = node.registration.vip4 if node.registration is not None else "100.64.1.1"
         pkt = _ipv4_udp(str(vip), str(info["peer_vip4"]), b"fuzz corpus")
-        node.send_data(pid, pkt, now)
+        node.send_ip(pkt)
         pump()
         rs.tun_packet(_ipv4_udp(str(info["peer_vip4"]), str(vip), b"reply"), now)
         pump()
     return out, dc, rs, node
+
+
+class FuzzNode:
+    """A node as its daemon receives datagrams: data capsules to the forwarder (the one data path,
+    over an in-memory TUN and UDP), everything else to the core; the forwarder follows the core's
+    path events. Its ``stats`` are the core's and the forwarder's counters together (a live view)."""
+
+    def __init__(self, core: NodeCore) -> None:
+        self.core = core
+        self.tun, self.udp = MemoryTun(), MemoryUdp()
+        self.fwd = NodeForwarder(self.tun, self.udp, on_learn=self._learnt)
+        self.stats = ChainMap(self.fwd.stats, core.stats)  # (a Counter answers 0 for any key: last)
+        self._now = 0.0
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self.core, name)
+
+    def _learnt(self, fp: FwdPath, addr: Endpoint) -> None:
+        self.core.note_data(fp.path_id, addr, 0, 0, self._now)
+
+    def receive_datagram(self, data: bytes, addr: Endpoint, now: float) -> None:
+        self._now = now
+        if len(data) >= 2 and data[1] == MessageType.DATA:
+            self.fwd.on_capsule(memoryview(data), addr, now)
+        else:
+            self.core.receive_datagram(data, addr, now)
+
+    def datagrams_to_send(self) -> list[Datagram]:
+        return self.core.datagrams_to_send() + [Datagram(d, a) for d, a in self.udp.take()]
+
+    def next_event(self) -> Any:
+        ev = self.core.next_event()
+        if ev is not None:
+            self.fwd.follow(ev)
+        return ev
+
+    def send_ip(self, packet: bytes) -> None:
+        self.tun.inject(packet)
+        self.fwd.on_tun_readable()
 
 
 def _drain(core: Any) -> list[Any]:

@@ -20,18 +20,20 @@ from __future__ import annotations
 
 import ipaddress
 import socket
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
+from typing import Protocol
 
+from ntmobile.core.node import PathClosed, PathEndpointChanged, PathReady
 from ntmobile.crypto import AuthError, CapsuleOpener, CapsuleSealer, ReassemblyRefused
 from ntmobile.wire import CodecError
-from ntmobile.wire.constants import TAG_SIZE, CapsuleFlags
+from ntmobile.wire.constants import TAG_SIZE, Capability, CapsuleFlags, PathMode
 from ntmobile.wire.frame import GSO_CHUNK_OVERHEAD
 
 from . import vnet
-from .tun import MAX_PACKET, Tun
+from .tun import MAX_PACKET
 from .udp import GSO_MAX_BYTES, GSO_MAX_SEGMENTS
-from .udpio import UdpIo, chunk_size
+from .udpio import chunk_size
 from .vnet import VNET_HDR_LEN, ZERO_HDR
 
 Endpoint = tuple[str, int]
@@ -59,6 +61,23 @@ def gso_max_size(path_mtu: int = PATH_MTU) -> int:
     return best
 
 
+class TunDevice(Protocol):
+    """What the forwarder needs of a TUN queue: ``tun.Tun`` in the daemon, ``memory.MemoryTun`` in tests."""
+
+    vnet_hdr: bool
+
+    def read_into(self, buf: bytearray | memoryview) -> int: ...
+    def write(self, buf: bytes | bytearray | memoryview) -> int: ...
+    def writev(self, parts: Sequence[bytes | bytearray | memoryview]) -> int: ...
+
+
+class DatagramOut(Protocol):
+    """What the forwarder needs of the UDP side: ``udpio.UdpIo`` in the daemon, ``memory.MemoryUdp`` in tests."""
+
+    def send(self, data: bytes | bytearray | memoryview, addr: Endpoint) -> None: ...
+    def send_chunks(self, data: bytes | bytearray | memoryview, size: int, addr: Endpoint) -> None: ...
+
+
 @dataclass(slots=True)
 class FwdPath:
     path_id: bytes
@@ -75,7 +94,7 @@ class FwdPath:
 
 
 class NodeForwarder:
-    def __init__(self, tun: Tun, io: UdpIo, *, path_mtu: int = PATH_MTU,
+    def __init__(self, tun: TunDevice, io: DatagramOut, *, path_mtu: int = PATH_MTU,
                  on_miss: Callable[[bytes], None] | None = None,
                  on_learn: Callable[[FwdPath, Endpoint], None] | None = None) -> None:
         self.tun = tun
@@ -116,6 +135,19 @@ class NodeForwarder:
         fp = self.by_id.get(path_id)
         if fp is not None:
             fp.endpoint = endpoint
+
+    def follow(self, ev: object) -> None:
+        """Apply a node core event to the forwarding table: a ready path is installed (its peer's VIPs,
+        its endpoint, address learning unless relayed by an RS-S, GSO if the peer takes it), a moved
+        endpoint updated, a closed path removed. Other events are not the data plane's."""
+        if isinstance(ev, PathReady):
+            p = ev.path
+            self.add(p.path_id, p.sealer, p.opener, [v for v in (p.peer_vip4, p.peer_vip6) if v], p.endpoint,
+                     learn=p.mode is not PathMode.RS_S, gso=bool(p.capabilities & Capability.GSO))
+        elif isinstance(ev, PathEndpointChanged):
+            self.set_endpoint(ev.path_id, ev.endpoint)
+        elif isinstance(ev, PathClosed):
+            self.remove(ev.path_id)
 
     # -- TUN → UDP -------------------------------------------------------------------------------
     def on_tun_readable(self) -> None:

@@ -25,12 +25,10 @@ import dns.rrset
 
 from ntmobile.core.discovery import Discovery, DiscoveryCache, DiscoveryResult, Outcome
 from ntmobile.core.node import (
-    DataReceived,
     LookupFallback,
     NodeConfig,
     NodeCore,
     PathClosed,
-    PathEndpointChanged,
     PathFailed,
     PathInfo,
     PathReady,
@@ -46,7 +44,7 @@ from ntmobile.dataplane.udpio import UdpIo
 from ntmobile.osops import netlink
 from ntmobile.osops.iproute import set_gso_max_size
 from ntmobile.osops.resolver import ResolverError
-from ntmobile.wire import Capability, PathMode, Status
+from ntmobile.wire import Capability, Status
 
 from . import dnsclasses  # noqa: F401  (dnspython's IN rdata classes before any input)
 from .config import ConfigError, Credentials, NodeSettings, group_id, reload_settings
@@ -253,6 +251,7 @@ class NodeDaemon:
 
     # -- core events --------------------------------------------------------------------------------
     def on_event(self, ev: object) -> None:
+        self.fwd.follow(ev)  # the forwarding table follows the paths (the same call as the unit harness)
         if isinstance(ev, Registered):
             self.on_registered(ev)
         elif isinstance(ev, RegistrationFailed):
@@ -276,13 +275,8 @@ class NodeDaemon:
                     for h in lk.held:
                         self.driver.spawn(self.fallback_answer(h, ev.fqdn), self._tasks, "DNS fallback")
             self._refreshing.discard(ev.fqdn)
-        elif isinstance(ev, PathEndpointChanged):
-            self.fwd.set_endpoint(ev.path_id, ev.endpoint)
         elif isinstance(ev, PathClosed):
-            self.fwd.remove(ev.path_id)
             self.paths.pop(ev.path_id, None)
-        elif isinstance(ev, DataReceived):
-            self.tun.write_ip(ev.payload)
 
     def on_registered(self, ev: Registered) -> None:
         old = self.vips
@@ -312,8 +306,6 @@ class NodeDaemon:
         p = ev.path
         self.paths[p.path_id] = p
         vips = [v for v in (p.peer_vip4, p.peer_vip6) if v]
-        self.fwd.add(p.path_id, p.sealer, p.opener, vips, p.endpoint, learn=p.mode is not PathMode.RS_S,
-                     gso=bool(p.capabilities & Capability.GSO))
         if p.peer_name:
             for v in vips:
                 self.name_by_vip[ipaddress.ip_address(v).packed] = p.peer_name

@@ -9,7 +9,6 @@
 
 from .core import EARLY_MAX, RETIRED_KEYS, NodeCore
 from .events import (
-    DataReceived,
     LookupFallback,
     NodeConfig,
     PathClosed,
@@ -23,7 +22,7 @@ from .events import (
 from .paths import PATH_TRANSITIONS, PathState, PathStateError
 
 __all__ = [
-    "EARLY_MAX", "PATH_TRANSITIONS", "RETIRED_KEYS", "DataReceived", "LookupFallback", "NodeConfig", "NodeCore",
+    "EARLY_MAX", "PATH_TRANSITIONS", "RETIRED_KEYS", "LookupFallback", "NodeConfig", "NodeCore",
     "PathClosed",
     "PathEndpointChanged", "PathFailed", "PathInfo", "PathReady", "PathState", "PathStateError", "Registered",
     "RegistrationFailed",

@@ -1,8 +1,10 @@
-"""The NTM node's sans-IO core: NodeCore, its registration with the DC, its API, the dispatch of
-every datagram it is fed, and the data capsules it seals and opens itself (tests, the fuzz bench).
+"""The NTM node's sans-IO core: NodeCore, its registration with the DC, its API and the dispatch of
+every signalling datagram it is fed. Data capsules are not the core's: the node's one data path is
+``dataplane.forwarder.NodeForwarder`` (daemon and unit tests alike), which follows the core's path
+events and tells it what it learns (``note_data``).
 
-Inputs: datagrams from the node's single UDP socket, API calls (``register``, ``request_path``,
-``send_data``, ``addresses_changed``), ``handle_timer``. Outputs: datagrams, events, the timer.
+Inputs: signalling datagrams from the node's UDP socket, API calls (``register``, ``request_path``,
+``addresses_changed``), ``handle_timer``. Outputs: datagrams, events, the timer.
 The lookups with the DC are in direction.py, the tunnels with peers and relays in tunnel.py, the
 path records and their states in paths.py.
 """
@@ -12,10 +14,9 @@ from __future__ import annotations
 import os
 from collections.abc import Callable
 
-from ntmobile.crypto import AuthError, CounterFloor, UsedKeys
+from ntmobile.crypto import CounterFloor, UsedKeys
 from ntmobile.wire import (
     MAX_SIGNAL_SIZE,
-    CapsuleFlags,
     CodecError,
     Endpoint,
     Keepalive,
@@ -32,7 +33,6 @@ from ntmobile.wire import (
     SignalHeader,
     Status,
     StatusMessage,
-    parse_capsule_header,
     parse_signal_header,
     parse_version_not_supported,
     peek,
@@ -45,7 +45,6 @@ from ..registration import Outcome as RegistrationOutcome
 from ..timing import EARLY_HOLD, MAPPING_PROBE_TIMEOUT, REGISTRATION_TIMEOUT, node_keepalive_timeout
 from .direction import NodeDirections
 from .events import (
-    DataReceived,
     NodeConfig,
     PathInfo,
     Registered,
@@ -161,16 +160,6 @@ class NodeCore(NodeDirections):
         self._dc.resend()
         self._announce_all(now)
 
-    def send_data(self, path_id: bytes, payload: bytes, now: float, *, gso: bool = False) -> bool:
-        path = self._paths.get(path_id)
-        if path is None or not path.established or path.endpoint is None:
-            self.stats["data_no_path"] += 1
-            return False
-        self._send(path.sealer.seal(payload, CapsuleFlags.GSO if gso else 0), path.endpoint)
-        path.tx_packets += 1
-        path.tx_bytes += len(payload)
-        return True
-
     def paths(self) -> list[dict[str, object]]:
         out: list[dict[str, object]] = []
         for p in self._paths.values():
@@ -223,7 +212,8 @@ class NodeCore(NodeDirections):
         try:
             _version, mtype = peek(data)
             if mtype == MessageType.DATA:
-                self._on_data(data, addr, now)
+                # The forwarder's (NodeForwarder.on_capsule): a capsule fed here is not opened.
+                self.stats["drop_data_not_signalling"] += 1
                 return
             header = parse_signal_header(data)
         except CodecError:
@@ -330,26 +320,3 @@ class NodeCore(NodeDirections):
             return
         self._dc.fail(Status.UNSUPPORTED_VERSION, f"the DC speaks protocol versions {lo}..{hi}; this node speaks "
                       f"{SUPPORTED_VERSIONS[0]}..{SUPPORTED_VERSIONS[1]}", now)
-
-    def _on_data(self, data: bytes, addr: Endpoint, now: float) -> None:
-        try:
-            hdr = parse_capsule_header(data)
-        except CodecError:
-            self.stats["drop_malformed"] += 1
-            return
-        path = self._paths.get(hdr.path_id)
-        if path is None:
-            self.stats["drop_unknown_path"] += 1
-            return
-        try:
-            payload = path.opener.open(data)
-        except AuthError:
-            self.stats["drop_data_auth"] += 1
-            return
-        except CodecError:
-            self.stats["drop_malformed"] += 1
-            return
-        # Liveness, counters, address learning and a responder's establishment: the one place the
-        # daemon's forwarder reaches too (note_data).
-        self.note_data(path.path_id, addr, 1, len(payload), now)
-        self._emit(DataReceived(path.path_id, payload))

@@ -91,12 +91,6 @@ class PathClosed(Event):
     reason: str
 
 
-@dataclass(frozen=True, slots=True)
-class DataReceived(Event):
-    path_id: bytes
-    payload: bytes
-
-
 def status_of(code: int) -> Status:
     """A Status from the wire (an unknown code reads as BAD_REQUEST)."""
     try:
