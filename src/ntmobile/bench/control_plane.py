@@ -47,6 +47,8 @@ from ntmobile.core.registry import ClientRecord, Pools
 from ntmobile.core.rs import DcLink, ProbeRequest, RsConfig, RsCore
 from ntmobile.wire import Role
 
+from .calibration import host_calibration
+
 DC_ADDR = "127.0.0.1"
 DC_PORT = 7410
 RS_EP = ("127.0.0.2", 7411)
@@ -631,6 +633,7 @@ def run_bench(nodes: int, paths: int, window: int, log: Callable[[str], None] = 
         if proc.returncode != 0 or not out.exists():
             raise RuntimeError(f"the control-plane bench failed (exit {proc.returncode})")
         result: dict[str, Any] = json.loads(out.read_text())
+        result["calibration"] = host_calibration()
         return result
 
 

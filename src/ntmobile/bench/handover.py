@@ -38,6 +38,8 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
+from .calibration import calibration_markdown, host_calibration
+
 PROBE = struct.Struct("!Id")  # sequence number, send time (time.time())
 PROBE_PORT = 7399
 INTERVAL = 0.01
@@ -457,11 +459,13 @@ def run_bench(*, moves: int = 20, path_types: Sequence[str] = ("rs-n", "direct",
         finally:
             if not attach:
                 lab.down()
+    cal = host_calibration()
     report = {"bench": "handover", "when": time.strftime("%Y-%m-%d %H:%M:%S UTC", time.gmtime()),
-              "lab": prefix, "moves": moves, "interval_ms": INTERVAL * 1000, "results": results}
+              "lab": prefix, "moves": moves, "interval_ms": INTERVAL * 1000, "results": results,
+              "calibration": cal}
     out_dir.mkdir(parents=True, exist_ok=True)
     (out_dir / "bench-handover.json").write_text(json.dumps(report, indent=2) + "\n")
-    (out_dir / "bench-handover.md").write_text(to_markdown(report))
+    (out_dir / "bench-handover.md").write_text(to_markdown(report) + calibration_markdown(cal))
     return report
 
 

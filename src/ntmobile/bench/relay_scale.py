@@ -21,6 +21,8 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
+from .calibration import calibration_markdown, host_calibration
+
 TARGET_MIB = 64.0
 Log = Callable[[str], None]
 
@@ -115,10 +117,10 @@ def run_bench(*, paths: int = 10000, out_dir: Path = Path("artifacts"), log: Log
     res = json.loads(cp.stdout.strip().splitlines()[-1])
     report = {"bench": "relay-scale", "started": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
               "target_mib": TARGET_MIB, "met": res["rss_full_mib"] <= TARGET_MIB
-              and res["entries"] == paths, **res}
+              and res["entries"] == paths, **res, "calibration": host_calibration()}
     out_dir.mkdir(parents=True, exist_ok=True)
     (out_dir / "bench-relay-scale.json").write_text(json.dumps(report, indent=2) + "\n")
-    (out_dir / "bench-relay-scale.md").write_text(to_markdown(report))
+    (out_dir / "bench-relay-scale.md").write_text(to_markdown(report) + calibration_markdown(report["calibration"]))
     return report
 
 

@@ -32,6 +32,8 @@ from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
+from .calibration import calibration_markdown, host_calibration
+
 #: The node's DNS stub: NodeSettings.dns_listen's default (this client imports no ntmobile code, to start fast).
 STUB = "127.0.0.153"
 NTM = [sys.executable, "-m", "ntmobile"]
@@ -213,9 +215,10 @@ def run_bench(*, names: int, peers: int, cases: Sequence[str], prefix: str, out_
             report["cases"]["ntm-direct"] = {"samples": res, **summarize(res)}
         finally:
             lab.down()
+    report["calibration"] = host_calibration()
     out_dir.mkdir(parents=True, exist_ok=True)
     (out_dir / "bench-setup.json").write_text(json.dumps(report, indent=2))
-    (out_dir / "bench-setup.md").write_text(to_markdown(report) + "\n")
+    (out_dir / "bench-setup.md").write_text(to_markdown(report) + "\n" + calibration_markdown(report["calibration"]))
     return report
 
 

@@ -40,6 +40,8 @@ from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
+from .calibration import calibration_markdown, host_calibration
+
 MODES = ("veth", "ntm-direct", "ntm-rs-n", "ntm-rs-s", "wireguard-go", "openvpn", "ntm-direct-v4", "ntm-rs-n-v4")
 #: Inner IPv4 (``iperf3 -4``): the paper's Table 2 condition, measured on 100 Mbit/s links only.
 V4_MODES = ("ntm-direct-v4", "ntm-rs-n-v4")
@@ -71,7 +73,7 @@ def machine() -> dict[str, Any]:
     except OSError:
         pass
     return {"cpu": model or platform.processor(), "cores": os.cpu_count(), "kernel": platform.release(),
-            "python": platform.python_version(), "machine": platform.machine()}
+            "python": platform.python_version(), "machine": platform.machine(), "calibration": host_calibration()}
 
 
 def topology(rate_mbit: float | None, *, offload: bool = True) -> Any:
@@ -277,7 +279,8 @@ def run_bench(*, runs: int = 10, seconds: float = 10, conditions: Sequence[str] 
     report["targets"] = check_targets(report)
     out_dir.mkdir(parents=True, exist_ok=True)
     (out_dir / "bench-throughput.json").write_text(json.dumps(report, indent=2) + "\n")
-    (out_dir / "bench-throughput.md").write_text(to_markdown(report))
+    cal = report["machine"].get("calibration")
+    (out_dir / "bench-throughput.md").write_text(to_markdown(report) + calibration_markdown(cal))
     try:
         plot(report, out_dir / "bench-throughput.png")
     except ImportError as exc:  # matplotlib is the optional extra "bench": keep the numbers without it

@@ -116,8 +116,11 @@ def fuzz(count: int = typer.Option(1_000_000, "--count", min=1, help="datagrams 
     except RuntimeError as exc:
         fail(str(exc))
     out.mkdir(parents=True, exist_ok=True)
+    from ntmobile.bench.calibration import calibration_markdown, host_calibration
+
+    report["calibration"] = host_calibration()
     (out / "bench-fuzz.json").write_text(json.dumps(report, indent=2))
-    (out / "bench-fuzz.md").write_text(fuzz_md(report) + "\n")
+    (out / "bench-fuzz.md").write_text(fuzz_md(report) + "\n" + calibration_markdown(report["calibration"]))
     typer.echo(fuzz_md(report))
     typer.echo(f"written: {out / 'bench-fuzz.json'}, {out / 'bench-fuzz.md'}")
     if not (report.get("alive") and report.get("registration_after") and report.get("dns_after")):
@@ -146,7 +149,9 @@ def control_plane(nodes: int = typer.Option(100_000, "--nodes", min=1, help="sim
         fail(str(exc))
     out.mkdir(parents=True, exist_ok=True)
     (out / "bench-control-plane.json").write_text(json.dumps(report, indent=2))
-    (out / "bench-control-plane.md").write_text(cp_md(report) + "\n")
+    from ntmobile.bench.calibration import calibration_markdown
+
+    (out / "bench-control-plane.md").write_text(cp_md(report) + "\n" + calibration_markdown(report.get("calibration")))
     typer.echo(cp_md(report))
     typer.echo(f"written: {out / 'bench-control-plane.json'}, {out / 'bench-control-plane.md'}")
 
