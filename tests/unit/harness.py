@@ -19,9 +19,9 @@ from ntmobile.core.node import NodeConfig, NodeCore, PathFailed, PathReady
 from ntmobile.core.registry import ClientRecord, MemoryStore, Pools
 from ntmobile.core.rs import DcLink, ProbeRequest, RsConfig, RsCore
 from ntmobile.core.targets import DOCUMENTATION_NETS
-from ntmobile.dataplane.forwarder import FwdPath, NodeForwarder
-from ntmobile.dataplane.memory import MemoryTun, MemoryUdp
-from ntmobile.wire import MessageType, Role
+from ntmobile.dataplane.forwarder import NodeForwarder
+from ntmobile.dataplane.memory import MemoryNode, MemoryTun
+from ntmobile.wire import Role
 
 Endpoint = tuple[str, int]
 
@@ -55,13 +55,19 @@ class Host:
     public: Endpoint | None = None  # NAT mapping: what the world sees
     events: list[Any] = field(default_factory=list)
     #: A node's data path (``attach_dataplane``): the daemon's forwarder over an in-memory TUN and UDP.
-    fwd: NodeForwarder | None = None
-    tun: MemoryTun | None = None
-    udp: MemoryUdp | None = None
+    dp: MemoryNode | None = None
+
+    @property
+    def fwd(self) -> NodeForwarder | None:
+        return self.dp.fwd if self.dp is not None else None
+
+    @property
+    def tun(self) -> MemoryTun | None:
+        return self.dp.tun if self.dp is not None else None
 
     def follow(self, ev: Any) -> None:
-        if self.fwd is not None:
-            self.fwd.follow(ev)
+        if self.dp is not None:
+            self.dp.fwd.follow(ev)
 
 
 @dataclass
@@ -89,12 +95,7 @@ class Net:
         """Give node host ``name`` the daemon's data path: a NodeForwarder on an in-memory TUN (offload
         mode with ``vnet_hdr``) and UDP, whose address learning reaches the core as the daemon's does."""
         h = self.hosts[name]
-        h.tun, h.udp = MemoryTun(vnet_hdr=vnet_hdr), MemoryUdp()
-
-        def learnt(fp: FwdPath, addr: Endpoint) -> None:
-            node.note_data(fp.path_id, addr, 0, 0, self.now)
-
-        h.fwd = NodeForwarder(h.tun, h.udp, on_learn=learnt)
+        h.dp = MemoryNode(node, vnet_hdr=vnet_hdr)
         return h
 
     def pump_events(self) -> None:
@@ -110,8 +111,8 @@ class Net:
         moved = False
         for h in list(self.hosts.values()):
             out = [(dg.data, dg.addr) for dg in h.core.datagrams_to_send()]
-            if h.udp is not None:
-                out += h.udp.take()
+            if h.dp is not None:
+                out += h.dp.udp.take()
             for data, addr in out:
                 moved = True
                 self.sent_by[h.name].append(data)
@@ -122,17 +123,16 @@ class Net:
     def receive(self, target: Host, data: bytes, src: Endpoint) -> None:
         """``data`` reaches ``target`` from ``src``: a data capsule goes to its forwarder (as the daemon's
         socket reader hands it over), anything else to its core."""
-        if target.fwd is not None and len(data) >= 2 and data[1] == MessageType.DATA:
-            target.fwd.on_capsule(memoryview(data), src, self.now)
+        if target.dp is not None:
+            target.dp.receive_datagram(data, src, self.now)
         else:
             target.core.receive_datagram(data, src, self.now)
 
     def send_ip(self, name: str, packet: bytes) -> None:
         """An application on node host ``name`` sends an IP packet: it enters the forwarder from the TUN."""
-        h = self.hosts[name]
-        assert h.tun is not None and h.fwd is not None, f"{name} has no data path"
-        h.tun.inject(packet)
-        h.fwd.on_tun_readable()
+        dp = self.hosts[name].dp
+        assert dp is not None, f"{name} has no data path"
+        dp.send_ip(packet)
 
     def received(self, name: str) -> list[bytes]:
         """The IP packets node host ``name``'s forwarder wrote to its TUN, in order."""

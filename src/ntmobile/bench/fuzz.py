@@ -26,7 +26,6 @@ import subprocess
 import sys
 import tempfile
 import time
-from collections import ChainMap
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -40,7 +39,6 @@ import dns.rdataclass
 import dns.rdatatype
 from cryptography.hazmat.primitives.ciphers.aead import AESGCM
 
-from ntmobile.core.common import Datagram
 from ntmobile.core.dc import DcConfig, DcCore, ResolveRequest
 from ntmobile.core.discovery import DiscoveryResult, Outcome
 from ntmobile.core.node import NodeConfig, NodeCore
@@ -48,8 +46,7 @@ from ntmobile.core.registry import ClientRecord, MemoryStore, Pools
 from ntmobile.core.rs import DcLink, ProbeRequest, RsConfig, RsCore
 from ntmobile.core.targets import DOCUMENTATION_NETS as LAB_NETS
 from ntmobile.crypto import CapsuleSealer
-from ntmobile.dataplane.forwarder import FwdPath, NodeForwarder
-from ntmobile.dataplane.memory import MemoryTun, MemoryUdp
+from ntmobile.dataplane.memory import MemoryNode
 from ntmobile.runtime.config import NodeSettings
 from ntmobile.wire import CapsuleFlags, MessageType, Role
 
@@ -149,43 +146,11 @@ def corpus_world(ids: Identities | None = None, seed: int = 1
     return out, dc, rs, node
 
 
-class FuzzNode:
-    """A node as its daemon receives datagrams: data capsules to the forwarder (the one data path,
-    over an in-memory TUN and UDP), everything else to the core; the forwarder follows the core's
-    path events. Its ``stats`` are the core's and the forwarder's counters together (a live view)."""
-
-    def __init__(self, core: NodeCore) -> None:
-        self.core = core
-        self.tun, self.udp = MemoryTun(), MemoryUdp()
-        self.fwd = NodeForwarder(self.tun, self.udp, on_learn=self._learnt)
-        self.stats = ChainMap(self.fwd.stats, core.stats)  # (a Counter answers 0 for any key: last)
-        self._now = 0.0
+class FuzzNode(MemoryNode):
+    """The fuzzed node: the core with its data path (``MemoryNode``); the core's API reachable on it."""
 
     def __getattr__(self, name: str) -> Any:
         return getattr(self.core, name)
-
-    def _learnt(self, fp: FwdPath, addr: Endpoint) -> None:
-        self.core.note_data(fp.path_id, addr, 0, 0, self._now)
-
-    def receive_datagram(self, data: bytes, addr: Endpoint, now: float) -> None:
-        self._now = now
-        if len(data) >= 2 and data[1] == MessageType.DATA:
-            self.fwd.on_capsule(memoryview(data), addr, now)
-        else:
-            self.core.receive_datagram(data, addr, now)
-
-    def datagrams_to_send(self) -> list[Datagram]:
-        return self.core.datagrams_to_send() + [Datagram(d, a) for d, a in self.udp.take()]
-
-    def next_event(self) -> Any:
-        ev = self.core.next_event()
-        if ev is not None:
-            self.fwd.follow(ev)
-        return ev
-
-    def send_ip(self, packet: bytes) -> None:
-        self.tun.inject(packet)
-        self.fwd.on_tun_readable()
 
 
 def _drain(core: Any) -> list[Any]:

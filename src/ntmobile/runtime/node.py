@@ -332,7 +332,7 @@ class NodeDaemon:
         return self.fwd.on_run(data, size, addr, now)
 
     def on_learn(self, fp: FwdPath, addr: tuple[str, int]) -> None:
-        self.core.note_data(fp.path_id, addr, 0, 0, self.driver.now())
+        self.core.note_data(fp.path_id, addr, self.driver.now())
         self.driver.flush()
 
     def on_miss(self, dst: bytes) -> None:

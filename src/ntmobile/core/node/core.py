@@ -172,27 +172,19 @@ class NodeCore(NodeDirections):
             })
         return out
 
-    def note_data(self, path_id: bytes, addr: Endpoint, rx_packets: int, rx_bytes: int, now: float) -> None:
-        """The data plane authenticated capsules of ``path_id`` from ``addr`` (it decrypts outside
-        the core): keep liveness, counters and address learning in one place."""
+    def note_data(self, path_id: bytes, addr: Endpoint, now: float) -> None:
+        """The data plane authenticated a capsule of ``path_id`` from a new address ``addr`` (it
+        decrypts outside the core; its counters are its own): liveness and address learning."""
         self._now_hint = now
         path = self._paths.get(path_id)
         if path is None:
             return
         path.last_rx = now
-        path.rx_packets += rx_packets
-        path.rx_bytes += rx_bytes
         if path.mode is not PathMode.RS_S:
             # End-to-end authenticated data from a new address: the peer moved (handover).
             self._learn(path, addr)
         if not path.established and path.role is PathRole.RESPONDER:
             self._establish(path)
-
-    def note_sent(self, path_id: bytes, packets: int, nbytes: int) -> None:
-        path = self._paths.get(path_id)
-        if path is not None:
-            path.tx_packets += packets
-            path.tx_bytes += nbytes
 
     def path_info(self, path_id: bytes) -> PathInfo | None:
         p = self._paths.get(path_id)
