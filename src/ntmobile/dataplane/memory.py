@@ -13,7 +13,7 @@ from ntmobile.core.node import NodeCore
 from ntmobile.wire import MessageType
 
 from .forwarder import FwdPath, NodeForwarder
-from .vnet import ZERO_HDR
+from .vnet import VNET_HDR_LEN, ZERO_HDR
 
 Endpoint = tuple[str, int]
 
@@ -23,8 +23,6 @@ class MemoryTun:
     or with ``vnet_hdr`` a virtio_net_hdr followed by a packet or super-packet); ``written`` keeps what
     the node wrote toward the kernel, as written (with its virtio_net_hdr when ``vnet_hdr``)."""
 
-    name = "mem0"
-
     def __init__(self, *, vnet_hdr: bool = False) -> None:
         self.vnet_hdr = vnet_hdr
         self.queue: deque[bytes] = deque()
@@ -33,9 +31,6 @@ class MemoryTun:
     def inject(self, packet: bytes) -> None:
         """Queue an IP packet (a zero virtio_net_hdr is prepended on an offload TUN)."""
         self.queue.append(ZERO_HDR + packet if self.vnet_hdr else packet)
-
-    def inject_raw(self, data: bytes) -> None:
-        self.queue.append(data)
 
     def read_into(self, buf: bytearray | memoryview) -> int:
         if not self.queue:
@@ -53,8 +48,6 @@ class MemoryTun:
 
     def packets(self) -> list[bytes]:
         """The IP packets written so far (virtio_net_hdr stripped), in order."""
-        from .vnet import VNET_HDR_LEN
-
         return [w[VNET_HDR_LEN:] if self.vnet_hdr else w for w in self.written]
 
 
