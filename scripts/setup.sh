@@ -12,6 +12,7 @@ APT_PACKAGES=(
   iperf3 iperf curl openssh-server openssh-client vsftpd lftp busybox
   wireguard-go wireguard-tools openvpn socat
   dbus-daemon
+  postgresql keepalived conntrackd prometheus tftpd-hpa tftp-hpa nebula
 )
 
 if [ "$(id -u)" -ne 0 ]; then
@@ -26,10 +27,10 @@ done
 if [ "${#missing[@]}" -gt 0 ]; then
   echo "ntmobile setup: installing ${missing[*]}"
   export DEBIAN_FRONTEND=noninteractive
-  apt-get update -qq
+  apt-get update -qq -o DPkg::Lock::Timeout=300
   # Service packages must not start daemons on the host: the lab starts its own, in namespaces.
   printf '#!/bin/sh\nexit 101\n' > /usr/sbin/policy-rc.d && chmod +x /usr/sbin/policy-rc.d
-  apt-get install -y -qq --no-install-recommends "${missing[@]}" >/dev/null
+  apt-get install -y -qq -o DPkg::Lock::Timeout=300 --no-install-recommends "${missing[@]}" >/dev/null
   rm -f /usr/sbin/policy-rc.d
 fi
 
