@@ -47,6 +47,15 @@ def test_every_base_dependency_is_imported_by_the_code() -> None:
     assert "matplotlib" not in base and "prometheus-client" not in base
 
 
+def test_prometheus_client_is_the_tests_parser_and_no_daemon_imports_it() -> None:
+    """The daemons render /metrics themselves (runtime/metrics.py): prometheus-client's package loads
+    ssl and hashlib, which the relay keeps out of its memory. The tests parse with it (extra dev)."""
+    assert "prometheus-client" in [dist(r) for r in project()["optional-dependencies"]["dev"]]  # type: ignore[index]
+    assert not [p for p in SRC.rglob("*.py") for name, _ in imports(p) if name == "prometheus_client"]
+    tests = ROOT / "tests"
+    assert [p for p in tests.rglob("*.py") for name, _ in imports(p) if name == "prometheus_client"]
+
+
 def test_matplotlib_is_the_bench_extra_imported_lazily_by_the_bench_only() -> None:
     extras = project()["optional-dependencies"]
     assert [dist(r) for r in extras["bench"]] == ["matplotlib"]  # type: ignore[index]

@@ -91,6 +91,13 @@ class FwdPath:
     tx_bytes: int = 0
     rx_packets: int = 0
     rx_bytes: int = 0
+    #: The path's mode (PathMode name) and its counters when it took that mode (a path whose mode
+    #: changes keeps its counters; the totals by mode count from there).
+    mode: str = ""
+    base: tuple[int, int, int, int] = (0, 0, 0, 0)
+
+    def counts(self) -> tuple[int, int, int, int]:
+        return self.tx_packets, self.tx_bytes, self.rx_packets, self.rx_bytes
 
 
 class NodeForwarder:
@@ -110,15 +117,22 @@ class NodeForwarder:
                       "rx_gso_unsupported": 0, "tun_write_dropped": 0, "tun_write_errors": 0, "tx_gso_capsules": 0,
                       "tx_segmented": 0, "rx_gso_capsules": 0, "tun_bad_vnet": 0,
                       "rx_chunk_unknown_source": 0}
+        #: Packets and bytes (tx packets, tx bytes, rx packets, rx bytes) by path mode of the paths
+        #: gone or of the modes paths left: with the live paths', totals that never go down.
+        self.retired: dict[str, list[int]] = {}
 
     def add(self, path_id: bytes, sealer: CapsuleSealer, opener: CapsuleOpener, peer_vips: list[str],
-            endpoint: Endpoint | None, learn: bool, *, gso: bool = False) -> FwdPath:
+            endpoint: Endpoint | None, learn: bool, *, gso: bool = False, mode: str = "") -> FwdPath:
         packed = frozenset(ipaddress.ip_address(v).packed for v in peer_vips)
-        fp = FwdPath(path_id, sealer, opener, packed, endpoint, learn, gso and self.vnet)
+        fp = FwdPath(path_id, sealer, opener, packed, endpoint, learn, gso and self.vnet, mode=mode)
         old = self.by_id.get(path_id)
         if old is not None:
-            fp.tx_packets, fp.tx_bytes, fp.rx_packets, fp.rx_bytes = (old.tx_packets, old.tx_bytes, old.rx_packets,
-                                                                      old.rx_bytes)
+            fp.tx_packets, fp.tx_bytes, fp.rx_packets, fp.rx_bytes = old.counts()
+            if old.mode != mode:
+                self._retire(old)
+                fp.base = old.counts()
+            else:
+                fp.base = old.base
         self.by_id[path_id] = fp
         for v in packed:
             self.by_dst[v] = fp
@@ -127,9 +141,25 @@ class NodeForwarder:
     def remove(self, path_id: bytes) -> None:
         fp = self.by_id.pop(path_id, None)
         if fp is not None:
+            self._retire(fp)
             for v in fp.peer_vips:
                 if self.by_dst.get(v) is fp:
                     del self.by_dst[v]
+
+    def _retire(self, fp: FwdPath) -> None:
+        t = self.retired.setdefault(fp.mode, [0, 0, 0, 0])
+        for i, (now, base) in enumerate(zip(fp.counts(), fp.base, strict=True)):
+            t[i] += now - base
+
+    def totals_by_mode(self) -> dict[str, list[int]]:
+        """(tx packets, tx bytes, rx packets, rx bytes) by path mode, of every path this forwarder had
+        (the metrics' running totals: they never go down)."""
+        out = {mode: list(t) for mode, t in self.retired.items()}
+        for fp in self.by_id.values():
+            t = out.setdefault(fp.mode, [0, 0, 0, 0])
+            for i, (now, base) in enumerate(zip(fp.counts(), fp.base, strict=True)):
+                t[i] += now - base
+        return out
 
     def set_endpoint(self, path_id: bytes, endpoint: Endpoint) -> None:
         fp = self.by_id.get(path_id)
@@ -143,7 +173,7 @@ class NodeForwarder:
         if isinstance(ev, PathReady):
             p = ev.path
             self.add(p.path_id, p.sealer, p.opener, [v for v in (p.peer_vip4, p.peer_vip6) if v], p.endpoint,
-                     learn=p.mode is not PathMode.RS_S, gso=bool(p.capabilities & Capability.GSO))
+                     learn=p.mode is not PathMode.RS_S, gso=bool(p.capabilities & Capability.GSO), mode=p.mode.name)
         elif isinstance(ev, PathEndpointChanged):
             self.set_endpoint(ev.path_id, ev.endpoint)
         elif isinstance(ev, PathClosed):

@@ -68,6 +68,34 @@ def _prefixes(v: list[str]) -> list[str]:
 _RSN_ALLOW: Any = Field([], description="non-global prefixes RS-N paths may be directed to (e.g. a private network)")
 
 
+#: Default listen addresses of the daemons' Prometheus endpoints (``metrics = ""`` turns one off).
+DC_METRICS = "127.0.0.1:9410"
+RS_METRICS = "127.0.0.1:9411"
+NODE_METRICS = "127.0.0.1:9412"
+
+
+def parse_listen(value: str) -> tuple[str, int] | None:
+    """``host:port`` (``[v6]:port`` for IPv6) -> (host, port); "" -> None (no endpoint). Raises
+    ValueError with what is wrong."""
+    if value == "":
+        return None
+    host, sep, port = value.rpartition(":")
+    if not sep or not port.isdigit() or not 1 <= int(port) <= 65535:
+        raise ValueError(f"{value!r}: expected host:port (e.g. 127.0.0.1:9412), or \"\" for no endpoint")
+    if host.startswith("[") and host.endswith("]"):
+        host = host[1:-1]
+    try:
+        ipaddress.ip_address(host)
+    except ValueError:
+        raise ValueError(f"{value!r}: the host must be an IP address") from None
+    return host, int(port)
+
+
+def _metrics(v: str) -> str:
+    parse_listen(v)
+    return v
+
+
 def _group(v: str | None) -> str | None:
     """A group name or numeric GID that exists on this host (the control socket's ``control_group``)."""
     if v is not None:
@@ -140,6 +168,8 @@ class DcSettings(_Model):
     relay_keepalive: int = Field(5, ge=1, le=3600)
     idle_timeout: int = Field(120, ge=5, le=65535)
     control: str = "ntm-dc"
+    metrics: str = Field(DC_METRICS, description="host:port of the Prometheus /metrics endpoint (\"\": off)")
+    _m = field_validator("metrics")(_metrics)
     control_group: str | None = _CONTROL_GROUP
     _g = field_validator("control_group")(_group)
     pools: PoolSettings = PoolSettings()
@@ -197,6 +227,8 @@ class RsSettings(_Model):
     max_paths: int = Field(100_000, ge=1)
     nft_table: str = "ntm_rs"
     control: str = "ntm-rs"
+    metrics: str = Field(RS_METRICS, description="host:port of the Prometheus /metrics endpoint (\"\": off)")
+    _m = field_validator("metrics")(_metrics)
     control_group: str | None = _CONTROL_GROUP
     _g = field_validator("control_group")(_group)
     offload: bool = True
@@ -225,6 +257,8 @@ class NodeSettings(_Model):
     upstream_port: int = Field(53, ge=1, le=65535)
     tunnel_domains: list[str] = Field(["."], description="suffixes whose A/AAAA lookups set up tunnels")
     control: str = "ntm-node"
+    metrics: str = Field(NODE_METRICS, description="host:port of the Prometheus /metrics endpoint (\"\": off)")
+    _m = field_validator("metrics")(_metrics)
     control_group: str | None = _CONTROL_GROUP
     _g = field_validator("control_group")(_group)
     offload: bool = True

@@ -49,6 +49,7 @@ from .control import serve_control
 from .counters import DC_BLOCK, counter_floor
 from .dns import DnsServer, run_discovery, serve_dns
 from .driver import CoreDriver, bind_udp, normalize
+from .metrics import DriverCollector, Metrics, MetricsServer, dc_families, metrics_status, open_metrics
 from .store import SqliteStore
 
 log = logging.getLogger("ntm.dc")
@@ -114,6 +115,18 @@ class DcDaemon:
         self.commit_errors = 0
         #: SIGHUP reloads done.
         self.reloads = 0
+        self.metrics = Metrics("dc")
+        self.m_directions = self.metrics.counter("directions", "Direction decisions, by mode and outcome (status)",
+                                                 ["mode", "outcome"])
+        self.m_relay_choice = self.metrics.counter("relay_choices", "Directions through a relay, by relay", ["relay"])
+        self.m_registrations = self.metrics.counter("registrations", "Registrations answered, by role and outcome",
+                                                    ["role", "outcome"])
+        self.m_discovery = self.metrics.counter("discovery_queries", "Discoveries of a name for a direction, by "
+                                                "source (cache or DNS) and outcome", ["source", "outcome"])
+        self.m_discovery_time = self.metrics.histogram("discovery_seconds", "How long a DNS discovery for a "
+                                                       "direction took (the DC's part of a path's set-up)")
+        self.metrics_server: MetricsServer | None = None
+        self.metrics_error: str | None = None
 
     def reload(self, config: Path) -> None:
         """SIGHUP: keepalive intervals, the idle timeout and the RS-N allow-list take effect at once (for
@@ -186,6 +199,12 @@ class DcDaemon:
                     raise
                 log.warning("no IPv6 DNS listener: %s", exc)
         control = await serve_control(s.control, self.control, group=group_id(s.control_group))
+        errors = self.driver.errors
+        self.metrics.add(DriverCollector("dc", self.driver.status, lambda: errors.by_where))
+        self.metrics.add(lambda: dc_families(self.core, zones=getattr(self, "zones", []), servers=self.dns_servers,
+                                             cache=self.cache, errors={"commit": self.commit_errors,
+                                                                       "checkpoint": self.checkpoint_errors}))
+        self.metrics_server, self.metrics_error = await open_metrics(s.metrics, self.metrics, errors)
         housekeeping = asyncio.create_task(self._housekeeping())
         checkpoints = asyncio.create_task(self._checkpoints())
         self.driver.errors.watch(housekeeping, "housekeeping")
@@ -198,6 +217,8 @@ class DcDaemon:
             housekeeping.cancel()
             checkpoints.cancel()
             control.close()
+            if self.metrics_server is not None:
+                self.metrics_server.close()
             for tr in self.probe_transports.values():
                 tr.close()
             for srv in self.dns_servers:
@@ -264,6 +285,9 @@ class DcDaemon:
         elif isinstance(ev, PeerDcNote):
             log.info("peer DC %s: %s", ev.peer, ev.text)
         elif isinstance(ev, DirectionDecision):
+            self.m_directions.labels(ev.mode.name if ev.mode else "none", ev.status.name).inc()
+            if ev.rs:
+                self.m_relay_choice.labels(ev.rs).inc()
             entry = {"time": time.time(), "node": ev.node, "fqdn": ev.fqdn, "status": ev.status.name,
                      "mode": ev.mode.name if ev.mode else None, "rs": ev.rs,
                      "path_id": ev.path_id.hex() if ev.path_id else None, "evidence": list(ev.evidence)}
@@ -273,12 +297,14 @@ class DcDaemon:
             log.info("direction %s -> %s: %s %s%s | evidence: %s", ev.node, ev.fqdn, ev.status.name,
                      ev.mode.name if ev.mode else "", f" via {ev.rs}" if ev.rs else "", " | ".join(ev.evidence))
         elif isinstance(ev, ClientRegistered):
+            self.m_registrations.labels(ev.role.name.lower(), "OK").inc()
             if ev.role is Role.NODE:
                 self._node_registrations += 1
             log.log(logging.DEBUG if ev.role is Role.NODE else logging.INFO,
                     "registered %s %s vip4=%s vip6=%s observed=%s:%d nat=%s", ev.role.name.lower(), ev.name,
                     ev.vip4, ev.vip6, ev.observed[0], ev.observed[1], ev.nat.name)
         elif isinstance(ev, RegistrationRejected):
+            self.m_registrations.labels("unknown", ev.status.name).inc()
             log.warning("registration of %s rejected: %s (%s)", ev.name, ev.status.name, ev.reason)
         elif isinstance(ev, RelayLost):
             log.warning("relay %s stopped answering", ev.name)
@@ -289,6 +315,7 @@ class DcDaemon:
         if cached is not None:
             res = dataclasses.replace(cached, evidence=dataclasses.replace(
                 cached.evidence, lines=cached.evidence.lines + ("(from the DC's discovery cache)",)))
+            self.m_discovery.labels("cache", cached.outcome.value).inc()
             self.core.resolution_result(ev.token, res, loop.time())  # the flush that runs us sends its output
             return
         resolvers = [(a, self.settings.resolver_port) for a in self.settings.resolvers]
@@ -298,6 +325,7 @@ class DcDaemon:
             return
 
         async def work() -> None:
+            started = loop.time()
             try:
                 d = Discovery(ev.fqdn, resolvers, loop.time(), deadline=DISCOVERY_DEADLINE)
                 res = await run_discovery(d)
@@ -307,6 +335,8 @@ class DcDaemon:
             except Exception as exc:  # discovery must never take the DC down
                 log.exception("discovery of %s failed", ev.fqdn)
                 res = DiscoveryResult(ev.fqdn, Outcome.SERVFAIL, reason=f"discovery error: {exc}")
+            self.m_discovery.labels("dns", res.outcome.value).inc()
+            self.m_discovery_time.observe(loop.time() - started)
             self.core.resolution_result(ev.token, res, loop.time())
             self.driver.flush()
 
@@ -357,6 +387,7 @@ class DcDaemon:
             "discovery_cache": {"entries": len(self.cache), "hits": self.cache.stats.hits,
                                 "misses": self.cache.stats.misses},
             "decisions": self.decisions[-20:], "pid": os.getpid(),
+            "metrics": metrics_status(self.settings.metrics, self.metrics, self.metrics_server, self.metrics_error),
         }
 
 

@@ -35,6 +35,8 @@ READ_BATCH = 16
 #: Kinds of handler error (where, exception type) whose traceback has been logged: at most this many
 #: are remembered (past that, every new kind is logged in one line).
 TRACEBACK_KINDS_MAX = 256
+#: Places (``where``) whose handler errors are counted apart (the metrics' label; the rest: "other").
+WHERE_MAX = 64
 
 
 class HandlerErrors:
@@ -46,9 +48,13 @@ class HandlerErrors:
         #: "where: ExceptionType: message" of the last one (None until one happens).
         self.last: str | None = None
         self._logged: set[tuple[str, type[BaseException]]] = set()
+        #: Counts by where (the metrics' label): at most WHERE_MAX places, the rest under "other".
+        self.by_where: dict[str, int] = {}
 
     def record(self, where: str, exc: BaseException) -> None:
         self.count += 1
+        key = where if where in self.by_where or len(self.by_where) < WHERE_MAX else "other"
+        self.by_where[key] = self.by_where.get(key, 0) + 1
         self.last = f"{where}: {type(exc).__name__}: {exc}"
         kind = (where, type(exc))
         if kind not in self._logged and len(self._logged) < TRACEBACK_KINDS_MAX:

@@ -53,6 +53,7 @@ from .counters import counter_floor
 from .dns import run_discovery
 from .driver import CoreDriver
 from .hostdns import HostDns, take_host_dns
+from .metrics import DriverCollector, Metrics, MetricsServer, NodeParts, metrics_status, node_families, open_metrics
 from .stub import StubServer
 
 log = logging.getLogger("ntm.node")
@@ -106,6 +107,20 @@ class NodeDaemon:
         #: SIGHUP reloads done, and the changed settings that wait for a restart.
         self.reloads = 0
         self.restart_needed: list[str] = []
+        #: When each pending path request was asked (loop time; the set-up latency histogram).
+        self._asked: dict[int, float] = {}
+        #: Loop time of the address change whose re-registration is pending (the handover gap).
+        self._handover_started: float | None = None
+        self.metrics = Metrics("node")
+        self.m_setup = self.metrics.histogram("path_setup_seconds", "From a path request (a DNS lookup, a packet "
+                                              "to an expired path) to the path ready, by mode", ["mode"])
+        self.m_failed = self.metrics.counter("path_failures", "Path requests that failed, by status", ["status"])
+        #: DNS queries held until their tunnel was ready (or failed).
+        self.dns_holds = 0
+        self.m_gap = self.metrics.histogram("handover_gap_seconds", "From an address change the node saw to the "
+                                            "DC's answer to its re-registration")
+        self.metrics_server: MetricsServer | None = None
+        self.metrics_error: str | None = None
 
     # -- start-up ---------------------------------------------------------------------------------
     async def run(self, stop: asyncio.Event) -> None:
@@ -140,6 +155,7 @@ class NodeDaemon:
             raise ConfigError(f"dns_integration = {s.dns_integration!r}: {exc}") from None
         self.upstream = list(s.upstream) or self.host_dns.upstream
         control = await serve_control(s.control, self.control, group=group_id(s.control_group))
+        await self.start_metrics()
         self.core.register(await self.local_endpoints(), loop.time())
         self.driver.flush()
         self.addr_task = loop.create_task(self.watch_addresses())
@@ -157,6 +173,8 @@ class NodeDaemon:
             loop.remove_reader(self.tun.fileno())
             self.udpio.stop()
             control.close()
+            if self.metrics_server is not None:
+                self.metrics_server.close()
             try:
                 self.host_dns.revert()
             except ResolverError as exc:
@@ -164,6 +182,30 @@ class NodeDaemon:
             await stub.close()
             self.driver.close()
             self.tun.close()
+
+    async def start_metrics(self) -> None:
+        """The /metrics endpoint (``metrics``)."""
+        errors = self.driver.errors
+        self.metrics.add(DriverCollector("node", self.driver.status, lambda: errors.by_where))
+        parts = NodeParts(self.core, self.fwd, udpio=self.udpio, stub=self.stub, fallback=self.fallback_stats,
+                          holds=lambda: self.dns_holds)
+        self.metrics.add(lambda: node_families(parts))
+        self.metrics_server, self.metrics_error = await open_metrics(self.settings.metrics, self.metrics, errors)
+
+    def request_path(self, name: str) -> int:
+        """Ask the core for a path to ``name`` (remembering when, for the set-up latency)."""
+        now = self.driver.now()
+        rid = self.core.request_path(name, now)
+        if len(self._asked) < 4096:
+            self._asked.setdefault(rid, now)
+        return rid
+
+    def _answered(self, request_ids: tuple[int, ...], mode: str | None) -> None:
+        now = self.driver.now()
+        for rid in request_ids:
+            t = self._asked.pop(rid, None)
+            if t is not None and mode is not None:
+                self.m_setup.labels(mode).observe(now - t)
 
     async def expire_partials(self) -> None:
         """Partial GSO capsules leave on a timer, not only when more chunks arrive (the data path
@@ -223,6 +265,7 @@ class NodeDaemon:
                 try:
                     if eps != old[0]:
                         self.handover_at = time.time()
+                        self._handover_started = now
                         log.info("addresses changed: %s (route to the DC via %s); announcing on every path and "
                                  "re-registering", ", ".join(a for a, _ in sorted(eps)), src)
                         self.core.addresses_changed(tuple(sorted(eps)), now)
@@ -253,6 +296,9 @@ class NodeDaemon:
     def on_event(self, ev: object) -> None:
         self.fwd.follow(ev)  # the forwarding table follows the paths (the same call as the unit harness)
         if isinstance(ev, Registered):
+            if self._handover_started is not None:
+                self.m_gap.observe(self.driver.now() - self._handover_started)
+                self._handover_started = None
             self.on_registered(ev)
         elif isinstance(ev, RegistrationFailed):
             self.last_error = f"registration failed: {ev.status.name}: {ev.reason}"
@@ -261,6 +307,8 @@ class NodeDaemon:
             self.on_path_ready(ev)
         elif isinstance(ev, PathFailed):
             log.info("path to %s failed: %s (%s)", ev.fqdn, ev.status.name, ev.reason)
+            self._answered(ev.request_ids, None)
+            self.m_failed.labels(ev.status.name).inc()
             for rid in ev.request_ids:
                 lk = self.lookups.pop(rid, None)
                 if lk is not None:
@@ -269,6 +317,7 @@ class NodeDaemon:
             self._refreshing.discard(ev.fqdn)
         elif isinstance(ev, LookupFallback):
             log.info("lookup of %s not tunnelled: %s", ev.fqdn, ev.reason)
+            self._answered(ev.request_ids, None)
             for rid in ev.request_ids:
                 lk = self.lookups.pop(rid, None)
                 if lk is not None:
@@ -312,6 +361,7 @@ class NodeDaemon:
             self._refreshing.discard(normalize(p.peer_name))
         log.info("path %s to %s ready: %s%s, peer %s", p.path_id.hex(), p.peer_name, p.mode.name,
                  f" via {p.rs_name}" if p.rs_name else "", ", ".join(vips))
+        self._answered(ev.request_ids, p.mode.name)
         for rid in ev.request_ids:
             lk = self.lookups.pop(rid, None)
             if lk is not None:
@@ -341,7 +391,7 @@ class NodeDaemon:
         if name is None or name in self._refreshing:
             return
         self._refreshing.add(name)
-        self.core.request_path(name, self.driver.now())
+        self.request_path(name)
         self.driver.flush()
 
     # -- DNS stub ---------------------------------------------------------------------------------
@@ -360,7 +410,8 @@ class NodeDaemon:
         if self.stub_policy.wants_tunnel(qname, qtype):
             fut: asyncio.Future[bytes | None] = asyncio.get_running_loop().create_future()
             held = _Held(q, fut, qtype)
-            rid = self.core.request_path(normalize(qname), self.driver.now())
+            rid = self.request_path(normalize(qname))
+            self.dns_holds += 1
             self.lookups.setdefault(rid, _Lookup(qname)).held.append(held)
             self.driver.flush()
             return await fut
@@ -490,7 +541,8 @@ class NodeDaemon:
             "observed": list(reg.observed) if reg else None, "nat": reg.nat.name if reg else None,
             "keepalive": reg.keepalive if reg else None,
             "local_endpoints": [list(e) for e in self.core.local_endpoints],
-            "paths": paths, "stats": dict(self.core.stats), "dataplane": self.fwd.stats | self.udpio.stats,
+            "paths": paths, "stats": self.stats(), "traffic": self.fwd.totals_by_mode(),
+            "dataplane": self.fwd.stats | self.udpio.stats,
             "reassembly": reassembly_snapshot(),
             "dns_stub": {"received": self.stub.received, "dropped": self.stub.dropped, "errors": self.stub.errors,
                          "pending": len(self.stub.tasks), "address": self.settings.dns_listen,
@@ -500,7 +552,17 @@ class NodeDaemon:
             "offloads": sorted(self.tun.features), "gso": offload_active(self.tun), "error": self.last_error,
             "tun": self.tun.name, "uptime": round(time.time() - self.started, 1), "handover_at": self.handover_at,
             "driver": self.driver.status(),
+            "metrics": metrics_status(self.settings.metrics, self.metrics, self.metrics_server, self.metrics_error),
         }
+
+    def stats(self) -> dict[str, int]:
+        """The core's counters, with the data plane's totals (all paths, gone ones too) and the daemon's."""
+        t = [sum(c[i] for c in self.fwd.totals_by_mode().values()) for i in range(4)]
+        return dict(self.core.stats) | {
+            "tx_packets": t[0], "tx_bytes": t[1], "rx_packets": t[2], "rx_bytes": t[3],
+            "path_requests_pending": len(self._asked), "dns_queries": self.stub.received,
+            "dns_holds": self.dns_holds, "handler_errors": self.driver.errors.count}
+
 
 
 def open_data_tun(name: str, offload: bool) -> Tun:

@@ -38,6 +38,7 @@ from .config import ConfigError, Credentials, RsSettings, group_id, reload_setti
 from .control import serve_control
 from .counters import counter_floor
 from .driver import CoreDriver
+from .metrics import DriverCollector, Metrics, MetricsServer, RelayTotals, metrics_status, open_metrics, rs_families
 from .rsfast import POLL_SECONDS, FastPaths
 
 log = logging.getLogger("ntm.rs")
@@ -64,6 +65,11 @@ class RsDaemon:
         self.tun_write_errors = 0
         self.tun_bad_vnet = 0
         self._tasks: set[asyncio.Task[None]] = set()
+        self.metrics = Metrics("rs")
+        #: Packets and bytes of the entries gone (the metrics' totals by mode never go down).
+        self.totals = RelayTotals()
+        self.metrics_server: MetricsServer | None = None
+        self.metrics_error: str | None = None
 
     async def run(self, stop: asyncio.Event) -> None:
         s = self.settings
@@ -112,6 +118,12 @@ class RsDaemon:
         self.udpio.start(loop, self.driver.transports.values())
         loop.add_reader(self.tun.fileno(), self.driver.errors.guard("TUN read", self.on_tun_readable))
         control = await serve_control(s.control, self.control, group=group_id(s.control_group))
+        errors = self.driver.errors
+        self.metrics.add(DriverCollector("rs", self.driver.status, lambda: errors.by_where))
+        self.metrics.add(lambda: rs_families(self.core, self.totals, fast=self.fast, udpio=self.udpio, extra_drops={
+            "tun_write_errors": self.tun_write_errors, "tun_bad_vnet": self.tun_bad_vnet,
+            "nat_errors": self.nat_errors}))
+        self.metrics_server, self.metrics_error = await open_metrics(s.metrics, self.metrics, errors)
         self.core.register(loop.time())
         self.driver.flush()
         log.info("relay %s (id %s) up: %s:%d, TUN %s, nft table inet %s, %d DC(s)", s.name, self.rs_id.hex(),
@@ -122,6 +134,8 @@ class RsDaemon:
             loop.remove_reader(self.tun.fileno())
             self.udpio.stop()
             control.close()
+            if self.metrics_server is not None:
+                self.metrics_server.close()
             self.driver.close()
             self.fast.close()
             try:
@@ -202,6 +216,7 @@ class RsDaemon:
         elif isinstance(ev, RelayRemoved):
             e = ev.entry
             self.fast.on_removed(e.path_id)
+            self.totals.retire(e)
             for node_vip, peer_vip, _gn in e.nat_mappings():
                 try:
                     self.nat.remove_mapping(node_vip, peer_vip)
@@ -262,6 +277,8 @@ class RsDaemon:
                     nat_errors=self.nat_errors, tun=self.tun.name, mappings=len(self.nat.mappings),
                     offloads=sorted(self.tun.features), gso=_offload_active(self.tun),
                     fast_path=self.fast.snapshot(), reassembly=reassembly_snapshot(), driver=self.driver.status(),
+                    metrics=metrics_status(self.settings.metrics, self.metrics, self.metrics_server,
+                                           self.metrics_error),
                     dataplane=self.udpio.stats | {"tun_write_errors": self.tun_write_errors,
                                                   "tun_bad_vnet": self.tun_bad_vnet})
         return snap
