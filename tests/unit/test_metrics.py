@@ -169,3 +169,16 @@ def test_the_text_format_escapes_what_a_label_or_help_may_hold_and_histograms_pa
     assert hist[("ntm_t_lat_seconds_bucket", "0.1")] == 1 and hist[("ntm_t_lat_seconds_bucket", "1.0")] == 2
     assert hist[("ntm_t_lat_seconds_bucket", "+Inf")] == 3 and hist[("ntm_t_lat_seconds_count", None)] == 3
     assert hist[("ntm_t_lat_seconds_sum", None)] == 5.55
+
+
+def test_a_nested_breakdown_in_the_stats_is_left_out() -> None:
+    """The DNS zones' ``by_type`` is keyed by whatever type a query named (up to 65,536 values): not a
+    label. Only numbers become samples (a dict among them once made every DC scrape fail)."""
+    from types import SimpleNamespace
+
+    zone = SimpleNamespace(origin=SimpleNamespace(to_text=lambda: "a.example."),
+                           stats=SimpleNamespace(queries=5, by_type={"A": 3, "TYPE65000": 2}))
+    w = World(dc_id=b"\x01" * 8)
+    got, _ = scrape(lambda: dc_families(w.dc, zones=[zone]))
+    assert value(got, "ntm_dc_dns_responses_total", zone="a.example.", kind="queries") == 5
+    assert not [k for k in got if "by_type" in str(k)]

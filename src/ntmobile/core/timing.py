@@ -52,6 +52,8 @@ REGISTRATION_HOLD = DC_LIVENESS_TIMEOUT
 FALLBACK_TTL = 5
 #: The node's NAT mapping probe (a Keepalive to the DC's probe endpoint) is given up after this.
 MAPPING_PROBE_TIMEOUT = 2.0
+#: `ntm ping`: how long one path probe waits for its answer (sent once, never retransmitted).
+PATH_PROBE_TIMEOUT = 2.0
 #: A path keepalive (node to peer or relay) is given up after interval / 2, kept within these bounds;
 #: so the node notices a dead relay one keepalive interval plus at most NODE_KEEPALIVE_TIMEOUT_MAX on.
 NODE_KEEPALIVE_TIMEOUT_MIN = 1.0

@@ -14,17 +14,19 @@ from __future__ import annotations
 
 import asyncio
 import grp
+import inspect
 import json
 import logging
 import os
 import pwd
 import socket
 import struct
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 from typing import Any
 
-Handler = Callable[[dict[str, Any]], dict[str, Any]]
+#: A request's handler: its reply, or an awaitable of it (a request that waits, e.g. `ntm ping`).
+Handler = Callable[[dict[str, Any]], dict[str, Any] | Awaitable[dict[str, Any]]]
 
 log = logging.getLogger(__name__)
 
@@ -96,7 +98,8 @@ async def serve_control(name: str, handler: Handler, *, group: int | None = None
             ctl.served += 1
             try:
                 req = json.loads(line or b"{}")
-                reply = handler(req if isinstance(req, dict) else {})
+                got = handler(req if isinstance(req, dict) else {})
+                reply = await got if inspect.isawaitable(got) else got
             except Exception as exc:  # never die on a bad request
                 reply = {"error": f"{type(exc).__name__}: {exc}"}
             writer.write(json.dumps(reply, default=str).encode() + b"\n")

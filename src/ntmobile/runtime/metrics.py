@@ -195,6 +195,12 @@ MAX_CONNECTIONS = 16
 
 
 # -- families from existing counters -------------------------------------------------------------
+def numbers(stats: Mapping[str, object]) -> dict[str, int | float]:
+    """The numeric counters of a stats mapping (a nested breakdown, e.g. the DNS zones' ``by_type``
+    keyed by whatever type a query named, is left out: its labels would not be bounded)."""
+    return {k: v for k, v in stats.items() if isinstance(v, int | float) and not isinstance(v, bool)}
+
+
 def split_stats(role: str, stats: Mapping[str, int], *, layer: str = "core",
                 drops: Family | None = None) -> tuple[Family, Family]:
     """A core's counters: ``drop_*`` keys into ``ntm_<role>_drops_total{layer, reason}`` (``drops``
@@ -204,7 +210,7 @@ def split_stats(role: str, stats: Mapping[str, int], *, layer: str = "core",
         drops = drops_family(role)
     events = counter_family(f"ntm_{role}_core_events", f"Counters of the {role}'s protocol core, by name",
                                  labels=["event"])
-    for key, value in sorted(stats.items()):
+    for key, value in sorted(numbers(stats).items()):
         if key.startswith("drop_"):
             drops.add_metric([layer, key[5:]], value)
         else:
@@ -226,9 +232,10 @@ def add_drops(drops: Family, layer: str, stats: Mapping[str, int], keys: Iterabl
 def counters_family(name: str, doc: str, label: str, stats: Mapping[str, int],
                     keys: Iterable[str] | None = None) -> Family:
     fam = counter_family(name, doc, labels=[label])
-    for key in (sorted(stats) if keys is None else keys):
-        if key in stats:
-            fam.add_metric([key], stats[key])
+    nums = numbers(stats)
+    for key in (sorted(nums) if keys is None else keys):
+        if key in nums:
+            fam.add_metric([key], nums[key])
     return fam
 
 
@@ -520,13 +527,13 @@ def dc_families(core: Any, *, zones: Iterable[Any] = (), servers: Iterable[Any] 
     dns = counter_family("ntm_dc_dns_responses", "The authoritative zones' answers, by zone and kind",
                               labels=["zone", "kind"])
     for z in zones:
-        for kind, n in sorted(vars(z.stats).items()):
+        for kind, n in sorted(numbers(vars(z.stats)).items()):
             dns.add_metric([z.origin.to_text(), kind], n)
     yield dns
     srv = counter_family("ntm_dc_dns_server", "The DNS servers' counters, by listener and kind",
                               labels=["listener", "kind"])
     for s in servers:
-        for kind, n in sorted(vars(s.stats).items()):
+        for kind, n in sorted(numbers(vars(s.stats)).items()):
             srv.add_metric([f"{s.host}:{s.port}", kind], n)
     yield srv
     if cache is not None:

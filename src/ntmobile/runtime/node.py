@@ -13,6 +13,7 @@ import signal
 import socket
 import time
 from collections import Counter
+from collections.abc import Awaitable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -25,18 +26,20 @@ import dns.rrset
 
 from ntmobile.core.discovery import Discovery, DiscoveryCache, DiscoveryResult, Outcome
 from ntmobile.core.node import (
+    DcProbed,
     LookupFallback,
     NodeConfig,
     NodeCore,
     PathClosed,
     PathFailed,
     PathInfo,
+    PathProbed,
     PathReady,
     Registered,
     RegistrationFailed,
 )
 from ntmobile.core.stubpolicy import StubPolicy, failure_rcode, normalize
-from ntmobile.core.timing import DISCOVERY_DEADLINE, FALLBACK_TTL
+from ntmobile.core.timing import DIRECTION_TIMEOUT, DISCOVERY_DEADLINE, FALLBACK_TTL, PATH_PROBE_TIMEOUT, TUNNEL_TIMEOUT
 from ntmobile.crypto.channel import PROCESS_POOL, REASSEMBLY_TIMEOUT, reassembly_snapshot
 from ntmobile.dataplane.forwarder import PATH_MTU, FwdPath, NodeForwarder, gso_max_size, inner_mtu
 from ntmobile.dataplane.tun import Tun, open_tun
@@ -44,7 +47,7 @@ from ntmobile.dataplane.udpio import UdpIo
 from ntmobile.osops import netlink
 from ntmobile.osops.iproute import set_gso_max_size
 from ntmobile.osops.resolver import ResolverError
-from ntmobile.wire import Capability, Status
+from ntmobile.wire import Capability, NatKind, Status
 
 from . import dnsclasses  # noqa: F401  (dnspython's IN rdata classes before any input)
 from .config import ConfigError, Credentials, NodeSettings, group_id, reload_settings
@@ -121,6 +124,9 @@ class NodeDaemon:
                                             "DC's answer to its re-registration")
         self.metrics_server: MetricsServer | None = None
         self.metrics_error: str | None = None
+        #: `ntm ping` / `ntm netcheck`: path requests and probes the control socket waits for.
+        self._path_waiters: dict[int, list[asyncio.Future[PathInfo | str]]] = {}
+        self._probe_waiters: dict[tuple[str, int], asyncio.Future[PathProbed | DcProbed]] = {}
 
     # -- start-up ---------------------------------------------------------------------------------
     async def run(self, stop: asyncio.Event) -> None:
@@ -206,6 +212,97 @@ class NodeDaemon:
             t = self._asked.pop(rid, None)
             if t is not None and mode is not None:
                 self.m_setup.labels(mode).observe(now - t)
+
+    def _wake(self, request_ids: tuple[int, ...], result: PathInfo | str) -> None:
+        for rid in request_ids:
+            for fut in self._path_waiters.pop(rid, []):
+                if not fut.done():
+                    fut.set_result(result)
+
+    async def path_to(self, fqdn: str) -> PathInfo | str:
+        """The path to ``fqdn``, set up if needed (as a DNS lookup would), or why there is none."""
+        fut: asyncio.Future[PathInfo | str] = asyncio.get_running_loop().create_future()
+        rid = self.request_path(fqdn)
+        self._path_waiters.setdefault(rid, []).append(fut)
+        self.driver.flush()
+        try:
+            return await asyncio.wait_for(fut, DIRECTION_TIMEOUT + TUNNEL_TIMEOUT)
+        except TimeoutError:
+            return f"no path within {DIRECTION_TIMEOUT + TUNNEL_TIMEOUT:.0f} s"
+        finally:
+            waiting = self._path_waiters.get(rid)
+            if waiting is not None and fut in waiting:
+                waiting.remove(fut)
+                if not waiting:
+                    del self._path_waiters[rid]
+
+    async def _probe(self, kind: str, probe_id: int | None) -> PathProbed | DcProbed | None:
+        if probe_id is None:
+            return None
+        fut: asyncio.Future[PathProbed | DcProbed] = asyncio.get_running_loop().create_future()
+        self._probe_waiters[(kind, probe_id)] = fut
+        self.driver.flush()
+        try:
+            return await asyncio.wait_for(fut, PATH_PROBE_TIMEOUT + 1.0)
+        except TimeoutError:
+            return None
+        finally:
+            self._probe_waiters.pop((kind, probe_id), None)
+
+    async def ping(self, name: str) -> dict[str, Any]:
+        """`ntm ping NAME`: the path to NAME (set up if needed), then one authenticated path probe."""
+        fqdn = normalize(name)
+        if fqdn in ("", "."):
+            return {"error": "ping needs a name"}
+        loop = asyncio.get_running_loop()
+        t0 = loop.time()
+        path = await self.path_to(fqdn)
+        if isinstance(path, str):
+            return {"name": fqdn, "error": path}
+        setup = loop.time() - t0
+        ev = await self._probe("path", self.core.probe_path(path.path_id, loop.time()))
+        out: dict[str, Any] = {"name": fqdn, "peer": path.peer_name, "path_id": path.path_id.hex(),
+                               "peer_vip4": path.peer_vip4, "peer_vip6": path.peer_vip6,
+                               "path_ms": round(setup * 1000, 2)}
+        if not isinstance(ev, PathProbed):
+            return out | {"mode": path.mode.name, "rs": path.rs_name, "error": "the path is not established yet"}
+        return out | {"mode": ev.mode.name, "rs": ev.rs_name, "endpoint": list(ev.endpoint) if ev.endpoint else None,
+                      "rtt_ms": None if ev.rtt is None else round(ev.rtt * 1000, 3)}
+
+    async def netcheck(self) -> dict[str, Any]:
+        """`ntm netcheck`: the node's endpoints, what the DC observed and classified, and one probe each
+        to the DC and to every relay the node's paths go through (in parallel)."""
+        loop = asyncio.get_running_loop()
+        reg = self.core.registration
+        relayed = [p for p in self.core.paths() if p["rs"] and p["established"] and p["endpoint"]]
+        probes = [self._probe("dc", self.core.probe_dc(loop.time()))]
+        probes += [self._probe("path", self.core.probe_path(bytes.fromhex(str(p["path_id"])), loop.time()))
+                   for p in relayed]
+        got = await asyncio.gather(*probes)
+        dc_ev = got[0]
+        dc_rtt = dc_ev.rtt if isinstance(dc_ev, DcProbed) else None
+        relays: dict[str, dict[str, Any]] = {}
+        for ev in got[1:]:
+            if not isinstance(ev, PathProbed) or ev.rs_name is None:
+                continue
+            r = relays.setdefault(ev.rs_name, {"name": ev.rs_name, "endpoint": None, "rtt_ms": None, "paths": 0})
+            r["paths"] += 1
+            if ev.rtt is not None and (r["rtt_ms"] is None or ev.rtt * 1000 < r["rtt_ms"]):
+                r["rtt_ms"] = round(ev.rtt * 1000, 3)
+                r["endpoint"] = list(ev.endpoint) if ev.endpoint else None
+        nat = reg.nat if reg else None
+        return {
+            "name": self.creds.name, "registered": self.core.registered,
+            "local_endpoints": [list(e) for e in self.core.local_endpoints],
+            "observed": list(reg.observed) if reg else None, "nat": nat.name if nat is not None else None,
+            "dc": {"address": self.creds.dc_address, "port": self.creds.dc_port,
+                   "rtt_ms": None if dc_rtt is None else round(dc_rtt * 1000, 3)},
+            "relays": sorted(relays.values(), key=lambda r: str(r["name"])),
+            "udp": {"to_dc": dc_rtt is not None,
+                    # The DC's classification (its filter probe): can a host the node never sent to reach it?
+                    "unsolicited_inbound": {NatKind.NONE: True, NatKind.OPEN: True, NatKind.CONE: False,
+                                            NatKind.SYMMETRIC: False}.get(nat) if nat is not None else None},
+        }
 
     async def expire_partials(self) -> None:
         """Partial GSO capsules leave on a timer, not only when more chunks arrive (the data path
@@ -308,6 +405,7 @@ class NodeDaemon:
         elif isinstance(ev, PathFailed):
             log.info("path to %s failed: %s (%s)", ev.fqdn, ev.status.name, ev.reason)
             self._answered(ev.request_ids, None)
+            self._wake(ev.request_ids, f"{ev.status.name}: {ev.reason}")
             self.m_failed.labels(ev.status.name).inc()
             for rid in ev.request_ids:
                 lk = self.lookups.pop(rid, None)
@@ -318,6 +416,7 @@ class NodeDaemon:
         elif isinstance(ev, LookupFallback):
             log.info("lookup of %s not tunnelled: %s", ev.fqdn, ev.reason)
             self._answered(ev.request_ids, None)
+            self._wake(ev.request_ids, f"not tunnelled: {ev.reason}")
             for rid in ev.request_ids:
                 lk = self.lookups.pop(rid, None)
                 if lk is not None:
@@ -326,6 +425,10 @@ class NodeDaemon:
             self._refreshing.discard(ev.fqdn)
         elif isinstance(ev, PathClosed):
             self.paths.pop(ev.path_id, None)
+        elif isinstance(ev, PathProbed | DcProbed):
+            fut = self._probe_waiters.pop(("path" if isinstance(ev, PathProbed) else "dc", ev.probe_id), None)
+            if fut is not None and not fut.done():
+                fut.set_result(ev)
 
     def on_registered(self, ev: Registered) -> None:
         old = self.vips
@@ -362,6 +465,7 @@ class NodeDaemon:
         log.info("path %s to %s ready: %s%s, peer %s", p.path_id.hex(), p.peer_name, p.mode.name,
                  f" via {p.rs_name}" if p.rs_name else "", ", ".join(vips))
         self._answered(ev.request_ids, p.mode.name)
+        self._wake(ev.request_ids, p)
         for rid in ev.request_ids:
             lk = self.lookups.pop(rid, None)
             if lk is not None:
@@ -523,7 +627,15 @@ class NodeDaemon:
             return None
 
     # -- control ---------------------------------------------------------------------------------
-    def control(self, req: dict[str, Any]) -> dict[str, Any]:
+    def control(self, req: dict[str, Any]) -> dict[str, Any] | Awaitable[dict[str, Any]]:
+        cmd = req.get("cmd", "status")
+        if cmd == "ping":
+            return self.ping(str(req.get("target", "")))
+        if cmd == "netcheck":
+            return self.netcheck()
+        return self.status()
+
+    def status(self) -> dict[str, Any]:
         reg = self.core.registration
         paths = self.core.paths()
         now = self.driver.now()

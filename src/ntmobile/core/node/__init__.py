@@ -9,12 +9,14 @@
 
 from .core import EARLY_MAX, RETIRED_KEYS, NodeCore
 from .events import (
+    DcProbed,
     LookupFallback,
     NodeConfig,
     PathClosed,
     PathEndpointChanged,
     PathFailed,
     PathInfo,
+    PathProbed,
     PathReady,
     Registered,
     RegistrationFailed,
@@ -22,8 +24,9 @@ from .events import (
 from .paths import PATH_TRANSITIONS, PathState, PathStateError
 
 __all__ = [
-    "EARLY_MAX", "PATH_TRANSITIONS", "RETIRED_KEYS", "LookupFallback", "NodeConfig", "NodeCore",
+    "DcProbed", "EARLY_MAX", "PATH_TRANSITIONS", "RETIRED_KEYS", "LookupFallback", "NodeConfig", "NodeCore",
     "PathClosed",
-    "PathEndpointChanged", "PathFailed", "PathInfo", "PathReady", "PathState", "PathStateError", "Registered",
+    "PathEndpointChanged", "PathFailed", "PathInfo", "PathProbed", "PathReady", "PathState", "PathStateError",
+    "Registered",
     "RegistrationFailed",
 ]

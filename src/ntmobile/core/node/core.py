@@ -42,16 +42,17 @@ from ntmobile.wire.constants import SUPPORTED_VERSIONS
 from ..common import CoreBase, new_txid
 from ..registration import AttemptFailed, RegistrationClient, RegistrationPolicy, SessionLost, SessionUp
 from ..registration import Outcome as RegistrationOutcome
-from ..timing import EARLY_HOLD, MAPPING_PROBE_TIMEOUT, REGISTRATION_TIMEOUT, node_keepalive_timeout
+from ..timing import EARLY_HOLD, MAPPING_PROBE_TIMEOUT, PATH_PROBE_TIMEOUT, REGISTRATION_TIMEOUT, node_keepalive_timeout
 from .direction import NodeDirections
 from .events import (
+    DcProbed,
     NodeConfig,
     PathInfo,
     Registered,
     RegistrationFailed,
     status_of,
 )
-from .paths import NatProbeTag
+from .paths import DcProbeTag, NatProbeTag
 
 #: Tunnel Requests held for a path we do not know yet (for EARLY_HOLD seconds): at most this many.
 EARLY_MAX = 16
@@ -98,6 +99,8 @@ class NodeCore(NodeDirections):
         self._dc_heard_at = now
         self._dc_silent_until = -1e9
         self._liveness = None
+        #: `ntm ping` / `ntm netcheck` probes sent (their IDs).
+        self._probe_seq = 0
         self._now_hint = now
         self._moved_at = -1e9
         #: Set by addresses_changed; the next Registration Response then re-directs NTM-peer paths.
@@ -171,6 +174,20 @@ class NodeCore(NodeDirections):
                 "rx_bytes": p.rx_bytes, "created": p.created,
             })
         return out
+
+    def probe_dc(self, now: float) -> int | None:
+        """`ntm netcheck`: one session Keepalive to the DC, sent once; its answer or, after
+        PATH_PROBE_TIMEOUT, its loss is a DcProbed event. None while there is no session."""
+        session = self._dc.session
+        if session is None:
+            return None
+        self._probe_seq += 1
+        tag = DcProbeTag(self._probe_seq, now)
+        self._request(session, Keepalive(), new_txid(self._rand), self.config.dc_endpoint, now,
+                      timeout=PATH_PROBE_TIMEOUT, rto=PATH_PROBE_TIMEOUT, tag=tag,
+                      on_timeout=lambda at: self._emit(DcProbed(tag.probe_id, None)))
+        self.stats["dc_probes"] += 1
+        return tag.probe_id
 
     def note_data(self, path_id: bytes, addr: Endpoint, now: float) -> None:
         """The data plane authenticated a capsule of ``path_id`` from a new address ``addr`` (it
@@ -259,7 +276,10 @@ class NodeCore(NodeDirections):
         if isinstance(msg, RouteDirection):
             self._on_route_direction(header, msg, addr, now)
         elif isinstance(msg, KeepaliveAck):
-            self._dc.keepalive_acked(header.txid)
+            if not self._dc.keepalive_acked(header.txid):
+                probe = self._answered(session, header.txid)
+                if probe is not None and isinstance(probe.tag, DcProbeTag):
+                    self._emit(DcProbed(probe.tag.probe_id, now - probe.tag.sent_at))
         elif isinstance(msg, StatusMessage):
             self._on_session_status(header, msg, now)
         else:

@@ -97,3 +97,26 @@ def status_of(code: int) -> Status:
         return Status(code)
     except ValueError:
         return Status.BAD_REQUEST
+
+
+@dataclass(frozen=True, slots=True)
+class PathProbed(Event):
+    """The answer to a path probe (``NodeCore.probe_path``), or its timeout (``rtt`` None). ``mode``
+    and ``rs_name`` are the path's when the probe left; the answer came from the peer (DIRECT) or
+    the relay (RS_S, RS_N), authenticated on the path's signalling channel."""
+
+    probe_id: int
+    path_id: bytes
+    mode: PathMode
+    rs_name: str | None
+    endpoint: Endpoint | None
+    rtt: float | None
+
+
+@dataclass(frozen=True, slots=True)
+class DcProbed(Event):
+    """The answer to a DC probe (``NodeCore.probe_dc``: a session Keepalive, sent once), or its
+    timeout (``rtt`` None)."""
+
+    probe_id: int
+    rtt: float | None

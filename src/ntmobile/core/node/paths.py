@@ -52,6 +52,26 @@ class KeepaliveTag:
 
 
 @dataclass(frozen=True, slots=True)
+class PathProbeTag:
+    """A path probe (`ntm ping`): a Keepalive sent once, its answer timed."""
+
+    path_id: bytes
+    probe_id: int
+    sent_at: float
+    mode: PathMode
+    rs_name: str | None
+    endpoint: Endpoint
+
+
+@dataclass(frozen=True, slots=True)
+class DcProbeTag:
+    """A DC probe (`ntm netcheck`): a session Keepalive sent once, its answer timed."""
+
+    probe_id: int
+    sent_at: float
+
+
+@dataclass(frozen=True, slots=True)
 class NatProbeTag:
     """The NAT mapping probe to the DC's probe endpoint."""
 

@@ -36,9 +36,9 @@ from ntmobile.wire import (
 
 from ..common import CoreBase, new_txid
 from ..registration import RegistrationClient
-from ..timing import MOVED_GRACE, TUNNEL_TIMEOUT, node_keepalive_timeout
-from .events import NodeConfig, PathClosed, PathEndpointChanged, PathFailed, PathReady, Registered
-from .paths import KeepaliveTag, PathState, TunnelTag, _Path
+from ..timing import MOVED_GRACE, PATH_PROBE_TIMEOUT, TUNNEL_TIMEOUT, node_keepalive_timeout
+from .events import NodeConfig, PathClosed, PathEndpointChanged, PathFailed, PathProbed, PathReady, Registered
+from .paths import KeepaliveTag, PathProbeTag, PathState, TunnelTag, _Path
 
 
 class NodeTunnels(CoreBase):
@@ -53,6 +53,7 @@ class NodeTunnels(CoreBase):
     _used_keys: UsedKeys
     _now_hint: float
     _moved_at: float
+    _probe_seq: int
 
     def _redirect_path(self, path: _Path, now: float) -> bool:  # pragma: no cover - direction.py has it
         raise NotImplementedError
@@ -225,7 +226,10 @@ class NodeTunnels(CoreBase):
             self._learn(path, addr)
             self._reply(path.sig, KeepaliveAck(observed=addr), header.txid, addr, flags=self._sig_flags(path))
         elif isinstance(msg, KeepaliveAck):
-            self._answered(path.sig, header.txid)
+            answered = self._answered(path.sig, header.txid)
+            if answered is not None and isinstance(answered.tag, PathProbeTag):
+                t = answered.tag
+                self._emit(PathProbed(t.probe_id, t.path_id, t.mode, t.rs_name, t.endpoint, now - t.sent_at))
         else:
             self.stats["drop_unexpected"] += 1
 
@@ -283,6 +287,26 @@ class NodeTunnels(CoreBase):
             on_timeout=functools.partial(self._path_keepalive_lost, path, mark))
         self.stats["path_keepalives"] += 1
         path.keepalive_timer = self._call_at(now + interval, functools.partial(self._path_keepalive, path))
+
+    def probe_path(self, path_id: bytes, now: float) -> int | None:
+        """`ntm ping`: one authenticated probe of an established path, a Keepalive on its signalling
+        channel (answered by the peer on DIRECT, by the relay on RS_S and RS_N), sent once. Its
+        answer or, after PATH_PROBE_TIMEOUT, its loss is a PathProbed event. None when the path is
+        not established or has no endpoint."""
+        self._now_hint = now
+        path = self._paths.get(path_id)
+        if path is None or not path.established or path.endpoint is None:
+            return None
+        self._probe_seq += 1
+        tag = PathProbeTag(path_id, self._probe_seq, now, path.mode, path.rd.rs_name, path.endpoint)
+
+        def lost(at: float) -> None:
+            self._emit(PathProbed(tag.probe_id, path_id, tag.mode, tag.rs_name, tag.endpoint, None))
+
+        self._request(path.sig, Keepalive(), new_txid(self._rand), path.endpoint, now, timeout=PATH_PROBE_TIMEOUT,
+                      rto=PATH_PROBE_TIMEOUT, flags=self._sig_flags(path), tag=tag, on_timeout=lost)
+        self.stats["path_probes"] += 1
+        return tag.probe_id
 
     def _path_keepalive_lost(self, path: _Path, mark: int, now: float) -> None:
         """A path keepalive went unanswered through all its retransmissions. On a relayed path that
