@@ -1,6 +1,6 @@
 """Lab fixtures for root tests (usable by later end-to-end tests).
 
-- `lab_factory(topology="nat", bare=True, **overrides)`: brings a topology up under a fresh random
+- `lab_factory(topology="nat", bare=True, monitor=False, **overrides)`: brings a topology up under a fresh random
   prefix and always tears it down (also after a failed or interrupted test; an atexit hook catches
   the rest). Overrides: nat={"nata": "symmetric"}, udp_timeout={"nata": 5}, rate_mbit=..., loss_percent=...
 - `Reflector` / `start_reflector(lab, host, port)`: the probe reflector of ntmobile.lab.probe.
@@ -71,8 +71,8 @@ def lab_factory() -> Iterator[LabFactory]:
     if main and previous in (signal.SIG_DFL, None):
         signal.signal(signal.SIGTERM, _sigterm_to_interrupt)
 
-    def make(topology: str | Topology = "nat", *, bare: bool = True, **overrides: Any) -> Lab:
-        lab = Lab.up(build_topology(topology, **overrides), prefix=new_prefix(), bare=bare)
+    def make(topology: str | Topology = "nat", *, bare: bool = True, monitor: bool = False, **overrides: Any) -> Lab:
+        lab = Lab.up(build_topology(topology, **overrides), prefix=new_prefix(), bare=bare, monitor=monitor)
         mine.append(lab)
         _LIVE[lab.prefix] = lab
         return lab

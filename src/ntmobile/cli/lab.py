@@ -36,6 +36,8 @@ def up(
     nat: list[str] = typer.Option([], "--nat", help="ROUTER=PROFILE, e.g. nata=symmetric (repeatable)."),
     udp_timeout: list[str] = typer.Option([], "--udp-timeout", help="ROUTER=SECONDS conntrack UDP timeout."),
     as_json: bool = typer.Option(False, "--json", help="Print the status as JSON."),
+    monitor: bool = typer.Option(False, "--monitor", help="Start Prometheus on a lab host, scraping every daemon "
+                                 "(docs/lab.md, \"Monitoring\")."),
 ) -> None:
     """Bring a topology up: namespaces, links, NATs, DNS, GN servers (and daemons unless --bare)."""
     require_root("ntm lab up")
@@ -53,7 +55,7 @@ def up(
             if not secs.isdigit():
                 fail(f"--udp-timeout {router}={secs}: seconds must be a positive integer")
             topo = topo.with_nat(router, udp_timeout=int(secs))
-        lab = Lab.up(topo, prefix=name, bare=bare)
+        lab = Lab.up(topo, prefix=name, bare=bare, monitor=monitor)
     except (LabError, TopologyError, KeyError) as e:
         fail(str(e).strip("'\""))
     if as_json:
@@ -167,6 +169,9 @@ def _print_status(st: dict[str, object]) -> None:
         t.add_row(hname, net, addrs, natcol, " ".join(h["dns_names"]), running)
     c = Console(width=None if sys.stdout.isatty() else 160)
     c.print(t)
+    if st.get("monitor"):
+        c.print(f"Prometheus: {st['monitor']} (from the lab hosts; e.g. ntm lab exec mn -- curl "
+                f"'{st['monitor']}/api/v1/query?query=up')")
     big = st.get("big_file")
     if isinstance(big, dict):
         c.print(f"GN big file: http://www.gn.example{big['url_path']} and ftp://ftp.gn.example/{big['url_path'][1:]}"

@@ -123,8 +123,10 @@ class Lab:
     # --- lifecycle ------------------------------------------------------------------------------
 
     @classmethod
-    def up(cls, topology: Topology | str | Path, *, prefix: str = "ntm", bare: bool = False) -> Lab:
-        """Create every namespace, link, NAT and service of `topology`; on any failure, tear down."""
+    def up(cls, topology: Topology | str | Path, *, prefix: str = "ntm", bare: bool = False,
+           monitor: bool = False) -> Lab:
+        """Create every namespace, link, NAT and service of `topology`; on any failure, tear down.
+        With `monitor`, a Prometheus scraping every daemon (lab/monitor.py)."""
         if os.geteuid() != 0:
             raise LabError("the lab needs root (network namespaces, nftables): run it as root")
         if not PREFIX_RE.match(prefix):
@@ -157,6 +159,14 @@ class Lab:
         try:
             lab._building = True
             lab._build()
+            if monitor:
+                from .monitor import MonitorError
+                from .monitor import start as start_monitor
+
+                try:
+                    lab.state.monitor_url = start_monitor(lab)
+                except MonitorError as e:
+                    raise LabError(str(e)) from None
             lab._building = False
             lab.state.up_seconds = round(time.monotonic() - t0, 2)
             lab._save()
@@ -588,6 +598,7 @@ class Lab:
         return {
             "prefix": self.prefix,
             "topology": topo.name,
+            "monitor": self.state.monitor_url,
             "bare": self.state.bare,
             "up_seconds": self.state.up_seconds,
             "workdir": self.state.workdir,

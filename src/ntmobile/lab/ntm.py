@@ -52,6 +52,14 @@ def _rsn_allow(c: dict[str, Any]) -> list[str]:
     return [str(x) for x in c.get("rsn_allow", DOCUMENTATION_NETS)]
 
 
+def _metrics(kind: str) -> str:
+    """The lab's daemons serve /metrics on every address of their namespace (the monitor host's
+    Prometheus scrapes them over the lab network: lab/monitor.py), on the default port."""
+    from .monitor import PORTS
+
+    return f"0.0.0.0:{PORTS[kind]}"
+
+
 def _as_service(kind: str, c: dict[str, Any], argv: list[str]) -> list[str]:
     """With ``service_caps = true`` in its config, a daemon runs with only the capabilities its systemd
     unit gives it (ntmobile.service), as it would as a service."""
@@ -73,7 +81,7 @@ def build_dc(ctx: DaemonContext) -> DaemonLaunch:
         ns_addresses=[v4] + ([v6] if v6 else []), resolvers=lab.resolvers()[:1], control="ntm-dc",
         keepalive=int(c.get("keepalive", 15)), idle_timeout=int(c.get("idle_timeout", 120)),
         pools=PoolSettings(vip4=c.get("vip4", "100.64.1.0/24"), vip6=c.get("vip6", "fd00:6e74:1::/64")),
-        rsn_allow=_rsn_allow(c),
+        rsn_allow=_rsn_allow(c), metrics=_metrics("dc"),
     )
     path = ctx.workdir / "dc.toml"
     dump(settings, path)
@@ -101,7 +109,7 @@ def build_rs(ctx: DaemonContext) -> DaemonLaunch:
         v6 = None
     settings = RsSettings(name=name, credentials=creds, address=lab.addr(ctx.host, 4), address6=v6,
                           control="ntm-rs", offload=bool(c.get("offload", True)),
-                          fast_path=bool(c.get("fast_path", True)), rsn_allow=_rsn_allow(c))
+                          fast_path=bool(c.get("fast_path", True)), rsn_allow=_rsn_allow(c), metrics=_metrics("rs"))
     path = ctx.workdir / "rs.toml"
     dump(settings, path)
     return DaemonLaunch(argv=_as_service("rs", c, [*NTM, "rs", "run", "-c", str(path)]), ready_udp=(RS_PORT,),
@@ -117,7 +125,7 @@ def build_node(ctx: DaemonContext) -> DaemonLaunch:
     # The lab writes each host's resolv.conf itself (below), so the node leaves the host's resolver alone.
     settings = NodeSettings(credentials=str(cred_path), upstream=lab.resolvers(), control="ntm-node",
                             offload=bool(c.get("offload", True)),
-                            dns_integration=str(c.get("dns_integration", "none")))
+                            dns_integration=str(c.get("dns_integration", "none")), metrics=_metrics("node"))
     path = ctx.workdir / "node.toml"
     dump(settings, path)
     resolv = ETC_NETNS / lab.ns(ctx.host) / "resolv.conf"

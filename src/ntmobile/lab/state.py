@@ -44,6 +44,8 @@ class LabState(BaseModel):
     client_key: str | None = None
     created: float = 0.0
     up_seconds: float | None = None
+    #: `--monitor`: the URL of the lab's Prometheus (lab/monitor.py).
+    monitor_url: str | None = None
 
 
 def lab_dir(prefix: str) -> Path:
