@@ -31,13 +31,13 @@ CLASS = {"none": "NONE", "port_restricted": "CONE", "symmetric": "SYMMETRIC", "o
 #: docs/protocol.md, "Route decision": (mode, who initiates) for nata x natb.
 EXPECTED = {
     ("none", "none"): ("DIRECT", "mn"), ("none", "port_restricted"): ("DIRECT", "cn"),
-    ("none", "symmetric"): ("RS_S", "mn"), ("none", "one_to_one"): ("DIRECT", "mn"),
+    ("none", "symmetric"): ("DIRECT", "cn"), ("none", "one_to_one"): ("DIRECT", "mn"),
     ("port_restricted", "none"): ("DIRECT", "mn"), ("port_restricted", "port_restricted"): ("RS_S", "mn"),
     ("port_restricted", "symmetric"): ("RS_S", "mn"), ("port_restricted", "one_to_one"): ("DIRECT", "mn"),
-    ("symmetric", "none"): ("RS_S", "mn"), ("symmetric", "port_restricted"): ("RS_S", "mn"),
-    ("symmetric", "symmetric"): ("RS_S", "mn"), ("symmetric", "one_to_one"): ("RS_S", "mn"),
+    ("symmetric", "none"): ("DIRECT", "mn"), ("symmetric", "port_restricted"): ("RS_S", "mn"),
+    ("symmetric", "symmetric"): ("RS_S", "mn"), ("symmetric", "one_to_one"): ("DIRECT", "mn"),
     ("one_to_one", "none"): ("DIRECT", "mn"), ("one_to_one", "port_restricted"): ("DIRECT", "cn"),
-    ("one_to_one", "symmetric"): ("RS_S", "mn"), ("one_to_one", "one_to_one"): ("DIRECT", "mn"),
+    ("one_to_one", "symmetric"): ("DIRECT", "cn"), ("one_to_one", "one_to_one"): ("DIRECT", "mn"),
 }
 IPERF_PORT = 5301
 

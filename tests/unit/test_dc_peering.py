@@ -163,8 +163,8 @@ A4, B4, SAME4, A6 = ("192.0.2.60", 7412), ("192.0.2.70", 7412), ("192.0.2.100", 
     (OP, A4, OP, B4, PathMode.DIRECT, True),
     (OP, A4, N, B4, PathMode.DIRECT, True),
     (C, A4, C, B4, PathMode.RS_S, True),            # both behind different NATs
-    (N, A4, S, B4, PathMode.RS_S, True),            # symmetric: relay
-    (S, A4, OP, B4, PathMode.RS_S, True),
+    (N, A4, S, B4, PathMode.DIRECT, False),         # symmetric toward a reachable end: the NAT side initiates
+    (S, A4, OP, B4, PathMode.DIRECT, True),
     (S, A4, S, B4, PathMode.RS_S, True),
     (C, SAME4, C, SAME4, PathMode.DIRECT, True),    # same NAT: direct on private addresses
     (S, SAME4, S, SAME4, PathMode.DIRECT, True),    # ... whatever its type

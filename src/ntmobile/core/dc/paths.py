@@ -64,13 +64,14 @@ def decide_route(a_nat: NatKind, a_observed: Endpoint, b_nat: NatKind, b_observe
         return PathMode.DIRECT, True  # same NAT: direct on private addresses (NAT type irrelevant)
     if reachable(a_nat) and reachable(b_nat):
         return PathMode.DIRECT, True
-    if NatKind.SYMMETRIC in (a_nat, b_nat):
-        return PathMode.RS_S, True  # an endpoint-dependent mapping: nobody can be told where to send
+    # Only one end is behind a NAT (cone, unclassified or symmetric): it initiates, so its own NAT
+    # opens the mapping toward the reachable end, which answers the source it sees (a symmetric NAT's
+    # per-destination mapping is then the one this path uses).
     if reachable(a_nat):
-        return PathMode.DIRECT, False  # only b is behind a (cone) NAT: b initiates and opens it
+        return PathMode.DIRECT, False
     if reachable(b_nat):
         return PathMode.DIRECT, True
-    return PathMode.RS_S, True  # both behind different filtering NATs
+    return PathMode.RS_S, True  # both behind different NATs
 
 
 def peer_targets(of: _Session, mode: PathMode, behind_one_nat: bool) -> tuple[Endpoint, ...]:
