@@ -100,6 +100,12 @@ class FwdPath:
         return self.tx_packets, self.tx_bytes, self.rx_packets, self.rx_bytes
 
 
+def _add_since_base(totals: list[int], fp: FwdPath) -> None:
+    """Add ``fp``'s counts since it took its mode to ``totals``."""
+    for i, (now, base) in enumerate(zip(fp.counts(), fp.base, strict=True)):
+        totals[i] += now - base
+
+
 class NodeForwarder:
     def __init__(self, tun: TunDevice, io: DatagramOut, *, path_mtu: int = PATH_MTU,
                  on_miss: Callable[[bytes], None] | None = None,
@@ -147,18 +153,14 @@ class NodeForwarder:
                     del self.by_dst[v]
 
     def _retire(self, fp: FwdPath) -> None:
-        t = self.retired.setdefault(fp.mode, [0, 0, 0, 0])
-        for i, (now, base) in enumerate(zip(fp.counts(), fp.base, strict=True)):
-            t[i] += now - base
+        _add_since_base(self.retired.setdefault(fp.mode, [0, 0, 0, 0]), fp)
 
     def totals_by_mode(self) -> dict[str, list[int]]:
         """(tx packets, tx bytes, rx packets, rx bytes) by path mode, of every path this forwarder had
         (the metrics' running totals: they never go down)."""
         out = {mode: list(t) for mode, t in self.retired.items()}
         for fp in self.by_id.values():
-            t = out.setdefault(fp.mode, [0, 0, 0, 0])
-            for i, (now, base) in enumerate(zip(fp.counts(), fp.base, strict=True)):
-                t[i] += now - base
+            _add_since_base(out.setdefault(fp.mode, [0, 0, 0, 0]), fp)
         return out
 
     def set_endpoint(self, path_id: bytes, endpoint: Endpoint) -> None:
