@@ -85,6 +85,8 @@ def test_metrics_ping_netcheck_and_status_in_the_nat_lab(lab_factory: LabFactory
         before[h], "ntm_rs_relayed_bytes_total", mode="RS_N") for h in ("rs1", "rs2"))
     assert relayed >= size
     assert total(after["dca"], "ntm_dc_directions_total", mode="RS_N", outcome="OK") >= 1
+    assert total(after["dca"], "ntm_dc_direction_setup_seconds_count", mode="RS_N") >= 1
+    assert 0 < total(after["dca"], "ntm_dc_direction_setup_seconds_sum", mode="RS_N") < 30
     assert total(after["dca"], "ntm_dc_relay_choices_total") >= 1
     assert sum(total(after[h], "ntm_rs_relay_entries", mode="RS_N") for h in ("rs1", "rs2")) >= 1
     # The drop counters are there by reason (layer core / dataplane / udp), counters never went down.
@@ -96,9 +98,10 @@ def test_metrics_ping_netcheck_and_status_in_the_nat_lab(lab_factory: LabFactory
 
     # ntm netcheck: endpoints, the NAT as classified, the DC's and the relays' RTT.
     nc = json.loads(lab.exec("mn", [*NTM, "netcheck", "--json"], timeout=20).stdout)
-    assert nc["registered"] and nc["observed"][0] == "192.0.2.100" and nc["nat"] not in (None, "NONE")
+    assert nc["registered"] and nc["observed"][0] == "192.0.2.100" and nc["nat"] == "CONE"
     assert nc["local_endpoints"] and nc["local_endpoints"][0][0].startswith("10.1.0.")
     assert nc["dc"]["rtt_ms"] is not None and nc["udp"]["to_dc"] is True
+    assert nc["udp"]["unsolicited_inbound"] is False  # a port-restricted cone filters it
     assert nc["relays"] and all(r["rtt_ms"] is not None and r["name"] in ("rs1", "rs2") for r in nc["relays"])
     text = lab.exec("mn", [*NTM, "netcheck"], timeout=20).stdout
     assert "DC 192.0.2.10:7410" in text and "relay rs" in text

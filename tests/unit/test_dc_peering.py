@@ -21,7 +21,7 @@ from ntmobile.core.dc import (
 )
 from ntmobile.core.discovery import DiscoveryResult, Evidence, Outcome
 from ntmobile.core.dnsauth import DcMarker
-from ntmobile.core.node import NodeConfig, NodeCore, PathFailed, PathReady
+from ntmobile.core.node import DcProbed, NodeConfig, NodeCore, PathFailed, PathReady
 from ntmobile.core.registry import ClientRecord, MemoryStore, Pools
 from ntmobile.core.rs import DcLink, RsConfig, RssEntry
 from ntmobile.crypto import x25519_public
@@ -189,6 +189,12 @@ def test_nat_classification_by_probes(kind: str, expected: NatKind) -> None:
         assert w.dca.stats["nat_filter_probes"] == 0
     else:
         assert w.dca.stats["nat_mapping_probes"] >= 1
+    # The node learns the class from the DC's answer to its next session Keepalive (`ntm netcheck`
+    # sends one): the registration itself only says NONE or NAT.
+    assert w.mn.nat_class is None or w.mn.nat_class is expected
+    probe = w.mn.probe_dc(w.net.now)
+    w.net.run_until(lambda: any(e.probe_id == probe for e in w.net.events_of("mn", DcProbed)), max_time=5)
+    assert w.mn.nat_class is expected
 
 
 # -- DC to DC: the grid -------------------------------------------------------------------------

@@ -65,3 +65,16 @@ def test_dc_probe_and_a_replayed_answer() -> None:
     w.net.pump_events()
     assert len(probed(w, "mn", DcProbed)) == 1
     assert sum(v for k, v in w.mn.stats.items() if k.startswith("drop_")) == drops + 1
+
+
+def test_the_dc_s_nat_class_on_keepalive_answers_and_an_unknown_value() -> None:
+    """The DC's answer to a session Keepalive carries the node's NAT class; a value the node does not
+    know is counted and changes nothing; a new registration forgets the class (a move may change it)."""
+    w = World(dc_id=b"\x01" * 8)
+    w.node("mn", (("10.1.0.10", 7412), ("192.0.2.100", 7412)))
+    pid = w.mn.probe_dc(w.net.now)
+    w.net.run_until(lambda: any(e.probe_id == pid for e in probed(w, "mn", DcProbed)))
+    assert w.mn.nat_class is not None
+    known = w.mn.nat_class
+    w.mn._on_nat_class(200)
+    assert w.mn.nat_class is known and w.mn.stats["bad_nat_class"] == 1

@@ -118,6 +118,9 @@ class DcDaemon:
         self.metrics = Metrics("dc")
         self.m_directions = self.metrics.counter("directions", "Direction decisions, by mode and outcome (status)",
                                                  ["mode", "outcome"])
+        self.m_setup = self.metrics.histogram("direction_setup_seconds", "From a Direction Request to the path "
+                                              "directed (discovery, relay choice, Route Directions acknowledged), "
+                                              "by mode", ["mode"])
         self.m_relay_choice = self.metrics.counter("relay_choices", "Directions through a relay, by relay", ["relay"])
         self.m_registrations = self.metrics.counter("registrations", "Registrations answered, by role and outcome",
                                                     ["role", "outcome"])
@@ -286,6 +289,8 @@ class DcDaemon:
             log.info("peer DC %s: %s", ev.peer, ev.text)
         elif isinstance(ev, DirectionDecision):
             self.m_directions.labels(ev.mode.name if ev.mode else "none", ev.status.name).inc()
+            if ev.elapsed is not None and ev.mode is not None:
+                self.m_setup.labels(ev.mode.name).observe(ev.elapsed)
             if ev.rs:
                 self.m_relay_choice.labels(ev.rs).inc()
             entry = {"time": time.time(), "node": ev.node, "fqdn": ev.fqdn, "status": ev.status.name,

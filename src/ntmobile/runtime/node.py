@@ -290,7 +290,9 @@ class NodeDaemon:
             if ev.rtt is not None and (r["rtt_ms"] is None or ev.rtt * 1000 < r["rtt_ms"]):
                 r["rtt_ms"] = round(ev.rtt * 1000, 3)
                 r["endpoint"] = list(ev.endpoint) if ev.endpoint else None
-        nat = reg.nat if reg else None
+        # The DC's classification (its probes, on the Keepalive answers: the DC probe above brought
+        # the latest) when it has one; else the registration's NONE / NAT.
+        nat = self.core.nat_class or (reg.nat if reg else None)
         return {
             "name": self.creds.name, "registered": self.core.registered,
             "local_endpoints": [list(e) for e in self.core.local_endpoints],
@@ -650,7 +652,8 @@ class NodeDaemon:
             "dc": {"address": self.creds.dc_address, "port": self.creds.dc_port, "domain": self.creds.domain},
             "registered": self.core.registered,
             "vip4": reg.vip4 if reg else None, "vip6": reg.vip6 if reg else None,
-            "observed": list(reg.observed) if reg else None, "nat": reg.nat.name if reg else None,
+            "observed": list(reg.observed) if reg else None,
+            "nat": (self.core.nat_class or reg.nat).name if reg else None,
             "keepalive": reg.keepalive if reg else None,
             "local_endpoints": [list(e) for e in self.core.local_endpoints],
             "paths": paths, "stats": self.stats(), "traffic": self.fwd.totals_by_mode(),

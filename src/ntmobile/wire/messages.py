@@ -173,6 +173,8 @@ class Keepalive(Message):
 class KeepaliveAck(Message):
     TYPE: ClassVar[MessageType] = MessageType.KEEPALIVE_ACK
     observed: Endpoint | None = _f(Attr.OBSERVED_ENDPOINT, Kind.ENDPOINT)
+    #: DC → node on a session Keepalive: the node's NAT as the DC classifies it now (NatKind).
+    nat: int | None = _f(Attr.NAT, Kind.U8)
 
 
 @dataclass(frozen=True, slots=True)

@@ -25,6 +25,7 @@ from ntmobile.wire import (
     PathRelease,
     PathReleaseAck,
     RelayProbeResult,
+    Role,
     RouteDirectionAck,
     SignalFlags,
     SignalHeader,
@@ -197,7 +198,10 @@ class DcCore(CoreBase):
                       now: float) -> None:
         if msg.load is not None:
             session.load = msg.load
-        self._reply(session.channel, KeepaliveAck(observed=addr), header.txid, addr)
+        # The classification goes back with every answer: a node learns what its probes found
+        # (`ntm netcheck`) without a message of its own.
+        ack = KeepaliveAck(observed=addr, nat=int(session.nat_class) if session.record.role is Role.NODE else None)
+        self._reply(session.channel, ack, header.txid, addr)
 
     def _on_path_release(self, session: _Session, header: SignalHeader, msg: PathRelease, addr: Endpoint,
                          now: float) -> None:

@@ -511,7 +511,7 @@ class Directions:
                 paths.release(superseded, now)  # (its relay has dropped it already if it is this one)
         core.stats["paths_directed"] += 1
         core._emit(DirectionDecision(node.record.name, f.fqdn, Status.OK, PathMode(route.mode), rs_name, pid,
-                                     tuple(f.evidence)))
+                                     tuple(f.evidence), now - f.started))
         if r is not None:
             core.stats["paths_moved" if r.dc_initiated else "paths_redirected"] += 1
             core.redirects.finished(r, None)

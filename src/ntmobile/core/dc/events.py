@@ -44,6 +44,8 @@ class DirectionDecision(Event):
     rs: str | None
     path_id: bytes | None
     evidence: tuple[str, ...]
+    #: From the Direction Request (or Peer Query) to this decision, seconds (None: not timed).
+    elapsed: float | None = None
 
 
 @dataclass(frozen=True, slots=True)

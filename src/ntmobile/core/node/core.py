@@ -109,6 +109,9 @@ class NodeCore(NodeDirections):
         self._redirects = {}
         #: The DC's probe endpoint (Registration Response), for NAT classification.
         self._probe_endpoint: Endpoint | None = None
+        #: Our NAT as the DC last classified it (its Keepalive answers); None until it says, and again
+        #: after each registration (a move may change it).
+        self.nat_class: NatKind | None = None
         #: Tunnel signalling that arrived before the Route Direction that makes its path (a peer that
         #: initiates may be faster than our own DC): (path id, datagram, source, time).
         self._early = []
@@ -276,6 +279,7 @@ class NodeCore(NodeDirections):
         if isinstance(msg, RouteDirection):
             self._on_route_direction(header, msg, addr, now)
         elif isinstance(msg, KeepaliveAck):
+            self._on_nat_class(msg.nat)
             if not self._dc.keepalive_acked(header.txid):
                 probe = self._answered(session, header.txid)
                 if probe is not None and isinstance(probe.tag, DcProbeTag):
@@ -285,6 +289,15 @@ class NodeCore(NodeDirections):
         else:
             self.stats["drop_unexpected"] += 1
 
+    def _on_nat_class(self, nat: int | None) -> None:
+        """The DC's current classification of our NAT (on its session Keepalive answers)."""
+        if nat is None:
+            return
+        try:
+            self.nat_class = NatKind(nat)
+        except ValueError:
+            self.stats["bad_nat_class"] += 1
+
     def _on_nat_filter_probe(self, header: SignalHeader, addr: Endpoint) -> None:
         self.stats["nat_filter_probes_answered"] += 1
         self._reply(self._dc.long_term, KeepaliveAck(observed=addr), header.txid, self.config.dc_endpoint,
@@ -293,6 +306,7 @@ class NodeCore(NodeDirections):
     def _on_registered(self, msg: RegistrationResponse, now: float) -> None:
         """The session with the DC is up (the keepalives to it are started by the DC link)."""
         self.registered = True
+        self.nat_class = None
         nat = NatKind(msg.nat) if msg.nat in (0, 1) else NatKind.NAT
         self.registration = Registered(msg.vip4, msg.vip6, msg.observed, nat, msg.keepalive)
         self._emit(self.registration)
