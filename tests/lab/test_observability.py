@@ -67,6 +67,11 @@ def test_metrics_ping_netcheck_and_status_in_the_nat_lab(lab_factory: LabFactory
     probes, summary = ping(lab, "cn.b.example", "-c", "2")
     assert summary["answered"] == 2 and set(summary["modes"]) <= {"RS_S", "DIRECT"}, probes
     assert all(p["mode"] == "DIRECT" or p["rs"] in ("rs1", "rs2") for p in probes)
+    # On RS_S the probe's answer is the relay's; the peer's own RTT is an ICMP echo to its VIP
+    # through the tunnel, so it is at least the relay's.
+    for p in probes:
+        if p["mode"] == "RS_S":
+            assert p["peer_rtt_ms"] is not None and p["peer_rtt_ms"] > 0, p
     # A name nobody has: one line saying so, exit status 1.
     cp = lab.exec("mn", [*NTM, "ping", "nobody.a.example", "-c", "1"], check=False, timeout=30)
     assert cp.returncode == 1 and "NXDOMAIN" in cp.stdout

@@ -47,6 +47,14 @@ def test_probes_and_summary() -> None:
     assert lines[-1] == "--- cn.b.example: 2 probes, 2 answered, rtt min/avg/max 1.50/2.00/2.50 ms, last mode RS_S"
 
 
+def test_a_relayed_probe_shows_the_peer_s_own_rtt_beside_the_relay_s() -> None:
+    cp, _ = run_ping([RSS | {"peer_rtt_ms": 3.25}, RSS | {"peer_rtt_ms": None}], "-c", "2")
+    assert cp.returncode == 0, cp.stderr
+    lines = cp.stdout.splitlines()
+    assert lines[0].endswith("RS_S via rs2 192.0.2.21:7411 rtt 1.50 ms, peer 3.25 ms")
+    assert lines[1].endswith("rtt 1.50 ms, peer no echo")
+
+
 def test_until_direct_stops_at_the_first_direct_answer_and_fails_if_it_never_comes() -> None:
     cp, calls = run_ping([RSS, RSS, DIRECT, DIRECT], "-c", "10", "--until-direct")
     assert cp.returncode == 0 and len(calls) == 3 and "DIRECT 192.0.2.101:7412" in cp.stdout

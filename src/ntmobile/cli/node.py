@@ -173,6 +173,9 @@ def _probe_line(n: int, r: dict[str, object]) -> str:
     vip = r.get("peer_vip4") or r.get("peer_vip6") or "-"
     got = r.get("rtt_ms")
     rtt = f"rtt {float(got):.2f} ms" if isinstance(got, int | float) else f"no answer ({r.get('error', 'lost')})"
+    peer = r.get("peer_rtt_ms")
+    if isinstance(got, int | float) and "peer_rtt_ms" in r:
+        rtt += f", peer {float(peer):.2f} ms" if isinstance(peer, int | float) else ", peer no echo"
     return f"probe {n}: {r.get('name')} ({vip}) {mode}{via}{at} {rtt}"
 
 

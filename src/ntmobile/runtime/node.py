@@ -46,8 +46,9 @@ from ntmobile.dataplane.tun import Tun, open_tun
 from ntmobile.dataplane.udpio import UdpIo
 from ntmobile.osops import netlink
 from ntmobile.osops.iproute import set_gso_max_size
+from ntmobile.osops.ping import icmp_echo
 from ntmobile.osops.resolver import ResolverError
-from ntmobile.wire import Capability, NatKind, Status
+from ntmobile.wire import Capability, NatKind, PathMode, Status
 
 from . import dnsclasses  # noqa: F401  (dnspython's IN rdata classes before any input)
 from .config import ConfigError, Credentials, NodeSettings, group_id, reload_settings
@@ -266,8 +267,23 @@ class NodeDaemon:
                                "path_ms": round(setup * 1000, 2)}
         if not isinstance(ev, PathProbed):
             return out | {"mode": path.mode.name, "rs": path.rs_name, "error": "the path is not established yet"}
-        return out | {"mode": ev.mode.name, "rs": ev.rs_name, "endpoint": list(ev.endpoint) if ev.endpoint else None,
-                      "rtt_ms": None if ev.rtt is None else round(ev.rtt * 1000, 3)}
+        out |= {"mode": ev.mode.name, "rs": ev.rs_name, "endpoint": list(ev.endpoint) if ev.endpoint else None,
+                "rtt_ms": None if ev.rtt is None else round(ev.rtt * 1000, 3)}
+        vip = path.peer_vip4 or path.peer_vip6
+        if ev.mode is PathMode.RS_S and vip is not None:
+            # The probe's answer came from the relay (it holds the leg keys, never the path's): the
+            # RTT to the peer itself is an ICMP echo to its VIP through the tunnel, answered by its
+            # kernel (None without CAP_NET_RAW or without an answer).
+            out["peer_rtt_ms"] = await self._echo_rtt_ms(vip)
+        return out
+
+    @staticmethod
+    async def _echo_rtt_ms(vip: str) -> float | None:
+        try:
+            got = await icmp_echo(vip, timeout=PATH_PROBE_TIMEOUT)
+        except OSError:
+            return None
+        return None if got is None else round(got[1] / 1000, 3)
 
     async def netcheck(self) -> dict[str, Any]:
         """`ntm netcheck`: the node's endpoints, what the DC observed and classified, and one probe each
