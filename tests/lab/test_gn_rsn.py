@@ -6,6 +6,7 @@ VIP, sets up a relay on the best RS-N, and the node's packets reach the GN trans
 
 from __future__ import annotations
 
+import hashlib
 import json
 import sys
 import time
@@ -150,3 +151,18 @@ def test_every_daemon_shows_its_handler_errors_in_status(lab_factory: LabFactory
         drv = json.loads(cp.stdout)["driver"]
         assert (drv["handler_errors"], drv["last_handler_error"]) == (0, None), (host, drv)
         assert drv["received"] > 0, host
+
+
+def test_tftp_through_rsn_needs_only_the_kernel_helper(lab_factory: LabFactory) -> None:
+    """TFTP's server answers from a new port: the relay's tftp conntrack helper (a default helper)
+    expects it, so a download from tftpd-hpa on the GN works through RS-N, IPv4 and IPv6 (issue 20)."""
+    lab = lab_factory("paper", bare=False)
+    registered(lab)
+    small = lab.host_workdir("gn") / "www" / "small.bin"
+    want = hashlib.sha256(small.read_bytes()).hexdigest()
+    for fam in ("-4", "-6"):
+        out = lab.host_workdir("mn") / f"tftp{fam}.bin"
+        cp = lab.exec("mn", ["timeout", "30", "tftp", fam, "www.gn.example", "-m", "binary",
+                             "-c", "get", "small.bin", str(out)], check=False, timeout=40)
+        assert cp.returncode == 0 and out.exists(), (fam, cp.stdout, cp.stderr)
+        assert hashlib.sha256(out.read_bytes()).hexdigest() == want, fam

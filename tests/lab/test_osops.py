@@ -278,7 +278,7 @@ def ask(dst: str, src: str | None = None, timeout: float = 3.0) -> str:
 class RsnLab:
     """node --veth standing in for the RS TUN (ntmrst)--> RS --ntmrsg/ntmgr--> GN."""
 
-    def __init__(self, lab: Lab, ftp_helper: bool = True) -> None:
+    def __init__(self, lab: Lab, helpers: tuple[str, ...] = ("ftp", "tftp")) -> None:
         self.lab = lab
         self.node, self.rs, self.gn = lab.ns("node"), lab.ns("rs"), lab.ns("gn")
         lab.veth(self.node, "ntmnr", self.rs, "ntmrst")
@@ -308,7 +308,7 @@ class RsnLab:
         netns.call_in_netns(self.rs, rs_cfg)
         netns.call_in_netns(self.gn, gn_cfg)
         self.table = nft.RsNatTable("ntm_rs", "ntmrst", ["10.200.0.0/16"], ["fd00:200::/64"],
-                                    ftp_helper=ftp_helper)
+                                    helpers=helpers)
         self.table.add_mapping("10.200.0.1", "10.201.0.5", "198.18.0.2", live=False)
         self.table.add_mapping("fd00:200::1", "fd00:201::5", "2001:db8:18::2", live=False)
         netns.call_in_netns(self.rs, self.table.apply)
@@ -475,7 +475,7 @@ def test_ftp_through_rs_nat(ftp_rsn: tuple[RsnLab, bytes], lab: Lab, mode: list[
 
 def test_active_ftp_needs_the_helper(ftp_rsn: tuple[RsnLab, bytes], lab: Lab) -> None:
     r, _ = ftp_rsn
-    nohelper = nft.RsNatTable("ntm_rs", "ntmrst", ["10.200.0.0/16"], ["fd00:200::/64"], ftp_helper=False)
+    nohelper = nft.RsNatTable("ntm_rs", "ntmrst", ["10.200.0.0/16"], ["fd00:200::/64"], helpers=())
     for m in r.table.mappings:
         nohelper.add_mapping(str(m.node_vip), str(m.gn_vip), str(m.gn_real), live=False)
     r.in_rs(nohelper.apply)

@@ -59,6 +59,16 @@ PATH_PROBE_TIMEOUT = 2.0
 NODE_KEEPALIVE_TIMEOUT_MIN = 1.0
 NODE_KEEPALIVE_TIMEOUT_MAX = 3.0
 
+#: Busy-path liveness (core.node.liveness): every LIVENESS_SAMPLE seconds the node compares each
+#: relayed path's data counters; data sent but nothing received for LIVENESS_SILENCE sends a path
+#: Keepalive at once; LIVENESS_PROBE_LOSS without its answer (and without data) means the relay is
+#: gone. Silence is node run time: a timer late by more than LIVENESS_MAX_CREDIT (a stalled event
+#: loop) counts only that much. Worst case from the relay's death: SILENCE + 2 SAMPLE + PROBE_LOSS.
+LIVENESS_SAMPLE = 0.2
+LIVENESS_SILENCE = 0.4
+LIVENESS_PROBE_LOSS = 1.0
+LIVENESS_MAX_CREDIT = 2 * LIVENESS_SAMPLE
+
 # --- registration with a DC (node and relay; core.registration) ----------------------------------
 
 #: One registration attempt (retransmitted meanwhile) is given up after this, then retried.

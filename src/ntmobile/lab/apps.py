@@ -1,4 +1,4 @@
-"""Unmodified application servers for the general node: iperf3, busybox httpd, vsftpd, sshd.
+"""Unmodified application servers for the general node: iperf3, busybox httpd, vsftpd, sshd, tftpd-hpa.
 
 Each `*_service` returns (argv, files to write, TCP ports to wait for). Also the big file and keys.
 """
@@ -6,6 +6,7 @@ Each `*_service` returns (argv, files to write, TCP ports to wait for). Also the
 from __future__ import annotations
 
 import hashlib
+import os
 from pathlib import Path
 
 from cryptography.hazmat.primitives import serialization
@@ -98,6 +99,20 @@ def ftp_service(workdir: Path, docroot: Path) -> ServiceLaunch:
         "ftpd_banner=ntmobile lab GN",
     ]) + "\n"
     return ["vsftpd", str(conf)], {conf: text}, (21,)
+
+
+SMALL_FILE_NAME = "small.bin"
+SMALL_FILE_SIZE = 256 * 1024
+
+
+def tftp_service(workdir: Path, docroot: Path) -> ServiceLaunch:
+    """tftpd-hpa (read-only, IPv4 and IPv6 on port 69) serving `small.bin` from the docroot."""
+    small = docroot / SMALL_FILE_NAME
+    if not small.exists():
+        small.write_bytes(os.urandom(SMALL_FILE_SIZE))
+        small.chmod(0o644)
+    return ["in.tftpd", "--foreground", "--listen", "--address", ":69", "--secure", "--user", "root",
+            str(docroot)], {}, ()
 
 
 def ssh_service(workdir: Path, authorized_key: str) -> ServiceLaunch:

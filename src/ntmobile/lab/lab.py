@@ -418,6 +418,8 @@ class Lab:
                     start(h.name, "vsftpd", apps.ftp_service(w, docroot))
                 elif svc == "ssh":
                     start(h.name, "sshd", apps.ssh_service(w, self._client_pub))
+                elif svc == "tftp":
+                    start(h.name, "tftpd", apps.tftp_service(w, docroot), (69,))
         if not self.state.bare:
             for h in topo.hosts:
                 for i, spec in enumerate(h.daemons):

@@ -12,7 +12,7 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_valida
 
 NatProfile = Literal["none", "port_restricted", "symmetric", "one_to_one", "udp_blocked"]
 NAT_PROFILES: tuple[NatProfile, ...] = ("none", "port_restricted", "symmetric", "one_to_one", "udp_blocked")
-Service = Literal["iperf3", "http", "ftp", "ssh"]
+Service = Literal["iperf3", "http", "ftp", "ssh", "tftp"]
 
 BUILTIN_TOPOLOGIES = ("paper", "nat", "handover")
 

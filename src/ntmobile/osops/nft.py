@@ -13,8 +13,10 @@ gives back; the kernel does the translation with `RsNatTable`:
   the same GN VIP to different nodes for different GNs.
 * masquerade at postrouting for packets from the VIP ranges leaving through any non-TUN interface
   (SNAT to the RS's address on that interface).
-* the FTP conntrack helper (nf_conntrack_ftp + nf_nat_ftp) attached to new TCP connections to port
-  21 from the TUN, so PORT/EPRT/PASV/EPSV payloads are rewritten and data connections are expected.
+* the configured conntrack helpers (osops.cthelpers; default FTP and TFTP) attached to new
+  connections from the TUN to their standard ports that were translated to a path's GN, so e.g.
+  PORT/EPRT/PASV/EPSV payloads are rewritten and data connections (or TFTP's answer from another
+  port) are expected.
 * forward: counted accepts for traffic from the TUN and for established/related traffic back into
   it; anything else towards the VIP ranges through the TUN is dropped (nobody on the GN side can
   open connections to VIPs).
@@ -36,6 +38,8 @@ from dataclasses import dataclass
 from typing import Any, Literal
 
 from ntmobile.core.rs.fastpolicy import FastPath
+
+from . import cthelpers
 
 NFT = "nft"
 Family = Literal["ip", "ip6", "inet", "arp", "bridge", "netdev"]
@@ -143,14 +147,15 @@ class RsNatTable:
     always reproduce the current state (e.g. after an RS restart)."""
 
     def __init__(self, name: str, tun_ifname: str, vip4_ranges: Iterable[str] = (),
-                 vip6_ranges: Iterable[str] = (), *, ftp_helper: bool = True, refuse: Iterable[str] = ()) -> None:
+                 vip6_ranges: Iterable[str] = (), *, helpers: Iterable[str] = cthelpers.DEFAULT_HELPERS,
+                 refuse: Iterable[str] = ()) -> None:
         _check_name(name)
         self.name = name
         self.tun_ifname = tun_ifname
         _quote_if(tun_ifname)
         self.vip4_ranges = [ipaddress.IPv4Network(r) for r in vip4_ranges]
         self.vip6_ranges = [ipaddress.IPv6Network(r) for r in vip6_ranges]
-        self.ftp_helper = ftp_helper
+        self.helpers = cthelpers.resolve(helpers)
         refused = [ipaddress.ip_network(r) for r in refuse]
         self.refused4 = [n for n in refused if n.version == 4]
         self.refused6 = [n for n in refused if n.version == 6]
@@ -178,8 +183,7 @@ class RsNatTable:
             return f"\t\telements = {{ {', '.join(items)} }}\n" if items else ""
 
         out = [f"table inet {self.name} {{\n"]
-        if self.ftp_helper:
-            out.append('\tct helper ftp-21 {\n\t\ttype "ftp" protocol tcp\n\t\tl3proto inet\n\t}\n\n')
+        out.append(cthelpers.render_objects(self.helpers))
         out.append("\tset vip4 {\n\t\ttype ipv4_addr\n\t\tflags interval\n"
                    + elems([str(r) for r in self.vip4_ranges]) + "\t}\n\n")
         out.append("\tset vip6 {\n\t\ttype ipv6_addr\n\t\tflags interval\n"
@@ -205,10 +209,9 @@ class RsNatTable:
                    f"\t\toifname != {tun} ip saddr @vip4 counter masquerade\n"
                    f"\t\toifname != {tun} ip6 saddr @vip6 counter masquerade\n"
                    "\t}\n\n")
-        if self.ftp_helper:
+        if self.helpers:
             out.append("\tchain helpers {\n\t\ttype filter hook prerouting priority filter; policy accept;\n"
-                       f'\t\tiifname {tun} meta l4proto tcp tcp dport 21 ct state new ct helper set "ftp-21"\n'
-                       "\t}\n\n")
+                       + cthelpers.render_rules(self.helpers, tun) + "\t}\n\n")
         out.append("\tchain forward {\n\t\ttype filter hook forward priority filter; policy accept;\n"
                    f"\t\tiifname {tun} ip saddr @vip4 counter accept\n"
                    f"\t\tiifname {tun} ip6 saddr @vip6 counter accept\n"

@@ -14,6 +14,8 @@ from typing import Any, ClassVar, Literal, TypeVar
 import tomli_w
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 
+from ntmobile.osops.cthelpers import DEFAULT_HELPERS
+from ntmobile.osops.cthelpers import check_names as check_helper_names
 from ntmobile.wire import DC_PORT, DC_PROBE_PORT, NODE_PORT, RS_PORT
 
 
@@ -235,11 +237,14 @@ class RsSettings(_Model):
     #: RS-S paths with traffic are forwarded by the kernel (nft table ``<nft_table>_fast``).
     fast_path: bool = True
     rsn_allow: list[str] = _RSN_ALLOW
+    helpers: list[str] = Field(list(DEFAULT_HELPERS), description="kernel conntrack helpers (ALGs) RS-N attaches, "
+                                                                   "each on its standard port (docs/operations.md)")
     state_dir: str | None = Field(None, description="where the long-term send counter is kept "
                                                     "(default: the first credentials file's directory)")
 
     _a = field_validator("address")(_addr)
     _allow = field_validator("rsn_allow")(_prefixes)
+    _h = field_validator("helpers")(check_helper_names)
 
 
 class NodeSettings(_Model):

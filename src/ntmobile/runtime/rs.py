@@ -100,7 +100,7 @@ class RsDaemon:
                 log.warning("sysctl %s: %s", key, exc)
         # After translation the kernel drops what the core refuses too (and every local address).
         policy = self.core.targets
-        self.nat = RsNatTable(s.nft_table, self.tun.name, s.vip4_ranges, s.vip6_ranges,
+        self.nat = RsNatTable(s.nft_table, self.tun.name, s.vip4_ranges, s.vip6_ranges, helpers=s.helpers,
                               refuse=[str(n) for v in (4, 6) for n in policy.refused_networks(v)])
         self.nat.apply()
         self.driver = CoreDriver(self.core, self.on_event, on_flush=self.flush_tun)

@@ -43,7 +43,6 @@ from ..common import CoreBase, new_txid
 from ..registration import AttemptFailed, RegistrationClient, RegistrationPolicy, SessionLost, SessionUp
 from ..registration import Outcome as RegistrationOutcome
 from ..timing import EARLY_HOLD, MAPPING_PROBE_TIMEOUT, PATH_PROBE_TIMEOUT, REGISTRATION_TIMEOUT, node_keepalive_timeout
-from .direction import NodeDirections
 from .events import (
     DcProbed,
     NodeConfig,
@@ -52,6 +51,7 @@ from .events import (
     RegistrationFailed,
     status_of,
 )
+from .liveness import NodeLiveness
 from .paths import DcProbeTag, NatProbeTag
 
 #: Tunnel Requests held for a path we do not know yet (for EARLY_HOLD seconds): at most this many.
@@ -69,7 +69,7 @@ _REGISTRATION_POLICY = RegistrationPolicy(
     bad_key_reason=None)
 
 
-class NodeCore(NodeDirections):
+class NodeCore(NodeLiveness):
     """An NTM node. See the module docstring and docs/protocol.md."""
 
     def __init__(self, config: NodeConfig, now: float, *, seq_base: int = 1, counter: CounterFloor | None = None,
@@ -119,6 +119,7 @@ class NodeCore(NodeDirections):
         #: Direction that would make a new sealer under one of them is refused, so a counter never
         #: starts again under a key, whatever the DC sends (docs/security.md §3).
         self._used_keys = UsedKeys(RETIRED_KEYS)
+        self._init_liveness(now)  # busy relayed paths: a dead relay within 2 s (liveness.py)
 
     # -- registration with the DC (core.registration) ------------------------------------------
     def _registration_request(self, ephemeral: bytes) -> RegistrationRequest:

@@ -326,13 +326,18 @@ class NodeTunnels(CoreBase):
             # just moved and the answer went to our old address: not a relay failure.
             self.stats["path_keepalive_lost_but_alive"] += 1
             return
+        self._relay_lost(path, now, "the relay stopped answering path keepalives")
+
+    def _relay_lost(self, path: _Path, now: float, reason: str) -> None:
+        """The relay of ``path`` is gone (a lost keepalive, or liveness.py's probe of a busy path):
+        an RS-S path is re-directed, an RS-N path closed (see _path_keepalive_lost)."""
         if path.mode is PathMode.RS_S:
             self.stats["rss_relay_lost"] += 1
             if self._redirect_path(path, now):
                 self.stats["rss_relay_redirects"] += 1
             return
         self.stats["relay_lost"] += 1
-        self._close_path(path.path_id, "the relay stopped answering path keepalives")
+        self._close_path(path.path_id, reason)
 
     # -- closing, learning --------------------------------------------------------------------------
     def _forget(self, path: _Path) -> None:
