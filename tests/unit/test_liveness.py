@@ -97,3 +97,17 @@ def test_a_stalled_event_loop_is_not_silence_of_the_relay() -> None:
         w.net.receive(mn, data, w.net.hosts["rs"].addr)
     busy(w, pid, 3.0, replies=True)
     assert w.mn.stats["liveness_relay_lost"] == 0 and closed(w) == []
+
+
+def test_a_download_whose_data_stops_is_noticed_too() -> None:
+    """A download: the node only sends ACKs, and none once nothing arrives. Its last ACKs (sent in
+    the same sample as the last data) still wait for an answer: the probe goes out, the path moves."""
+    w = TwoRelays()
+    first = w.setup_path().path
+    busy(w, first.path_id, 1.0, replies=True)
+    dead_at = w.net.now
+    w.net.drop = lambda src, dst, data: "rs" in (src, dst)
+    w.net.run_until(lambda: bool(closed(w)), max_time=BOUND)  # nothing sent after the death
+    [c] = closed(w)
+    assert c.path_id == first.path_id and w.net.now - dead_at <= BOUND
+    assert w.mn.stats["liveness_relay_lost"] == 1

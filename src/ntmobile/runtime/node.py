@@ -443,6 +443,7 @@ class NodeDaemon:
             self._refreshing.discard(ev.fqdn)
         elif isinstance(ev, PathClosed):
             self.paths.pop(ev.path_id, None)
+            log.info("path %s closed: %s", ev.path_id.hex(), ev.reason)
         elif isinstance(ev, PathProbed | DcProbed):
             fut = self._probe_waiters.pop(("path" if isinstance(ev, PathProbed) else "dc", ev.probe_id), None)
             if fut is not None and not fut.done():

@@ -44,7 +44,9 @@ class _Watch:
 
     sent: int
     received: int
-    #: Run time with data sent since the last data received (or answered probe).
+    #: Data was sent since the last data received (or answered probe): an answer is due.
+    armed: bool = False
+    #: Run time since then with nothing received.
     silence: float = 0.0
     probe: _Pending | None = None
     probe_at: float = 0.0  # run time the probe left
@@ -122,15 +124,18 @@ class NodeLiveness(NodeDirections):
         if w is None:
             self._watches[path.path_id] = _Watch(sent, received)
             return False
+        sent_now = sent != w.sent
+        w.sent = sent
         if received != w.received or (w.probe is not None and self._pending.get(w.probe.key) is not w.probe):
-            # data came in, or the probe was answered: alive
-            w.received, w.sent, w.silence = received, sent, 0.0
+            # data came in, or the probe was answered: alive. Data sent within the same sample may
+            # have left after the last arrival (a download's last ACKs): it still waits for an answer.
+            w.received, w.silence, w.armed = received, 0.0, sent_now
             self._cancel_request(w.probe)
             w.probe = None
             return False
-        if sent != w.sent or w.silence > 0:
+        if w.armed:
             w.silence += dt
-        w.sent = sent
+        w.armed = w.armed or sent_now
         if w.probe is None:
             if w.silence >= LIVENESS_SILENCE and path.endpoint is not None:
                 self.stats["liveness_probes"] += 1
