@@ -31,6 +31,8 @@ class _Model(BaseModel):
 
     def anchored(self, base: Path) -> _Model:
         def fix(v: str) -> str:
+            if v.startswith(("postgresql://", "postgres://")):
+                return v  # a database URI (DC replicas), not a file
             return v if Path(v).is_absolute() else str((base / v).resolve())
 
         update: dict[str, Any] = {}
