@@ -12,10 +12,13 @@ from pathlib import Path
 
 import pytest
 
+from ntmobile.core.dc import DcConfig, DcCore
+from ntmobile.core.node import NodeConfig, NodeCore
 from ntmobile.core.registry import ClientRecord, JoinRecord, Pools, StoreError
 from ntmobile.lab.postgres import PostgresServer, pg_bindir
 from ntmobile.runtime.pgstore import PgStore
-from ntmobile.wire import Role
+from ntmobile.wire import Role, Status, parse_signal_header
+from tests.unit.harness import seeded_bytes
 
 POOLS = Pools("100.64.1.0/24", "fd00:6e74:1::/64", "100.127.0.0/16", "fd00:6e74:ff::/64")
 
@@ -191,3 +194,64 @@ def test_database_down_gives_store_errors_and_service_resumes(server: PostgresSe
     a.set_last_seq(cid, 8)
     rec = b.get_client(cid)
     assert rec is not None and rec.last_seq == 8
+
+
+# -- two DC cores (replicas) on the shared registry ---------------------------------------------------
+
+DC_A = ("192.0.2.10", 7410)
+DC_B = ("192.0.2.11", 7410)
+NODE_EP = ("10.0.0.1", 7412)
+
+
+def _replica(store: PgStore, seq_base: int) -> DcCore:
+    dc_id, secret = store.identity()  # shared: the first replica made it, the other reads it
+    return DcCore(DcConfig("a.example", dc_id, secret=secret), store, 0.0, seq_base=seq_base,
+                  counter=store.counter_floor(block=1024))
+
+
+def _node(rec: ClientRecord, dc_id: bytes, dc_ep: tuple[str, int], seed: int) -> NodeCore:
+    return NodeCore(NodeConfig(rec.name, rec.client_id, rec.psk, dc_id, dc_ep), 0.0, seq_base=10**12 + seed * 10**9,
+                    random_bytes=seeded_bytes(seed))
+
+
+def _register(dc: DcCore, node: NodeCore, dc_ep: tuple[str, int], now: float) -> tuple[Status | None, bytes]:
+    node.register((NODE_EP,), now)
+    [req] = node.datagrams_to_send()
+    dc.receive_datagram(req.data, NODE_EP, now)
+    out = dc.datagrams_to_send()
+    for dg in out:
+        node.receive_datagram(dg.data, dc_ep, now)
+    status = parse_signal_header(out[0].data).status if out else None
+    return status, req.data
+
+
+def test_two_dc_cores_share_identity_vips_and_replay_floors(stores: tuple[PgStore, PgStore],
+                                                             server: PostgresServer) -> None:
+    a, b = stores
+    rec = ClientRecord(b"\x0c" * 8, "mn.a.example", Role.NODE, b"\x11" * 32)
+    a.add_client(rec)
+    dca, dcb = _replica(a, 10**15), _replica(b, 2 * 10**15)
+    assert dca.config.dc_id == dcb.config.dc_id and dca.config.secret == dcb.config.secret
+    node = _node(rec, dca.config.dc_id, DC_A, 1)
+    status, captured = _register(dca, node, DC_A, 1.0)
+    assert node.registered and status == Status.OK
+    vips = (node.registration.vip4, node.registration.vip6)
+    assert vips[0] is not None
+    # the same registration replayed at the other replica is refused (the floor is shared)
+    dcb.receive_datagram(captured, ("203.0.113.9", 4444), 2.0)
+    assert dcb.stats["drop_replay"] == 1 and dcb.datagrams_to_send() == []
+    # replica A is gone: the node registers at B (its credentials are the same) and keeps its VIPs
+    node_b = _node(rec, dcb.config.dc_id, DC_B, 2)
+    status, _ = _register(dcb, node_b, DC_B, 3.0)
+    assert node_b.registered and (node_b.registration.vip4, node_b.registration.vip6) == vips
+    # the database down: the replica answers STORAGE_ERROR (it knows the client from before)
+    server.stop()
+    try:
+        node_c = _node(rec, dcb.config.dc_id, DC_B, 3)
+        status, _ = _register(dcb, node_c, DC_B, 4.0)
+        assert status == Status.STORAGE_ERROR and not node_c.registered
+    finally:
+        server.start()
+    node_d = _node(rec, dcb.config.dc_id, DC_B, 4)
+    status, _ = _register(dcb, node_d, DC_B, 5.0)
+    assert status == Status.OK and node_d.registered and (node_d.registration.vip4, node_d.registration.vip6) == vips

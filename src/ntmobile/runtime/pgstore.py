@@ -117,7 +117,7 @@ class PgStore:
                 self._conn = psycopg.connect(self.dsn, autocommit=True,
                                              connect_timeout=max(1, int(self.connect_timeout)))
             except psycopg.Error as exc:
-                raise StoreError(f"cannot reach the registry database: {_one_line(exc)}") from None
+                raise StoreError(f"registry database unreachable ({_one_line(exc)[:80]})") from None
         return self._conn
 
     @contextmanager
@@ -129,7 +129,7 @@ class PgStore:
         except psycopg.errors.UniqueViolation as exc:
             raise StoreError(_one_line(exc)) from None
         except psycopg.Error as exc:
-            raise StoreError(f"registry database: {_one_line(exc)}") from None
+            raise StoreError(f"registry database: {_one_line(exc)[:120]}") from None
 
     def _one(self, sql: str, args: tuple[object, ...]) -> tuple[Any, ...] | None:
         with self._tx() as cur:
