@@ -4,11 +4,14 @@ registry is shared; here one MemoryStore under two DC cores)."""
 
 from __future__ import annotations
 
+from pathlib import Path
+
 from ntmobile.core.dc import DcConfig, DcCore
 from ntmobile.core.node import NodeConfig, NodeCore, Registered
 from ntmobile.core.registry import ClientRecord, MemoryStore, Pools
 from ntmobile.core.timing import REPLICA_FAILOVER_BOUND
-from ntmobile.runtime.config import DcSettings
+from ntmobile.runtime.config import Credentials, DcSettings, ReplicaSettings, parse_replica
+from ntmobile.runtime.enroll import enroll
 from ntmobile.wire import Role
 
 from .harness import seeded_bytes
@@ -75,3 +78,14 @@ def test_node_fails_over_to_the_other_replica_within_the_bound_keeping_its_vips(
     assert at == DC_B and t - killed <= REPLICA_FAILOVER_BOUND, t - killed
     assert node.registration is not None and (node.registration.vip4, node.registration.vip6) == vips
     assert node.stats["dc_failovers"] == 1
+
+
+def test_enrolled_credentials_list_the_replicas(tmp_path: Path) -> None:
+    settings = DcSettings(domain="a.example", address="192.0.2.10", database=str(tmp_path / "dc.sqlite"),
+                          replicas=[ReplicaSettings(address="192.0.2.11"),
+                                    ReplicaSettings(address="2001:db8::11", port=7499)])
+    creds = enroll(settings, "mn", Role.NODE)
+    assert creds.dc_replicas == ["192.0.2.11:7410", "[2001:db8::11]:7499"]
+    assert [parse_replica(r) for r in creds.dc_replicas] == [("192.0.2.11", 7410), ("2001:db8::11", 7499)]
+    again = Credentials.model_validate_json(creds.model_dump_json())
+    assert again.dc_replicas == creds.dc_replicas

@@ -149,7 +149,8 @@ class DcDaemon:
     def make_zones(self) -> DcZones:
         """One authoritative zone per served domain; each carries the DC marker TXT at its apex."""
         s = self.settings
-        return DcZones(s.domains, self.store, ns_name=s.ns_name or "", ns_addresses=s.ns_addresses or [s.address],
+        return DcZones(s.domains, self.store, ns_name=s.ns_name or "", ns_addresses=[*(s.ns_addresses or [s.address]),
+                                                                    *(r.address for r in s.replicas)],
                        marker=format_marker(s.address, s.port, self.public_key), serial=int(self.started))
 
     async def run(self, stop: asyncio.Event) -> None:

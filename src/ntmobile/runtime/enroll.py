@@ -8,7 +8,7 @@ import os
 from ntmobile.core.registry import ClientRecord, Pools
 from ntmobile.wire import Role
 
-from .config import Credentials, DcSettings
+from .config import Credentials, DcSettings, replica_endpoint
 from .store import open_store
 
 
@@ -33,4 +33,6 @@ def enroll(settings: DcSettings, name: str, role: Role, *, client_id: bytes | No
         store.close()
     return Credentials(name=name, role="node" if role is Role.NODE else "relay", client_id=client_id.hex(),
                        secret=base64.b64encode(psk).decode(), dc_id=dc_id.hex(), dc_address=settings.address,
-                       dc_port=settings.port, domain=settings.domain)
+                       dc_port=settings.port, domain=settings.domain,
+                       dc_replicas=[replica_endpoint(r.address, r.port) for r in settings.replicas])
+
