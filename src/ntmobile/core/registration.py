@@ -149,6 +149,9 @@ class RegistrationClient:
         self.reg_txid: int | None = None
         #: Keepalive interval (0: none).
         self.keepalive = policy.default_keepalive
+        #: Keepalives lost in a row that end the session (SessionLost). A node with DC replicas sets
+        #: 1: another replica is there to take it, so it moves at the first silence (issue 17).
+        self.misses_allowed = KEEPALIVE_MISSES
         self.missed = 0
         self.backoff = REGISTRATION_BACKOFF_INITIAL
         self.observed: Endpoint | None = None
@@ -309,7 +312,7 @@ class RegistrationClient:
         self._ka = None
         self.missed += 1
         self.core.stats["keepalive_missed"] += 1
-        if self.missed >= KEEPALIVE_MISSES:
+        if self.missed >= self.misses_allowed:
             self._stop_keepalives()
             if self.state is DcState.RENEWING:
                 self._abandon_pending()

@@ -143,3 +143,11 @@ def node_keepalive_timeout(interval: float) -> float:
 def relay_keepalive_timeout(interval: float) -> float:
     """How long the relay waits for its DC's answer to a keepalive sent every ``interval`` seconds."""
     return max(RELAY_KEEPALIVE_TIMEOUT_MIN, min(interval, RELAY_KEEPALIVE_TIMEOUT_MAX))
+
+# --- DC replicas (issue 17) ----------------------------------------------------------------------
+
+#: A node whose DC replica stops answering is registered with another replica this long after the
+#: last answer at most, with the default keepalive (15 s): its keepalives go unanswered
+#: (KEEPALIVE_MISSES exchanges, given up within the interval), then a registration at the next
+#: replica. tests/unit/test_replica_failover.py measures it.
+REPLICA_FAILOVER_BOUND = 20.0

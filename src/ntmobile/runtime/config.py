@@ -33,6 +33,8 @@ class _Model(BaseModel):
 
     def anchored(self, base: Path) -> _Model:
         def fix(v: str) -> str:
+            if v.startswith(("postgresql://", "postgres://")):
+                return v  # a database URI (DC replicas), not a file
             return v if Path(v).is_absolute() else str((base / v).resolve())
 
         update: dict[str, Any] = {}
@@ -132,6 +134,13 @@ class PoolSettings(_Model):
     _check = field_validator("vip4", "vip6", "gn_vip4", "gn_vip6")(_cidr)
 
 
+class ReplicaSettings(_Model):
+    """Another replica of this domain's DC (same PostgreSQL registry, issue 17)."""
+
+    address: str = Field(description="the replica's signalling address (also its NS glue)")
+    port: int = Field(DC_PORT, ge=1, le=65535)
+
+
 class PeerDcSettings(_Model):
     domain: str
     key: str = Field(description="the peer DC's static X25519 public key, base64url as in its marker TXT")
@@ -178,6 +187,8 @@ class DcSettings(_Model):
     probe_port: int | None = Field(DC_PROBE_PORT, ge=1, le=65535,
                                    description="second UDP port for NAT classification probes (none: no probes)")
     peers: list[PeerDcSettings] = Field([], description="trusted peer DCs (take precedence over DNS markers)")
+    replicas: list[ReplicaSettings] = Field([], description="the other replicas of this domain's DC (shared "
+                                            "PostgreSQL database); enrolled credentials list them")
     rsn_allow: list[str] = _RSN_ALLOW
 
     _a = field_validator("address")(_addr)
@@ -289,6 +300,9 @@ class Credentials(_Model):
     dc_address: str
     dc_port: int = Field(DC_PORT, ge=1, le=65535)
     domain: str
+    #: The domain's other DC replicas ("address:port" or "[v6]:port"): where the client registers
+    #: when its DC stops answering (issue 17).
+    dc_replicas: list[str] = []
 
     @field_validator("secret")
     @classmethod
@@ -361,3 +375,13 @@ def reload_settings(path: str | Path, current: M, live: set[str]) -> tuple[M, se
     keep = {k: getattr(current, k) for k in later}
     return new.model_copy(update=keep), changed & live, later
 
+
+def replica_endpoint(address: str, port: int) -> str:
+    """An endpoint as credentials' dc_replicas write it."""
+    return f"[{address}]:{port}" if ":" in address else f"{address}:{port}"
+
+
+def parse_replica(text: str) -> tuple[str, int]:
+    """ "address:port" / "[v6]:port" (credentials' dc_replicas) -> endpoint."""
+    host, _, port = text.rpartition(":")
+    return host.strip("[]"), int(port)

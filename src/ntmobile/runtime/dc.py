@@ -41,6 +41,7 @@ from ntmobile.core.dnsauth import (
 )
 from ntmobile.core.registry import Pools, StoreError
 from ntmobile.core.timing import DISCOVERY_DEADLINE
+from ntmobile.crypto import CounterFloor
 from ntmobile.wire import Role
 
 from . import dnsclasses  # noqa: F401  (dnspython's IN rdata classes before any input)
@@ -50,7 +51,7 @@ from .counters import DC_BLOCK, counter_floor
 from .dns import DnsServer, run_discovery, serve_dns
 from .driver import CoreDriver, bind_udp, normalize
 from .metrics import DriverCollector, Metrics, MetricsServer, dc_families, metrics_status, open_metrics
-from .store import SqliteStore
+from .store import is_postgres, open_store
 
 log = logging.getLogger("ntm.dc")
 
@@ -97,8 +98,8 @@ class DcDaemon:
     def __init__(self, settings: DcSettings) -> None:
         self.settings = settings
         s = settings
-        self.store = SqliteStore(s.database, Pools(s.pools.vip4, s.pools.vip6, s.pools.gn_vip4, s.pools.gn_vip6),
-                                 background_checkpoint=True)
+        self.store = open_store(s.database, Pools(s.pools.vip4, s.pools.vip6, s.pools.gn_vip4, s.pools.gn_vip6),
+                                background_checkpoint=True)
         self._checkpointer = concurrent.futures.ThreadPoolExecutor(1, thread_name_prefix="ntm-dc-checkpoint",
                                                                    initializer=_lowest_priority)
         self.checkpoint_errors = 0
@@ -151,7 +152,8 @@ class DcDaemon:
     def make_zones(self) -> DcZones:
         """One authoritative zone per served domain; each carries the DC marker TXT at its apex."""
         s = self.settings
-        return DcZones(s.domains, self.store, ns_name=s.ns_name or "", ns_addresses=s.ns_addresses or [s.address],
+        return DcZones(s.domains, self.store, ns_name=s.ns_name or "", ns_addresses=[*(s.ns_addresses or [s.address]),
+                                                                    *(r.address for r in s.replicas)],
                        marker=format_marker(s.address, s.port, self.public_key), serial=int(self.started))
 
     async def run(self, stop: asyncio.Event) -> None:
@@ -166,8 +168,12 @@ class DcDaemon:
                        rsn_allow=tuple(s.rsn_allow),
                        rsn_refuse=rsn_refused((s.pools.vip4, s.pools.vip6, s.pools.gn_vip4, s.pools.gn_vip6),
                                               (s.address, *s.ns_addresses)), address=s.address, port=s.port)
-        db = Path(s.database)
-        counter = counter_floor(db.with_name(db.name + ".counter"), block=DC_BLOCK)
+        if is_postgres(s.database):
+            # replicas share the DC key: their send counters come from disjoint blocks of the database
+            counter: CounterFloor = self.store.counter_floor("dc", block=DC_BLOCK)
+        else:
+            db = Path(s.database)
+            counter = counter_floor(db.with_name(db.name + ".counter"), block=DC_BLOCK)
         self.core = DcCore(cfg, self.store, loop.time(), seq_base=time.time_ns() // 1000, counter=counter)
         self.driver = CoreDriver(self.core, self.on_event, batch_reads=True, on_batch_start=self._begin_batch,
                                  on_flush=self._commit)

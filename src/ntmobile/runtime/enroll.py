@@ -8,8 +8,8 @@ import os
 from ntmobile.core.registry import ClientRecord, Pools
 from ntmobile.wire import Role
 
-from .config import Credentials, DcSettings
-from .store import SqliteStore
+from .config import Credentials, DcSettings, replica_endpoint
+from .store import open_store
 
 
 def enroll(settings: DcSettings, name: str, role: Role, *, client_id: bytes | None = None) -> Credentials:
@@ -18,7 +18,7 @@ def enroll(settings: DcSettings, name: str, role: Role, *, client_id: bytes | No
     if role is Role.NODE and not any(name == d or name.endswith("." + d) for d in settings.domains):
         name = f"{name}.{settings.domain}"
     p = settings.pools
-    store = SqliteStore(settings.database, Pools(p.vip4, p.vip6, p.gn_vip4, p.gn_vip6))
+    store = open_store(settings.database, Pools(p.vip4, p.vip6, p.gn_vip4, p.gn_vip6))
     try:
         dc_id, _ = store.identity()
         while client_id is None:
@@ -33,4 +33,6 @@ def enroll(settings: DcSettings, name: str, role: Role, *, client_id: bytes | No
         store.close()
     return Credentials(name=name, role="node" if role is Role.NODE else "relay", client_id=client_id.hex(),
                        secret=base64.b64encode(psk).decode(), dc_id=dc_id.hex(), dc_address=settings.address,
-                       dc_port=settings.port, domain=settings.domain)
+                       dc_port=settings.port, domain=settings.domain,
+                       dc_replicas=[replica_endpoint(r.address, r.port) for r in settings.replicas])
+

@@ -25,7 +25,7 @@ from ntmobile.wire.join import (
 )
 
 from .config import Credentials, DcSettings
-from .store import SqliteStore
+from .store import open_store
 
 #: How long a token stays valid unless the operator says otherwise.
 DEFAULT_LIFETIME = 3600
@@ -42,7 +42,7 @@ def issue_token(settings: DcSettings, name: str, *, lifetime: int = DEFAULT_LIFE
     if not any(name == d or name.endswith("." + d) for d in settings.domains):
         name = f"{name}.{settings.domain}"
     p = settings.pools
-    store = SqliteStore(settings.database, Pools(p.vip4, p.vip6, p.gn_vip4, p.gn_vip6))
+    store = open_store(settings.database, Pools(p.vip4, p.vip6, p.gn_vip4, p.gn_vip6))
     try:
         if store.client_by_name(name) is not None:
             raise JoinError(f"{name} is already enrolled")

@@ -51,7 +51,7 @@ from ntmobile.osops.resolver import ResolverError
 from ntmobile.wire import Capability, NatKind, PathMode, Status
 
 from . import dnsclasses  # noqa: F401  (dnspython's IN rdata classes before any input)
-from .config import ConfigError, Credentials, NodeSettings, group_id, reload_settings
+from .config import ConfigError, Credentials, NodeSettings, group_id, parse_replica, reload_settings
 from .control import serve_control
 from .counters import counter_floor
 from .dns import run_discovery
@@ -137,7 +137,8 @@ class NodeDaemon:
         caps = Capability.INNER6 | (Capability.GSO if offload_active(self.tun) else 0)
         cfg = NodeConfig(self.creds.name, self.creds.id_bytes, self.creds.psk, self.creds.dc_id_bytes,
                          (self.creds.dc_address, self.creds.dc_port), capabilities=int(caps),
-                         fallback=s.dns_fallback == "upstream")
+                         fallback=s.dns_fallback == "upstream",
+                         dc_replicas=tuple(parse_replica(r) for r in self.creds.dc_replicas))
         state = Path(s.state_dir) if s.state_dir else Path(s.credentials).parent
         counter = counter_floor(state / f"node-{self.creds.client_id}.counter")
         self.core = NodeCore(cfg, loop.time(), counter=counter)

@@ -21,6 +21,7 @@ import os
 import sqlite3
 from collections.abc import Callable
 from pathlib import Path
+from typing import Any
 from urllib.parse import quote
 
 from ntmobile.core.registry import ClientRecord, JoinRecord, Pools, StoreError, VipPool
@@ -273,3 +274,18 @@ class SqliteStore:
         secret = self.setting("dc_key", os.urandom(32))
         assert dc_id is not None and secret is not None
         return dc_id, secret
+
+
+def is_postgres(database: str) -> bool:
+    """Whether a DC's ``database`` setting names a PostgreSQL database (else it is a SQLite file)."""
+    return database.startswith(("postgresql://", "postgres://"))
+
+
+def open_store(database: str, pools: Pools, *, background_checkpoint: bool = False) -> Any:
+    """The registry a DC's ``database`` setting names: a PostgreSQL URI (``postgresql://...``: the
+    store DC replicas share, runtime/pgstore.py) or a SQLite file (the default)."""
+    if is_postgres(database):
+        from .pgstore import PgStore
+
+        return PgStore(database, pools)
+    return SqliteStore(database, pools, background_checkpoint=background_checkpoint)

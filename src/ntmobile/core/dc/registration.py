@@ -136,6 +136,8 @@ class Registration:
                 reason: str) -> None:
         core = self._core
         core.stats["registrations_rejected"] += 1
-        core._reply(lt, StatusMessage(answers=MessageType.REGISTRATION_REQUEST, reason=reason), txid, addr,
+        # the wire's strings hold 255 bytes: a long store error is cut (the event keeps it whole)
+        short = reason.encode()[:255].decode(errors="ignore")
+        core._reply(lt, StatusMessage(answers=MessageType.REGISTRATION_REQUEST, reason=short), txid, addr,
                     status=status, flags=SignalFlags.LONG_TERM)
         core._emit(RegistrationRejected(record.name, status, reason))

@@ -11,6 +11,7 @@ path records and their states in paths.py.
 
 from __future__ import annotations
 
+import dataclasses
 import os
 from collections.abc import Callable
 
@@ -87,6 +88,8 @@ class NodeCore(NodeLiveness):
             random_bytes=random_bytes, new_txid=lambda: new_txid(random_bytes), timeout=REGISTRATION_TIMEOUT,
             policy=_REGISTRATION_POLICY, request_message=self._registration_request,
             on_outcome=self._registration_outcome)
+        if c.dc_replicas:
+            self._dc.misses_allowed = 1  # a lost keepalive (retransmitted meanwhile): the next replica
         self.local_endpoints: tuple[Endpoint, ...] = ()
         self.registered = False
         self.registration: Registered | None = None
@@ -133,12 +136,26 @@ class NodeCore(NodeLiveness):
             self._on_registered(outcome.response, now)
         elif isinstance(outcome, AttemptFailed):
             status = Status.SERVFAIL if outcome.status is None else status_of(outcome.status)
+            if outcome.status is None:
+                self._next_replica()  # no answer: the next attempt (RetryDue) goes to another replica
             self._emit(RegistrationFailed(status, outcome.reason))
         elif isinstance(outcome, SessionLost):
             self.registered = False
+            self._next_replica()
             self.register(self.local_endpoints, now)
         elif not self.registered:  # RetryDue: only while not registered
             self.register(self.local_endpoints, now)
+
+    def _next_replica(self) -> None:
+        """Move to the next DC replica (no-op with none): the DC endpoint of every later message."""
+        c = self.config
+        if not c.dc_replicas:
+            return
+        ring = (c.dc_endpoint, *c.dc_replicas)
+        nxt = ring[1]
+        self.config = dataclasses.replace(c, dc_endpoint=nxt, dc_replicas=(*ring[2:], ring[0]))
+        self._dc.endpoint = nxt
+        self.stats["dc_failovers"] += 1
 
     # -- API ----------------------------------------------------------------------------------
     def register(self, local_endpoints: tuple[Endpoint, ...], now: float) -> None:

@@ -21,6 +21,10 @@ class NodeConfig:
     #: While the DC is silent or the node unregistered, lookups fall back (LookupFallback) instead of
     #: waiting for DIRECTION_TIMEOUT and failing.
     fallback: bool = True
+    #: The domain's other DC replicas (issue 17): when the current DC stops answering (a
+    #: registration attempt times out, or the session's keepalives go unanswered), the node
+    #: re-registers with the next one, round robin; its VIPs are the registry's, shared by them all.
+    dc_replicas: tuple[Endpoint, ...] = ()
 
 
 @dataclass(frozen=True, slots=True)

@@ -1,0 +1,377 @@
+"""The DC's PostgreSQL registry: the store DC replicas share (issue 17).
+
+Same interface and allocation rules as SqliteStore (core.registry.Store plus the extras the DC and
+``ntm enroll`` use), selected by ``database = "postgresql://..."`` in the DC's configuration. Every
+replica of a domain opens one connection to the same database; what must stay unique across them
+is allocated inside a transaction that holds a PostgreSQL advisory lock:
+
+- VIPs (lock VIP_LOCK): the free address is chosen and written under the lock; ``vip4``/``vip6``
+  are also UNIQUE, so even a bug could not commit one address twice.
+- GN VIPs (lock GN_LOCK, node): per node, chosen and inserted under the node's lock; the table's
+  keys (node, GN address) and (node, VIP) are unique.
+- enrolments: ``redeem_join`` locks the token's row (SELECT ... FOR UPDATE) and marks it used in
+  the transaction that inserts the client; names and client IDs are primary/unique keys.
+- replay floors: ``last_seq`` only ever rises (UPDATE ... WHERE last_seq < new; GREATEST in a
+  batch), so a registration accepted by one replica can never lower the floor another replica wrote,
+  and outside a batch a registration whose sequence number is not above the stored floor fails.
+- send counters (and so Path IDs' and nonces' uniqueness under the shared DC key): blocks are
+  reserved by one UPDATE ... RETURNING on the ``counters`` row (``DbCounterFloor``); each replica
+  takes values only from blocks the database handed to it, committed before the first is used, so
+  a replica killed with ``kill -9`` and restarted gets a fresh block above every other.
+
+Replicas share the domain's DC identity (``dc_id`` and static key in ``settings``): the first
+replica to start creates it (INSERT ... ON CONFLICT DO NOTHING), the others read it.
+
+A database that is down or unreachable makes every call raise StoreError (the core answers
+STORAGE_ERROR); the next call after it returns reconnects.
+"""
+
+from __future__ import annotations
+
+import os
+import threading
+import time
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from typing import Any
+
+import psycopg
+
+from ntmobile.core.registry import ClientRecord, JoinRecord, Pools, StoreError, VipPool
+from ntmobile.crypto import CounterFloor
+from ntmobile.wire import CodecError, Role
+
+from .store import is_postgres
+
+__all__ = ["DbCounterFloor", "PgStore", "is_postgres"]
+
+#: Advisory lock keys (first half of the two-int form).
+SCHEMA_LOCK = 17_000
+VIP_LOCK = 17_001
+GN_LOCK = 17_002
+
+SCHEMA = [
+    """CREATE TABLE IF NOT EXISTS clients (
+        client_id BYTEA PRIMARY KEY,
+        name TEXT NOT NULL UNIQUE,
+        role INTEGER NOT NULL,
+        psk BYTEA NOT NULL,
+        vip4 TEXT UNIQUE,
+        vip6 TEXT UNIQUE,
+        last_seq BIGINT NOT NULL DEFAULT 0,
+        enrolled_at TIMESTAMPTZ NOT NULL DEFAULT now())""",
+    """CREATE TABLE IF NOT EXISTS gn_vips (
+        node_id BYTEA NOT NULL,
+        gn_addr TEXT NOT NULL,
+        vip TEXT NOT NULL,
+        PRIMARY KEY (node_id, gn_addr),
+        UNIQUE (node_id, vip))""",
+    "CREATE TABLE IF NOT EXISTS settings (key TEXT PRIMARY KEY, value BYTEA NOT NULL)",
+    """CREATE TABLE IF NOT EXISTS joins (
+        token_id BYTEA PRIMARY KEY,
+        secret BYTEA NOT NULL,
+        name TEXT NOT NULL,
+        expires BIGINT NOT NULL,
+        used_by BYTEA,
+        answer BYTEA)""",
+    "CREATE TABLE IF NOT EXISTS counters (name TEXT PRIMARY KEY, ceiling BIGINT NOT NULL)",
+]
+
+_ROLES = {int(r): r for r in Role}
+_COLS = "client_id, name, role, psk, vip4, vip6, last_seq"
+
+
+def _node_key(node_id: bytes) -> int:
+    return int.from_bytes(node_id[:4].ljust(4, b"\0"), "big", signed=True)
+
+
+class PgStore:
+    """One replica's connection to the shared registry."""
+
+    def __init__(self, dsn: str, pools: Pools, *, connect_timeout: float = 3.0) -> None:
+        self.dsn = dsn
+        self.pools = pools
+        self.connect_timeout = connect_timeout
+        self._conn: psycopg.Connection[Any] | None = None
+        self._batching = False
+        self._seqs: dict[bytes, int] = {}
+        #: Records read so far (client ID, name, VIP -> record): answers when the database is
+        #: unreachable, so that the DC can still seal a STORAGE_ERROR reply to a known client.
+        self._cache: dict[object, ClientRecord] = {}
+        #: Statements sent to the server (the bench's round trips per registration).
+        self.round_trips = 0
+        #: One connection: callers on several threads take turns (the DC itself uses one thread).
+        self._lock = threading.RLock()
+        with self._tx() as cur:
+            cur.execute("SELECT pg_advisory_xact_lock(%s, 0)", (SCHEMA_LOCK,))
+            for stmt in SCHEMA:
+                cur.execute(stmt)
+
+    # -- connection ------------------------------------------------------------------------------
+    def _db(self) -> psycopg.Connection[Any]:
+        if self._conn is None or self._conn.closed or self._conn.broken:
+            if self._conn is not None:
+                self._conn.close()
+            self._conn = None
+            try:
+                self._conn = psycopg.connect(self.dsn, autocommit=True,
+                                             connect_timeout=max(1, int(self.connect_timeout)))
+            except psycopg.Error as exc:
+                raise StoreError(f"registry database unreachable ({_one_line(exc)[:80]})") from None
+        return self._conn
+
+    @contextmanager
+    def _tx(self) -> Iterator[psycopg.Cursor[Any]]:
+        """A cursor inside a transaction (a savepoint when nested); psycopg errors become StoreError."""
+        try:
+            with self._lock, self._db().transaction() as tx, tx.connection.cursor() as cur:
+                yield _Counted(cur, self)  # type: ignore[misc]
+        except psycopg.errors.UniqueViolation as exc:
+            raise StoreError(_one_line(exc)) from None
+        except psycopg.Error as exc:
+            raise StoreError(f"registry database: {_one_line(exc)[:120]}") from None
+
+    def _one(self, sql: str, args: tuple[object, ...]) -> tuple[Any, ...] | None:
+        with self._tx() as cur:
+            cur.execute(sql, args)
+            return cur.fetchone()
+
+    def _all(self, sql: str, args: tuple[object, ...] = ()) -> list[tuple[Any, ...]]:
+        with self._tx() as cur:
+            cur.execute(sql, args)
+            return cur.fetchall()
+
+    def close(self) -> None:
+        if self._conn is not None:
+            self._conn.close()
+            self._conn = None
+
+    def checkpoint(self) -> tuple[int, int]:
+        """Nothing to copy (the server checkpoints itself); the DC daemon calls it for SQLite."""
+        return 0, 0
+
+    # -- group commit ----------------------------------------------------------------------------
+    def begin_batch(self) -> None:
+        self._batching = True
+
+    def end_batch(self) -> None:
+        self._batching = False
+        if not self._seqs:
+            return
+        rows = [(seq, cid) for cid, seq in self._seqs.items()]
+        self._seqs.clear()
+        with self._tx() as cur:
+            cur.executemany("UPDATE clients SET last_seq = GREATEST(last_seq, %s) WHERE client_id = %s", rows)
+
+    # -- Store protocol --------------------------------------------------------------------------
+    def _record(self, row: tuple[Any, ...] | None) -> ClientRecord | None:
+        if row is None:
+            return None
+        cid = bytes(row[0])
+        rec = ClientRecord(cid, row[1], _ROLES[row[2]], bytes(row[3]), row[4], row[5], self._seqs.get(cid, row[6]))
+        for key in (("id", cid), ("name", rec.name), ("vip", rec.vip4), ("vip", rec.vip6)):
+            if key[1] is not None:
+                self._cache[key] = rec
+        return rec
+
+    def _lookup(self, key: tuple[str, object], sql: str, args: tuple[object, ...]) -> ClientRecord | None:
+        try:
+            return self._record(self._one(f"SELECT {_COLS} FROM clients WHERE {sql}", args))
+        except StoreError:
+            cached = self._cache.get(key)
+            if cached is None:
+                raise
+            return ClientRecord(cached.client_id, cached.name, cached.role, cached.psk, cached.vip4, cached.vip6,
+                                self._seqs.get(cached.client_id, cached.last_seq))
+
+    def get_client(self, client_id: bytes) -> ClientRecord | None:
+        return self._lookup(("id", client_id), "client_id = %s", (client_id,))
+
+    def client_by_name(self, name: str) -> ClientRecord | None:
+        name = name.rstrip(".").lower()
+        return self._lookup(("name", name), "name = %s", (name,))
+
+    def client_by_vip(self, vip: str) -> ClientRecord | None:
+        return self._lookup(("vip", vip), "vip4 = %s OR vip6 = %s", (vip, vip))
+
+    def add_client(self, record: ClientRecord) -> None:
+        with self._tx() as cur:
+            cur.execute(f"INSERT INTO clients ({_COLS}) VALUES (%s,%s,%s,%s,%s,%s,%s)",
+                        (record.client_id, record.name, int(record.role), record.psk, record.vip4, record.vip6,
+                         record.last_seq))
+
+    def set_last_seq(self, client_id: bytes, seq: int) -> None:
+        if self._batching:
+            self._seqs[client_id] = max(seq, self._seqs.get(client_id, 0))
+            return
+        with self._tx() as cur:
+            cur.execute("UPDATE clients SET last_seq = %s WHERE client_id = %s AND last_seq < %s",
+                        (seq, client_id, seq))
+            if cur.rowcount != 1:
+                raise StoreError("sequence number not above the stored floor (replayed at another replica?)")
+
+    def assign_vips(self, client_id: bytes, known: ClientRecord | None = None) -> tuple[str | None, str | None]:
+        rec = known if known is not None and known.client_id == client_id else self.get_client(client_id)
+        if rec is None:
+            raise StoreError("unknown client")
+        if (rec.vip4 is not None or not self.pools.vip4) and (rec.vip6 is not None or not self.pools.vip6):
+            return rec.vip4, rec.vip6
+        with self._tx() as cur:
+            cur.execute("SELECT pg_advisory_xact_lock(%s, 0)", (VIP_LOCK,))
+            cur.execute("SELECT vip4, vip6 FROM clients WHERE client_id = %s", (client_id,))
+            row = cur.fetchone()
+            if row is None:
+                raise StoreError("unknown client")
+            vip4, vip6 = row[0], row[1]
+            old = (vip4, vip6)
+            if vip4 is None and self.pools.vip4:
+                cur.execute("SELECT vip4 FROM clients WHERE vip4 IS NOT NULL")
+                vip4 = VipPool.of(self.pools.vip4).first_free({r[0] for r in cur.fetchall()})
+            if vip6 is None and self.pools.vip6:
+                cur.execute("SELECT vip6 FROM clients WHERE vip6 IS NOT NULL")
+                vip6 = VipPool.of(self.pools.vip6).first_free({r[0] for r in cur.fetchall()})
+            if (vip4, vip6) != old:
+                cur.execute("UPDATE clients SET vip4 = %s, vip6 = %s WHERE client_id = %s", (vip4, vip6, client_id))
+        self._record((client_id, rec.name, int(rec.role), rec.psk, vip4, vip6, rec.last_seq))  # the cache
+        return vip4, vip6
+
+    def gn_vip(self, node_id: bytes, gn_addr: str) -> str:
+        with self._tx() as cur:
+            cur.execute("SELECT gn_addr, vip FROM gn_vips WHERE node_id = %s", (node_id,))
+            rows = cur.fetchall()
+            for addr, vip in rows:
+                if addr == gn_addr:
+                    return str(vip)
+            cur.execute("SELECT pg_advisory_xact_lock(%s, %s)", (GN_LOCK, _node_key(node_id)))
+            cur.execute("SELECT gn_addr, vip FROM gn_vips WHERE node_id = %s", (node_id,))
+            rows = cur.fetchall()  # again, under the lock: another replica may have just added it
+            for addr, vip in rows:
+                if addr == gn_addr:
+                    return str(vip)
+            pool = self.pools.gn_vip6 if ":" in gn_addr else self.pools.gn_vip4
+            vip = VipPool.of(pool).first_free({r[1] for r in rows})
+            cur.execute("INSERT INTO gn_vips (node_id, gn_addr, vip) VALUES (%s,%s,%s)", (node_id, gn_addr, vip))
+        return vip
+
+    # -- extras ----------------------------------------------------------------------------------
+    def add_join(self, record: JoinRecord) -> None:
+        with self._tx() as cur:
+            cur.execute("INSERT INTO joins (token_id, secret, name, expires) VALUES (%s,%s,%s,%s)",
+                        (record.token_id, record.secret, record.name, record.expires))
+
+    def get_join(self, token_id: bytes) -> JoinRecord | None:
+        row = self._one("SELECT token_id, secret, name, expires, used_by, answer FROM joins WHERE token_id = %s",
+                        (token_id,))
+        if row is None:
+            return None
+        return JoinRecord(bytes(row[0]), bytes(row[1]), row[2], row[3], None if row[4] is None else bytes(row[4]),
+                          None if row[5] is None else bytes(row[5]))
+
+    def redeem_join(self, token_id: bytes, used_by: bytes, client: ClientRecord,
+                    answer_for: Callable[[ClientRecord], bytes]) -> bytes:
+        with self._tx() as cur:
+            cur.execute("SELECT used_by FROM joins WHERE token_id = %s FOR UPDATE", (token_id,))
+            row = cur.fetchone()
+            if row is None or row[0] is not None:
+                raise StoreError("join token already used")
+            self.add_client(client)
+            client.vip4, client.vip6 = self.assign_vips(client.client_id)
+            answer = answer_for(client)
+            cur.execute("UPDATE joins SET used_by = %s, answer = %s WHERE token_id = %s AND used_by IS NULL",
+                        (used_by, answer, token_id))
+            if cur.rowcount != 1:
+                raise StoreError("join token already used")
+        return answer
+
+    def count(self) -> int:
+        row = self._one("SELECT COUNT(*) FROM clients", ())
+        return int(row[0]) if row else 0
+
+    def clients(self) -> list[ClientRecord]:
+        rows = self._all(f"SELECT {_COLS} FROM clients ORDER BY name")
+        return [r for row in rows if (r := self._record(row)) is not None]
+
+    def setting(self, key: str, make: bytes | None = None) -> bytes | None:
+        with self._tx() as cur:
+            if make is not None:
+                cur.execute("INSERT INTO settings (key, value) VALUES (%s, %s) ON CONFLICT (key) DO NOTHING",
+                            (key, make))
+            cur.execute("SELECT value FROM settings WHERE key = %s", (key,))
+            row = cur.fetchone()
+        return None if row is None else bytes(row[0])
+
+    def identity(self) -> tuple[bytes, bytes]:
+        """The domain's DC ID and static key, shared by every replica (the first one creates them)."""
+        dc_id = self.setting("dc_id", os.urandom(8))
+        secret = self.setting("dc_key", os.urandom(32))
+        assert dc_id is not None and secret is not None
+        return dc_id, secret
+
+    # -- send counters ---------------------------------------------------------------------------
+    def reserve_counters(self, name: str, block: int) -> tuple[int, int]:
+        """Reserve ``block`` fresh counter values (lo, hi inclusive), above every block any replica
+        ever got, committed before this returns."""
+        start = max(time.time_ns() // 1000, 1)
+        row = self._one("INSERT INTO counters (name, ceiling) VALUES (%s, %s) ON CONFLICT (name) DO UPDATE "
+                        "SET ceiling = counters.ceiling + %s RETURNING ceiling",
+                        (name, start + block - 1, block))
+        assert row is not None
+        hi = int(row[0])
+        return hi - block + 1, hi
+
+    def counter_floor(self, name: str = "dc", *, block: int = 1 << 20) -> DbCounterFloor:
+        return DbCounterFloor(self, name, block)
+
+
+class DbCounterFloor(CounterFloor):
+    """A CounterFloor whose blocks come from the shared database (disjoint between replicas)."""
+
+    __slots__ = ("_store", "_name")
+
+    def __init__(self, store: PgStore, name: str, block: int) -> None:
+        lo, hi = store.reserve_counters(name, block)
+        super().__init__(lo, block=block)
+        self.ceiling = hi
+        self._store = store
+        self._name = name
+
+    def take(self) -> int:
+        if self.next > self.ceiling:
+            try:
+                lo, hi = self._store.reserve_counters(self._name, self.block)
+            except Exception as exc:
+                raise CodecError(f"cannot reserve send counters: {exc}") from exc
+            self.next, self.ceiling = lo, hi
+        n = self.next
+        self.next = n + 1
+        return n
+
+
+class _Counted:
+    """A cursor that counts the statements it sends (round trips)."""
+
+    def __init__(self, cur: psycopg.Cursor[Any], store: PgStore) -> None:
+        self._cur = cur
+        self._store = store
+
+    def execute(self, sql: str, args: tuple[object, ...] = ()) -> None:
+        self._store.round_trips += 1
+        self._cur.execute(sql, args)
+
+    def executemany(self, sql: str, rows: list[tuple[object, ...]]) -> None:
+        self._store.round_trips += 1
+        self._cur.executemany(sql, rows)
+
+    def fetchone(self) -> tuple[Any, ...] | None:
+        return self._cur.fetchone()
+
+    def fetchall(self) -> list[tuple[Any, ...]]:
+        return self._cur.fetchall()
+
+    @property
+    def rowcount(self) -> int:
+        return self._cur.rowcount
+
+
+def _one_line(exc: BaseException) -> str:
+    return " ".join(str(exc).split()) or type(exc).__name__
