@@ -23,6 +23,7 @@ from __future__ import annotations
 
 import argparse
 import contextlib
+import datetime
 import hashlib
 import json
 import os
@@ -262,6 +263,62 @@ def summary(moves: list[Move]) -> dict[str, Any]:
             "lost_probes": stat(lost), "detect_ms": stat(detect)}
 
 
+def _log_time(line: str) -> float | None:
+    """time.time() of a daemon log line ("2026-12-01 10:00:00,123 ntm.node INFO ..."; local time)."""
+    try:
+        return datetime.datetime.strptime(line[:23], "%Y-%m-%d %H:%M:%S,%f").timestamp()
+    except ValueError:
+        return None
+
+
+def timeline(m: Move, probes: Probes, logs: dict[str, Path], *, before: float = 0.05,
+             after: float = 0.2) -> list[dict[str, Any]]:
+    """What happened around one move, in ms from the new address being configured: the move itself, the
+    daemons' log lines (mn's node: address change, registration, path ready; the peer's and the relays'),
+    and the probes: the last one delivered before, how many sent meanwhile were lost or delivered late
+    (late and none lost: a queue held them, e.g. the kernel's ARP queue), and the first one through."""
+    t0 = m.t_configured
+    end = t0 + (m.gap_ms or RECOVERY_DEADLINE * 1000) / 1000 + after
+    ev: list[dict[str, Any]] = [{"ms": round((m.t_start - t0) * 1000, 1), "who": "lab", "what": f"move to {m.to}"},
+                                {"ms": 0.0, "who": "lab", "what": "new address and default route configured"}]
+    for who, path in logs.items():
+        for line in _lines(path):
+            t = _log_time(line)
+            if t is not None and m.t_start - before <= t <= end:
+                ev.append({"ms": round((t - t0) * 1000, 1), "who": who, "what": line[24:].strip()})
+    window = sorted(s for s, (ts, _ok) in probes.sent.items() if m.t_start <= ts <= end)
+    before_move = [s for s in probes.sent if probes.sent[s][0] < m.t_start and s in probes.received]
+    if before_move:
+        last = max(before_move)
+        ev.append({"ms": round((probes.received[last] - t0) * 1000, 1), "who": "probes",
+                   "what": f"last probe before the move delivered (#{last})"})
+    lost = [s for s in window if s not in probes.received]
+    late = [(probes.received[s] - probes.sent[s][0], s) for s in window if s in probes.received]
+    failed = [s for s in window if not probes.sent[s][1]]
+    if failed:
+        ev.append({"ms": round((probes.sent[failed[0]][0] - t0) * 1000, 1), "who": "probes",
+                   "what": f"{len(failed)} probes could not be sent (no route), from #{failed[0]}"})
+    if lost:
+        ev.append({"ms": round((probes.sent[lost[0]][0] - t0) * 1000, 1), "who": "probes",
+                   "what": f"{len(lost)} probes sent from here on were lost (#{lost[0]}..#{lost[-1]})"})
+    if late:
+        worst, seq = max(late)
+        if worst > 0.02:
+            queued = sum(1 for d, _ in late if d > 0.02)
+            ev.append({"ms": round((probes.sent[seq][0] - t0) * 1000, 1), "who": "probes",
+                       "what": f"{queued} probes delivered late, up to {worst * 1000:.0f} ms after sending "
+                               f"(#{seq} sent here): held in a queue, not lost"})
+    rx, _ex = probes.first_after(t0)
+    if rx is not None:
+        ev.append({"ms": round((rx - t0) * 1000, 1), "who": "probes",
+                   "what": "first probe sent after the move delivered"})
+    return sorted(ev, key=lambda e: float(e["ms"]))
+
+
+def format_timeline(events: list[dict[str, Any]]) -> list[str]:
+    return [f"  {e['ms']:9.1f} ms  {e['who']:8s} {e['what']}" for e in events]
+
+
 # -- the bench ----------------------------------------------------------------------------------------
 
 
@@ -392,6 +449,15 @@ def run_path_type(lab: Any, pt: PathType, moves: int, *, dwell: float = DWELL,
             digest = out.split()[0] if out.split() else ""
         except subprocess.TimeoutExpired:
             digest = "timeout"
+        slowest = max((m for m in done), key=lambda m: m.gap_ms if m.gap_ms is not None else 1e9, default=None)
+        if slowest is not None:
+            logs = {h: Path(lab.workdir) / "logs" / f"{h}-{kind}.log"
+                    for h, kind in (("mn", "node"), (pt.receiver, "node"), ("rs1", "rs"), ("rs2", "rs"))}
+            result["slowest_move"] = {"move": done.index(slowest) + 1, "to": slowest.to, "gap_ms": slowest.gap_ms,
+                                      "timeline": timeline(slowest, probes, logs)}
+            log(f"  slowest move ({done.index(slowest) + 1}, to {slowest.to}, gap {slowest.gap_ms} ms):")
+            for line in format_timeline(result["slowest_move"]["timeline"]):
+                log(line)
         result["tcp"] = {"url": pt.tcp_url, "sha256": digest, "ok": digest == lab.state.big_file.sha256}
         result["modes"] = sorted({m.mode for m in done if m.mode})
         result.update(summary(done))
@@ -426,6 +492,11 @@ def to_markdown(report: dict[str, Any]) -> str:
         lines.append(f"| {r['path_type']} | {r.get('mode')} (seen: {modes}) | {r['moves']} | {r['recovered']} | "
                      f"{g['median']} / {g['max']} | {e['median']} / {e['max']} | {lo['median']} / {lo['max']} | "
                      f"{d['median']} | {tcp_s} |")
+    for r in report["results"]:
+        sm = r.get("slowest_move")
+        if sm:
+            lines += ["", f"Slowest {r['path_type']} move (move {sm['move']}, to {sm['to']}, gap {sm['gap_ms']} ms), "
+                      "ms from the new address being configured:", "", "```", *format_timeline(sm["timeline"]), "```"]
     return "\n".join(lines) + "\n"
 
 

@@ -16,10 +16,18 @@ carried each path and whether it was in the kernel.
 | `ntm-rs-s` | cn.a.example (cn's VIP) | NTM tunnel mn -> rs1 (RS-S) -> cn (both behind NATs) |
 | `wireguard-go` | gl over a wireguard-go tunnel | Debian's wireguard-go, mn -> gl |
 | `openvpn` | gl over an OpenVPN tunnel | Debian's OpenVPN, static key, AES-256-CBC + SHA256, UDP |
+| `nebula` | gl's Nebula address | Debian's Nebula 1.6.1, mn -> gl direct (gl is the lighthouse) |
+| `nebula-relay` | cn's Nebula address | Nebula mn -> rs1 (`relay.am_relay`) -> cn, both behind NATs |
 | `ntm-direct-v4`, `ntm-rs-n-v4` | the same names, `iperf3 -4` | inner IPv4: the paper's condition (100 Mbit/s only) |
 
 The plain modes use what an application gets: iperf3 resolves the name through the node's DNS stub,
 which answers both VIPs, and glibc's address order picks the IPv6 one.
+
+Every run also records the CPU seconds the whole machine spent (busy jiffies of /proc/stat's ``cpu``
+line, around the run) per GB carried: on a shared 2-core machine steadier than Mbit/s, and what a user
+pays. Nebula is told to ignore ntm0 and the VIP ranges (``local_allow_list`` / ``remote_allow_list``),
+or it would tunnel through ntmobile, and mn and cn each refuse the other's NAT addresses, so that
+``nebula-relay`` really goes through the relay; its tun has MTU 1400, like ntm0.
 
 Each condition (100 Mbit/s links: the paper's; unlimited links) gets its own lab; runs are
 interleaved (run 1 of every mode, then run 2, ...) so slow drifts of a shared machine hit every
@@ -37,12 +45,57 @@ import sys
 import tempfile
 import time
 from collections.abc import Callable, Sequence
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 from .calibration import calibration_markdown, host_calibration
 
-MODES = ("veth", "ntm-direct", "ntm-rs-n", "ntm-rs-s", "wireguard-go", "openvpn", "ntm-direct-v4", "ntm-rs-n-v4")
+
+@dataclass(frozen=True)
+class Mode:
+    """One thing the bench measures: what iperf3 in mn connects to, and what must run first."""
+
+    name: str
+    #: The lab -> the address or name iperf3 connects to.
+    target: Callable[[Any], str]
+    #: Forced address family of iperf3 (-4 / -6), or None (what glibc picks).
+    family: int | None = None
+    #: Name of the Baselines method that starts this mode's tunnel (shared by modes of one tunnel).
+    start: str | None = None
+    #: Link conditions it runs on (None: all).
+    conditions: tuple[str, ...] | None = None
+    #: Ours (drawn blue) or a baseline.
+    ours: bool = False
+    #: A relay host that must carry this mode's traffic: the bytes it received during each run are
+    #: recorded beside the bytes carried (about 1x or more: the relay really was on the path).
+    via: str | None = None
+
+
+REGISTRY: dict[str, Mode] = {}
+
+
+def register(mode: Mode) -> Mode:
+    """Add a mode (issue 16's ntm-punched and others register themselves the same way)."""
+    REGISTRY[mode.name] = mode
+    return mode
+
+
+for _m in (
+    Mode("veth", lambda lab: str(lab.addr("gl", 4))),
+    Mode("ntm-direct", lambda lab: "gl.a.example", ours=True),
+    Mode("ntm-rs-n", lambda lab: "iperf.gn.example", ours=True),
+    Mode("ntm-rs-s", lambda lab: "cn.a.example", ours=True),
+    Mode("wireguard-go", lambda lab: WG_NET[1], start="start_wireguard"),
+    Mode("openvpn", lambda lab: OVPN_NET[1], start="start_openvpn"),
+    Mode("nebula", lambda lab: NEBULA_IPS["gl"], start="start_nebula"),
+    Mode("nebula-relay", lambda lab: NEBULA_IPS["cn"], start="start_nebula", via="rs1"),
+    Mode("ntm-direct-v4", lambda lab: "gl.a.example", family=4, conditions=("100mbit",), ours=True),
+    Mode("ntm-rs-n-v4", lambda lab: "iperf.gn.example", family=4, conditions=("100mbit",), ours=True),
+):
+    register(_m)
+
+MODES = tuple(REGISTRY)
 #: Inner IPv4 (``iperf3 -4``): the paper's Table 2 condition, measured on 100 Mbit/s links only.
 V4_MODES = ("ntm-direct-v4", "ntm-rs-n-v4")
 #: Paper Table 2 (Mbit/s, 100BASE-TX era laptops, IPv4, no encryption).
@@ -55,9 +108,25 @@ TARGETS: tuple[tuple[str, str, float, str | None], ...] = (
     ("ntm-rs-s", "ntm-direct", 0.8, "unlimited"),
     # The paper's condition (inner IPv4); the inner IPv6 ratio is reported beside it.
     ("ntm-rs-n-v4", "ntm-direct-v4", 0.98, "100mbit"),
+    # Issue 21: against Nebula.
+    ("ntm-direct", "nebula", 6.0, "unlimited"),
+    ("ntm-rs-s", "nebula-relay", 8.0, "unlimited"),
+    ("ntm-direct", "nebula", 1.0, "100mbit"),
+    ("ntm-rs-s", "nebula-relay", 1.0, "100mbit"),
 )
-WG_NET = ("10.99.0.1", "10.99.0.2")
-OVPN_NET = ("10.98.0.1", "10.98.0.2")
+#: Issue 21: CPU seconds per GB, ours / theirs at most this (condition).
+CPU_TARGETS: tuple[tuple[str, str, float, str | None], ...] = (("ntm-direct", "nebula", 0.5, "unlimited"),)
+WG_NET: tuple[str, str] = ("10.99.0.1", "10.99.0.2")
+OVPN_NET: tuple[str, str] = ("10.98.0.1", "10.98.0.2")
+#: Nebula: gl is the lighthouse, rs1 the relay; /24 of the overlay.
+NEBULA_IPS: dict[str, str] = {"gl": "10.97.0.1", "mn": "10.97.0.2", "cn": "10.97.0.3", "rs1": "10.97.0.4"}
+NEBULA_PORT = 4242
+#: What Nebula must never use as an underlay: ntmobile's tun and VIP pools (else it tunnels through us).
+NEBULA_NEVER = {"100.64.0.0/10": False, "fd00:6e74::/32": False}
+#: What each end of nebula-relay refuses of the other (its NAT's addresses and LAN), so that only the
+#: relay connects them (the lab's NATs would let Nebula punch through).
+NEBULA_REFUSE = {"mn": ("192.0.2.101/32", "192.0.2.111/32", "10.2.0.0/24", "2001:db8:1::101/128"),
+                 "cn": ("192.0.2.100/32", "192.0.2.110/32", "10.1.0.0/24", "2001:db8:1::100/128")}
 IPERF_PORT = 5201
 
 Log = Callable[[str], None]
@@ -151,6 +220,53 @@ class Baselines:
               "OpenVPN tunnel")
 
 
+    def start_nebula(self) -> None:
+        """Nebula on gl (lighthouse), rs1 (relay), mn and cn; certificates by nebula-cert in the lab dir."""
+        if getattr(self, "_nebula", False):
+            return
+        self._nebula = True
+        lab, d = self.lab, self.dir / "nebula"
+        d.mkdir()
+        ca_crt, ca_key = d / "ca.crt", d / "ca.key"
+        subprocess.run(["nebula-cert", "ca", "-name", f"ntm-bench-{lab.prefix}", "-out-crt", str(ca_crt),
+                        "-out-key", str(ca_key)], capture_output=True, check=True)
+        gl4 = lab.addr("gl", 4)
+        for host, ip in NEBULA_IPS.items():
+            crt, key = d / f"{host}.crt", d / f"{host}.key"
+            subprocess.run(["nebula-cert", "sign", "-ca-crt", str(ca_crt), "-ca-key", str(ca_key), "-name", host,
+                            "-ip", f"{ip}/24", "-out-crt", str(crt), "-out-key", str(key)],
+                           capture_output=True, check=True)
+            never = dict(NEBULA_NEVER)
+            refuse = {**never, **{c: False for c in NEBULA_REFUSE.get(host, ())}}
+            any_rule = [{"port": "any", "proto": "any", "host": "any"}]
+            conf: dict[str, Any] = {
+                "pki": {"ca": str(ca_crt), "cert": str(crt), "key": str(key)},
+                "static_host_map": {} if host == "gl" else {NEBULA_IPS["gl"]: [f"{gl4}:{NEBULA_PORT}"]},
+                "lighthouse": {"am_lighthouse": host == "gl", "interval": 60,
+                               "hosts": [] if host == "gl" else [NEBULA_IPS["gl"]],
+                               "local_allow_list": {"interfaces": {"ntm.*": False}, **never},
+                               "remote_allow_list": refuse},
+                "listen": {"host": "0.0.0.0", "port": NEBULA_PORT},
+                "punchy": {"punch": True},
+                "relay": {"am_relay": host == "rs1", "use_relays": True,
+                          "relays": [NEBULA_IPS["rs1"]] if host == "cn" else []},
+                "tun": {"dev": _ifname(lab.prefix, "neb", host[0]), "mtu": 1400},
+                "firewall": {"outbound": any_rule, "inbound": any_rule},
+                "logging": {"level": "info"},
+            }
+            cfg = d / f"{host}.yml"
+            cfg.write_text(json.dumps(conf, indent=1) + "\n")  # JSON is YAML
+            lab.spawn(host, ["nebula", "-config", str(cfg)], f"nebula-{host}")
+
+        def ping(host: str, ip: str) -> Callable[[], bool]:
+            return lambda: lab.exec(host, ["ping", "-c1", "-W1", ip], check=False).returncode == 0
+
+        for host in ("mn", "cn", "rs1"):
+            _wait(ping(host, NEBULA_IPS["gl"]), 20, f"Nebula {host} -> lighthouse")
+        _wait(ping("cn", NEBULA_IPS["rs1"]), 20, "Nebula cn -> relay")
+        _wait(ping("mn", NEBULA_IPS["cn"]), 30, "Nebula mn -> cn through the relay")
+
+
 def _wait(cond: Callable[[], bool], timeout: float, what: str) -> None:
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
@@ -161,19 +277,34 @@ def _wait(cond: Callable[[], bool], timeout: float, what: str) -> None:
 
 
 def target_of(mode: str, lab: Any) -> str:
-    targets: dict[str, str] = {
-        "veth": lab.addr("gl", 4), "ntm-direct": "gl.a.example", "ntm-rs-n": "iperf.gn.example",
-        "ntm-rs-s": "cn.a.example", "wireguard-go": WG_NET[1], "openvpn": OVPN_NET[1],
-    }
-    return targets[mode.removesuffix("-v4")]
+    return REGISTRY[mode].target(lab)
 
 
 def family_of(mode: str) -> int | None:
-    return 4 if mode.endswith("-v4") else None
+    return REGISTRY[mode].family
 
 
-def iperf(lab: Any, target: str, seconds: float, family: int | None = None) -> tuple[float, int]:
-    """One iperf3 TCP run from mn: (receiver Mbit/s, retransmits); ``family`` forces -4 / -6."""
+def rx_bytes(lab: Any, host: str) -> int:
+    """Bytes the host's interfaces (not lo) have received."""
+    out = lab.exec(host, ["cat", "/proc/net/dev"], check=False).stdout
+    total = 0
+    for line in out.splitlines()[2:]:
+        name, _, rest = line.partition(":")
+        if name.strip() != "lo" and rest.split():
+            total += int(rest.split()[0])
+    return total
+
+
+def cpu_busy_seconds() -> float:
+    """CPU seconds the whole machine has been busy (all cores; /proc/stat minus idle and iowait)."""
+    with open("/proc/stat") as f:
+        fields = [int(x) for x in f.readline().split()[1:]]
+    busy = sum(fields[:8]) - fields[3] - fields[4]  # user nice system idle iowait irq softirq steal
+    return busy / os.sysconf("SC_CLK_TCK")
+
+
+def iperf(lab: Any, target: str, seconds: float, family: int | None = None) -> tuple[float, int, int]:
+    """One iperf3 TCP run from mn: (receiver Mbit/s, retransmits, bytes received); ``family`` forces -4 / -6."""
     fam = [f"-{family}"] if family else []
     for attempt in range(3):
         cp = lab.exec("mn", ["iperf3", "-J", *fam, "-c", target, "-p", str(IPERF_PORT), "-t", str(seconds)],
@@ -185,7 +316,7 @@ def iperf(lab: Any, target: str, seconds: float, family: int | None = None) -> t
         end = data.get("end") or {}
         if "sum_received" in end:
             return (float(end["sum_received"]["bits_per_second"]) / 1e6,
-                    int(end.get("sum_sent", {}).get("retransmits", 0)))
+                    int(end.get("sum_sent", {}).get("retransmits", 0)), int(end["sum_received"].get("bytes", 0)))
         if attempt < 2:
             time.sleep(1.0 + attempt)  # "the server is busy": the previous test is still closing
     raise RuntimeError(f"iperf3 to {target}: {(data.get('error') or cp.stderr.strip() or cp.stdout.strip())[-300:]}")
@@ -202,10 +333,9 @@ def run_condition(name: str, rate_mbit: float | None, *, runs: int, seconds: flo
         for host in ("gl", "cn"):
             lab.spawn(host, ["iperf3", "-s", "-p", str(IPERF_PORT)], f"iperf3-{host}")
         base = Baselines(lab, log)
-        if "wireguard-go" in modes:
-            base.start_wireguard()
-        if "openvpn" in modes:
-            base.start_openvpn()
+        for start in dict.fromkeys(REGISTRY[m].start for m in modes):
+            if start is not None:
+                getattr(base, start)()
         for mode in modes:  # warm-up: path set-up (DNS through the node's stub) and TCP slow start
             iperf(lab, target_of(mode, lab), 1, family_of(mode))
         samples: dict[str, list[float]] = {m: [] for m in modes}
@@ -213,19 +343,30 @@ def run_condition(name: str, rate_mbit: float | None, *, runs: int, seconds: flo
         # The machine's 1-minute load average after each run: the bench shares 2 vCPUs with
         # whatever else runs, so every figure carries the load it was measured under.
         load: dict[str, list[float]] = {m: [] for m in modes}
+        cpu: dict[str, list[float]] = {m: [] for m in modes}  # CPU seconds of the machine per GB carried
+        via_share: dict[str, list[float]] = {}  # bytes the mode's relay received / bytes carried
         for r in range(runs):
             for mode in modes:
-                mbit, rtx = iperf(lab, target_of(mode, lab), seconds, family_of(mode))
+                via = REGISTRY[mode].via
+                v0 = rx_bytes(lab, via) if via else 0
+                c0 = cpu_busy_seconds()
+                mbit, rtx, nbytes = iperf(lab, target_of(mode, lab), seconds, family_of(mode))
+                c1 = cpu_busy_seconds()
+                if via and nbytes:
+                    via_share.setdefault(mode, []).append(round((rx_bytes(lab, via) - v0) / nbytes, 2))
                 samples[mode].append(round(mbit, 1))
                 retrans[mode].append(rtx)
                 load[mode].append(round(os.getloadavg()[0], 2))
+                cpu[mode].append(round((c1 - c0) / (nbytes / 1e9), 2) if nbytes else float("nan"))
                 log(f"[{name}] run {r + 1}/{runs} {mode}: {mbit:.1f} Mbit/s ({rtx} retransmits, "
-                    f"load {load[mode][-1]:.2f})")
+                    f"{cpu[mode][-1]:.2f} CPU s/GB, load {load[mode][-1]:.2f})")
         status = lab.status()
         every = [x for v in load.values() for x in v]
         return {"rate_mbit": rate_mbit, "samples": samples, "retransmits": retrans, "load": load,
                 "load_summary": {"min": min(every), "median": statistics.median(every), "max": max(every)},
                 "median": {m: statistics.median(v) for m, v in samples.items()},
+                "cpu_s_per_gb": cpu, "via_share": via_share,
+                "cpu_median": {m: statistics.median(v) for m, v in cpu.items() if v},
                 "paths": paths_report(lab),
                 "lab": {"prefix": prefix, "hosts": len(status.get("hosts", []) or [])}}
     finally:
@@ -257,9 +398,21 @@ def ratios(med: dict[str, float]) -> dict[str, float]:
     pairs = [("ntm-rs-n", "ntm-direct"), ("ntm-rs-n-v4", "ntm-direct-v4"), ("ntm-rs-s", "ntm-direct")]
     pairs += [(ours, base) for ours in ("ntm-direct", "ntm-rs-n", "ntm-rs-s")
               for base in ("veth", "wireguard-go", "openvpn")]
+    pairs += [("ntm-direct", "nebula"), ("ntm-rs-s", "nebula-relay"), ("ntm-rs-n", "nebula-relay"),
+              ("nebula", "veth")]
     for a, b in pairs:
         if med.get(a) and med.get(b):
             out[f"{a} / {b}"] = round(med[a] / med[b], 3)
+    return out
+
+
+def cpu_ratios(cpu: dict[str, float]) -> dict[str, float]:
+    """CPU seconds per GB, ours / theirs (below 1: we cost less per byte carried)."""
+    out: dict[str, float] = {}
+    for a, b in (("ntm-direct", "nebula"), ("ntm-rs-s", "nebula-relay"), ("ntm-direct", "wireguard-go"),
+                 ("ntm-direct", "veth")):
+        if cpu.get(a) and cpu.get(b):
+            out[f"{a} / {b}"] = round(cpu[a] / cpu[b], 3)
     return out
 
 
@@ -271,10 +424,11 @@ def run_bench(*, runs: int = 10, seconds: float = 10, conditions: Sequence[str] 
                               "runs": runs, "seconds": seconds, "machine": machine(), "paper_mbit": PAPER,
                               "modes": list(modes), "conditions": {}}
     for i, cond in enumerate(conditions):
-        cmodes = [m for m in modes if cond == "100mbit" or m not in V4_MODES]
+        cmodes = [m for m in modes if REGISTRY[m].conditions is None or cond in (REGISTRY[m].conditions or ())]
         res = run_condition(cond, rates[cond], runs=runs, seconds=seconds, modes=cmodes, prefix=f"{prefix}{i}",
                             log=log)
         res["ratios"] = ratios(res["median"])
+        res["cpu_ratios"] = cpu_ratios(res.get("cpu_median", {}))
         report["conditions"][cond] = res
     report["targets"] = check_targets(report)
     out_dir.mkdir(parents=True, exist_ok=True)
@@ -297,6 +451,14 @@ def check_targets(report: dict[str, Any]) -> list[dict[str, Any]]:
         ratio = res["median"][a] / res["median"][b]
         out.append({"ratio": f"{a} / {b}", "condition": cond, "target": want, "measured": round(ratio, 3),
                     "met": ratio >= want})
+    for a, b, most, cond in CPU_TARGETS:
+        res = report["conditions"].get(cond) if cond else None
+        cpu = (res or {}).get("cpu_median") or {}
+        if not cpu.get(a) or not cpu.get(b):
+            continue
+        ratio = cpu[a] / cpu[b]
+        out.append({"ratio": f"CPU s/GB {a} / {b}", "condition": cond, "target": most, "at_most": True,
+                    "measured": round(ratio, 3), "met": ratio <= most})
     return out
 
 
@@ -321,6 +483,21 @@ def to_markdown(report: dict[str, Any]) -> str:
             v = report["conditions"][c]["median"].get(mode)
             row.append(f"{v:.1f}" if v is not None else "")
         lines.append("| " + " | ".join(row) + " |")
+    lines += ["", "CPU seconds of the whole machine per GB carried (/proc/stat around each run; medians; "
+              "veth is the floor):", ""]
+    lines.append("| mode | " + " | ".join(f"{c} CPU s/GB" for c in conds) + " |")
+    lines.append("|---|" + "---|" * len(conds))
+    for mode in report["modes"]:
+        cells = []
+        for c in conds:
+            v = (report["conditions"][c].get("cpu_median") or {}).get(mode)
+            cells.append(f"{v:.2f}" if v is not None else "")
+        lines.append(f"| {mode} | " + " | ".join(cells) + " |")
+    cr = {c: report["conditions"][c].get("cpu_ratios") or {} for c in conds}
+    ckeys = list(dict.fromkeys(k for c in conds for k in cr[c]))
+    if ckeys:
+        lines += ["", "| CPU s/GB ratio (ours / theirs) | " + " | ".join(conds) + " |", "|---|" + "---|" * len(conds)]
+        lines += [f"| {k} | " + " | ".join(str(cr[c].get(k, "")) for c in conds) + " |" for k in ckeys]
     lines += ["", "Ratios (ours / baseline, medians of the same run):", ""]
     lines.append("| ratio | paper | " + " | ".join(conds) + " |")
     lines.append("|---|---|" + "---|" * len(conds))
@@ -339,9 +516,11 @@ def to_markdown(report: dict[str, Any]) -> str:
         if shown:
             lines += ["", f"mn's paths after the {c} runs: " + "; ".join(shown) + "."]
     if report.get("targets"):
-        lines += ["", "Issue 9 targets:", "", "| ratio | links | target | measured | met |", "|---|---|---|---|---|"]
+        lines += ["", "Targets (issues 9 and 21):", "", "| ratio | links | target | measured | met |",
+                  "|---|---|---|---|---|"]
         for t in report["targets"]:
-            lines.append(f"| {t['ratio']} | {t['condition']} | >= {t['target']} | {t['measured']} | "
+            lines.append(f"| {t['ratio']} | {t['condition']} | {'<=' if t.get('at_most') else '>='} {t['target']} | "
+                         f"{t['measured']} | "
                          f"{'yes' if t['met'] else 'NO'} |")
         six = report["conditions"].get("100mbit", {}).get("ratios", {}).get("ntm-rs-n / ntm-direct")
         if six is not None:
@@ -357,6 +536,13 @@ def to_markdown(report: dict[str, Any]) -> str:
 NO_MATPLOTLIB = "matplotlib is not installed: pip install 'ntmobile[bench]'"
 
 
+def _colour(mode: str) -> str:
+    """Ours blue, Nebula orange (the overlay a user would pick instead), other baselines grey."""
+    if mode.startswith("ntm"):
+        return "#1f77b4"
+    return "#ff7f0e" if mode.startswith("nebula") else "#888888"
+
+
 def plot(report: dict[str, Any], path: Path) -> None:
     try:
         import matplotlib
@@ -367,13 +553,21 @@ def plot(report: dict[str, Any], path: Path) -> None:
     import matplotlib.pyplot as plt
 
     conds = list(report["conditions"])
-    fig, axes = plt.subplots(1, len(conds), figsize=(6 * len(conds), 4.5), squeeze=False)
+    fig, axes = plt.subplots(2, len(conds), figsize=(6 * len(conds), 8.5), squeeze=False)
+    for ax, c in zip(axes[1], conds, strict=True):
+        cpu = report["conditions"][c].get("cpu_median") or {}
+        cmodes = [m for m in report["modes"] if m in cpu]
+        cbars = ax.bar(range(len(cmodes)), [cpu[m] for m in cmodes],
+                       color=[_colour(m) for m in cmodes])
+        ax.bar_label(cbars, fmt="%.1f", fontsize=8)
+        ax.set_xticks(range(len(cmodes)), cmodes, rotation=30, ha="right")
+        ax.set_ylabel("CPU s per GB (machine, median)")
+        ax.set_title(f"{c} links: CPU cost")
     for ax, c in zip(axes[0], conds, strict=True):
         res = report["conditions"][c]
         modes = [m for m in report["modes"] if m in res["median"]]
         meds = [res["median"][m] for m in modes]
-        bars = ax.bar(range(len(modes)), meds, color=["#888888" if not m.startswith("ntm") else "#1f77b4"
-                                                      for m in modes])
+        bars = ax.bar(range(len(modes)), meds, color=[_colour(m) for m in modes])
         for i, m in enumerate(modes):
             pts = res["samples"].get(m, [])
             ax.scatter([i] * len(pts), pts, s=8, color="black", zorder=3)

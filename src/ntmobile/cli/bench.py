@@ -47,7 +47,8 @@ def throughput(runs: int = typer.Option(10, "--runs", min=1, help="runs per mode
                conditions: str = typer.Option("100mbit,unlimited", "--links",
                                               help="comma-separated link conditions: 100mbit, unlimited"),
                modes: str = typer.Option(",".join(("veth", "ntm-direct", "ntm-rs-n", "ntm-rs-s", "wireguard-go",
-                                                   "openvpn", "ntm-direct-v4", "ntm-rs-n-v4")), "--modes",
+                                                   "openvpn", "nebula", "nebula-relay", "ntm-direct-v4",
+                                                   "ntm-rs-n-v4")), "--modes",
                                          help="comma-separated modes (the -v4 ones run on 100mbit links only)"),
                name: str = typer.Option("tput", "--name", help="lab name prefix (one lab per condition)"),
                out: Path = typer.Option(Path("artifacts"), "--out", help="directory for JSON, markdown, PNG")) -> None:

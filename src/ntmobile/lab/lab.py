@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import contextlib
 import ipaddress
+import json
 import os
 import re
 import shutil
@@ -288,8 +289,10 @@ class Lab:
         return cmds
 
     def _leg_up_cmds(self, h: Host, ln: Link) -> list[str]:
-        cmds = [f"link set {ln.ifname} up",
-                f"addr add {ln.ipv4}/{_prefixlen(ln, self.topology, 4)} dev {ln.ifname}"]
+        return [f"link set {ln.ifname} up", *self._leg_addr_cmds(h, ln)]
+
+    def _leg_addr_cmds(self, h: Host, ln: Link) -> list[str]:
+        cmds = [f"addr add {ln.ipv4}/{_prefixlen(ln, self.topology, 4)} dev {ln.ifname}"]
         if ln.ipv6 is not None:
             cmds.append(f"addr add {ln.ipv6}/{_prefixlen(ln, self.topology, 6)} dev {ln.ifname} nodad")
         return cmds + self._routes(h, ln)
@@ -552,9 +555,33 @@ class Lab:
         old = h.link(self.state.current[host])
         if old.ifname == new.ifname:
             return
-        cmds = [f"addr flush dev {old.ifname}", f"link set {old.ifname} down", *self._leg_up_cmds(h, new)]
-        self._batch(self.ns(host), cmds)
+        # The new leg's link comes up first and the move waits until it carries frames; then, in one
+        # batch, the old leg goes down and the new one gets its address and default route. Like a real
+        # network, where the address (DHCP) comes once the link carries: until the kernel's link watch
+        # has run, a veth drops what it sends (noop qdisc) and the switch's port is not forwarding yet,
+        # so a node announcing itself at once would lose its first ARP request and wait for the
+        # kernel's ARP retransmission, 1 s later (docs/handover.md, "The 1 s outlier").
+        ns = self.ns(host)
+        self._batch(ns, [f"link set {new.ifname} up"])
+        self._wait_leg_ready(host, h.links.index(new), new.ifname)
+        self._batch(ns, [f"addr flush dev {old.ifname}", f"link set {old.ifname} down", *self._leg_addr_cmds(h, new)])
         self._update(lambda st: st.current.__setitem__(host, new.ifname))
+
+    def _wait_leg_ready(self, host: str, link_index: int, ifname: str, timeout: float = 3.0) -> None:
+        """Wait until the leg ``ifname`` of ``host`` is operationally up and its switch port forwards."""
+        peer = self._peer(0, host, link_index)
+        deadline = time.monotonic() + timeout
+        while True:
+            ours = json.loads(_run(["ip", "-n", self.ns(host), "-j", "link", "show", "dev", ifname]) or "[]")
+            theirs = json.loads(_run(["ip", "-n", self.ns("sw"), "-j", "-d", "link", "show", "dev", peer]) or "[]")
+            up = bool(ours) and ours[0].get("operstate") == "UP" and ours[0].get("qdisc") != "noop"
+            slave = (theirs[0].get("linkinfo") or {}).get("info_slave_data") or {} if theirs else {}
+            forwarding = slave.get("state", "forwarding") == "forwarding"
+            if up and theirs and theirs[0].get("operstate") == "UP" and forwarding:
+                return
+            if time.monotonic() > deadline:
+                raise LabError(f"{host}'s leg {ifname} did not come up within {timeout:.0f} s")
+            time.sleep(0.001)
 
     def network_of(self, host: str) -> str:
         """Name of the active link of a host (for movable hosts, e.g. neta/netb/global)."""
