@@ -193,3 +193,23 @@ def test_illegal_transition_is_an_internal_error() -> None:
     t = _direct()
     with pytest.raises(TraversalStateError):
         t._set(TraversalState.PROBING)
+
+
+def test_wire_probe_messages_and_punch_attributes() -> None:
+    from ntmobile import wire
+    from ntmobile.wire import MessageType, PathProbe, PathProbeAck
+
+    assert (MessageType.PATH_PROBE, MessageType.PATH_PROBE_ACK) == (0x13, 0x14)
+    assert wire.encode_body(PathProbe()) == b""
+    ack = PathProbeAck(observed=("192.0.2.1", 7412))
+    assert wire.encode_body(ack) == b"\x05\x00\x07\x04\x1c\xf4\xc0\x00\x02\x01"
+    assert wire.decode_body(MessageType.PATH_PROBE_ACK, wire.encode_body(ack)) == ack
+    rd = wire.RouteDirection(path_id=b"PATHID!!", path_role=1, mode=2, path_key=bytes(32), idle_timeout=60,
+                             punch_endpoints=(OBS, LOCAL), punch_delay=250)
+    body = wire.encode_body(rd)
+    assert body.endswith(b"\x2c\x00\x07\x04\x9c\x41\xc6\x33\x64\x07" + b"\x2c\x00\x07\x04\x1c\xf4\x0a\x01\x00\x02"
+                         + b"\x2d\x00\x02\x00\xfa")
+    assert wire.decode_body(MessageType.ROUTE_DIRECTION, body) == rd
+    dr = wire.DirectionRequest(path_id=b"PATHID!!", no_punch=1)
+    assert wire.encode_body(dr).endswith(b"\x2e\x00\x01\x01")
+    assert wire.decode_body(MessageType.DIRECTION_REQUEST, wire.encode_body(dr)) == dr
