@@ -213,3 +213,50 @@ def test_wire_probe_messages_and_punch_attributes() -> None:
     dr = wire.DirectionRequest(path_id=b"PATHID!!", no_punch=1)
     assert wire.encode_body(dr).endswith(b"\x2e\x00\x01\x01")
     assert wire.decode_body(MessageType.DIRECTION_REQUEST, wire.encode_body(dr)) == dr
+
+
+def _routes_seen(monkeypatch: pytest.MonkeyPatch, node: object) -> list[object]:
+    seen: list[object] = []
+    orig = node._on_route_direction  # type: ignore[attr-defined]
+
+    def spy(header: object, rd: object, addr: object, now: float) -> None:
+        seen.append(rd)
+        orig(header, rd, addr, now)
+
+    monkeypatch.setattr(node, "_on_route_direction", spy)
+    return seen
+
+
+@pytest.mark.parametrize(("a_nat", "b_nat", "offered"), [
+    ("cone", "cone", True), ("cone", "symmetric", True), ("symmetric", "symmetric", False)])
+def test_dcs_give_both_nodes_of_a_cross_domain_rs_s_path_the_others_candidates(
+        monkeypatch: pytest.MonkeyPatch, a_nat: str, b_nat: str, offered: bool) -> None:
+    """mn.a.example and cn.b.example (two DCs): the answering DC puts its node's candidates into the
+    Peer Answer, the requesting DC passes them on; each node gets the other's observed endpoint."""
+    from ntmobile.core.dc import DirectionDecision
+    from ntmobile.core.node import PathReady
+    from ntmobile.wire import PathMode, RouteDirection
+
+    from .test_dc_peering import CLASS, World
+
+    w = World(a_nat, b_nat)
+    w.net.run_until(lambda: {s["nat_class"] for s in w.dca.sessions() if s["name"] == "mn.a.example"}
+                    == {CLASS[a_nat].name} and {s["nat_class"] for s in w.dcb.sessions()
+                                                if s["name"] == "cn.b.example"} == {CLASS[b_nat].name}, max_time=5)
+    mn_routes, cn_routes = _routes_seen(monkeypatch, w.mn), _routes_seen(monkeypatch, w.cn)
+    ready = w.connect(w.mn, "mn", "cn.b.example")
+    assert isinstance(ready, PathReady) and ready.path.mode is PathMode.RS_S  # still relayed first
+    mn_rd = [r for r in mn_routes if isinstance(r, RouteDirection)][-1]
+    cn_rd = [r for r in cn_routes if isinstance(r, RouteDirection)][-1]
+    assert isinstance(mn_rd, RouteDirection) and isinstance(cn_rd, RouteDirection)
+    cn_obs = next(s["endpoint"] for s in w.dcb.sessions() if s["name"] == "cn.b.example")
+    mn_obs = next(s["endpoint"] for s in w.dca.sessions() if s["name"] == "mn.a.example")
+    if offered:
+        assert mn_rd.punch_endpoints[0] == tuple(cn_obs) and mn_rd.punch_delay == 250
+        assert cn_rd.punch_endpoints[0] == tuple(mn_obs) and cn_rd.punch_delay == 250
+    else:
+        assert mn_rd.punch_endpoints == () == cn_rd.punch_endpoints
+        assert mn_rd.punch_delay is None is cn_rd.punch_delay
+    ev = [e for e in w.net.events_of("dcb", DirectionDecision) if e.path_id == ready.path.path_id][-1]
+    assert any(("traversal: punch offered" if offered else "traversal: symmetric both") in x for x in ev.evidence)
+    w.exchange_data(ready.path.path_id)  # the relayed path works as before

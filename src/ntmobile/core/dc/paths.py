@@ -168,6 +168,23 @@ def traversal(a_nat: NatKind, b_nat: NatKind, a_udp_ok: bool = True, b_udp_ok: b
     return Traversal(True, "punch offered")
 
 
+def punch_offer(mode: PathMode, a_nat: NatKind, b_nat: NatKind, no_punch: bool) -> Traversal | None:
+    """The traversal verdict for a path the route table made ``mode`` (None: not an RS-S path, or the
+    node asked with NO_PUNCH after its direct path failed)."""
+    if mode is not PathMode.RS_S or no_punch:
+        return None
+    return traversal(a_nat, b_nat)
+
+
+def candidates(observed: Endpoint, local: tuple[Endpoint, ...]) -> tuple[Endpoint, ...]:
+    """A node's punch candidates: its observed endpoint first, then its own addresses."""
+    return tuple(dict.fromkeys((observed, *local)))
+
+
+#: PUNCH_DELAY in ms for both nodes while the DC measures no round trips per node (see punch_delays).
+PUNCH_DELAY_MS = int(PUNCH_LEAD * 1000)
+
+
 def punch_delays(rtt_initiator: float, rtt_responder: float, lead: float = PUNCH_LEAD) -> tuple[float, float]:
     """The PUNCH_DELAY (seconds, initiator, responder) the DC sends with the candidates.
 
