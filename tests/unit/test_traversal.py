@@ -239,7 +239,7 @@ def test_dcs_give_both_nodes_of_a_cross_domain_rs_s_path_the_others_candidates(
 
     from .test_dc_peering import CLASS, World
 
-    w = World(a_nat, b_nat)
+    w = World(a_nat, b_nat, traversal=True)
     w.net.run_until(lambda: {s["nat_class"] for s in w.dca.sessions() if s["name"] == "mn.a.example"}
                     == {CLASS[a_nat].name} and {s["nat_class"] for s in w.dcb.sessions()
                                                 if s["name"] == "cn.b.example"} == {CLASS[b_nat].name}, max_time=5)
@@ -260,3 +260,40 @@ def test_dcs_give_both_nodes_of_a_cross_domain_rs_s_path_the_others_candidates(
     ev = [e for e in w.net.events_of("dcb", DirectionDecision) if e.path_id == ready.path.path_id][-1]
     assert any(("traversal: punch offered" if offered else "traversal: symmetric both") in x for x in ev.evidence)
     w.exchange_data(ready.path.path_id)  # the relayed path works as before
+
+
+@pytest.mark.parametrize(("a_nat", "b_nat", "punched"), [
+    ("cone", "cone", True), ("symmetric", "symmetric", False)])
+def test_nodes_punch_a_cross_domain_rs_s_path_to_direct(a_nat: str, b_nat: str, punched: bool) -> None:
+    """In the in-memory NAT world (cone: endpoint-independent mapping, filtered inbound), the path
+    starts RS_S and becomes DIRECT on both nodes with the same Path ID; data flows before and after."""
+    from ntmobile.core.node import PathReady
+    from ntmobile.wire import PathMode
+
+    from .test_dc_peering import CLASS, World
+
+    w = World(a_nat, b_nat, traversal=True)
+    w.net.run_until(lambda: {s["nat_class"] for s in w.dca.sessions() if s["name"] == "mn.a.example"}
+                    == {CLASS[a_nat].name} and {s["nat_class"] for s in w.dcb.sessions()
+                                                if s["name"] == "cn.b.example"} == {CLASS[b_nat].name}, max_time=5)
+    ready = w.connect(w.mn, "mn", "cn.b.example")
+    assert isinstance(ready, PathReady) and ready.path.mode is PathMode.RS_S
+    pid = ready.path.path_id
+    w.exchange_data(pid)
+
+    def modes() -> tuple[object, object]:
+        a, b = w.mn.path_info(pid), w.cn.path_info(pid)
+        return (a.mode if a else None, b.mode if b else None)
+
+    if punched:
+        w.net.run_until(lambda: modes() == (PathMode.DIRECT, PathMode.DIRECT), max_time=5)
+    else:
+        with pytest.raises(AssertionError, match="not met"):
+            w.net.run_until(lambda: modes() != (PathMode.RS_S, PathMode.RS_S), max_time=5)
+    if punched:
+        assert modes() == (PathMode.DIRECT, PathMode.DIRECT)
+        assert w.mn.stats["traversal_direct"] == 1 == w.cn.stats["traversal_direct"]
+    else:
+        assert modes() == (PathMode.RS_S, PathMode.RS_S)
+        assert w.mn.stats["traversal_probes"] == 0
+    w.exchange_data(pid)

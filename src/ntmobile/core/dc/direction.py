@@ -368,7 +368,7 @@ class Directions:
         relay_key = core._rand(32) if mode is PathMode.RS_S else None
         same = same_nat(a_nat, node.endpoint, b_nat, peer.endpoint)
         config = core.config
-        punch = punch_offer(mode, a_nat, b_nat, False)
+        punch = punch_offer(mode, a_nat, b_nat, not config.traversal)
         if punch is not None:
             d.evidence.append(f"traversal: {punch.reason}")
 

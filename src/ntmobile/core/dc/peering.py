@@ -475,7 +475,7 @@ class Peering:
             peer_vip4=q.vip4 if rec.vip4 else None, peer_vip6=q.vip6 if rec.vip6 else None,
             peer_endpoints=node_targets, relay_key=q.relay_key if mode is PathMode.RS_S else None,
             capabilities=q.capabilities)
-        punch = punch_offer(mode, req_nat, mine, bool(q.no_punch))
+        punch = punch_offer(mode, req_nat, mine, bool(q.no_punch) or not config.traversal)
         req_punch: tuple[Endpoint, ...] = ()
         if punch is not None and punch.punch:
             route = dataclasses.replace(route, punch_endpoints=candidates(q.observed, q.local_endpoints),
