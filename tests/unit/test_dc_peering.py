@@ -54,7 +54,7 @@ class World(harness.World):
     in a NatNet world (harness.World): each node behind a NAT of the kind given ("none": global)."""
 
     def __init__(self, a_nat: str = "cone", b_nat: str = "cone", *, same_nat: bool = False,
-                 configured: bool = False) -> None:
+                 configured: bool = False, traversal: bool = False) -> None:
         super().__init__(nat=True, seq_base=SEQ_BASE)
         self.store_a, self.store_b = MemoryStore(POOLS_A), MemoryStore(POOLS_B)
         self.mn_rec = ClientRecord(b"\x01" * 8, "mn.a.example", Role.NODE, b"\x11" * 32)
@@ -68,7 +68,7 @@ class World(harness.World):
                 ("dca", "a.example", DCA_ID, DCA_EP, DCA_PROBE, DCA_SECRET, self.store_a, ("b.example", DCB_KEY), 1),
                 ("dcb", "b.example", DCB_ID, DCB_EP, DCB_PROBE, DCB_SECRET, self.store_b, ("a.example", DCA_KEY), 2)):
             self.add_dc(host, DcConfig(domain, dc_id, secret=secret, peers=(peer,) if configured else (),
-                                       probe=(probe,)), store, ep, seed=seed * 100)
+                                       probe=(probe,), traversal=traversal), store, ep, seed=seed * 100)
         self.add_relay("rs", RsConfig("rs1", self.rs_rec.client_id,
                                       [DcLink(DCA_ID, DCA_EP, self.rs_rec.psk), DcLink(DCB_ID, DCB_EP, b"\x44" * 32)],
                                       local_endpoints=[RS_EP]), RS_EP, seed=3)

@@ -32,6 +32,8 @@ class TwoRelays(World):
                              seq_base=10**15, random_bytes=seeded_bytes(77))
             self.net.hosts["dc"].core = self.dc
             self.rs.register(self.net.now)
+        # The path must stay relayed (no NAT traversal) for its relay's death to matter.
+        self.dc.config = dataclasses.replace(self.dc.config, traversal=False)
         self.rs2 = add_rs2(self)
 
     def rss_path(self) -> bytes:
@@ -181,7 +183,7 @@ def test_across_two_dcs_the_nodes_notice_and_the_path_moves_to_another_relay() -
     from .test_dc_peering import DCA_EP, DCA_ID, DCB_EP, DCB_ID, SEQ_BASE
     from .test_dc_peering import World as PeeringWorld
 
-    pw = PeeringWorld("cone", "cone")
+    pw = PeeringWorld("cone", "cone", traversal=False)  # the path must stay relayed
     rec = ClientRecord(b"\x05" * 8, "rs2", Role.RELAY, b"\x55" * 32)
     pw.store_a.add_client(rec)
     pw.store_b.add_client(ClientRecord(rec.client_id, "rs2", Role.RELAY, b"\x66" * 32))

@@ -268,7 +268,7 @@ def test_signal_header_rejections() -> None:
         wire.parse_signal_header(good[:-1])
     with pytest.raises(CodecError, match="version"):
         wire.parse_signal_header(b"\x02" + good[1:])
-    for bad_type in (0x00, 0x13, 0x3E, 0x3F, 0x40, 0xFF):
+    for bad_type in (0x00, 0x15, 0x3E, 0x3F, 0x40, 0xFF):
         with pytest.raises(CodecError):
             wire.parse_signal_header(good[:1] + bytes((bad_type,)) + good[2:])
 

@@ -43,6 +43,9 @@ class MessageType(IntEnum):
     PATH_RELEASE_ACK = 0x10
     RELAY_PROBE = 0x11
     RELAY_PROBE_RESULT = 0x12
+    #: Node ↔ node on a path being punched (NAT traversal, issue 16), sealed on the path's channel.
+    PATH_PROBE = 0x13
+    PATH_PROBE_ACK = 0x14
     PEER_HELLO = 0x20
     #: Joining with a token (wire/join.py): a framing of their own, not the signalling header's.
     JOIN_REQUEST = 0x21

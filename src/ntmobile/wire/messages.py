@@ -79,6 +79,8 @@ class DirectionRequest(Message):
     capabilities: int = _f(Attr.CAPABILITIES, Kind.U32, default=0)
     #: Re-direction after a handover: decide this existing path again (same ID, keys and roles).
     path_id: bytes | None = _f(Attr.PATH_ID, Kind.ID8)
+    #: 1: a direct (punched) path failed: direct this path as plain RS-S, no punch candidates.
+    no_punch: int | None = _f(Attr.NO_PUNCH, Kind.U8)
 
 
 @dataclass(frozen=True, slots=True)
@@ -138,6 +140,10 @@ class RouteDirection(Message):
     rs_name: str | None = _f(Attr.RS_NAME, Kind.STR)
     relay_key: bytes | None = _f(Attr.RELAY_KEY, Kind.KEY32)
     capabilities: int = _f(Attr.CAPABILITIES, Kind.U32, default=0)
+    #: NAT traversal of an RS-S path: the peer's candidates (observed, then local endpoints) and the
+    #: milliseconds after this message until the node starts probing them.
+    punch_endpoints: tuple[Endpoint, ...] = _rep(Attr.PUNCH_ENDPOINT, Kind.ENDPOINT)
+    punch_delay: int | None = _f(Attr.PUNCH_DELAY, Kind.U16)
 
 
 @dataclass(frozen=True, slots=True)
@@ -203,6 +209,8 @@ class PeerQuery(Message):
     observed: Endpoint | None = _f(Attr.OBSERVED_ENDPOINT, Kind.ENDPOINT)
     local_endpoints: tuple[Endpoint, ...] = _rep(Attr.LOCAL_ENDPOINT, Kind.ENDPOINT)
     capabilities: int = _f(Attr.CAPABILITIES, Kind.U32, default=0)
+    #: The requester asked with NO_PUNCH (its direct path failed): no punch candidates.
+    no_punch: int | None = _f(Attr.NO_PUNCH, Kind.U8)
 
 
 @dataclass(frozen=True, slots=True)
@@ -221,6 +229,9 @@ class PeerAnswer(Message):
     rs_endpoint: Endpoint | None = _f(Attr.RS_ENDPOINT, Kind.ENDPOINT)
     rs_name: str | None = _f(Attr.RS_NAME, Kind.STR)
     capabilities: int = _f(Attr.CAPABILITIES, Kind.U32, default=0)
+    #: RS-S with traversal: the peer node's candidates and the requester's probe start (ms).
+    punch_endpoints: tuple[Endpoint, ...] = _rep(Attr.PUNCH_ENDPOINT, Kind.ENDPOINT)
+    punch_delay: int | None = _f(Attr.PUNCH_DELAY, Kind.U16)
 
 
 @dataclass(frozen=True, slots=True)
@@ -269,6 +280,22 @@ class RelayProbeResult(Message):
     rtt_us: int | None = _f(Attr.RTT_US, Kind.U32)
 
 
+@dataclass(frozen=True, slots=True)
+class PathProbe(Message):
+    """Node → node, from the tunnel socket to a punch candidate, sealed on the path's channel (its
+    nonce comes from the path's counter). Answered with a Path Probe Ack to the probe's source."""
+
+    TYPE: ClassVar[MessageType] = MessageType.PATH_PROBE
+
+
+@dataclass(frozen=True, slots=True)
+class PathProbeAck(Message):
+    """Node → node: the probe arrived; ``observed`` is the source it came from."""
+
+    TYPE: ClassVar[MessageType] = MessageType.PATH_PROBE_ACK
+    observed: Endpoint | None = _f(Attr.OBSERVED_ENDPOINT, Kind.ENDPOINT)
+
+
 MESSAGE_CLASSES: dict[MessageType, type[Message]] = {
     cls.TYPE: cls
     for cls in (
@@ -291,6 +318,8 @@ MESSAGE_CLASSES: dict[MessageType, type[Message]] = {
         PathReleaseAck,
         RelayProbe,
         RelayProbeResult,
+        PathProbe,
+        PathProbeAck,
     )
 }
 

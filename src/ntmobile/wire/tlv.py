@@ -69,6 +69,9 @@ class Attr(IntEnum):
     DC_KEY = 0x29
     PROBE_ENDPOINT = 0x2A
     INSTANCE = 0x2B
+    PUNCH_ENDPOINT = 0x2C
+    PUNCH_DELAY = 0x2D
+    NO_PUNCH = 0x2E
 
 
 class Kind(IntEnum):

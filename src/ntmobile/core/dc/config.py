@@ -31,6 +31,10 @@ class DcConfig:
     #: The DC's public signalling endpoint, as joined nodes' credentials name it (core/join.py).
     address: str = ""
     port: int = DC_PORT
+    #: NAT traversal: RS-S paths the traversal table allows get punch candidates (docs/protocol.md,
+    #: "Traversal of RS_S paths"). Off by default until the runtime's data plane is verified with it in
+    #: the lab (issue 16); off keeps every such path relayed.
+    traversal: bool = False
 
     def own_domain(self, fqdn: str) -> str | None:
         """The domain of this DC that ``fqdn`` belongs to, or None."""

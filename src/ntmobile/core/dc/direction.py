@@ -62,7 +62,17 @@ from .flows import (
     _Setup,
     move,
 )
-from .paths import PathRecord, decide_route, peer_route, peer_targets, rss_direction, same_nat
+from .paths import (
+    PUNCH_DELAY_MS,
+    PathRecord,
+    candidates,
+    decide_route,
+    peer_route,
+    peer_targets,
+    punch_offer,
+    rss_direction,
+    same_nat,
+)
 from .sessions import _Session
 
 if TYPE_CHECKING:
@@ -358,11 +368,18 @@ class Directions:
         relay_key = core._rand(32) if mode is PathMode.RS_S else None
         same = same_nat(a_nat, node.endpoint, b_nat, peer.endpoint)
         config = core.config
+        punch = punch_offer(mode, a_nat, b_nat, not config.traversal)
+        if punch is not None:
+            d.evidence.append(f"traversal: {punch.reason}")
 
         def route_for(me: _Session, other: _Session, initiator: bool) -> RouteDirection:
-            return peer_route(config, path_id, mode, path_key, relay_key, me, other,
-                              PathRole.INITIATOR if initiator else PathRole.RESPONDER,
-                              peer_targets(other, mode, same) if initiator else ())
+            route = peer_route(config, path_id, mode, path_key, relay_key, me, other,
+                               PathRole.INITIATOR if initiator else PathRole.RESPONDER,
+                               peer_targets(other, mode, same) if initiator else ())
+            if punch is not None and punch.punch:
+                route = dataclasses.replace(route, punch_endpoints=candidates(other.endpoint, other.local_endpoints),
+                                punch_delay=PUNCH_DELAY_MS)
+            return route
 
         f = LocalPeerDirection(node, d.txid, d.fqdn, d.started, d.evidence, path_id=path_id,
                                route=route_for(node, peer, a_initiates), responder=peer,

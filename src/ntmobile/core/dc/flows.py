@@ -184,6 +184,8 @@ class PeerQueryIn(_PeerSetup):
     requester_targets: tuple[Endpoint, ...]
     #: A re-direction of a path we know (same Path ID and key).
     redirect: bool = False
+    #: RS-S with traversal: our node's punch candidates for the requester (Peer Answer PUNCH_ENDPOINT).
+    requester_punch: tuple[Endpoint, ...] = ()
 
 
 @dataclass(slots=True, kw_only=True)

@@ -135,3 +135,62 @@ class PathTable:
         self._core.stats["paths_dropped_peer_restarted"] += 1
         self.release(rec.path_id, now)
         return False
+
+
+#: How long before both nodes start probing the DC schedules the responder's punch (seconds); the
+#: other node gets this lead minus the measured round trip so both NATs open their mappings together.
+PUNCH_LEAD = 0.25
+
+
+@dataclass(frozen=True, slots=True)
+class Traversal:
+    """The DC's traversal verdict for an RS-S path between two NATed nodes: whether both nodes get
+    each other's candidates (punch), and the reason shown by ``ntm status`` while the path is relayed."""
+
+    punch: bool
+    reason: str
+
+
+def traversal(a_nat: NatKind, b_nat: NatKind, a_udp_ok: bool = True, b_udp_ok: bool = True) -> Traversal:
+    """Whether an RS-S path also gets punch candidates (docs/protocol.md, "Route decision").
+
+    Both mappings endpoint-independent (CONE, OPEN, unclassified NAT): punch. One cone side and one
+    symmetric side: punch too ("try what can work": the cone side's mapping is stable, the symmetric
+    side's probe toward it opens the one mapping the cone side answers). Symmetric on both sides, or
+    UDP filtered on either: no punch, the path stays relayed.
+    """
+    if not (a_udp_ok and b_udp_ok):
+        return Traversal(False, "udp filtered")
+    sym_a = a_nat is NatKind.SYMMETRIC
+    sym_b = b_nat is NatKind.SYMMETRIC
+    if sym_a and sym_b:
+        return Traversal(False, "symmetric both")
+    return Traversal(True, "punch offered")
+
+
+def punch_offer(mode: PathMode, a_nat: NatKind, b_nat: NatKind, no_punch: bool) -> Traversal | None:
+    """The traversal verdict for a path the route table made ``mode`` (None: not an RS-S path, or the
+    node asked with NO_PUNCH after its direct path failed)."""
+    if mode is not PathMode.RS_S or no_punch:
+        return None
+    return traversal(a_nat, b_nat)
+
+
+def candidates(observed: Endpoint, local: tuple[Endpoint, ...]) -> tuple[Endpoint, ...]:
+    """A node's punch candidates: its observed endpoint first, then its own addresses."""
+    return tuple(dict.fromkeys((observed, *local)))
+
+
+#: PUNCH_DELAY in ms for both nodes while the DC measures no round trips per node (see punch_delays).
+PUNCH_DELAY_MS = int(PUNCH_LEAD * 1000)
+
+
+def punch_delays(rtt_initiator: float, rtt_responder: float, lead: float = PUNCH_LEAD) -> tuple[float, float]:
+    """The PUNCH_DELAY (seconds, initiator, responder) the DC sends with the candidates.
+
+    Each node starts probing when its delay has passed after it got the message, which reaches it
+    half its round trip after the DC sent it. The responder gets ``lead``; the initiator the same
+    instant corrected for the difference of the one-way times, so both probes leave together and
+    neither NAT sees the other's probe before its own outbound probe opened the mapping."""
+    ini = lead + (rtt_responder - rtt_initiator) / 2
+    return max(0.0, ini), lead

@@ -4,6 +4,7 @@ for our node's path to its node, and answering another DC's query for a path to 
 
 from __future__ import annotations
 
+import dataclasses
 import functools
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING
@@ -43,7 +44,7 @@ from ..timing import (
 )
 from .events import DirectionDecision, PeerDcNote, VerifyPeerDc
 from .flows import Asked, PeerQueryIn, PeerQueryOut, PeerQueryTag, Redirect, RelayLeg, S, move
-from .paths import PathRecord, decide_route, same_nat
+from .paths import PUNCH_DELAY_MS, PathRecord, candidates, decide_route, punch_offer, same_nat
 
 if TYPE_CHECKING:
     from .core import DcCore
@@ -379,7 +380,9 @@ class Peering:
             peer_endpoints=msg.peer_endpoints if mode is PathMode.DIRECT and (role is PathRole.INITIATOR
                                                                             or q.redirect is not None) else (),
             rs_endpoint=msg.rs_endpoint if relayed else None, rs_name=rs_name,
-            relay_key=q.relay_key if relayed else None, capabilities=msg.capabilities)
+            relay_key=q.relay_key if relayed else None, capabilities=msg.capabilities,
+            punch_endpoints=msg.punch_endpoints if relayed else (),
+            punch_delay=msg.punch_delay if relayed and msg.punch_endpoints else None)
         q.evidence.append(f"peer DC decided {mode.name} (peer NAT {peer_nat}); this node is the {role.name.lower()}"
                           + (f"; relay {msg.rs_name} at {msg.rs_endpoint}" if relayed else ""))
         self.query_ended(q)
@@ -472,13 +475,20 @@ class Peering:
             peer_vip4=q.vip4 if rec.vip4 else None, peer_vip6=q.vip6 if rec.vip6 else None,
             peer_endpoints=node_targets, relay_key=q.relay_key if mode is PathMode.RS_S else None,
             capabilities=q.capabilities)
+        punch = punch_offer(mode, req_nat, mine, bool(q.no_punch) or not config.traversal)
+        req_punch: tuple[Endpoint, ...] = ()
+        if punch is not None and punch.punch:
+            route = dataclasses.replace(route, punch_endpoints=candidates(q.observed, q.local_endpoints),
+                                        punch_delay=PUNCH_DELAY_MS)
+            req_punch = candidates(node.endpoint, node.local_endpoints)
         f = PeerQueryIn(node, txid, fqdn, now, path_id=q.path_id, route=route, responder=node, responder_route=route,
                         dc=peer, addr=addr, query=q, requester=name,
                         requester_role=PathRole.INITIATOR if req_initiates else PathRole.RESPONDER, mode=mode,
-                        requester_targets=req_targets, redirect=redirect)
+                        requester_targets=req_targets, redirect=redirect, requester_punch=req_punch)
         f.evidence.append(f"peer query from DC {header.sender.hex()}: {name} ({req_nat.name} at {q.observed}) -> "
                           f"{fqdn} ({mine.name} at {node.endpoint}): {mode.name}, "
-                          f"{'requester' if req_initiates else fqdn} initiates")
+                          f"{'requester' if req_initiates else fqdn} initiates"
+                          + (f"; traversal: {punch.reason}" if punch is not None else ""))
         peer.busy.add(txid)
         core.stats["peer_queries"] += 1
         if mode is PathMode.RS_S:
@@ -507,7 +517,8 @@ class Peering:
         ans = PeerAnswer(path_id=f.path_id, mode=f.mode, path_role=f.requester_role, peer_name=node.record.name,
                          peer_nat=int(node.nat_class), peer_vip4=node.record.vip4, peer_vip6=node.record.vip6,
                          peer_endpoints=f.requester_targets, rs_endpoint=route.rs_endpoint, rs_name=route.rs_name,
-                         capabilities=node.capabilities)
+                         capabilities=node.capabilities, punch_endpoints=f.requester_punch,
+                         punch_delay=PUNCH_DELAY_MS if f.requester_punch else None)
         f.reply = core._reply(f.dc.channel, ans, f.txid, f.addr)
         f.done_at = now
         f.dc.replies[f.txid] = (f.reply, now)

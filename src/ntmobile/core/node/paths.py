@@ -17,6 +17,7 @@ from ntmobile.wire import Endpoint, PathMode, PathRole, RouteDirection
 
 from ..common import Timer, _Pending
 from .events import PathInfo
+from .traversal import PathTraversal
 
 
 class PathState(enum.Enum):
@@ -128,6 +129,10 @@ class _Path:
     #: The next link of the path keepalive chain (None: no chain; a re-direction may start or end the
     #: need for one).
     keepalive_timer: Timer | None = None
+    #: NAT traversal of an RS-S path the DC offered punch candidates for (core/node/traversal.py), and
+    #: its next timer.
+    traversal: PathTraversal | None = None
+    traversal_timer: Timer | None = None
 
     @property
     def established(self) -> bool:

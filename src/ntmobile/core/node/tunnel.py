@@ -24,7 +24,10 @@ from ntmobile.wire import (
     Endpoint,
     Keepalive,
     KeepaliveAck,
+    MessageType,
     PathMode,
+    PathProbe,
+    PathProbeAck,
     PathRole,
     RouteDirection,
     SignalFlags,
@@ -39,6 +42,17 @@ from ..registration import RegistrationClient
 from ..timing import MOVED_GRACE, PATH_PROBE_TIMEOUT, TUNNEL_TIMEOUT, node_keepalive_timeout
 from .events import NodeConfig, PathClosed, PathEndpointChanged, PathFailed, PathProbed, PathReady, Registered
 from .paths import KeepaliveTag, PathProbeTag, PathState, TunnelTag, _Path
+from .traversal import (
+    Action,
+    AskDc,
+    GoDirect,
+    GoRelayed,
+    PathTraversal,
+    SendProbe,
+    SendProbeAck,
+    StopRelayLeg,
+    TraversalState,
+)
 
 
 class NodeTunnels(CoreBase):
@@ -92,7 +106,107 @@ class NodeTunnels(CoreBase):
                      targets, endpoint=targets[0] if targets else None, created=now)
         path.channels[("leg", rd.relay_key) if mode is PathMode.RS_S else ("path",)] = sig
         self._paths[rd.path_id] = path
+        self._offer_traversal(path, rd, now)
         return path
+
+    # -- NAT traversal (docs/protocol.md, "Traversal of RS_S paths") ----------------------------------
+    def _offer_traversal(self, path: _Path, rd: RouteDirection, now: float) -> None:
+        """The DC offered punch candidates for this RS-S path: probe them at its time."""
+        if rd.mode != PathMode.RS_S or not rd.punch_endpoints:
+            return
+        start = now + (rd.punch_delay or 0) / 1000
+        t = path.traversal
+        if t is None:
+            path.traversal = PathTraversal(tuple(rd.punch_endpoints), start)
+        elif t.state is TraversalState.RELAYED:
+            t.offer(tuple(rd.punch_endpoints), start)
+        else:
+            return
+        self.stats["traversal_offers"] += 1
+        self._traversal_schedule(path)
+
+    def _path_channel(self, path: _Path) -> Channel:
+        """The path-key signalling channel (made once per path: its sequence numbers never restart)."""
+        sig = path.channels.get(("path",))
+        if sig is None:
+            keys = path_keys(path.rd.path_key, path.path_id)
+            pair = keys.for_initiator() if path.role is PathRole.INITIATOR else keys.for_responder()
+            sig = path.channels[("path",)] = Channel(pair[0], path.path_id)
+        return sig
+
+    def _traversal_schedule(self, path: _Path) -> None:
+        t = path.traversal
+        if path.traversal_timer is not None:
+            path.traversal_timer.cancel()
+            path.traversal_timer = None
+        if t is None or path.state is PathState.CLOSED:
+            return
+        when = t.deadline()
+        if when is not None:
+            path.traversal_timer = self._call_at(when, functools.partial(self._traversal_tick, path))
+
+    def _traversal_tick(self, path: _Path, now: float) -> None:
+        path.traversal_timer = None
+        t = path.traversal
+        if t is None or path.state is PathState.CLOSED:
+            return
+        actions = t.on_timer(now)
+        if t.state is TraversalState.DIRECT:
+            actions += t.sample(now, path.sealer.counter, path.opener.window.top)
+        self._traversal_do(path, actions, now)
+
+    def _traversal_do(self, path: _Path, actions: list[Action], now: float) -> None:
+        for a in actions:
+            if isinstance(a, SendProbe):
+                self._reply(self._path_channel(path), PathProbe(), new_txid(self._rand), a.to,
+                            flags=self._sig_flags(path))
+                self.stats["traversal_probes"] += 1
+            elif isinstance(a, SendProbeAck):
+                self._reply(self._path_channel(path), PathProbeAck(observed=a.to), new_txid(self._rand), a.to,
+                            flags=self._sig_flags(path))
+            elif isinstance(a, GoDirect):
+                self._traversal_switch(path, PathMode.DIRECT, self._path_channel(path), a.peer)
+                self.stats["traversal_direct"] += 1
+            elif isinstance(a, GoRelayed):
+                leg = path.channels.get(("leg", path.rd.relay_key))
+                if leg is not None and path.rd.rs_endpoint is not None:
+                    self._traversal_switch(path, PathMode.RS_S, leg, path.rd.rs_endpoint)
+                self.stats["traversal_fallbacks"] += 1
+            elif isinstance(a, StopRelayLeg):
+                self.stats["traversal_relay_released"] += 1
+            elif isinstance(a, AskDc):
+                # TODO(issue 16): a Direction Request with NO_PUNCH / a timed retry; until then the
+                # relay leg is kept (its keepalives continue), so a fallback never needs the DC.
+                self.stats["traversal_retry_wanted"] += 1
+        self._traversal_schedule(path)
+
+    def _traversal_switch(self, path: _Path, mode: PathMode, sig: Channel, endpoint: Endpoint) -> None:
+        """Same Path ID, keys, counters and VIPs; only the mode, the signalling channel and the endpoint
+        change, and the data plane re-reads them (PathReady)."""
+        self._cancel_request(path.keepalive_req)
+        path.mode, path.sig, path.targets, path.target_index = mode, sig, [endpoint], 0
+        if path.endpoint != endpoint:
+            path.endpoint = endpoint
+            self._emit(PathEndpointChanged(path.path_id, endpoint))
+        if path.established:
+            self._emit(PathReady(path.info(), ()))
+
+    def _on_traversal(self, path: _Path, header: SignalHeader, data: bytes, addr: Endpoint, now: float) -> None:
+        """A Path Probe or Path Probe Ack (on the path keys, whatever the path's mode)."""
+        t = path.traversal
+        msg = self._open(self._path_channel(path), header, data)
+        if msg is None:
+            if t is not None:
+                t.on_unauthenticated()
+            return
+        if t is None:
+            self.stats["drop_unexpected"] += 1
+            return
+        if isinstance(msg, PathProbe):
+            self._traversal_do(path, t.on_probe(addr, now), now)
+        elif isinstance(msg, PathProbeAck):
+            path.last_rx = now
+            self._traversal_do(path, t.on_probe_ack(addr, now), now)
 
     def _sig_flags(self, path: _Path) -> int:
         return SignalFlags.FROM_RESPONDER if path.role is PathRole.RESPONDER else 0
@@ -198,6 +312,9 @@ class NodeTunnels(CoreBase):
             self._send_tunnel_request(path, now)
 
     def _on_tunnel(self, path: _Path, header: SignalHeader, data: bytes, addr: Endpoint, now: float) -> None:
+        if header.type in (MessageType.PATH_PROBE, MessageType.PATH_PROBE_ACK):
+            self._on_traversal(path, header, data, addr, now)
+            return
         msg = self._open(path.sig, header, data)
         if msg is None:
             return
@@ -350,6 +467,9 @@ class NodeTunnels(CoreBase):
         if path.keepalive_timer is not None:
             path.keepalive_timer.cancel()
             path.keepalive_timer = None
+        if path.traversal_timer is not None:
+            path.traversal_timer.cancel()
+            path.traversal_timer = None
 
     def _close_path(self, path_id: bytes, reason: str) -> None:
         """Forget a path (its names, timers) and tell the runtime; the next packet to its VIP asks the

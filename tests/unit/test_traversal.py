@@ -1,0 +1,299 @@
+"""NAT traversal (issue 16): the DC's punch decision and timing (core/dc/paths.py) and the node's
+per-path state machine (core/node/traversal.py): OFFERED -> PROBING -> DIRECT, punch failure and
+backoff, silence fallback within 2 s, moves, hostile acks."""
+
+from __future__ import annotations
+
+import pytest
+
+from ntmobile.core.dc.paths import PUNCH_LEAD, punch_delays, traversal
+from ntmobile.core.node.traversal import (
+    BACKOFF_FIRST,
+    BACKOFF_MAX,
+    PROBE_WINDOW,
+    RELAY_GRACE,
+    SAMPLE_INTERVAL,
+    AskDc,
+    GoDirect,
+    GoRelayed,
+    PathTraversal,
+    SendProbe,
+    SendProbeAck,
+    StopRelayLeg,
+    TraversalState,
+    TraversalStateError,
+)
+from ntmobile.wire import NatKind
+
+OBS = ("198.51.100.7", 40001)
+LOCAL = ("10.1.0.2", 7412)
+
+
+@pytest.mark.parametrize(("a", "b", "punch", "reason"), [
+    (NatKind.CONE, NatKind.CONE, True, "punch offered"),
+    (NatKind.NAT, NatKind.CONE, True, "punch offered"),
+    (NatKind.CONE, NatKind.SYMMETRIC, True, "punch offered"),
+    (NatKind.SYMMETRIC, NatKind.CONE, True, "punch offered"),
+    (NatKind.SYMMETRIC, NatKind.SYMMETRIC, False, "symmetric both"),
+])
+def test_dc_traversal_table(a: NatKind, b: NatKind, punch: bool, reason: str) -> None:
+    t = traversal(a, b)
+    assert (t.punch, t.reason) == (punch, reason)
+
+
+def test_dc_no_punch_when_udp_filtered() -> None:
+    cone = NatKind.CONE
+    assert traversal(cone, cone, a_udp_ok=False) == traversal(cone, cone, b_udp_ok=False)
+    assert not traversal(NatKind.CONE, NatKind.CONE, a_udp_ok=False).punch
+
+
+def test_punch_delays_align_arrival() -> None:
+    """Both nodes start probing at the same instant: DC send + one-way time + delay is equal."""
+    rtt_i, rtt_r = 0.080, 0.020
+    d_i, d_r = punch_delays(rtt_i, rtt_r)
+    assert d_r == PUNCH_LEAD
+    assert rtt_i / 2 + d_i == pytest.approx(rtt_r / 2 + d_r)
+    assert punch_delays(2.0, 0.0)[0] == 0.0  # never negative
+
+
+def _probing(now: float = 0.0) -> PathTraversal:
+    t = PathTraversal((OBS, LOCAL), start_at=now + 0.25)
+    assert t.state is TraversalState.OFFERED
+    assert t.on_timer(now) == []
+    assert t.deadline() == now + 0.25
+    out = t.on_timer(now + 0.25)
+    assert out == [SendProbe(OBS), SendProbe(LOCAL)]
+    assert t.state is TraversalState.PROBING
+    assert t.status() == f"RS_S (trying {OBS[0]}:{OBS[1]})"
+    return t
+
+
+def test_punch_succeeds_on_first_ack() -> None:
+    t = _probing()
+    assert t.on_probe(OBS, 0.3) == [SendProbeAck(OBS)]  # the peer's probes are answered meanwhile
+    assert t.state is TraversalState.PROBING
+    assert t.on_probe_ack(OBS, 0.31) == [GoDirect(OBS)]
+    assert t.state is TraversalState.DIRECT and t.peer == OBS
+    assert t.status() == "DIRECT (punched)"
+    # A late ack of the other candidate changes nothing.
+    assert t.on_probe_ack(LOCAL, 0.32) == []
+    assert t.peer == OBS
+
+
+def test_probes_repeat_then_punch_fails_with_backoff() -> None:
+    t = _probing()
+    now, sent = 0.25, 2
+    while True:
+        dl = t.deadline()
+        assert dl is not None and dl > now
+        now = dl
+        out = t.on_timer(now)
+        if t.state is not TraversalState.PROBING:
+            break
+        assert all(isinstance(a, SendProbe) for a in out)
+        sent += len(out)
+    assert now == pytest.approx(0.25 + PROBE_WINDOW)
+    assert 2 * PROBE_WINDOW / 0.1 <= sent <= 2 * PROBE_WINDOW / 0.05 + 2  # every 50-100 ms
+    assert t.state is TraversalState.RELAYED and t.status() == "RS_S (punch failed)"
+    assert t.deadline() == pytest.approx(now + BACKOFF_FIRST)
+    assert t.on_timer(now + BACKOFF_FIRST) == [AskDc(no_punch=False)]
+    # The next offer is probed again; the backoff doubled.
+    t.offer((OBS,), now + BACKOFF_FIRST + 1)
+    assert t.state is TraversalState.OFFERED
+    assert t.backoff == 2 * BACKOFF_FIRST
+
+
+def test_backoff_caps() -> None:
+    t = PathTraversal((OBS,), 0.0)
+    now = 0.0
+    for _ in range(10):
+        t.on_timer(now)
+        t.on_timer(now + PROBE_WINDOW)
+        assert t.state is TraversalState.RELAYED
+        now += PROBE_WINDOW + t.backoff
+        t.offer((OBS,), now)
+    assert t.backoff == BACKOFF_MAX
+
+
+def test_unsolicited_and_unauthenticated_acks_are_ignored() -> None:
+    t = _probing()
+    assert t.on_probe_ack(("203.0.113.66", 9), 0.3) == []
+    t.on_unauthenticated()
+    assert t.state is TraversalState.PROBING
+    assert t.stats["probe_acks_unsolicited"] == 1 and t.stats["probe_auth_failed"] == 1
+    # Before any probe went out nothing is solicited either.
+    u = PathTraversal((OBS,), 1.0)
+    assert u.on_probe_ack(OBS, 0.5) == [] and u.state is TraversalState.OFFERED
+
+
+def _direct() -> PathTraversal:
+    t = _probing()
+    t.on_probe_ack(OBS, 0.3)
+    return t
+
+
+def test_silent_direct_path_falls_back_within_two_seconds() -> None:
+    t = _direct()
+    now, tx, rx = 0.3, 100, 50
+    t.sample(now, tx, rx)
+    for _ in range(5):  # traffic both ways: nothing happens
+        now += SAMPLE_INTERVAL
+        tx += 3
+        rx += 3
+        assert t.sample(now, tx, rx) == []
+    black_hole = now
+    probed = False
+    while t.state is TraversalState.DIRECT:
+        now += SAMPLE_INTERVAL
+        tx += 3
+        out = t.sample(now, tx, rx)
+        probed |= SendProbe(OBS) in out
+    assert probed
+    assert out == [GoRelayed("direct silent")]  # relay leg still alive: no DC round trip needed
+    assert now - black_hole <= 2.0
+    assert t.status() == "RS_S (direct silent)"
+    assert t.deadline() == pytest.approx(now + BACKOFF_FIRST)
+
+
+def test_idle_direct_path_is_not_silent() -> None:
+    t = _direct()
+    for i in range(40):
+        assert t.sample(0.3 + i * SAMPLE_INTERVAL, 7, 9) == []
+    assert t.state is TraversalState.DIRECT
+
+
+def test_fallback_after_grace_asks_dc_no_punch() -> None:
+    t = _direct()
+    assert t.on_timer(0.3 + RELAY_GRACE) == [StopRelayLeg()]
+    assert not t.relay_alive
+    now = 0.3 + RELAY_GRACE
+    t.sample(now, 1, 1)
+    out: list[object] = []
+    while t.state is TraversalState.DIRECT:
+        now += SAMPLE_INTERVAL
+        out = list(t.sample(now, int(now * 100), 1))
+    assert out == [GoRelayed("direct silent"), AskDc(no_punch=True)]
+
+
+def test_move_resets_backoff_and_retries_at_once() -> None:
+    t = _direct()
+    t.backoff = 240.0
+    assert t.on_move(1.0) == [GoRelayed("moved"), AskDc(no_punch=False)]
+    assert t.backoff == BACKOFF_FIRST  # reset
+    assert t.state is TraversalState.RELAYED
+    assert t.deadline() is None  # the DC's answer (a new offer) drives the next attempt
+
+
+def test_no_candidates_is_relayed() -> None:
+    t = PathTraversal((), 0.0)
+    assert t.state is TraversalState.RELAYED and t.status() == "RS_S (no candidates)"
+
+
+def test_illegal_transition_is_an_internal_error() -> None:
+    t = _direct()
+    with pytest.raises(TraversalStateError):
+        t._set(TraversalState.PROBING)
+
+
+def test_wire_probe_messages_and_punch_attributes() -> None:
+    from ntmobile import wire
+    from ntmobile.wire import MessageType, PathProbe, PathProbeAck
+
+    assert (MessageType.PATH_PROBE, MessageType.PATH_PROBE_ACK) == (0x13, 0x14)
+    assert wire.encode_body(PathProbe()) == b""
+    ack = PathProbeAck(observed=("192.0.2.1", 7412))
+    assert wire.encode_body(ack) == b"\x05\x00\x07\x04\x1c\xf4\xc0\x00\x02\x01"
+    assert wire.decode_body(MessageType.PATH_PROBE_ACK, wire.encode_body(ack)) == ack
+    rd = wire.RouteDirection(path_id=b"PATHID!!", path_role=1, mode=2, path_key=bytes(32), idle_timeout=60,
+                             punch_endpoints=(OBS, LOCAL), punch_delay=250)
+    body = wire.encode_body(rd)
+    assert body.endswith(b"\x2c\x00\x07\x04\x9c\x41\xc6\x33\x64\x07" + b"\x2c\x00\x07\x04\x1c\xf4\x0a\x01\x00\x02"
+                         + b"\x2d\x00\x02\x00\xfa")
+    assert wire.decode_body(MessageType.ROUTE_DIRECTION, body) == rd
+    dr = wire.DirectionRequest(path_id=b"PATHID!!", no_punch=1)
+    assert wire.encode_body(dr).endswith(b"\x2e\x00\x01\x01")
+    assert wire.decode_body(MessageType.DIRECTION_REQUEST, wire.encode_body(dr)) == dr
+
+
+def _routes_seen(monkeypatch: pytest.MonkeyPatch, node: object) -> list[object]:
+    seen: list[object] = []
+    orig = node._on_route_direction  # type: ignore[attr-defined]
+
+    def spy(header: object, rd: object, addr: object, now: float) -> None:
+        seen.append(rd)
+        orig(header, rd, addr, now)
+
+    monkeypatch.setattr(node, "_on_route_direction", spy)
+    return seen
+
+
+@pytest.mark.parametrize(("a_nat", "b_nat", "offered"), [
+    ("cone", "cone", True), ("cone", "symmetric", True), ("symmetric", "symmetric", False)])
+def test_dcs_give_both_nodes_of_a_cross_domain_rs_s_path_the_others_candidates(
+        monkeypatch: pytest.MonkeyPatch, a_nat: str, b_nat: str, offered: bool) -> None:
+    """mn.a.example and cn.b.example (two DCs): the answering DC puts its node's candidates into the
+    Peer Answer, the requesting DC passes them on; each node gets the other's observed endpoint."""
+    from ntmobile.core.dc import DirectionDecision
+    from ntmobile.core.node import PathReady
+    from ntmobile.wire import PathMode, RouteDirection
+
+    from .test_dc_peering import CLASS, World
+
+    w = World(a_nat, b_nat, traversal=True)
+    w.net.run_until(lambda: {s["nat_class"] for s in w.dca.sessions() if s["name"] == "mn.a.example"}
+                    == {CLASS[a_nat].name} and {s["nat_class"] for s in w.dcb.sessions()
+                                                if s["name"] == "cn.b.example"} == {CLASS[b_nat].name}, max_time=5)
+    mn_routes, cn_routes = _routes_seen(monkeypatch, w.mn), _routes_seen(monkeypatch, w.cn)
+    ready = w.connect(w.mn, "mn", "cn.b.example")
+    assert isinstance(ready, PathReady) and ready.path.mode is PathMode.RS_S  # still relayed first
+    mn_rd = [r for r in mn_routes if isinstance(r, RouteDirection)][-1]
+    cn_rd = [r for r in cn_routes if isinstance(r, RouteDirection)][-1]
+    assert isinstance(mn_rd, RouteDirection) and isinstance(cn_rd, RouteDirection)
+    cn_obs = next(s["endpoint"] for s in w.dcb.sessions() if s["name"] == "cn.b.example")
+    mn_obs = next(s["endpoint"] for s in w.dca.sessions() if s["name"] == "mn.a.example")
+    if offered:
+        assert mn_rd.punch_endpoints[0] == tuple(cn_obs) and mn_rd.punch_delay == 250
+        assert cn_rd.punch_endpoints[0] == tuple(mn_obs) and cn_rd.punch_delay == 250
+    else:
+        assert mn_rd.punch_endpoints == () == cn_rd.punch_endpoints
+        assert mn_rd.punch_delay is None is cn_rd.punch_delay
+    ev = [e for e in w.net.events_of("dcb", DirectionDecision) if e.path_id == ready.path.path_id][-1]
+    assert any(("traversal: punch offered" if offered else "traversal: symmetric both") in x for x in ev.evidence)
+    w.exchange_data(ready.path.path_id)  # the relayed path works as before
+
+
+@pytest.mark.parametrize(("a_nat", "b_nat", "punched"), [
+    ("cone", "cone", True), ("symmetric", "symmetric", False)])
+def test_nodes_punch_a_cross_domain_rs_s_path_to_direct(a_nat: str, b_nat: str, punched: bool) -> None:
+    """In the in-memory NAT world (cone: endpoint-independent mapping, filtered inbound), the path
+    starts RS_S and becomes DIRECT on both nodes with the same Path ID; data flows before and after."""
+    from ntmobile.core.node import PathReady
+    from ntmobile.wire import PathMode
+
+    from .test_dc_peering import CLASS, World
+
+    w = World(a_nat, b_nat, traversal=True)
+    w.net.run_until(lambda: {s["nat_class"] for s in w.dca.sessions() if s["name"] == "mn.a.example"}
+                    == {CLASS[a_nat].name} and {s["nat_class"] for s in w.dcb.sessions()
+                                                if s["name"] == "cn.b.example"} == {CLASS[b_nat].name}, max_time=5)
+    ready = w.connect(w.mn, "mn", "cn.b.example")
+    assert isinstance(ready, PathReady) and ready.path.mode is PathMode.RS_S
+    pid = ready.path.path_id
+    w.exchange_data(pid)
+
+    def modes() -> tuple[object, object]:
+        a, b = w.mn.path_info(pid), w.cn.path_info(pid)
+        return (a.mode if a else None, b.mode if b else None)
+
+    if punched:
+        w.net.run_until(lambda: modes() == (PathMode.DIRECT, PathMode.DIRECT), max_time=5)
+    else:
+        with pytest.raises(AssertionError, match="not met"):
+            w.net.run_until(lambda: modes() != (PathMode.RS_S, PathMode.RS_S), max_time=5)
+    if punched:
+        assert modes() == (PathMode.DIRECT, PathMode.DIRECT)
+        assert w.mn.stats["traversal_direct"] == 1 == w.cn.stats["traversal_direct"]
+    else:
+        assert modes() == (PathMode.RS_S, PathMode.RS_S)
+        assert w.mn.stats["traversal_probes"] == 0
+    w.exchange_data(pid)
