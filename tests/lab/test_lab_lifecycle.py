@@ -185,5 +185,5 @@ def test_cli_not_root_gives_one_line() -> None:
 def test_the_lab_waits_for_services_with_a_deadline(lab_factory: LabFactory) -> None:
     lab = lab_factory("paper")
     gn = [p for p in lab.status()["processes"] if p["host"] == "gn"]
-    assert sorted(p["name"] for p in gn) == ["httpd", "iperf3", "sshd", "vsftpd"]
+    assert sorted(p["name"] for p in gn) == ["httpd", "iperf3", "sshd", "tftpd", "vsftpd"]
     wait_for(lambda: all(p["alive"] for p in lab.status()["processes"]), 5, "services alive")
