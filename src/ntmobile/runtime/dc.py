@@ -167,7 +167,8 @@ class DcDaemon:
                        peers=tuple((p.domain.rstrip(".").lower(), p.key_bytes) for p in s.peers), probe=probe,
                        rsn_allow=tuple(s.rsn_allow),
                        rsn_refuse=rsn_refused((s.pools.vip4, s.pools.vip6, s.pools.gn_vip4, s.pools.gn_vip6),
-                                              (s.address, *s.ns_addresses)), address=s.address, port=s.port)
+                                              (s.address, *s.ns_addresses)), address=s.address, port=s.port,
+                       traversal=s.traversal)
         if is_postgres(s.database):
             # replicas share the DC key: their send counters come from disjoint blocks of the database
             counter: CounterFloor = self.store.counter_floor("dc", block=DC_BLOCK)

@@ -173,6 +173,7 @@ class NodeCore(NodeLiveness):
         self.stats["handovers"] += 1
         self._moved_at = now
         self._handover_pending = True
+        self._traversal_moved(now)
         self.register(local_endpoints, now)
         self._announce_all(now)
 
