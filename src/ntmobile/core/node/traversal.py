@@ -295,16 +295,9 @@ class PathTraversal:
         """The DC re-directed the path (a move, a dead relay): whatever was tried or in use is over, a
         new offer (or none) comes with the new Route Direction. No actions: the re-direction itself
         switched the path."""
-        if self.state is not TraversalState.RELAYED:
-            self._set(TraversalState.RELAYED)
-        self.reason = reason
-        self.trying = None
-        self.peer = None
+        self._relayed(reason)
         self.relay_alive = True
-        self._next_sample = None
-        self._grace_end = None
         self._retry_at = None
-        self._probed.clear()
         self.backoff = BACKOFF_FIRST
 
     # -- helpers -------------------------------------------------------------------------------
@@ -326,15 +319,20 @@ class PathTraversal:
         self._silent_since = None
         self._silence_probed = False
 
-    def _fail(self, reason: str, now: float) -> list[Action]:
-        was_direct = self.state is TraversalState.DIRECT
-        self._set(TraversalState.RELAYED)
+    def _relayed(self, reason: str) -> None:
+        """To RELAYED (if not there yet): nothing tried, nothing in use, no samples, no grace."""
+        if self.state is not TraversalState.RELAYED:
+            self._set(TraversalState.RELAYED)
         self.reason = reason
         self.trying = None
         self.peer = None
         self._next_sample = None
         self._grace_end = None
         self._probed.clear()
+
+    def _fail(self, reason: str, now: float) -> list[Action]:
+        was_direct = self.state is TraversalState.DIRECT
+        self._relayed(reason)
         self._retry_at = now + self.backoff
         self.backoff = min(BACKOFF_MAX, self.backoff * 2)
         self.stats["fallbacks" if was_direct else "punch_failed"] += 1
