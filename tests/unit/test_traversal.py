@@ -297,3 +297,131 @@ def test_nodes_punch_a_cross_domain_rs_s_path_to_direct(a_nat: str, b_nat: str, 
         assert modes() == (PathMode.RS_S, PathMode.RS_S)
         assert w.mn.stats["traversal_probes"] == 0
     w.exchange_data(pid)
+
+
+# -- one-sided fallback, re-direction, the data plane's view (issue 16, lab follow-up) ---------------
+
+
+def _sample_relayed(t: PathTraversal, start: float, until: float, *, direct_too: bool = False) -> list[object]:
+    """Samples from ``start`` to ``until`` with data both ways and capsules arriving through the relay
+    (and, with ``direct_too``, directly as well); returns the last sample's actions."""
+    now, n, out = start, 0, []
+    while now < until and t.state is TraversalState.DIRECT:
+        n += 1
+        out = list(t.sample(now, 100 + n, 50 + n, relayed=n, direct=n if direct_too else 0))
+        now += SAMPLE_INTERVAL
+    return out
+
+
+def test_capsules_only_through_the_relay_make_the_direct_side_fall_back() -> None:
+    """The peer went back to the relay (its direct path went silent one way): our side still receives
+    (through the relay), so it never looks silent; it follows the peer within RELAYED_SETTLE +
+    RELAYED_FALLBACK + a sample."""
+    from ntmobile.core.node.traversal import RELAYED_FALLBACK, RELAYED_SETTLE
+
+    t = _direct()  # DIRECT at 0.3
+    out = _sample_relayed(t, 0.4, 0.3 + RELAYED_SETTLE + RELAYED_FALLBACK + 2 * SAMPLE_INTERVAL + 0.01)
+    assert out == [GoRelayed("peer relayed")]
+    assert t.state is TraversalState.RELAYED and t.status() == "RS_S (peer relayed)"
+    assert t.stats["fallbacks"] == 1
+
+
+def test_relayed_capsules_during_the_switch_or_beside_direct_ones_are_no_fallback() -> None:
+    t = _direct()
+    from ntmobile.core.node.traversal import RELAYED_SETTLE
+
+    # Right after the switch the peer may still be probing: its capsules come through the relay.
+    assert _sample_relayed(t, 0.4, 0.3 + RELAYED_SETTLE - 0.05) == []
+    assert t.state is TraversalState.DIRECT
+    # Later, relayed capsules beside direct ones (in flight across the peer's switch): no fallback.
+    assert _sample_relayed(t, 0.3 + RELAYED_SETTLE, 5.0, direct_too=True) == []
+    assert t.state is TraversalState.DIRECT
+
+
+def test_reset_by_a_re_direction_then_a_new_offer() -> None:
+    t = _direct()
+    t.backoff = 120.0
+    t.reset("re-directed")
+    assert t.state is TraversalState.RELAYED and t.status() == "RS_S (re-directed)"
+    assert t.deadline() is None and t.backoff == BACKOFF_FIRST and t.relay_alive
+    t.reset("re-directed")  # twice is harmless
+    t.offer((OBS,), 5.0)
+    assert t.state is TraversalState.OFFERED and t.deadline() == 5.0
+
+
+def test_forwarder_never_learns_the_relay_as_the_peer() -> None:
+    """A punched path (DIRECT, address learning on): capsules still arriving through the relay are
+    delivered and counted, the peer's endpoint stays; a new address of the peer itself is learnt
+    (handover)."""
+    import os
+
+    from ntmobile.core.node import LegWatch
+    from ntmobile.crypto import CapsuleOpener, CapsuleSealer
+    from ntmobile.dataplane.forwarder import NodeForwarder
+
+    from .test_reassembly_limits import ip4
+
+    class Tun:
+        vnet_hdr = False
+
+        def __init__(self) -> None:
+            self.written: list[bytes] = []
+
+        def write(self, data: bytes | memoryview) -> int:
+            self.written.append(bytes(data))
+            return len(data)
+
+    key, pid = os.urandom(32), b"\x07" * 8
+    relay, peer, moved = ("192.0.2.20", 7411), ("192.0.2.101", 7412), ("192.0.2.102", 7412)
+    learnt: list[tuple[str, int]] = []
+    fwd = NodeForwarder(Tun(), object(), on_learn=lambda fp, a: learnt.append(a))  # type: ignore[arg-type]
+    leg = LegWatch(relay, frozenset({peer}))
+    fp = fwd.add(pid, CapsuleSealer(os.urandom(32), pid, 0), CapsuleOpener(key), ["100.64.2.1"], peer,
+                 learn=True, mode="DIRECT", leg=leg)
+    s = CapsuleSealer(key, pid, 0)
+    pkt = ip4("100.64.2.1", "100.64.1.2", b"x" * 40)
+    for _ in range(3):
+        fwd.on_capsule(memoryview(s.seal(pkt)), relay, 0.0)
+    assert fp.endpoint == peer and learnt == [] and (leg.relayed, leg.direct) == (3, 0)
+    fwd.on_capsule(memoryview(s.seal(pkt)), peer, 0.0)
+    assert (leg.relayed, leg.direct) == (3, 1) and fp.endpoint == peer
+    fwd.on_capsule(memoryview(s.seal(pkt)), moved, 0.0)
+    assert fp.endpoint == moved and learnt == [moved]
+    assert len(fwd.tun.written) == 5  # type: ignore[attr-defined]
+
+
+def test_nodes_follow_a_peer_that_went_back_to_the_relay() -> None:
+    """Both nodes punched to DIRECT; cn alone falls back to the relay (as after a one-way black hole):
+    mn sees cn's capsules arrive only through the relay and falls back too; data flows throughout;
+    same Path ID."""
+    from ntmobile.core.node import PathReady
+    from ntmobile.wire import PathMode
+
+    from .test_dc_peering import World
+
+    w = World("cone", "cone", traversal=True)
+    w.net.run_until(lambda: all(s["nat_class"] == "CONE" for s in w.dca.sessions() if s["name"] == "mn.a.example"),
+                    max_time=5)
+    ready = w.connect(w.mn, "mn", "cn.b.example")
+    assert isinstance(ready, PathReady)
+    pid = ready.path.path_id
+
+    def modes() -> tuple[object, object]:
+        a, b = w.mn.path_info(pid), w.cn.path_info(pid)
+        return (a.mode if a else None, b.mode if b else None)
+
+    w.net.run_until(lambda: modes() == (PathMode.DIRECT, PathMode.DIRECT), max_time=5)
+    w.net.run_for(1.5)  # past RELAYED_SETTLE
+    cn_path = w.cn._paths[pid]
+    w.cn._traversal_do(cn_path, cn_path.traversal._fail("test: direct silent", w.net.now),  # type: ignore[union-attr]
+                       w.net.now)
+    assert modes() == (PathMode.DIRECT, PathMode.RS_S)
+    start = w.net.now
+    while modes()[0] is PathMode.DIRECT and w.net.now - start < 3:
+        w.exchange_data(pid)
+        w.net.run_for(0.05)
+    assert modes() == (PathMode.RS_S, PathMode.RS_S)
+    assert w.net.now - start < 2.0
+    t = w.mn._paths[pid].traversal
+    assert t is not None and t.reason == "peer relayed"
+    w.exchange_data(pid)
