@@ -359,22 +359,14 @@ def test_forwarder_never_learns_the_relay_as_the_peer() -> None:
     from ntmobile.crypto import CapsuleOpener, CapsuleSealer
     from ntmobile.dataplane.forwarder import NodeForwarder
 
-    from .test_reassembly_limits import ip4
+    from .test_reassembly_limits import _Tun, ip4
 
-    class Tun:
-        vnet_hdr = False
-
-        def __init__(self) -> None:
-            self.written: list[bytes] = []
-
-        def write(self, data: bytes | memoryview) -> int:
-            self.written.append(bytes(data))
-            return len(data)
-
+    tun = _Tun()
+    tun.vnet_hdr = False  # per-packet capsules
     key, pid = os.urandom(32), b"\x07" * 8
     relay, peer, moved = ("192.0.2.20", 7411), ("192.0.2.101", 7412), ("192.0.2.102", 7412)
     learnt: list[tuple[str, int]] = []
-    fwd = NodeForwarder(Tun(), object(), on_learn=lambda fp, a: learnt.append(a))  # type: ignore[arg-type]
+    fwd = NodeForwarder(tun, object(), on_learn=lambda fp, a: learnt.append(a))  # type: ignore[arg-type]
     leg = LegWatch(relay, frozenset({peer}))
     fp = fwd.add(pid, CapsuleSealer(os.urandom(32), pid, 0), CapsuleOpener(key), ["100.64.2.1"], peer,
                  learn=True, mode="DIRECT", leg=leg)
@@ -387,7 +379,7 @@ def test_forwarder_never_learns_the_relay_as_the_peer() -> None:
     assert (leg.relayed, leg.direct) == (3, 1) and fp.endpoint == peer
     fwd.on_capsule(memoryview(s.seal(pkt)), moved, 0.0)
     assert fp.endpoint == moved and learnt == [moved]
-    assert len(fwd.tun.written) == 5  # type: ignore[attr-defined]
+    assert len(tun.written) == 5
 
 
 def test_nodes_follow_a_peer_that_went_back_to_the_relay() -> None:
