@@ -194,6 +194,7 @@ class NodeCore(NodeLiveness):
                 "endpoint": list(p.endpoint) if p.endpoint else None, "established": p.established,
                 "tx_packets": p.tx_packets, "tx_bytes": p.tx_bytes, "rx_packets": p.rx_packets,
                 "rx_bytes": p.rx_bytes, "created": p.created,
+                "traversal": p.traversal.snapshot(p.created) if p.traversal is not None else None,
             })
         return out
 

@@ -127,6 +127,8 @@ class PathTraversal:
         self.backoff = BACKOFF_FIRST
         self.stats: Counter[str] = Counter()
         self.direct_since: float | None = None
+        #: When the path first went DIRECT (``ntm status``: time to direct from the path's creation).
+        self.first_direct: float | None = None
         self._probe_end = 0.0
         self._next_probe = start_at
         self._probed: set[Endpoint] = set()
@@ -157,6 +159,16 @@ class PathTraversal:
         if self.state is TraversalState.PROBING and self.trying is not None:
             return f"RS_S (trying {self.trying[0]}:{self.trying[1]})"
         return f"RS_S ({self.reason})"
+
+    def snapshot(self, created: float) -> dict[str, object]:
+        """``ntm status``'s view: state, the text above, why relayed, the candidate being tried or in
+        use, seconds from the path's creation to its first DIRECT, the counters."""
+        ep = self.trying or self.peer
+        return {"state": self.state.value, "status": self.status(), "reason": self.reason,
+                "candidate": list(ep) if ep is not None else None,
+                "candidates": [list(c) for c in self.candidates],
+                "time_to_direct": None if self.first_direct is None else round(self.first_direct - created, 3),
+                "stats": dict(self.stats)}
 
     def deadline(self) -> float | None:
         times: list[float] = []
@@ -233,6 +245,8 @@ class PathTraversal:
         self.trying = None
         self.reason = "direct"
         self.direct_since = now
+        if self.first_direct is None:
+            self.first_direct = now
         self.backoff = BACKOFF_FIRST
         self._grace_end = now + RELAY_GRACE
         self._next_sample = now + SAMPLE_INTERVAL
