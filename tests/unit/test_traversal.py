@@ -417,3 +417,41 @@ def test_nodes_follow_a_peer_that_went_back_to_the_relay() -> None:
     t = w.mn._paths[pid].traversal
     assert t is not None and t.reason == "peer relayed"
     w.exchange_data(pid)
+
+
+def test_a_timed_retry_is_offered_again_and_no_punch_is_plain_rs_s(monkeypatch: pytest.MonkeyPatch) -> None:
+    """After a fallback the node asks again (a re-direction naming the path): the DCs time a new punch
+    (both nodes get candidates, the path goes DIRECT again, same Path ID); asked with NO_PUNCH they
+    direct it as plain RS-S (no candidates for either node)."""
+    from ntmobile.wire import PathMode, RouteDirection
+
+    from .test_dc_peering import World
+
+    w = World("cone", "cone", traversal=True)
+    w.net.run_until(lambda: all(s["nat_class"] == "CONE" for s in w.dca.sessions() if s["name"] == "mn.a.example"),
+                    max_time=5)
+    ready = w.connect(w.mn, "mn", "cn.b.example")
+    pid = ready.path.path_id  # type: ignore[union-attr]
+    w.net.run_until(lambda: w.mn._paths[pid].mode is PathMode.DIRECT is w.cn._paths[pid].mode, max_time=5)
+    mn_routes, cn_routes = _routes_seen(monkeypatch, w.mn), _routes_seen(monkeypatch, w.cn)
+    for node in (w.mn, w.cn):
+        node._traversal_do(node._paths[pid], [GoRelayed("test")], w.net.now)
+    w.net.run_for(0.5)
+    assert w.mn._redirect_path(w.mn._paths[pid], w.net.now, no_punch=True)
+    w.net.run_until(lambda: bool(mn_routes) and bool(cn_routes), max_time=5)
+    last = [r for r in mn_routes + cn_routes if isinstance(r, RouteDirection)]
+    assert last and all(r.mode == PathMode.RS_S and r.punch_endpoints == () for r in last)
+    w.exchange_data(pid)
+    assert w.mn._paths[pid].mode is PathMode.RS_S
+    mn_routes.clear()
+    cn_routes.clear()
+    w.net.run_for(0.5)
+    t = w.mn._paths[pid].traversal
+    assert t is not None
+    w.mn._traversal_do(w.mn._paths[pid], [AskDc(no_punch=False)], w.net.now)  # the timed retry
+    w.net.run_until(lambda: bool(mn_routes) and bool(cn_routes), max_time=5)
+    offered = [r for r in mn_routes + cn_routes if isinstance(r, RouteDirection)]
+    assert offered and all(r.punch_endpoints for r in offered)
+    w.net.run_until(lambda: w.mn._paths[pid].mode is PathMode.DIRECT is w.cn._paths[pid].mode, max_time=5)
+    assert w.mn.stats["traversal_retries"] == 1 and w.mn.stats["traversal_no_punch_requests"] == 0
+    w.exchange_data(pid)

@@ -129,7 +129,8 @@ class Directions:
                       "a direction request needs a node session and an FQDN")
             return
         if msg.path_id is not None:
-            r = Redirect(node, header.txid, (msg.fqdn or "").rstrip(".").lower(), now, path_id=msg.path_id)
+            r = Redirect(node, header.txid, (msg.fqdn or "").rstrip(".").lower(), now, path_id=msg.path_id,
+                         no_punch=bool(msg.no_punch))
             self._asked[key] = r
             core.redirects.on_request(r, now)
             return

@@ -324,7 +324,8 @@ class Peering:
             self._send_hello(peer, ep, core.config.own_domain(rec.name) or core.config.domain, now)
         msg = PeerQuery(fqdn=q.fqdn, name=rec.name, path_id=q.path_id, path_key=q.path_key, relay_key=q.relay_key,
                         timestamp=self._core.wall_us(now), nat=int(node.nat_class), vip4=rec.vip4, vip6=rec.vip6,
-                        observed=node.endpoint, local_endpoints=node.local_endpoints, capabilities=node.capabilities)
+                        observed=node.endpoint, local_endpoints=node.local_endpoints, capabilities=node.capabilities,
+                        no_punch=1 if q.redirect is not None and q.redirect.no_punch else None)
         core._request(peer.channel, msg, new_txid(core._rand), ep, now, timeout=PEER_QUERY_TIMEOUT,
                       tag=PeerQueryTag(q), on_timeout=functools.partial(self._query_timed_out, q))
         core.stats["peer_queries_sent"] += 1
