@@ -476,14 +476,18 @@ class NodeDaemon:
 
     def on_path_ready(self, ev: PathReady) -> None:
         p = ev.path
+        prev = self.paths.get(p.path_id)
         self.paths[p.path_id] = p
         vips = [v for v in (p.peer_vip4, p.peer_vip6) if v]
         if p.peer_name:
             for v in vips:
                 self.name_by_vip[ipaddress.ip_address(v).packed] = p.peer_name
             self._refreshing.discard(normalize(p.peer_name))
-        log.info("path %s to %s ready: %s%s, peer %s", p.path_id.hex(), p.peer_name, p.mode.name,
-                 f" via {p.rs_name}" if p.rs_name else "", ", ".join(vips))
+        if prev is None or prev.mode is not p.mode or prev.endpoint != p.endpoint or ev.request_ids:
+            tr = self.core.traversal_of(p.path_id)
+            log.info("path %s to %s ready: %s%s, peer %s%s", p.path_id.hex(), p.peer_name, p.mode.name,
+                     f" via {p.rs_name}" if p.rs_name and p.mode is not PathMode.DIRECT else "", ", ".join(vips),
+                     f" (traversal: {tr['status']}, endpoint {p.endpoint})" if tr else "")
         self._answered(ev.request_ids, p.mode.name)
         self._wake(ev.request_ids, p)
         for rid in ev.request_ids:

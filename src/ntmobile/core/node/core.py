@@ -198,6 +198,11 @@ class NodeCore(NodeLiveness):
             })
         return out
 
+    def traversal_of(self, path_id: bytes) -> dict[str, object] | None:
+        """The NAT traversal of ``path_id`` as ``ntm status`` shows it (None: no traversal)."""
+        p = self._paths.get(path_id)
+        return p.traversal.snapshot(p.created) if p is not None and p.traversal is not None else None
+
     def probe_dc(self, now: float) -> int | None:
         """`ntm netcheck`: one session Keepalive to the DC, sent once; its answer or, after
         PATH_PROBE_TIMEOUT, its loss is a DcProbed event. None while there is no session."""
