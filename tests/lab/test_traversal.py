@@ -197,8 +197,8 @@ def test_symmetric_nat_to_a_global_node_is_direct(lab_factory: LabFactory) -> No
 
 
 BLACK_HOLE = """table inet ntm_blackhole {
-  chain fwd {
-    type filter hook forward priority -10; policy accept;
+  chain blackhole {
+    type filter hook forward priority filter - 10; policy accept;
     ip saddr 192.0.2.100 drop
     ip daddr 192.0.2.100 drop
   }
@@ -233,6 +233,8 @@ def test_black_holed_direct_path_falls_back_within_two_seconds(lab_factory: LabF
                                                                                          "peer relayed"), p
             back = [t for t, _ in log_lines(lab, host, r"ready: RS_S") if t >= holed - 0.01]
             assert back and back[0] - holed <= 2.0, (host, back, holed)
+            print(f"black hole: {host} back on RS_S {back[0] - holed:.2f} s after the drop rule "
+                  f"({p['traversal']['reason']}); longest ping gap {longest_gap(lost) * PING_INTERVAL:.2f} s")
     finally:
         lab.exec("natb", ["nft", "delete", "table", "inet", "ntm_blackhole"], check=False)
     # The timed retry (backoff) punches again once the direct path works.
