@@ -455,3 +455,34 @@ def test_a_timed_retry_is_offered_again_and_no_punch_is_plain_rs_s(monkeypatch: 
     w.net.run_until(lambda: w.mn._paths[pid].mode is PathMode.DIRECT is w.cn._paths[pid].mode, max_time=5)
     assert w.mn.stats["traversal_retries"] == 1 and w.mn.stats["traversal_no_punch_requests"] == 0
     w.exchange_data(pid)
+
+
+def test_no_nonce_is_sealed_twice_across_punch_fallback_and_retry() -> None:
+    """docs/security.md §3.1 across the switch: data and signalling on the relay leg, punched DIRECT,
+    back on the relay, punched again after a retry (a re-direction with a fresh relay key): the nonce
+    ledger sees no (key, nonce) twice, and no capsule identity goes out twice with other bytes."""
+    from ntmobile.wire import PathMode
+
+    from .nonce_ledger import nonce_ledger
+    from .test_dc_peering import World
+    from .test_nonce_safety import wire_repeats
+
+    with nonce_ledger() as led:
+        w = World("cone", "cone", traversal=True)
+        w.net.run_until(lambda: all(s["nat_class"] == "CONE" for s in w.dca.sessions()
+                                    if s["name"] == "mn.a.example"), max_time=5)
+        ready = w.connect(w.mn, "mn", "cn.b.example")
+        pid = ready.path.path_id  # type: ignore[union-attr]
+        w.exchange_data(pid)
+        w.net.run_until(lambda: w.mn._paths[pid].mode is PathMode.DIRECT is w.cn._paths[pid].mode, max_time=5)
+        w.exchange_data(pid)
+        for node in (w.mn, w.cn):
+            node._traversal_do(node._paths[pid], [GoRelayed("test")], w.net.now)
+        w.exchange_data(pid)
+        w.mn._traversal_do(w.mn._paths[pid], [AskDc(no_punch=False)], w.net.now)
+        w.net.run_until(lambda: w.mn._paths[pid].mode is PathMode.DIRECT is w.cn._paths[pid].mode, max_time=5)
+        w.exchange_data(pid)
+        w.net.run_for(15.0)  # keepalives on the direct path, the relay's grace over
+        w.exchange_data(pid)
+    assert led.seals > 50 and led.reused == []
+    assert wire_repeats(w.net) == []
