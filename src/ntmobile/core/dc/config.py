@@ -32,8 +32,9 @@ class DcConfig:
     address: str = ""
     port: int = DC_PORT
     #: NAT traversal: RS-S paths the traversal table allows get punch candidates (docs/protocol.md,
-    #: "Traversal of RS_S paths"). Off by default until the runtime's data plane is verified with it in
-    #: the lab (issue 16); off keeps every such path relayed.
+    #: "Traversal of RS_S paths"); off keeps every such path relayed. The daemon's dc.toml turns it on
+    #: by default (runtime.config.DcSettings.traversal); the core's default stays off so in-memory
+    #: scenarios opt in.
     traversal: bool = False
 
     def own_domain(self, fqdn: str) -> str | None:
