@@ -486,3 +486,14 @@ def test_no_nonce_is_sealed_twice_across_punch_fallback_and_retry() -> None:
         w.exchange_data(pid)
     assert led.seals > 50 and led.reused == []
     assert wire_repeats(w.net) == []
+
+
+def test_throughput_bench_keeps_rs_s_relayed_and_measures_the_punched_path_apart() -> None:
+    """`ntm bench throughput`: ntm-rs-s runs in labs whose DC has traversal off; ntm-punched only in
+    the `punched` condition, whose DC punches (issue 16)."""
+    from ntmobile.bench.throughput import CONDITIONS, EXCLUSIVE, REGISTRY, topology
+
+    assert REGISTRY["ntm-punched"].conditions == ("punched",) and "punched" in EXCLUSIVE
+    for cond, (rate, punch) in CONDITIONS.items():
+        dc = topology(rate, traversal=punch).host("dca").daemons[0]
+        assert dc.config["traversal"] is (cond == "punched")
