@@ -41,7 +41,7 @@ from ntmobile.core.registry import ClientRecord, JoinRecord, Pools, StoreError, 
 from ntmobile.crypto import CounterFloor
 from ntmobile.wire import CodecError, Role
 
-from .store import is_postgres
+from .store import SeqBatch, is_postgres
 
 __all__ = ["DbCounterFloor", "PgStore", "is_postgres"]
 
@@ -85,7 +85,7 @@ def _node_key(node_id: bytes) -> int:
     return int.from_bytes(node_id[:4].ljust(4, b"\0"), "big", signed=True)
 
 
-class PgStore:
+class PgStore(SeqBatch):
     """One replica's connection to the shared registry."""
 
     def __init__(self, dsn: str, pools: Pools, *, connect_timeout: float = 3.0) -> None:
@@ -93,8 +93,7 @@ class PgStore:
         self.pools = pools
         self.connect_timeout = connect_timeout
         self._conn: psycopg.Connection[Any] | None = None
-        self._batching = False
-        self._seqs: dict[bytes, int] = {}
+        self._init_batch()
         #: Records read so far (client ID, name, VIP -> record): answers when the database is
         #: unreachable, so that the DC can still seal a STORAGE_ERROR reply to a known client.
         self._cache: dict[object, ClientRecord] = {}
@@ -150,18 +149,17 @@ class PgStore:
         """Nothing to copy (the server checkpoints itself); the DC daemon calls it for SQLite."""
         return 0, 0
 
-    # -- group commit ----------------------------------------------------------------------------
-    def begin_batch(self) -> None:
-        self._batching = True
-
-    def end_batch(self) -> None:
-        self._batching = False
-        if not self._seqs:
-            return
-        rows = [(seq, cid) for cid, seq in self._seqs.items()]
-        self._seqs.clear()
+    # -- group commit (SeqBatch) ----------------------------------------------------------------
+    def _write_seqs(self, rows: list[tuple[int, bytes]]) -> None:
         with self._tx() as cur:
             cur.executemany("UPDATE clients SET last_seq = GREATEST(last_seq, %s) WHERE client_id = %s", rows)
+
+    def _write_seq(self, client_id: bytes, seq: int) -> None:
+        with self._tx() as cur:
+            cur.execute("UPDATE clients SET last_seq = %s WHERE client_id = %s AND last_seq < %s",
+                        (seq, client_id, seq))
+            if cur.rowcount != 1:
+                raise StoreError("sequence number not above the stored floor (replayed at another replica?)")
 
     # -- Store protocol --------------------------------------------------------------------------
     def _record(self, row: tuple[Any, ...] | None) -> ClientRecord | None:
@@ -199,16 +197,6 @@ class PgStore:
             cur.execute(f"INSERT INTO clients ({_COLS}) VALUES (%s,%s,%s,%s,%s,%s,%s)",
                         (record.client_id, record.name, int(record.role), record.psk, record.vip4, record.vip6,
                          record.last_seq))
-
-    def set_last_seq(self, client_id: bytes, seq: int) -> None:
-        if self._batching:
-            self._seqs[client_id] = max(seq, self._seqs.get(client_id, 0))
-            return
-        with self._tx() as cur:
-            cur.execute("UPDATE clients SET last_seq = %s WHERE client_id = %s AND last_seq < %s",
-                        (seq, client_id, seq))
-            if cur.rowcount != 1:
-                raise StoreError("sequence number not above the stored floor (replayed at another replica?)")
 
     def assign_vips(self, client_id: bytes, known: ClientRecord | None = None) -> tuple[str | None, str | None]:
         rec = known if known is not None and known.client_id == client_id else self.get_client(client_id)
