@@ -75,6 +75,9 @@ SCHEMA = [
         used_by BYTEA,
         answer BYTEA)""",
     "CREATE TABLE IF NOT EXISTS counters (name TEXT PRIMARY KEY, ceiling BIGINT NOT NULL)",
+    # The replica that accepted the client's last registration ("address:port"): where a Peer Query
+    # for a path to it goes (written with the registration's sequence number: no round trip more).
+    "ALTER TABLE clients ADD COLUMN IF NOT EXISTS holder TEXT",
 ]
 
 _ROLES = {int(r): r for r in Role}
@@ -94,6 +97,8 @@ class PgStore(SeqBatch):
         self.connect_timeout = connect_timeout
         self._conn: psycopg.Connection[Any] | None = None
         self._init_batch()
+        #: This replica's "address:port": recorded as the holder of every registration it accepts.
+        self.holder: str | None = None
         #: Records read so far (client ID, name, VIP -> record): answers when the database is
         #: unreachable, so that the DC can still seal a STORAGE_ERROR reply to a known client.
         self._cache: dict[object, ClientRecord] = {}
@@ -152,12 +157,13 @@ class PgStore(SeqBatch):
     # -- group commit (SeqBatch) ----------------------------------------------------------------
     def _write_seqs(self, rows: list[tuple[int, bytes]]) -> None:
         with self._tx() as cur:
-            cur.executemany("UPDATE clients SET last_seq = GREATEST(last_seq, %s) WHERE client_id = %s", rows)
+            cur.executemany("UPDATE clients SET last_seq = GREATEST(last_seq, %s), holder = %s WHERE client_id = %s",
+                            [(seq, self.holder, cid) for seq, cid in rows])
 
     def _write_seq(self, client_id: bytes, seq: int) -> None:
         with self._tx() as cur:
-            cur.execute("UPDATE clients SET last_seq = %s WHERE client_id = %s AND last_seq < %s",
-                        (seq, client_id, seq))
+            cur.execute("UPDATE clients SET last_seq = %s, holder = %s WHERE client_id = %s AND last_seq < %s",
+                        (seq, self.holder, client_id, seq))
             if cur.rowcount != 1:
                 raise StoreError("sequence number not above the stored floor (replayed at another replica?)")
 
@@ -197,6 +203,11 @@ class PgStore(SeqBatch):
             cur.execute(f"INSERT INTO clients ({_COLS}) VALUES (%s,%s,%s,%s,%s,%s,%s)",
                         (record.client_id, record.name, int(record.role), record.psk, record.vip4, record.vip6,
                          record.last_seq))
+
+    def holder_of(self, client_id: bytes) -> str | None:
+        """The replica ("address:port") that accepted the client's last registration (None: none yet)."""
+        row = self._one("SELECT holder FROM clients WHERE client_id = %s", (client_id,))
+        return row[0] if row is not None else None
 
     def assign_vips(self, client_id: bytes, known: ClientRecord | None = None) -> tuple[str | None, str | None]:
         rec = known if known is not None and known.client_id == client_id else self.get_client(client_id)

@@ -31,7 +31,7 @@ from ntmobile.wire import (
 
 from ..common import new_txid
 from ..discovery import DiscoveryResult, Outcome
-from ..registry import StoreError
+from ..registry import ClientRecord, StoreError
 from ..targets import TargetPolicy
 from ..timing import (
     DISTANCE_PROBE_TIMEOUT,
@@ -355,6 +355,8 @@ class Directions:
             self.fail(d, Status.NXDOMAIN, f"no node named {name} is enrolled here")
             return
         peer = core.clients.get(target.client_id)
+        if peer is None and target.client_id != d.node.record.client_id and self._at_replica(d, target, now):
+            return
         if peer is None or target.client_id == d.node.record.client_id:
             self.fail(d, Status.PEER_UNREACHABLE, f"{name} is not registered (or is the requester)")
             return
@@ -393,6 +395,22 @@ class Directions:
                              sorted(relays, key=lambda s: (s.load, s.record.name)))
         self.hand_on(d, f)
         self.start_peer_setup(f, now)
+
+    def _at_replica(self, d: Asked, target: ClientRecord, now: float) -> bool:
+        """``target`` has no session here: if the registry names another replica of this DC as the
+        holder of its session, that replica is asked (a Peer Query) and directs it. True: asked."""
+        core = self._core
+        holder_of = getattr(core.store, "holder_of", None)  # (only the shared PostgreSQL registry has holders)
+        if not core.config.replicas or holder_of is None:
+            return False
+        try:
+            holder = holder_of(target.client_id)
+        except StoreError as exc:
+            d.evidence.append(f"cannot read which replica holds {target.name}: {exc}")
+            return False
+        if holder is None or holder == core.config.replica_name:
+            return False
+        return core.peering.query_replica(d, holder, now)
 
     def start_peer_setup(self, f: _PeerSetup, now: float) -> None:
         """Ask the relay (if the path is relayed), then tell the responder."""
