@@ -19,7 +19,7 @@ from ntmobile.core.rs import DcLink, RsConfig
 from ntmobile.lab.postgres import PostgresServer, pg_bindir
 from ntmobile.runtime.pgstore import PgStore
 from ntmobile.wire import PathMode, Role, Status, parse_signal_header
-from tests.unit.harness import Nat, NatNet, ProbeSocket, World, seeded_bytes
+from tests.unit.harness import TEST_NETS, Nat, NatNet, ProbeSocket, World, seeded_bytes
 from tests.unit.test_dc_peering import World as PeerWorld
 
 POOLS = Pools("100.64.1.0/24", "fd00:6e74:1::/64", "100.127.0.0/16", "fd00:6e74:ff::/64")
@@ -284,13 +284,14 @@ class _ReplicaWorld(World):
         for host, ep, store, seed in (("dca", REP_A, a, 100), ("dcb", REP_B, b, 200)):
             store.holder = f"{ep[0]}:{ep[1]}"
             cfg = DcConfig("a.example", dc_id, secret=secret, probe=((ep[0], 7413),), address=ep[0], port=ep[1],
-                           replicas=replicas)
+                           replicas=replicas, rsn_allow=TEST_NETS)
             dc = DcCore(cfg, store, self.net.now, seq_base=REP_CLOCK, counter=store.counter_floor(block=1024),
                         random_bytes=seeded_bytes(seed))
             self._add_dc_core(host, dc, ep)
         if relay:
-            self.add_relay("rs", RsConfig("rs1", self.rs_rec.client_id, [DcLink(dc_id, REP_B, self.rs_rec.psk)],
-                                          local_endpoints=[REP_RS]), REP_RS, seed=3).register(self.net.now)
+            link = DcLink(dc_id, REP_B, self.rs_rec.psk)
+            self.add_relay("rs", RsConfig("rs1", self.rs_rec.client_id, [link], local_endpoints=[REP_RS],
+                                          rsn_allow=TEST_NETS), REP_RS, seed=3).register(self.net.now)
         for host, rec, ep, kind, lan, pub, seed in (("mn", self.mn_rec, REP_A, mn_nat, "10.1.0.", "192.0.2.100", 4),
                                                     ("cn", self.cn_rec, REP_B, cn_nat, "10.2.0.", "192.0.2.101", 5)):
             addr = ("192.0.2.60" if host == "mn" else "192.0.2.70", 7412) if kind == "none" else (lan + "10", 7412)
@@ -362,3 +363,34 @@ def test_a_holder_that_is_no_configured_replica_is_not_asked(stores: tuple[PgSto
     failed = w.connect(w.mn, "mn", "cn.a.example")
     assert isinstance(failed, PathFailed) and failed.status is Status.PEER_UNREACHABLE
     assert w.dca.stats["replica_queries_sent"] == 0 and ("dca", "dcb") not in hops
+
+
+def test_an_rs_n_path_through_a_relay_registered_at_the_other_replica(stores: tuple[PgStore, PgStore]) -> None:
+    a, b = stores
+    w = _ReplicaWorld(a, b, "cone", "none")
+    assert not w.dca.relays() and w.dcb.relays()  # rs1 is registered at dcb only
+    hops: list[tuple[str, str]] = []
+    w.net.drop = lambda src, dst, _data: hops.append((src, dst)) is None and False
+    ready = w.path("mn", "www.gn.example")
+    assert ready.path.mode is PathMode.RS_N and ready.path.rs_name == "rs1" and ready.path.endpoint == REP_RS
+    entry = w.rs.entry(ready.path.path_id)
+    assert entry is not None  # the relay holds the path dca directed, given to it by dcb
+    assert ("dca", "dcb") in hops and ("dcb", "rs") in hops and ("dca", "rs") not in hops
+    assert w.dcb.stats["replica_relay_directions"] == 1
+    # the path is recorded at dca (the node's replica) under the real relay's name
+    rec = w.dca.paths[ready.path.path_id]
+    assert rec.rs == "rs1" and rec.initiator == "mn.a.example"
+
+
+def test_no_relay_at_any_replica_fails_with_relay_failed(stores: tuple[PgStore, PgStore]) -> None:
+    a, b = stores
+    w = _ReplicaWorld(a, b, "cone", "none", relay=False)
+    rid = w.mn.request_path("www.gn.example", w.net.now)
+
+    def failed() -> bool:
+        w.answer_requests()
+        return any(rid in e.request_ids for e in w.net.events_of("mn", PathFailed))
+
+    w.net.run_until(failed, max_time=20)
+    [f] = [e for e in w.net.events_of("mn", PathFailed) if rid in e.request_ids]
+    assert f.status is Status.RELAY_FAILED

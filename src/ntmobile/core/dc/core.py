@@ -49,6 +49,7 @@ from .paths import PathRecord, PathTable
 from .peering import Peering
 from .redirect import Redirects
 from .registration import Registration
+from .replicas import ReplicaRelays
 from .sessions import SessionTable, _Session
 
 #: A handler of one message type on a session: (session, header, message, address, now).
@@ -76,6 +77,7 @@ class DcCore(CoreBase):
         self.registration = Registration(self)
         self.natprobe = NatProbe(self)
         self.directions = Directions(self)
+        self.replica_relays = ReplicaRelays(self)
         self.peering = Peering(self)
         self.redirects = Redirects(self)
         #: Nodes joining with a token (core/join.py).

@@ -13,6 +13,7 @@ from ntmobile.crypto import Channel, dc_static_keys, replica_id, replica_keys, x
 from ntmobile.wire import (
     MAX_SIGNAL_SIZE,
     CodecError,
+    DirectionResponse,
     Endpoint,
     MessageType,
     NatKind,
@@ -49,6 +50,9 @@ from .paths import PUNCH_DELAY_MS, PathRecord, candidates, decide_route, punch_o
 if TYPE_CHECKING:
     from .core import DcCore
 
+#: What a replica's PeerDc has for a key (it has none of its own: the channel is keyed from the shared
+#: secret), followed by its replica ID; no X25519 key starts so and is 16 bytes long.
+REPLICA_KEY = b"replica:"
 #: Sealed datagrams held per peer DC while its key is being checked.
 PEER_HELD_MAX = 16
 #: ... and for all peer DCs together (each at most MAX_SIGNAL_SIZE bytes: unauthenticated input
@@ -122,11 +126,12 @@ class Peering:
                 continue
             rid = replica_id(c.secret, name)
             host, _, port = name.rpartition(":")
-            peer = PeerDc(b"replica:" + rid, Channel(replica_keys(c.secret, me, rid), me, counter=self._core.counter),
+            peer = PeerDc(REPLICA_KEY + rid, Channel(replica_keys(c.secret, me, rid), me, counter=self._core.counter),
                           dc_id=rid, endpoint=(host.strip("[]"), int(port)), trusted=True,
                           domains={c.domain, *c.extra_domains})
             self.replicas[name] = peer
             self._by_id[rid] = peer
+            self._core.replica_relays.add(name, peer, 0.0)
 
     def _peer_for_key(self, key: bytes) -> PeerDc | None:
         peer = self.by_key.get(key)
@@ -279,7 +284,11 @@ class Peering:
         if msg is None:
             return
         peer.endpoint = addr  # authenticated: the peer DC is there
-        if isinstance(msg, PeerQuery):
+        if peer.key.startswith(REPLICA_KEY) and isinstance(msg, RelayDirection):
+            core.replica_relays.on_direction(peer, header, msg, addr, now)
+        elif peer.key.startswith(REPLICA_KEY) and isinstance(msg, DirectionResponse):
+            core.replica_relays.on_response(peer, header, msg, addr, now)
+        elif isinstance(msg, PeerQuery):
             self._on_query(peer, header, msg, addr, now)
         elif isinstance(msg, (PeerAnswer, StatusMessage)):
             pending = core._answered(peer.channel, header.txid)
