@@ -81,7 +81,8 @@ class DcCore(CoreBase):
         self.peering = Peering(self)
         self.redirects = Redirects(self)
         #: Nodes joining with a token (core/join.py).
-        self.joins = JoinDesk(JoinDeskConfig(config.dc_id, config.address, config.port, config.domain), store,
+        self.joins = JoinDesk(JoinDeskConfig(config.dc_id, config.address, config.port, config.domain,
+                                                  tuple(r for r in config.replicas if r != config.replica_name)), store,
                               random_bytes, stats=self.stats)
         #: What each message type on a session goes to.
         self._dispatch: dict[type[Message], _Handler] = {
