@@ -45,7 +45,7 @@ from ntmobile.crypto import CounterFloor
 from ntmobile.wire import Role
 
 from . import dnsclasses  # noqa: F401  (dnspython's IN rdata classes before any input)
-from .config import DcSettings, group_id, reload_settings
+from .config import DcSettings, group_id, reload_settings, replica_endpoint
 from .control import serve_control
 from .counters import DC_BLOCK, counter_floor
 from .dns import DnsServer, run_discovery, serve_dns
@@ -168,10 +168,12 @@ class DcDaemon:
                        rsn_allow=tuple(s.rsn_allow),
                        rsn_refuse=rsn_refused((s.pools.vip4, s.pools.vip6, s.pools.gn_vip4, s.pools.gn_vip6),
                                               (s.address, *s.ns_addresses)), address=s.address, port=s.port,
-                       traversal=s.traversal)
+                       traversal=s.traversal,
+                       replicas=tuple(replica_endpoint(r.address, r.port) for r in s.replicas))
         if is_postgres(s.database):
             # replicas share the DC key: their send counters come from disjoint blocks of the database
             counter: CounterFloor = self.store.counter_floor("dc", block=DC_BLOCK)
+            self.store.holder = cfg.replica_name  # the registry names this replica as its nodes' holder
         else:
             db = Path(s.database)
             counter = counter_floor(db.with_name(db.name + ".counter"), block=DC_BLOCK)
