@@ -512,13 +512,32 @@ class Directions:
 
     # -- the responder leg ----------------------------------------------------------------------------
     def send_responder_route(self, f: _PeerSetup, now: float) -> None:
+        """Tell the responder (an acknowledged request, retransmitted until its Ack). A DIRECT path
+        is answered at once, in the same flush (docs/protocol.md "0x06 Route Direction"): the
+        responder holds an early Tunnel Request (EARLY_HOLD), so waiting for its Ack would only add a
+        round trip to every set-up and handover. An RS path waits for the Ack (the relay learns the
+        responder's leg from its own Tunnel Request)."""
         move(f, S.TELLING_PEER)
         core = self._core
         core._request(f.responder.channel, f.responder_route, new_txid(core._rand), f.responder.endpoint, now,
                       timeout=ROUTE_DIRECTION_TIMEOUT, tag=RouteTag(f),
                       on_timeout=functools.partial(self._responder_timed_out, f))
+        if f.leg is None and f.responder_route.mode == PathMode.DIRECT:
+            f.evidence.append("answered beside the responder's Route Direction (DIRECT: no wait for its Ack)")
+            self._told_peer(f, now)
+
+    def _told_peer(self, f: _PeerSetup, now: float) -> None:
+        if isinstance(f, PeerQueryIn):
+            self._core.peering.answer(f, now)
+        elif isinstance(f, LocalPeerDirection):
+            self.complete(f, f.route, f.route.rs_name if f.leg is not None else None, (), now)
 
     def _responder_timed_out(self, f: _PeerSetup, now: float) -> None:
+        if f.state is S.DONE:
+            # A DIRECT path answered before the Ack: the initiator's Tunnel Request goes unanswered
+            # and fails on its own (TUNNEL_TIMEOUT); the record ages out like any unused path.
+            self._core.stats["route_directions_unacked"] += 1
+            return
         self.fail(f, Status.PEER_UNREACHABLE, f"{f.fqdn} did not acknowledge its Route Direction")
 
     def on_route_ack(self, session: _Session, header: SignalHeader, msg: RouteDirectionAck, addr: Endpoint,
@@ -528,10 +547,7 @@ class Directions:
             return  # (a MovedTag: the node took the moved path; nothing waits for it)
         f = pending.tag.flow
         if f.state is S.TELLING_PEER and f.responder is session and f.path_id == msg.path_id:
-            if isinstance(f, PeerQueryIn):
-                self._core.peering.answer(f, now)
-            elif isinstance(f, LocalPeerDirection):
-                self.complete(f, f.route, f.route.rs_name if f.leg is not None else None, (), now)
+            self._told_peer(f, now)
 
     # -- outcomes ---------------------------------------------------------------------------------------
     def complete(self, f: GnDirection | LocalPeerDirection | PeerQueryOut, route: RouteDirection,
