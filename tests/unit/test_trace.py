@@ -49,3 +49,21 @@ def test_setup_report_puts_nebula_beside_with_the_ratio_and_timeline() -> None:
     assert "DIRECTION_REQUEST" in md
     lines = timeline_lines(tl, 4.5)
     assert lines[-1].strip().startswith("4.50 ms (+  3.50)") and "client first reply" in lines[-1]
+
+
+def test_bench_setup_reports_time_to_direct_per_nat_pair() -> None:
+    """`ntm bench setup` (issue 16): per NAT pair, initial -> final mode and time to direct (p50, p90)
+    from the samples that matched the expected modes; a pair that stays relayed has no figure."""
+    from ntmobile.bench.setup import summarize, to_markdown
+
+    punched = [{"ok": True, "ms": 10.0 + i, "first_reply_ms": 12.0 + i, "time_to_direct_ms": 250.0 + i}
+               for i in range(5)] + [{"ok": False, "ms": 99.0, "time_to_direct_ms": 9999.0}]
+    relayed = [{"ok": True, "ms": 11.0, "first_reply_ms": 13.0, "time_to_direct_ms": None}]
+    s = summarize(punched)
+    assert s["ok"] == 5 and s["time_to_direct_p50_ms"] == 252.0 and s["time_to_direct_p90_ms"] <= 254.0
+    assert "time_to_direct_p50_ms" not in summarize(relayed)
+    md = to_markdown({"names": 1, "peer_samples": 5, "target_p50_ms": 10.0,
+                      "cases": {"ntm-rs-s": {"samples": punched, **s},
+                                "ntm-symmetric": {"samples": relayed, **summarize(relayed)}}})
+    assert "| ntm-rs-s | port_restricted / port_restricted | RS_S -> DIRECT | 5 / 6 | 14.0 |" in md
+    assert "| ntm-symmetric | symmetric / port_restricted | RS_S -> RS_S | 1 / 1 | 13.0 | 13.0 | - | - |" in md

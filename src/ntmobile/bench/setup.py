@@ -12,8 +12,15 @@ would be):
   resolve to the one GN, so after the first name the DC reuses the RS-N path and refreshes it at
   the relay; discovery and the whole signalling exchange still run per name);
 - **ntm-direct-local**: mn (behind NAT A, port-restricted) to gl.a.example (global, same DC);
-- **ntm-rs-s**: mn to cn.b.example (both behind port-restricted NATs; two DCs, RS-S);
-- **ntm-direct**: mn to cn.b.example with NAT B one-to-one (two DCs, direct; a second lab).
+- **ntm-rs-s**: mn to cn.b.example (both behind port-restricted NATs; two DCs, RS-S first; with NAT
+  traversal, on by default, the path is then punched to DIRECT: each sample also waits for that and
+  records the time to direct, the node's own figure from the path's creation);
+- **ntm-direct**: mn to cn.b.example with NAT B one-to-one (two DCs, direct; a second lab);
+- **ntm-symmetric**: mn behind a symmetric NAT A to cn.b.example behind port-restricted NAT B (RS-S,
+  a punch is offered and fails, the path stays relayed; a third lab).
+
+Per NAT pair the report gives the initial mode, the final mode (10 s after the answer at the most)
+and the time to first reply and to direct (median, p90).
 
 A node keeps one path per peer name, so every NTM-peer sample restarts mn's node daemon first
 (and waits for its registration and NAT classification); the sample is the first lookup after it.
@@ -30,14 +37,25 @@ import sys
 import time
 from collections.abc import Callable, Sequence
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from .calibration import calibration_markdown, host_calibration
+
+if TYPE_CHECKING:
+    from ntmobile.lab.topology import NatProfile
 
 #: The node's DNS stub: NodeSettings.dns_listen's default (this client imports no ntmobile code, to start fast).
 STUB = "127.0.0.153"
 NTM = [sys.executable, "-m", "ntmobile"]
-CASES = ("gn", "ntm-direct-local", "nebula", "ntm-rs-s", "ntm-direct")
+CASES = ("gn", "ntm-direct-local", "nebula", "ntm-rs-s", "ntm-direct", "ntm-symmetric")
+#: The NTM-peer cases' NAT pairs (mn's NAT A, the peer's side) and expected modes (initial, final).
+NAT_PAIRS = {"ntm-direct-local": ("port_restricted", "global", "DIRECT", "DIRECT"),
+             "ntm-rs-s": ("port_restricted", "port_restricted", "RS_S", "DIRECT"),
+             "ntm-direct": ("port_restricted", "one_to_one", "DIRECT", "DIRECT"),
+             "ntm-symmetric": ("symmetric", "port_restricted", "RS_S", "RS_S")}
+#: How long a sample waits for its path's final mode (a punch starts 0.25 s after the direction and
+#: is tried for 3 s).
+FINAL_WAIT = 10.0
 #: The issue-4 target for the set-up time (p50, lab).
 TARGET_P50_MS = 10.0
 
@@ -247,7 +265,30 @@ def _restart_node(lab: Any, host: str = "mn") -> dict[str, float]:
     return {"stop_s": t1 - t0, "start_s": t2 - t1, "classified_s": time.monotonic() - t2}
 
 
-def _peer_samples(lab: Any, fqdn: str, mode: str, n: int, log: Callable[[str], None]) -> list[dict[str, Any]]:
+def _path(lab: Any, fqdn: str) -> dict[str, Any] | None:
+    paths = [p for p in _status(lab, "mn", "status").get("paths", []) if p.get("peer") == fqdn]
+    return paths[0] if paths else None
+
+
+def _final(lab: Any, fqdn: str, final: str) -> tuple[str | None, float | None]:
+    """mn's path to ``fqdn`` once it reached mode ``final`` (or after FINAL_WAIT): its mode and the
+    node's time to direct (s from the path's creation; None if never punched)."""
+    deadline = time.monotonic() + FINAL_WAIT
+    while True:
+        p = _path(lab, fqdn) or {}
+        ttd = (p.get("traversal") or {}).get("time_to_direct")
+        if p.get("mode") == final or time.monotonic() > deadline:
+            return p.get("mode"), ttd
+        time.sleep(0.1)
+
+
+def _initial_mode(tl: list[dict[str, Any]]) -> str | None:
+    """The mode mn's path had when it became ready (its trace mark), before any punch."""
+    return next((m.get("mode") for m in tl if m["host"] == "mn" and m["what"] == "path-ready"), None)
+
+
+def _peer_samples(lab: Any, fqdn: str, case: str, n: int, log: Callable[[str], None]) -> list[dict[str, Any]]:
+    _nat, _peer, mode, final = NAT_PAIRS[case]
     out = []
     for i in range(n):
         steps = _restart_node(lab)
@@ -256,14 +297,18 @@ def _peer_samples(lab: Any, fqdn: str, mode: str, n: int, log: Callable[[str], N
         if "t0" in r:
             end = r["t0"] + (r.get("first_reply_ms") or r["ms"]) / 1000
             r["timeline"] = timeline(lab, r["t0"], end)
-        paths = [p for p in _status(lab, "mn", "status").get("paths", []) if p.get("peer") == fqdn]
-        r["mode"] = paths[0]["mode"] if paths else None
-        r["ok"] = r["rcode"] == "NOERROR" and bool(r["answer"]) and r["mode"] == mode
+        first = _path(lab, fqdn)
+        r["initial_mode"] = _initial_mode(r.get("timeline", [])) or (first or {}).get("mode")
+        r["mode"], ttd = _final(lab, fqdn, final)
+        r["time_to_direct_ms"] = None if ttd is None else ttd * 1000
+        r["ok"] = (r["rcode"] == "NOERROR" and bool(r["answer"]) and r["initial_mode"] == mode
+                   and r["mode"] == final)
         out.append(r)
         fr = r.get("first_reply_ms")
         log(f"  {fqdn} #{i + 1}: answer {r['ms']:.1f} ms, first reply "
-            + (f"{fr:.1f} ms" if fr is not None else "none") + f" {r['rcode']} {r['mode']} (node restart: "
-            + ", ".join(f"{k} {v:.1f}" for k, v in steps.items()) + ")")
+            + (f"{fr:.1f} ms" if fr is not None else "none") + f" {r['rcode']} {r['initial_mode']} -> {r['mode']}"
+            + (f" (direct after {ttd * 1000:.0f} ms)" if ttd is not None and mode != "DIRECT" else "")
+            + " (node restart: " + ", ".join(f"{k} {v:.1f}" for k, v in steps.items()) + ")")
         if r.get("timeline") and i == 0:
             for line in timeline_lines(r["timeline"], fr):
                 log(line)
@@ -277,8 +322,11 @@ def summarize(samples: list[dict[str, Any]]) -> dict[str, Any]:
            "mean_ms": statistics.fmean(ok) if ok else float("nan")}
     first = [s["first_reply_ms"] for s in samples if s.get("ok") and s.get("first_reply_ms") is not None]
     if first:
-        out |= {"first_reply_p50_ms": percentile(first, 50), "first_reply_p95_ms": percentile(first, 95),
-                "first_reply_max_ms": max(first)}
+        out |= {"first_reply_p50_ms": percentile(first, 50), "first_reply_p90_ms": percentile(first, 90),
+                "first_reply_p95_ms": percentile(first, 95), "first_reply_max_ms": max(first)}
+    ttd = [s["time_to_direct_ms"] for s in samples if s.get("ok") and s.get("time_to_direct_ms") is not None]
+    if ttd:
+        out |= {"time_to_direct_p50_ms": percentile(ttd, 50), "time_to_direct_p90_ms": percentile(ttd, 90)}
     return out
 
 
@@ -369,7 +417,7 @@ def run_bench(*, names: int, peers: int, cases: Sequence[str], prefix: str, out_
     from ntmobile.runtime.trace import ENV as TRACE_ENV
 
     os.environ[TRACE_ENV] = "1"  # the lab's daemons keep the debug timing trace (the samples' timelines)
-    first = [c for c in cases if c != "ntm-direct"]
+    first = [c for c in cases if c not in ("ntm-direct", "ntm-symmetric")]
     if first:
         topo = gn_topology(names)
         lab = Lab.up(topo, prefix=prefix, bare=False)
@@ -385,7 +433,7 @@ def run_bench(*, names: int, peers: int, cases: Sequence[str], prefix: str, out_
                 report["cases"]["gn"] = {"samples": res, **summarize(res)}
             if "ntm-direct-local" in cases:
                 log("ntm-direct-local: mn -> gl.a.example")
-                res = _peer_samples(lab, "gl.a.example", "DIRECT", peers, log)
+                res = _peer_samples(lab, "gl.a.example", "ntm-direct-local", peers, log)
                 report["cases"]["ntm-direct-local"] = {"samples": res, **summarize(res)}
             if "nebula" in cases:
                 log("nebula: mn -> gl (lighthouse on rs1), first packet -> first reply")
@@ -396,28 +444,40 @@ def run_bench(*, names: int, peers: int, cases: Sequence[str], prefix: str, out_
                     lab.stop(rec)
             if "ntm-rs-s" in cases:
                 log("ntm-rs-s: mn -> cn.b.example")
-                res = _peer_samples(lab, "cn.b.example", "RS_S", peers, log)
+                res = _peer_samples(lab, "cn.b.example", "ntm-rs-s", peers, log)
                 report["cases"]["ntm-rs-s"] = {"samples": res, **summarize(res)}
         finally:
             lab.down()
-    if "ntm-direct" in cases:
-        from ntmobile.lab import load_topology
+    from ntmobile.lab import load_topology
 
-        lab = Lab.up(load_topology("nat").with_nat("natb", "one_to_one"), prefix=prefix, bare=False)
-        try:
-            _wait(lambda: _status(lab, "mn", "status").get("registered"), 20, "mn registered")
-            _warm_resolver(lab)
-            log("ntm-direct: mn -> cn.b.example (NAT B one-to-one)")
-            res = _peer_samples(lab, "cn.b.example", "DIRECT", peers, log)
-            report["cases"]["ntm-direct"] = {"samples": res, **summarize(res)}
-        finally:
-            lab.down()
+    labs: tuple[tuple[str, str, NatProfile], ...] = (("ntm-direct", "natb", "one_to_one"),
+                                                      ("ntm-symmetric", "nata", "symmetric"))
+    for case, nat, profile in labs:
+        if case in cases:
+            _other_lab(load_topology("nat").with_nat(nat, profile), case, f"{nat} {profile}", peers, prefix,
+                       report, log)
     report["ratios"] = ratios(report)
     report["calibration"] = host_calibration()
     out_dir.mkdir(parents=True, exist_ok=True)
     (out_dir / "bench-setup.json").write_text(json.dumps(report, indent=2))
     (out_dir / "bench-setup.md").write_text(to_markdown(report) + "\n" + calibration_markdown(report["calibration"]))
     return report
+
+
+def _other_lab(topo: Any, case: str, what: str, peers: int, prefix: str, report: dict[str, Any],
+               log: Callable[[str], None]) -> None:
+    """One NTM-peer case mn -> cn.b.example in a lab of its own (another NAT profile)."""
+    from ntmobile.lab import Lab
+
+    lab = Lab.up(topo, prefix=prefix, bare=False)
+    try:
+        _wait(lambda: _status(lab, "mn", "status").get("registered"), 20, "mn registered")
+        _warm_resolver(lab)
+        log(f"{case}: mn -> cn.b.example ({what})")
+        res = _peer_samples(lab, "cn.b.example", case, peers, log)
+        report["cases"][case] = {"samples": res, **summarize(res)}
+    finally:
+        lab.down()
 
 
 #: The issue-21 target: name -> first reply to a global NTM peer (cached discovery), p50.
@@ -460,6 +520,22 @@ def to_markdown(report: dict[str, Any]) -> str:
     if report.get("ratios"):
         lines += ["", "| ratio (first reply p50, same run) | value |", "|---|---|"]
         lines += [f"| {k} | {v:.2f} |" for k, v in report["ratios"].items()]
+    pairs = [c for c in NAT_PAIRS if c in report["cases"]]
+    if pairs:
+        lines += ["", "Per NAT pair (mn's NAT, the peer's side): initial and final mode (expected; samples that "
+                  "matched), name -> first reply and time to direct (the node's figure from the path's creation), "
+                  "ms:", "",
+                  "| case | NAT pair | initial -> final | ok / n | first reply p50 | p90 | to direct p50 | p90 |",
+                  "|---|---|---|---|---|---|---|---|"]
+        for case in pairs:
+            c = report["cases"][case]
+            nat, peer, mode, final = NAT_PAIRS[case]
+
+            def f(key: str, c: dict[str, Any] = c) -> str:
+                return f"{c[key]:.1f}" if key in c else "-"
+            lines.append(f"| {case} | {nat} / {peer} | {mode} -> {final} | {c['ok']} / {c['n']} | "
+                         f"{f('first_reply_p50_ms')} | {f('first_reply_p90_ms')} | {f('time_to_direct_p50_ms')} | "
+                         f"{f('time_to_direct_p90_ms')} |")
     for case in ("ntm-direct-local", "ntm-direct", "ntm-rs-s"):
         c = report["cases"].get(case)
         tl = next((smp["timeline"] for smp in (c or {}).get("samples", []) if smp.get("timeline")), None)

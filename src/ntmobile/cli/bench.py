@@ -161,14 +161,16 @@ def control_plane(nodes: int = typer.Option(100_000, "--nodes", min=1, help="sim
 @app.command("setup")
 def setup(names: int = typer.Option(50, "--names", min=1, help="GN names to resolve (s1..sN.gn.example)"),
           peers: int = typer.Option(20, "--peers", min=1, help="fresh set-ups per NTM-peer case"),
-          cases: str = typer.Option("gn,ntm-direct-local,nebula,ntm-rs-s,ntm-direct", "--cases",
-                                    help="comma-separated: gn, ntm-direct-local, nebula, ntm-rs-s, ntm-direct"),
+          cases: str = typer.Option("gn,ntm-direct-local,nebula,ntm-rs-s,ntm-direct,ntm-symmetric", "--cases",
+                                    help="comma-separated: gn, ntm-direct-local, nebula, ntm-rs-s (then punched: "
+                                         "time to direct), ntm-direct, ntm-symmetric (NAT A symmetric: stays RS-S)"),
           name: str = typer.Option("setb", "--name", help="lab name prefix"),
           out: Path = typer.Option(Path("artifacts"), "--out", help="directory for JSON and markdown")) -> None:
     """Set-up time as the app sees it: from its DNS query to the node's stub to the answer (tunnel
     ready), p50/p95, for general nodes (RS-N) and NTM peers (direct and RS-S, same and other DC), then to
-    the first reply (an ICMP echo); Nebula's first packet to a never-contacted peer beside it; the
-    daemons' debug timing trace (NTM_TRACE) gives each sample's timeline."""
+    the first reply (an ICMP echo) and, per NAT pair, the final mode and time to direct; Nebula's first
+    packet to a never-contacted peer beside it; the daemons' debug timing trace (NTM_TRACE) gives each
+    sample's timeline."""
     require_root("ntm bench setup")
     from ntmobile.bench.setup import CASES
     from ntmobile.bench.setup import run_bench as run_setup
