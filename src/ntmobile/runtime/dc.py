@@ -397,7 +397,10 @@ class DcDaemon:
         if cmd == "stats":  # counters only: cheap with many sessions (benches, monitoring)
             return {"stats": dict(self.core.stats), "paths": len(self.core.paths),
                     "sessions": self.core.session_count(), "relays": len(self.core.relays()),
-                    "driver": self.driver.status()}
+                    "driver": self.driver.status(),
+                    # statements and transaction blocks sent to a PostgreSQL registry (None for SQLite)
+                    "db_statements": getattr(self.store, "round_trips", None),
+                    "db_transactions": getattr(self.store, "transactions", None)}
         return {
             "role": "dc", "domain": self.settings.domain, "dc_id": self.dc_id.hex(), "reloads": self.reloads,
             "keepalive": self.settings.keepalive,

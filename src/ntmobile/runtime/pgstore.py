@@ -104,6 +104,8 @@ class PgStore(SeqBatch):
         self._cache: dict[object, ClientRecord] = {}
         #: Statements sent to the server (the bench's round trips per registration).
         self.round_trips = 0
+        #: Transaction blocks (and savepoints) opened: each adds two round trips (BEGIN/COMMIT).
+        self.transactions = 0
         #: One connection: callers on several threads take turns (the DC itself uses one thread).
         self._lock = threading.RLock()
         with self._tx() as cur:
@@ -127,6 +129,7 @@ class PgStore(SeqBatch):
     @contextmanager
     def _tx(self) -> Iterator[psycopg.Cursor[Any]]:
         """A cursor inside a transaction (a savepoint when nested); psycopg errors become StoreError."""
+        self.transactions += 1
         try:
             with self._lock, self._db().transaction() as tx, tx.connection.cursor() as cur:
                 yield _Counted(cur, self)  # type: ignore[misc]
