@@ -143,6 +143,17 @@ class PgStore(SeqBatch):
             cur.execute(sql, args)
             return cur.fetchone()
 
+    def _read(self, sql: str, args: tuple[object, ...]) -> tuple[Any, ...] | None:
+        """One read-only statement, one round trip: in autocommit it is its own transaction (no
+        BEGIN/COMMIT around it); inside a caller's transaction block it is part of that."""
+        try:
+            with self._lock:
+                conn = self._db()
+                self.round_trips += 1
+                return conn.execute(sql, args).fetchone()
+        except psycopg.Error as exc:
+            raise StoreError(f"registry database: {_one_line(exc)[:120]}") from None
+
     def _all(self, sql: str, args: tuple[object, ...] = ()) -> list[tuple[Any, ...]]:
         with self._tx() as cur:
             cur.execute(sql, args)
@@ -183,7 +194,7 @@ class PgStore(SeqBatch):
 
     def _lookup(self, key: tuple[str, object], sql: str, args: tuple[object, ...]) -> ClientRecord | None:
         try:
-            return self._record(self._one(f"SELECT {_COLS} FROM clients WHERE {sql}", args))
+            return self._record(self._read(f"SELECT {_COLS} FROM clients WHERE {sql}", args))
         except StoreError:
             cached = self._cache.get(key)
             if cached is None:
