@@ -179,7 +179,8 @@ class DcDaemon:
             counter = counter_floor(db.with_name(db.name + ".counter"), block=DC_BLOCK)
         self.core = DcCore(cfg, self.store, loop.time(), seq_base=time.time_ns() // 1000, counter=counter)
         self.driver = CoreDriver(self.core, self.on_event, batch_reads=True, on_batch_start=self._begin_batch,
-                                 on_flush=self._commit)
+                                 on_flush=self._commit,
+                                 on_batch_read=self.store.prefetch if is_postgres(s.database) else None)
         self._summary_at = loop.time()
         await self.driver.start(s.port, host4=s.listen4, host6=s.listen6)
         self.probe_transports: dict[tuple[bool, int], asyncio.DatagramTransport] = {}
