@@ -585,7 +585,7 @@ def run_inner(nodes: int, paths: int, window: int, workdir: Path, log: Callable[
             "completed": done, "seconds": round(reg_s, 2), "per_s": round(done / reg_s) if reg_s else 0,
             "messages": sent1 + recv1, "messages_per_s": round((sent1 + recv1) / reg_s) if reg_s else 0,
             "p50_ms": round(percentile(lat_reg, 50) * 1000, 2), "p99_ms": round(percentile(lat_reg, 99) * 1000, 2),
-            "max_ms": round(max(lat_reg, default=0) * 1000, 2), "failures": failures[:5],
+            "max_ms": round(max(lat_reg, default=0) * 1000, 2), "failures": failures[:5], "failed": len(failures),
             "dc_registrations": st1["stats"].get("registrations", 0) - stats0.get("registrations", 0),
             "dc_registration_retransmits": st1["stats"].get("registration_retransmits", 0)
             - stats0.get("registration_retransmits", 0),
@@ -665,7 +665,7 @@ def run_inner(nodes: int, paths: int, window: int, workdir: Path, log: Callable[
             "messages": gen.sent - sent2 + gen.received - recv2,
             "messages_per_s": round((gen.sent - sent2 + gen.received - recv2) / path_s) if path_s else 0,
             "p50_ms": round(percentile(lat_path, 50) * 1000, 2), "p99_ms": round(percentile(lat_path, 99) * 1000, 2),
-            "max_ms": round(max(lat_path, default=0) * 1000, 2), "failures": pfail[:5],
+            "max_ms": round(max(lat_path, default=0) * 1000, 2), "failures": pfail[:5], "failed": len(pfail),
             "dc_paths_directed": st2["stats"].get("paths_directed", 0) - st2a["stats"].get("paths_directed", 0),
             "dc_direction_retransmits": st2["stats"].get("direction_retransmits", 0)
             - st2a["stats"].get("direction_retransmits", 0),
@@ -799,12 +799,13 @@ def run_compare(nodes: int, paths: int, window: int, replicas: int,
     load_mid = host_load()
     pgr = run_bench(nodes, paths, window, log, store="postgresql", replicas=replicas)
     sq_rate, pg_rate = sq["registration"]["per_s"], pgr["registration"]["per_s"]
+    # lost: neither completed nor refused with a status; twice: completed or counted more than once
+    reg, ph = pgr["registration"], pgr["paths_phase"]
     lost = {
-        "registrations": pgr["registration"]["completed"] != nodes
-        or pgr["registration"]["dc_registrations"] != nodes or pgr["registration"]["registered_twice"] != 0,
-        "paths": pgr["paths_phase"]["completed"] != max(paths - 1, 0)
-        or pgr["paths_phase"]["dc_paths_directed"] != pgr["paths_phase"]["completed"]
-        or pgr["paths_phase"]["ready_twice"] != 0,
+        "registrations": reg["completed"] + reg["failed"] != nodes or reg["dc_registrations"] != reg["completed"]
+        or reg["registered_twice"] != 0,
+        "paths": ph["completed"] + ph["failed"] != max(paths - 1, 0) or ph["dc_paths_directed"] != ph["completed"]
+        or ph["ready_twice"] != 0,
     }
     return {"nodes": nodes, "paths": paths, "window": window, "replicas": replicas, "sqlite": sq,
             "postgresql": pgr, "ratio": round(pg_rate / sq_rate, 3) if sq_rate else 0.0,
@@ -843,8 +844,11 @@ def compare_markdown(rep: dict[str, Any]) -> str:
         f"| DC CPU per registration (busy, cores) | {rs.get('dc_cpu_us_each')} µs ({rs.get('dc_cpu_busy')}) | "
         f"{rp.get('dc_cpu_us_each')} µs ({rp.get('dc_cpu_busy')}) | | |",
         f"| PostgreSQL CPU per registration (busy) | | {rp.get('db_cpu_us_each')} µs ({rp.get('db_cpu_busy')}) | | |",
-        f"| database round trips per registration (statements, transaction blocks) | | "
-        f"{rp.get('db_round_trips_each')} ({rp.get('db_statements_each')}, {rp.get('db_transactions_each')}) | | |",
+        f"| database round trips per registration = statements + 2 × transaction blocks | | "
+        f"{rp.get('db_round_trips_each')} = {rp.get('db_statements_each')} + 2 × "
+        f"{rp.get('db_transactions_each')} | | |",
+        f"| refused with a status (registrations, paths) | {rs.get('failed')}, {ps.get('failed')} | "
+        f"{rp.get('failed')}, {pp.get('failed')} | 0 | {ok(not rp.get('failed') and not pp.get('failed'))} |",
         f"| lost or applied twice | {'none' if rs.get('registered_twice') == 0 else 'some'} | "
         f"{'none' if nothing_lost else 'some: ' + json.dumps(lost)} | none | {ok(nothing_lost)} |",
         "",
