@@ -1,5 +1,6 @@
 """DC replicas in the lab (issue 17; topology ``replicas``, docs/lab.md): a.example served by two DC
-replicas (dca, dca2) on one real PostgreSQL server (host db).
+replicas (dca, dca2) on one real PostgreSQL server (host db). dca2 starts first, so its send-counter
+block is below dca's: mn's move to dca2 is the lower-block case (RECV_FLOOR, protocol.md).
 
 mn registered at dca reaches cn.b.example and www.gn.example; dca is killed with SIGKILL while a
 transfer runs through RS-N; mn re-registers at dca2 with the same VIPs within the documented bound,
@@ -113,6 +114,9 @@ def test_replica_killed_node_moves_transfer_survives_replica_returns(lab_factory
     s = session(lab, "dca2", "mn.a.example", 10)
     assert (s["vip4"], s["vip6"]) == vips
     print(f"mn re-registered at dca2 {moved:.1f} s after dca was killed")
+    # dca2 started first, so its counter block is below dca's: mn's RECV_FLOOR moved it above what mn
+    # had accepted from dca (else mn would drop dca2's answers as replays and never register).
+    assert dc_status(lab, "dca2")["stats"].get("counter_advanced", 0) >= 1
     assert transfer.wait(timeout=150) == 0, transfer.stderr.read() if transfer.stderr else ""
     assert os.path.getsize(out) == big.size and sha256(lab, "mn", out) == big.sha256
 
@@ -132,6 +136,9 @@ def test_replica_killed_node_moves_transfer_survives_replica_returns(lab_factory
     kill9(lab, dca2)
     st = registered_at(lab, "mn", DCA, FAILOVER)
     assert (st["vip4"], st["vip6"]) == vips
+    # gl has no NAT (the DC asks it for no keepalives) yet notices dca2's death too: a node with
+    # replicas keeps a liveness keepalive (REPLICA_LIVENESS_KEEPALIVE).
+    registered_at(lab, "gl", DCA, FAILOVER)
     s = session(lab, "dca", "mn.a.example", 10)
     assert (s["vip4"], s["vip6"]) == vips
     cp = lab.exec("mn", ["curl", "-sS", "-4", "-m", "60", "-o", "/dev/null", "-w", "%{http_code}",

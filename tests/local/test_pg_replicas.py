@@ -169,6 +169,22 @@ def test_send_counter_blocks_are_disjoint_across_replicas_and_restarts(stores: t
     assert len(set(seen)) == 1000 and first > max(seen)
 
 
+def test_a_replica_moves_its_counter_above_a_clients_floor_from_the_other(stores: tuple[PgStore, PgStore]) -> None:
+    """A client that accepted B's counters registers at A, whose block is lower (RECV_FLOOR): A takes
+    a fresh block, above every block ever given, so above the client's floor."""
+    a, b = stores
+    fa = a.counter_floor(block=64)
+    fb = b.counter_floor(block=64)
+    low = fa.take()
+    floor = fb.take()  # B's block is above A's
+    assert floor > low
+    assert fa.advance_past(floor)
+    nxt = fa.take()
+    assert nxt > floor
+    assert fa.advance_past(nxt - 1) and fa.take() == nxt + 1  # already above: no new block
+    assert not fa.advance_past(nxt + 10**12)  # beyond every block: one fresh block, and refused
+
+
 def test_database_down_gives_store_errors_and_service_resumes(server: PostgresServer,
                                                                stores: tuple[PgStore, PgStore]) -> None:
     a, b = stores

@@ -6,10 +6,13 @@ from __future__ import annotations
 
 from pathlib import Path
 
+import pytest
+
 from ntmobile.core.dc import DcConfig, DcCore
 from ntmobile.core.node import NodeConfig, NodeCore, Registered
 from ntmobile.core.registry import ClientRecord, MemoryStore, Pools
 from ntmobile.core.timing import REPLICA_FAILOVER_BOUND
+from ntmobile.crypto import CounterFloor
 from ntmobile.runtime.config import Credentials, DcSettings, ReplicaSettings, parse_replica
 from ntmobile.runtime.enroll import enroll
 from ntmobile.wire import Role
@@ -25,14 +28,14 @@ KEEPALIVE = DcSettings.model_fields["keepalive"].default
 POOLS = Pools("100.64.1.0/24", "fd00:6e74:1::/64", "100.127.0.0/16", "fd00:6e74:ff::/64")
 
 
-def test_node_fails_over_to_the_other_replica_within_the_bound_keeping_its_vips() -> None:
-    store = MemoryStore(POOLS)
-    rec = ClientRecord(b"\x01" * 8, "mn.a.example", Role.NODE, b"\x22" * 32)
-    store.add_client(rec)
-    secret = b"\x33" * 32
-    cfg = DcConfig("a.example", DC_ID, secret=secret, keepalive=KEEPALIVE)
-    dcs = {DC_A: DcCore(cfg, store, 0.0, seq_base=10**15, random_bytes=seeded_bytes(1)),
-           DC_B: DcCore(cfg, store, 0.0, seq_base=2 * 10**15, random_bytes=seeded_bytes(2))}
+_Times = list[tuple[float, tuple[str, int]]]
+_Vips = tuple[str | None, str | None] | None
+
+
+def _failover(store: MemoryStore, rec: ClientRecord, dcs: dict[tuple[str, int], DcCore], *,
+              local: tuple[str, int] = ("192.168.1.2", 7412)) -> tuple[NodeCore, _Times, float, _Vips]:
+    """Register the node at A, kill A just after a keepalive answer, run 60 s; return the node, its
+    registrations after the kill, the kill time and the VIPs before it."""
     node = NodeCore(NodeConfig(rec.name, rec.client_id, rec.psk, DC_ID, DC_A, dc_replicas=(DC_B,)), 0.0,
                     seq_base=10**12, random_bytes=seeded_bytes(3))
     alive = {DC_A, DC_B}
@@ -62,7 +65,7 @@ def test_node_fails_over_to_the_other_replica_within_the_bound_keeping_its_vips(
                 d.handle_timer(now)
         return now
 
-    node.register((("192.168.1.2", 7412),), 0.0)  # behind a NAT: the DC asks for keepalives
+    node.register((local,), 0.0)  # by default behind a NAT: the DC asks for keepalives
     now = run_until(30.0, 0.0)
     assert registered_at and registered_at[0][1] == DC_A
     # the worst moment: just after A answered a keepalive (a full interval before the next one)
@@ -72,12 +75,93 @@ def test_node_fails_over_to_the_other_replica_within_the_bound_keeping_its_vips(
     alive.discard(DC_A)  # replica A is killed (kill -9: silent)
     registered_at.clear()
     run_until(killed + 60.0, now)
+    return node, registered_at, killed, vips
+
+
+@pytest.mark.parametrize("b_block", ["above", "below"])
+def test_node_fails_over_to_the_other_replica_within_the_bound_keeping_its_vips(b_block: str) -> None:
+    """Replicas share the DC key and seal from disjoint counter blocks; B's block may be below A's,
+    beyond the node's replay window: the node's RECV_FLOOR makes B answer above what it accepted."""
+    store = MemoryStore(POOLS)
+    rec = ClientRecord(b"\x01" * 8, "mn.a.example", Role.NODE, b"\x22" * 32)
+    store.add_client(rec)
+    secret = b"\x33" * 32
+    cfg = DcConfig("a.example", DC_ID, secret=secret, keepalive=KEEPALIVE)
+    base_a, base_b = (10**15, 10**15 + 10**9) if b_block == "above" else (10**15 + 10**9, 10**15)
+    dcs = {DC_A: DcCore(cfg, store, 0.0, seq_base=base_a, random_bytes=seeded_bytes(1)),
+           DC_B: DcCore(cfg, store, 0.0, seq_base=base_b, random_bytes=seeded_bytes(2))}
+    node, registered_at, killed, vips = _failover(store, rec, dcs)
     assert registered_at, (dict(node.stats), node.config.dc_endpoint, node._dc.state)
     t, at = registered_at[0]
     print(f"failover took {t - killed:.1f} s")
     assert at == DC_B and t - killed <= REPLICA_FAILOVER_BOUND, t - killed
     assert node.registration is not None and (node.registration.vip4, node.registration.vip6) == vips
     assert node.stats["dc_failovers"] == 1
+    assert node.stats["drop_replay"] == 0
+    assert dcs[DC_B].stats["counter_advanced"] == (1 if b_block == "below" else 0)
+
+
+def test_a_node_with_no_nat_keeps_a_liveness_keepalive_and_fails_over() -> None:
+    """The DC asks a node with no NAT for no keepalives; with replicas the node keeps the default
+    interval anyway, so it notices its replica's death within the same bound."""
+    store = MemoryStore(POOLS)
+    rec = ClientRecord(b"\x01" * 8, "gl.a.example", Role.NODE, b"\x22" * 32)
+    store.add_client(rec)
+    cfg = DcConfig("a.example", DC_ID, secret=b"\x33" * 32, keepalive=KEEPALIVE)
+    dcs = {DC_A: DcCore(cfg, store, 0.0, seq_base=10**15, random_bytes=seeded_bytes(1)),
+           DC_B: DcCore(cfg, store, 0.0, seq_base=10**15 + 10**9, random_bytes=seeded_bytes(2))}
+    node, registered_at, killed, vips = _failover(store, rec, dcs, local=NODE_EP)
+    assert registered_at, dict(node.stats)
+    t, at = registered_at[0]
+    assert at == DC_B and t - killed <= REPLICA_FAILOVER_BOUND, t - killed
+    assert node.registration is not None and node.registration.keepalive == 0  # the DC asked for none
+    assert (node.registration.vip4, node.registration.vip6) == vips
+
+
+def test_without_the_floor_a_lower_replica_block_strands_the_node(monkeypatch: pytest.MonkeyPatch) -> None:
+    """What RECV_FLOOR fixes (the lab found it): B's answers fall below the node's replay window."""
+    monkeypatch.setattr(CounterFloor, "advance_past", lambda self, floor: False)
+    store = MemoryStore(POOLS)
+    rec = ClientRecord(b"\x01" * 8, "mn.a.example", Role.NODE, b"\x22" * 32)
+    store.add_client(rec)
+    cfg = DcConfig("a.example", DC_ID, secret=b"\x33" * 32, keepalive=KEEPALIVE)
+    dcs = {DC_A: DcCore(cfg, store, 0.0, seq_base=10**15 + 10**9, random_bytes=seeded_bytes(1)),
+           DC_B: DcCore(cfg, store, 0.0, seq_base=10**15, random_bytes=seeded_bytes(2))}
+    node, registered_at, _killed, _vips = _failover(store, rec, dcs)
+    assert not registered_at and node.stats["drop_replay"] > 0
+
+
+def test_a_floor_beyond_any_replica_counter_is_refused() -> None:
+    """An enrolled client cannot push the shared counter towards 2^64: a RECV_FLOOR above the wall
+    clock plus RECV_FLOOR_SLACK leaves the counter where it is (the client's answers stay below)."""
+    from ntmobile.core.dc.registration import RECV_FLOOR_SLACK
+    from ntmobile.crypto import Channel, long_term_keys
+    from ntmobile.wire import RegistrationRequest, SignalFlags
+
+    store = MemoryStore(POOLS)
+    rec = ClientRecord(b"\x01" * 8, "mn.a.example", Role.NODE, b"\x22" * 32)
+    store.add_client(rec)
+    dc = DcCore(DcConfig("a.example", DC_ID, secret=b"\x33" * 32), store, 0.0, seq_base=10**15,
+                random_bytes=seeded_bytes(1))
+    lt = Channel(long_term_keys(rec.psk, rec.client_id), rec.client_id)
+    eph = bytes(range(1, 33))
+    for i, floor in enumerate((10**15 + RECV_FLOOR_SLACK + 10**7, (1 << 64) - 1)):
+        before = dc.counter.next
+        msg = RegistrationRequest(role=Role.NODE, name=rec.name, ephemeral=eph, versions=(1, 1),
+                                  recv_floor=floor)
+        dc.receive_datagram(lt.seal(msg, txid=100 + i, flags=SignalFlags.LONG_TERM), NODE_EP, 1.0)
+        assert dc.stats["recv_floor_refused"] == i + 1
+        assert dc.counter.next <= before + 2  # only the answer's own counter was used
+    assert dc.stats["counter_advanced"] == 0
+
+
+def test_counter_floor_advances_past_a_floor_and_reserves_from_there() -> None:
+    reserved: list[int] = []
+    c = CounterFloor(100, reserved.append, block=10)
+    assert c.take() == 100 and reserved == [109]
+    assert c.advance_past(50) and c.take() == 101  # already above: unchanged
+    assert c.advance_past(1000) and c.take() == 1001 and reserved == [109, 1010]
+    assert not c.advance_past((1 << 64) - 1)
 
 
 def test_enrolled_credentials_list_the_replicas(tmp_path: Path) -> None:

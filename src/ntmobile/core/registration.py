@@ -32,7 +32,7 @@ from __future__ import annotations
 import enum
 import functools
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 from ntmobile.crypto import Channel, CounterFloor, Ephemeral, long_term_keys, session_keys
 from ntmobile.wire import (
@@ -152,6 +152,9 @@ class RegistrationClient:
         #: Keepalives lost in a row that end the session (SessionLost). A node with DC replicas sets
         #: 1: another replica is there to take it, so it moves at the first silence (issue 17).
         self.misses_allowed = KEEPALIVE_MISSES
+        #: Keepalive interval when the Registration Response asks for none (0: none). A node with DC
+        #: replicas sets one: it must notice its replica's death even with no NAT to keep open.
+        self.default_keepalive = policy.default_keepalive
         self.missed = 0
         self.backoff = REGISTRATION_BACKOFF_INITIAL
         self.observed: Endpoint | None = None
@@ -187,6 +190,9 @@ class RegistrationClient:
         self.ephemeral = Ephemeral(self._rand)
         self.reg_txid = txid = self._new_txid()
         msg = self._request_message(self.ephemeral.public)
+        top = self.long_term.window.top
+        if top > 0:  # DC replicas answer above what we have accepted (see RegistrationRequest.recv_floor)
+            msg = replace(msg, recv_floor=top)
         self._reg = self.core.send_request(self.long_term, msg, txid, self.endpoint, now, timeout=self.timeout,
                                            flags=SignalFlags.LONG_TERM,
                                            on_timeout=functools.partial(self._timed_out, txid))
@@ -275,7 +281,7 @@ class RegistrationClient:
         self.ephemeral = None
         self.backoff = REGISTRATION_BACKOFF_INITIAL
         self.missed = 0
-        self.keepalive = float(msg.keepalive) if msg.keepalive > 0 else self.policy.default_keepalive
+        self.keepalive = float(msg.keepalive) if msg.keepalive > 0 else self.default_keepalive
         self.observed = msg.observed
         self.nat = msg.nat
         self.registered_at = now

@@ -151,3 +151,6 @@ def relay_keepalive_timeout(interval: float) -> float:
 #: (KEEPALIVE_MISSES exchanges, given up within the interval), then a registration at the next
 #: replica. tests/unit/test_replica_failover.py measures it.
 REPLICA_FAILOVER_BOUND = 20.0
+#: Keepalive interval of a node with DC replicas whose DC asks for none (no NAT): the DC daemon's
+#: default interval, so such a node fails over within REPLICA_FAILOVER_BOUND too.
+REPLICA_LIVENESS_KEEPALIVE = 15.0

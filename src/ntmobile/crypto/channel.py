@@ -180,6 +180,17 @@ class CounterFloor:
         self.block = block
         self._persist = persist
 
+    def advance_past(self, floor: int) -> bool:
+        """Make every later counter greater than ``floor`` (a peer has accepted counters up to it under
+        this key from another holder of it). The caller bounds ``floor``. True: the next counter is
+        above it."""
+        if floor < self.next:
+            return True
+        if floor >= _MAX_SEQ:
+            return False
+        self.next = floor + 1  # take() reserves (persists) a block from there before using it
+        return True
+
     def take(self) -> int:
         n = self.next
         if n > self.ceiling:

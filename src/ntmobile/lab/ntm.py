@@ -108,13 +108,11 @@ def _as_service(kind: str, c: dict[str, Any], argv: list[str]) -> list[str]:
 
 
 def _wait_earlier_replicas(ctx: DaemonContext, replicas: list[str]) -> None:
-    """Start replicas one after the other: the replicas already started (earlier in the topology)
-    are up, hence hold their send-counter block, before this one takes its own (a higher one).
-
-    Why: the replicas share the DC key and a node keeps one replay floor for it, so a node that
-    fails over from a replica to one whose counter block is lower drops its answers as replays
-    (``drop_replay``) until that replica takes a fresh block (known issue, see the lab test). In
-    this order a node moving from an earlier replica to a later or restarted one is not affected."""
+    """Start replicas one after the other, in topology order: the replicas already started are up
+    before this one starts, so the first one creates the domain's identity in the database and each
+    later one takes a higher send-counter block. The order is deterministic, so a lab test knows
+    whether a failover goes to a lower block (topology ``replicas``: dca2 starts first, mn's move from
+    dca to dca2 goes to a lower one, which the node's RECV_FLOOR handles)."""
     from .lab import READY_TIMEOUT
 
     deadline = time.monotonic() + READY_TIMEOUT

@@ -377,6 +377,18 @@ class DbCounterFloor(CounterFloor):
         self._store = store
         self._name = name
 
+    def advance_past(self, floor: int) -> bool:
+        """A fresh block is above every block any replica ever got, so above anything a client can have
+        accepted from us or another replica: take one (once per call; a floor above it is bogus)."""
+        if floor < self.next:
+            return True
+        try:
+            lo, hi = self._store.reserve_counters(self._name, self.block)
+        except Exception:  # the database is away: answer from the current block (the client retries)
+            return False
+        self.next, self.ceiling = lo, hi
+        return floor < lo
+
     def take(self) -> int:
         if self.next > self.ceiling:
             try:

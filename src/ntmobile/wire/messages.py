@@ -49,6 +49,10 @@ class RegistrationRequest(Message):
     #: the client restarted (all its paths and counters are new), one with the same instance that it
     #: only registered again (handover, REREGISTER). The DC never hands a restarted client a path key.
     instance: bytes | None = _f(Attr.INSTANCE, Kind.ID8)
+    #: The highest counter the client has accepted under the DC's long-term key (its replay window's
+    #: top). DC replicas share that key and seal from disjoint counter blocks: a replica whose block
+    #: is below this value moves above it before it answers, or the client would drop the answer.
+    recv_floor: int | None = _f(Attr.RECV_FLOOR, Kind.U64)
 
 
 @dataclass(frozen=True, slots=True)

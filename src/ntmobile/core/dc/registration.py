@@ -29,6 +29,12 @@ if TYPE_CHECKING:
     from .core import DcCore
 
 
+#: How far above the wall clock (µs) a client's RECV_FLOOR may be for the DC to move its counter
+#: there: about 2.2 years, room for a clock stepped back and for reserved blocks, and never more than
+#: a 2^-18 share of the 64-bit space however often a client asks.
+RECV_FLOOR_SLACK = 1 << 46
+
+
 class Registration:
     """Answers Registration Requests on clients' long-term channels."""
 
@@ -56,6 +62,18 @@ class Registration:
             core.stats["registrations"] -= 1
             self._reject(lt, session.record, txid, addr, Status.STORAGE_ERROR, f"registry cannot be written: {error}")
 
+    def _advance_counter(self, floor: int, now: float) -> None:
+        """The client has accepted counters up to ``floor`` under our long-term key, from another
+        replica's block (replicas share the key): answer above it. A floor beyond the wall clock plus
+        RECV_FLOOR_SLACK was never sealed by a replica of ours (counters start at the wall clock in
+        µs), so it is refused: an enrolled client cannot push the shared counter towards its end."""
+        core = self._core
+        if floor > core.wall_us(now) + RECV_FLOOR_SLACK:
+            core.stats["recv_floor_refused"] += 1
+            return
+        ok = core.counter.advance_past(floor)
+        core.stats["counter_advanced" if ok else "recv_floor_refused"] += 1
+
     def _ephemeral(self, now: float) -> Ephemeral:
         eph = self._eph
         if eph is None or now - self._eph_at >= EPHEMERAL_LIFETIME or now < self._eph_at:
@@ -71,6 +89,8 @@ class Registration:
         msg = core._open(lt, header, data)
         if not isinstance(msg, RegistrationRequest):
             return
+        if msg.recv_floor is not None and msg.recv_floor >= core.counter.next:
+            self._advance_counter(msg.recv_floor, now)
         reg_tag = (header.txid << 64) | int.from_bytes(msg.ephemeral[:8], "big")
         old = core.clients.get(record.client_id)
         if old is not None and old.reg_tag == reg_tag:

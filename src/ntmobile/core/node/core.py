@@ -43,7 +43,14 @@ from ntmobile.wire.constants import SUPPORTED_VERSIONS
 from ..common import CoreBase, new_txid
 from ..registration import AttemptFailed, RegistrationClient, RegistrationPolicy, SessionLost, SessionUp
 from ..registration import Outcome as RegistrationOutcome
-from ..timing import EARLY_HOLD, MAPPING_PROBE_TIMEOUT, PATH_PROBE_TIMEOUT, REGISTRATION_TIMEOUT, node_keepalive_timeout
+from ..timing import (
+    EARLY_HOLD,
+    MAPPING_PROBE_TIMEOUT,
+    PATH_PROBE_TIMEOUT,
+    REGISTRATION_TIMEOUT,
+    REPLICA_LIVENESS_KEEPALIVE,
+    node_keepalive_timeout,
+)
 from .events import (
     DcProbed,
     NodeConfig,
@@ -90,6 +97,9 @@ class NodeCore(NodeLiveness):
             on_outcome=self._registration_outcome)
         if c.dc_replicas:
             self._dc.misses_allowed = 1  # a lost keepalive (retransmitted meanwhile): the next replica
+            # A node with no NAT gets no keepalive interval from the DC; with replicas it keeps one
+            # anyway, or it would not notice its replica's death (REPLICA_LIVENESS_KEEPALIVE).
+            self._dc.default_keepalive = REPLICA_LIVENESS_KEEPALIVE
         self.local_endpoints: tuple[Endpoint, ...] = ()
         self.registered = False
         self.registration: Registered | None = None
