@@ -12,7 +12,7 @@ from pathlib import Path
 
 import pytest
 
-from ntmobile.core.dc import DcConfig, DcCore
+from ntmobile.core.dc import DcConfig, DcCore, DirectionDecision
 from ntmobile.core.node import NodeConfig, NodeCore, PathFailed, PathReady
 from ntmobile.core.registry import ClientRecord, JoinRecord, Pools, StoreError
 from ntmobile.core.rs import DcLink, RsConfig
@@ -444,3 +444,46 @@ def test_prefetch_looks_up_a_batchs_registering_clients_in_one_round_trip(
     assert b._ahead == {}
     rec = a.get_client(ids[0])
     assert rec is not None and rec.last_seq == 50
+
+
+@pytest.mark.parametrize(("mover", "mn_nat", "cn_nat", "mode"), [
+    ("mn", "none", "none", PathMode.DIRECT),   # the asking side moves: dca re-directs through dcb
+    ("cn", "none", "none", PathMode.DIRECT),   # the answering side moves: dcb re-directs through dca
+    ("cn", "none", "cone", PathMode.DIRECT),   # cn behind a NAT moves to a global address
+    ("mn", "symmetric", "symmetric", PathMode.RS_S),  # relayed by rs1 (at dcb only); mn moves NATs
+])
+def test_a_path_between_replicas_is_redirected_after_a_move(stores: tuple[PgStore, PgStore], mover: str,
+                                                            mn_nat: str, cn_nat: str, mode: PathMode) -> None:
+    """mn (at dca) and cn (at dcb) share a path; one of them moves: its replica re-directs the path
+    through the other replica (a Peer Query with the path's ID and key), same Path ID, data flows."""
+    a, b = stores
+    w = _ReplicaWorld(a, b, mn_nat, cn_nat)
+    ready = w.connect(w.mn, "mn", "cn.a.example")
+    assert isinstance(ready, PathReady) and ready.path.mode is mode
+    pid = ready.path.path_id
+    PeerWorld.exchange_data(w, pid)  # type: ignore[arg-type]
+    node, dc = (w.mn, w.dca) if mover == "mn" else (w.cn, w.dcb)
+    queries = w.dca.stats["replica_queries_sent"] + w.dcb.stats["replica_queries_sent"]
+    failed = dc.stats["redirects_failed"]
+    hops: list[tuple[str, str]] = []
+    w.net.drop = lambda src, dst, _data: hops.append((src, dst)) is None and False
+    w.net.run_for(1.0)  # (a Peer Query is known by its path and timestamp: the move comes later)
+    new = ("192.0.2.61", 7412) if mover == "mn" else ("192.0.2.71", 7412)
+    w.net.nat_of.pop(mover, None)
+    if mode is PathMode.RS_S:  # into another symmetric NAT
+        new = ("10.3.0.10", 7412)
+        w.net.nat_of[mover] = Nat("symmetric", "192.0.2.102", "10.3.0.")
+    w.net.hosts[mover].addr = new
+    node.addresses_changed((new,), w.net.now)
+
+    asked = node.stats["redirects_requested"]
+    w.net.run_until(lambda: node.stats["redirects_requested"] > asked and not node._redirects, max_time=15)
+    decisions = w.net.events_of("dca" if mover == "mn" else "dcb", DirectionDecision)
+    assert node.stats["redirect_refused"] == 0 and node.stats["redirect_timeouts"] == 0, (
+        decisions[-1], dict(w.dcb.stats))
+    assert w.dca.stats["replica_queries_sent"] + w.dcb.stats["replica_queries_sent"] == queries + 1
+    assert dc.stats["redirects_failed"] == failed
+    assert ("dca", "cn") not in hops and ("dcb", "mn") not in hops, "a replica sent to a node it does not hold"
+    info = w.mn.path_info(pid)
+    assert info is not None and info.mode is mode
+    PeerWorld.exchange_data(w, pid)  # type: ignore[arg-type]

@@ -401,9 +401,10 @@ class Directions:
         self.hand_on(d, f)
         self.start_peer_setup(f, now)
 
-    def _at_replica(self, d: Asked, target: ClientRecord, now: float) -> bool:
+    def _at_replica(self, d: Asked | Redirect, target: ClientRecord, now: float) -> bool:
         """``target`` has no session here: if the registry names another replica of this DC as the
-        holder of its session, that replica is asked (a Peer Query) and directs it. True: asked."""
+        holder of its session, that replica is asked (a Peer Query; for a re-direction with the path's
+        ID and key) and directs it. True: asked."""
         core = self._core
         holder_of = getattr(core.store, "holder_of", None)  # (only the shared PostgreSQL registry has holders)
         if not core.config.replicas or holder_of is None:
@@ -416,6 +417,11 @@ class Directions:
         if holder is None or holder == core.config.replica_name:
             return False
         return core.peering.query_replica(d, holder, now)
+
+    def redirect_at_replica(self, r: Redirect, target: ClientRecord, now: float) -> bool:
+        """A re-direction of a path whose other node is registered at another replica (no session
+        here): that replica re-directs its node, as a peer DC would (True: asked)."""
+        return self._at_replica(r, target, now)
 
     def start_peer_setup(self, f: _PeerSetup, now: float) -> None:
         """Ask the relay (if the path is relayed), then tell the responder."""

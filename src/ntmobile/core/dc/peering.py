@@ -344,14 +344,20 @@ class Peering:
         q.rehellos = [core._call_at(now + delay, functools.partial(self._rehello, q, domain))
                       for delay in PEER_HELLO_RESEND]
 
-    def query_replica(self, f: Asked, holder: str, now: float) -> bool:
-        """``f``'s target is registered at the replica ``holder``: ask it (False: not a replica we know)."""
+    def query_replica(self, f: Asked | Redirect, holder: str, now: float) -> bool:
+        """``f``'s target is registered at the replica ``holder``: ask it (False: not a replica we know).
+        A re-direction asks with its path's ID and keys, as to a peer DC."""
         core = self._core
         peer = self.replicas.get(holder)
         if peer is None or peer.endpoint is None:
             return False
-        q = PeerQueryOut(f.node, f.txid, f.fqdn, f.started, f.evidence, dc=peer, endpoint=peer.endpoint,
-                         path_key=core._rand(32), relay_key=core._rand(32))
+        if isinstance(f, Redirect):
+            q = PeerQueryOut(f.node, f.txid, f.fqdn, f.started, f.evidence, dc=peer, endpoint=peer.endpoint,
+                             path_id=f.path_id, path_key=f.path_key, relay_key=f.relay_key, redirect=f)
+            move(f, S.DELEGATED)
+        else:
+            q = PeerQueryOut(f.node, f.txid, f.fqdn, f.started, f.evidence, dc=peer, endpoint=peer.endpoint,
+                             path_key=core._rand(32), relay_key=core._rand(32))
         core.directions.hand_on(f, q)
         q.evidence.append(f"{f.fqdn} is registered at replica {holder}: asked with a Peer Query")
         core.stats["replica_queries_sent"] += 1

@@ -96,6 +96,15 @@ class Redirects:
             core.directions.resolve(r, other_name)
             return
         peer = core.clients.get(target.client_id) if target is not None else None
+        if peer is None and target is not None:
+            # A node of this domain registered at another replica: that replica re-directs it (a Peer
+            # Query with this path's ID and key, as for another DC; a fresh relay key, §10).
+            r.path_key = rec.path_key
+            r.relay_key = core._rand(32)
+            r.evidence.append(f"re-direction of path {pid.hex()} with {other_name} (at another replica) after a "
+                              f"move: {name} {node.nat.name} at {node.endpoint}")
+            if core.directions.redirect_at_replica(r, target, now):
+                return
         if peer is None:
             fail(r, Status.PEER_UNREACHABLE, f"{other_name} is not registered")
             return
