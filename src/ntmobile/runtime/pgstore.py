@@ -7,8 +7,9 @@ is allocated inside a transaction that holds a PostgreSQL advisory lock:
 
 - VIPs (lock VIP_LOCK): the free address is chosen and written under the lock; ``vip4``/``vip6``
   are also UNIQUE, so even a bug could not commit one address twice.
-- GN VIPs (lock GN_LOCK, node): per node, chosen and inserted under the node's lock; the table's
-  keys (node, GN address) and (node, VIP) are unique.
+- GN VIPs: per node, the first free one inserted with ON CONFLICT DO NOTHING; the table's keys
+  (node, GN address) and (node, VIP) are unique, so of two replicas racing one inserts and the other
+  reads the winner's row and tries again (two round trips, no lock, no transaction block).
 - enrolments: ``redeem_join`` locks the token's row (SELECT ... FOR UPDATE) and marks it used in
   the transaction that inserts the client; names and client IDs are primary/unique keys.
 - replay floors: ``last_seq`` only ever rises (UPDATE ... WHERE last_seq < new; GREATEST in a
@@ -48,7 +49,8 @@ __all__ = ["DbCounterFloor", "PgStore", "is_postgres"]
 #: Advisory lock keys (first half of the two-int form).
 SCHEMA_LOCK = 17_000
 VIP_LOCK = 17_001
-GN_LOCK = 17_002
+#: Insert attempts for one GN VIP before giving up (each lost only to another replica's insert).
+GN_VIP_ATTEMPTS = 16
 
 SCHEMA = [
     """CREATE TABLE IF NOT EXISTS clients (
@@ -83,9 +85,6 @@ SCHEMA = [
 _ROLES = {int(r): r for r in Role}
 _COLS = "client_id, name, role, psk, vip4, vip6, last_seq"
 
-
-def _node_key(node_id: bytes) -> int:
-    return int.from_bytes(node_id[:4].ljust(4, b"\0"), "big", signed=True)
 
 
 class PgStore(SeqBatch):
@@ -156,6 +155,16 @@ class PgStore(SeqBatch):
         except psycopg.Error as exc:
             raise StoreError(f"registry database: {_one_line(exc)[:120]}") from None
 
+    def _rows(self, sql: str, args: tuple[object, ...]) -> list[tuple[Any, ...]]:
+        """``_read`` for several rows: one statement, one round trip, no transaction block."""
+        try:
+            with self._lock:
+                conn = self._db()
+                self.round_trips += 1
+                return conn.execute(sql, args).fetchall()
+        except psycopg.Error as exc:
+            raise StoreError(f"registry database: {_one_line(exc)[:120]}") from None
+
     def prefetch(self, datagrams: list[bytes]) -> None:
         """Look up, in one query, the clients that the batch's long-term signalling datagrams
         (Registration Requests) name as sender: the core's ``get_client`` for them then needs no
@@ -197,9 +206,18 @@ class PgStore(SeqBatch):
 
     # -- group commit (SeqBatch) ----------------------------------------------------------------
     def _write_seqs(self, rows: list[tuple[int, bytes]]) -> None:
-        with self._tx() as cur:
-            cur.executemany("UPDATE clients SET last_seq = GREATEST(last_seq, %s), holder = %s WHERE client_id = %s",
-                            [(seq, self.holder, cid) for seq, cid in rows])
+        """A batch's replay floors in one statement: in autocommit a single UPDATE is its own
+        transaction (all rows or none), one round trip with no BEGIN/COMMIT around it."""
+        seqs, ids = [seq for seq, _ in rows], [cid for _, cid in rows]
+        try:
+            with self._lock:
+                conn = self._db()
+                self.round_trips += 1
+                conn.execute("UPDATE clients AS c SET last_seq = GREATEST(c.last_seq, v.seq), holder = %s "
+                             "FROM unnest(%s::bigint[], %s::bytea[]) AS v(seq, cid) WHERE c.client_id = v.cid",
+                             (self.holder, seqs, ids))
+        except psycopg.Error as exc:
+            raise StoreError(f"registry database: {_one_line(exc)[:120]}") from None
 
     def _write_seq(self, client_id: bytes, seq: int) -> None:
         with self._tx() as cur:
@@ -278,22 +296,22 @@ class PgStore(SeqBatch):
         return vip4, vip6
 
     def gn_vip(self, node_id: bytes, gn_addr: str) -> str:
-        with self._tx() as cur:
-            cur.execute("SELECT gn_addr, vip FROM gn_vips WHERE node_id = %s", (node_id,))
-            rows = cur.fetchall()
+        """The node's VIP for ``gn_addr``, made on first use. Optimistic, two round trips and no
+        transaction block: read the node's mappings; if none is for ``gn_addr``, insert the first free
+        VIP with ON CONFLICT DO NOTHING (the table's keys make (node, GN address) and (node, VIP)
+        unique). A replica that lost a race to another (nothing inserted) reads again and gets the
+        winner's mapping, or the next free VIP."""
+        pool = VipPool.of(self.pools.gn_vip6 if ":" in gn_addr else self.pools.gn_vip4)
+        for _ in range(GN_VIP_ATTEMPTS):
+            rows = self._rows("SELECT gn_addr, vip FROM gn_vips WHERE node_id = %s", (node_id,))
             for addr, vip in rows:
                 if addr == gn_addr:
                     return str(vip)
-            cur.execute("SELECT pg_advisory_xact_lock(%s, %s)", (GN_LOCK, _node_key(node_id)))
-            cur.execute("SELECT gn_addr, vip FROM gn_vips WHERE node_id = %s", (node_id,))
-            rows = cur.fetchall()  # again, under the lock: another replica may have just added it
-            for addr, vip in rows:
-                if addr == gn_addr:
-                    return str(vip)
-            pool = self.pools.gn_vip6 if ":" in gn_addr else self.pools.gn_vip4
-            vip = VipPool.of(pool).first_free({r[1] for r in rows})
-            cur.execute("INSERT INTO gn_vips (node_id, gn_addr, vip) VALUES (%s,%s,%s)", (node_id, gn_addr, vip))
-        return vip
+            vip = pool.first_free({r[1] for r in rows})
+            if self._read("INSERT INTO gn_vips (node_id, gn_addr, vip) VALUES (%s,%s,%s) ON CONFLICT DO NOTHING "
+                          "RETURNING vip", (node_id, gn_addr, vip)) is not None:
+                return vip
+        raise StoreError(f"no GN VIP for {gn_addr}: {GN_VIP_ATTEMPTS} races lost in a row")
 
     # -- extras ----------------------------------------------------------------------------------
     def add_join(self, record: JoinRecord) -> None:

@@ -155,6 +155,9 @@ class DcCore(CoreBase):
             if session is not None:  # the common case needs no registry read
                 self._on_session(session, header, data, addr, now)
                 return
+        if header.sender in self.peering.replica_ids:  # another replica: no registry read (replicas.py)
+            self.peering.on_datagram(header, data, addr, now)
+            return
         record = self.store.get_client(header.sender)
         if record is None:
             if not self.peering.on_datagram(header, data, addr, now):

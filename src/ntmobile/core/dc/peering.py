@@ -110,6 +110,9 @@ class Peering:
         self._hello_limit = RateLimiter(*PEER_HELLO_RATE, *PEER_HELLO_GLOBAL_RATE)
         #: The other replicas of this DC, by their "address:port" (docs/architecture.md, "DC replicas").
         self.replicas: dict[str, PeerDc] = {}
+        #: The other replicas' IDs (derived from our own secret, so no client or peer DC chooses one):
+        #: their datagrams go to the replica channel without a registry look-up.
+        self.replica_ids: set[bytes] = set()
         self._replica_setup()
 
     def _replica_setup(self) -> None:
@@ -131,6 +134,7 @@ class Peering:
                           domains={c.domain, *c.extra_domains})
             self.replicas[name] = peer
             self._by_id[rid] = peer
+            self.replica_ids.add(rid)
             self._core.replica_relays.add(name, peer, 0.0)
 
     def _peer_for_key(self, key: bytes) -> PeerDc | None:
