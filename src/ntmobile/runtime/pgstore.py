@@ -144,26 +144,26 @@ class PgStore(SeqBatch):
             cur.execute(sql, args)
             return cur.fetchone()
 
-    def _read(self, sql: str, args: tuple[object, ...]) -> tuple[Any, ...] | None:
-        """One read-only statement, one round trip: in autocommit it is its own transaction (no
-        BEGIN/COMMIT around it); inside a caller's transaction block it is part of that."""
+    def _rows(self, sql: str, args: tuple[object, ...], *, one: bool = False) -> list[tuple[Any, ...]]:
+        """One statement, one round trip: in autocommit it is its own transaction (no BEGIN/COMMIT
+        around it; a single statement is atomic); inside a caller's transaction block it is part of
+        that. Its rows (``one``: at most the first)."""
         try:
             with self._lock:
                 conn = self._db()
                 self.round_trips += 1
-                return conn.execute(sql, args).fetchone()
+                cur = conn.execute(sql, args)
+                if cur.description is None:
+                    return []
+                row = cur.fetchone() if one else None
+                return ([] if row is None else [row]) if one else cur.fetchall()
         except psycopg.Error as exc:
             raise StoreError(f"registry database: {_one_line(exc)[:120]}") from None
 
-    def _rows(self, sql: str, args: tuple[object, ...]) -> list[tuple[Any, ...]]:
-        """``_read`` for several rows: one statement, one round trip, no transaction block."""
-        try:
-            with self._lock:
-                conn = self._db()
-                self.round_trips += 1
-                return conn.execute(sql, args).fetchall()
-        except psycopg.Error as exc:
-            raise StoreError(f"registry database: {_one_line(exc)[:120]}") from None
+    def _read(self, sql: str, args: tuple[object, ...]) -> tuple[Any, ...] | None:
+        """``_rows`` for one row (or None)."""
+        rows = self._rows(sql, args, one=True)
+        return rows[0] if rows else None
 
     def prefetch(self, datagrams: list[bytes]) -> None:
         """Look up, in one query, the clients that the batch's long-term signalling datagrams
@@ -208,16 +208,9 @@ class PgStore(SeqBatch):
     def _write_seqs(self, rows: list[tuple[int, bytes]]) -> None:
         """A batch's replay floors in one statement: in autocommit a single UPDATE is its own
         transaction (all rows or none), one round trip with no BEGIN/COMMIT around it."""
-        seqs, ids = [seq for seq, _ in rows], [cid for _, cid in rows]
-        try:
-            with self._lock:
-                conn = self._db()
-                self.round_trips += 1
-                conn.execute("UPDATE clients AS c SET last_seq = GREATEST(c.last_seq, v.seq), holder = %s "
-                             "FROM unnest(%s::bigint[], %s::bytea[]) AS v(seq, cid) WHERE c.client_id = v.cid",
-                             (self.holder, seqs, ids))
-        except psycopg.Error as exc:
-            raise StoreError(f"registry database: {_one_line(exc)[:120]}") from None
+        self._rows("UPDATE clients AS c SET last_seq = GREATEST(c.last_seq, v.seq), holder = %s "
+                   "FROM unnest(%s::bigint[], %s::bytea[]) AS v(seq, cid) WHERE c.client_id = v.cid",
+                   (self.holder, [seq for seq, _ in rows], [cid for _, cid in rows]))
 
     def _write_seq(self, client_id: bytes, seq: int) -> None:
         with self._tx() as cur:
