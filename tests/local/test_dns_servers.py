@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import asyncio
 import socket
+from collections.abc import Callable
 
 from ntmobile.core.common import AMPLIFICATION_MAX
 from ntmobile.runtime import stub
@@ -92,3 +93,46 @@ def test_the_dns_stub_holds_a_bounded_number_and_volume_of_queries() -> None:
     assert peak_bytes <= stub.PENDING_BYTES and peak_tasks == stub.PENDING_BYTES // stub.MAX_QUERY
     assert tcp_open == stub.MAX_TCP
     assert dropped == 50 + (600 - peak_tasks) + 20
+
+
+def test_the_stubs_held_handler_answers_later_within_the_same_limits() -> None:
+    """The synchronous held handler (the node's tunnelled lookups): what it takes is answered when it
+    calls back, counts in the same MAX_PENDING / PENDING_BYTES books until then, and what it declines
+    (or fails on) goes to the async handler."""
+    async def main() -> None:
+        callbacks: list[Callable[[bytes | None], None]] = []
+
+        def held(wire: bytes, send: Callable[[bytes | None], None]) -> bool:
+            if wire.startswith(b"boom"):
+                raise RuntimeError("handler bug")
+            if not wire.startswith(b"hold"):
+                return False
+            callbacks.append(send)
+            return True
+
+        async def handler(wire: bytes, tcp: bool) -> bytes | None:
+            return b"async:" + wire
+
+        srv = stub.StubServer(handler, held)
+        await srv.start("127.0.0.1", 0)
+        assert srv.udp is not None
+        port = srv.udp.get_extra_info("sockname")[1]
+        rx = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+        rx.bind(("127.0.0.1", 0))
+        rx.setblocking(False)
+        loop = asyncio.get_running_loop()
+        try:
+            for q in (b"hold 1......", b"plain 2.....", b"boom 3......"):
+                rx.sendto(q, ("127.0.0.1", port))
+            got = {await asyncio.wait_for(loop.sock_recv(rx, 512), 5) for _ in range(2)}
+            assert got == {b"async:plain 2.....", b"async:boom 3......"}
+            assert srv.held == 1 and srv.pending_bytes == 12 and srv.errors == 1
+            callbacks[0](b"answer 1")
+            callbacks[0](b"again")  # a second call is ignored
+            assert await asyncio.wait_for(loop.sock_recv(rx, 512), 5) == b"answer 1"
+            assert srv.held == 0 and srv.pending_bytes == 0
+        finally:
+            rx.close()
+            await srv.close()
+
+    asyncio.run(main())

@@ -13,7 +13,7 @@ import signal
 import socket
 import time
 from collections import Counter
-from collections.abc import Awaitable
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -59,6 +59,7 @@ from .driver import CoreDriver
 from .hostdns import HostDns, take_host_dns
 from .metrics import DriverCollector, Metrics, MetricsServer, NodeParts, metrics_status, node_families, open_metrics
 from .stub import StubServer
+from .stubanswer import vip_answer
 
 log = logging.getLogger("ntm.node")
 
@@ -71,11 +72,18 @@ UPSTREAM_TIMEOUT = 2.0
 
 @dataclass
 class _Held:
-    """An application's DNS query held until its tunnel is ready."""
+    """An application's DNS query held until its tunnel is ready; ``send`` takes the answer (once)."""
 
     query: dns.message.Message
-    reply: asyncio.Future[bytes | None]
+    wire: bytes
+    send: Callable[[bytes | None], None]
     qtype: int
+    done: bool = False
+
+    def answer(self, wire: bytes | None) -> None:
+        if not self.done:
+            self.done = True
+            self.send(wire)
 
 
 @dataclass
@@ -153,7 +161,7 @@ class NodeDaemon:
                                  on_learn=errors.guard("on_learn", self.on_learn))
         self.udpio.start(loop, self.driver.transports.values())
         loop.add_reader(self.tun.fileno(), errors.guard("TUN read", self.fwd.on_tun_readable))
-        self.stub = stub = StubServer(self.on_dns_query)
+        self.stub = stub = StubServer(self.on_dns_query, self.on_dns_query_held)
         await stub.start(s.dns_listen, s.dns_port)
         try:
             self.host_dns = take_host_dns(s.dns_integration, stub=s.dns_listen, tun=self.tun.name,
@@ -480,6 +488,11 @@ class NodeDaemon:
         if self.driver.trace is not None:
             self.driver.trace.mark("path-ready", name=p.peer_name, mode=p.mode.name)
         self.paths[p.path_id] = p
+        for rid in ev.request_ids:  # the held lookups first: their answers are the set-up's latency
+            lk = self.lookups.pop(rid, None)
+            if lk is not None:
+                for h in lk.held:
+                    self.answer_vips(h, p)
         vips = [v for v in (p.peer_vip4, p.peer_vip6) if v]
         if p.peer_name:
             for v in vips:
@@ -492,11 +505,6 @@ class NodeDaemon:
                      f" (traversal: {tr['status']}, endpoint {p.endpoint})" if tr else "")
         self._answered(ev.request_ids, p.mode.name)
         self._wake(ev.request_ids, p)
-        for rid in ev.request_ids:
-            lk = self.lookups.pop(rid, None)
-            if lk is not None:
-                for h in lk.held:
-                    self.answer_vips(h, p)
 
     # -- data plane hooks ---------------------------------------------------------------------------
     def on_datagram(self, data: bytes, addr: tuple[str, int]) -> bool:
@@ -525,6 +533,46 @@ class NodeDaemon:
         self.driver.flush()
 
     # -- DNS stub ---------------------------------------------------------------------------------
+    def _tunnel_query(self, wire: bytes) -> tuple[dns.message.Message, bytes, str, int] | None:
+        """The query, its name and type if it is one the node answers from a tunnel (else None)."""
+        try:
+            q = dns.message.from_wire(wire)
+        except Exception:
+            return None
+        if q.flags & dns.flags.QR or not q.question:
+            return None
+        question = q.question[0]
+        qname = question.name.to_text()
+        if not self.stub_policy.wants_tunnel(qname, question.rdtype):
+            return None
+        return q, wire, qname, question.rdtype
+
+    def _hold(self, q: dns.message.Message, wire: bytes, qname: str, qtype: int,
+              send: Callable[[bytes | None], None]) -> None:
+        """Hold ``q`` until its tunnel is ready (or fails): the lookup starts now."""
+        tr = self.driver.trace
+        if tr is not None:
+            tr.mark("dns-query", name=qname)
+
+            def traced(reply: bytes | None, send: Callable[[bytes | None], None] = send) -> None:
+                tr.mark("dns-answer", name=qname)
+                send(reply)
+            send = traced
+        rid = self.request_path(normalize(qname))
+        self.dns_holds += 1
+        self.lookups.setdefault(rid, _Lookup(qname)).held.append(_Held(q, wire, send, qtype))
+        self.driver.flush()
+
+    def on_dns_query_held(self, wire: bytes, send: Callable[[bytes | None], None]) -> bool:
+        """The stub's synchronous look at a UDP query (stub.HeldHandler): a tunnelled name is held
+        here and answered by ``send`` from the event that ends its lookup; anything else goes to
+        ``on_dns_query``."""
+        got = self._tunnel_query(wire)
+        if got is None:
+            return False
+        self._hold(*got, send)
+        return True
+
     async def on_dns_query(self, wire: bytes, tcp: bool) -> bytes | None:
         try:
             q = dns.message.from_wire(wire)
@@ -534,38 +582,31 @@ class NodeDaemon:
             return None  # a response is not a query (and cannot be answered): drop it
         if not q.question:
             return _response(q, dns.rcode.FORMERR).to_wire()
-        question = q.question[0]
-        qtype = question.rdtype
-        qname = question.name.to_text()
-        tr = self.driver.trace
-        if tr is not None:
-            tr.mark("dns-query", name=qname)
-        if self.stub_policy.wants_tunnel(qname, qtype):
+        got = self._tunnel_query(wire)
+        if got is not None:
             fut: asyncio.Future[bytes | None] = asyncio.get_running_loop().create_future()
-            held = _Held(q, fut, qtype)
-            rid = self.request_path(normalize(qname))
-            self.dns_holds += 1
-            self.lookups.setdefault(rid, _Lookup(qname)).held.append(held)
-            self.driver.flush()
-            reply = await fut
-            if tr is not None:
-                tr.mark("dns-answer", name=qname)
-            return reply
+
+            def settle(reply: bytes | None) -> None:
+                if not fut.done():  # (the TCP client may have gone: the future cancelled)
+                    fut.set_result(reply)
+            self._hold(*got, settle)
+            return await fut
         return await self.forward_upstream(wire, tcp)
 
     def answer_vips(self, h: _Held, p: PathInfo) -> None:
-        r = _response(h.query, dns.rcode.NOERROR)
         vip = p.peer_vip4 if h.qtype == dns.rdatatype.A else p.peer_vip6
+        fast = vip_answer(h.wire, vip or None, ANSWER_TTL)
+        if fast is not None:
+            h.answer(fast)
+            return
+        r = _response(h.query, dns.rcode.NOERROR)
         if vip:
             r.answer.append(dns.rrset.from_text(h.query.question[0].name, ANSWER_TTL, "IN",
                                                 dns.rdatatype.to_text(dns.rdatatype.RdataType(h.qtype)), vip))
-        if not h.reply.done():
-            h.reply.set_result(r.to_wire())
+        h.answer(r.to_wire())
 
     def answer_failure(self, h: _Held, status: Status) -> None:
-        rcode = failure_rcode(status)
-        if not h.reply.done():
-            h.reply.set_result(_response(h.query, rcode).to_wire())
+        h.answer(_response(h.query, failure_rcode(status)).to_wire())
 
     def reload(self, config: Path) -> None:
         """SIGHUP: take the reloadable settings (NODE_RELOADABLE) from the file; say which others changed
@@ -627,8 +668,7 @@ class NodeDaemon:
             self.fallback_stats["ntm_peer_refused"] += 1
         else:
             self.fallback_stats[result.outcome.value] += 1
-        if not h.reply.done():
-            h.reply.set_result(r.to_wire())
+        h.answer(r.to_wire())
 
     async def forward_upstream(self, wire: bytes, tcp: bool) -> bytes | None:
         loop = asyncio.get_running_loop()

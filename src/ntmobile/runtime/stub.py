@@ -15,6 +15,11 @@ from . import dnsclasses  # noqa: F401  (dnspython's IN rdata classes before any
 log = logging.getLogger(__name__)
 
 AsyncHandler = Callable[[bytes, bool], Awaitable[bytes | None]]
+#: Optional synchronous first look at a UDP query: True when the handler took it and will call the
+#: callback once with the answer (None: no answer), later or at once; False: the query goes to the
+#: async handler. The tunnelled lookups the node holds take this way: no task, no future, and the
+#: answer leaves in the same call that learns the tunnel is ready.
+HeldHandler = Callable[[bytes, Callable[[bytes | None], None]], bool]
 #: Queries held at once (a tunnelled lookup waits for its path, up to core.timing.DIRECTION_TIMEOUT).
 MAX_PENDING = 4096
 #: Largest query taken (UDP or TCP): a question and an OPT record need far less. What any local
@@ -38,11 +43,48 @@ class _Udp(asyncio.DatagramProtocol):
         srv = self.server
         srv.received += 1
         n = len(data)
-        if len(srv.tasks) >= MAX_PENDING or n > MAX_QUERY or srv.pending_bytes + n > PENDING_BYTES:
+        if len(srv.tasks) + srv.held >= MAX_PENDING or n > MAX_QUERY or srv.pending_bytes + n > PENDING_BYTES:
             srv.dropped += 1
+            return
+        if srv.held_handler is not None and self._held(data, addr, n):
             return
         task = asyncio.get_running_loop().create_task(self._answer(data, addr))
         srv.hold(task, n)
+
+    def _held(self, data: bytes, addr: tuple[Any, ...], n: int) -> bool:
+        """Offer the query to the synchronous held handler; True if it took it."""
+        srv = self.server
+        assert srv.held_handler is not None
+        srv.held += 1
+        srv.pending_bytes += n
+        answered = False
+
+        def reply(wire: bytes | None) -> None:
+            nonlocal answered
+            if answered:
+                return
+            answered = True
+            srv.held -= 1
+            srv.pending_bytes -= n
+            self._send(wire, data, addr)
+
+        try:
+            taken = srv.held_handler(data, reply)
+        except Exception:
+            srv.errors += 1
+            log.exception("DNS handler failed")
+            taken = False
+        if not taken and not answered:
+            answered = True
+            srv.held -= 1
+            srv.pending_bytes -= n
+        return taken
+
+    def _send(self, reply: bytes | None, query: bytes, addr: tuple[Any, ...]) -> None:
+        if reply is not None and self.transport is not None:
+            if len(reply) > 512 and not _has_edns(query):
+                reply = _truncate(reply)
+            self.transport.sendto(reply, addr)
 
     async def _answer(self, data: bytes, addr: tuple[Any, ...]) -> None:
         try:
@@ -51,10 +93,7 @@ class _Udp(asyncio.DatagramProtocol):
             self.server.errors += 1
             log.exception("DNS handler failed")
             return
-        if reply is not None and self.transport is not None:
-            if len(reply) > 512 and not _has_edns(data):
-                reply = _truncate(reply)
-            self.transport.sendto(reply, addr)
+        self._send(reply, data, addr)
 
 
 def _has_edns(query: bytes) -> bool:
@@ -75,8 +114,11 @@ def _truncate(reply: bytes) -> bytes:
 
 
 class StubServer:
-    def __init__(self, handler: AsyncHandler) -> None:
+    def __init__(self, handler: AsyncHandler, held_handler: HeldHandler | None = None) -> None:
         self.handler = handler
+        self.held_handler = held_handler
+        #: UDP queries the held handler took and has not answered yet.
+        self.held = 0
         self.tasks: set[asyncio.Task[None]] = set()
         self.received = 0  # UDP queries read (each is answered, held, or counted in dropped/errors)
         self.dropped = 0  # over MAX_PENDING / MAX_QUERY / PENDING_BYTES / MAX_TCP
