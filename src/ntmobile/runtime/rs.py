@@ -101,7 +101,8 @@ class RsDaemon:
         # After translation the kernel drops what the core refuses too (and every local address).
         policy = self.core.targets
         self.nat = RsNatTable(s.nft_table, self.tun.name, s.vip4_ranges, s.vip6_ranges, helpers=s.helpers,
-                              refuse=[str(n) for v in (4, 6) for n in policy.refused_networks(v)])
+                              refuse=[str(n) for v in (4, 6) for n in policy.refused_networks(v)],
+                              snat4=s.snat4, snat6=s.snat6)
         self.nat.apply()
         self.driver = CoreDriver(self.core, self.on_event, on_flush=self.flush_tun)
         self.fast = FastPaths(self.core, RsFastTable(f"{s.nft_table}_fast", s.port, s.address, s.address6),
