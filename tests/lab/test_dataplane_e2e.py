@@ -30,7 +30,11 @@ PEERS = {"gl": ("gl.a.example", "DIRECT"), "gn": ("iperf.gn.example", "RS_N"), "
 
 
 def topology(offload: dict[str, bool], loss_percent: float | None = None) -> Topology:
+    """One DC (dca) for mn, gl and cn, one relay (rs1). NAT traversal off: the mn <-> cn path stays
+    RS_S, the relayed data plane under test (tests/lab/test_traversal.py tests the punched one)."""
     t = load_topology("nat").with_host("dcb", daemons=[]).with_host("rs2", daemons=[])
+    dca = t.host("dca").daemons[0]
+    t = t.with_host("dca", daemons=[DaemonSpec(kind="dc", config={**dca.config, "traversal": False})])
     t = t.with_host("rs1", daemons=[DaemonSpec(kind="rs", config={"dcs": ["dca"], "offload": offload["rs1"]})])
     for host in ("gl", "mn", "cn"):
         t = t.with_host(host, daemons=[DaemonSpec(kind="node", config={

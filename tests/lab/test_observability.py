@@ -11,6 +11,7 @@ from typing import Any
 import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
+from ntmobile.cli.node import mode_text
 from ntmobile.lab import Lab
 
 from .conftest import LabFactory, wait_for
@@ -117,5 +118,5 @@ def test_metrics_ping_netcheck_and_status_in_the_nat_lab(lab_factory: LabFactory
     assert max(len(line) for line in out.splitlines()) <= 80, out
     assert st["paths"]
     for p in st["paths"]:
-        assert str(p["peer"]) in out and p["mode"] + (f" via {p['rs']}" if p["rs"] else "") in out, out
+        assert str(p["peer"]) in out and mode_text(p) in out, out
     assert st["stats"]["rx_bytes"] >= size and st["metrics"]["scrapes"] >= 2 and st["metrics"]["serving"]

@@ -83,8 +83,10 @@ def test_daemons_work_with_only_their_units_capabilities_and_sigterm_leaves_host
     got = lab.exec("mn", ["bash", "-c", "curl -sS -4 -m 60 http://www.gn.example/big.bin | sha256sum"], timeout=90)
     assert got.stdout.split()[0] == big.sha256
     lab.exec("mn", ["ping", "-c", "2", "-W", "5", "cn.b.example"], timeout=30)
-    modes = {p["peer"]: p["mode"] for p in status(lab)["paths"]}
-    assert modes.get("www.gn.example") == "RS_N" and modes.get("cn.b.example") == "RS_S", modes
+    modes = {p["peer"]: p["mode"] + ("/punched" if (p.get("traversal") or {}).get("state") == "direct" else "")
+             for p in status(lab)["paths"]}
+    # (cn's path starts RS_S and may be punched to DIRECT by NAT traversal by now: issue 16.)
+    assert modes.get("www.gn.example") == "RS_N" and modes.get("cn.b.example") in ("RS_S", "DIRECT/punched"), modes
     # SIGTERM every daemon; afterwards no host has a TUN, a route into one, or an nft table of ours left.
     tables = lab.exec("rs1", ["nft", "list", "tables"]).stdout
     assert "ntm_rs" in tables, tables  # (the relay's RS-N table, there while it runs)

@@ -13,12 +13,14 @@ from pathlib import Path
 import pytest
 
 from ntmobile.core.dc import DcConfig, DcCore
-from ntmobile.core.node import NodeConfig, NodeCore
+from ntmobile.core.node import NodeConfig, NodeCore, PathFailed, PathReady
 from ntmobile.core.registry import ClientRecord, JoinRecord, Pools, StoreError
+from ntmobile.core.rs import DcLink, RsConfig
 from ntmobile.lab.postgres import PostgresServer, pg_bindir
 from ntmobile.runtime.pgstore import PgStore
-from ntmobile.wire import Role, Status, parse_signal_header
-from tests.unit.harness import seeded_bytes
+from ntmobile.wire import PathMode, Role, Status, parse_signal_header
+from tests.unit.harness import TEST_NETS, Nat, NatNet, ProbeSocket, World, seeded_bytes
+from tests.unit.test_dc_peering import World as PeerWorld
 
 POOLS = Pools("100.64.1.0/24", "fd00:6e74:1::/64", "100.127.0.0/16", "fd00:6e74:ff::/64")
 
@@ -255,3 +257,140 @@ def test_two_dc_cores_share_identity_vips_and_replay_floors(stores: tuple[PgStor
     node_d = _node(rec, dcb.config.dc_id, DC_B, 4)
     status, _ = _register(dcb, node_d, DC_B, 5.0)
     assert status == Status.OK and node_d.registered and (node_d.registration.vip4, node_d.registration.vip6) == vips
+
+
+# -- directions between nodes registered at different replicas ----------------------------------
+
+REP_A, REP_B = ("192.0.2.10", 7410), ("192.0.2.12", 7410)
+REPLICAS = ("192.0.2.10:7410", "192.0.2.12:7410")
+REP_RS = ("192.0.2.20", 7411)
+#: One wall clock for both replicas (Peer Query timestamps are checked against it).
+REP_CLOCK = 1_800_000_000_000_000
+
+
+class _ReplicaWorld(World):
+    """Replicas dca (192.0.2.10) and dcb (192.0.2.12) of a.example on one PostgreSQL registry, with
+    probe sockets; mn registered at dca, cn at dcb, relay rs1 at dcb only."""
+
+    def __init__(self, a: PgStore, b: PgStore, mn_nat: str, cn_nat: str, *, replicas: tuple[str, ...] = REPLICAS,
+                 relay: bool = True) -> None:
+        super().__init__(nat=True, seq_base=REP_CLOCK)
+        self.mn_rec = ClientRecord(b"\x01" * 8, "mn.a.example", Role.NODE, b"\x11" * 32)
+        self.cn_rec = ClientRecord(b"\x03" * 8, "cn.a.example", Role.NODE, b"\x33" * 32)
+        self.rs_rec = ClientRecord(b"\x02" * 8, "rs1", Role.RELAY, b"\x22" * 32)
+        for rec in (self.mn_rec, self.cn_rec, self.rs_rec):
+            a.add_client(rec)
+        dc_id, secret = a.identity()
+        for host, ep, store, seed in (("dca", REP_A, a, 100), ("dcb", REP_B, b, 200)):
+            store.holder = f"{ep[0]}:{ep[1]}"
+            cfg = DcConfig("a.example", dc_id, secret=secret, probe=((ep[0], 7413),), address=ep[0], port=ep[1],
+                           replicas=replicas, rsn_allow=TEST_NETS)
+            dc = DcCore(cfg, store, self.net.now, seq_base=REP_CLOCK, counter=store.counter_floor(block=1024),
+                        random_bytes=seeded_bytes(seed))
+            self._add_dc_core(host, dc, ep)
+        if relay:
+            link = DcLink(dc_id, REP_B, self.rs_rec.psk)
+            self.add_relay("rs", RsConfig("rs1", self.rs_rec.client_id, [link], local_endpoints=[REP_RS],
+                                          rsn_allow=TEST_NETS), REP_RS, seed=3).register(self.net.now)
+        for host, rec, ep, kind, lan, pub, seed in (("mn", self.mn_rec, REP_A, mn_nat, "10.1.0.", "192.0.2.100", 4),
+                                                    ("cn", self.cn_rec, REP_B, cn_nat, "10.2.0.", "192.0.2.101", 5)):
+            addr = ("192.0.2.60" if host == "mn" else "192.0.2.70", 7412) if kind == "none" else (lan + "10", 7412)
+            nat = None if kind == "none" else Nat(kind, pub, lan)
+            node = self.add_node(host, NodeConfig(rec.name, rec.client_id, rec.psk, dc_id, ep), addr, nat=nat,
+                                 seed=seed)
+            node.register((addr,), self.net.now)
+        self.net.run_until(lambda: self.mn.registered and self.cn.registered
+                           and (bool(self.dcb.relays()) or not relay))
+        self.net.run_for(3)  # the probes classify both nodes' NATs
+
+    def _add_dc_core(self, host: str, dc: DcCore, ep: tuple[str, int]) -> None:
+        probe = dc.config.probe[0]
+        assert isinstance(self.net, NatNet)
+        ps, fs = ProbeSocket(dc), ProbeSocket(dc)
+        self.net.add(host + "-probe", ps, probe)
+        self.net.probe_of[host] = ps
+        self.net.add(host + "-filter", fs, (probe[0], probe[1] + 1))
+        self.net.filter_of[host] = fs
+        self.net.add(host, dc, ep)
+
+
+@pytest.mark.parametrize(("mn_nat", "cn_nat", "mode"), [
+    ("none", "cone", PathMode.DIRECT),      # an NTM-peer route, no relay
+    ("cone", "cone", PathMode.RS_S),        # relayed by rs1, registered at the other replica only
+])
+def test_nodes_on_different_replicas_are_directed_by_a_peer_query(stores: tuple[PgStore, PgStore], mn_nat: str,
+                                                                  cn_nat: str, mode: PathMode) -> None:
+    a, b = stores
+    w = _ReplicaWorld(a, b, mn_nat, cn_nat)
+    assert a.holder_of(w.cn_rec.client_id) == "192.0.2.12:7410"
+    assert w.dca.session(w.cn_rec.client_id) is None  # dca holds no session for cn: it must not direct it
+    hops: list[tuple[str, str]] = []
+    w.net.drop = lambda src, dst, _data: hops.append((src, dst)) is None and False
+    ready = w.connect(w.mn, "mn", "cn.a.example")
+    assert isinstance(ready, PathReady), ready
+    assert ready.path.mode is mode and ready.path.peer_name == "cn.a.example"
+    assert ready.path.peer_vip4 == a.get_client(w.cn_rec.client_id).vip4  # type: ignore[union-attr]
+    assert w.dca.stats["replica_queries_sent"] == 1 and w.dcb.stats["peer_queries"] == 1
+    # cn was told by its own replica, and only by it
+    cn_path = w.cn.path_info(ready.path.path_id)
+    assert cn_path is not None and cn_path.role is not ready.path.role
+    assert ("dca", "dcb") in hops and ("dcb", "cn") in hops
+    assert ("dca", "cn") not in hops, "a replica sent to a node it holds no session for"
+    if mode is PathMode.RS_S:
+        assert ready.path.rs_name == "rs1"
+    PeerWorld.exchange_data(w, ready.path.path_id)  # type: ignore[arg-type]  # (needs mn, cn, net only)
+    # the other way round: cn (at dcb) asks for mn (at dca)
+    back = w.connect(w.cn, "cn", "mn.a.example")
+    assert isinstance(back, PathReady) and back.path.peer_name == "mn.a.example"
+
+
+def test_a_replica_refuses_a_query_for_a_node_it_holds_no_session_for(stores: tuple[PgStore, PgStore]) -> None:
+    a, b = stores
+    w = _ReplicaWorld(a, b, "none", "none", relay=False)
+    w.dcb.clients.remove(w.dcb.session(w.cn_rec.client_id))  # dcb lost cn's session (the registry still names dcb)
+    failed = w.connect(w.mn, "mn", "cn.a.example")
+    assert isinstance(failed, PathFailed) and failed.status is Status.PEER_UNREACHABLE
+    assert w.dcb.stats["peer_queries_refused"] == 1
+
+
+def test_a_holder_that_is_no_configured_replica_is_not_asked(stores: tuple[PgStore, PgStore]) -> None:
+    a, b = stores
+    w = _ReplicaWorld(a, b, "none", "none", relay=False, replicas=REPLICAS)
+    with a._tx() as cur:
+        cur.execute("UPDATE clients SET holder = '198.51.100.9:7410' WHERE client_id = %s", (w.cn_rec.client_id,))
+    hops: list[tuple[str, str]] = []
+    w.net.drop = lambda src, dst, _data: hops.append((src, dst)) is None and False
+    failed = w.connect(w.mn, "mn", "cn.a.example")
+    assert isinstance(failed, PathFailed) and failed.status is Status.PEER_UNREACHABLE
+    assert w.dca.stats["replica_queries_sent"] == 0 and ("dca", "dcb") not in hops
+
+
+def test_an_rs_n_path_through_a_relay_registered_at_the_other_replica(stores: tuple[PgStore, PgStore]) -> None:
+    a, b = stores
+    w = _ReplicaWorld(a, b, "cone", "none")
+    assert not w.dca.relays() and w.dcb.relays()  # rs1 is registered at dcb only
+    hops: list[tuple[str, str]] = []
+    w.net.drop = lambda src, dst, _data: hops.append((src, dst)) is None and False
+    ready = w.path("mn", "www.gn.example")
+    assert ready.path.mode is PathMode.RS_N and ready.path.rs_name == "rs1" and ready.path.endpoint == REP_RS
+    entry = w.rs.entry(ready.path.path_id)
+    assert entry is not None  # the relay holds the path dca directed, given to it by dcb
+    assert ("dca", "dcb") in hops and ("dcb", "rs") in hops and ("dca", "rs") not in hops
+    assert w.dcb.stats["replica_relay_directions"] == 1
+    # the path is recorded at dca (the node's replica) under the real relay's name
+    rec = w.dca.paths[ready.path.path_id]
+    assert rec.rs == "rs1" and rec.initiator == "mn.a.example"
+
+
+def test_no_relay_at_any_replica_fails_with_relay_failed(stores: tuple[PgStore, PgStore]) -> None:
+    a, b = stores
+    w = _ReplicaWorld(a, b, "cone", "none", relay=False)
+    rid = w.mn.request_path("www.gn.example", w.net.now)
+
+    def failed() -> bool:
+        w.answer_requests()
+        return any(rid in e.request_ids for e in w.net.events_of("mn", PathFailed))
+
+    w.net.run_until(failed, max_time=20)
+    [f] = [e for e in w.net.events_of("mn", PathFailed) if rid in e.request_ids]
+    assert f.status is Status.RELAY_FAILED

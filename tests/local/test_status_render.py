@@ -10,15 +10,26 @@ import pytest
 from ntmobile.cli.node import human_bytes, render_status
 
 PEERS = [("cn.b.example", "RS_S", "rs1", 123456789), ("www.gn.example", "RS_N", "rs2", 5_000),
-         ("gl.a.example", "DIRECT", None, 0),
+         ("gl.a.example", "DIRECT", None, 0), ("c2.b.example", "RS_S", "rs2", 10), ("c3.b.example", "DIRECT", None, 1),
          ("a-rather-long-host-name-of-forty-chars.subdomain.example", "RS_N", "rs1", 10**12)]
+
+
+#: NAT traversal (issue 16): a path trying a candidate, one relayed with its reason, one punched.
+TRAVERSAL: dict[str, dict[str, Any]] = {
+    "cn.b.example": {"state": "probing", "reason": "punch offered", "candidate": ["192.0.2.101", 7412]},
+    "c2.b.example": {"state": "relayed", "reason": "punch failed", "candidate": None},
+    "c3.b.example": {"state": "direct", "reason": "direct", "candidate": ["192.0.2.101", 7412]},
+}
+SHOWN = {"cn.b.example": "RS_S via rs1 (trying 192.0.2.101:7412)", "c2.b.example": "RS_S via rs2 (punch failed)",
+         "c3.b.example": "DIRECT (punched)"}
 
 
 def node_status() -> dict[str, Any]:
     paths = [{"path_id": f"{i:016x}", "peer": peer, "peer_vip4": f"100.64.2.{i}", "peer_vip6": f"fd00:6e74:2::{i}",
               "mode": mode, "role": "INITIATOR", "rs": rs, "endpoint": ["192.0.2.20", 7411] if rs else
               ["192.0.2.50", 7412], "established": i != 2, "tx_packets": 1, "tx_bytes": n, "rx_packets": 1,
-              "rx_bytes": n // 3, "age": 12.3} for i, (peer, mode, rs, n) in enumerate(PEERS)]
+              "rx_bytes": n // 3, "age": 12.3, "traversal": TRAVERSAL.get(peer)}
+             for i, (peer, mode, rs, n) in enumerate(PEERS)]
     return {"name": "mn.a.example", "registered": True,
             "dc": {"address": "192.0.2.10", "port": 7410, "domain": "a.example"}, "vip4": "100.64.1.1",
             "vip6": "fd00:6e74:1::1", "observed": ["192.0.2.100", 7412], "nat": "CONE", "keepalive": 15,
@@ -42,7 +53,8 @@ def test_at_80_columns_every_peer_and_mode_is_visible(monkeypatch: pytest.Monkey
             rows.append([line[:col].strip(), line[col:].split("  ")[0].strip()])
         else:
             rows[-1][0] += line[:col].strip()
-    assert rows == [[peer, f"{mode} via {rs}" if rs else mode] for peer, mode, rs, _ in PEERS], text
+    want = [[peer, SHOWN.get(peer) or (f"{mode} via {rs}" if rs else mode)] for peer, mode, rs, _ in PEERS]
+    assert rows == want, text
     assert "123M" in text and "2 handler error(s)" in text and "setting up" in text
 
 

@@ -430,3 +430,28 @@ def test_hellos_with_unverifiable_keys_do_not_accumulate() -> None:
     assert len(dcb.peering.by_key) <= 1  # only keys that are trusted or verified remain
     ready = w.connect(w.mn, "mn", "cn.b.example")  # the real peer DC still gets through
     assert isinstance(ready, PathReady)
+
+
+def _drop_route_acks(w: World, sender: str) -> None:
+    w.net.drop = lambda src, dst, data: src == sender and len(data) > 1 and data[1] == MessageType.ROUTE_DIRECTION_ACK
+
+
+def test_a_direct_path_is_answered_beside_the_responders_route_direction_not_after_its_ack() -> None:
+    """Issue 21: DIRECT needs no wait for the responder's Ack (it holds an early Tunnel Request), so
+    the answer saves a round trip; a responder that never acks is counted, the initiator's tunnel
+    exchange decides."""
+    w = World("cone", "none")
+    _drop_route_acks(w, "cn")
+    ready = w.connect(w.mn, "mn", "cn.b.example")
+    assert isinstance(ready, PathReady) and ready.path.mode is PathMode.DIRECT
+    w.net.run_for(3.0)  # past ROUTE_DIRECTION_TIMEOUT
+    assert w.dcb.stats["route_directions_unacked"] == 1 and w.dcb.stats["peer_queries"] == 1
+    w.exchange_data(ready.path.path_id)
+
+
+def test_a_relayed_path_still_waits_for_the_responders_ack() -> None:
+    w = World("cone", "cone")
+    _drop_route_acks(w, "cn")
+    result = w.connect(w.mn, "mn", "cn.b.example")
+    assert isinstance(result, PathFailed) and result.status is Status.PEER_UNREACHABLE
+    assert w.dcb.stats["route_directions_unacked"] == 0

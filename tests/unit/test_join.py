@@ -10,7 +10,7 @@ from ntmobile.core.join import JoinDesk, JoinDeskConfig
 from ntmobile.core.registry import JoinRecord, MemoryStore, Pools
 from ntmobile.crypto import Ephemeral
 from ntmobile.crypto.join import join_mac
-from ntmobile.runtime.join import JoinError, _answer
+from ntmobile.runtime.join import JoinError, _answer, credentials_of
 from ntmobile.wire import CodecError, Status
 from ntmobile.wire.join import (
     JoinToken,
@@ -96,3 +96,20 @@ def test_a_forged_answer_is_ignored_by_the_joining_node() -> None:
     assert _answer(token, eph, forged) is None
     other = Ephemeral()  # an answer for another join attempt of the same token
     assert _answer(token, other, answer) is None
+
+
+def test_tokens_and_credentials_carry_the_dc_replicas() -> None:
+    replicas = ("192.0.2.11:7410", "[2001:db8::11]:7499")
+    store = MemoryStore(Pools("100.64.1.0/24", "fd00:6e74:1::/64", None, None))
+    token = JoinToken(os.urandom(8), os.urandom(32), NOW + 60, DC_ID, "192.0.2.10", 7410, "a.example", replicas)
+    assert parse_token(format_token(token)) == token
+    with pytest.raises(CodecError):
+        parse_token(format_token(token) + "AAAA")
+    store.add_join(JoinRecord(token.token_id, token.secret, "new.a.example", NOW + 60))
+    desk = JoinDesk(JoinDeskConfig(DC_ID, "192.0.2.10", 7410, "a.example", replicas), store, os.urandom)
+    eph, req = request(token)
+    answer = desk.receive(req, NOW)
+    assert answer is not None
+    creds = _answer(token, eph, answer)
+    assert creds is not None and creds.replicas == replicas
+    assert credentials_of(creds).dc_replicas == list(replicas)

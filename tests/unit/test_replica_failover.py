@@ -89,3 +89,29 @@ def test_enrolled_credentials_list_the_replicas(tmp_path: Path) -> None:
     assert [parse_replica(r) for r in creds.dc_replicas] == [("192.0.2.11", 7410), ("2001:db8::11", 7499)]
     again = Credentials.model_validate_json(creds.model_dump_json())
     assert again.dc_replicas == creds.dc_replicas
+
+
+def test_relay_fails_over_to_the_other_replica_within_the_bound() -> None:
+    from ntmobile.core.rs import DcLink, RsConfig
+
+    from .harness import World
+
+    store = MemoryStore(POOLS)
+    rs_rec = ClientRecord(b"\x02" * 8, "rs1", Role.RELAY, b"\x44" * 32)
+    store.add_client(rs_rec)
+    w = World()
+    cfg = DcConfig("a.example", DC_ID, secret=b"\x33" * 32)
+    dca = w.add_dc("dca", cfg, store, DC_A, seed=1)
+    dcb = w.add_dc("dcb", cfg, store, DC_B, seed=2)
+    rs = w.add_relay("rs", RsConfig("rs1", rs_rec.client_id, [DcLink(DC_ID, DC_A, rs_rec.psk, (DC_B,))]),
+                     ("192.0.2.20", 7411), seed=3)
+    rs.register(w.net.now)
+    w.net.run_until(lambda: bool(dca.relays()))
+    assert not dcb.relays()
+    killed = w.net.now
+    del w.net.hosts["dca"]  # replica A is killed: silent
+    w.net.run_until(lambda: bool(dcb.relays()), max_time=60)
+    took = w.net.now - killed
+    print(f"relay failover took {took:.1f} s")
+    assert took <= REPLICA_FAILOVER_BOUND and rs.stats["dc_failovers"] >= 1
+    assert rs.snapshot()["dcs"][0]["endpoint"] == f"{DC_B[0]}:{DC_B[1]}"

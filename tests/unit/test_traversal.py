@@ -297,3 +297,203 @@ def test_nodes_punch_a_cross_domain_rs_s_path_to_direct(a_nat: str, b_nat: str, 
         assert modes() == (PathMode.RS_S, PathMode.RS_S)
         assert w.mn.stats["traversal_probes"] == 0
     w.exchange_data(pid)
+
+
+# -- one-sided fallback, re-direction, the data plane's view (issue 16, lab follow-up) ---------------
+
+
+def _sample_relayed(t: PathTraversal, start: float, until: float, *, direct_too: bool = False) -> list[object]:
+    """Samples from ``start`` to ``until`` with data both ways and capsules arriving through the relay
+    (and, with ``direct_too``, directly as well); returns the last sample's actions."""
+    now, n, out = start, 0, []
+    while now < until and t.state is TraversalState.DIRECT:
+        n += 1
+        out = list(t.sample(now, 100 + n, 50 + n, relayed=n, direct=n if direct_too else 0))
+        now += SAMPLE_INTERVAL
+    return out
+
+
+def test_capsules_only_through_the_relay_make_the_direct_side_fall_back() -> None:
+    """The peer went back to the relay (its direct path went silent one way): our side still receives
+    (through the relay), so it never looks silent; it follows the peer within RELAYED_SETTLE +
+    RELAYED_FALLBACK + a sample."""
+    from ntmobile.core.node.traversal import RELAYED_FALLBACK, RELAYED_SETTLE
+
+    t = _direct()  # DIRECT at 0.3
+    out = _sample_relayed(t, 0.4, 0.3 + RELAYED_SETTLE + RELAYED_FALLBACK + 2 * SAMPLE_INTERVAL + 0.01)
+    assert out == [GoRelayed("peer relayed")]
+    assert t.state is TraversalState.RELAYED and t.status() == "RS_S (peer relayed)"
+    assert t.stats["fallbacks"] == 1
+
+
+def test_relayed_capsules_during_the_switch_or_beside_direct_ones_are_no_fallback() -> None:
+    t = _direct()
+    from ntmobile.core.node.traversal import RELAYED_SETTLE
+
+    # Right after the switch the peer may still be probing: its capsules come through the relay.
+    assert _sample_relayed(t, 0.4, 0.3 + RELAYED_SETTLE - 0.05) == []
+    assert t.state is TraversalState.DIRECT
+    # Later, relayed capsules beside direct ones (in flight across the peer's switch): no fallback.
+    assert _sample_relayed(t, 0.3 + RELAYED_SETTLE, 5.0, direct_too=True) == []
+    assert t.state is TraversalState.DIRECT
+
+
+def test_reset_by_a_re_direction_then_a_new_offer() -> None:
+    t = _direct()
+    t.backoff = 120.0
+    t.reset("re-directed")
+    assert t.state is TraversalState.RELAYED and t.status() == "RS_S (re-directed)"
+    assert t.deadline() is None and t.backoff == BACKOFF_FIRST and t.relay_alive
+    t.reset("re-directed")  # twice is harmless
+    t.offer((OBS,), 5.0)
+    assert t.state is TraversalState.OFFERED and t.deadline() == 5.0
+
+
+def test_forwarder_never_learns_the_relay_as_the_peer() -> None:
+    """A punched path (DIRECT, address learning on): capsules still arriving through the relay are
+    delivered and counted, the peer's endpoint stays; a new address of the peer itself is learnt
+    (handover)."""
+    import os
+
+    from ntmobile.core.node import LegWatch
+    from ntmobile.crypto import CapsuleOpener, CapsuleSealer
+    from ntmobile.dataplane.forwarder import NodeForwarder
+
+    from .test_reassembly_limits import _Tun, ip4
+
+    tun = _Tun()
+    tun.vnet_hdr = False  # per-packet capsules
+    key, pid = os.urandom(32), b"\x07" * 8
+    relay, peer, moved = ("192.0.2.20", 7411), ("192.0.2.101", 7412), ("192.0.2.102", 7412)
+    learnt: list[tuple[str, int]] = []
+    fwd = NodeForwarder(tun, object(), on_learn=lambda fp, a: learnt.append(a))  # type: ignore[arg-type]
+    leg = LegWatch(relay, frozenset({peer}))
+    fp = fwd.add(pid, CapsuleSealer(os.urandom(32), pid, 0), CapsuleOpener(key), ["100.64.2.1"], peer,
+                 learn=True, mode="DIRECT", leg=leg)
+    s = CapsuleSealer(key, pid, 0)
+    pkt = ip4("100.64.2.1", "100.64.1.2", b"x" * 40)
+    for _ in range(3):
+        fwd.on_capsule(memoryview(s.seal(pkt)), relay, 0.0)
+    assert fp.endpoint == peer and learnt == [] and (leg.relayed, leg.direct) == (3, 0)
+    fwd.on_capsule(memoryview(s.seal(pkt)), peer, 0.0)
+    assert (leg.relayed, leg.direct) == (3, 1) and fp.endpoint == peer
+    fwd.on_capsule(memoryview(s.seal(pkt)), moved, 0.0)
+    assert fp.endpoint == moved and learnt == [moved]
+    assert len(tun.written) == 5
+
+
+def test_nodes_follow_a_peer_that_went_back_to_the_relay() -> None:
+    """Both nodes punched to DIRECT; cn alone falls back to the relay (as after a one-way black hole):
+    mn sees cn's capsules arrive only through the relay and falls back too; data flows throughout;
+    same Path ID."""
+    from ntmobile.core.node import PathReady
+    from ntmobile.wire import PathMode
+
+    from .test_dc_peering import World
+
+    w = World("cone", "cone", traversal=True)
+    w.net.run_until(lambda: all(s["nat_class"] == "CONE" for s in w.dca.sessions() if s["name"] == "mn.a.example"),
+                    max_time=5)
+    ready = w.connect(w.mn, "mn", "cn.b.example")
+    assert isinstance(ready, PathReady)
+    pid = ready.path.path_id
+
+    def modes() -> tuple[object, object]:
+        a, b = w.mn.path_info(pid), w.cn.path_info(pid)
+        return (a.mode if a else None, b.mode if b else None)
+
+    w.net.run_until(lambda: modes() == (PathMode.DIRECT, PathMode.DIRECT), max_time=5)
+    w.net.run_for(1.5)  # past RELAYED_SETTLE
+    cn_path = w.cn._paths[pid]
+    w.cn._traversal_do(cn_path, cn_path.traversal._fail("test: direct silent", w.net.now),  # type: ignore[union-attr]
+                       w.net.now)
+    assert modes() == (PathMode.DIRECT, PathMode.RS_S)
+    start = w.net.now
+    while modes()[0] is PathMode.DIRECT and w.net.now - start < 3:
+        w.exchange_data(pid)
+        w.net.run_for(0.05)
+    assert modes() == (PathMode.RS_S, PathMode.RS_S)
+    assert w.net.now - start < 2.0
+    t = w.mn._paths[pid].traversal
+    assert t is not None and t.reason == "peer relayed"
+    w.exchange_data(pid)
+
+
+def test_a_timed_retry_is_offered_again_and_no_punch_is_plain_rs_s(monkeypatch: pytest.MonkeyPatch) -> None:
+    """After a fallback the node asks again (a re-direction naming the path): the DCs time a new punch
+    (both nodes get candidates, the path goes DIRECT again, same Path ID); asked with NO_PUNCH they
+    direct it as plain RS-S (no candidates for either node)."""
+    from ntmobile.wire import PathMode, RouteDirection
+
+    from .test_dc_peering import World
+
+    w = World("cone", "cone", traversal=True)
+    w.net.run_until(lambda: all(s["nat_class"] == "CONE" for s in w.dca.sessions() if s["name"] == "mn.a.example"),
+                    max_time=5)
+    ready = w.connect(w.mn, "mn", "cn.b.example")
+    pid = ready.path.path_id  # type: ignore[union-attr]
+    w.net.run_until(lambda: w.mn._paths[pid].mode is PathMode.DIRECT is w.cn._paths[pid].mode, max_time=5)
+    mn_routes, cn_routes = _routes_seen(monkeypatch, w.mn), _routes_seen(monkeypatch, w.cn)
+    for node in (w.mn, w.cn):
+        node._traversal_do(node._paths[pid], [GoRelayed("test")], w.net.now)
+    w.net.run_for(0.5)
+    assert w.mn._redirect_path(w.mn._paths[pid], w.net.now, no_punch=True)
+    w.net.run_until(lambda: bool(mn_routes) and bool(cn_routes), max_time=5)
+    last = [r for r in mn_routes + cn_routes if isinstance(r, RouteDirection)]
+    assert last and all(r.mode == PathMode.RS_S and r.punch_endpoints == () for r in last)
+    w.exchange_data(pid)
+    assert w.mn._paths[pid].mode is PathMode.RS_S
+    mn_routes.clear()
+    cn_routes.clear()
+    w.net.run_for(0.5)
+    t = w.mn._paths[pid].traversal
+    assert t is not None
+    w.mn._traversal_do(w.mn._paths[pid], [AskDc(no_punch=False)], w.net.now)  # the timed retry
+    w.net.run_until(lambda: bool(mn_routes) and bool(cn_routes), max_time=5)
+    offered = [r for r in mn_routes + cn_routes if isinstance(r, RouteDirection)]
+    assert offered and all(r.punch_endpoints for r in offered)
+    w.net.run_until(lambda: w.mn._paths[pid].mode is PathMode.DIRECT is w.cn._paths[pid].mode, max_time=5)
+    assert w.mn.stats["traversal_retries"] == 1 and w.mn.stats["traversal_no_punch_requests"] == 0
+    w.exchange_data(pid)
+
+
+def test_no_nonce_is_sealed_twice_across_punch_fallback_and_retry() -> None:
+    """docs/security.md §3.1 across the switch: data and signalling on the relay leg, punched DIRECT,
+    back on the relay, punched again after a retry (a re-direction with a fresh relay key): the nonce
+    ledger sees no (key, nonce) twice, and no capsule identity goes out twice with other bytes."""
+    from ntmobile.wire import PathMode
+
+    from .nonce_ledger import nonce_ledger
+    from .test_dc_peering import World
+    from .test_nonce_safety import wire_repeats
+
+    with nonce_ledger() as led:
+        w = World("cone", "cone", traversal=True)
+        w.net.run_until(lambda: all(s["nat_class"] == "CONE" for s in w.dca.sessions()
+                                    if s["name"] == "mn.a.example"), max_time=5)
+        ready = w.connect(w.mn, "mn", "cn.b.example")
+        pid = ready.path.path_id  # type: ignore[union-attr]
+        w.exchange_data(pid)
+        w.net.run_until(lambda: w.mn._paths[pid].mode is PathMode.DIRECT is w.cn._paths[pid].mode, max_time=5)
+        w.exchange_data(pid)
+        for node in (w.mn, w.cn):
+            node._traversal_do(node._paths[pid], [GoRelayed("test")], w.net.now)
+        w.exchange_data(pid)
+        w.mn._traversal_do(w.mn._paths[pid], [AskDc(no_punch=False)], w.net.now)
+        w.net.run_until(lambda: w.mn._paths[pid].mode is PathMode.DIRECT is w.cn._paths[pid].mode, max_time=5)
+        w.exchange_data(pid)
+        w.net.run_for(15.0)  # keepalives on the direct path, the relay's grace over
+        w.exchange_data(pid)
+    assert led.seals > 50 and led.reused == []
+    assert wire_repeats(w.net) == []
+
+
+def test_throughput_bench_keeps_rs_s_relayed_and_measures_the_punched_path_apart() -> None:
+    """`ntm bench throughput`: ntm-rs-s runs in labs whose DC has traversal off; ntm-punched only in
+    the `punched` condition, whose DC punches (issue 16)."""
+    from ntmobile.bench.throughput import CONDITIONS, EXCLUSIVE, REGISTRY, topology
+
+    assert REGISTRY["ntm-punched"].conditions == ("punched",) and "punched" in EXCLUSIVE
+    for cond, (rate, punch) in CONDITIONS.items():
+        dc = topology(rate, traversal=punch).host("dca").daemons[0]
+        assert dc.config["traversal"] is (cond == "punched")

@@ -346,9 +346,17 @@ CN_BEHIND_NAT = [{"network": "netb", "ipv4": "10.2.0.20"}]
 
 def topology_for(pt: PathType) -> Any:
     from ntmobile.lab import load_topology
+    from ntmobile.lab.topology import DaemonSpec
 
     topo = load_topology("handover")
-    return topo.with_host("cn", links=CN_BEHIND_NAT) if pt.cn_behind_nat else topo
+    if not pt.cn_behind_nat:
+        return topo
+    topo = topo.with_host("cn", links=CN_BEHIND_NAT)
+    # rs-s measures a relayed path: NAT traversal (on by default) would punch it to DIRECT
+    for dc in ("dca", "dcb"):
+        spec = topo.host(dc).daemons[0]
+        topo = topo.with_host(dc, daemons=[DaemonSpec(kind="dc", config={**spec.config, "traversal": False})])
+    return topo
 
 
 def _node_status(lab: Any) -> dict[str, Any]:

@@ -19,6 +19,11 @@ carried each path and whether it was in the kernel.
 | `nebula` | gl's Nebula address | Debian's Nebula 1.6.1, mn -> gl direct (gl is the lighthouse) |
 | `nebula-relay` | cn's Nebula address | Nebula mn -> rs1 (`relay.am_relay`) -> cn, both behind NATs |
 | `ntm-direct-v4`, `ntm-rs-n-v4` | the same names, `iperf3 -4` | inner IPv4: the paper's condition (100 Mbit/s only) |
+| `ntm-punched` | cn.a.example (cn's VIP) | mn -> cn, RS-S first, punched to DIRECT (condition `punched` only) |
+
+NAT traversal (issue 16): the 100mbit and unlimited labs run their DC with ``traversal = false``, so
+``ntm-rs-s`` keeps measuring a relayed path between the two cone NATs; the ``punched`` condition
+(unlimited links, traversal on) measures the same pair after the upgrade, beside ``ntm-direct``.
 
 The plain modes use what an application gets: iperf3 resolves the name through the node's DNS stub,
 which answers both VIPs, and glibc's address order picks the IPv6 one.
@@ -92,6 +97,7 @@ for _m in (
     Mode("nebula-relay", lambda lab: NEBULA_IPS["cn"], start="start_nebula", via="rs1"),
     Mode("ntm-direct-v4", lambda lab: "gl.a.example", family=4, conditions=("100mbit",), ours=True),
     Mode("ntm-rs-n-v4", lambda lab: "iperf.gn.example", family=4, conditions=("100mbit",), ours=True),
+    Mode("ntm-punched", lambda lab: "cn.a.example", conditions=("punched",), ours=True),
 ):
     register(_m)
 
@@ -145,12 +151,22 @@ def machine() -> dict[str, Any]:
             "python": platform.python_version(), "machine": platform.machine(), "calibration": host_calibration()}
 
 
-def topology(rate_mbit: float | None, *, offload: bool = True) -> Any:
-    """The `nat` lab with its daemons on one DC (so mn, cn and gl share a.example) and two relays."""
+#: Link conditions: links (Mbit/s or None) and whether the DC punches RS-S paths (NAT traversal).
+CONDITIONS: dict[str, tuple[float | None, bool]] = {"100mbit": (100.0, False), "unlimited": (None, False),
+                                                    "punched": (None, True)}
+#: Conditions that run only the modes naming them (and ntm-direct, the reference of their ratios).
+EXCLUSIVE = ("punched",)
+
+
+def topology(rate_mbit: float | None, *, offload: bool = True, traversal: bool = False) -> Any:
+    """The `nat` lab with its daemons on one DC (so mn, cn and gl share a.example) and two relays;
+    ``traversal``: the DC punches the mn <-> cn path (off: it stays relayed, ntm-rs-s)."""
     from ntmobile.lab import load_topology
     from ntmobile.lab.topology import DaemonSpec
 
     t = load_topology("nat")
+    dca = t.host("dca").daemons[0]
+    t = t.with_host("dca", daemons=[DaemonSpec(kind="dc", config={**dca.config, "traversal": traversal})])
     t = t.with_host("dcb", daemons=[])
     for rs in ("rs1", "rs2"):
         t = t.with_host(rs, daemons=[DaemonSpec(kind="rs", config={"dcs": ["dca"], "offload": offload})])
@@ -323,12 +339,12 @@ def iperf(lab: Any, target: str, seconds: float, family: int | None = None) -> t
 
 
 def run_condition(name: str, rate_mbit: float | None, *, runs: int, seconds: float, modes: Sequence[str],
-                  prefix: str, log: Log) -> dict[str, Any]:
+                  prefix: str, log: Log, traversal: bool = False) -> dict[str, Any]:
     from ntmobile.lab import Lab
 
     links = f"{rate_mbit:g} Mbit/s" if rate_mbit else "unlimited"
-    log(f"[{name}] lab up ({prefix}, links {links})")
-    lab = Lab.up(topology(rate_mbit), prefix=prefix)
+    log(f"[{name}] lab up ({prefix}, links {links}, NAT traversal {'on' if traversal else 'off'})")
+    lab = Lab.up(topology(rate_mbit, traversal=traversal), prefix=prefix)
     try:
         for host in ("gl", "cn"):
             lab.spawn(host, ["iperf3", "-s", "-p", str(IPERF_PORT)], f"iperf3-{host}")
@@ -395,7 +411,8 @@ def paths_report(lab: Any) -> list[dict[str, Any]]:
 
 def ratios(med: dict[str, float]) -> dict[str, float]:
     out: dict[str, float] = {}
-    pairs = [("ntm-rs-n", "ntm-direct"), ("ntm-rs-n-v4", "ntm-direct-v4"), ("ntm-rs-s", "ntm-direct")]
+    pairs = [("ntm-rs-n", "ntm-direct"), ("ntm-rs-n-v4", "ntm-direct-v4"), ("ntm-rs-s", "ntm-direct"),
+             ("ntm-punched", "ntm-direct")]
     pairs += [(ours, base) for ours in ("ntm-direct", "ntm-rs-n", "ntm-rs-s")
               for base in ("veth", "wireguard-go", "openvpn")]
     pairs += [("ntm-direct", "nebula"), ("ntm-rs-s", "nebula-relay"), ("ntm-rs-n", "nebula-relay"),
@@ -416,17 +433,23 @@ def cpu_ratios(cpu: dict[str, float]) -> dict[str, float]:
     return out
 
 
-def run_bench(*, runs: int = 10, seconds: float = 10, conditions: Sequence[str] = ("100mbit", "unlimited"),
+def run_bench(*, runs: int = 10, seconds: float = 10,
+              conditions: Sequence[str] = ("100mbit", "unlimited", "punched"),
               modes: Sequence[str] = MODES, prefix: str = "tput", out_dir: Path = Path("artifacts"),
               log: Log = print) -> dict[str, Any]:
-    rates = {"100mbit": 100.0, "unlimited": None}
     report: dict[str, Any] = {"bench": "throughput", "started": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
                               "runs": runs, "seconds": seconds, "machine": machine(), "paper_mbit": PAPER,
                               "modes": list(modes), "conditions": {}}
     for i, cond in enumerate(conditions):
-        cmodes = [m for m in modes if REGISTRY[m].conditions is None or cond in (REGISTRY[m].conditions or ())]
-        res = run_condition(cond, rates[cond], runs=runs, seconds=seconds, modes=cmodes, prefix=f"{prefix}{i}",
-                            log=log)
+        if cond in EXCLUSIVE:
+            cmodes = [m for m in modes if m == "ntm-direct" or cond in (REGISTRY[m].conditions or ())]
+        else:
+            cmodes = [m for m in modes if REGISTRY[m].conditions is None or cond in (REGISTRY[m].conditions or ())]
+        if not cmodes:
+            continue
+        rate, traversal = CONDITIONS[cond]
+        res = run_condition(cond, rate, runs=runs, seconds=seconds, modes=cmodes, prefix=f"{prefix}{i}",
+                            log=log, traversal=traversal)
         res["ratios"] = ratios(res["median"])
         res["cpu_ratios"] = cpu_ratios(res.get("cpu_median", {}))
         report["conditions"][cond] = res

@@ -44,22 +44,23 @@ def handover(moves: int = typer.Option(20, "--moves", min=1, help="moves of mn p
 @app.command("throughput")
 def throughput(runs: int = typer.Option(10, "--runs", min=1, help="runs per mode and link condition"),
                seconds: float = typer.Option(10, "--seconds", min=1, help="seconds per iperf3 run"),
-               conditions: str = typer.Option("100mbit,unlimited", "--links",
-                                              help="comma-separated link conditions: 100mbit, unlimited"),
+               conditions: str = typer.Option("100mbit,unlimited,punched", "--links",
+                                              help="comma-separated link conditions: 100mbit, unlimited, "
+                                              "punched (unlimited, NAT traversal on: ntm-punched)"),
                modes: str = typer.Option(",".join(("veth", "ntm-direct", "ntm-rs-n", "ntm-rs-s", "wireguard-go",
                                                    "openvpn", "nebula", "nebula-relay", "ntm-direct-v4",
-                                                   "ntm-rs-n-v4")), "--modes",
+                                                   "ntm-rs-n-v4", "ntm-punched")), "--modes",
                                          help="comma-separated modes (the -v4 ones run on 100mbit links only)"),
                name: str = typer.Option("tput", "--name", help="lab name prefix (one lab per condition)"),
                out: Path = typer.Option(Path("artifacts"), "--out", help="directory for JSON, markdown, PNG")) -> None:
     """Paper Table 2: iperf3 TCP from mn, direct NTM tunnel vs through RS-N (and RS-S), beside plain
     veth, wireguard-go and OpenVPN on the same topology, on 100 Mbit/s and unlimited links."""
     require_root("ntm bench throughput")
-    from ntmobile.bench.throughput import MODES, run_bench, to_markdown
+    from ntmobile.bench.throughput import CONDITIONS, MODES, run_bench, to_markdown
 
     wanted = [m.strip() for m in modes.split(",") if m.strip()]
     conds = [c.strip() for c in conditions.split(",") if c.strip()]
-    bad = [m for m in wanted if m not in MODES] + [c for c in conds if c not in ("100mbit", "unlimited")]
+    bad = [m for m in wanted if m not in MODES] + [c for c in conds if c not in CONDITIONS]
     if bad or not wanted or not conds:
         fail(f"unknown mode or link condition: {', '.join(bad) or '(none)'}")
     from ntmobile.lab import LabError
@@ -160,12 +161,16 @@ def control_plane(nodes: int = typer.Option(100_000, "--nodes", min=1, help="sim
 @app.command("setup")
 def setup(names: int = typer.Option(50, "--names", min=1, help="GN names to resolve (s1..sN.gn.example)"),
           peers: int = typer.Option(20, "--peers", min=1, help="fresh set-ups per NTM-peer case"),
-          cases: str = typer.Option("gn,ntm-direct-local,ntm-rs-s,ntm-direct", "--cases",
-                                    help="comma-separated: gn, ntm-direct-local, ntm-rs-s, ntm-direct"),
+          cases: str = typer.Option("gn,ntm-direct-local,nebula,ntm-rs-s,ntm-direct,ntm-symmetric", "--cases",
+                                    help="comma-separated: gn, ntm-direct-local, nebula, ntm-rs-s (then punched: "
+                                         "time to direct), ntm-direct, ntm-symmetric (NAT A symmetric: stays RS-S)"),
           name: str = typer.Option("setb", "--name", help="lab name prefix"),
           out: Path = typer.Option(Path("artifacts"), "--out", help="directory for JSON and markdown")) -> None:
     """Set-up time as the app sees it: from its DNS query to the node's stub to the answer (tunnel
-    ready), p50/p95, for general nodes (RS-N) and NTM peers (direct and RS-S, same and other DC)."""
+    ready), p50/p95, for general nodes (RS-N) and NTM peers (direct and RS-S, same and other DC), then to
+    the first reply (an ICMP echo) and, per NAT pair, the final mode and time to direct; Nebula's first
+    packet to a never-contacted peer beside it; the daemons' debug timing trace (NTM_TRACE) gives each
+    sample's timeline."""
     require_root("ntm bench setup")
     from ntmobile.bench.setup import CASES
     from ntmobile.bench.setup import run_bench as run_setup

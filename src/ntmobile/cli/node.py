@@ -63,6 +63,22 @@ def human_bytes(n: int) -> str:
     return str(n)
 
 
+def mode_text(p: dict[str, Any]) -> str:
+    """A path's mode for ``ntm status``: with its relay, and for NAT traversal (issue 16) whether a
+    DIRECT path was punched, the candidate an RS_S path is trying, or why it is relayed."""
+    mode = str(p["mode"])
+    tr = p.get("traversal")
+    if mode == "DIRECT":
+        return mode + (" (punched)" if tr and tr.get("state") == "direct" else "")
+    text = mode + (f" via {p['rs']}" if p.get("rs") else "")
+    if mode != "RS_S" or not tr:
+        return text  # (no punch offered: the DC's decision evidence says why, `ntm dc status`)
+    cand = tr.get("candidate")
+    if tr.get("state") == "probing" and cand:
+        return text + f" (trying {cand[0]}:{cand[1]})"
+    return text + f" ({tr.get('reason')})"
+
+
 def render_status(st: dict[str, Any], *, wide: bool = False, width: int | None = None) -> str:
     """The node's status as text for a terminal of ``width`` columns (the terminal's, COLUMNS): every
     peer's name and mode are always shown whole (a long name wraps); --wide adds the peer VIPs, the
@@ -103,7 +119,7 @@ def render_status(st: dict[str, Any], *, wide: bool = False, width: int | None =
         for h in ("tx", "rx", "age s"):
             t.add_column(h, no_wrap=True, justify="right")
         for p in st["paths"]:
-            mode = p["mode"] + (f" via {p['rs']}" if p["rs"] else "")
+            mode = mode_text(p)
             t.add_row(str(p["peer"]), mode, "up" if p["established"] else "setting up", human_bytes(p["tx_bytes"]),
                       human_bytes(p["rx_bytes"]), f"{float(p['age']):.0f}")
     con.print(t)

@@ -35,6 +35,8 @@ class JoinDeskConfig:
     dc_address: str
     dc_port: int
     domain: str
+    #: The DC's other replicas ("address:port"), carried in the credentials (issue 17).
+    replicas: tuple[str, ...] = ()
 
 
 class JoinDesk:
@@ -81,7 +83,7 @@ class JoinDesk:
         def answer_for(client: ClientRecord) -> bytes:
             head = join_response_head(token_id, Status.OK, dc_eph.public)
             creds = JoinCredentials(client.client_id, client.psk, c.dc_id, c.dc_address, c.dc_port, c.domain,
-                                    client.name)
+                                    client.name, c.replicas)
             key = join_answer_key(rec.secret, shared, token_id, node_eph, dc_eph.public)
             return head + seal_answer(key, head, pack_credentials(creds))
 

@@ -25,6 +25,8 @@ from .keys import (
     path_keys,
     peer_dc_keys,
     relay_leg_keys,
+    replica_id,
+    replica_keys,
     session_keys,
     x25519_public,
 )
@@ -32,6 +34,6 @@ from .keys import (
 __all__ = [
     "PROCESS_POOL", "AuthError", "CapsuleOpener", "CapsuleSealer", "Channel", "CounterFloor", "Ephemeral", "KeyPair",
     "PathKeys", "RandomBytes", "ReassemblyPool", "ReassemblyRefused", "ReplayError", "ReplayWindow", "UsedKeys",
-    "dc_static_keys", "hkdf", "long_term_keys", "path_keys", "peer_dc_keys", "relay_leg_keys", "session_keys",
-    "x25519_public",
+    "dc_static_keys", "hkdf", "long_term_keys", "path_keys", "peer_dc_keys", "relay_leg_keys", "replica_id",
+    "replica_keys", "session_keys", "x25519_public",
 ]

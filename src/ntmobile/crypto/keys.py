@@ -118,6 +118,22 @@ def dc_static_keys(my_secret: bytes, my_public: bytes, peer_public: bytes) -> Ke
     return KeyPair(send, recv)
 
 
+def replica_id(secret: bytes, endpoint: str) -> bytes:
+    """The 8-byte sender ID of the DC replica at ``endpoint`` ("address:port") on the replica-to-replica
+    channel (issue 17): derived from the domain's shared DC secret, so only a replica can know it."""
+    return hkdf(secret, salt=b"ntm1 replica", info=b"ntm1 replica id " + endpoint.encode(), length=8)
+
+
+def replica_keys(secret: bytes, my_id: bytes, peer_id: bytes) -> KeyPair:
+    """Keys between two replicas of one DC (they share its static ``secret``): one per direction, each
+    naming the sender's replica ID first, so a replica's datagram reflected back to it never opens."""
+    if my_id == peer_id:
+        raise ValueError("a replica has no channel to itself")
+    send = hkdf(secret, salt=b"ntm1 replica", info=b"ntm1 replica-replica " + my_id + peer_id)
+    recv = hkdf(secret, salt=b"ntm1 replica", info=b"ntm1 replica-replica " + peer_id + my_id)
+    return KeyPair(send, recv)
+
+
 def x25519_public(secret: bytes) -> bytes:
     """The X25519 public key of a 32-byte secret."""
     return X25519PrivateKey.from_private_bytes(secret).public_key().public_bytes_raw()

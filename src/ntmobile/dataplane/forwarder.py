@@ -24,7 +24,7 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Protocol
 
-from ntmobile.core.node import PathClosed, PathEndpointChanged, PathReady
+from ntmobile.core.node import LegWatch, PathClosed, PathEndpointChanged, PathReady
 from ntmobile.crypto import AuthError, CapsuleOpener, CapsuleSealer, ReassemblyRefused
 from ntmobile.wire import CodecError
 from ntmobile.wire.constants import TAG_SIZE, Capability, CapsuleFlags, PathMode
@@ -95,6 +95,14 @@ class FwdPath:
     #: changes keeps its counters; the totals by mode count from there).
     mode: str = ""
     base: tuple[int, int, int, int] = (0, 0, 0, 0)
+    #: NAT traversal (core.node.LegWatch, shared with the core): the relay's and the peer's candidate
+    #: endpoints, never learnt across modes; where each delivered capsule came from.
+    leg: LegWatch | None = None
+
+    def known(self, addr: Endpoint) -> bool:
+        """``addr`` may hold reassembly state: the learnt endpoint, or (traversal) the relay or a
+        candidate of the peer (capsules arrive from both while the two ends switch)."""
+        return addr == self.endpoint or (self.leg is not None and self.leg.knows(addr))
 
     def counts(self) -> tuple[int, int, int, int]:
         return self.tx_packets, self.tx_bytes, self.rx_packets, self.rx_bytes
@@ -128,9 +136,10 @@ class NodeForwarder:
         self.retired: dict[str, list[int]] = {}
 
     def add(self, path_id: bytes, sealer: CapsuleSealer, opener: CapsuleOpener, peer_vips: list[str],
-            endpoint: Endpoint | None, learn: bool, *, gso: bool = False, mode: str = "") -> FwdPath:
+            endpoint: Endpoint | None, learn: bool, *, gso: bool = False, mode: str = "",
+            leg: LegWatch | None = None) -> FwdPath:
         packed = frozenset(ipaddress.ip_address(v).packed for v in peer_vips)
-        fp = FwdPath(path_id, sealer, opener, packed, endpoint, learn, gso and self.vnet, mode=mode)
+        fp = FwdPath(path_id, sealer, opener, packed, endpoint, learn, gso and self.vnet, mode=mode, leg=leg)
         old = self.by_id.get(path_id)
         if old is not None:
             fp.tx_packets, fp.tx_bytes, fp.rx_packets, fp.rx_bytes = old.counts()
@@ -175,7 +184,8 @@ class NodeForwarder:
         if isinstance(ev, PathReady):
             p = ev.path
             self.add(p.path_id, p.sealer, p.opener, [v for v in (p.peer_vip4, p.peer_vip6) if v], p.endpoint,
-                     learn=p.mode is not PathMode.RS_S, gso=bool(p.capabilities & Capability.GSO), mode=p.mode.name)
+                     learn=p.mode is not PathMode.RS_S, gso=bool(p.capabilities & Capability.GSO), mode=p.mode.name,
+                     leg=p.leg)
         elif isinstance(ev, PathEndpointChanged):
             self.set_endpoint(ev.path_id, ev.endpoint)
         elif isinstance(ev, PathClosed):
@@ -245,7 +255,7 @@ class NodeForwarder:
             return 1
         try:
             # Reassembly state only for chunks from the path's endpoint (crypto.channel.CapsuleOpener).
-            inner, k = fp.opener.open_run(data, size, now, learnt=addr == fp.endpoint, scratch=True)
+            inner, k = fp.opener.open_run(data, size, now, learnt=fp.known(addr), scratch=True)
         except ReassemblyRefused:
             self.stats["rx_chunk_unknown_source"] += 1
             return 1
@@ -271,7 +281,7 @@ class NodeForwarder:
                 if not self.vnet:
                     self.stats["rx_gso_unsupported"] += 1
                     return
-                inner = fp.opener.open_chunk(data, now, learnt=addr == fp.endpoint)
+                inner = fp.opener.open_chunk(data, now, learnt=fp.known(addr))
                 if inner is None:
                     return
                 self.stats["rx_gso_capsules"] += 1
@@ -310,6 +320,12 @@ class NodeForwarder:
             return
         fp.rx_packets += 1
         fp.rx_bytes += len(inner) - off
+        leg = fp.leg
+        if leg is not None:
+            if addr == leg.relay:
+                leg.relayed += 1
+                return  # through the relay: the peer's own endpoint is not the relay's
+            leg.direct += 1
         if fp.learn and addr != fp.endpoint:
             fp.endpoint = addr
             if self.on_learn is not None:

@@ -23,6 +23,13 @@ def nat_ruleset(table: str, nat: Nat, *, wan: str, lan: str) -> str:
     - one_to_one: static 1:1 SNAT/DNAT between nat.one_to_one_inside and nat.one_to_one_outside
       (inbound to the outside address reaches the inside host); other inside hosts are masqueraded.
     - udp_blocked: masquerade, and no UDP is forwarded in either direction.
+    - permissive: port_restricted without the WAN input filter below (the lab's NATs before issue 16).
+
+    Every NAT profile (not ``none``, not ``permissive``) drops new TCP and UDP arriving on the WAN for
+    the router itself, as home routers do (OpenWrt's wan zone: input REJECT). Without it an unsolicited
+    datagram, e.g. the peer's first punch probe, is delivered to the router's own stack and leaves an
+    unreplied conntrack entry (peer -> router:port) that makes the router's later mapping of the inside
+    host toward that peer take a new port (the clash Nebula 1.6 hits in the lab: docs/lab.md).
     """
     p = nat.profile
     fwd = ["ct state established,related accept"]
@@ -39,7 +46,7 @@ def nat_ruleset(table: str, nat: Nat, *, wan: str, lan: str) -> str:
     if p == "one_to_one":
         pre.append(f'iifname "{wan}" ip daddr {nat.one_to_one_outside} dnat to {nat.one_to_one_inside}')
         post.append(f'oifname "{wan}" ip saddr {nat.one_to_one_inside} snat to {nat.one_to_one_outside}')
-    if p in ("port_restricted", "one_to_one", "udp_blocked"):
+    if p in ("port_restricted", "one_to_one", "udp_blocked", "permissive"):
         post.append(f'oifname "{wan}" masquerade')
     elif p == "symmetric":
         post.append(f'oifname "{wan}" masquerade fully-random')
@@ -59,6 +66,9 @@ def nat_ruleset(table: str, nat: Nat, *, wan: str, lan: str) -> str:
         *[f"    {r}" for r in fwd],
         "  }",
     ]
+    if p not in ("none", "permissive"):
+        lines += ["  chain wan_input {", "    type filter hook input priority filter; policy accept;",
+                  f'    iifname "{wan}" ct state new meta l4proto {{ tcp, udp }} drop', "  }"]
     if pre:
         lines += ["  chain nat_pre {", "    type nat hook prerouting priority dstnat; policy accept;",
                   *[f"    {r}" for r in pre], "  }"]

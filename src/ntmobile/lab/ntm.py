@@ -81,7 +81,7 @@ def build_dc(ctx: DaemonContext) -> DaemonLaunch:
         ns_addresses=[v4] + ([v6] if v6 else []), resolvers=lab.resolvers()[:1], control="ntm-dc",
         keepalive=int(c.get("keepalive", 15)), idle_timeout=int(c.get("idle_timeout", 120)),
         pools=PoolSettings(vip4=c.get("vip4", "100.64.1.0/24"), vip6=c.get("vip6", "fd00:6e74:1::/64")),
-        rsn_allow=_rsn_allow(c), metrics=_metrics("dc"),
+        rsn_allow=_rsn_allow(c), metrics=_metrics("dc"), traversal=bool(c.get("traversal", True)),
     )
     path = ctx.workdir / "dc.toml"
     dump(settings, path)

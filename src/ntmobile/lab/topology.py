@@ -10,8 +10,9 @@ from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 
-NatProfile = Literal["none", "port_restricted", "symmetric", "one_to_one", "udp_blocked"]
-NAT_PROFILES: tuple[NatProfile, ...] = ("none", "port_restricted", "symmetric", "one_to_one", "udp_blocked")
+NatProfile = Literal["none", "port_restricted", "symmetric", "one_to_one", "udp_blocked", "permissive"]
+NAT_PROFILES: tuple[NatProfile, ...] = ("none", "port_restricted", "symmetric", "one_to_one", "udp_blocked",
+                                        "permissive")
 Service = Literal["iperf3", "http", "ftp", "ssh", "tftp"]
 
 BUILTIN_TOPOLOGIES = ("paper", "nat", "handover")

@@ -194,6 +194,9 @@ class DcSettings(_Model):
     replicas: list[ReplicaSettings] = Field([], description="the other replicas of this domain's DC (shared "
                                             "PostgreSQL database); enrolled credentials list them")
     rsn_allow: list[str] = _RSN_ALLOW
+    traversal: bool = Field(True, description="NAT traversal: RS-S paths between nodes whose NATs allow it also get "
+                            "punch candidates and become DIRECT once probes succeed (false: every such path stays "
+                            "relayed)")
 
     _a = field_validator("address")(_addr)
     _allow = field_validator("rsn_allow")(_prefixes)

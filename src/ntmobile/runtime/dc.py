@@ -45,7 +45,7 @@ from ntmobile.crypto import CounterFloor
 from ntmobile.wire import Role
 
 from . import dnsclasses  # noqa: F401  (dnspython's IN rdata classes before any input)
-from .config import DcSettings, group_id, reload_settings
+from .config import DcSettings, group_id, reload_settings, replica_endpoint
 from .control import serve_control
 from .counters import DC_BLOCK, counter_floor
 from .dns import DnsServer, run_discovery, serve_dns
@@ -167,10 +167,13 @@ class DcDaemon:
                        peers=tuple((p.domain.rstrip(".").lower(), p.key_bytes) for p in s.peers), probe=probe,
                        rsn_allow=tuple(s.rsn_allow),
                        rsn_refuse=rsn_refused((s.pools.vip4, s.pools.vip6, s.pools.gn_vip4, s.pools.gn_vip6),
-                                              (s.address, *s.ns_addresses)), address=s.address, port=s.port)
+                                              (s.address, *s.ns_addresses)), address=s.address, port=s.port,
+                       traversal=s.traversal,
+                       replicas=tuple(replica_endpoint(r.address, r.port) for r in s.replicas))
         if is_postgres(s.database):
             # replicas share the DC key: their send counters come from disjoint blocks of the database
             counter: CounterFloor = self.store.counter_floor("dc", block=DC_BLOCK)
+            self.store.holder = cfg.replica_name  # the registry names this replica as its nodes' holder
         else:
             db = Path(s.database)
             counter = counter_floor(db.with_name(db.name + ".counter"), block=DC_BLOCK)
@@ -271,6 +274,8 @@ class DcDaemon:
     def _commit(self) -> None:
         """Group commit, before the batch's replies are sent; if it fails, the core answers the batch's
         registrations with STORAGE_ERROR instead."""
+        tr = self.driver.trace
+        t0 = time.monotonic() if tr is not None else 0.0
         try:
             self.store.end_batch()
         except StoreError as exc:
@@ -278,6 +283,8 @@ class DcDaemon:
             self.core.end_batch(str(exc), self.driver.now())
         else:
             self.core.end_batch(None, self.driver.now())
+        if tr is not None and (ms := (time.monotonic() - t0) * 1000) >= 0.2:
+            tr.mark("commit", ms=round(ms, 3))
 
     # -- events ----------------------------------------------------------------------------------
     def on_event(self, ev: object) -> None:
@@ -323,6 +330,9 @@ class DcDaemon:
     def _resolve(self, ev: ResolveRequest) -> None:
         loop = asyncio.get_running_loop()
         cached = self.cache.get(ev.fqdn, loop.time())
+        tr = self.driver.trace
+        if tr is not None:
+            tr.mark("discovery", name=ev.fqdn, cached=cached is not None)
         if cached is not None:
             res = dataclasses.replace(cached, evidence=dataclasses.replace(
                 cached.evidence, lines=cached.evidence.lines + ("(from the DC's discovery cache)",)))
@@ -348,6 +358,8 @@ class DcDaemon:
                 res = DiscoveryResult(ev.fqdn, Outcome.SERVFAIL, reason=f"discovery error: {exc}")
             self.m_discovery.labels("dns", res.outcome.value).inc()
             self.m_discovery_time.observe(loop.time() - started)
+            if tr is not None:
+                tr.mark("discovered", name=ev.fqdn, outcome=res.outcome.value)
             self.core.resolution_result(ev.token, res, loop.time())
             self.driver.flush()
 
@@ -399,7 +411,7 @@ class DcDaemon:
                                 "misses": self.cache.stats.misses},
             "decisions": self.decisions[-20:], "pid": os.getpid(),
             "metrics": metrics_status(self.settings.metrics, self.metrics, self.metrics_server, self.metrics_error),
-        }
+        } | ({"trace": self.driver.trace.snapshot()} if self.driver.trace is not None else {})
 
 
 #: What a DC's SIGHUP changes at once (everything else needs a restart).

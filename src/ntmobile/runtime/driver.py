@@ -27,6 +27,8 @@ from typing import Any, Protocol
 
 from ntmobile.wire import MessageType
 
+from .trace import Trace, from_env
+
 log = logging.getLogger(__name__)
 
 Endpoint = tuple[str, int]
@@ -179,6 +181,8 @@ class CoreDriver:
         #: Datagrams read from the sockets (every one goes to the core or the data hook, which count
         #: their own drops): with the kernel's per-socket drops this accounts for all that arrived.
         self.received = 0
+        #: The debug timing trace (runtime.trace; NTM_TRACE=1), else None.
+        self.trace: Trace | None = from_env()
 
     async def start(self, port: int, *, host4: str = "0.0.0.0", host6: str | None = "::") -> None:
         socks = [bind_udp(host4, port, family=socket.AF_INET)]
@@ -235,6 +239,8 @@ class CoreDriver:
 
     def on_datagram(self, data: bytes, addr: Endpoint) -> None:
         self.received += 1
+        if self.trace is not None:
+            self.trace.datagram("recv", data, addr)
         try:
             if self.data_hook is not None and self.data_hook(data, addr):
                 return
@@ -258,6 +264,8 @@ class CoreDriver:
                 continue
             self.received += 1
             addr = normalize(raw)
+            if self.trace is not None:
+                self.trace.datagram("recv", data, addr)
             try:
                 if hook is not None and hook(data, addr):
                     continue
@@ -287,6 +295,8 @@ class CoreDriver:
         self._arm()
 
     def send(self, data: bytes, addr: Endpoint) -> None:
+        if self.trace is not None:
+            self.trace.datagram("send", data, addr)
         fam = socket.AF_INET6 if ":" in addr[0] else socket.AF_INET
         t = self.transports.get(fam)
         if t is None:

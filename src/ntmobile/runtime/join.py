@@ -24,7 +24,7 @@ from ntmobile.wire.join import (
     parse_join_response,
 )
 
-from .config import Credentials, DcSettings
+from .config import Credentials, DcSettings, parse_replica, replica_endpoint
 from .store import open_store
 
 #: How long a token stays valid unless the operator says otherwise.
@@ -53,7 +53,8 @@ def issue_token(settings: DcSettings, name: str, *, lifetime: int = DEFAULT_LIFE
     finally:
         store.close()
     return name, format_token(JoinToken(token_id, secret, expires, dc_id, settings.address, settings.port,
-                                        settings.domain))
+                                        settings.domain,
+                                        tuple(replica_endpoint(r.address, r.port) for r in settings.replicas)))
 
 
 def redeem(token: JoinToken, *, timeout: float = 10.0) -> JoinCredentials:
@@ -62,11 +63,19 @@ def redeem(token: JoinToken, *, timeout: float = 10.0) -> JoinCredentials:
     signed = join_request_signed_part(token.token_id, eph.public)
     request = pack_join_request(token.token_id, eph.public, join_mac(token.secret, token.token_id, signed))
     family = socket.AF_INET6 if ":" in token.dc_address else socket.AF_INET
-    dest = (token.dc_address, token.dc_port)
+    # the token's DC first, then its other replicas of the same family, in turn (the join is recorded
+    # in the shared registry: a retransmission answered by another replica gets the same answer)
+    ring = [(token.dc_address, token.dc_port)]
+    ring += [ep for ep in (parse_replica(r) for r in token.replicas)
+             if (":" in ep[0]) == (family == socket.AF_INET6) and ep not in ring]
+    attempt = 0
+    dest = ring[0]
     deadline = time.monotonic() + timeout
     rto = 0.25
     with socket.socket(family, socket.SOCK_DGRAM) as sock:
         while True:
+            dest = ring[attempt % len(ring)]
+            attempt += 1
             try:
                 sock.sendto(request, dest)
             except OSError as exc:
@@ -118,4 +127,5 @@ def credentials_of(c: JoinCredentials) -> Credentials:
     import base64
 
     return Credentials(name=c.name, role="node", client_id=c.client_id.hex(), secret=base64.b64encode(c.psk).decode(),
-                       dc_id=c.dc_id.hex(), dc_address=c.dc_address, dc_port=c.dc_port, domain=c.domain)
+                       dc_id=c.dc_id.hex(), dc_address=c.dc_address, dc_port=c.dc_port, domain=c.domain,
+                       dc_replicas=list(c.replicas))

@@ -476,14 +476,20 @@ class NodeDaemon:
 
     def on_path_ready(self, ev: PathReady) -> None:
         p = ev.path
+        prev = self.paths.get(p.path_id)
+        if self.driver.trace is not None:
+            self.driver.trace.mark("path-ready", name=p.peer_name, mode=p.mode.name)
         self.paths[p.path_id] = p
         vips = [v for v in (p.peer_vip4, p.peer_vip6) if v]
         if p.peer_name:
             for v in vips:
                 self.name_by_vip[ipaddress.ip_address(v).packed] = p.peer_name
             self._refreshing.discard(normalize(p.peer_name))
-        log.info("path %s to %s ready: %s%s, peer %s", p.path_id.hex(), p.peer_name, p.mode.name,
-                 f" via {p.rs_name}" if p.rs_name else "", ", ".join(vips))
+        if prev is None or prev.mode is not p.mode or prev.endpoint != p.endpoint or ev.request_ids:
+            tr = self.core.traversal_of(p.path_id)
+            log.info("path %s to %s ready: %s%s, peer %s%s", p.path_id.hex(), p.peer_name, p.mode.name,
+                     f" via {p.rs_name}" if p.rs_name and p.mode is not PathMode.DIRECT else "", ", ".join(vips),
+                     f" (traversal: {tr['status']}, endpoint {p.endpoint})" if tr else "")
         self._answered(ev.request_ids, p.mode.name)
         self._wake(ev.request_ids, p)
         for rid in ev.request_ids:
@@ -531,6 +537,9 @@ class NodeDaemon:
         question = q.question[0]
         qtype = question.rdtype
         qname = question.name.to_text()
+        tr = self.driver.trace
+        if tr is not None:
+            tr.mark("dns-query", name=qname)
         if self.stub_policy.wants_tunnel(qname, qtype):
             fut: asyncio.Future[bytes | None] = asyncio.get_running_loop().create_future()
             held = _Held(q, fut, qtype)
@@ -538,7 +547,10 @@ class NodeDaemon:
             self.dns_holds += 1
             self.lookups.setdefault(rid, _Lookup(qname)).held.append(held)
             self.driver.flush()
-            return await fut
+            reply = await fut
+            if tr is not None:
+                tr.mark("dns-answer", name=qname)
+            return reply
         return await self.forward_upstream(wire, tcp)
 
     def answer_vips(self, h: _Held, p: PathInfo) -> None:
@@ -686,7 +698,7 @@ class NodeDaemon:
             "tun": self.tun.name, "uptime": round(time.time() - self.started, 1), "handover_at": self.handover_at,
             "driver": self.driver.status(),
             "metrics": metrics_status(self.settings.metrics, self.metrics, self.metrics_server, self.metrics_error),
-        }
+        } | ({"trace": self.driver.trace.snapshot()} if self.driver.trace is not None else {})
 
     def stats(self) -> dict[str, int]:
         """The core's counters, with the data plane's totals (all paths, gone ones too) and the daemon's."""

@@ -41,7 +41,7 @@ from ntmobile.core.registry import ClientRecord, JoinRecord, Pools, StoreError, 
 from ntmobile.crypto import CounterFloor
 from ntmobile.wire import CodecError, Role
 
-from .store import is_postgres
+from .store import SeqBatch, is_postgres
 
 __all__ = ["DbCounterFloor", "PgStore", "is_postgres"]
 
@@ -75,6 +75,9 @@ SCHEMA = [
         used_by BYTEA,
         answer BYTEA)""",
     "CREATE TABLE IF NOT EXISTS counters (name TEXT PRIMARY KEY, ceiling BIGINT NOT NULL)",
+    # The replica that accepted the client's last registration ("address:port"): where a Peer Query
+    # for a path to it goes (written with the registration's sequence number: no round trip more).
+    "ALTER TABLE clients ADD COLUMN IF NOT EXISTS holder TEXT",
 ]
 
 _ROLES = {int(r): r for r in Role}
@@ -85,7 +88,7 @@ def _node_key(node_id: bytes) -> int:
     return int.from_bytes(node_id[:4].ljust(4, b"\0"), "big", signed=True)
 
 
-class PgStore:
+class PgStore(SeqBatch):
     """One replica's connection to the shared registry."""
 
     def __init__(self, dsn: str, pools: Pools, *, connect_timeout: float = 3.0) -> None:
@@ -93,8 +96,9 @@ class PgStore:
         self.pools = pools
         self.connect_timeout = connect_timeout
         self._conn: psycopg.Connection[Any] | None = None
-        self._batching = False
-        self._seqs: dict[bytes, int] = {}
+        self._init_batch()
+        #: This replica's "address:port": recorded as the holder of every registration it accepts.
+        self.holder: str | None = None
         #: Records read so far (client ID, name, VIP -> record): answers when the database is
         #: unreachable, so that the DC can still seal a STORAGE_ERROR reply to a known client.
         self._cache: dict[object, ClientRecord] = {}
@@ -150,18 +154,18 @@ class PgStore:
         """Nothing to copy (the server checkpoints itself); the DC daemon calls it for SQLite."""
         return 0, 0
 
-    # -- group commit ----------------------------------------------------------------------------
-    def begin_batch(self) -> None:
-        self._batching = True
-
-    def end_batch(self) -> None:
-        self._batching = False
-        if not self._seqs:
-            return
-        rows = [(seq, cid) for cid, seq in self._seqs.items()]
-        self._seqs.clear()
+    # -- group commit (SeqBatch) ----------------------------------------------------------------
+    def _write_seqs(self, rows: list[tuple[int, bytes]]) -> None:
         with self._tx() as cur:
-            cur.executemany("UPDATE clients SET last_seq = GREATEST(last_seq, %s) WHERE client_id = %s", rows)
+            cur.executemany("UPDATE clients SET last_seq = GREATEST(last_seq, %s), holder = %s WHERE client_id = %s",
+                            [(seq, self.holder, cid) for seq, cid in rows])
+
+    def _write_seq(self, client_id: bytes, seq: int) -> None:
+        with self._tx() as cur:
+            cur.execute("UPDATE clients SET last_seq = %s, holder = %s WHERE client_id = %s AND last_seq < %s",
+                        (seq, self.holder, client_id, seq))
+            if cur.rowcount != 1:
+                raise StoreError("sequence number not above the stored floor (replayed at another replica?)")
 
     # -- Store protocol --------------------------------------------------------------------------
     def _record(self, row: tuple[Any, ...] | None) -> ClientRecord | None:
@@ -200,15 +204,10 @@ class PgStore:
                         (record.client_id, record.name, int(record.role), record.psk, record.vip4, record.vip6,
                          record.last_seq))
 
-    def set_last_seq(self, client_id: bytes, seq: int) -> None:
-        if self._batching:
-            self._seqs[client_id] = max(seq, self._seqs.get(client_id, 0))
-            return
-        with self._tx() as cur:
-            cur.execute("UPDATE clients SET last_seq = %s WHERE client_id = %s AND last_seq < %s",
-                        (seq, client_id, seq))
-            if cur.rowcount != 1:
-                raise StoreError("sequence number not above the stored floor (replayed at another replica?)")
+    def holder_of(self, client_id: bytes) -> str | None:
+        """The replica ("address:port") that accepted the client's last registration (None: none yet)."""
+        row = self._one("SELECT holder FROM clients WHERE client_id = %s", (client_id,))
+        return row[0] if row is not None else None
 
     def assign_vips(self, client_id: bytes, known: ClientRecord | None = None) -> tuple[str | None, str | None]:
         rec = known if known is not None and known.client_id == client_id else self.get_client(client_id)

@@ -34,7 +34,7 @@ from ntmobile.osops.nft import NftError, RsFastTable, RsNatTable
 from ntmobile.osops.ping import icmp_echo
 from ntmobile.wire import Capability
 
-from .config import ConfigError, Credentials, RsSettings, group_id, reload_settings
+from .config import ConfigError, Credentials, RsSettings, group_id, parse_replica, reload_settings
 from .control import serve_control
 from .counters import counter_floor
 from .driver import CoreDriver
@@ -53,7 +53,8 @@ def dc_links(creds: list[Credentials]) -> tuple[bytes, list[DcLink]]:
     for c in creds:
         if c.role != "relay":
             raise ConfigError(f"credentials for {c.name} are {c.role} credentials; use `ntm dc enroll-rs`")
-    return bytes.fromhex(ids.pop()), [DcLink(c.dc_id_bytes, (c.dc_address, c.dc_port), c.psk) for c in creds]
+    return bytes.fromhex(ids.pop()), [DcLink(c.dc_id_bytes, (c.dc_address, c.dc_port), c.psk,
+                                                   tuple(parse_replica(r) for r in c.dc_replicas)) for c in creds]
 
 
 class RsDaemon:
@@ -106,7 +107,8 @@ class RsDaemon:
         self.nat.apply()
         self.driver = CoreDriver(self.core, self.on_event, on_flush=self.flush_tun)
         self.fast = FastPaths(self.core, RsFastTable(f"{s.nft_table}_fast", s.port, s.address, s.address6),
-                              self.driver.now)
+                              self.driver.now,
+                              defer=lambda fn: self.driver.loop.call_soon(self.driver.errors.guard("demotion", fn)))
         if s.fast_path:
             self.fast.start()
             self._spawn(self._poll_fast(), "fast path poll")

@@ -10,6 +10,7 @@ endpoint with a fast path takes it out of the kernel before any of its data can 
 
 from __future__ import annotations
 
+import functools
 import logging
 from collections import Counter
 from collections.abc import Callable
@@ -30,8 +31,10 @@ class FastPaths:
     """Applies ``FastPolicy`` with an ``RsFastTable`` and feeds the kernel's counters to the core."""
 
     def __init__(self, core: RsCore, table: RsFastTable, clock: Callable[[], float], *,
-                 policy: FastPolicy | None = None) -> None:
+                 policy: FastPolicy | None = None, defer: Callable[[Callable[[], None]], object] | None = None) -> None:
         self.core = core
+        #: Runs a demotion after the current flush (the daemon: loop.call_soon), else at once.
+        self.defer = defer
         self.clock = clock
         self.table = table
         self.policy = policy or FastPolicy(table.local4, table.local6)
@@ -74,9 +77,21 @@ class FastPaths:
 
     # -- Relay Table events (synchronous: before the daemon's answer leaves) ----------------------
     def on_endpoint(self, path_id: bytes, addr: Endpoint) -> None:
+        """A leg moved (handover): the paths it conflicts with leave the kernel. With ``defer`` that
+        happens right after the flush that sends the relay's answer (issue 21): the two nft runs of a
+        demotion (counters, removal) took ~35 ms on a loaded machine and held the moved node's Tunnel
+        Response, and the kernel forwards the old endpoints meanwhile either way."""
         if self.enabled:
             for pid in self.policy.conflicts(self.table.paths, path_id, addr):
-                self._demote(pid, "leg endpoint changed or shared")
+                if self.defer is None:
+                    self._demote(pid, "leg endpoint changed or shared")
+                else:
+                    self.stats["demotions_deferred"] += 1
+                    self.defer(functools.partial(self._demote_if_fast, pid, "leg endpoint changed or shared"))
+
+    def _demote_if_fast(self, path_id: bytes, why: str) -> None:
+        if self.enabled and path_id in self.table:
+            self._demote(path_id, why)
 
     def on_removed(self, path_id: bytes) -> None:
         if self.enabled and path_id in self.table:

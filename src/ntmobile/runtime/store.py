@@ -65,12 +65,53 @@ CREATE TABLE IF NOT EXISTS joins (
 _ROLES = {int(r): r for r in Role}
 
 
-class SqliteStore:
+class SeqBatch:
+    """Group commit of registrations' sequence numbers, shared by SqliteStore and PgStore (runtime/
+    pgstore.py): from ``begin_batch`` until ``end_batch``, ``set_last_seq`` only collects (the highest
+    per client); ``end_batch`` writes them in one transaction. A subclass writes one
+    (``_write_seq``) and a batch (``_write_seqs``, rows of (seq, client ID)); both raise StoreError."""
+
+    _batching: bool
+    _seqs: dict[bytes, int]
+
+    def _init_batch(self) -> None:
+        self._batching = False
+        self._seqs = {}
+
+    def begin_batch(self) -> None:
+        """From now until ``end_batch``, registrations' sequence numbers (``set_last_seq``) are
+        collected and written in one transaction at ``end_batch`` (the DC brackets each batch of
+        datagrams it reads with these: one commit per batch instead of one per registration). Other
+        writes commit at once, as outside a batch."""
+        self._batching = True
+
+    def end_batch(self) -> None:
+        """Write the batch's sequence numbers. StoreError if that fails (none of them is written)."""
+        self._batching = False
+        if not self._seqs:
+            return
+        rows = [(seq, cid) for cid, seq in self._seqs.items()]
+        self._seqs.clear()
+        self._write_seqs(rows)
+
+    def set_last_seq(self, client_id: bytes, seq: int) -> None:
+        if self._batching:
+            self._seqs[client_id] = max(seq, self._seqs.get(client_id, 0))
+            return
+        self._write_seq(client_id, seq)
+
+    def _write_seq(self, client_id: bytes, seq: int) -> None:
+        raise NotImplementedError
+
+    def _write_seqs(self, rows: list[tuple[int, bytes]]) -> None:
+        raise NotImplementedError
+
+
+class SqliteStore(SeqBatch):
     def __init__(self, path: str | Path, pools: Pools, *, background_checkpoint: bool = False) -> None:
         self.path = Path(path)
         self.pools = pools
-        self._batching = False
-        self._seqs: dict[bytes, int] = {}
+        self._init_batch()
         self._ckpt: sqlite3.Connection | None = None
         try:
             create_private(self.path)
@@ -113,21 +154,8 @@ class SqliteStore:
             pass  # e.g. a read-only file: the log stays and is replayed on the next open
         self.db.close()
 
-    # -- group commit ------------------------------------------------------------------------------
-    def begin_batch(self) -> None:
-        """From now until ``end_batch``, registrations' sequence numbers (``set_last_seq``) are
-        collected and written in one transaction at ``end_batch`` (the DC brackets each batch of
-        datagrams it reads with these: one commit per batch instead of one per registration). Other
-        writes commit at once, as outside a batch."""
-        self._batching = True
-
-    def end_batch(self) -> None:
-        """Write the batch's sequence numbers. StoreError if that fails (none of them is written)."""
-        self._batching = False
-        if not self._seqs:
-            return
-        rows = [(seq, cid) for cid, seq in self._seqs.items()]
-        self._seqs.clear()
+    # -- group commit (SeqBatch) ------------------------------------------------------------------
+    def _write_seqs(self, rows: list[tuple[int, bytes]]) -> None:
         try:
             self.db.execute("BEGIN")
             self.db.executemany("UPDATE clients SET last_seq = ? WHERE client_id = ?", rows)
@@ -138,6 +166,9 @@ class SqliteStore:
             except sqlite3.Error:
                 pass
             raise StoreError(f"{self.path}: {exc}") from None
+
+    def _write_seq(self, client_id: bytes, seq: int) -> None:
+        self._write("UPDATE clients SET last_seq = ? WHERE client_id = ?", (seq, client_id))
 
     def _write(self, sql: str, args: tuple[object, ...]) -> None:
         try:
@@ -173,12 +204,6 @@ class SqliteStore:
         self._write("INSERT INTO clients (client_id, name, role, psk, vip4, vip6, last_seq) VALUES (?,?,?,?,?,?,?)",
                     (record.client_id, record.name, int(record.role), record.psk, record.vip4, record.vip6,
                      record.last_seq))
-
-    def set_last_seq(self, client_id: bytes, seq: int) -> None:
-        if self._batching:
-            self._seqs[client_id] = seq
-            return
-        self._write("UPDATE clients SET last_seq = ? WHERE client_id = ?", (seq, client_id))
 
     def assign_vips(self, client_id: bytes, known: ClientRecord | None = None) -> tuple[str | None, str | None]:
         rec = known if known is not None and known.client_id == client_id else self.get_client(client_id)

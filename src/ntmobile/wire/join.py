@@ -57,6 +57,8 @@ class JoinToken:
     dc_address: str
     dc_port: int
     domain: str
+    #: The DC's other replicas, "address:port" each (issue 17): an optional trailing list.
+    replicas: tuple[str, ...] = ()
 
 
 @dataclass(frozen=True, slots=True)
@@ -68,6 +70,8 @@ class JoinCredentials:
     dc_port: int
     domain: str
     name: str
+    #: The DC's other replicas, "address:port" each (an optional trailing list, as in the token).
+    replicas: tuple[str, ...] = ()
 
 
 def _strs(*values: str) -> bytes:
@@ -78,6 +82,22 @@ def _strs(*values: str) -> bytes:
             raise CodecError("text field longer than 255 bytes")
         out += bytes([len(b)]) + b
     return out
+
+
+def _replicas(items: tuple[str, ...]) -> bytes:
+    """The optional trailing replica list: a count byte and as many text fields (nothing when empty)."""
+    if not items:
+        return b""
+    if len(items) > 255:
+        raise CodecError("too many replicas")
+    return bytes([len(items)]) + _strs(*items)
+
+
+def _take_replicas(data: bytes, off: int) -> tuple[tuple[str, ...], int]:
+    if off >= len(data):
+        return (), off
+    items, off = _take_strs(data, off + 1, data[off])
+    return tuple(items), off
 
 
 def _take_strs(data: bytes, off: int, n: int) -> tuple[list[str], int]:
@@ -96,7 +116,7 @@ def _take_strs(data: bytes, off: int, n: int) -> tuple[list[str], int]:
 
 def format_token(t: JoinToken) -> str:
     raw = (struct.pack("!B8s32sI8sH", 1, t.token_id, t.secret, t.expires, t.dc_id, t.dc_port)
-           + _strs(t.dc_address, t.domain))
+           + _strs(t.dc_address, t.domain) + _replicas(t.replicas))
     return TOKEN_PREFIX + base64.urlsafe_b64encode(raw).rstrip(b"=").decode()
 
 
@@ -114,9 +134,10 @@ def parse_token(text: str) -> JoinToken:
         raise CodecError("join token: truncated or of another version")
     _v, token_id, secret, expires, dc_id, port = struct.unpack_from("!B8s32sI8sH", raw)
     (addr, domain), off = _take_strs(raw, 55, 2)
+    replicas, off = _take_replicas(raw, off)
     if off != len(raw):
         raise CodecError("join token: trailing bytes")
-    return JoinToken(token_id, secret, expires, dc_id, addr, port, domain)
+    return JoinToken(token_id, secret, expires, dc_id, addr, port, domain, replicas)
 
 
 def pack_join_request(token_id: bytes, ephemeral: bytes, mac: bytes) -> bytes:
@@ -160,7 +181,8 @@ def parse_join_response(data: bytes) -> tuple[bytes, int, bytes, bytes]:
 def pack_credentials(c: JoinCredentials) -> bytes:
     if len(c.client_id) != ID_SIZE or len(c.psk) != KEY_SIZE or len(c.dc_id) != ID_SIZE:
         raise CodecError("credentials: bad field size")
-    return c.client_id + c.psk + c.dc_id + struct.pack("!H", c.dc_port) + _strs(c.dc_address, c.domain, c.name)
+    return (c.client_id + c.psk + c.dc_id + struct.pack("!H", c.dc_port) + _strs(c.dc_address, c.domain, c.name)
+            + _replicas(c.replicas))
 
 
 def parse_credentials(data: bytes) -> JoinCredentials:
@@ -168,6 +190,7 @@ def parse_credentials(data: bytes) -> JoinCredentials:
         raise CodecError("credentials: truncated")
     (port,) = struct.unpack_from("!H", data, 48)
     (addr, domain, name), off = _take_strs(data, 50, 3)
+    replicas, off = _take_replicas(data, off)
     if off != len(data):
         raise CodecError("credentials: trailing bytes")
-    return JoinCredentials(data[:8], data[8:40], data[40:48], addr, port, domain, name)
+    return JoinCredentials(data[:8], data[8:40], data[40:48], addr, port, domain, name, replicas)

@@ -116,6 +116,9 @@ class DirectionResponse(Message):
     path_id: bytes = _f(Attr.PATH_ID, Kind.ID8, required=True)
     load: int = _f(Attr.LOAD, Kind.U32, default=0)
     capabilities: int = _f(Attr.CAPABILITIES, Kind.U32, default=0)
+    #: Only from a DC replica that relayed the Relay Direction to one of its relays: which one, where.
+    rs_endpoint: Endpoint | None = _f(Attr.RS_ENDPOINT, Kind.ENDPOINT)
+    rs_name: str | None = _f(Attr.RS_NAME, Kind.STR)
 
 
 @dataclass(frozen=True, slots=True)

@@ -32,9 +32,19 @@ class DcConfig:
     address: str = ""
     port: int = DC_PORT
     #: NAT traversal: RS-S paths the traversal table allows get punch candidates (docs/protocol.md,
-    #: "Traversal of RS_S paths"). Off by default until the runtime's data plane is verified with it in
-    #: the lab (issue 16); off keeps every such path relayed.
+    #: "Traversal of RS_S paths"); off keeps every such path relayed. The daemon's dc.toml turns it on
+    #: by default (runtime.config.DcSettings.traversal); the core's default stays off so in-memory
+    #: scenarios opt in.
     traversal: bool = False
+    #: The other replicas of this DC ("address:port" each, as the registry's ``holder`` names them):
+    #: a node registered at one of them is reached by a Peer Query to it (docs/architecture.md, "DC
+    #: replicas"). Empty: a single DC.
+    replicas: tuple[str, ...] = ()
+
+    @property
+    def replica_name(self) -> str:
+        """This replica's "address:port" (what the registry records as the holder of its sessions)."""
+        return f"[{self.address}]:{self.port}" if ":" in self.address else f"{self.address}:{self.port}"
 
     def own_domain(self, fqdn: str) -> str | None:
         """The domain of this DC that ``fqdn`` belongs to, or None."""

@@ -49,6 +49,7 @@ from .paths import PathRecord, PathTable
 from .peering import Peering
 from .redirect import Redirects
 from .registration import Registration
+from .replicas import ReplicaRelays
 from .sessions import SessionTable, _Session
 
 #: A handler of one message type on a session: (session, header, message, address, now).
@@ -76,10 +77,12 @@ class DcCore(CoreBase):
         self.registration = Registration(self)
         self.natprobe = NatProbe(self)
         self.directions = Directions(self)
+        self.replica_relays = ReplicaRelays(self)
         self.peering = Peering(self)
         self.redirects = Redirects(self)
         #: Nodes joining with a token (core/join.py).
-        self.joins = JoinDesk(JoinDeskConfig(config.dc_id, config.address, config.port, config.domain), store,
+        self.joins = JoinDesk(JoinDeskConfig(config.dc_id, config.address, config.port, config.domain,
+                                                  tuple(r for r in config.replicas if r != config.replica_name)), store,
                               random_bytes, stats=self.stats)
         #: What each message type on a session goes to.
         self._dispatch: dict[type[Message], _Handler] = {

@@ -31,7 +31,7 @@ from ntmobile.wire import (
 
 from ..common import new_txid
 from ..discovery import DiscoveryResult, Outcome
-from ..registry import StoreError
+from ..registry import ClientRecord, StoreError
 from ..targets import TargetPolicy
 from ..timing import (
     DISTANCE_PROBE_TIMEOUT,
@@ -73,6 +73,7 @@ from .paths import (
     rss_direction,
     same_nat,
 )
+from .replicas import ProxyTag, is_proxy
 from .sessions import _Session
 
 if TYPE_CHECKING:
@@ -129,7 +130,8 @@ class Directions:
                       "a direction request needs a node session and an FQDN")
             return
         if msg.path_id is not None:
-            r = Redirect(node, header.txid, (msg.fqdn or "").rstrip(".").lower(), now, path_id=msg.path_id)
+            r = Redirect(node, header.txid, (msg.fqdn or "").rstrip(".").lower(), now, path_id=msg.path_id,
+                         no_punch=bool(msg.no_punch))
             self._asked[key] = r
             core.redirects.on_request(r, now)
             return
@@ -237,6 +239,9 @@ class Directions:
         d.evidence.append("general node: " + ", ".join(f"VIP {v} stands for {r}" for v, r in mapping))
         gn_addr = gn4 or gn6 or ""
         relays = core.clients.relays()
+        remote = not relays  # then the relays registered at the other replicas, through them
+        if remote:
+            relays = core.replica_relays.candidates()
         if not relays:
             self.fail(d, Status.NO_RELAY, "no relay server is registered")
             return
@@ -272,7 +277,7 @@ class Directions:
         # The rule: prefer the relay closest to the GN by measured hop count (ICMP echo from each relay,
         # cached per relay and GN address), then the least loaded, then the name. Unmeasured or
         # unreachable relays come last.
-        missing = [r for r in relays if not self._metric_fresh(r.record.name, gn_addr, now)]
+        missing = [] if remote else [r for r in relays if not self._metric_fresh(r.record.name, gn_addr, now)]
         if missing and reuse_rs is None:
             move(g, S.PROBING)
             probe = RelayProbe(gn_addr4=gn4, gn_addr6=None if gn4 else gn6)
@@ -355,6 +360,8 @@ class Directions:
             self.fail(d, Status.NXDOMAIN, f"no node named {name} is enrolled here")
             return
         peer = core.clients.get(target.client_id)
+        if peer is None and target.client_id != d.node.record.client_id and self._at_replica(d, target, now):
+            return
         if peer is None or target.client_id == d.node.record.client_id:
             self.fail(d, Status.PEER_UNREACHABLE, f"{name} is not registered (or is the requester)")
             return
@@ -385,7 +392,7 @@ class Directions:
                                route=route_for(node, peer, a_initiates), responder=peer,
                                responder_route=route_for(peer, node, not a_initiates))
         if mode is PathMode.RS_S:
-            relays = core.clients.relays()
+            relays = core.clients.relays() or core.replica_relays.candidates()
             if not relays:
                 self.fail(d, Status.NO_RELAY, "both nodes are behind different NATs and no relay is up")
                 return
@@ -393,6 +400,22 @@ class Directions:
                              sorted(relays, key=lambda s: (s.load, s.record.name)))
         self.hand_on(d, f)
         self.start_peer_setup(f, now)
+
+    def _at_replica(self, d: Asked, target: ClientRecord, now: float) -> bool:
+        """``target`` has no session here: if the registry names another replica of this DC as the
+        holder of its session, that replica is asked (a Peer Query) and directs it. True: asked."""
+        core = self._core
+        holder_of = getattr(core.store, "holder_of", None)  # (only the shared PostgreSQL registry has holders)
+        if not core.config.replicas or holder_of is None:
+            return False
+        try:
+            holder = holder_of(target.client_id)
+        except StoreError as exc:
+            d.evidence.append(f"cannot read which replica holds {target.name}: {exc}")
+            return False
+        if holder is None or holder == core.config.replica_name:
+            return False
+        return core.peering.query_replica(d, holder, now)
 
     def start_peer_setup(self, f: _PeerSetup, now: float) -> None:
         """Ask the relay (if the path is relayed), then tell the responder."""
@@ -427,6 +450,9 @@ class Directions:
     def _relay_timed_out(self, f: _Setup, leg: RelayLeg, rs: _Session, now: float) -> None:
         core = self._core
         f.evidence.append(f"relay {rs.record.name} did not answer the Relay Direction")
+        if is_proxy(rs):  # another replica (it stays a candidate for later flows)
+            self.try_next_relay(f, leg, now)
+            return
         was_alive, rs.alive = rs.alive, False
         core._emit(RelayLost(rs.record.name))
         self.try_next_relay(f, leg, now)
@@ -441,6 +467,9 @@ class Directions:
             core.stats["drop_late_response"] += 1
             return
         tag = pending.tag
+        if isinstance(tag, ProxyTag):  # the Relay Direction of another replica, given to our relay
+            core.replica_relays.relay_answered(tag, header, msg, now)
+            return
         if not isinstance(tag, RelayTag) or tag.flow.state is not S.RELAYING or tag.flow.path_id != msg.path_id:
             return
         f, leg = tag.flow, tag.leg
@@ -453,6 +482,8 @@ class Directions:
                 return
             if header.status == Status.ADDRESS_REFUSED:
                 leg.refused_by.append(rs.record.name)
+            elif is_proxy(rs) and header.status != Status.PATH_ID_IN_USE and rs in leg.tried:
+                leg.tried.remove(rs)  # that replica's relays answered (or it has none): not asked again
             if header.status == Status.PATH_ID_IN_USE and redirect_of(f) is None:
                 new_id = core.path_table.new_path_id()
                 f.path_id = new_id
@@ -463,24 +494,50 @@ class Directions:
                 leg.candidates.insert(0, rs)
             self.try_next_relay(f, leg, now)
             return
-        rs_ep = rs.endpoint
-        f.route = _replace(f.route, rs_endpoint=rs_ep, rs_name=rs.record.name)
-        f.evidence.append(f"relay {rs.record.name} at {rs_ep[0]}:{rs_ep[1]} accepted path {msg.path_id.hex()}")
+        rs_ep, rs_name = rs.endpoint, rs.record.name
+        if is_proxy(rs):
+            if msg.rs_endpoint is None or not msg.rs_name:
+                f.evidence.append(f"{rs_name} named no relay in its answer")
+                self.try_next_relay(f, leg, now)
+                return
+            f.evidence.append(f"{rs_name} gave the path to its relay {msg.rs_name}")
+            rs_ep, rs_name = msg.rs_endpoint, msg.rs_name
+        f.route = _replace(f.route, rs_endpoint=rs_ep, rs_name=rs_name)
+        f.evidence.append(f"relay {rs_name} at {rs_ep[0]}:{rs_ep[1]} accepted path {msg.path_id.hex()}")
         if isinstance(f, _PeerSetup):
-            f.responder_route = _replace(f.responder_route, rs_endpoint=rs_ep, rs_name=rs.record.name)
+            f.responder_route = _replace(f.responder_route, rs_endpoint=rs_ep, rs_name=rs_name)
             self.send_responder_route(f, now)
         elif isinstance(f, GnDirection):
-            self.complete(f, f.route, rs.record.name, f.gn_map, now)
+            self.complete(f, f.route, rs_name, f.gn_map, now)
 
     # -- the responder leg ----------------------------------------------------------------------------
     def send_responder_route(self, f: _PeerSetup, now: float) -> None:
+        """Tell the responder (an acknowledged request, retransmitted until its Ack). A DIRECT path
+        is answered at once, in the same flush (docs/protocol.md "0x06 Route Direction"): the
+        responder holds an early Tunnel Request (EARLY_HOLD), so waiting for its Ack would only add a
+        round trip to every set-up and handover. An RS path waits for the Ack (the relay learns the
+        responder's leg from its own Tunnel Request)."""
         move(f, S.TELLING_PEER)
         core = self._core
         core._request(f.responder.channel, f.responder_route, new_txid(core._rand), f.responder.endpoint, now,
                       timeout=ROUTE_DIRECTION_TIMEOUT, tag=RouteTag(f),
                       on_timeout=functools.partial(self._responder_timed_out, f))
+        if f.leg is None and f.responder_route.mode == PathMode.DIRECT:
+            f.evidence.append("answered beside the responder's Route Direction (DIRECT: no wait for its Ack)")
+            self._told_peer(f, now)
+
+    def _told_peer(self, f: _PeerSetup, now: float) -> None:
+        if isinstance(f, PeerQueryIn):
+            self._core.peering.answer(f, now)
+        elif isinstance(f, LocalPeerDirection):
+            self.complete(f, f.route, f.route.rs_name if f.leg is not None else None, (), now)
 
     def _responder_timed_out(self, f: _PeerSetup, now: float) -> None:
+        if f.state is S.DONE:
+            # A DIRECT path answered before the Ack: the initiator's Tunnel Request goes unanswered
+            # and fails on its own (TUNNEL_TIMEOUT); the record ages out like any unused path.
+            self._core.stats["route_directions_unacked"] += 1
+            return
         self.fail(f, Status.PEER_UNREACHABLE, f"{f.fqdn} did not acknowledge its Route Direction")
 
     def on_route_ack(self, session: _Session, header: SignalHeader, msg: RouteDirectionAck, addr: Endpoint,
@@ -490,11 +547,7 @@ class Directions:
             return  # (a MovedTag: the node took the moved path; nothing waits for it)
         f = pending.tag.flow
         if f.state is S.TELLING_PEER and f.responder is session and f.path_id == msg.path_id:
-            if isinstance(f, PeerQueryIn):
-                self._core.peering.answer(f, now)
-            elif isinstance(f, LocalPeerDirection):
-                rs = f.leg.rs if f.leg is not None else None
-                self.complete(f, f.route, rs.record.name if rs is not None else None, (), now)
+            self._told_peer(f, now)
 
     # -- outcomes ---------------------------------------------------------------------------------------
     def complete(self, f: GnDirection | LocalPeerDirection | PeerQueryOut, route: RouteDirection,

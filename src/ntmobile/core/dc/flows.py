@@ -204,6 +204,8 @@ class Redirect(_Flow):
 
     path_id: bytes
     dc_initiated: bool = False
+    #: The node asked with NO_PUNCH (its punched path failed after its relay leg was let go): plain RS-S.
+    no_punch: bool = False
     #: For a path with a node of another DC: the path's key and a fresh relay key for the Peer Query.
     path_key: bytes = b""
     relay_key: bytes = b""

@@ -9,10 +9,11 @@ import functools
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING
 
-from ntmobile.crypto import Channel, dc_static_keys, x25519_public
+from ntmobile.crypto import Channel, dc_static_keys, replica_id, replica_keys, x25519_public
 from ntmobile.wire import (
     MAX_SIGNAL_SIZE,
     CodecError,
+    DirectionResponse,
     Endpoint,
     MessageType,
     NatKind,
@@ -49,6 +50,9 @@ from .paths import PUNCH_DELAY_MS, PathRecord, candidates, decide_route, punch_o
 if TYPE_CHECKING:
     from .core import DcCore
 
+#: What a replica's PeerDc has for a key (it has none of its own: the channel is keyed from the shared
+#: secret), followed by its replica ID; no X25519 key starts so and is 16 bytes long.
+REPLICA_KEY = b"replica:"
 #: Sealed datagrams held per peer DC while its key is being checked.
 PEER_HELD_MAX = 16
 #: ... and for all peer DCs together (each at most MAX_SIGNAL_SIZE bytes: unauthenticated input
@@ -104,6 +108,30 @@ class Peering:
         self._by_id: dict[bytes, PeerDc] = {}
         self._verifying: dict[int, tuple[PeerDc, str]] = {}
         self._hello_limit = RateLimiter(*PEER_HELLO_RATE, *PEER_HELLO_GLOBAL_RATE)
+        #: The other replicas of this DC, by their "address:port" (docs/architecture.md, "DC replicas").
+        self.replicas: dict[str, PeerDc] = {}
+        self._replica_setup()
+
+    def _replica_setup(self) -> None:
+        """A channel to each other replica, keyed from the DC's shared secret and the two replica IDs:
+        a replica is a peer DC whose verified domains are this DC's own (it answers queries for nodes
+        registered with it, and only those: the rule that no replica directs a node it holds no
+        session for holds because each replica only directs its own sessions)."""
+        c = self._core.config
+        if not c.secret or not c.replicas:
+            return
+        me = replica_id(c.secret, c.replica_name)
+        for name in c.replicas:
+            if name == c.replica_name:
+                continue
+            rid = replica_id(c.secret, name)
+            host, _, port = name.rpartition(":")
+            peer = PeerDc(REPLICA_KEY + rid, Channel(replica_keys(c.secret, me, rid), me, counter=self._core.counter),
+                          dc_id=rid, endpoint=(host.strip("[]"), int(port)), trusted=True,
+                          domains={c.domain, *c.extra_domains})
+            self.replicas[name] = peer
+            self._by_id[rid] = peer
+            self._core.replica_relays.add(name, peer, 0.0)
 
     def _peer_for_key(self, key: bytes) -> PeerDc | None:
         peer = self.by_key.get(key)
@@ -256,7 +284,11 @@ class Peering:
         if msg is None:
             return
         peer.endpoint = addr  # authenticated: the peer DC is there
-        if isinstance(msg, PeerQuery):
+        if peer.key.startswith(REPLICA_KEY) and isinstance(msg, RelayDirection):
+            core.replica_relays.on_direction(peer, header, msg, addr, now)
+        elif peer.key.startswith(REPLICA_KEY) and isinstance(msg, DirectionResponse):
+            core.replica_relays.on_response(peer, header, msg, addr, now)
+        elif isinstance(msg, PeerQuery):
             self._on_query(peer, header, msg, addr, now)
         elif isinstance(msg, (PeerAnswer, StatusMessage)):
             pending = core._answered(peer.channel, header.txid)
@@ -312,6 +344,20 @@ class Peering:
         q.rehellos = [core._call_at(now + delay, functools.partial(self._rehello, q, domain))
                       for delay in PEER_HELLO_RESEND]
 
+    def query_replica(self, f: Asked, holder: str, now: float) -> bool:
+        """``f``'s target is registered at the replica ``holder``: ask it (False: not a replica we know)."""
+        core = self._core
+        peer = self.replicas.get(holder)
+        if peer is None or peer.endpoint is None:
+            return False
+        q = PeerQueryOut(f.node, f.txid, f.fqdn, f.started, f.evidence, dc=peer, endpoint=peer.endpoint,
+                         path_key=core._rand(32), relay_key=core._rand(32))
+        core.directions.hand_on(f, q)
+        q.evidence.append(f"{f.fqdn} is registered at replica {holder}: asked with a Peer Query")
+        core.stats["replica_queries_sent"] += 1
+        self._send_query(q, now)
+        return True
+
     def _send_query(self, q: PeerQueryOut, now: float) -> None:
         core = self._core
         move(q, S.QUERYING)
@@ -324,7 +370,8 @@ class Peering:
             self._send_hello(peer, ep, core.config.own_domain(rec.name) or core.config.domain, now)
         msg = PeerQuery(fqdn=q.fqdn, name=rec.name, path_id=q.path_id, path_key=q.path_key, relay_key=q.relay_key,
                         timestamp=self._core.wall_us(now), nat=int(node.nat_class), vip4=rec.vip4, vip6=rec.vip6,
-                        observed=node.endpoint, local_endpoints=node.local_endpoints, capabilities=node.capabilities)
+                        observed=node.endpoint, local_endpoints=node.local_endpoints, capabilities=node.capabilities,
+                        no_punch=1 if q.redirect is not None and q.redirect.no_punch else None)
         core._request(peer.channel, msg, new_txid(core._rand), ep, now, timeout=PEER_QUERY_TIMEOUT,
                       tag=PeerQueryTag(q), on_timeout=functools.partial(self._query_timed_out, q))
         core.stats["peer_queries_sent"] += 1
@@ -546,6 +593,6 @@ class Peering:
         core._emit(DirectionDecision(f.requester, f.fqdn, status, None, None, None, tuple(f.evidence)))
 
     def sweep(self, now: float) -> None:
-        for peer in self.by_key.values():
+        for peer in (*self.by_key.values(), *self.replicas.values()):
             peer.replies = {t: r for t, r in peer.replies.items() if now - r[1] <= REPLY_CACHE_SECONDS}
             peer.seen = {k: t for k, t in peer.seen.items() if now - t <= 2 * PEER_CLOCK_SKEW}

@@ -4,6 +4,7 @@ re-direction runs per path at a time; the Path ID, key and roles never change.""
 
 from __future__ import annotations
 
+import dataclasses
 import functools
 from typing import TYPE_CHECKING
 
@@ -16,7 +17,17 @@ from ntmobile.wire import (
 
 from ..timing import REDIRECT_STALE
 from .flows import LocalPeerDirection, Redirect, RelayLeg, S, move
-from .paths import PathRecord, decide_route, peer_route, peer_targets, rss_direction, same_nat
+from .paths import (
+    PUNCH_DELAY_MS,
+    PathRecord,
+    candidates,
+    decide_route,
+    peer_route,
+    peer_targets,
+    punch_offer,
+    rss_direction,
+    same_nat,
+)
 from .sessions import _Session
 
 if TYPE_CHECKING:
@@ -102,14 +113,23 @@ class Redirects:
         relay_key = core._rand(32) if mode is PathMode.RS_S else None
         behind_one_nat = same_nat(node_nat, node.endpoint, peer_nat, peer.endpoint)
         config = core.config
+        # NAT traversal again (after a move, a dead relay, a node's timed retry), unless the node asked
+        # with NO_PUNCH: its punched path failed after its relay leg was let go.
+        punch = punch_offer(mode, node_nat, peer_nat, r.no_punch or not config.traversal)
 
         def route_for(me: _Session, other: _Session, role: PathRole) -> RouteDirection:
-            return peer_route(config, pid, mode, rec.path_key, relay_key, me, other, role,
-                              peer_targets(other, mode, behind_one_nat))
+            route = peer_route(config, pid, mode, rec.path_key, relay_key, me, other, role,
+                               peer_targets(other, mode, behind_one_nat))
+            if punch is not None and punch.punch:
+                route = dataclasses.replace(route, punch_endpoints=candidates(other.endpoint, other.local_endpoints),
+                                            punch_delay=PUNCH_DELAY_MS)
+            return route
 
         r.evidence.append(f"re-direction of path {pid.hex()} after a move: {name} {node_nat.name} at {node.endpoint}, "
                           f"{other_name} {peer_nat.name} at {peer.endpoint} -> {mode.name} (was {rec.mode.name}); "
-                          f"path ID, key and roles kept")
+                          f"path ID, key and roles kept"
+                          + (f"; traversal: {punch.reason}" if punch is not None else
+                             "; traversal: not asked (NO_PUNCH)" if r.no_punch and mode is PathMode.RS_S else ""))
         f = LocalPeerDirection(node, r.txid, other_name, now, r.evidence, path_id=pid,
                                route=route_for(node, peer, my_role), responder=peer,
                                responder_route=route_for(peer, node, peer_role), redirect=r)

@@ -10,6 +10,7 @@
 from .core import EARLY_MAX, RETIRED_KEYS, NodeCore
 from .events import (
     DcProbed,
+    LegWatch,
     LookupFallback,
     NodeConfig,
     PathClosed,
@@ -24,7 +25,7 @@ from .events import (
 from .paths import PATH_TRANSITIONS, PathState, PathStateError
 
 __all__ = [
-    "DcProbed", "EARLY_MAX", "PATH_TRANSITIONS", "RETIRED_KEYS", "LookupFallback", "NodeConfig", "NodeCore",
+    "DcProbed", "EARLY_MAX", "LegWatch", "PATH_TRANSITIONS", "RETIRED_KEYS", "LookupFallback", "NodeConfig", "NodeCore",
     "PathClosed",
     "PathEndpointChanged", "PathFailed", "PathInfo", "PathProbed", "PathReady", "PathState", "PathStateError",
     "Registered",

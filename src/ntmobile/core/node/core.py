@@ -173,6 +173,7 @@ class NodeCore(NodeLiveness):
         self.stats["handovers"] += 1
         self._moved_at = now
         self._handover_pending = True
+        self._traversal_moved(now)
         self.register(local_endpoints, now)
         self._announce_all(now)
 
@@ -193,8 +194,14 @@ class NodeCore(NodeLiveness):
                 "endpoint": list(p.endpoint) if p.endpoint else None, "established": p.established,
                 "tx_packets": p.tx_packets, "tx_bytes": p.tx_bytes, "rx_packets": p.rx_packets,
                 "rx_bytes": p.rx_bytes, "created": p.created,
+                "traversal": p.traversal.snapshot(p.created) if p.traversal is not None else None,
             })
         return out
+
+    def traversal_of(self, path_id: bytes) -> dict[str, object] | None:
+        """The NAT traversal of ``path_id`` as ``ntm status`` shows it (None: no traversal)."""
+        p = self._paths.get(path_id)
+        return p.traversal.snapshot(p.created) if p is not None and p.traversal is not None else None
 
     def probe_dc(self, now: float) -> int | None:
         """`ntm netcheck`: one session Keepalive to the DC, sent once; its answer or, after

@@ -199,9 +199,11 @@ class NodeDirections(NodeTunnels):
         for path in self._paths.values():
             self._redirect_path(path, now)
 
-    def _redirect_path(self, path: _Path, now: float) -> bool:
-        """Ask the DC to decide this NTM-peer path again (same Path ID, key and roles). False when it
-        cannot be asked now (not registered, not an NTM-peer path, or a re-direction is in flight)."""
+    def _redirect_path(self, path: _Path, now: float, *, no_punch: bool = False) -> bool:
+        """Ask the DC to decide this NTM-peer path again (same Path ID, key and roles); ``no_punch``: as
+        plain RS-S, without punch candidates (the path's direct leg failed after its relay leg was let
+        go). False when it cannot be asked now (not registered, not an NTM-peer path, or a
+        re-direction is in flight)."""
         if self._dc.session is None or not path.established or path.mode is PathMode.RS_N or not path.rd.peer_name:
             return False
         if path.path_id in self._redirects.values():
@@ -210,7 +212,8 @@ class NodeDirections(NodeTunnels):
         self._redirects[txid] = path.path_id
         self.stats["redirects_requested"] += 1
         self._request(self._dc.session, DirectionRequest(fqdn=path.rd.peer_name, path_id=path.path_id,
-                                                      capabilities=self.config.capabilities),
+                                                      capabilities=self.config.capabilities,
+                                                      no_punch=1 if no_punch else None),
                       txid, self.config.dc_endpoint, now, timeout=DIRECTION_TIMEOUT, tag=RedirectTag(path.path_id),
                       on_timeout=functools.partial(self._redirect_timed_out, txid))
         return True

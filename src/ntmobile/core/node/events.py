@@ -42,6 +42,24 @@ class RegistrationFailed(Event):
     reason: str
 
 
+@dataclass(slots=True)
+class LegWatch:
+    """Shared by the node core and the data plane for a path with NAT traversal (as the sealer and
+    opener are): the relay's endpoint and the peer's punch candidates, and the capsules the data plane
+    delivered from the relay and from anywhere else. The data plane never learns the relay's address
+    as the peer's (nor, on the relay leg, a candidate's), and takes GSO chunks from all of them; the
+    core samples the counts (core/node/traversal.py: a DIRECT path whose capsules keep arriving
+    through the relay falls back, the peer went back to it)."""
+
+    relay: Endpoint | None
+    candidates: frozenset[Endpoint] = frozenset()
+    relayed: int = 0
+    direct: int = 0
+
+    def knows(self, addr: Endpoint) -> bool:
+        return addr == self.relay or addr in self.candidates
+
+
 @dataclass(frozen=True, slots=True)
 class PathInfo:
     path_id: bytes
@@ -57,6 +75,8 @@ class PathInfo:
     #: The path's capsule sealer/opener (shared with the data plane: one counter per direction).
     sealer: CapsuleSealer = field(compare=False, repr=False)
     opener: CapsuleOpener = field(compare=False, repr=False)
+    #: NAT traversal's shared counters (None: the path has no traversal).
+    leg: LegWatch | None = field(default=None, compare=False, repr=False)
 
 
 @dataclass(frozen=True, slots=True)

@@ -16,7 +16,7 @@ from ntmobile.crypto import CapsuleOpener, CapsuleSealer, Channel, KeyPair
 from ntmobile.wire import Endpoint, PathMode, PathRole, RouteDirection
 
 from ..common import Timer, _Pending
-from .events import PathInfo
+from .events import LegWatch, PathInfo
 from .traversal import PathTraversal
 
 
@@ -133,6 +133,7 @@ class _Path:
     #: its next timer.
     traversal: PathTraversal | None = None
     traversal_timer: Timer | None = None
+    leg_watch: LegWatch | None = None
 
     @property
     def established(self) -> bool:
@@ -150,4 +151,5 @@ class _Path:
 
     def info(self) -> PathInfo:
         return PathInfo(self.path_id, self.role, self.mode, self.rd.peer_name, self.rd.peer_vip4, self.rd.peer_vip6,
-                        self.endpoint, self.rd.rs_name, self.data_keys, self.peer_caps, self.sealer, self.opener)
+                        self.endpoint, self.rd.rs_name, self.data_keys, self.peer_caps, self.sealer, self.opener,
+                        self.leg_watch)

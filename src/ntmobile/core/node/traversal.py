@@ -36,6 +36,11 @@ SILENCE_PROBE = 0.5
 SILENCE_FALLBACK = 1.0
 #: How often the runtime samples the sealer counter and the opener's replay-window top.
 SAMPLE_INTERVAL = 0.1
+#: One-sided fallback: after this long DIRECT (the peer switches within a probe interval and a round
+#: trip of us) capsules that keep arriving only through the relay for RELAYED_FALLBACK mean the peer
+#: went back to the relay (its direct path is silent, or it never got our ack): we follow it.
+RELAYED_SETTLE = 1.0
+RELAYED_FALLBACK = 0.3
 #: The relay leg is kept as a standby this long after the switch.
 RELAY_GRACE = 10.0
 #: Retry backoff after a failed punch or a fallback: doubles from the first to the last.
@@ -122,6 +127,8 @@ class PathTraversal:
         self.backoff = BACKOFF_FIRST
         self.stats: Counter[str] = Counter()
         self.direct_since: float | None = None
+        #: When the path first went DIRECT (``ntm status``: time to direct from the path's creation).
+        self.first_direct: float | None = None
         self._probe_end = 0.0
         self._next_probe = start_at
         self._probed: set[Endpoint] = set()
@@ -132,6 +139,9 @@ class PathTraversal:
         self._last_rx: int | None = None
         self._silent_since: float | None = None
         self._silence_probed = False
+        self._last_relayed: int | None = None
+        self._last_direct: int | None = None
+        self._relayed_since: float | None = None
         if not self.candidates:
             self._set(TraversalState.RELAYED)
             self.reason = "no candidates"
@@ -149,6 +159,16 @@ class PathTraversal:
         if self.state is TraversalState.PROBING and self.trying is not None:
             return f"RS_S (trying {self.trying[0]}:{self.trying[1]})"
         return f"RS_S ({self.reason})"
+
+    def snapshot(self, created: float) -> dict[str, object]:
+        """``ntm status``'s view: state, the text above, why relayed, the candidate being tried or in
+        use, seconds from the path's creation to its first DIRECT, the counters."""
+        ep = self.trying or self.peer
+        return {"state": self.state.value, "status": self.status(), "reason": self.reason,
+                "candidate": list(ep) if ep is not None else None,
+                "candidates": [list(c) for c in self.candidates],
+                "time_to_direct": None if self.first_direct is None else round(self.first_direct - created, 3),
+                "stats": dict(self.stats)}
 
     def deadline(self) -> float | None:
         times: list[float] = []
@@ -225,11 +245,15 @@ class PathTraversal:
         self.trying = None
         self.reason = "direct"
         self.direct_since = now
+        if self.first_direct is None:
+            self.first_direct = now
         self.backoff = BACKOFF_FIRST
         self._grace_end = now + RELAY_GRACE
         self._next_sample = now + SAMPLE_INTERVAL
         self._last_tx = self._last_rx = None
         self._silent_since = None
+        self._last_relayed = self._last_direct = None
+        self._relayed_since = None
         self.stats["punched"] += 1
         return [GoDirect(src)]
 
@@ -237,13 +261,17 @@ class PathTraversal:
         """A probe or ack that failed authentication: counted, nothing else (no state, no answer)."""
         self.stats["probe_auth_failed"] += 1
 
-    def sample(self, now: float, tx_counter: int, rx_top: int) -> list[Action]:
+    def sample(self, now: float, tx_counter: int, rx_top: int, relayed: int = 0, direct: int = 0) -> list[Action]:
         """The path's sealer counter and opener replay-window top, sampled every SAMPLE_INTERVAL while
         DIRECT: data sent with nothing received for SILENCE_PROBE gets a probe, for SILENCE_FALLBACK
-        the path falls back to the relay."""
+        the path falls back to the relay. ``relayed`` / ``direct``: the data plane's counts of capsules
+        delivered from the relay and from elsewhere (LegWatch): after RELAYED_SETTLE, capsules arriving
+        only through the relay for RELAYED_FALLBACK make the path fall back too (the peer did)."""
         if self.state is not TraversalState.DIRECT:
             return []
         self._next_sample = now + SAMPLE_INTERVAL
+        if self._relayed_only(now, relayed, direct):
+            return self._fail("peer relayed", now)
         if self._last_rx is None or rx_top != self._last_rx:
             self._last_rx = rx_top
             self._last_tx = tx_counter
@@ -277,20 +305,48 @@ class PathTraversal:
         out.append(AskDc(no_punch=False))
         return out
 
+    def reset(self, reason: str) -> None:
+        """The DC re-directed the path (a move, a dead relay): whatever was tried or in use is over, a
+        new offer (or none) comes with the new Route Direction. No actions: the re-direction itself
+        switched the path."""
+        self._relayed(reason)
+        self.relay_alive = True
+        self._retry_at = None
+        self.backoff = BACKOFF_FIRST
+
     # -- helpers -------------------------------------------------------------------------------
+    def _relayed_only(self, now: float, relayed: int, direct: int) -> bool:
+        last_r, last_d = self._last_relayed, self._last_direct
+        self._last_relayed, self._last_direct = relayed, direct
+        if last_r is None or last_d is None or direct != last_d or relayed == last_r:
+            if direct != last_d:
+                self._relayed_since = None
+            return False
+        assert self.direct_since is not None
+        if now - self.direct_since < RELAYED_SETTLE:
+            return False
+        if self._relayed_since is None:
+            self._relayed_since = now
+        return now - self._relayed_since >= RELAYED_FALLBACK
+
     def _touch_rx(self, now: float) -> None:
         self._silent_since = None
         self._silence_probed = False
 
-    def _fail(self, reason: str, now: float) -> list[Action]:
-        was_direct = self.state is TraversalState.DIRECT
-        self._set(TraversalState.RELAYED)
+    def _relayed(self, reason: str) -> None:
+        """To RELAYED (if not there yet): nothing tried, nothing in use, no samples, no grace."""
+        if self.state is not TraversalState.RELAYED:
+            self._set(TraversalState.RELAYED)
         self.reason = reason
         self.trying = None
         self.peer = None
         self._next_sample = None
         self._grace_end = None
         self._probed.clear()
+
+    def _fail(self, reason: str, now: float) -> list[Action]:
+        was_direct = self.state is TraversalState.DIRECT
+        self._relayed(reason)
         self._retry_at = now + self.backoff
         self.backoff = min(BACKOFF_MAX, self.backoff * 2)
         self.stats["fallbacks" if was_direct else "punch_failed"] += 1

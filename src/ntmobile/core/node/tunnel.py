@@ -40,7 +40,7 @@ from ntmobile.wire import (
 from ..common import CoreBase, new_txid
 from ..registration import RegistrationClient
 from ..timing import MOVED_GRACE, PATH_PROBE_TIMEOUT, TUNNEL_TIMEOUT, node_keepalive_timeout
-from .events import NodeConfig, PathClosed, PathEndpointChanged, PathFailed, PathProbed, PathReady, Registered
+from .events import LegWatch, NodeConfig, PathClosed, PathEndpointChanged, PathFailed, PathProbed, PathReady, Registered
 from .paths import KeepaliveTag, PathProbeTag, PathState, TunnelTag, _Path
 from .traversal import (
     Action,
@@ -69,8 +69,8 @@ class NodeTunnels(CoreBase):
     _moved_at: float
     _probe_seq: int
 
-    def _redirect_path(self, path: _Path, now: float) -> bool:  # pragma: no cover - direction.py has it
-        raise NotImplementedError
+    def _redirect_path(self, path: _Path, now: float, *, no_punch: bool = False) -> bool:  # pragma: no cover
+        raise NotImplementedError  # direction.py has it
 
     # -- making a path ------------------------------------------------------------------------------
     def _claim_key(self, key: bytes) -> bool:
@@ -122,6 +122,13 @@ class NodeTunnels(CoreBase):
             t.offer(tuple(rd.punch_endpoints), start)
         else:
             return
+        # The data plane's view of the path (shared, like the sealer): the relay is never learnt as the
+        # peer, nor a candidate while on the relay leg; capsules from each are counted.
+        cands = frozenset(rd.punch_endpoints)
+        if path.leg_watch is None:
+            path.leg_watch = LegWatch(rd.rs_endpoint, cands)
+        else:
+            path.leg_watch.relay, path.leg_watch.candidates = rd.rs_endpoint, cands
         self.stats["traversal_offers"] += 1
         self._traversal_schedule(path)
 
@@ -152,7 +159,9 @@ class NodeTunnels(CoreBase):
             return
         actions = t.on_timer(now)
         if t.state is TraversalState.DIRECT:
-            actions += t.sample(now, path.sealer.counter, path.opener.window.top)
+            lw = path.leg_watch
+            actions += t.sample(now, path.sealer.counter, path.opener.window.top,
+                                lw.relayed if lw is not None else 0, lw.direct if lw is not None else 0)
         self._traversal_do(path, actions, now)
 
     def _traversal_do(self, path: _Path, actions: list[Action], now: float) -> None:
@@ -175,9 +184,10 @@ class NodeTunnels(CoreBase):
             elif isinstance(a, StopRelayLeg):
                 self.stats["traversal_relay_released"] += 1
             elif isinstance(a, AskDc):
-                # TODO(issue 16): a Direction Request with NO_PUNCH / a timed retry; until then the
-                # relay leg is kept (its keepalives continue), so a fallback never needs the DC.
-                self.stats["traversal_retry_wanted"] += 1
+                # A timed retry (the DC times a new punch), or NO_PUNCH: the relay leg was let go, so the
+                # DC directs the path as plain RS-S again (a fresh relay key, a relay entry anew).
+                if self._redirect_path(path, now, no_punch=a.no_punch):
+                    self.stats["traversal_no_punch_requests" if a.no_punch else "traversal_retries"] += 1
         self._traversal_schedule(path)
 
     def _traversal_switch(self, path: _Path, mode: PathMode, sig: Channel, endpoint: Endpoint) -> None:
@@ -207,6 +217,14 @@ class NodeTunnels(CoreBase):
         elif isinstance(msg, PathProbeAck):
             path.last_rx = now
             self._traversal_do(path, t.on_probe_ack(addr, now), now)
+
+    def _traversal_moved(self, now: float) -> None:
+        """This node moved: a punched path goes back to its relay leg at once (our NAT mapping is gone);
+        the re-registration re-directs every path, which brings a new offer (backoff reset)."""
+        for path in list(self._paths.values()):
+            t = path.traversal
+            if t is not None and path.established:
+                self._traversal_do(path, [a for a in t.on_move(now) if not isinstance(a, AskDc)], now)
 
     def _sig_flags(self, path: _Path) -> int:
         return SignalFlags.FROM_RESPONDER if path.role is PathRole.RESPONDER else 0
@@ -293,6 +311,13 @@ class NodeTunnels(CoreBase):
                 sig_keys = (keys.for_initiator() if role is PathRole.INITIATOR else keys.for_responder())[0]
             sig = path.channels[key] = Channel(sig_keys, rd.path_id)
         old_mode = path.mode
+        if path.traversal is not None:
+            # A punched (or probing) path the DC decided again: the new Route Direction says where the
+            # path goes now, and brings a new offer if traversal is worth trying again.
+            path.traversal.reset("re-directed")
+            if mode is not PathMode.RS_S:
+                path.traversal = None
+                path.leg_watch = None
         # (A keepalive still pending was sealed for the old relay or key: its loss would look like a
         # relay failure. The keepalive chain goes on with the new targets.)
         self._cancel_request(path.tunnel_req)
@@ -310,6 +335,8 @@ class NodeTunnels(CoreBase):
             self._start_path_keepalives(path)
         if path.endpoint is not None:
             self._send_tunnel_request(path, now)
+        self._offer_traversal(path, rd, now)
+        self._traversal_schedule(path)
 
     def _on_tunnel(self, path: _Path, header: SignalHeader, data: bytes, addr: Endpoint, now: float) -> None:
         if header.type in (MessageType.PATH_PROBE, MessageType.PATH_PROBE_ACK):

@@ -29,6 +29,9 @@ class DcLink:
     dc_id: bytes
     endpoint: Endpoint
     psk: bytes = field(repr=False)
+    #: The DC's other replicas (issue 17): when the current one stops answering, the relay registers
+    #: with the next (same DC ID and secret), as a node does (REPLICA_FAILOVER_BOUND).
+    replicas: tuple[Endpoint, ...] = ()
 
 
 @dataclass(frozen=True, slots=True)

@@ -135,7 +135,7 @@ class RsCore(DcSignalling, DataPath):
             "rs_id": self.config.rs_id.hex(),
             "paths": len(self._paths),
             "max_paths": self.config.max_paths,
-            "dcs": [{"dc_id": dc.link.dc_id.hex(), "endpoint": _ep(dc.link.endpoint), "state": dc.state.value,
+            "dcs": [{"dc_id": dc.link.dc_id.hex(), "endpoint": _ep(dc.endpoint), "state": dc.state.value,
                      "observed": _ep(dc.observed), "keepalive": dc.keepalive, "missed_keepalives": dc.missed,
                      "registered_at": dc.registered_at} for dc in self._dcs.values()],
             "entries": [e.info() for e in self._paths.values()],

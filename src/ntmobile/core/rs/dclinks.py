@@ -65,6 +65,18 @@ class _Dc(RegistrationClient):
             on_outcome=partial(rs._registration_outcome, link.dc_id),
             keepalive_message=rs._keepalive_message)
         self.link = link
+        #: Where it registers, the current replica first (one entry without replicas).
+        self.ring = (link.endpoint, *link.replicas)
+        if link.replicas:
+            self.misses_allowed = 1  # another replica is there to take the relay at the first silence
+
+    def next_replica(self) -> bool:
+        """Register with the DC's next replica from now on (False: the DC has no other)."""
+        if len(self.ring) < 2:
+            return False
+        self.ring = (*self.ring[1:], self.ring[0])
+        self.endpoint = self.ring[0]
+        return True
 
 
 #: The relay's registrations: no session kept while registering again; a refused status or another
@@ -125,10 +137,14 @@ class DcSignalling(CoreBase):
             self._emit(Registered(dc_id, outcome.response.observed))
         elif isinstance(outcome, AttemptFailed):
             self.stats["registrations_failed"] += 1
+            if outcome.status is None and dc.next_replica():  # no answer: the next attempt goes elsewhere
+                self.stats["dc_failovers"] += 1
             self._emit(RegistrationFailed(dc_id, _status(outcome.status) if outcome.status is not None else None,
                                           outcome.reason))
         elif isinstance(outcome, SessionLost):
             self.stats["reregister_keepalive"] += 1
+            if dc.next_replica():
+                self.stats["dc_failovers"] += 1
             self._start_registration(dc, now)
         else:  # RetryDue
             self._start_registration(dc, now)

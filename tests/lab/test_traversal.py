@@ -1,0 +1,246 @@
+"""Issue 16 in the lab: NAT traversal of RS-S paths between NTM nodes of two DCs (mn.a.example behind
+NAT A, cn.b.example behind NAT B; lab `nat`, real NATs in nftables, real daemons).
+
+- cone <-> cone (both port_restricted): the path starts RS_S and becomes DIRECT while an iperf3 TCP
+  transfer runs (same Path ID); the transfer completes without error; pings every 20 ms lose at most
+  one across the switch.
+- symmetric <-> symmetric: no punch is offered, the path stays RS_S.
+- mn behind a symmetric NAT -> gl (global): DIRECT (NAT-side initiation).
+- a punched path black-holed mid-transfer (nft drop rule in NAT B) is back on RS-S within 2 s, the
+  transfer completes; once the rule is gone the timed retry punches again.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+import subprocess
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from ntmobile.core.node.traversal import BACKOFF_FIRST
+from ntmobile.lab import Lab
+
+from .conftest import LabFactory, wait_for
+
+pytestmark = [pytest.mark.root, pytest.mark.lab]
+
+NTM = [sys.executable, "-m", "ntmobile"]
+IPERF_PORT = 5302
+PING_INTERVAL = 0.02
+
+
+def ntm_json(lab: Lab, host: str, *args: str) -> dict[str, Any]:
+    cp = lab.exec(host, [*NTM, *args, "--json"], check=False, timeout=10)
+    return json.loads(cp.stdout) if cp.returncode == 0 and cp.stdout.strip() else {}
+
+
+def path_to(lab: Lab, host: str, peer: str) -> dict[str, Any] | None:
+    for p in ntm_json(lab, host, "status").get("paths", []):
+        if p.get("peer") == peer and p.get("established"):
+            return p  # type: ignore[no-any-return]
+    return None
+
+
+def session(lab: Lab, dc: str, name: str) -> dict[str, Any] | None:
+    for s in ntm_json(lab, dc, "dc", "status").get("sessions", []):
+        if s.get("name") == name:
+            return s  # type: ignore[no-any-return]
+    return None
+
+
+def classified(lab: Lab, dc: str, name: str, nat_class: str) -> dict[str, Any]:
+    s: dict[str, Any] = wait_for(lambda: (x := session(lab, dc, name)) is not None and x.get("nat_class") == nat_class
+                                 and x, 15, f"{name} classified {nat_class}")
+    return s
+
+
+def warm_resolver(lab: Lab) -> None:
+    resolver = lab.resolvers()[0]
+    for zone in ("a.example", "b.example"):
+        for rtype in ("NS", "TXT"):
+            lab.exec("gn", ["dig", "+tries=3", "+time=3", f"@{resolver}", rtype, zone], timeout=30)
+
+
+def resolve(lab: Lab, host: str, name: str) -> str:
+    cp = lab.exec(host, ["dig", "+tries=1", "+time=8", "+short", "A", name], timeout=20)
+    assert cp.stdout.strip(), cp.stdout + cp.stderr
+    return cp.stdout.split()[0]
+
+
+class Pinger:
+    """ping -i 0.02 from a lab host, its output in a file; replies by sequence number."""
+
+    def __init__(self, lab: Lab, host: str, target: str, count: int) -> None:
+        self.out = Path(lab.workdir) / f"ping-{host}-{target}.txt"
+        self.count = count
+        with open(self.out, "wb") as f:
+            self.proc = lab.popen(host, ["ping", "-n", "-i", str(PING_INTERVAL), "-W", "1", "-c", str(count), target],
+                                  name="ping", stdout=f, stderr=subprocess.STDOUT)
+
+    def replies(self) -> list[int]:
+        return [int(m) for m in re.findall(r"icmp_seq=(\d+)", self.out.read_text())]
+
+    def wait(self, timeout: float) -> None:
+        self.proc.wait(timeout=timeout)
+
+    def lost_after_first_reply(self) -> list[int]:
+        got = set(self.replies())
+        assert got, self.out.read_text()
+        return [s for s in range(min(got), self.count + 1) if s not in got]
+
+
+def longest_gap(lost: list[int]) -> int:
+    """The longest run of consecutive lost sequence numbers."""
+    best = run = 0
+    prev = None
+    for s in lost:
+        run = run + 1 if prev is not None and s == prev + 1 else 1
+        best = max(best, run)
+        prev = s
+    return best
+
+
+def iperf_client(lab: Lab, host: str, name: str, seconds: int) -> subprocess.Popen[str]:
+    return lab.popen(host, ["iperf3", "-c", name, "-4", "-p", str(IPERF_PORT), "-t", str(seconds), "-J"],
+                     name="iperf3-c", stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+
+
+def iperf_result(proc: subprocess.Popen[str], timeout: float) -> dict[str, Any]:
+    out, err = proc.communicate(timeout=timeout)
+    result: dict[str, Any] = json.loads(out)
+    assert "error" not in result, result.get("error")
+    assert proc.returncode == 0, err
+    return result
+
+
+def log_lines(lab: Lab, host: str, pattern: str) -> list[tuple[float, str]]:
+    """(wall-clock seconds, line) of the host's node daemon log lines matching ``pattern``."""
+    out = []
+    for line in (Path(lab.workdir) / "logs" / f"{host}-node.log").read_text().splitlines():
+        m = re.match(r"(\d{4}-\d\d-\d\d \d\d:\d\d:\d\d),(\d{3}) ", line)
+        if m and re.search(pattern, line):
+            t = time.mktime(time.strptime(m.group(1), "%Y-%m-%d %H:%M:%S")) + int(m.group(2)) / 1000
+            out.append((t, line))
+    return out
+
+
+def cone_lab(lab_factory: LabFactory, **kw: Any) -> tuple[Lab, str]:
+    """Lab `nat` at 100 Mbit/s (a transfer lasts long enough to see the switch); both NATs classified;
+    cn's iperf3 server up; cn's VIP."""
+    lab = lab_factory("nat", bare=False, rate_mbit=100, **kw)
+    classified(lab, "dca", "mn.a.example", "CONE")
+    cn = classified(lab, "dcb", "cn.b.example", "CONE")
+    lab.spawn("cn", ["iperf3", "-s", "-p", str(IPERF_PORT)], f"iperf3-{IPERF_PORT}")
+    warm_resolver(lab)
+    return lab, str(cn["vip4"])
+
+
+def test_cone_to_cone_goes_direct_during_a_transfer(lab_factory: LabFactory) -> None:
+    lab, vip = cone_lab(lab_factory)
+    pinger = Pinger(lab, "mn", vip, count=300)  # 6 s; lost until the path exists (not counted)
+    iperf = iperf_client(lab, "mn", "cn.b.example", 4)  # its look-up sets the path up (RS_S first)
+    result = iperf_result(iperf, 40)
+    pinger.wait(20)
+    sent, received = result["end"]["sum_sent"]["bytes"], result["end"]["sum_received"]["bytes"]
+    assert received > 10_000_000 and sent - received < 2_000_000, result["end"]
+    p_mn = path_to(lab, "mn", "cn.b.example")
+    p_cn = path_to(lab, "cn", "mn.a.example")
+    assert p_mn is not None and p_cn is not None and p_mn["path_id"] == p_cn["path_id"]
+    assert p_mn["mode"] == "DIRECT" == p_cn["mode"], (p_mn, p_cn)
+    assert p_mn["endpoint"] == ["192.0.2.101", 7412] and p_cn["endpoint"] == ["192.0.2.100", 7412]
+    assert p_mn["traversal"]["state"] == "direct" and p_mn["traversal"]["time_to_direct"] < 2.0
+    # The transfer crossed the switch: mn's data plane carried it first through the relay, then direct.
+    traffic = ntm_json(lab, "mn", "status")["traffic"]
+    assert traffic["RS_S"][1] > 100_000 and traffic["DIRECT"][1] > 1_000_000, traffic
+    lost = pinger.lost_after_first_reply()
+    assert len(lost) <= 1, lost
+    modes = [line.split("ready: ")[1].split()[0].rstrip(",") for _, line in log_lines(lab, "mn", r"ready: ")]
+    assert [m for i, m in enumerate(modes) if i == 0 or modes[i - 1] != m] == ["RS_S", "DIRECT"], modes
+    print(f"cone<->cone: time to direct {p_mn['traversal']['time_to_direct']} s (mn), "
+          f"{p_cn['traversal']['time_to_direct']} s (cn); pings lost after the first reply: {lost}; "
+          f"TCP {result['end']['sum_received']['bits_per_second'] / 1e6:.0f} Mbit/s; bytes RS_S {traffic['RS_S'][1]}, "
+          f"DIRECT {traffic['DIRECT'][1]}")
+
+
+def test_symmetric_both_stays_relayed(lab_factory: LabFactory) -> None:
+    lab = lab_factory("nat", bare=False, nat={"nata": "symmetric", "natb": "symmetric"})
+    classified(lab, "dca", "mn.a.example", "SYMMETRIC")
+    classified(lab, "dcb", "cn.b.example", "SYMMETRIC")
+    warm_resolver(lab)
+    vip = resolve(lab, "mn", "cn.b.example")
+    cp = lab.exec("mn", ["ping", "-n", "-c", "20", "-i", "0.1", "-W", "2", vip], check=False, timeout=20)
+    assert " 0% packet loss" in cp.stdout, cp.stdout
+    p = path_to(lab, "mn", "cn.b.example")
+    assert p is not None and p["mode"] == "RS_S" and p["traversal"] is None, p  # no punch offered
+    st = ntm_json(lab, "mn", "status")
+    assert st["stats"].get("traversal_probes", 0) == 0
+    decisions = json.dumps(ntm_json(lab, "dcb", "dc", "status"))
+    assert "traversal: symmetric both" in decisions
+
+
+def test_symmetric_nat_to_a_global_node_is_direct(lab_factory: LabFactory) -> None:
+    lab = lab_factory("nat", bare=False, nat={"nata": "symmetric"})
+    classified(lab, "dca", "mn.a.example", "SYMMETRIC")
+    warm_resolver(lab)
+    vip = resolve(lab, "mn", "gl.a.example")
+    cp = lab.exec("mn", ["ping", "-n", "-c", "10", "-i", "0.1", "-W", "2", vip], check=False, timeout=20)
+    assert " 0% packet loss" in cp.stdout, cp.stdout
+    p = path_to(lab, "mn", "gl.a.example")
+    assert p is not None and p["mode"] == "DIRECT" and p["endpoint"] == [lab.addr("gl", 4), 7412], p
+    p_gl = wait_for(lambda: path_to(lab, "gl", "mn.a.example"), 10, "gl's side")
+    assert p_gl["mode"] == "DIRECT" and p_gl["endpoint"][0] == "192.0.2.100"  # mn's NAT's per-destination port
+
+
+BLACK_HOLE = """table inet ntm_blackhole {
+  chain blackhole {
+    type filter hook forward priority filter - 10; policy accept;
+    ip saddr 192.0.2.100 drop
+    ip daddr 192.0.2.100 drop
+  }
+}
+"""
+
+
+def test_black_holed_direct_path_falls_back_within_two_seconds(lab_factory: LabFactory) -> None:
+    """NAT B starts dropping everything between NAT A's address and cn mid-transfer (the relay's
+    traffic passes): both nodes are back on RS-S within 2 s (the pings show the outage), the transfer
+    completes. With the rule gone, the timed retry (BACKOFF_FIRST) punches the path again."""
+    lab, vip = cone_lab(lab_factory)
+    resolve(lab, "mn", "cn.b.example")
+    wait_for(lambda: (p := path_to(lab, "mn", "cn.b.example")) is not None and p["mode"] == "DIRECT"
+             and (q := path_to(lab, "cn", "mn.a.example")) is not None and q["mode"] == "DIRECT", 10, "DIRECT both")
+    pid = path_to(lab, "mn", "cn.b.example")["path_id"]  # type: ignore[index]
+    iperf = iperf_client(lab, "mn", "cn.b.example", 6)
+    pinger = Pinger(lab, "mn", vip, count=300)
+    wait_for(lambda: len(pinger.replies()) >= 50, 10, "pings and the transfer under way")
+    lab.exec("natb", ["nft", "-f", "-"], input=BLACK_HOLE)
+    holed = time.time()
+    try:
+        result = iperf_result(iperf, 40)
+        pinger.wait(20)
+        assert result["end"]["sum_received"]["bytes"] > 5_000_000, result["end"]
+        lost = pinger.lost_after_first_reply()
+        assert longest_gap(lost) * PING_INTERVAL <= 2.0, lost  # the outage, pings at 20 ms
+        for host, peer in (("mn", "cn.b.example"), ("cn", "mn.a.example")):
+            p = path_to(lab, host, peer)
+            assert p is not None and p["path_id"] == pid and p["mode"] == "RS_S", p
+            assert p["traversal"]["state"] == "relayed" and p["traversal"]["reason"] in ("direct silent",
+                                                                                         "peer relayed"), p
+            back = [t for t, _ in log_lines(lab, host, r"ready: RS_S") if t >= holed - 0.01]
+            assert back and back[0] - holed <= 2.0, (host, back, holed)
+            print(f"black hole: {host} back on RS_S {back[0] - holed:.2f} s after the drop rule "
+                  f"({p['traversal']['reason']}); longest ping gap {longest_gap(lost) * PING_INTERVAL:.2f} s")
+    finally:
+        lab.exec("natb", ["nft", "delete", "table", "inet", "ntm_blackhole"], check=False)
+    # The timed retry (backoff) punches again once the direct path works.
+    wait_for(lambda: (p := path_to(lab, "mn", "cn.b.example")) is not None and p["mode"] == "DIRECT"
+             and p["path_id"] == pid, BACKOFF_FIRST + 15, "DIRECT again after the backoff")
+    st = ntm_json(lab, "mn", "status")["stats"]
+    assert st.get("traversal_retries", 0) >= 1 or ntm_json(lab, "cn", "status")["stats"].get("traversal_retries", 0)
+    cp = lab.exec("mn", ["ping", "-n", "-c", "5", "-i", "0.1", "-W", "2", vip], check=False, timeout=20)
+    assert " 0% packet loss" in cp.stdout, cp.stdout
