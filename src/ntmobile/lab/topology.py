@@ -15,7 +15,7 @@ NAT_PROFILES: tuple[NatProfile, ...] = ("none", "port_restricted", "symmetric", 
                                         "permissive")
 Service = Literal["iperf3", "http", "ftp", "ssh", "tftp"]
 
-BUILTIN_TOPOLOGIES = ("paper", "nat", "handover")
+BUILTIN_TOPOLOGIES = ("paper", "nat", "handover", "rsnpair")
 
 _NAME = r"^[a-z][a-z0-9]{0,9}$"
 _IFNAME = r"^[a-z][a-z0-9]{0,11}$"

@@ -59,7 +59,9 @@ def keepalived_conf(m: PairMember) -> str:
     return (
         "global_defs {\n    vrrp_version 3\n    script_user root\n    enable_script_security\n}\n\n"
         "vrrp_script relay_alive {\n"
-        f"    script \"/bin/sh -c 'kill -0 $(cat {m.relay_pidfile})'\"\n"
+        # kill -0 also succeeds on a zombie (a dead relay its parent has not reaped yet): check /proc.
+        f"    script \"/bin/sh -c 'p=$(cat {m.relay_pidfile}) && kill -0 $p && "
+        "! grep -qs ^State:.Z /proc/$p/status'\"\n"
         "    interval 1\n    timeout 1\n    fall 1\n    rise 2\n}\n\n"
         "vrrp_instance rsn {\n    state BACKUP\n"
         f"    interface {m.interface}\n    virtual_router_id {m.vrid}\n    priority {m.priority}\n"

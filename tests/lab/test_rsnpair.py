@@ -1,0 +1,98 @@
+"""Issue 20, RS-N pair building blocks in the lab (topology rsnpair): keepalived holds the shared
+address on exactly one relay and moves it on kill -9 of the active keepalived or relay; conntrackd
+syncs an RS-N connection's entry to the standby. (A flow surviving a relay's death is not built yet.)"""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import sys
+import time
+
+import pytest
+
+from ntmobile.lab import Lab
+
+from .conftest import LabFactory, wait_for
+
+pytestmark = [pytest.mark.root, pytest.mark.lab]
+
+NTM = [sys.executable, "-m", "ntmobile"]
+SHARED = "192.0.2.25"
+PAIR = ("rs1", "rs2")
+
+
+def holders(lab: Lab) -> list[str]:
+    out = []
+    for h in PAIR:
+        cp = lab.exec(h, ["ip", "-4", "-o", "addr", "show"], timeout=10)
+        if f" {SHARED}/" in cp.stdout:
+            out.append(h)
+    return out
+
+
+def proc(lab: Lab, host: str, name: str) -> int:
+    [rec] = [r for r in lab.state.processes if r.host == host and r.name == name]
+    return rec.pid
+
+
+def one_holder(lab: Lab, host: str, timeout: float = 10) -> None:
+    wait_for(lambda: holders(lab) == [host], timeout, f"{SHARED} only on {host}")
+
+
+def test_vrrp_moves_the_shared_address_on_kill(lab_factory: LabFactory) -> None:
+    lab = lab_factory("rsnpair", bare=False)
+    one_holder(lab, "rs1")  # the higher priority starts as master
+    # Stays on exactly one relay (no split brain) over a few adverts.
+    deadline = time.monotonic() + 1.0
+    while time.monotonic() < deadline:
+        assert holders(lab) == ["rs1"]
+    # kill -9 of the active keepalived: the standby takes the address.
+    t0 = time.monotonic()
+    os.kill(proc(lab, "rs1", "keepalived1"), signal.SIGKILL)
+    one_holder(lab, "rs2")
+    moved_keepalived = time.monotonic() - t0
+    print(f"shared address moved {moved_keepalived * 1000:.0f} ms after kill -9 of rs1's keepalived")
+    assert moved_keepalived < 3.0
+    # kill -9 of the now active relay daemon: rs2's track_script fails, rs2 gives the address up; with
+    # rs1's keepalived gone nobody holds it (rs1's relay is alive, but its keepalived is dead).
+    os.kill(proc(lab, "rs2", "rs"), signal.SIGKILL)
+    wait_for(lambda: holders(lab) == [], 5, f"{SHARED} released by rs2 (its relay died)")
+
+
+def test_relay_death_moves_the_shared_address(lab_factory: LabFactory) -> None:
+    lab = lab_factory("rsnpair", bare=False)
+    one_holder(lab, "rs1")
+    t0 = time.monotonic()
+    os.kill(proc(lab, "rs1", "rs"), signal.SIGKILL)
+    one_holder(lab, "rs2")
+    moved = time.monotonic() - t0
+    print(f"shared address moved {moved * 1000:.0f} ms after kill -9 of rs1's relay")
+    assert moved < 4.0  # track_script interval 1 s, fall 1, then VRRP (0.1 s adverts)
+
+
+def status(lab: Lab, host: str = "mn") -> dict:
+    cp = lab.exec(host, [*NTM, "status", "--json"], check=False, timeout=10)
+    return json.loads(cp.stdout) if cp.returncode == 0 else {}
+
+
+def test_conntrackd_syncs_an_rsn_connection_to_the_standby(lab_factory: LabFactory) -> None:
+    lab = lab_factory("rsnpair", bare=False)
+    one_holder(lab, "rs1")
+    wait_for(lambda: status(lab).get("registered"), 15, "mn registered")
+    # An interactive ssh session from mn to the GN through RS-N stays open during the check.
+    ssh = lab.popen("mn", ["ssh", "-4", "-o", "ConnectTimeout=10", "root@www.gn.example", "sleep 60"],
+                    name="ssh")
+    try:
+        def entry(host: str) -> str:
+            cp = lab.exec(host, ["conntrack", "-L", "-p", "tcp", "--dport", "22", "--dst", "192.0.2.40"],
+                          check=False, timeout=10)
+            return next((ln for ln in cp.stdout.splitlines() if "ESTABLISHED" in ln and SHARED in ln), "")
+        active = wait_for(lambda: entry("rs1"), 20, "the ssh session's entry at rs1 (SNAT to the shared address)")
+        synced = wait_for(lambda: entry("rs2"), 10, "the ssh session's entry synced to rs2")
+        print("rs1:", active, "\nrs2:", synced)
+        assert "dst=192.0.2.40" in synced and f"dst={SHARED}" in synced
+    finally:
+        ssh.kill()
+        ssh.wait(10)
