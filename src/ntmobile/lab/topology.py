@@ -295,7 +295,7 @@ def parse_topology(text: str, source: str = "<topology>") -> Topology:
 
 
 def load_topology(name_or_path: str | Path) -> Topology:
-    """A built-in topology by name (paper, nat, handover) or a TOML file by path."""
+    """A built-in topology by name (paper, nat, handover, rsnpair) or a TOML file by path."""
     s = str(name_or_path)
     if s in BUILTIN_TOPOLOGIES:
         text = resources.files("ntmobile.lab").joinpath("topologies", f"{s}.toml").read_text()
