@@ -24,3 +24,24 @@ def test_small_control_plane_bench_registers_and_directs_every_node_exactly_once
     assert rep["node_retransmissions"] == 0 and rep["unrouted_datagrams"] == 0
     assert rep["kernel_udp_drops"] == 0
     assert rep["prepare_seconds"] >= 0
+
+
+def test_small_control_plane_bench_on_two_postgresql_replicas_beside_sqlite() -> None:
+    """`--store postgresql --replicas 2` at CI size: a real PostgreSQL server, two DC replicas, the
+    nodes split over them (the relay at the first, so half the paths cross the replica channel);
+    every node registers once, every path is directed once, the ratio and round trips are reported."""
+    from ntmobile.bench.control_plane import compare_markdown, run_compare
+
+    nodes, paths = 300, 30
+    rep = run_compare(nodes, paths, 16, 2, log=lambda _line: None)
+    pg, reg, ph = rep["postgresql"], rep["postgresql"]["registration"], rep["postgresql"]["paths_phase"]
+    assert pg["store"] == "postgresql" and pg["replicas"] == 2
+    assert reg["failures"] == [] and ph["failures"] == []
+    assert reg["completed"] == nodes == reg["dc_registrations"] and reg["registered_twice"] == 0
+    assert [r["registrations"] for r in reg["per_replica"]] == [nodes // 2 + 1, nodes // 2]  # + the relay at 0
+    assert ph["completed"] == paths - 1 == ph["dc_paths_directed"] and ph["ready_twice"] == 0
+    assert rep["lost_or_twice"] == {"registrations": False, "paths": False}
+    # look-ups batched per read (PgStore.prefetch), replay floors group-committed: below one each
+    assert 0 < reg["db_statements_each"] < reg["db_round_trips_each"] < 2
+    assert rep["ratio"] > 0 and rep["sqlite"]["registration"]["completed"] == nodes
+    assert "PostgreSQL, 2 replicas" in compare_markdown(rep)

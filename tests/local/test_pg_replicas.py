@@ -394,3 +394,37 @@ def test_no_relay_at_any_replica_fails_with_relay_failed(stores: tuple[PgStore, 
     w.net.run_until(failed, max_time=20)
     [f] = [e for e in w.net.events_of("mn", PathFailed) if rid in e.request_ids]
     assert f.status is Status.RELAY_FAILED
+
+
+def test_prefetch_looks_up_a_batchs_registering_clients_in_one_round_trip(
+        stores: tuple[PgStore, PgStore]) -> None:
+    """The DC on PostgreSQL hands each read batch to PgStore.prefetch (one SELECT for the senders of
+    its long-term datagrams); get_client then answers them with no round trip, the batch's own replay
+    floors still apply, and the look-ahead ends with the batch."""
+    from ntmobile.wire import VERSION, MessageType, SignalFlags
+    from ntmobile.wire.frame import SIGNAL_HEADER
+
+    a, b = stores
+    ids = [bytes([9, i]) * 4 for i in range(5)]
+    for i, cid in enumerate(ids):
+        a.add_client(ClientRecord(cid, f"p{i}.a.example", Role.NODE, bytes(32)))
+
+    def dgram(cid: bytes, flags: int = SignalFlags.LONG_TERM) -> bytes:
+        return SIGNAL_HEADER.pack(VERSION, MessageType.REGISTRATION_REQUEST, flags, 0, cid, 1, 7) + bytes(32)
+
+    unknown = b"\xee" * 8
+    b.begin_batch()
+    before = b.round_trips
+    b.prefetch([dgram(c) for c in ids] + [dgram(unknown), dgram(b"\x01" * 8, flags=0), b"\x00"])
+    assert b.round_trips == before + 1
+    got = [b.get_client(c) for c in ids]
+    assert [r.name if r else None for r in got] == [f"p{i}.a.example" for i in range(5)]
+    assert b.get_client(unknown) is None  # known absent: no round trip either
+    b.set_last_seq(ids[0], 50)
+    rec = b.get_client(ids[0])
+    assert rec is not None and rec.last_seq == 50  # the batch's floor over the prefetched row
+    assert b.round_trips == before + 1
+    b.end_batch()
+    assert b._ahead == {}
+    rec = a.get_client(ids[0])
+    assert rec is not None and rec.last_seq == 50

@@ -68,3 +68,22 @@ def test_wide_shows_every_column() -> None:
 def test_human_bytes() -> None:
     assert [human_bytes(n) for n in (0, 999, 1000, 123456, 123456789, 10**12, 10**16)] == [
         "0", "999", "1.0k", "123k", "123M", "1.0T", "10000T"]
+
+
+def test_a_punched_path_shows_its_relay_as_standby_leg_not_as_its_route() -> None:
+    """Issue 16: a DIRECT path punched from RS-S keeps its relay leg for the grace period; `--wide`
+    says so, the narrow table says `DIRECT (punched)` without a relay, `ntm ping` names no relay."""
+    from ntmobile.cli.node import _probe_line
+
+    st = node_status()
+    p = dict(st["paths"][0])
+    p |= {"mode": "DIRECT", "rs": "rs1", "traversal": {"state": "direct", "relay_leg": "standby"}}
+    st["paths"] = [p]
+    assert "DIRECT (punched)" in render_status(st, width=80)
+    wide = render_status(st, wide=True)
+    assert "DIRECT (punched)" in wide and "rs1 (standby)" in wide
+    p["traversal"]["relay_leg"] = "expiring"
+    assert "rs1 (expiring)" in render_status(st, wide=True)
+    line = _probe_line(1, {"name": "cn.b.example", "mode": "DIRECT", "rs": "rs1", "endpoint": ["192.0.2.101", 7412],
+                           "rtt_ms": 0.8, "peer_vip4": "100.64.2.1"})
+    assert "via" not in line and "DIRECT 192.0.2.101:7412" in line

@@ -158,6 +158,65 @@ def enrol_bulk(db: Path, n: int) -> bytes:
     return dc_id
 
 
+def enrol_bulk_pg(dsn: str, n: int) -> bytes:
+    """As enrol_bulk, into a PostgreSQL registry (the replicas' shared database): the relay through
+    the store API, the nodes with one COPY in one transaction; return the domain's DC ID."""
+    from ntmobile.runtime.pgstore import PgStore
+
+    store = PgStore(dsn, POOLS)
+    try:
+        dc_id, _ = store.identity()
+        store.add_client(RELAY)
+        base4 = int.from_bytes(socket.inet_aton("100.64.0.0"), "big")
+        base6 = ipaddress.IPv6Address("fd00:6e74:1::")
+        conn = store._db()
+        with conn.transaction(), conn.cursor() as cur, \
+                cur.copy("COPY clients (client_id, name, role, psk, vip4, vip6, last_seq) FROM STDIN") as cp:
+            for i in range(n):
+                rec = node_record(i)
+                cp.write_row((rec.client_id, rec.name, int(rec.role), rec.psk,
+                              socket.inet_ntoa((base4 + 1 + i).to_bytes(4, "big")), str(base6 + 1 + i), 0))
+        conn.execute("ANALYZE clients")
+    finally:
+        store.close()
+    return dc_id
+
+
+def replica_addr(k: int) -> str:
+    """Replica k's signalling address: 127.0.0.1 (the single DC's), then 127.0.0.3, .4, ..."""
+    return DC_ADDR if k == 0 else f"127.0.0.{2 + k}"
+
+
+def control_name(k: int) -> str:
+    return "ntm-bench-dc" if k == 0 else f"ntm-bench-dc{k + 1}"
+
+
+def tree_pids(pid: int) -> list[int]:
+    """``pid`` and its direct children (the postmaster and its backends)."""
+    out = []
+    for d in Path("/proc").iterdir():
+        if not d.name.isdigit():
+            continue
+        try:
+            ppid = int((d / "stat").read_text().rsplit(")", 1)[1].split()[1])
+        except (OSError, IndexError, ValueError):
+            continue
+        if int(d.name) == pid or ppid == pid:
+            out.append(int(d.name))
+    return out
+
+
+def tree_sum(pid: int, of: Callable[[int], float]) -> float:
+    """``of`` (CPU seconds, RSS) added over ``pid`` and its children; processes gone meanwhile count 0."""
+    total = 0.0
+    for p in tree_pids(pid):
+        try:
+            total += of(p)
+        except (OSError, IndexError, ValueError):
+            continue
+    return total
+
+
 def serve_gn_zone(stop: threading.Event) -> threading.Thread:
     """Authoritative DNS for gn.example (www has an A record, no DC marker: a general node) on
     127.0.0.53:53, UDP; the DC uses it as its resolver and asks it the apex TXT directly."""
@@ -247,8 +306,10 @@ class Generator:
     retransmissions run exactly as if it had been made at that moment. The timed phase then
     measures the DC, not the generator's key generation."""
 
-    def __init__(self, dc_id: bytes) -> None:
+    def __init__(self, dc_id: bytes, dcs: list[Endpoint] | None = None) -> None:
         self.dc_id = dc_id
+        #: node i registers with dcs[i % len(dcs)] (the replicas; one DC: just it)
+        self.dcs = dcs or [(DC_ADDR, DC_PORT)]
         self.sock = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
         self.sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 16 << 20)
         self.sock.setsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF, 16 << 20)
@@ -269,7 +330,7 @@ class Generator:
     def prepare(self, i: int) -> tuple[NodeCore, list[Any]]:
         """Node i with its Registration Request made (node time 0), not sent yet."""
         rec = node_record(i)
-        node = NodeCore(NodeConfig(rec.name, rec.client_id, rec.psk, self.dc_id, (DC_ADDR, DC_PORT)), 0.0,
+        node = NodeCore(NodeConfig(rec.name, rec.client_id, rec.psk, self.dc_id, self.dcs[i % len(self.dcs)]), 0.0,
                         seq_base=time.time_ns() // 1000, random_bytes=os.urandom)
         node.register(((node_addr(i), NODE_PORT),), 0.0)
         return node, node.datagrams_to_send()
@@ -363,54 +424,116 @@ class Generator:
             self.flush(addr, node)
 
 
-def _dc_stats() -> dict[str, Any]:
+def _dc_stats(k: int = 0) -> dict[str, Any]:
     from ntmobile.runtime.control import query
 
-    return query("ntm-bench-dc", cmd="stats", timeout=60.0)
+    return query(control_name(k), cmd="stats", timeout=60.0)
 
 
-def run_inner(nodes: int, paths: int, window: int, workdir: Path, log: Callable[[str], None]) -> dict[str, Any]:
+def _sum_stats(replicas: int) -> dict[str, Any]:
+    """The replicas' stats added up (counters, sessions, database statements)."""
+    total: dict[str, Any] = {"stats": {}, "sessions": 0, "relays": 0, "db_statements": 0, "db_transactions": 0,
+                             "per_replica": []}
+    for k in range(replicas):
+        st = _dc_stats(k)
+        for key, v in st["stats"].items():
+            total["stats"][key] = total["stats"].get(key, 0) + v
+        total["sessions"] += st.get("sessions") or 0
+        total["relays"] += st.get("relays") or 0
+        total["db_statements"] += st.get("db_statements") or 0
+        total["db_transactions"] += st.get("db_transactions") or 0
+        total["per_replica"].append({"registrations": st["stats"].get("registrations", 0),
+                                     "sessions": st.get("sessions")})
+    return total
+
+
+def run_inner(nodes: int, paths: int, window: int, workdir: Path, log: Callable[[str], None],
+              store: str = "sqlite", replicas: int = 1) -> dict[str, Any]:
+    """One run in this (private) namespace: ``store`` "sqlite" (one DC) or "postgresql" (``replicas``
+    DC replicas on one PostgreSQL server started here; node i registers with replica i % replicas,
+    the relay with replica 0, so paths of the other replicas' nodes go through a replica channel)."""
     subprocess.run(["ip", "link", "set", "lo", "up"], check=True)
-    db = workdir / "dc.sqlite"
-    t0 = time.monotonic()
-    dc_id = enrol_bulk(db, nodes)
-    enrol_s = time.monotonic() - t0
-    log(f"enrolled {nodes} nodes in {enrol_s:.1f} s")
-    cfg = workdir / "dc.toml"
-    cfg.write_text(f'domain = "{DOMAIN}"\naddress = "{DC_ADDR}"\ndatabase = "{db}"\nport = {DC_PORT}\n'
-                   f'listen4 = "{DC_ADDR}"\nresolvers = ["{DNS_ADDR}"]\ncontrol = "ntm-bench-dc"\n'
-                   f'idle_timeout = 600\nrsn_allow = ["{GN_ADDR}/32"]\n'
-                   f'[pools]\nvip4 = "{POOLS.vip4}"\nvip6 = "{POOLS.vip6}"\n'
-                   f'gn_vip4 = "{POOLS.gn_vip4}"\ngn_vip6 = "{POOLS.gn_vip6}"\n')
+    pg = None
+    if store == "postgresql":
+        from ntmobile.lab.postgres import PostgresServer
+
+        pg = PostgresServer(workdir / "pg", port=5432)  # our own namespace: no other server's port
+        pg.start()
+        database = pg.dsn()
+    else:
+        replicas = 1
+        database = str(workdir / "dc.sqlite")
+    report: dict[str, Any] = {"store": store, "replicas": replicas, "nodes": nodes, "paths": paths,
+                              "window": window}
+    dcs: list[subprocess.Popen[bytes]] = []
+    dc_logs: list[Any] = []
+    rs: subprocess.Popen[bytes] | None = None
     stop_dns = threading.Event()
-    serve_gn_zone(stop_dns)
-    dc_log = (workdir / "dc.log").open("wb")
-    prof = os.environ.get("NTM_BENCH_PROFILE_DC")  # a file name: run the DC under cProfile (development)
-    dc = subprocess.Popen([sys.executable, *(["-m", "cProfile", "-o", prof] if prof else []), "-m", "ntmobile", "dc",
-                           "run", "-c", str(cfg)], stdout=dc_log, stderr=subprocess.STDOUT)
-    rs = subprocess.Popen([sys.executable, "-c", "import sys; from ntmobile.bench.control_plane import relay_main; "
-                           f"relay_main({dc_id.hex()!r}, {max(paths, 1) + 16})"], stdout=subprocess.PIPE)
-    report: dict[str, Any] = {"nodes": nodes, "paths": paths, "window": window, "enrol_seconds": round(enrol_s, 2)}
-    report["cpus"] = pin_cpus(dc.pid, rs.pid)
     try:
+        t0 = time.monotonic()
+        dc_id = enrol_bulk_pg(database, nodes) if pg is not None else enrol_bulk(Path(database), nodes)
+        enrol_s = time.monotonic() - t0
+        report["enrol_seconds"] = round(enrol_s, 2)
+        log(f"enrolled {nodes} nodes in {enrol_s:.1f} s ({store})")
+        serve_gn_zone(stop_dns)
+        prof = os.environ.get("NTM_BENCH_PROFILE_DC")  # a file name: run the DC under cProfile (development)
+        for k in range(replicas):
+            addr = replica_addr(k)
+            others = "".join(f'[[replicas]]\naddress = "{replica_addr(j)}"\nport = {DC_PORT}\n'
+                             for j in range(replicas) if j != k)
+            cfg = workdir / f"dc{k}.toml"
+            cfg.write_text(f'domain = "{DOMAIN}"\naddress = "{addr}"\ndatabase = "{database}"\nport = {DC_PORT}\n'
+                           f'listen4 = "{addr}"\nresolvers = ["{DNS_ADDR}"]\ncontrol = "{control_name(k)}"\n'
+                           f'idle_timeout = 600\nrsn_allow = ["{GN_ADDR}/32"]\n'
+                           + (f'metrics = "{addr}:9410"\n' if pg is not None else "")
+                           + f'[pools]\nvip4 = "{POOLS.vip4}"\nvip6 = "{POOLS.vip6}"\n'
+                           f'gn_vip4 = "{POOLS.gn_vip4}"\ngn_vip6 = "{POOLS.gn_vip6}"\n' + others)
+            dc_log = (workdir / f"dc{k}.log").open("wb")
+            dc_logs.append(dc_log)
+            dcs.append(subprocess.Popen([sys.executable, *(["-m", "cProfile", "-o", f"{prof}.{k}"] if prof else []),
+                                         "-m", "ntmobile", "dc", "run", "-c", str(cfg)],
+                                        stdout=dc_log, stderr=subprocess.STDOUT))
+        rs = subprocess.Popen([sys.executable, "-c", "import sys; from ntmobile.bench.control_plane import relay_main; "
+                               f"relay_main({dc_id.hex()!r}, {max(paths, 1) + 16})"], stdout=subprocess.PIPE)
+        if pg is None:
+            report["cpus"] = pin_cpus(dcs[0].pid, rs.pid)
+        else:
+            # replicas, PostgreSQL, relay and generator: more busy processes than CPUs; the scheduler
+            # places them (pinning the replicas to one CPU each would leave the database none).
+            report["cpus"] = {"dc": "unpinned", "generator": "unpinned"}
+
+        def dc_cpu() -> float:
+            return sum(cpu_seconds(d.pid) for d in dcs)
+
+        def dc_sys() -> float:
+            return sum(cpu_split(d.pid)[1] for d in dcs)
+
+        def dc_rss() -> int:
+            return sum(rss_kib(d.pid) for d in dcs)
+
+        def db_cpu() -> float:
+            return tree_sum(pg.pid, cpu_seconds) if pg is not None and pg.pid is not None else 0.0
+
         deadline = time.monotonic() + 30
         while True:
-            if dc.poll() is not None:
-                raise RuntimeError(f"the DC exited: {(workdir / 'dc.log').read_text()[-1500:]}")
+            for k, d in enumerate(dcs):
+                if d.poll() is not None:
+                    raise RuntimeError(f"DC {k} exited: {(workdir / f'dc{k}.log').read_text()[-1500:]}")
             try:
-                st = _dc_stats()
-                if st.get("relays", 0) >= 1:
+                st = _sum_stats(replicas)
+                if _dc_stats(0).get("relays", 0) >= 1:
                     break
             except (ConnectionError, OSError, ValueError):
                 pass
             if time.monotonic() > deadline:
                 raise RuntimeError("the DC or the relay did not come up within 30 s")
             time.sleep(0.05)
-        rss0 = rss_kib(dc.pid)
+        rss0 = dc_rss()
         report["dc_rss_kib_start"] = rss0
         stats0 = st["stats"]
+        stmts0, txs0 = st["db_statements"], st["db_transactions"]
         drops0 = udp_drops()
-        gen = Generator(dc_id)
+        gen = Generator(dc_id, [(replica_addr(k), DC_PORT) for k in range(replicas)])
         lat_reg: list[float] = []
         started: dict[int, float] = {}
         failures: list[str] = []
@@ -432,8 +555,8 @@ def run_inner(nodes: int, paths: int, window: int, workdir: Path, log: Callable[
         prepared: list[tuple[NodeCore, list[Any]] | None] = [gen.prepare(i) for i in range(nodes)]
         report["prepare_seconds"] = round(time.monotonic() - t_prep, 2)
         log(f"registering {nodes} nodes, {window} in flight ...")
-        cpu_dc0, cpu_gen0 = cpu_seconds(dc.pid), own_cpu_seconds()
-        sys_dc0 = cpu_split(dc.pid)[1]
+        cpu_dc0, cpu_gen0, cpu_db0 = dc_cpu(), own_cpu_seconds(), db_cpu()
+        sys_dc0 = dc_sys()
         t1 = time.monotonic()
         nxt = 0
         limit = t1 + max(60.0, nodes / 200)
@@ -452,17 +575,17 @@ def run_inner(nodes: int, paths: int, window: int, workdir: Path, log: Callable[
                     gen.drop(idx)  # the DC keeps its session; the generator needs the core no more
             just_registered.clear()
         reg_s = time.monotonic() - t1
-        cpu_dc1, cpu_gen1 = cpu_seconds(dc.pid), own_cpu_seconds()
-        sys_dc1 = cpu_split(dc.pid)[1]
+        cpu_dc1, cpu_gen1, cpu_db1 = dc_cpu(), own_cpu_seconds(), db_cpu()
+        sys_dc1 = dc_sys()
         sent1, recv1 = gen.sent, gen.received
-        rss1 = rss_kib(dc.pid)
-        st1 = _dc_stats()
+        rss1 = dc_rss()
+        st1 = _sum_stats(replicas)
         done = sum(1 for r in registered if r)
         report["registration"] = {
             "completed": done, "seconds": round(reg_s, 2), "per_s": round(done / reg_s) if reg_s else 0,
             "messages": sent1 + recv1, "messages_per_s": round((sent1 + recv1) / reg_s) if reg_s else 0,
             "p50_ms": round(percentile(lat_reg, 50) * 1000, 2), "p99_ms": round(percentile(lat_reg, 99) * 1000, 2),
-            "max_ms": round(max(lat_reg, default=0) * 1000, 2), "failures": failures[:5],
+            "max_ms": round(max(lat_reg, default=0) * 1000, 2), "failures": failures[:5], "failed": len(failures),
             "dc_registrations": st1["stats"].get("registrations", 0) - stats0.get("registrations", 0),
             "dc_registration_retransmits": st1["stats"].get("registration_retransmits", 0)
             - stats0.get("registration_retransmits", 0),
@@ -472,8 +595,21 @@ def run_inner(nodes: int, paths: int, window: int, workdir: Path, log: Callable[
             "dc_cpu_system_share": round((sys_dc1 - sys_dc0) / max(cpu_dc1 - cpu_dc0, 1e-9), 2),
             "generator_cpu_us_each": round((cpu_gen1 - cpu_gen0) / max(done, 1) * 1e6, 1),
         }
+        if pg is not None:
+            report["registration"].update({
+                "db_statements_each": round((st1["db_statements"] - stmts0) / max(done, 1), 3),
+                "db_transactions_each": round((st1["db_transactions"] - txs0) / max(done, 1), 3),
+                # every statement is one round trip, every transaction block two more (BEGIN, COMMIT)
+                "db_round_trips_each": round((st1["db_statements"] - stmts0 + 2 * (st1["db_transactions"] - txs0))
+                                             / max(done, 1), 3),
+                "db_cpu_us_each": round((cpu_db1 - cpu_db0) / max(done, 1) * 1e6, 1),
+                "db_cpu_busy": round((cpu_db1 - cpu_db0) / reg_s, 2) if reg_s else 0,
+                "per_replica": st1["per_replica"],
+            })
         report["dc_rss_kib_registered"] = rss1
         report["dc_bytes_per_registered_node"] = round((rss1 - rss0) * 1024 / max(done, 1))
+        if pg is not None and pg.pid is not None:
+            report["db_rss_kib_registered"] = round(tree_sum(pg.pid, rss_kib))
         report["dc_sessions"] = st1.get("sessions")
         log(json.dumps(report["registration"]))
 
@@ -503,8 +639,8 @@ def run_inner(nodes: int, paths: int, window: int, workdir: Path, log: Callable[
             lat_path.clear()
         log(f"setting up {max(paths - 1, 0)} RS-N paths, {window} in flight ...")
         sent2, recv2 = gen.sent, gen.received
-        st2a = _dc_stats()
-        cpu_dc2, cpu_gen2, cpu_rs2 = cpu_seconds(dc.pid), own_cpu_seconds(), cpu_seconds(rs.pid)
+        st2a = _sum_stats(replicas)
+        cpu_dc2, cpu_gen2, cpu_rs2 = dc_cpu(), own_cpu_seconds(), cpu_seconds(rs.pid)
         t2 = time.monotonic()
         nxt = 1
         limit = t2 + max(60.0, paths / 100)
@@ -519,8 +655,8 @@ def run_inner(nodes: int, paths: int, window: int, workdir: Path, log: Callable[
                 nxt += 1
             gen.poll(on_path, 0.005)
         path_s = time.monotonic() - t2
-        cpu_dc3, cpu_gen3, cpu_rs3 = cpu_seconds(dc.pid), own_cpu_seconds(), cpu_seconds(rs.pid)
-        st2 = _dc_stats()
+        cpu_dc3, cpu_gen3, cpu_rs3 = dc_cpu(), own_cpu_seconds(), cpu_seconds(rs.pid)
+        st2 = _sum_stats(replicas)
         for i in range(paths):
             gen.drop(i)
         n_ok = sum(1 for r in ready[1:] if r)
@@ -529,7 +665,7 @@ def run_inner(nodes: int, paths: int, window: int, workdir: Path, log: Callable[
             "messages": gen.sent - sent2 + gen.received - recv2,
             "messages_per_s": round((gen.sent - sent2 + gen.received - recv2) / path_s) if path_s else 0,
             "p50_ms": round(percentile(lat_path, 50) * 1000, 2), "p99_ms": round(percentile(lat_path, 99) * 1000, 2),
-            "max_ms": round(max(lat_path, default=0) * 1000, 2), "failures": pfail[:5],
+            "max_ms": round(max(lat_path, default=0) * 1000, 2), "failures": pfail[:5], "failed": len(pfail),
             "dc_paths_directed": st2["stats"].get("paths_directed", 0) - st2a["stats"].get("paths_directed", 0),
             "dc_direction_retransmits": st2["stats"].get("direction_retransmits", 0)
             - st2a["stats"].get("direction_retransmits", 0),
@@ -540,28 +676,33 @@ def run_inner(nodes: int, paths: int, window: int, workdir: Path, log: Callable[
             "generator_cpu_us_each": round((cpu_gen3 - cpu_gen2) / max(n_ok, 1) * 1e6, 1),
         }
         log(json.dumps(report["paths_phase"]))
-        report["dc_rss_kib_end"] = rss_kib(dc.pid)
+        report["dc_rss_kib_end"] = dc_rss()
         report["node_retransmissions"] = gen.retransmissions
         report["unrouted_datagrams"] = gen.unrouted
         report["kernel_udp_drops"] = udp_drops() - drops0
         report["dc_stats_end"] = st2["stats"]
     finally:
-        for p in (dc, rs):
+        for p in [*dcs, *([rs] if rs is not None else [])]:
             if p.poll() is None:
                 os.kill(p.pid, signal.SIGTERM)
-        try:
-            out, _ = rs.communicate(timeout=10)
-            report["relay"] = json.loads(out.decode().strip().splitlines()[-1]) if out.strip() else None
-        except (subprocess.TimeoutExpired, ValueError):
-            os.kill(rs.pid, signal.SIGKILL)
-            rs.wait()
-        try:
-            dc.wait(10)
-        except subprocess.TimeoutExpired:
-            os.kill(dc.pid, signal.SIGKILL)
-            dc.wait()
-        dc_log.close()
+        if rs is not None:
+            try:
+                out, _ = rs.communicate(timeout=10)
+                report["relay"] = json.loads(out.decode().strip().splitlines()[-1]) if out.strip() else None
+            except (subprocess.TimeoutExpired, ValueError):
+                os.kill(rs.pid, signal.SIGKILL)
+                rs.wait()
+        for d in dcs:
+            try:
+                d.wait(10)
+            except subprocess.TimeoutExpired:
+                os.kill(d.pid, signal.SIGKILL)
+                d.wait()
+        for f in dc_logs:
+            f.close()
         stop_dns.set()
+        if pg is not None:
+            pg.stop()
     return report
 
 
@@ -612,14 +753,15 @@ def to_markdown(rep: dict[str, Any]) -> str:
     return "\n".join(lines)
 
 
-def run_bench(nodes: int, paths: int, window: int, log: Callable[[str], None] = print) -> dict[str, Any]:
+def run_bench(nodes: int, paths: int, window: int, log: Callable[[str], None] = print, *, store: str = "sqlite",
+              replicas: int = 1) -> dict[str, Any]:
     """Re-run this module in a fresh network namespace (needs root) and return its report."""
     if shutil.which("unshare") is None:
         raise RuntimeError("unshare not found: install util-linux (apt-get install util-linux)")
     with tempfile.TemporaryDirectory(prefix="ntm-cp-") as tmp:
         out = Path(tmp) / "report.json"
         cmd = ["unshare", "--net", "--", sys.executable, "-m", "ntmobile.bench.control_plane", str(nodes), str(paths),
-               str(window), tmp, str(out)]
+               str(window), tmp, str(out), store, str(replicas)]
         proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, start_new_session=True)
         assert proc.stdout is not None
         try:
@@ -637,8 +779,94 @@ def run_bench(nodes: int, paths: int, window: int, log: Callable[[str], None] = 
         return result
 
 
+#: PostgreSQL replicas against the single SQLite DC in the same run (issue 17).
+PG_TARGETS = {"ratio": 0.7, "p99_ms": 50.0}
+
+
+def host_load() -> dict[str, Any]:
+    """What else the (shared) machine was doing: load averages and the CPU count."""
+    la = os.getloadavg()
+    return {"loadavg_1_5_15": [round(x, 2) for x in la], "cpus": os.cpu_count()}
+
+
+def run_compare(nodes: int, paths: int, window: int, replicas: int,
+                log: Callable[[str], None] = print) -> dict[str, Any]:
+    """The single SQLite DC, then ``replicas`` PostgreSQL replicas, same sizes, one after the other
+    (each in a fresh namespace); the report holds both and the registrations/s ratio."""
+    load_before = host_load()
+    log(f"host load before: {load_before}")
+    sq = run_bench(nodes, paths, window, log, store="sqlite")
+    load_mid = host_load()
+    pgr = run_bench(nodes, paths, window, log, store="postgresql", replicas=replicas)
+    sq_rate, pg_rate = sq["registration"]["per_s"], pgr["registration"]["per_s"]
+    # lost: neither completed nor refused with a status; twice: completed or counted more than once
+    reg, ph = pgr["registration"], pgr["paths_phase"]
+    lost = {
+        "registrations": reg["completed"] + reg["failed"] != nodes or reg["dc_registrations"] != reg["completed"]
+        or reg["registered_twice"] != 0,
+        "paths": ph["completed"] + ph["failed"] != max(paths - 1, 0) or ph["dc_paths_directed"] != ph["completed"]
+        or ph["ready_twice"] != 0,
+    }
+    return {"nodes": nodes, "paths": paths, "window": window, "replicas": replicas, "sqlite": sq,
+            "postgresql": pgr, "ratio": round(pg_rate / sq_rate, 3) if sq_rate else 0.0,
+            "lost_or_twice": lost, "host_load": {"before": load_before, "between": load_mid, "after": host_load()},
+            "calibration": pgr.get("calibration")}
+
+
+def compare_markdown(rep: dict[str, Any]) -> str:
+    sq, pg = rep["sqlite"], rep["postgresql"]
+    rs, rp = sq["registration"], pg["registration"]
+    ps, pp = sq["paths_phase"], pg["paths_phase"]
+
+    def ok(cond: bool) -> str:
+        return "met" if cond else "**missed**"
+
+    lost = rep["lost_or_twice"]
+    nothing_lost = not lost["registrations"] and not lost["paths"]
+    hl = rep["host_load"]
+    lines = [
+        f"# ntm bench control-plane: {rep['replicas']} PostgreSQL replicas beside one SQLite DC "
+        f"({rep['nodes']} nodes, {rep['paths']} paths, {rep['window']} in flight)", "",
+        f"| figure | SQLite, 1 DC | PostgreSQL, {rep['replicas']} replicas | target | |", "|---|---|---|---|---|",
+        f"| registered nodes | {rs.get('completed')} | {rp.get('completed')} | {rep['nodes']} | "
+        f"{ok(rp.get('completed') == rep['nodes'])} |",
+        f"| registrations/s | {rs.get('per_s')} | {rp.get('per_s')} | ratio ≥ {PG_TARGETS['ratio']} | "
+        f"{rep['ratio']}: {ok(rep['ratio'] >= PG_TARGETS['ratio'])} |",
+        f"| registration p50 / p99 (max) ms | {rs.get('p50_ms')} / {rs.get('p99_ms')} ({rs.get('max_ms')}) | "
+        f"{rp.get('p50_ms')} / {rp.get('p99_ms')} ({rp.get('max_ms')}) | p99 ≤ {PG_TARGETS['p99_ms']} | "
+        f"{ok(rp.get('p99_ms', 1e9) <= PG_TARGETS['p99_ms'])} |",
+        f"| RS-N path set-ups/s | {ps.get('per_s')} | {pp.get('per_s')} | | |",
+        f"| path set-up p50 / p99 (max) ms | {ps.get('p50_ms')} / {ps.get('p99_ms')} ({ps.get('max_ms')}) | "
+        f"{pp.get('p50_ms')} / {pp.get('p99_ms')} ({pp.get('max_ms')}) | p99 ≤ {PG_TARGETS['p99_ms']} | "
+        f"{ok(pp.get('p99_ms', 1e9) <= PG_TARGETS['p99_ms'])} |",
+        f"| DC memory per registered node (all replicas) | {sq.get('dc_bytes_per_registered_node')} B | "
+        f"{pg.get('dc_bytes_per_registered_node')} B | | |",
+        f"| DC CPU per registration (busy, cores) | {rs.get('dc_cpu_us_each')} µs ({rs.get('dc_cpu_busy')}) | "
+        f"{rp.get('dc_cpu_us_each')} µs ({rp.get('dc_cpu_busy')}) | | |",
+        f"| PostgreSQL CPU per registration (busy) | | {rp.get('db_cpu_us_each')} µs ({rp.get('db_cpu_busy')}) | | |",
+        f"| database round trips per registration = statements + 2 × transaction blocks | | "
+        f"{rp.get('db_round_trips_each')} = {rp.get('db_statements_each')} + 2 × "
+        f"{rp.get('db_transactions_each')} | | |",
+        f"| refused with a status (registrations, paths) | {rs.get('failed')}, {ps.get('failed')} | "
+        f"{rp.get('failed')}, {pp.get('failed')} | 0 | {ok(not rp.get('failed') and not pp.get('failed'))} |",
+        f"| lost or applied twice | {'none' if rs.get('registered_twice') == 0 else 'some'} | "
+        f"{'none' if nothing_lost else 'some: ' + json.dumps(lost)} | none | {ok(nothing_lost)} |",
+        "",
+        f"Per replica (registrations, sessions): {rp.get('per_replica')}. PostgreSQL RSS with registered nodes "
+        f"{pg.get('db_rss_kib_registered')} KiB (postmaster and backends, shared buffers counted per process). "
+        f"Node retransmissions SQLite {sq.get('node_retransmissions')}, PostgreSQL {pg.get('node_retransmissions')}; "
+        f"kernel UDP drops {sq.get('kernel_udp_drops')}, {pg.get('kernel_udp_drops')}. "
+        f"CPUs: SQLite DC pinned {sq.get('cpus', {}).get('dc')}, replicas and database unpinned.",
+        f"Host load (1/5/15 min) before {hl['before']['loadavg_1_5_15']}, between {hl['between']['loadavg_1_5_15']}, "
+        f"after {hl['after']['loadavg_1_5_15']} on {hl['before']['cpus']} CPUs (the machine is shared: other "
+        "work ran at the same time).",
+    ]
+    return "\n".join(lines)
+
+
 if __name__ == "__main__":
     signal.signal(signal.SIGTERM, lambda *_: sys.exit(1))  # run_inner's clean-up runs on SIGTERM too
     n, m, w, wd, outp = int(sys.argv[1]), int(sys.argv[2]), int(sys.argv[3]), Path(sys.argv[4]), Path(sys.argv[5])
-    rep = run_inner(n, m, w, wd, lambda s: print(s, flush=True))
+    kind, nrep = (sys.argv[6], int(sys.argv[7])) if len(sys.argv) > 7 else ("sqlite", 1)
+    rep = run_inner(n, m, w, wd, lambda s: print(s, flush=True), store=kind, replicas=nrep)
     outp.write_text(json.dumps(rep))

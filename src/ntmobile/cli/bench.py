@@ -133,10 +133,17 @@ def fuzz(count: int = typer.Option(1_000_000, "--count", min=1, help="datagrams 
 def control_plane(nodes: int = typer.Option(100_000, "--nodes", min=1, help="simulated nodes to register"),
                   paths: int = typer.Option(10_000, "--paths", min=0, help="of them, nodes that set up an RS-N path"),
                   window: int = typer.Option(32, "--window", min=1, help="requests in flight at once"),
+                  store: str = typer.Option("sqlite", "--store", help="sqlite (one DC) or postgresql (DC replicas "
+                                            "on a PostgreSQL server started for the run, measured beside one "
+                                            "SQLite DC in the same run)"),
+                  replicas: int = typer.Option(2, "--replicas", min=1, max=8, help="DC replicas (--store postgresql)"),
                   out: Path = typer.Option(Path("artifacts"), "--out", help="directory for JSON and markdown")) -> None:
     """Many simulated nodes (sans-IO node cores in one process, real UDP on loopback, in a private
     network namespace) register and set up RS-N paths against a real DC daemon and a real relay
-    core; reports messages/s, p50/p99 latency and the DC's memory per registered node."""
+    core; reports messages/s, p50/p99 latency and the DC's memory per registered node. With
+    ``--store postgresql`` the same load runs against one SQLite DC and then against REPLICAS DC
+    replicas sharing a real PostgreSQL server, with the registrations/s ratio and the database
+    round trips per registration."""
     require_root("ntm bench control-plane")
     import json
 
@@ -145,6 +152,24 @@ def control_plane(nodes: int = typer.Option(100_000, "--nodes", min=1, help="sim
 
     if paths > nodes:
         fail("--paths must not exceed --nodes")
+    if store not in ("sqlite", "postgresql"):
+        fail("--store is sqlite or postgresql")
+    if store == "postgresql":
+        from ntmobile.bench.calibration import calibration_markdown
+        from ntmobile.bench.control_plane import compare_markdown, run_compare
+
+        try:
+            rep = run_compare(nodes, paths, window, replicas, log=typer.echo)
+        except RuntimeError as exc:
+            fail(str(exc))
+        out.mkdir(parents=True, exist_ok=True)
+        (out / "bench-control-plane-postgresql.json").write_text(json.dumps(rep, indent=2))
+        (out / "bench-control-plane-postgresql.md").write_text(compare_markdown(rep) + "\n"
+                                                               + calibration_markdown(rep.get("calibration")))
+        typer.echo(compare_markdown(rep))
+        typer.echo(f"written: {out / 'bench-control-plane-postgresql.json'}, "
+                   f"{out / 'bench-control-plane-postgresql.md'}")
+        return
     try:
         report = run_cp(nodes, paths, window, log=typer.echo)
     except RuntimeError as exc:

@@ -108,9 +108,13 @@ def render_status(st: dict[str, Any], *, wide: bool = False, width: int | None =
         t = Table("peer", "peer VIPs", "mode", "RS", "endpoint", "tx bytes", "rx bytes", "age s", "state")
         for p in st["paths"]:
             ep = p["endpoint"]
-            t.add_row(str(p["peer"]), " ".join(v for v in (p["peer_vip4"], p["peer_vip6"]) if v), p["mode"],
-                      p["rs"] or "-", f"{ep[0]}:{ep[1]}" if ep else "-", str(p["tx_bytes"]), str(p["rx_bytes"]),
-                      str(p["age"]), "up" if p["established"] else "setting up")
+            # a punched path's relay is its standby leg (the RS column says so), not where data goes
+            tr = p.get("traversal") or {}
+            punched = p["mode"] == "DIRECT" and tr.get("state") == "direct"
+            rs = f"{p['rs']} ({tr.get('relay_leg') or 'standby'})" if punched and p["rs"] else p["rs"] or "-"
+            t.add_row(str(p["peer"]), " ".join(v for v in (p["peer_vip4"], p["peer_vip6"]) if v),
+                      "DIRECT (punched)" if punched else p["mode"], rs, f"{ep[0]}:{ep[1]}" if ep else "-",
+                      str(p["tx_bytes"]), str(p["rx_bytes"]), str(p["age"]), "up" if p["established"] else "setting up")
     else:
         t = Table(box=None, pad_edge=False)
         t.add_column("peer", overflow="fold", ratio=1, min_width=12)
@@ -183,7 +187,8 @@ def _probe_line(n: int, r: dict[str, object]) -> str:
     if r.get("error") and r.get("rtt_ms") is None and not r.get("mode"):
         return f"probe {n}: {r.get('name')}: {r['error']}"
     mode = str(r.get("mode"))
-    via = f" via {r['rs']}" if r.get("rs") else ""
+    # a punched DIRECT path keeps its relay leg as a standby: the probe went direct, not via it
+    via = f" via {r['rs']}" if r.get("rs") and mode != "DIRECT" else ""
     ep = r.get("endpoint")
     at = f" {ep[0]}:{ep[1]}" if isinstance(ep, list) else ""
     vip = r.get("peer_vip4") or r.get("peer_vip6") or "-"

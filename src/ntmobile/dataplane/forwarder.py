@@ -99,10 +99,11 @@ class FwdPath:
     #: endpoints, never learnt across modes; where each delivered capsule came from.
     leg: LegWatch | None = None
 
-    def known(self, addr: Endpoint) -> bool:
-        """``addr`` may hold reassembly state: the learnt endpoint, or (traversal) the relay or a
-        candidate of the peer (capsules arrive from both while the two ends switch)."""
-        return addr == self.endpoint or (self.leg is not None and self.leg.knows(addr))
+    def leg_knows(self, addr: Endpoint) -> bool:
+        """Besides the learnt endpoint (checked inline first, the per-packet case), ``addr`` may hold
+        reassembly state if it is (traversal) the relay or a candidate of the peer: capsules arrive
+        from both while the two ends switch."""
+        return self.leg is not None and self.leg.knows(addr)
 
     def counts(self) -> tuple[int, int, int, int]:
         return self.tx_packets, self.tx_bytes, self.rx_packets, self.rx_bytes
@@ -255,7 +256,8 @@ class NodeForwarder:
             return 1
         try:
             # Reassembly state only for chunks from the path's endpoint (crypto.channel.CapsuleOpener).
-            inner, k = fp.opener.open_run(data, size, now, learnt=fp.known(addr), scratch=True)
+            inner, k = fp.opener.open_run(data, size, now, learnt=addr == fp.endpoint or fp.leg_knows(addr),
+                                          scratch=True)
         except ReassemblyRefused:
             self.stats["rx_chunk_unknown_source"] += 1
             return 1
@@ -281,7 +283,7 @@ class NodeForwarder:
                 if not self.vnet:
                     self.stats["rx_gso_unsupported"] += 1
                     return
-                inner = fp.opener.open_chunk(data, now, learnt=fp.known(addr))
+                inner = fp.opener.open_chunk(data, now, learnt=addr == fp.endpoint or fp.leg_knows(addr))
                 if inner is None:
                     return
                 self.stats["rx_gso_capsules"] += 1

@@ -1,4 +1,4 @@
-"""The ntmobile daemon kinds the lab starts: ``dc``, ``rs`` and ``node``.
+"""The daemon kinds the lab starts: ntmobile's ``dc``, ``rs`` and ``node``, and ``postgres``.
 
 Topology syntax (docs/lab.md)::
 
@@ -15,24 +15,43 @@ Topology syntax (docs/lab.md)::
     kind = "node"
     config = { dc = "dca", name = "mn" }  # enrolled at that DC as mn.<domain>
 
+    [[hosts.daemons]]                     # on host db: a real PostgreSQL server (lab/postgres.py)
+    kind = "postgres"                     # data in the host's working dir, stopped with the lab by PID
+
+    [[hosts.daemons]]                     # on hosts dca and dca2: DC replicas (issue 17)
+    kind = "dc"
+    config = { domain = "a.example", postgres = "db", replicas = ["dca2"] }   # on dca2: ["dca"]
+
 Hosts are started in topology order, so DC hosts must come before the relays and nodes that
-enrol with them. Builders enrol directly in the DC's SQLite registry (what `ntm dc enroll` does).
+enrol with them (and a ``postgres`` host before its DCs). Builders enrol directly in the DC's registry
+(what `ntm dc enroll` does): its SQLite file, or the replicas' PostgreSQL database over its Unix
+socket (the DCs themselves reach it over the lab network, at the db host's address).
 `Lab.up` returns once every relay is registered with each of its DCs and every node with its DC.
 """
 
 from __future__ import annotations
 
 import sys
+import time
 from pathlib import Path
 from typing import Any
 
 from ntmobile.core.targets import DOCUMENTATION_NETS
-from ntmobile.runtime.config import DcSettings, NodeSettings, PoolSettings, RsSettings, dump, load
+from ntmobile.runtime.config import (
+    DcSettings,
+    NodeSettings,
+    PoolSettings,
+    ReplicaSettings,
+    RsSettings,
+    dump,
+    load,
+)
 from ntmobile.runtime.enroll import enroll
 from ntmobile.service import setpriv_argv
 from ntmobile.wire import DC_PORT, NODE_PORT, RS_PORT, Role
 
 from .daemons import DaemonContext, DaemonLaunch, daemon_builder, register_daemon_kind
+from .postgres import PostgresServer
 from .resolved import resolved_argv
 
 NTM = [sys.executable, "-m", "ntmobile"]
@@ -43,7 +62,29 @@ def _dc_settings(ctx: DaemonContext, dc_host: str) -> DcSettings:
     path = ctx.lab.host_workdir(dc_host) / "dc.toml"
     if not path.exists():
         raise RuntimeError(f"hosts.{ctx.host}.daemons: DC host {dc_host!r} has no dc daemon started before it")
-    return load(path, DcSettings)
+    settings = load(path, DcSettings)
+    local = ctx.lab.host_workdir(dc_host) / ENROLL_DSN
+    if local.exists():  # replicas: the lab (outside the namespaces) enrols over the database's Unix socket
+        settings = settings.model_copy(update={"database": local.read_text().strip()})
+    return settings
+
+
+ENROLL_DSN = "dc.enroll-dsn"
+
+
+def _postgres(ctx: DaemonContext, db_host: str) -> PostgresServer:
+    """The lab's PostgreSQL server on ``db_host`` (its data in that host's working dir)."""
+    return PostgresServer(ctx.lab.host_workdir(db_host) / "postgres", listen=ctx.lab.addr(db_host, 4),
+                          netns=ctx.lab.ns(db_host))
+
+
+def build_postgres(ctx: DaemonContext) -> DaemonLaunch:
+    """A real PostgreSQL server in the host's namespace, run as the postgres user: the cluster is
+    created here (initdb), the postmaster is the process the lab tracks (and kills by PID)."""
+    srv = _postgres(ctx, ctx.host)
+    srv.init()
+    argv = ["setpriv", f"--reuid={srv.uid}", f"--regid={srv.gid}", "--clear-groups", *srv.argv()]
+    return DaemonLaunch(argv=argv, ready_tcp=(srv.port,))
 
 
 def _rsn_allow(c: dict[str, Any]) -> list[str]:
@@ -66,6 +107,21 @@ def _as_service(kind: str, c: dict[str, Any], argv: list[str]) -> list[str]:
     return [*setpriv_argv(kind), *argv] if c.get("service_caps") else argv
 
 
+def _wait_earlier_replicas(ctx: DaemonContext, replicas: list[str]) -> None:
+    """Start replicas one after the other: the replicas already started (earlier in the topology)
+    are up, hence hold their send-counter block, before this one takes its own (a higher one).
+
+    Why: the replicas share the DC key and a node keeps one replay floor for it, so a node that
+    fails over from a replica to one whose counter block is lower drops its answers as replays
+    (``drop_replay``) until that replica takes a fresh block (known issue, see the lab test). In
+    this order a node moving from an earlier replica to a later or restarted one is not affected."""
+    from .lab import READY_TIMEOUT
+
+    deadline = time.monotonic() + READY_TIMEOUT
+    for rec in [p for p in ctx.lab.state.processes if p.host in replicas and p.name.startswith("dc")]:
+        ctx.lab._wait_ready(rec, (53,), (DC_PORT, 53), deadline)
+
+
 def build_dc(ctx: DaemonContext) -> DaemonLaunch:
     c = ctx.spec.config
     lab = ctx.lab
@@ -75,9 +131,17 @@ def build_dc(ctx: DaemonContext) -> DaemonLaunch:
     except Exception:
         v6 = None
     domain = str(c["domain"])
+    database = str(ctx.workdir / "dc.sqlite")
+    replicas = [ReplicaSettings(address=lab.addr(str(h), 4)) for h in c.get("replicas", [])]
+    if c.get("postgres"):  # a replica: its registry is the database on that host, reached over the lab network
+        srv = _postgres(ctx, str(c["postgres"]))
+        srv.wait_ready(60.0)  # started just before (topology order); creates the database
+        database = srv.dsn(lab.addr(str(c["postgres"]), 4))
+        (ctx.workdir / ENROLL_DSN).write_text(srv.dsn() + "\n")
+        _wait_earlier_replicas(ctx, [str(h) for h in c.get("replicas", [])])
     settings = DcSettings(
         domain=domain, extra_domains=[str(x) for x in c.get("extra_domains", [])], address=v4,
-        database=str(ctx.workdir / "dc.sqlite"), ns_name=f"dc.{domain}",
+        database=database, replicas=replicas, ns_name=f"dc.{domain}",
         ns_addresses=[v4] + ([v6] if v6 else []), resolvers=lab.resolvers()[:1], control="ntm-dc",
         keepalive=int(c.get("keepalive", 15)), idle_timeout=int(c.get("idle_timeout", 120)),
         pools=PoolSettings(vip4=c.get("vip4", "100.64.1.0/24"), vip6=c.get("vip6", "fd00:6e74:1::/64")),
@@ -154,11 +218,11 @@ def _node_registered(status: dict[str, Any]) -> bool:
 
 
 def register_all() -> None:
-    for kind, builder in (("dc", build_dc), ("rs", build_rs), ("node", build_node)):
+    for kind, builder in (("dc", build_dc), ("rs", build_rs), ("node", build_node), ("postgres", build_postgres)):
         if daemon_builder(kind) is None:
             register_daemon_kind(kind, builder)
 
 
 register_all()
 
-__all__ = ["build_dc", "build_node", "build_rs", "register_all"]
+__all__ = ["build_dc", "build_node", "build_postgres", "build_rs", "register_all"]

@@ -99,12 +99,21 @@ class PostgresServer:
         log = open(self.data / "postgres.log", "ab")  # noqa: SIM115 - kept by the child
         try:
             self.proc = self._run_as_postgres(
-                [str(self.bindir / "postgres"), "-D", str(self.pgdata), "-k", str(self.sockdir),
-                 "-h", self.listen, "-p", str(self.port), "-c", "max_connections=200",
-                 "-c", "shared_buffers=32MB", "-c", "synchronous_commit=on"],
-                stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL, cwd="/")
+                self.argv(), stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL, cwd="/")
         finally:
             log.close()
+        self._wait_ready(timeout)
+        self._ensure_db()
+
+    def argv(self) -> list[str]:
+        """The postmaster's command line (run as the postgres user): what `start` runs, for a caller
+        that runs it itself (the lab's ``postgres`` daemon kind, lab/ntm.py)."""
+        return [str(self.bindir / "postgres"), "-D", str(self.pgdata), "-k", str(self.sockdir),
+                "-h", self.listen, "-p", str(self.port), "-c", "max_connections=200",
+                "-c", "shared_buffers=32MB", "-c", "synchronous_commit=on"]
+
+    def wait_ready(self, timeout: float = 60.0) -> None:
+        """Wait until a server (started by whoever) answers on our socket, then create the database."""
         self._wait_ready(timeout)
         self._ensure_db()
 
@@ -114,8 +123,7 @@ class PostgresServer:
         deadline = time.monotonic() + timeout
         last = ""
         while time.monotonic() < deadline:
-            assert self.proc is not None
-            if self.proc.poll() is not None:
+            if self.proc is not None and self.proc.poll() is not None:
                 raise PostgresError(f"postgres exited ({self.proc.returncode}): {self.log_tail()}")
             try:
                 with psycopg.connect(f"postgresql://{USER}@/postgres?host={self.sockdir}&port={self.port}",

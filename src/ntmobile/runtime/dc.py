@@ -179,7 +179,8 @@ class DcDaemon:
             counter = counter_floor(db.with_name(db.name + ".counter"), block=DC_BLOCK)
         self.core = DcCore(cfg, self.store, loop.time(), seq_base=time.time_ns() // 1000, counter=counter)
         self.driver = CoreDriver(self.core, self.on_event, batch_reads=True, on_batch_start=self._begin_batch,
-                                 on_flush=self._commit)
+                                 on_flush=self._commit,
+                                 on_batch_read=self.store.prefetch if is_postgres(s.database) else None)
         self._summary_at = loop.time()
         await self.driver.start(s.port, host4=s.listen4, host6=s.listen6)
         self.probe_transports: dict[tuple[bool, int], asyncio.DatagramTransport] = {}
@@ -397,7 +398,10 @@ class DcDaemon:
         if cmd == "stats":  # counters only: cheap with many sessions (benches, monitoring)
             return {"stats": dict(self.core.stats), "paths": len(self.core.paths),
                     "sessions": self.core.session_count(), "relays": len(self.core.relays()),
-                    "driver": self.driver.status()}
+                    "driver": self.driver.status(),
+                    # statements and transaction blocks sent to a PostgreSQL registry (None for SQLite)
+                    "db_statements": getattr(self.store, "round_trips", None),
+                    "db_transactions": getattr(self.store, "transactions", None)}
         return {
             "role": "dc", "domain": self.settings.domain, "dc_id": self.dc_id.hex(), "reloads": self.reloads,
             "keepalive": self.settings.keepalive,

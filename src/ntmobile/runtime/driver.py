@@ -159,8 +159,12 @@ class CoreDriver:
     def __init__(self, core: SansIOCore, on_event: Callable[[Any], None], *,
                  data_hook: Callable[[bytes, Endpoint], bool] | None = None,
                  on_flush: Callable[[], None] | None = None, batch_reads: bool = False,
-                 on_batch_start: Callable[[], None] | None = None, mark_signalling: bool = False) -> None:
+                 on_batch_start: Callable[[], None] | None = None, mark_signalling: bool = False,
+                 on_batch_read: Callable[[list[bytes]], None] | None = None) -> None:
         self.core = core
+        #: With ``batch_reads``: called with a read batch's datagrams before the core gets them (the
+        #: DC on PostgreSQL looks up the batch's registering clients in one query).
+        self.on_batch_read = on_batch_read
         #: With ``mark_signalling``, every datagram that is not a data capsule leaves with its own
         #: TTL / hop limit (``SIGNAL_HOPS``): a node's GRO barrier, docs/dataplane.md "RS-S in the
         #: kernel". Per family: the socket and its ancillary data.
@@ -254,14 +258,21 @@ class CoreDriver:
             self.on_batch_start()
         core, hook = self.core, self.data_hook
         now = self.loop.time()
+        batch: list[tuple[bytes, Any]] = []
         for _ in range(READ_BATCH):
             try:
-                data, raw = sock.recvfrom(65536)
+                batch.append(sock.recvfrom(65536))
             except BlockingIOError:
                 break
             except OSError:
                 self.socket_errors += 1  # ICMP errors and the like: never fatal
                 continue
+        if self.on_batch_read is not None and batch:
+            try:
+                self.on_batch_read([d for d, _ in batch])
+            except Exception as exc:  # a look-ahead only: the core reads what it needs itself
+                self.errors.record("on_batch_read", exc)
+        for data, raw in batch:
             self.received += 1
             addr = normalize(raw)
             if self.trace is not None:

@@ -679,7 +679,9 @@ class NodeDaemon:
             p["age"] = round(now - float(p.pop("created")), 1)  # type: ignore[arg-type]
         return {
             "role": "node", "name": self.creds.name, "pid": os.getpid(),
-            "dc": {"address": self.creds.dc_address, "port": self.creds.dc_port, "domain": self.creds.domain},
+            # the DC replica it talks to now (its credentials' DC until a failover moved it, issue 17)
+            "dc": {"address": self.core.config.dc_endpoint[0], "port": self.core.config.dc_endpoint[1],
+                   "domain": self.creds.domain},
             "registered": self.core.registered,
             "vip4": reg.vip4 if reg else None, "vip6": reg.vip6 if reg else None,
             "observed": list(reg.observed) if reg else None,

@@ -39,7 +39,7 @@ import psycopg
 
 from ntmobile.core.registry import ClientRecord, JoinRecord, Pools, StoreError, VipPool
 from ntmobile.crypto import CounterFloor
-from ntmobile.wire import CodecError, Role
+from ntmobile.wire import SIGNAL_HEADER_SIZE, CodecError, MessageType, Role, SignalFlags
 
 from .store import SeqBatch, is_postgres
 
@@ -104,8 +104,12 @@ class PgStore(SeqBatch):
         self._cache: dict[object, ClientRecord] = {}
         #: Statements sent to the server (the bench's round trips per registration).
         self.round_trips = 0
+        #: Transaction blocks (and savepoints) opened: each adds two round trips (BEGIN/COMMIT).
+        self.transactions = 0
         #: One connection: callers on several threads take turns (the DC itself uses one thread).
         self._lock = threading.RLock()
+        #: Rows looked up ahead for the current read batch (``prefetch``), cleared at its end.
+        self._ahead: dict[bytes, tuple[Any, ...] | None] = {}
         with self._tx() as cur:
             cur.execute("SELECT pg_advisory_xact_lock(%s, 0)", (SCHEMA_LOCK,))
             for stmt in SCHEMA:
@@ -127,6 +131,7 @@ class PgStore(SeqBatch):
     @contextmanager
     def _tx(self) -> Iterator[psycopg.Cursor[Any]]:
         """A cursor inside a transaction (a savepoint when nested); psycopg errors become StoreError."""
+        self.transactions += 1
         try:
             with self._lock, self._db().transaction() as tx, tx.connection.cursor() as cur:
                 yield _Counted(cur, self)  # type: ignore[misc]
@@ -139,6 +144,42 @@ class PgStore(SeqBatch):
         with self._tx() as cur:
             cur.execute(sql, args)
             return cur.fetchone()
+
+    def _read(self, sql: str, args: tuple[object, ...]) -> tuple[Any, ...] | None:
+        """One read-only statement, one round trip: in autocommit it is its own transaction (no
+        BEGIN/COMMIT around it); inside a caller's transaction block it is part of that."""
+        try:
+            with self._lock:
+                conn = self._db()
+                self.round_trips += 1
+                return conn.execute(sql, args).fetchone()
+        except psycopg.Error as exc:
+            raise StoreError(f"registry database: {_one_line(exc)[:120]}") from None
+
+    def prefetch(self, datagrams: list[bytes]) -> None:
+        """Look up, in one query, the clients that the batch's long-term signalling datagrams
+        (Registration Requests) name as sender: the core's ``get_client`` for them then needs no
+        round trip of its own. Only clients the core would look up anyway (a long-term datagram's
+        sender), read at the batch's start; the batch's own replay floors still apply (``_seqs``)."""
+        ids = {d[4:12] for d in datagrams
+               if len(d) >= SIGNAL_HEADER_SIZE and d[1] != MessageType.DATA and d[2] & SignalFlags.LONG_TERM}
+        self._ahead.clear()
+        if not ids:
+            return
+        try:
+            with self._lock:
+                conn = self._db()
+                self.round_trips += 1
+                rows = conn.execute(f"SELECT {_COLS} FROM clients WHERE client_id = ANY(%s)", (list(ids),)).fetchall()
+        except (psycopg.Error, StoreError):
+            return  # the core's own look-ups report the failure
+        self._ahead = dict.fromkeys(ids)
+        for row in rows:
+            self._ahead[bytes(row[0])] = row
+
+    def end_batch(self) -> None:
+        self._ahead.clear()
+        super().end_batch()
 
     def _all(self, sql: str, args: tuple[object, ...] = ()) -> list[tuple[Any, ...]]:
         with self._tx() as cur:
@@ -180,7 +221,7 @@ class PgStore(SeqBatch):
 
     def _lookup(self, key: tuple[str, object], sql: str, args: tuple[object, ...]) -> ClientRecord | None:
         try:
-            return self._record(self._one(f"SELECT {_COLS} FROM clients WHERE {sql}", args))
+            return self._record(self._read(f"SELECT {_COLS} FROM clients WHERE {sql}", args))
         except StoreError:
             cached = self._cache.get(key)
             if cached is None:
@@ -189,6 +230,8 @@ class PgStore(SeqBatch):
                                 self._seqs.get(cached.client_id, cached.last_seq))
 
     def get_client(self, client_id: bytes) -> ClientRecord | None:
+        if client_id in self._ahead:
+            return self._record(self._ahead[client_id])
         return self._lookup(("id", client_id), "client_id = %s", (client_id,))
 
     def client_by_name(self, name: str) -> ClientRecord | None:

@@ -168,6 +168,9 @@ class PathTraversal:
                 "candidate": list(ep) if ep is not None else None,
                 "candidates": [list(c) for c in self.candidates],
                 "time_to_direct": None if self.first_direct is None else round(self.first_direct - created, 3),
+                # on DIRECT: the relay leg is a standby until the grace period ends, then left to expire
+                "relay_leg": None if self.state is not TraversalState.DIRECT else (
+                    "standby" if self._grace_end is not None else "expiring"),
                 "stats": dict(self.stats)}
 
     def deadline(self) -> float | None:
