@@ -1,10 +1,11 @@
 """Issue 20, RS-N pair building blocks in the lab (topology rsnpair): keepalived holds the shared
 address on exactly one relay and moves it on kill -9 of the active keepalived or relay; conntrackd
-syncs an RS-N connection's entry to the standby; an ssh session through RS-N survives kill -9 of the
-active relay."""
+syncs an RS-N connection's entry to the standby; an ssh session and a 200 MB download through RS-N
+survive kill -9 of the active relay, the node rebuilding its path via the other relay by itself."""
 
 from __future__ import annotations
 
+import hashlib
 import json
 import os
 import signal
@@ -153,7 +154,7 @@ def test_ssh_session_survives_kill_of_the_active_relay(lab_factory: LabFactory) 
         st = status(lab)["stats"]
         print(f"ssh session: dead relay noticed by mn {noticed:.2f} s after kill -9, path via rs2 by "
               f"itself within {rebuilt:.2f} s ({st.get('rsn_rebuilds')} rebuild), {gap:.2f} s without a line")
-        assert noticed <= 2.0 + 0.1  # issue 20's bound (+ the log's ms resolution and the kill's own time)
+        assert noticed <= 2.5  # the 2 s bound, 0.5 s more for a loaded machine (as test_faults)
         assert st.get("rsn_rebuilds") == 1
         assert ssh.poll() is None  # the same session, not a new one
         n = len(arrivals)
@@ -161,3 +162,72 @@ def test_ssh_session_survives_kill_of_the_active_relay(lab_factory: LabFactory) 
     finally:
         ssh.kill()
         ssh.wait(10)
+
+
+BIG = 200_000_000
+
+
+def test_200mb_download_survives_kill_of_the_active_relay(lab_factory: LabFactory) -> None:
+    """A 200 MB HTTP download from the GN through RS-N (curl at mn, busybox httpd at the GN) carries on
+    after kill -9 of the active relay, a quarter of the way in: the node notices on the busy path and
+    rebuilds the path via rs2 by itself, the shared address and the synced NAT binding are on rs2, and
+    the same TCP connection delivers every byte (sha256 checked). The gap is measured at mn (arrival
+    times of curl's output)."""
+    lab = lab_factory("rsnpair", bare=False)
+    one_holder(lab, "rs1")
+    wait_for(lambda: status(lab).get("registered"), 15, "mn registered")
+    www = lab.host_workdir("gn") / "www"
+    digest = hashlib.sha256()
+    with open(www / "big200.bin", "wb") as f:
+        for _ in range(BIG // (1 << 20)):
+            block = os.urandom(1 << 20)
+            digest.update(block)
+            f.write(block)
+        tail = os.urandom(BIG % (1 << 20))
+        digest.update(tail)
+        f.write(tail)
+    os.chmod(www / "big200.bin", 0o644)
+    # (One request first, so the path via rs1 is up and the download itself starts at full speed.)
+    lab.exec("mn", ["curl", "-sS", "-4", "-m", "10", "-o", "/dev/null", "http://www.gn.example/"], timeout=20)
+    [path] = status(lab)["paths"]
+    assert path["rs"] == "rs1"
+    curl = lab.popen("mn", ["curl", "-sS", "-4", "-m", "50", "http://www.gn.example/big200.bin"], name="curl",
+                     stdout=subprocess.PIPE, stderr=subprocess.DEVNULL)
+    got = hashlib.sha256()
+    arrivals: list[tuple[float, int]] = []  # (monotonic time, bytes so far)
+
+    def read() -> None:
+        assert curl.stdout is not None
+        n = 0
+        while chunk := curl.stdout.read1(1 << 16):
+            got.update(chunk)
+            n += len(chunk)
+            arrivals.append((time.monotonic(), n))
+    reader = threading.Thread(target=read, daemon=True)
+    reader.start()
+    try:
+        wait_for(lambda: bool(arrivals) and arrivals[-1][1] >= BIG // 4, 30, "a quarter of the download")
+        t0, wall0 = time.monotonic(), time.time()
+        at_kill = arrivals[-1][1]
+        os.kill(proc(lab, "rs1", "rs"), signal.SIGKILL)
+        assert curl.wait(55) == 0, "curl failed: the download broke"
+        reader.join(10)
+        done = time.monotonic() - t0
+        assert arrivals[-1][1] == BIG and got.hexdigest() == digest.hexdigest()
+        assert at_kill < BIG * 3 // 4  # the kill came while the transfer ran
+        times = [t for t, _n in arrivals]
+        gap = max(b - max(a, t0) for a, b in zip(times, times[1:], strict=False) if b > t0)
+        closed_at = closed_after(lab, wall0 - 1)
+        assert closed_at is not None, "mn did not log the busy-path close"
+        st = status(lab)
+        [new] = st["paths"]
+        print(f"200 MB download: relay killed at {at_kill / 1e6:.0f} MB, noticed by mn {closed_at - wall0:.2f} s "
+              f"later, {gap:.2f} s without a byte, complete {done:.2f} s after the kill, sha256 right; "
+              f"{st['stats'].get('rsn_rebuilds')} rebuild, now via {new['rs']}")
+        assert new["rs"] == "rs2" and st["stats"].get("rsn_rebuilds") == 1
+        assert closed_at - wall0 <= 2.5  # the 2 s bound, 0.5 s more for a loaded machine (as test_faults)
+    finally:
+        if curl.poll() is None:
+            curl.kill()
+            curl.wait(10)
+        (www / "big200.bin").unlink(missing_ok=True)
