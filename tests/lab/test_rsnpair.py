@@ -103,6 +103,32 @@ def test_conntrackd_syncs_an_rsn_connection_to_the_standby(lab_factory: LabFacto
         ssh.wait(10)
 
 
+def test_new_paths_go_to_the_relay_holding_the_shared_address(lab_factory: LabFactory) -> None:
+    """The shared address on rs2 while rs1's relay is alive (rs1's keepalived killed): rs1 is the
+    standby and refuses new RS-N paths (BUSY), so the DC's first choice (rs1) passes the path to rs2,
+    where the GN's answers to the shared address arrive. (Without the refusal the path went to rs1
+    and the connection timed out: the GN's SYN-ACK reached rs2, which had no path for mn.)"""
+    lab = lab_factory("rsnpair", bare=False)
+    one_holder(lab, "rs1")
+    wait_for(lambda: status(lab).get("registered"), 15, "mn registered")
+    os.kill(proc(lab, "rs1", "keepalived1"), signal.SIGKILL)
+    one_holder(lab, "rs2")
+    wait_for(lambda: rs_status(lab, "rs1").get("standby") is True, 5,
+             "rs1 to see it is the standby")
+    cp = lab.exec("mn", ["curl", "-sS", "-4", "-m", "10", "-o", "/dev/null", "-w", "%{http_code}",
+                         "http://www.gn.example/"], check=False, timeout=20)
+    assert cp.returncode == 0 and cp.stdout != "000", (cp.stdout, cp.stderr)  # the GN's httpd answered
+    [path] = status(lab)["paths"]
+    assert path["rs"] == "rs2"
+    assert rs_status(lab, "rs1")["stats"].get("relay_direction_standby", 0) >= 1
+    assert rs_status(lab, "rs2").get("standby") is False
+
+
+def rs_status(lab: Lab, host: str) -> dict:
+    cp = lab.exec(host, [*NTM, "rs", "status", "--json"], check=False, timeout=10)
+    return json.loads(cp.stdout) if cp.returncode == 0 else {}
+
+
 def closed_after(lab: Lab, since: float) -> float | None:
     """When mn logged the busy-path close of its path (the node's own detection), wall clock."""
     log = lab.workdir / "logs" / "mn-node.log"

@@ -49,3 +49,26 @@ def test_rs_settings_check_the_snat_addresses() -> None:
     assert RsSettings(**base).snat4 is None
     with pytest.raises(ValueError):
         RsSettings(**base, snat4="not-an-address")
+
+
+def test_holds_address_tells_a_local_address_from_another() -> None:
+    from ntmobile.osops.rspair import holds_address, nonlocal_bind
+
+    assert holds_address("127.0.0.1")
+    if not nonlocal_bind("192.0.2.199"):
+        assert not holds_address("192.0.2.199")  # (TEST-NET-1: on no host of this machine)
+
+
+def test_standby_relay_refuses_new_rsn_paths_and_the_dc_takes_the_other() -> None:
+    """The pair's standby (its shared address at the other relay) answers an RS-N Relay Direction BUSY:
+    the GN's answers to the shared address would reach the active relay, which would have no such path.
+    The DC tries the next relay; once the standby becomes active it takes paths again."""
+    from .test_relay_failure import TwoRelays
+
+    w = TwoRelays()
+    w.rs.standby = True  # rs1 (the DC's first choice) is the standby
+    first = w.setup_path().path
+    assert first.rs_name == "rs2" and w.rs.stats["relay_direction_standby"] == 1 and w.rs.entries() == []
+    w.rs.standby, w.rs2.standby = False, True  # the address moved to rs1
+    other = w.path("mn", "ftp.gn.example").path  # (another name of the world's GN address: the path again)
+    assert other.rs_name == "rs1" and w.rs2.stats["relay_direction_standby"] == 1

@@ -11,13 +11,18 @@ Choices (measured in the lab, issue 20):
   daemon is tracked with a ``track_script`` (``kill -0`` of its PID file) instead.
 * conntrackd FTFW with ``DisableExternalCache`` (entries go straight into the kernel table, nothing
   to commit at failover) and ``ExpectationSync on`` (FTP/TFTP expectations move too).
+
+Also the relay's side of the pair: ``holds_address`` tells whether the shared address is on this host
+now (the relay is the active one), so that the standby refuses new RS-N paths.
 """
 
 from __future__ import annotations
 
 import ipaddress
 import re
+import socket
 from dataclasses import dataclass
+from pathlib import Path
 
 _IF_RE = re.compile(r"^[A-Za-z0-9_.\-]{1,15}$")
 _PATH_RE = re.compile(r"^/[^\s\"'\\]+$")
@@ -89,3 +94,26 @@ def conntrackd_conf(m: PairMember, port: int = 3780) -> str:
         "    Filter From Kernelspace {\n        Address Ignore {\n"
         f"            IPv4_address 127.0.0.1\n            IPv4_address {m.address}\n"
         f"            IPv4_address {m.peer}\n        }}\n    }}\n}}\n")
+
+
+def holds_address(address: str) -> bool:
+    """Whether ``address`` is on one of this network namespace's interfaces: a UDP socket binds to it
+    only then (EADDRNOTAVAIL otherwise; an IPv6 address still in DAD does not count either). Always
+    true when the kernel binds non-local addresses (``nonlocal_bind``)."""
+    family = socket.AF_INET6 if ":" in address else socket.AF_INET
+    with socket.socket(family, socket.SOCK_DGRAM) as s:
+        try:
+            s.bind((address, 0))
+        except OSError:
+            return False
+    return True
+
+
+def nonlocal_bind(address: str) -> bool:
+    """net.ipv4.ip_nonlocal_bind (net.ipv6.ip_nonlocal_bind for an IPv6 address) is set: any bind
+    succeeds, so ``holds_address`` cannot tell."""
+    key = "ipv6" if ":" in address else "ipv4"
+    try:
+        return Path(f"/proc/sys/net/{key}/ip_nonlocal_bind").read_text().strip() != "0"
+    except OSError:
+        return False
