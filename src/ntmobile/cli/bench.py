@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Collection
 from pathlib import Path
 
 import typer
@@ -9,6 +10,15 @@ import typer
 from .common import fail, require_root
 
 app = typer.Typer(help="Benchmarks, run in the lab (need root).", no_args_is_help=True)
+
+
+def _chosen(value: str, known: Collection[str], what: str) -> list[str]:
+    """The comma-separated names of ``value``, each one of ``known`` (else one line and exit)."""
+    wanted = [v.strip() for v in value.split(",") if v.strip()]
+    bad = [v for v in wanted if v not in known]
+    if bad or not wanted:
+        fail(f"unknown {what} {', '.join(bad) or '(none)'}; choose from {', '.join(known)}")
+    return wanted
 
 
 @app.command("handover")
@@ -26,10 +36,7 @@ def handover(moves: int = typer.Option(20, "--moves", min=1, help="moves of mn p
     require_root("ntm bench handover")
     from ntmobile.bench.handover import PATH_TYPES, run_bench, to_markdown
 
-    wanted = [p.strip() for p in path_types.split(",") if p.strip()]
-    unknown = [p for p in wanted if p not in PATH_TYPES]
-    if unknown or not wanted:
-        fail(f"unknown path type {', '.join(unknown) or '(none)'}; choose from {', '.join(PATH_TYPES)}")
+    wanted = _chosen(path_types, PATH_TYPES, "path type")
     from ntmobile.lab import LabError
 
     try:
@@ -202,16 +209,39 @@ def setup(names: int = typer.Option(50, "--names", min=1, help="GN names to reso
     from ntmobile.bench.setup import to_markdown as setup_md
     from ntmobile.lab import LabError
 
-    wanted = [c.strip() for c in cases.split(",") if c.strip()]
-    bad = [c for c in wanted if c not in CASES]
-    if bad or not wanted:
-        fail(f"unknown case {', '.join(bad) or '(none)'}; choose from {', '.join(CASES)}")
+    wanted = _chosen(cases, CASES, "case")
     try:
         report = run_setup(names=names, peers=peers, cases=wanted, prefix=name, out_dir=out, log=typer.echo)
     except (LabError, RuntimeError) as exc:
         fail(str(exc))
     typer.echo(setup_md(report))
     typer.echo(f"written: {out / 'bench-setup.json'}, {out / 'bench-setup.md'}")
+
+
+@app.command("failover")
+def failover(kills: int = typer.Option(10, "--kills", min=1, help="kill -9 of the active RS-N relay, per case"),
+             cases: str = typer.Option("single,pair", "--cases",
+                                       help="comma-separated: single (topology nat: the flow breaks, a new "
+                                            "connection is timed), pair (topology rsnpair: the same flow)"),
+             name: str = typer.Option("fob", "--name", help="lab name prefix (one lab per case: +s, +p)"),
+             out: Path = typer.Option(Path("artifacts"), "--out", help="directory for JSON and markdown")) -> None:
+    """An RS-N relay's death under a running ssh session from mn to the GN: kill -9 of the relay the
+    path runs through, KILLS times per case (restarted between kills); the gap until traffic flows again
+    (single relays: a new connection; an RS-N pair: the same session), when the node noticed and when its
+    path ran via the other relay, median and max."""
+    require_root("ntm bench failover")
+    from ntmobile.bench.failover import CASES
+    from ntmobile.bench.failover import run_bench as run_failover
+    from ntmobile.bench.failover import to_markdown as failover_md
+    from ntmobile.lab import LabError
+
+    wanted = _chosen(cases, CASES, "case")
+    try:
+        report = run_failover(kills=kills, cases=wanted, prefix=name, out_dir=out, log=typer.echo)
+    except (LabError, RuntimeError) as exc:
+        fail(str(exc))
+    typer.echo(failover_md(report))
+    typer.echo(f"written: {out / 'bench-failover.json'}, {out / 'bench-failover.md'}")
 
 
 def register(root: typer.Typer) -> None:

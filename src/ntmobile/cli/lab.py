@@ -28,7 +28,8 @@ def _pairs(values: list[str], what: str) -> dict[str, str]:
 
 @lab_app.command("up")
 def up(
-    topology: str = typer.Argument(..., help="Built-in topology (paper, nat, handover, replicas) or a TOML file."),
+    topology: str = typer.Argument(
+        ..., help="Built-in topology (paper, nat, handover, rsnpair, replicas) or a TOML file."),
     name: str = typer.Option("ntm", "--name", "-n", envvar="NTM_LAB", help=NAME_HELP),
     bare: bool = typer.Option(False, "--bare", help="Do not start the topology's ntmobile daemons."),
     rate: float | None = typer.Option(None, "--rate", help="Rate limit (Mbit/s, tbf) on every link."),

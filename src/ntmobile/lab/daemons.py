@@ -47,7 +47,7 @@ DaemonBuilder = Callable[[DaemonContext], DaemonLaunch]
 
 _KINDS: dict[str, DaemonBuilder] = {}
 
-KIND_MODULES: list[str] = ["ntmobile.lab.ntm"]
+KIND_MODULES: list[str] = ["ntmobile.lab.ntm", "ntmobile.lab.rspair"]
 _kind_modules_loaded = False
 
 

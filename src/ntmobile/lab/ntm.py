@@ -171,7 +171,8 @@ def build_rs(ctx: DaemonContext) -> DaemonLaunch:
         v6 = None
     settings = RsSettings(name=name, credentials=creds, address=lab.addr(ctx.host, 4), address6=v6,
                           control="ntm-rs", offload=bool(c.get("offload", True)),
-                          fast_path=bool(c.get("fast_path", True)), rsn_allow=_rsn_allow(c), metrics=_metrics("rs"))
+                          fast_path=bool(c.get("fast_path", True)), rsn_allow=_rsn_allow(c), metrics=_metrics("rs"),
+                          snat4=c.get("snat4"), snat6=c.get("snat6"))
     path = ctx.workdir / "rs.toml"
     dump(settings, path)
     return DaemonLaunch(argv=_as_service("rs", c, [*NTM, "rs", "run", "-c", str(path)]), ready_udp=(RS_PORT,),

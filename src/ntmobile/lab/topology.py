@@ -15,7 +15,7 @@ NAT_PROFILES: tuple[NatProfile, ...] = ("none", "port_restricted", "symmetric", 
                                         "permissive")
 Service = Literal["iperf3", "http", "ftp", "ssh", "tftp"]
 
-BUILTIN_TOPOLOGIES = ("paper", "nat", "handover", "replicas")
+BUILTIN_TOPOLOGIES = ("paper", "nat", "handover", "rsnpair", "replicas")
 
 _NAME = r"^[a-z][a-z0-9]{0,9}$"
 _IFNAME = r"^[a-z][a-z0-9]{0,11}$"
@@ -295,7 +295,7 @@ def parse_topology(text: str, source: str = "<topology>") -> Topology:
 
 
 def load_topology(name_or_path: str | Path) -> Topology:
-    """A built-in topology by name (paper, nat, handover, replicas) or a TOML file by path."""
+    """A built-in topology by name (paper, nat, handover, rsnpair, replicas) or a TOML file by path."""
     s = str(name_or_path)
     if s in BUILTIN_TOPOLOGIES:
         text = resources.files("ntmobile.lab").joinpath("topologies", f"{s}.toml").read_text()

@@ -148,8 +148,12 @@ class RsNatTable:
 
     def __init__(self, name: str, tun_ifname: str, vip4_ranges: Iterable[str] = (),
                  vip6_ranges: Iterable[str] = (), *, helpers: Iterable[str] = cthelpers.DEFAULT_HELPERS,
-                 refuse: Iterable[str] = ()) -> None:
+                 refuse: Iterable[str] = (), snat4: str | None = None, snat6: str | None = None) -> None:
         _check_name(name)
+        # RS-N pair (docs/operations.md "RS-N pair"): SNAT to the pair's shared address instead of
+        # masquerading to this relay's own, so a synced conntrack entry is valid at the other relay.
+        self.snat4 = ipaddress.IPv4Address(snat4) if snat4 else None
+        self.snat6 = ipaddress.IPv6Address(snat6) if snat6 else None
         self.name = name
         self.tun_ifname = tun_ifname
         _quote_if(tun_ifname)
@@ -206,9 +210,11 @@ class RsNatTable:
                    f"\t\tiifname {tun} ct status dnat ip6 daddr @refused6 counter drop\n"
                    "\t}\n\n")
         out.append("\tchain postrouting {\n\t\ttype nat hook postrouting priority srcnat; policy accept;\n"
-                   f"\t\toifname != {tun} ip saddr @vip4 counter masquerade\n"
-                   f"\t\toifname != {tun} ip6 saddr @vip6 counter masquerade\n"
-                   "\t}\n\n")
+                   f"\t\toifname != {tun} ip saddr @vip4 counter "
+                   + (f"snat ip to {self.snat4}\n" if self.snat4 else "masquerade\n")
+                   + f"\t\toifname != {tun} ip6 saddr @vip6 counter "
+                   + (f"snat ip6 to {self.snat6}\n" if self.snat6 else "masquerade\n")
+                   + "\t}\n\n")
         if self.helpers:
             out.append("\tchain helpers {\n\t\ttype filter hook prerouting priority filter; policy accept;\n"
                        + cthelpers.render_rules(self.helpers, tun) + "\t}\n\n")

@@ -59,6 +59,10 @@ def _addr(v: str) -> str:
     return v
 
 
+def _opt_addr(v: str | None) -> str | None:
+    return None if v is None else _addr(v)
+
+
 def _prefixes(v: list[str]) -> list[str]:
     for p in v:
         try:
@@ -255,8 +259,12 @@ class RsSettings(_Model):
                                                                    "each on its standard port (docs/operations.md)")
     state_dir: str | None = Field(None, description="where the long-term send counter is kept "
                                                     "(default: the first credentials file's directory)")
+    snat4: str | None = Field(None, description="RS-N pair: SNAT to this shared IPv4 address (the VRRP "
+                                                "address) instead of masquerading (docs/operations.md)")
+    snat6: str | None = Field(None, description="RS-N pair: SNAT to this shared IPv6 address")
 
     _a = field_validator("address")(_addr)
+    _snat = field_validator("snat4", "snat6")(_opt_addr)
     _allow = field_validator("rsn_allow")(_prefixes)
     _h = field_validator("helpers")(check_helper_names)
 

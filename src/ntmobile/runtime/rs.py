@@ -32,6 +32,7 @@ from ntmobile.osops import sysctl
 from ntmobile.osops.iproute import ip_link_up, ip_route_replace
 from ntmobile.osops.nft import NftError, RsFastTable, RsNatTable
 from ntmobile.osops.ping import icmp_echo
+from ntmobile.osops.rspair import holds_address, nonlocal_bind
 from ntmobile.wire import Capability
 
 from .config import ConfigError, Credentials, RsSettings, group_id, parse_replica, reload_settings
@@ -42,6 +43,9 @@ from .metrics import DriverCollector, Metrics, MetricsServer, RelayTotals, metri
 from .rsfast import POLL_SECONDS, FastPaths
 
 log = logging.getLogger("ntm.rs")
+#: How often an RS-N pair's relay checks whether it holds the shared SNAT address (docs/operations.md
+#: "RS-N pair"): the standby refuses new RS-N paths.
+SHARED_POLL = 0.2
 BATCH = 64
 
 
@@ -102,7 +106,8 @@ class RsDaemon:
         # After translation the kernel drops what the core refuses too (and every local address).
         policy = self.core.targets
         self.nat = RsNatTable(s.nft_table, self.tun.name, s.vip4_ranges, s.vip6_ranges, helpers=s.helpers,
-                              refuse=[str(n) for v in (4, 6) for n in policy.refused_networks(v)])
+                              refuse=[str(n) for v in (4, 6) for n in policy.refused_networks(v)],
+                              snat4=s.snat4, snat6=s.snat6)
         self.nat.apply()
         self.driver = CoreDriver(self.core, self.on_event, on_flush=self.flush_tun)
         self.fast = FastPaths(self.core, RsFastTable(f"{s.nft_table}_fast", s.port, s.address, s.address6),
@@ -126,6 +131,13 @@ class RsDaemon:
             "tun_write_errors": self.tun_write_errors, "tun_bad_vnet": self.tun_bad_vnet,
             "nat_errors": self.nat_errors}))
         self.metrics_server, self.metrics_error = await open_metrics(s.metrics, self.metrics, errors)
+        shared = [a for a in (s.snat4, s.snat6) if a]
+        if shared and any(nonlocal_bind(a) for a in shared):
+            log.warning("ip_nonlocal_bind is set: cannot tell whether %s is on this host; RS-N paths are "
+                        "accepted as if it were", ", ".join(shared))
+        elif shared:
+            self._check_shared(shared)
+            self._spawn(self._watch_shared(shared), "shared address watch")
         self.core.register(loop.time())
         self.driver.flush()
         log.info("relay %s (id %s) up: %s:%d, TUN %s, nft table inet %s, %d DC(s)", s.name, self.rs_id.hex(),
@@ -148,6 +160,22 @@ class RsDaemon:
 
     def _spawn(self, coro: Any, where: str) -> None:
         self.driver.spawn(coro, self._tasks, where)
+
+    def _check_shared(self, shared: list[str]) -> None:
+        """The pair's standby (a shared SNAT address not here) refuses new RS-N paths (core: BUSY)."""
+        standby = not all(holds_address(a) for a in shared)
+        if standby != self.core.standby:
+            self.core.standby = standby
+            if standby:
+                log.info("standby: %s is not on this host: new RS-N paths are refused until it is",
+                         ", ".join(shared))
+            else:
+                log.info("active: %s is on this host: RS-N paths are accepted", ", ".join(shared))
+
+    async def _watch_shared(self, shared: list[str]) -> None:
+        while True:
+            await asyncio.sleep(SHARED_POLL)
+            self._check_shared(shared)
 
     async def _poll_fast(self) -> None:
         while self.fast.enabled:
@@ -275,7 +303,7 @@ class RsDaemon:
 
     def control(self, req: dict[str, Any]) -> dict[str, Any]:
         snap = self.core.snapshot()
-        snap.update(role="rs", pid=os.getpid(), uptime=round(time.time() - self.started, 1),
+        snap.update(role="rs", pid=os.getpid(), uptime=round(time.time() - self.started, 1), standby=self.core.standby,
                     nat_errors=self.nat_errors, tun=self.tun.name, mappings=len(self.nat.mappings),
                     offloads=sorted(self.tun.features), gso=_offload_active(self.tun),
                     fast_path=self.fast.snapshot(), reassembly=reassembly_snapshot(), driver=self.driver.status(),

@@ -1,6 +1,7 @@
 """The node's lookups with its DC: Direction Requests for names (the DNS-triggered path set-up),
 lookups held while the node is not registered, the Route Directions and Status answers that end
-them, and re-directions of existing NTM-peer paths (after a handover or a lost RS-S relay).
+them, re-directions of existing NTM-peer paths (after a handover or a lost RS-S relay), and the
+rebuild of an RS-N path whose relay is lost.
 """
 
 from __future__ import annotations
@@ -221,6 +222,20 @@ class NodeDirections(NodeTunnels):
     def _redirect_timed_out(self, txid: int, now: float) -> None:
         if self._redirects.pop(txid, None) is not None:
             self.stats["redirect_timeouts"] += 1
+
+    def _relay_lost(self, path: _Path, now: float, reason: str) -> None:
+        """An RS-N path whose relay is gone is closed (tunnel.py) and, at once, asked for again by its
+        name: a Direction Request the DC answers with a new path (new Path ID and key, same GN VIP) on a
+        live relay. Waiting for the next packet to the GN VIP would leave a flow the node only receives
+        (a download, an ssh session's output) without one: its TCP has nothing to send while nothing
+        arrives, and the GN's retransmissions reach no relay that knows the node (issue 20)."""
+        name = None
+        if path.mode is PathMode.RS_N and path.established:
+            name = path.fqdn or next((n for n, pid in self._by_name.items() if pid == path.path_id), None)
+        super()._relay_lost(path, now, reason)
+        if name is not None and name not in self._by_name:
+            self.stats["rsn_rebuilds"] += 1
+            self.request_path(name, now)
 
     # -- the DC's answers -----------------------------------------------------------------------------
     def _on_session_status(self, header: SignalHeader, msg: StatusMessage, now: float) -> None:

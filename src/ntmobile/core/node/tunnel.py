@@ -457,8 +457,8 @@ class NodeTunnels(CoreBase):
         means the relay is gone (docs/protocol.md §10, "Relay failure"). The node notices within one
         keepalive interval plus min(3 s, interval / 2).
 
-        - RS-N: the path is closed, so the next packet to the GN VIP asks the DC again; the DC moves
-          the path (same Path ID, key and GN VIP) to a live relay.
+        - RS-N: the path is closed and asked for again at once by its name (direction.py's
+          _relay_lost): the DC sets up a new path (new Path ID and key, same GN VIP) on a live relay.
         - RS-S: the path is kept (the VIPs, keys and counters carry on) and the node asks the DC to
           re-direct it (a Direction Request naming the path); the DC moves it to a live relay (or
           DIRECT) and tells both nodes. If that fails, the next lost keepalive asks again."""

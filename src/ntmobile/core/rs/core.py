@@ -66,6 +66,10 @@ class RsCore(DcSignalling, DataPath):
         except ValueError as exc:
             raise ValueError(f"bad relay configuration: {exc}") from None
         self._own = tuple(str(ep[0]) for ep in config.local_endpoints)
+        #: The standby of an RS-N pair (docs/operations.md "RS-N pair"): the runtime sets it while the
+        #: pair's shared SNAT address is on the other relay. New RS-N paths are refused (BUSY) then,
+        #: since the GN's answers to that address would reach the other relay, which has no such path.
+        self.standby = False
         self.created = now
         self._rand = random_bytes
         #: This process's instance (RegistrationRequest INSTANCE).

@@ -112,6 +112,8 @@ class DcSignalling(CoreBase):
     _dcs: dict[bytes, _Dc]
     #: The relay's own addresses: never an RS-N target.
     _own: tuple[str, ...]
+    #: The standby of an RS-N pair (core.py): new RS-N paths are refused.
+    standby: bool
     _probing: dict[ProbeKey, _Probe]
     _probe_tokens: dict[int, ProbeKey]
     _probe_token: int
@@ -268,6 +270,11 @@ class DcSignalling(CoreBase):
         if problem is not None:
             self.stats["relay_direction_bad"] += 1
             self._direction_response(session, pid, hdr.txid, addr, Status.BAD_REQUEST)
+            return
+        if msg.rs_type == RsType.N and self.standby:
+            # The pair's shared address is at the other relay: the GN's answers would not come here.
+            self.stats["relay_direction_standby"] += 1
+            self._direction_response(session, pid, hdr.txid, addr, Status.BUSY)
             return
         if msg.rs_type == RsType.N and self._refused_target(msg.gn_addr4, msg.gn_addr6) is not None:
             # Checked again here, before any NAT mapping exists: the DC may be wrong or compromised.
