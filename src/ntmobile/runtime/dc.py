@@ -180,7 +180,8 @@ class DcDaemon:
         self.core = DcCore(cfg, self.store, loop.time(), seq_base=time.time_ns() // 1000, counter=counter)
         self.driver = CoreDriver(self.core, self.on_event, batch_reads=True, on_batch_start=self._begin_batch,
                                  on_flush=self._commit,
-                                 on_batch_read=self.store.prefetch if is_postgres(s.database) else None)
+                                 on_batch_read=self.store.prefetch if is_postgres(s.database) else None,
+                                 can_send_early=self._nothing_to_commit)
         self._summary_at = loop.time()
         await self.driver.start(s.port, host4=s.listen4, host6=s.listen6)
         self.probe_transports: dict[tuple[bool, int], asyncio.DatagramTransport] = {}
@@ -271,6 +272,11 @@ class DcDaemon:
     def _begin_batch(self) -> None:
         self.store.begin_batch()
         self.core.begin_batch()
+
+    def _nothing_to_commit(self) -> bool:
+        """Mid-batch: the answers so far may leave now (no registration in the batch yet, whose
+        answers must wait for the batch's commit)."""
+        return not self.store.batch_pending() and not self.core.batch_pending()
 
     def _commit(self) -> None:
         """Group commit, before the batch's replies are sent; if it fails, the core answers the batch's

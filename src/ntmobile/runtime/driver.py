@@ -160,8 +160,13 @@ class CoreDriver:
                  data_hook: Callable[[bytes, Endpoint], bool] | None = None,
                  on_flush: Callable[[], None] | None = None, batch_reads: bool = False,
                  on_batch_start: Callable[[], None] | None = None, mark_signalling: bool = False,
-                 on_batch_read: Callable[[list[bytes]], None] | None = None) -> None:
+                 on_batch_read: Callable[[list[bytes]], None] | None = None,
+                 can_send_early: Callable[[], bool] | None = None) -> None:
         self.core = core
+        #: With ``batch_reads``: after each datagram of a read batch, when this says the batch holds
+        #: nothing that must be committed before its answers leave (the DC: no registration yet), the
+        #: events and datagrams so far are handled and sent at once, not after the whole batch.
+        self.can_send_early = can_send_early
         #: With ``batch_reads``: called with a read batch's datagrams before the core gets them (the
         #: DC on PostgreSQL looks up the batch's registering clients in one query).
         self.on_batch_read = on_batch_read
@@ -272,7 +277,9 @@ class CoreDriver:
                 self.on_batch_read([d for d, _ in batch])
             except Exception as exc:  # a look-ahead only: the core reads what it needs itself
                 self.errors.record("on_batch_read", exc)
-        for data, raw in batch:
+        early = self.can_send_early
+        last = len(batch) - 1
+        for i, (data, raw) in enumerate(batch):
             self.received += 1
             addr = normalize(raw)
             if self.trace is not None:
@@ -283,7 +290,15 @@ class CoreDriver:
                 core.receive_datagram(data, addr, now)
             except Exception as exc:  # a bug must not kill the daemon: counted, shown in status
                 self.errors.record("receive_datagram", exc)
+            if early is not None and i < last and early():
+                self._send_now()
         self.flush()
+
+    def _send_now(self) -> None:
+        """Mid-batch: the core's events, then its datagrams (the flush's order, without on_flush)."""
+        self._drain_events()
+        for dg in self.core.datagrams_to_send():
+            self.send(dg.data, dg.addr)
 
     def _drain_events(self) -> None:
         while (ev := self.core.next_event()) is not None:
@@ -300,9 +315,7 @@ class CoreDriver:
                 self.on_flush()
             except Exception as exc:
                 self.errors.record("on_flush", exc)
-            self._drain_events()  # what on_flush made the core say
-        for dg in self.core.datagrams_to_send():
-            self.send(dg.data, dg.addr)
+        self._send_now()  # (again first what on_flush made the core say)
         self._arm()
 
     def send(self, data: bytes, addr: Endpoint) -> None:

@@ -94,6 +94,10 @@ class SeqBatch:
         self._seqs.clear()
         self._write_seqs(rows)
 
+    def batch_pending(self) -> bool:
+        """The current batch has sequence numbers to write (its answers must wait for end_batch)."""
+        return bool(self._seqs)
+
     def set_last_seq(self, client_id: bytes, seq: int) -> None:
         if self._batching:
             self._seqs[client_id] = max(seq, self._seqs.get(client_id, 0))

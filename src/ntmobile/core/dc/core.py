@@ -237,6 +237,10 @@ class DcCore(CoreBase):
         """The registry defers this batch's writes to one commit; answers wait for end_batch."""
         self.registration.begin_batch()
 
+    def batch_pending(self) -> bool:
+        """This batch has registrations whose answers wait for end_batch (the rest may leave now)."""
+        return self.registration.batch_pending()
+
     def end_batch(self, error: str | None, now: float) -> None:
         """The batch's registry writes were committed (``error`` None) or failed: then the batch's
         registrations are undone and answered with STORAGE_ERROR instead (call this before sending

@@ -50,6 +50,9 @@ class Registration:
     def begin_batch(self) -> None:
         self._batch = []
 
+    def batch_pending(self) -> bool:
+        return bool(self._batch)
+
     def end_batch(self, error: str | None) -> None:
         batch, self._batch = self._batch, None
         if error is None or not batch:
