@@ -12,6 +12,7 @@ from typing import Any
 import pytest
 
 from ntmobile.runtime.driver import CoreDriver
+from tests.local.test_signal_hops import QuietCore
 
 
 @dataclass
@@ -20,7 +21,7 @@ class _Dg:
     addr: tuple[str, int]
 
 
-class EchoCore:
+class EchoCore(QuietCore):
     """Answers every datagram with itself; a datagram starting with b"reg" makes the batch pending."""
 
     def __init__(self, log: list[tuple[str, bytes]]) -> None:
@@ -36,14 +37,6 @@ class EchoCore:
     def datagrams_to_send(self) -> list[Any]:
         out, self.out = self.out, []
         return out
-
-    def next_event(self) -> Any:
-        return None
-
-    def get_timer(self) -> float | None:
-        return None
-
-    def handle_timer(self, now: float) -> None: ...
 
 
 @pytest.mark.parametrize(("queries", "expected"), [
