@@ -114,7 +114,8 @@ TARGETS: tuple[tuple[str, str, float, str | None], ...] = (
     ("ntm-rs-s", "ntm-direct", 0.8, "unlimited"),
     # The paper's condition (inner IPv4); the inner IPv6 ratio is reported beside it.
     ("ntm-rs-n-v4", "ntm-direct-v4", 0.98, "100mbit"),
-    # Issue 21: against Nebula.
+    # Issue 21: the data plane's own cost, and against Nebula.
+    ("ntm-direct", "veth", 0.4, "unlimited"),
     ("ntm-direct", "nebula", 6.0, "unlimited"),
     ("ntm-rs-s", "nebula-relay", 8.0, "unlimited"),
     ("ntm-direct", "nebula", 1.0, "100mbit"),
