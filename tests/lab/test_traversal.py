@@ -8,6 +8,8 @@ NAT A, cn.b.example behind NAT B; lab `nat`, real NATs in nftables, real daemons
 - mn behind a symmetric NAT -> gl (global): DIRECT (NAT-side initiation).
 - a punched path black-holed mid-transfer (nft drop rule in NAT B) is back on RS-S within 2 s, the
   transfer completes; once the rule is gone the timed retry punches again.
+- a punched path releases its relay entry after the grace period (relay-only Path Release): the
+  relay's entry is gone and both DCs count the relay's load 0 well before its 120 s idle timeout.
 """
 
 from __future__ import annotations
@@ -22,7 +24,7 @@ from typing import Any
 
 import pytest
 
-from ntmobile.core.node.traversal import BACKOFF_FIRST
+from ntmobile.core.node.traversal import BACKOFF_FIRST, RELAY_GRACE
 from ntmobile.lab import Lab
 
 from .conftest import LabFactory, wait_for
@@ -244,3 +246,51 @@ def test_black_holed_direct_path_falls_back_within_two_seconds(lab_factory: LabF
     assert st.get("traversal_retries", 0) >= 1 or ntm_json(lab, "cn", "status")["stats"].get("traversal_retries", 0)
     cp = lab.exec("mn", ["ping", "-n", "-c", "5", "-i", "0.1", "-W", "2", vip], check=False, timeout=20)
     assert " 0% packet loss" in cp.stdout, cp.stdout
+
+
+def relay_entries(lab: Lab, rs: str) -> list[dict[str, Any]]:
+    entries: list[dict[str, Any]] = ntm_json(lab, rs, "rs", "status").get("entries", [])
+    return entries
+
+
+def relay_load(lab: Lab, dc: str, rs: str) -> int | None:
+    s = session(lab, dc, rs)
+    return None if s is None else int(s["load"])
+
+
+def test_punched_path_releases_its_relay_entry_after_the_grace(lab_factory: LabFactory) -> None:
+    """RS_S -> DIRECT, then RELAY_GRACE later the node's relay-only Path Release: the relay drops the
+    entry and the DCs' `ntm dc status` shows the relay's load back to 0, long before the relay's idle
+    timeout (120 s) would have; the path stays DIRECT and works."""
+    lab, vip = cone_lab(lab_factory)
+    resolve(lab, "mn", "cn.b.example")
+    wait_for(lambda: (p := path_to(lab, "mn", "cn.b.example")) is not None and p["mode"] == "DIRECT"
+             and (q := path_to(lab, "cn", "mn.a.example")) is not None and q["mode"] == "DIRECT", 10, "DIRECT both")
+    direct_at = time.time()
+    p = path_to(lab, "mn", "cn.b.example")
+    assert p is not None
+    pid = p["path_id"]
+    holders = [rs for rs in ("rs1", "rs2") if any(e["path_id"] == pid for e in relay_entries(lab, rs))]
+    assert len(holders) == 1, (holders, p)
+    rs = holders[0]
+    loads = {dc: relay_load(lab, dc, rs) for dc in ("dca", "dcb")}
+    assert any(v and v >= 1 for v in loads.values()), loads
+    wait_for(lambda: all(e["path_id"] != pid for e in relay_entries(lab, rs)), RELAY_GRACE + 10,
+             f"{rs} dropped the entry of path {pid}")
+    released = time.time() - direct_at
+    served_by = [dc for dc, v in loads.items() if v is not None]
+    wait_for(lambda: all(relay_load(lab, dc, rs) == 0 for dc in served_by), 12,
+             f"the DCs {served_by} count {rs}'s load 0")
+    zero = time.time() - direct_at
+    stats = {h: ntm_json(lab, h, "status")["stats"] for h in ("mn", "cn")}
+    assert sum(s.get("relay_release_acked", 0) for s in stats.values()) >= 1, stats
+    dcs = {dc: ntm_json(lab, dc, "dc", "status")["stats"] for dc in ("dca", "dcb")}
+    assert sum(s.get("relay_releases", 0) for s in dcs.values()) == 1, dcs
+    assert released < RELAY_GRACE + 8 and zero < 60, (released, zero)
+    for host, peer in (("mn", "cn.b.example"), ("cn", "mn.a.example")):
+        q = path_to(lab, host, peer)
+        assert q is not None and q["mode"] == "DIRECT" and q["traversal"]["relay_leg"] == "released", q
+    cp = lab.exec("mn", ["ping", "-n", "-c", "5", "-i", "0.1", "-W", "2", vip], check=False, timeout=20)
+    assert " 0% packet loss" in cp.stdout, cp.stdout
+    print(f"relay release: {rs}'s entry gone {released:.1f} s after DIRECT (grace {RELAY_GRACE:.0f} s), "
+          f"load 0 at {'/'.join(served_by)} after {zero:.1f} s (idle timeout 120 s); loads before {loads}")

@@ -573,7 +573,8 @@ class Directions:
             pid, node.record.name, f.fqdn, PathMode(route.mode), rs_name, now, gn_map, route.path_key,
             requester_role=PathRole(route.path_role),
             relay_key=route.relay_key or (previous.relay_key if previous else b""),
-            holders=tuple((s.record.name, s.instance) for s in (node, responder) if s is not None))
+            holders=tuple((s.record.name, s.instance) for s in (node, responder) if s is not None),
+            relay_ours=not isinstance(f, PeerQueryOut))
         if route.mode == PathMode.RS_N and gn_map:
             superseded = paths.rsn_by_gn.get((node.record.name, gn_map))
             paths.rsn_by_gn[(node.record.name, gn_map)] = pid

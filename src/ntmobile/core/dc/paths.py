@@ -10,7 +10,7 @@ from typing import TYPE_CHECKING
 from ntmobile.wire import Endpoint, NatKind, PathMode, PathRelease, PathRole, RelayDirection, RouteDirection, RsType
 
 from ..common import new_txid
-from ..timing import RELAY_DIRECTION_TIMEOUT
+from ..timing import RELAY_DIRECTION_TIMEOUT, RELAY_RELEASE_MIN_AGE
 from .config import DcConfig
 from .sessions import _Session
 
@@ -35,6 +35,9 @@ class PathRecord:
     #: Who holds the path's sealers: each node's name with the process instance it got the key in. A
     #: re-direction re-sends the key only to those instances (docs/security.md §3).
     holders: tuple[tuple[str, bytes], ...] = ()
+    #: Whether this DC sent the relay its Relay Direction (False: the peer DC of a path to one of its
+    #: nodes did; only that DC may have the relay drop the entry).
+    relay_ours: bool = True
 
 
 def reachable(nat: NatKind) -> bool:
@@ -126,6 +129,30 @@ class PathTable:
         if rs is not None:
             core._request(rs.channel, PathRelease(path_id=path_id), new_txid(core._rand), rs.endpoint, now,
                          timeout=RELAY_DIRECTION_TIMEOUT)
+
+    def release_relay(self, path_id: bytes, now: float) -> None:
+        """A node of the path (the caller checked) says its punched path no longer needs
+        its relay entry (issue 16). If the relay is ours, it is told to drop the entry (its answer
+        brings its load); the path stays, without a relay (a later fallback is re-directed as plain
+        RS-S with a fresh relay key). Nothing to do for an unknown path, one without a relay or with
+        another DC's relay (that DC's node releases it), and a path (re-)directed less than
+        RELAY_RELEASE_MIN_AGE ago: the release was meant for its previous relay leg."""
+        core = self._core
+        rec = self.records.get(path_id)
+        if rec is None or rec.rs is None or rec.mode is not PathMode.RS_S:
+            core.stats["relay_release_nothing"] += 1
+            return
+        if now - rec.created < RELAY_RELEASE_MIN_AGE:
+            core.stats["relay_release_too_early"] += 1
+            return
+        rs = core.clients.relay_named(rec.rs) if rec.relay_ours else None
+        if rs is None:
+            core.stats["relay_release_foreign_relay"] += 1
+            return
+        rec.rs = None
+        core.stats["relay_releases"] += 1
+        core._request(rs.channel, PathRelease(path_id=path_id), new_txid(core._rand), rs.endpoint, now,
+                      timeout=RELAY_DIRECTION_TIMEOUT)
 
     def holds(self, rec: PathRecord, s: _Session, now: float) -> bool:
         """Whether ``s`` runs as the process instance that got ``rec``'s key; if not, the path is dropped

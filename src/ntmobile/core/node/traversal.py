@@ -14,9 +14,10 @@ feeds authenticated probes and acks back. Inputs that failed authentication neve
 a count (``on_unauthenticated``); an ack from an address that was not probed is counted and ignored.
 
 The relay leg: after the switch it is kept as a standby for RELAY_GRACE (capsules that still arrive
-through the relay are accepted, a silent direct path falls back to it at once); then the runtime
-stops its keepalives and lets the relay entry expire (StopRelayLeg). A fallback after that asks the
-DC for a plain RS-S direction (AskDc with no_punch).
+through the relay are accepted, a silent direct path falls back to it at once); then the node stops
+its keepalives and releases the relay entry (StopRelayLeg: a relay-only Path Release to the DC, which
+has the relay drop the entry and its keys). A fallback after that asks the DC for a plain RS-S
+direction (AskDc with no_punch): a fresh relay key and entry.
 """
 
 from __future__ import annotations
@@ -26,6 +27,8 @@ from collections import Counter
 from dataclasses import dataclass
 
 from ntmobile.wire import Endpoint
+
+from ..timing import RELAY_GRACE as RELAY_GRACE  # re-exported: the standby of the relay leg
 
 #: Probe spacing and how long a punch is tried.
 PROBE_INTERVAL = 0.07
@@ -41,8 +44,7 @@ SAMPLE_INTERVAL = 0.1
 #: went back to the relay (its direct path is silent, or it never got our ack): we follow it.
 RELAYED_SETTLE = 1.0
 RELAYED_FALLBACK = 0.3
-#: The relay leg is kept as a standby this long after the switch.
-RELAY_GRACE = 10.0
+#: The relay leg is kept as a standby this long after the switch (core.timing.RELAY_GRACE).
 #: Retry backoff after a failed punch or a fallback: doubles from the first to the last.
 BACKOFF_FIRST = 30.0
 BACKOFF_MAX = 600.0
@@ -168,9 +170,9 @@ class PathTraversal:
                 "candidate": list(ep) if ep is not None else None,
                 "candidates": [list(c) for c in self.candidates],
                 "time_to_direct": None if self.first_direct is None else round(self.first_direct - created, 3),
-                # on DIRECT: the relay leg is a standby until the grace period ends, then left to expire
+                # on DIRECT: the relay leg is a standby until the grace period ends, then released
                 "relay_leg": None if self.state is not TraversalState.DIRECT else (
-                    "standby" if self._grace_end is not None else "expiring"),
+                    "standby" if self._grace_end is not None else "released"),
                 "stats": dict(self.stats)}
 
     def deadline(self) -> float | None:
