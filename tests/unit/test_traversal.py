@@ -140,7 +140,11 @@ def _probing(now: float = 0.0) -> PathTraversal:
 
 def test_punch_succeeds_on_first_ack() -> None:
     t = _probing()
-    assert t.on_probe(OBS, 0.3) == [SendProbeAck(OBS)]  # the peer's probes are answered meanwhile
+    # The peer's probes are answered meanwhile; the first from a candidate also triggers a probe of ours.
+    assert t.on_probe(OBS, 0.3) == [SendProbeAck(OBS), SendProbe(OBS)]
+    assert t.on_probe(OBS, 0.301) == [SendProbeAck(OBS)]
+    assert t.on_probe(("203.0.113.9", 9), 0.302) == [SendProbeAck(("203.0.113.9", 9))]  # not a candidate
+    assert t.stats["probes_triggered"] == 1
     assert t.state is TraversalState.PROBING
     assert t.on_probe_ack(OBS, 0.31) == [GoDirect(OBS)]
     assert t.state is TraversalState.DIRECT and t.peer == OBS

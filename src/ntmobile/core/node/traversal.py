@@ -134,6 +134,8 @@ class PathTraversal:
         self._probe_end = 0.0
         self._next_probe = start_at
         self._probed: set[Endpoint] = set()
+        #: Candidates sent a triggered probe in this attempt (one each).
+        self._triggered: set[Endpoint] = set()
         self._retry_at: float | None = None
         self._grace_end: float | None = None
         self._next_sample: float | None = None
@@ -209,6 +211,7 @@ class PathTraversal:
             self._set(TraversalState.PROBING)
             self._probe_end = now + PROBE_WINDOW
             self._next_probe = now
+            self._triggered.clear()
         if self.state is TraversalState.PROBING:
             if now >= self._probe_end:
                 out += self._fail("punch failed", now)
@@ -230,9 +233,18 @@ class PathTraversal:
         return out
 
     def on_probe(self, src: Endpoint, now: float) -> list[Action]:
-        """An authenticated PATH_PROBE from ``src``: answered in any state (the peer is probing)."""
+        """An authenticated PATH_PROBE from ``src``: answered in any state (the peer is probing). While
+        PROBING, a probe from a candidate also gets one probe of ours at once (a triggered probe): its
+        arrival shows the peer's NAT is open toward us now, so the side whose earlier probes were
+        dropped goes DIRECT a round trip after the other, not at its next PROBE_INTERVAL."""
         self.stats["probes_answered"] += 1
-        return [SendProbeAck(src)]
+        out: list[Action] = [SendProbeAck(src)]
+        if self.state is TraversalState.PROBING and src in self.candidates and src not in self._triggered:
+            self._triggered.add(src)
+            self._probed.add(src)
+            out.append(SendProbe(src))
+            self.stats["probes_triggered"] += 1
+        return out
 
     def on_probe_ack(self, src: Endpoint, now: float) -> list[Action]:
         """An authenticated PATH_PROBE_ACK from ``src``."""
