@@ -171,6 +171,6 @@ def test_release_of_a_just_redirected_path_is_ignored() -> None:
 def test_release_wire_layout() -> None:
     from ntmobile import wire
 
-    assert wire.encode_body(PathRelease(path_id=b"12345678", relay_only=1)) == b"\x0b\x00\x0812345678\x2f\x00\x01\x01"
+    assert wire.encode_body(PathRelease(path_id=b"12345678", relay_only=1)) == b"\x0b\x00\x0812345678\x30\x00\x01\x01"
     assert wire.encode_body(wire.PathReleaseAck(path_id=b"12345678", load=3)) == (
         b"\x0b\x00\x0812345678\x1a\x00\x04\x00\x00\x00\x03")

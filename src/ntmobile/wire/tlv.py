@@ -72,7 +72,7 @@ class Attr(IntEnum):
     PUNCH_ENDPOINT = 0x2C
     PUNCH_DELAY = 0x2D
     NO_PUNCH = 0x2E
-    RELAY_ONLY = 0x2F
+    RELAY_ONLY = 0x30
 
 
 class Kind(IntEnum):
