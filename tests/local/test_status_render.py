@@ -82,8 +82,8 @@ def test_a_punched_path_shows_its_relay_as_standby_leg_not_as_its_route() -> Non
     assert "DIRECT (punched)" in render_status(st, width=80)
     wide = render_status(st, wide=True)
     assert "DIRECT (punched)" in wide and "rs1 (standby)" in wide
-    p["traversal"]["relay_leg"] = "expiring"
-    assert "rs1 (expiring)" in render_status(st, wide=True)
+    p["traversal"]["relay_leg"] = "released"
+    assert "rs1 (released)" in render_status(st, wide=True)
     line = _probe_line(1, {"name": "cn.b.example", "mode": "DIRECT", "rs": "rs1", "endpoint": ["192.0.2.101", 7412],
                            "rtt_ms": 0.8, "peer_vip4": "100.64.2.1"})
     assert "via" not in line and "DIRECT 192.0.2.101:7412" in line

@@ -623,12 +623,12 @@ def test_path_release() -> None:
     pid = b"P" * 8
     evs, hdr, reply = direct(core, dc, PathRelease(path_id=pid), txid=9, now=6.0)
     assert len(evs) == 1 and isinstance(evs[0], RelayRemoved) and evs[0].reason == "released"
-    assert evs[0].entry.path_id == pid and reply == PathReleaseAck(path_id=pid) and hdr.status == Status.OK
+    assert evs[0].entry.path_id == pid and reply == PathReleaseAck(path_id=pid, load=0) and hdr.status == Status.OK
     assert core.entries() == []
     core.tun_packet(ip4(GN_VIP, NODE_VIP), 6.1)
     assert core.stats["tun_no_path"] == 1
     evs, hdr, reply = direct(core, dc, PathRelease(path_id=pid), txid=9, now=6.2)  # retransmission
-    assert evs == [] and reply == PathReleaseAck(path_id=pid)
+    assert evs == [] and reply == PathReleaseAck(path_id=pid, load=0)
 
 
 def test_path_release_by_another_dc_refused() -> None:

@@ -108,3 +108,11 @@ def test_no_module_defines_a_budget_of_its_own() -> None:
                 if isinstance(target, ast.Name) and target.id in names:
                     offenders.append(f"{path.relative_to(SRC)}: {target.id}")
     assert offenders == []
+
+
+def test_relay_release_budgets() -> None:
+    """A punched path's relay release (issue 16): the DC's too-early window is shorter than the grace
+    after which a node releases, and the node's release timeout fits before the relay's idle timeout
+    would drop the entry anyway (120 s by default)."""
+    assert 0 < t.RELAY_RELEASE_MIN_AGE < t.RELAY_GRACE
+    assert t.RELAY_GRACE + t.RELAY_RELEASE_TIMEOUT < 120

@@ -6,7 +6,17 @@ from __future__ import annotations
 
 import pytest
 
-from ntmobile.core.dc.paths import PUNCH_LEAD, punch_delays, traversal
+from ntmobile.core.dc.paths import (
+    PUNCH_LEAD,
+    PUNCH_LEAD_MAX,
+    PUNCH_LEAD_MIN,
+    PUNCH_MARGIN,
+    delay_ms,
+    punch_lead,
+    punch_remaining,
+    requester_delay,
+    traversal,
+)
 from ntmobile.core.node.traversal import (
     BACKOFF_FIRST,
     BACKOFF_MAX,
@@ -47,13 +57,73 @@ def test_dc_no_punch_when_udp_filtered() -> None:
     assert not traversal(NatKind.CONE, NatKind.CONE, a_udp_ok=False).punch
 
 
-def test_punch_delays_align_arrival() -> None:
-    """Both nodes start probing at the same instant: DC send + one-way time + delay is equal."""
-    rtt_i, rtt_r = 0.080, 0.020
-    d_i, d_r = punch_delays(rtt_i, rtt_r)
-    assert d_r == PUNCH_LEAD
-    assert rtt_i / 2 + d_i == pytest.approx(rtt_r / 2 + d_r)
-    assert punch_delays(2.0, 0.0)[0] == 0.0  # never negative
+def test_punch_timing_from_measured_round_trips() -> None:
+    """The responder is told first and gets the lead; the requester, told once the responder acked,
+    gets what is left of it less its own one-way time: both start together. Bounded; the default
+    while a round trip is unmeasured."""
+    rtt_r, rtt_i = 0.080, 0.020
+    lead = punch_lead(rtt_r, rtt_i)
+    assert lead == pytest.approx(rtt_r / 2 + rtt_i / 2 + PUNCH_MARGIN)
+    # The DC sends the responder's Route Direction at 0, its Ack comes back at rtt_r.
+    responder_starts = rtt_r / 2 + lead
+    remaining = punch_remaining(lead, 0.0, rtt_r)
+    requester_starts = rtt_r + rtt_i / 2 + requester_delay(remaining, rtt_i)
+    assert requester_starts == pytest.approx(responder_starts)
+    assert requester_delay(remaining, rtt_i) == pytest.approx(PUNCH_MARGIN)
+    assert punch_lead(None, 0.01) == PUNCH_LEAD == punch_lead(0.01, None)
+    assert punch_lead(0.0, 0.0) == PUNCH_LEAD_MIN and punch_lead(3.0, 3.0) == PUNCH_LEAD_MAX
+    assert requester_delay(0.01, 0.5) == 0.0 and punch_remaining(0.1, 0.0, 5.0) == 0.0  # never negative
+    assert delay_ms(0.25) == 250 and delay_ms(1e9) == 0xFFFF
+
+
+def test_dc_times_a_local_punch_from_the_nodes_round_trips(monkeypatch: pytest.MonkeyPatch) -> None:
+    """One DC, two NATed nodes: with both round trips measured the responder's PUNCH_DELAY is the
+    derived lead, the requester's the lead less the responder's (just measured) and its own one-way
+    times; the DC's RTT estimate comes from the responder's Route Direction Ack."""
+    import dataclasses
+
+    from ntmobile.wire import PathMode, RouteDirection
+
+    from .test_handover import NAT_A, NAT_B, World
+
+    w = World()
+    w.dc.config = dataclasses.replace(w.dc.config, traversal=True)
+    mn, cn = w.node("mn", NAT_A), w.node("cn", NAT_B)
+    mn_routes, cn_routes = _routes_seen(monkeypatch, mn), _routes_seen(monkeypatch, cn)
+    sessions = {s.record.name: s for s in w.dc.clients.by_id.values()}
+    sessions["mn.a.example"].rtt, sessions["cn.a.example"].rtt = 0.040, 0.120
+    ready = w.path("mn", "cn.a.example")
+    assert ready.path.mode is PathMode.RS_S
+    mn_rd = [r for r in mn_routes if isinstance(r, RouteDirection)][-1]
+    cn_rd = [r for r in cn_routes if isinstance(r, RouteDirection)][-1]
+    assert isinstance(mn_rd, RouteDirection) and isinstance(cn_rd, RouteDirection)
+    lead = punch_lead(0.120, 0.040)
+    assert cn_rd.punch_delay == delay_ms(lead) == 120
+    # The in-memory network has no latency: the Ack's round trip measured 0 (and smoothed into cn's).
+    assert mn_rd.punch_delay == delay_ms(lead - 0.040 / 2) == 100
+    assert sessions["cn.a.example"].rtt == pytest.approx(0.120 * 7 / 8)
+
+
+def test_dcs_time_a_cross_domain_punch(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Across two DCs the answering DC never sees the requester: its node gets PUNCH_LEAD; its Peer
+    Answer carries what is left of that when it leaves, and the requesting DC gives its node that less
+    the node's own one-way time."""
+    from ntmobile.wire import RouteDirection
+
+    from .test_dc_peering import World
+
+    w = World("cone", "cone", traversal=True)
+    w.net.run_until(lambda: all(s["nat_class"] == "CONE" for s in w.dca.sessions() if s["name"] == "mn.a.example"),
+                    max_time=5)
+    next(s for s in w.dca.clients.by_id.values() if s.record.name == "mn.a.example").rtt = 0.060
+    mn_routes, cn_routes = _routes_seen(monkeypatch, w.mn), _routes_seen(monkeypatch, w.cn)
+    w.connect(w.mn, "mn", "cn.b.example")
+    mn_rd = [r for r in mn_routes if isinstance(r, RouteDirection)][-1]
+    cn_rd = [r for r in cn_routes if isinstance(r, RouteDirection)][-1]
+    assert isinstance(mn_rd, RouteDirection) and isinstance(cn_rd, RouteDirection)
+    assert cn_rd.punch_delay == delay_ms(PUNCH_LEAD)
+    assert mn_rd.punch_delay == delay_ms(PUNCH_LEAD - 0.060 / 2)  # (no latency in memory: nothing else)
+    assert any(s["name"] == "cn.b.example" and s["rtt_ms"] == 0.0 for s in w.dcb.sessions())
 
 
 def _probing(now: float = 0.0) -> PathTraversal:
@@ -70,7 +140,11 @@ def _probing(now: float = 0.0) -> PathTraversal:
 
 def test_punch_succeeds_on_first_ack() -> None:
     t = _probing()
-    assert t.on_probe(OBS, 0.3) == [SendProbeAck(OBS)]  # the peer's probes are answered meanwhile
+    # The peer's probes are answered meanwhile; the first from a candidate also triggers a probe of ours.
+    assert t.on_probe(OBS, 0.3) == [SendProbeAck(OBS), SendProbe(OBS)]
+    assert t.on_probe(OBS, 0.301) == [SendProbeAck(OBS)]
+    assert t.on_probe(("203.0.113.9", 9), 0.302) == [SendProbeAck(("203.0.113.9", 9))]  # not a candidate
+    assert t.stats["probes_triggered"] == 1
     assert t.state is TraversalState.PROBING
     assert t.on_probe_ack(OBS, 0.31) == [GoDirect(OBS)]
     assert t.state is TraversalState.DIRECT and t.peer == OBS

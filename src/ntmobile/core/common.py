@@ -84,6 +84,9 @@ class _Pending:
     attempts: int = 0
     on_timeout: Callable[[float], None] | None = None
     tag: object = None
+    #: When it was last (re)transmitted: with ``attempts`` == 1, its answer's arrival minus this is a
+    #: round-trip sample (Karn: never from a retransmitted request).
+    last_sent: float = 0.0
 
 
 @dataclass(slots=True)
@@ -145,7 +148,7 @@ class CoreBase:
         p = _Pending(key, channel, msg, txid, flags, dest, now + rto, now + timeout, rto,
                      on_timeout=on_timeout, tag=tag)
         self._pending[key] = p
-        self._transmit(p)
+        self._transmit(p, now)
         return p
 
     def _cancel_request(self, p: _Pending | None) -> None:
@@ -153,8 +156,10 @@ class CoreBase:
         if p is not None and self._pending.get(p.key) is p:
             del self._pending[p.key]
 
-    def _transmit(self, p: _Pending) -> None:
+    def _transmit(self, p: _Pending, now: float | None = None) -> None:
         p.attempts += 1
+        if now is not None:
+            p.last_sent = now
         if p.attempts > 1:
             self.stats["retransmissions"] += 1
         self._send(p.channel.seal(p.msg, txid=p.txid, flags=p.flags), p.dest)
@@ -193,7 +198,7 @@ class CoreBase:
                 continue
             p.rto = min(p.rto * RTO_BACKOFF, RTO_MAX)
             p.deadline = min(now + p.rto, p.give_up_at)
-            self._transmit(p)
+            self._transmit(p, now)
         while self._timers and self._timers[0][0] <= now:
             _, _, timer = heapq.heappop(self._timers)
             fn = timer.fn

@@ -125,6 +125,16 @@ UNREACHABLE_METRIC_TTL = 10.0
 REDIRECT_STALE = 10.0
 #: A relay not heard from for this many of its keepalive intervals is considered down.
 RELAY_DEAD_AFTER = 3
+#: NAT traversal (issue 16): a punched path keeps its relay leg as a standby this long after the
+#: switch to DIRECT; then the node releases the relay entry (a relay-only Path Release to its DC).
+RELAY_GRACE = 10.0
+#: The DC ignores a relay-only Path Release of a path (re-)directed less than this ago: a release
+#: comes at least RELAY_GRACE after the Route Direction, so a younger one is a late duplicate of a
+#: release meant for the path's previous relay leg (below RELAY_GRACE, asserted by test_timing).
+RELAY_RELEASE_MIN_AGE = RELAY_GRACE / 2
+#: The node gives a relay-only Path Release up after this (retransmitted meanwhile); the relay's
+#: idle timeout then drops the entry as before.
+RELAY_RELEASE_TIMEOUT = 4.0
 #: Peer Query timestamps further than this from our clock are refused with STALE; the nonces seen are
 #: kept twice as long (anything older is refused by its timestamp).
 PEER_CLOCK_SKEW = 30.0

@@ -254,16 +254,21 @@ class PeerHello(Message):
 
 @dataclass(frozen=True, slots=True)
 class PathRelease(Message):
-    """Node → DC or DC → RS: the path is no longer needed."""
+    """Node → DC or DC → RS: the path is no longer needed (node → DC with ``relay_only``: only its relay
+    entry is, the path went DIRECT; issue 16)."""
 
     TYPE: ClassVar[MessageType] = MessageType.PATH_RELEASE
     path_id: bytes = _f(Attr.PATH_ID, Kind.ID8, required=True)
+    #: 1 (node → DC): release the path's relay entry only; the path itself stays.
+    relay_only: int | None = _f(Attr.RELAY_ONLY, Kind.U8)
 
 
 @dataclass(frozen=True, slots=True)
 class PathReleaseAck(Message):
     TYPE: ClassVar[MessageType] = MessageType.PATH_RELEASE_ACK
     path_id: bytes = _f(Attr.PATH_ID, Kind.ID8, required=True)
+    #: RS → DC: the relay's path count after the release (as in Keepalive and Direction Response).
+    load: int | None = _f(Attr.LOAD, Kind.U32)
 
 
 @dataclass(frozen=True, slots=True)

@@ -73,6 +73,7 @@ class Attr(IntEnum):
     PUNCH_DELAY = 0x2D
     NO_PUNCH = 0x2E
     RECV_FLOOR = 0x2F
+    RELAY_ONLY = 0x30
 
 
 class Kind(IntEnum):

@@ -93,7 +93,7 @@ class DcCore(CoreBase):
             RouteDirectionAck: self.directions.on_route_ack,
             PathRelease: self._on_path_release,
             StatusMessage: self._on_answer,
-            PathReleaseAck: self._on_answer,
+            PathReleaseAck: self._on_release_ack,
         }
         self._call_at(now + config.relay_keepalive, self._sweep)
 
@@ -211,8 +211,32 @@ class DcCore(CoreBase):
 
     def _on_path_release(self, session: _Session, header: SignalHeader, msg: PathRelease, addr: Endpoint,
                          now: float) -> None:
-        self.path_table.release(msg.path_id, now)
-        self._reply(session.channel, PathReleaseAck(path_id=msg.path_id), header.txid, addr)
+        """A node releases a path of its own (authenticated on its session; a replay was dropped by the
+        channel): the whole path, or with RELAY_ONLY only its relay entry (the path went DIRECT, issue
+        16). A relay, or a node naming another's path, gets NOT_AUTHORIZED and nothing changes. Unknown
+        paths and repeated releases are acknowledged OK (idempotent)."""
+        ack = PathReleaseAck(path_id=msg.path_id)
+        rec = self.path_table.records.get(msg.path_id)
+        name = session.record.name
+        if session.record.role is not Role.NODE or (rec is not None and name not in (rec.initiator, rec.peer)):
+            self.stats["path_release_not_owner"] += 1
+            self._reply(session.channel, ack, header.txid, addr, status=Status.NOT_AUTHORIZED)
+            return
+        if msg.relay_only:
+            self.path_table.release_relay(msg.path_id, now)
+        else:
+            self.path_table.release(msg.path_id, now)
+        self._reply(session.channel, ack, header.txid, addr)
+
+    def _on_release_ack(self, session: _Session, header: SignalHeader, msg: PathReleaseAck, addr: Endpoint,
+                        now: float) -> None:
+        """A relay dropped a path we released: its path count is the relay's load from now on."""
+        if self._answered(session.channel, header.txid) is None:
+            return
+        if session.record.role is Role.RELAY and msg.load is not None:
+            session.load = msg.load
+        if header.status != Status.OK:
+            self.stats["relay_release_refused"] += 1
 
     def _on_answer(self, session: _Session, header: SignalHeader, msg: Message, addr: Endpoint, now: float) -> None:
         self._answered(session.channel, header.txid)

@@ -63,13 +63,16 @@ from .flows import (
     move,
 )
 from .paths import (
-    PUNCH_DELAY_MS,
     PathRecord,
     candidates,
     decide_route,
+    delay_ms,
     peer_route,
     peer_targets,
+    punch_lead,
     punch_offer,
+    punch_remaining,
+    requester_delay,
     rss_direction,
     same_nat,
 )
@@ -378,6 +381,8 @@ class Directions:
         punch = punch_offer(mode, a_nat, b_nat, not config.traversal)
         if punch is not None:
             d.evidence.append(f"traversal: {punch.reason}")
+        # (the requester's delay is replaced once the responder acknowledged: _told_peer)
+        lead_ms = delay_ms(punch_lead(peer.rtt, node.rtt))
 
         def route_for(me: _Session, other: _Session, initiator: bool) -> RouteDirection:
             route = peer_route(config, path_id, mode, path_key, relay_key, me, other,
@@ -385,7 +390,7 @@ class Directions:
                                peer_targets(other, mode, same) if initiator else ())
             if punch is not None and punch.punch:
                 route = dataclasses.replace(route, punch_endpoints=candidates(other.endpoint, other.local_endpoints),
-                                punch_delay=PUNCH_DELAY_MS)
+                                punch_delay=lead_ms)
             return route
 
         f = LocalPeerDirection(node, d.txid, d.fqdn, d.started, d.evidence, path_id=path_id,
@@ -536,6 +541,10 @@ class Directions:
         if isinstance(f, PeerQueryIn):
             self._core.peering.answer(f, now)
         elif isinstance(f, LocalPeerDirection):
+            if f.punch_remaining is not None and f.route.punch_endpoints:
+                # The requester starts when the responder does: what is left of the responder's delay,
+                # less the requester's own one-way time (docs/protocol.md, "Route decision").
+                f.route = _replace(f.route, punch_delay=delay_ms(requester_delay(f.punch_remaining, f.node.rtt)))
             self.complete(f, f.route, f.route.rs_name if f.leg is not None else None, (), now)
 
     def _responder_timed_out(self, f: _PeerSetup, now: float) -> None:
@@ -549,10 +558,16 @@ class Directions:
     def on_route_ack(self, session: _Session, header: SignalHeader, msg: RouteDirectionAck, addr: Endpoint,
                      now: float) -> None:
         pending = self._core._answered(session.channel, header.txid)
-        if pending is None or not isinstance(pending.tag, RouteTag):
+        if pending is None:
+            return
+        if pending.attempts == 1:
+            session.rtt_sample(now - pending.last_sent)  # (Karn: never from a retransmitted request)
+        if not isinstance(pending.tag, RouteTag):
             return  # (a MovedTag: the node took the moved path; nothing waits for it)
         f = pending.tag.flow
         if f.state is S.TELLING_PEER and f.responder is session and f.path_id == msg.path_id:
+            if f.responder_route.punch_endpoints and f.responder_route.punch_delay is not None:
+                f.punch_remaining = punch_remaining(f.responder_route.punch_delay / 1000, pending.last_sent, now)
             self._told_peer(f, now)
 
     # -- outcomes ---------------------------------------------------------------------------------------
@@ -579,7 +594,8 @@ class Directions:
             pid, node.record.name, f.fqdn, PathMode(route.mode), rs_name, now, gn_map, route.path_key,
             requester_role=PathRole(route.path_role),
             relay_key=route.relay_key or (previous.relay_key if previous else b""),
-            holders=tuple((s.record.name, s.instance) for s in (node, responder) if s is not None))
+            holders=tuple((s.record.name, s.instance) for s in (node, responder) if s is not None),
+            relay_ours=not isinstance(f, PeerQueryOut))
         if route.mode == PathMode.RS_N and gn_map:
             superseded = paths.rsn_by_gn.get((node.record.name, gn_map))
             paths.rsn_by_gn[(node.record.name, gn_map)] = pid

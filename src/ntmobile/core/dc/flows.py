@@ -155,6 +155,9 @@ class _PeerSetup(_Setup):
     responder: _Session
     responder_route: RouteDirection
     leg: RelayLeg | None = None
+    #: NAT traversal: once the responder acknowledged its Route Direction (with PUNCH_DELAY), how long
+    #: from then until it starts probing (seconds; dc/paths.py ``punch_remaining``).
+    punch_remaining: float | None = None
 
 
 @dataclass(slots=True, kw_only=True)

@@ -10,7 +10,7 @@ from typing import TYPE_CHECKING
 from ntmobile.wire import Endpoint, NatKind, PathMode, PathRelease, PathRole, RelayDirection, RouteDirection, RsType
 
 from ..common import new_txid
-from ..timing import RELAY_DIRECTION_TIMEOUT
+from ..timing import RELAY_DIRECTION_TIMEOUT, RELAY_RELEASE_MIN_AGE
 from .config import DcConfig
 from .sessions import _Session
 
@@ -35,6 +35,9 @@ class PathRecord:
     #: Who holds the path's sealers: each node's name with the process instance it got the key in. A
     #: re-direction re-sends the key only to those instances (docs/security.md §3).
     holders: tuple[tuple[str, bytes], ...] = ()
+    #: Whether this DC sent the relay its Relay Direction (False: the peer DC of a path to one of its
+    #: nodes did; only that DC may have the relay drop the entry).
+    relay_ours: bool = True
 
 
 def reachable(nat: NatKind) -> bool:
@@ -127,6 +130,30 @@ class PathTable:
             core._request(rs.channel, PathRelease(path_id=path_id), new_txid(core._rand), rs.endpoint, now,
                          timeout=RELAY_DIRECTION_TIMEOUT)
 
+    def release_relay(self, path_id: bytes, now: float) -> None:
+        """A node of the path (the caller checked) says its punched path no longer needs
+        its relay entry (issue 16). If the relay is ours, it is told to drop the entry (its answer
+        brings its load); the path stays, without a relay (a later fallback is re-directed as plain
+        RS-S with a fresh relay key). Nothing to do for an unknown path, one without a relay or with
+        another DC's relay (that DC's node releases it), and a path (re-)directed less than
+        RELAY_RELEASE_MIN_AGE ago: the release was meant for its previous relay leg."""
+        core = self._core
+        rec = self.records.get(path_id)
+        if rec is None or rec.rs is None or rec.mode is not PathMode.RS_S:
+            core.stats["relay_release_nothing"] += 1
+            return
+        if now - rec.created < RELAY_RELEASE_MIN_AGE:
+            core.stats["relay_release_too_early"] += 1
+            return
+        rs = core.clients.relay_named(rec.rs) if rec.relay_ours else None
+        if rs is None:
+            core.stats["relay_release_foreign_relay"] += 1
+            return
+        rec.rs = None
+        core.stats["relay_releases"] += 1
+        core._request(rs.channel, PathRelease(path_id=path_id), new_txid(core._rand), rs.endpoint, now,
+                      timeout=RELAY_DIRECTION_TIMEOUT)
+
     def holds(self, rec: PathRecord, s: _Session, now: float) -> bool:
         """Whether ``s`` runs as the process instance that got ``rec``'s key; if not, the path is dropped
         (its relay entry released): the key must never reach a restarted process."""
@@ -137,9 +164,15 @@ class PathTable:
         return False
 
 
-#: How long before both nodes start probing the DC schedules the responder's punch (seconds); the
-#: other node gets this lead minus the measured round trip so both NATs open their mappings together.
+#: The responder's PUNCH_DELAY (seconds) while the DC has not measured the round trips to both nodes
+#: (a node new to it; at the answering DC of a path between two DCs, always: it never sees the
+#: requester). With both measured, ``punch_lead`` derives it, within PUNCH_LEAD_MIN .. PUNCH_LEAD_MAX.
 PUNCH_LEAD = 0.25
+PUNCH_LEAD_MIN = 0.05
+PUNCH_LEAD_MAX = 1.0
+#: What the lead allows beyond the two one-way times it must cover (the DC's and nodes' processing,
+#: jitter).
+PUNCH_MARGIN = 0.04
 
 
 @dataclass(frozen=True, slots=True)
@@ -181,16 +214,37 @@ def candidates(observed: Endpoint, local: tuple[Endpoint, ...]) -> tuple[Endpoin
     return tuple(dict.fromkeys((observed, *local)))
 
 
-#: PUNCH_DELAY in ms for both nodes while the DC measures no round trips per node (see punch_delays).
-PUNCH_DELAY_MS = int(PUNCH_LEAD * 1000)
+def punch_lead(rtt_responder: float | None, rtt_requester: float | None) -> float:
+    """The responder's PUNCH_DELAY (seconds), sent in its Route Direction before the requester's.
+
+    The DC tells the responder first and the requester once the responder acknowledged: the requester
+    gets its Route Direction about rtt_responder / 2 + rtt_requester / 2 after the responder got its
+    own. The lead covers that gap (plus PUNCH_MARGIN), so the requester's delay (``requester_delay``)
+    is never negative; bounded by PUNCH_LEAD_MIN and PUNCH_LEAD_MAX. PUNCH_LEAD while either round
+    trip is unmeasured."""
+    if rtt_responder is None or rtt_requester is None:
+        return PUNCH_LEAD
+    lead = rtt_responder / 2 + rtt_requester / 2 + PUNCH_MARGIN
+    return min(PUNCH_LEAD_MAX, max(PUNCH_LEAD_MIN, lead))
 
 
-def punch_delays(rtt_initiator: float, rtt_responder: float, lead: float = PUNCH_LEAD) -> tuple[float, float]:
-    """The PUNCH_DELAY (seconds, initiator, responder) the DC sends with the candidates.
+def punch_remaining(lead: float, sent_at: float, now: float) -> float:
+    """The responder was sent ``lead`` at ``sent_at`` (its Route Direction's last transmission) and
+    acknowledged at ``now``: it got the message half that round trip after it was sent, so it starts
+    probing this long from ``now`` (seconds, never negative)."""
+    return max(0.0, lead - (now - sent_at) / 2)
 
-    Each node starts probing when its delay has passed after it got the message, which reaches it
-    half its round trip after the DC sent it. The responder gets ``lead``; the initiator the same
-    instant corrected for the difference of the one-way times, so both probes leave together and
-    neither NAT sees the other's probe before its own outbound probe opened the mapping."""
-    ini = lead + (rtt_responder - rtt_initiator) / 2
-    return max(0.0, ini), lead
+
+def requester_delay(remaining: float, rtt_requester: float | None) -> float:
+    """The requester's PUNCH_DELAY (seconds): the responder starts ``remaining`` from now, the
+    requester's Route Direction takes half its round trip to arrive (0 while unmeasured)."""
+    return max(0.0, remaining - (rtt_requester or 0.0) / 2)
+
+
+def delay_ms(seconds: float) -> int:
+    """A PUNCH_DELAY in ms (U16)."""
+    return min(0xFFFF, max(0, round(seconds * 1000)))
+
+
+#: PUNCH_DELAY in ms of the responder while the DC has measured no round trips (``punch_lead``).
+PUNCH_DELAY_MS = delay_ms(PUNCH_LEAD)

@@ -45,7 +45,16 @@ from ..timing import (
 )
 from .events import DirectionDecision, PeerDcNote, VerifyPeerDc
 from .flows import Asked, PeerQueryIn, PeerQueryOut, PeerQueryTag, Redirect, RelayLeg, S, move
-from .paths import PUNCH_DELAY_MS, PathRecord, candidates, decide_route, punch_offer, same_nat
+from .paths import (
+    PUNCH_DELAY_MS,
+    PathRecord,
+    candidates,
+    decide_route,
+    delay_ms,
+    punch_offer,
+    requester_delay,
+    same_nat,
+)
 
 if TYPE_CHECKING:
     from .core import DcCore
@@ -439,7 +448,10 @@ class Peering:
             rs_endpoint=msg.rs_endpoint if relayed else None, rs_name=rs_name,
             relay_key=q.relay_key if relayed else None, capabilities=msg.capabilities,
             punch_endpoints=msg.punch_endpoints if relayed else (),
-            punch_delay=msg.punch_delay if relayed and msg.punch_endpoints else None)
+            # The peer DC's node starts PUNCH_DELAY after the Peer Answer left; ours gets that less its
+            # one-way time (the DCs' one-way time is not known, so not subtracted: ours starts that late).
+            punch_delay=delay_ms(requester_delay(msg.punch_delay / 1000, node.rtt))
+            if relayed and msg.punch_endpoints and msg.punch_delay is not None else None)
         q.evidence.append(f"peer DC decided {mode.name} (peer NAT {peer_nat}); this node is the {role.name.lower()}"
                           + (f"; relay {msg.rs_name} at {msg.rs_endpoint}" if relayed else ""))
         self.query_ended(q)
@@ -575,7 +587,8 @@ class Peering:
                          peer_nat=int(node.nat_class), peer_vip4=node.record.vip4, peer_vip6=node.record.vip6,
                          peer_endpoints=f.requester_targets, rs_endpoint=route.rs_endpoint, rs_name=route.rs_name,
                          capabilities=node.capabilities, punch_endpoints=f.requester_punch,
-                         punch_delay=PUNCH_DELAY_MS if f.requester_punch else None)
+                         punch_delay=(PUNCH_DELAY_MS if f.punch_remaining is None else delay_ms(f.punch_remaining))
+                         if f.requester_punch else None)
         f.reply = core._reply(f.dc.channel, ans, f.txid, f.addr)
         f.done_at = now
         f.dc.replies[f.txid] = (f.reply, now)

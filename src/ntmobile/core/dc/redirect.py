@@ -18,12 +18,13 @@ from ntmobile.wire import (
 from ..timing import REDIRECT_STALE
 from .flows import LocalPeerDirection, Redirect, RelayLeg, S, move
 from .paths import (
-    PUNCH_DELAY_MS,
     PathRecord,
     candidates,
     decide_route,
+    delay_ms,
     peer_route,
     peer_targets,
+    punch_lead,
     punch_offer,
     rss_direction,
     same_nat,
@@ -125,13 +126,14 @@ class Redirects:
         # NAT traversal again (after a move, a dead relay, a node's timed retry), unless the node asked
         # with NO_PUNCH: its punched path failed after its relay leg was let go.
         punch = punch_offer(mode, node_nat, peer_nat, r.no_punch or not config.traversal)
+        lead_ms = delay_ms(punch_lead(peer.rtt, node.rtt))  # (the node's own is set when the peer acked)
 
         def route_for(me: _Session, other: _Session, role: PathRole) -> RouteDirection:
             route = peer_route(config, pid, mode, rec.path_key, relay_key, me, other, role,
                                peer_targets(other, mode, behind_one_nat))
             if punch is not None and punch.punch:
                 route = dataclasses.replace(route, punch_endpoints=candidates(other.endpoint, other.local_endpoints),
-                                            punch_delay=PUNCH_DELAY_MS)
+                                            punch_delay=lead_ms)
             return route
 
         r.evidence.append(f"re-direction of path {pid.hex()} after a move: {name} {node_nat.name} at {node.endpoint}, "

@@ -41,6 +41,14 @@ class _Session:
     filter_txid: int = 0
     filter_open: bool = False
     mapping_same: bool | None = None
+    #: Smoothed round trip to the client (seconds; None: not measured yet), from the DC's own requests
+    #: it answered at the first attempt (Route Direction -> Ack): times the NAT punch (dc/paths.py).
+    rtt: float | None = None
+
+    def rtt_sample(self, sample: float) -> None:
+        """One round-trip sample: the first is taken as is, later ones smoothed (1/8, as TCP's SRTT)."""
+        sample = max(0.0, sample)
+        self.rtt = sample if self.rtt is None else self.rtt + (sample - self.rtt) / 8
 
     @property
     def nat_class(self) -> NatKind:
@@ -111,5 +119,6 @@ class SessionTable:
     def listing(self) -> list[dict[str, object]]:
         return [{"name": s.record.name, "role": s.record.role.name, "vip4": s.record.vip4, "vip6": s.record.vip6,
                  "endpoint": list(s.endpoint), "nat": s.nat.name, "nat_class": s.nat_class.name,
-                 "load": s.load, "alive": s.alive}
+                 "load": s.load, "alive": s.alive,
+                 "rtt_ms": None if s.rtt is None else round(s.rtt * 1000, 1)}
                 for s in self.by_id.values()]

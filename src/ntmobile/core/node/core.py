@@ -25,6 +25,7 @@ from ntmobile.wire import (
     MessageType,
     NatKind,
     PathMode,
+    PathReleaseAck,
     PathRole,
     RegistrationRequest,
     RegistrationResponse,
@@ -321,6 +322,8 @@ class NodeCore(NodeLiveness):
                     self._emit(DcProbed(probe.tag.probe_id, now - probe.tag.sent_at))
         elif isinstance(msg, StatusMessage):
             self._on_session_status(header, msg, now)
+        elif isinstance(msg, PathReleaseAck):
+            self._on_release_ack(header, msg)
         else:
             self.stats["drop_unexpected"] += 1
 

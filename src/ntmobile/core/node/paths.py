@@ -96,6 +96,13 @@ class RedirectTag:
     path_id: bytes
 
 
+@dataclass(frozen=True, slots=True)
+class RelayReleaseTag:
+    """A relay-only Path Release of a punched path (issue 16)."""
+
+    path_id: bytes
+
+
 @dataclass(slots=True)
 class _Path:
     path_id: bytes
@@ -134,6 +141,8 @@ class _Path:
     traversal: PathTraversal | None = None
     traversal_timer: Timer | None = None
     leg_watch: LegWatch | None = None
+    #: The relay-only Path Release in flight (after the relay leg's grace period), if any.
+    relay_release: _Pending | None = None
 
     @property
     def established(self) -> bool:

@@ -14,9 +14,10 @@ feeds authenticated probes and acks back. Inputs that failed authentication neve
 a count (``on_unauthenticated``); an ack from an address that was not probed is counted and ignored.
 
 The relay leg: after the switch it is kept as a standby for RELAY_GRACE (capsules that still arrive
-through the relay are accepted, a silent direct path falls back to it at once); then the runtime
-stops its keepalives and lets the relay entry expire (StopRelayLeg). A fallback after that asks the
-DC for a plain RS-S direction (AskDc with no_punch).
+through the relay are accepted, a silent direct path falls back to it at once); then the node stops
+its keepalives and releases the relay entry (StopRelayLeg: a relay-only Path Release to the DC, which
+has the relay drop the entry and its keys). A fallback after that asks the DC for a plain RS-S
+direction (AskDc with no_punch): a fresh relay key and entry.
 """
 
 from __future__ import annotations
@@ -26,6 +27,8 @@ from collections import Counter
 from dataclasses import dataclass
 
 from ntmobile.wire import Endpoint
+
+from ..timing import RELAY_GRACE as RELAY_GRACE  # re-exported: the standby of the relay leg
 
 #: Probe spacing and how long a punch is tried.
 PROBE_INTERVAL = 0.07
@@ -41,8 +44,7 @@ SAMPLE_INTERVAL = 0.1
 #: went back to the relay (its direct path is silent, or it never got our ack): we follow it.
 RELAYED_SETTLE = 1.0
 RELAYED_FALLBACK = 0.3
-#: The relay leg is kept as a standby this long after the switch.
-RELAY_GRACE = 10.0
+#: The relay leg is kept as a standby this long after the switch (core.timing.RELAY_GRACE).
 #: Retry backoff after a failed punch or a fallback: doubles from the first to the last.
 BACKOFF_FIRST = 30.0
 BACKOFF_MAX = 600.0
@@ -132,6 +134,8 @@ class PathTraversal:
         self._probe_end = 0.0
         self._next_probe = start_at
         self._probed: set[Endpoint] = set()
+        #: Candidates sent a triggered probe in this attempt (one each).
+        self._triggered: set[Endpoint] = set()
         self._retry_at: float | None = None
         self._grace_end: float | None = None
         self._next_sample: float | None = None
@@ -168,9 +172,9 @@ class PathTraversal:
                 "candidate": list(ep) if ep is not None else None,
                 "candidates": [list(c) for c in self.candidates],
                 "time_to_direct": None if self.first_direct is None else round(self.first_direct - created, 3),
-                # on DIRECT: the relay leg is a standby until the grace period ends, then left to expire
+                # on DIRECT: the relay leg is a standby until the grace period ends, then released
                 "relay_leg": None if self.state is not TraversalState.DIRECT else (
-                    "standby" if self._grace_end is not None else "expiring"),
+                    "standby" if self._grace_end is not None else "released"),
                 "stats": dict(self.stats)}
 
     def deadline(self) -> float | None:
@@ -207,6 +211,7 @@ class PathTraversal:
             self._set(TraversalState.PROBING)
             self._probe_end = now + PROBE_WINDOW
             self._next_probe = now
+            self._triggered.clear()
         if self.state is TraversalState.PROBING:
             if now >= self._probe_end:
                 out += self._fail("punch failed", now)
@@ -228,9 +233,18 @@ class PathTraversal:
         return out
 
     def on_probe(self, src: Endpoint, now: float) -> list[Action]:
-        """An authenticated PATH_PROBE from ``src``: answered in any state (the peer is probing)."""
+        """An authenticated PATH_PROBE from ``src``: answered in any state (the peer is probing). While
+        PROBING, a probe from a candidate also gets one probe of ours at once (a triggered probe): its
+        arrival shows the peer's NAT is open toward us now, so the side whose earlier probes were
+        dropped goes DIRECT a round trip after the other, not at its next PROBE_INTERVAL."""
         self.stats["probes_answered"] += 1
-        return [SendProbeAck(src)]
+        out: list[Action] = [SendProbeAck(src)]
+        if self.state is TraversalState.PROBING and src in self.candidates and src not in self._triggered:
+            self._triggered.add(src)
+            self._probed.add(src)
+            out.append(SendProbe(src))
+            self.stats["probes_triggered"] += 1
+        return out
 
     def on_probe_ack(self, src: Endpoint, now: float) -> list[Action]:
         """An authenticated PATH_PROBE_ACK from ``src``."""

@@ -28,6 +28,8 @@ from ntmobile.wire import (
     PathMode,
     PathProbe,
     PathProbeAck,
+    PathRelease,
+    PathReleaseAck,
     PathRole,
     RouteDirection,
     SignalFlags,
@@ -39,9 +41,9 @@ from ntmobile.wire import (
 
 from ..common import CoreBase, new_txid
 from ..registration import RegistrationClient
-from ..timing import MOVED_GRACE, PATH_PROBE_TIMEOUT, TUNNEL_TIMEOUT, node_keepalive_timeout
+from ..timing import MOVED_GRACE, PATH_PROBE_TIMEOUT, RELAY_RELEASE_TIMEOUT, TUNNEL_TIMEOUT, node_keepalive_timeout
 from .events import LegWatch, NodeConfig, PathClosed, PathEndpointChanged, PathFailed, PathProbed, PathReady, Registered
-from .paths import KeepaliveTag, PathProbeTag, PathState, TunnelTag, _Path
+from .paths import KeepaliveTag, PathProbeTag, PathState, RelayReleaseTag, TunnelTag, _Path
 from .traversal import (
     Action,
     AskDc,
@@ -177,18 +179,55 @@ class NodeTunnels(CoreBase):
                 self._traversal_switch(path, PathMode.DIRECT, self._path_channel(path), a.peer)
                 self.stats["traversal_direct"] += 1
             elif isinstance(a, GoRelayed):
+                self._cancel_relay_release(path)
                 leg = path.channels.get(("leg", path.rd.relay_key))
                 if leg is not None and path.rd.rs_endpoint is not None:
                     self._traversal_switch(path, PathMode.RS_S, leg, path.rd.rs_endpoint)
                 self.stats["traversal_fallbacks"] += 1
             elif isinstance(a, StopRelayLeg):
-                self.stats["traversal_relay_released"] += 1
+                self._release_relay(path, now)
             elif isinstance(a, AskDc):
                 # A timed retry (the DC times a new punch), or NO_PUNCH: the relay leg was let go, so the
                 # DC directs the path as plain RS-S again (a fresh relay key, a relay entry anew).
                 if self._redirect_path(path, now, no_punch=a.no_punch):
                     self.stats["traversal_no_punch_requests" if a.no_punch else "traversal_retries"] += 1
         self._traversal_schedule(path)
+
+    def _release_relay(self, path: _Path, now: float) -> None:
+        """The relay leg's grace period is over: tell the DC (on our session, so authenticated and
+        replay-protected) that this path no longer needs its relay entry; the DC has the relay drop it.
+        Unanswered, the relay's idle timeout drops the entry as before."""
+        self.stats["traversal_relay_released"] += 1
+        session = self._dc.session
+        if session is None or not path.rd.peer_name:
+            return
+        self._cancel_relay_release(path)
+        path.relay_release = self._request(
+            session, PathRelease(path_id=path.path_id, relay_only=1), new_txid(self._rand),
+            self.config.dc_endpoint, now, timeout=RELAY_RELEASE_TIMEOUT, tag=RelayReleaseTag(path.path_id),
+            on_timeout=functools.partial(self._relay_release_timed_out, path))
+
+    def _relay_release_timed_out(self, path: _Path, now: float) -> None:
+        path.relay_release = None
+        self.stats["relay_release_timeouts"] += 1
+
+    def _cancel_relay_release(self, path: _Path) -> None:
+        """A release in flight is for the relay leg the path had: never retransmit it once the path
+        falls back or is re-directed (it could reach the DC after the path's next relay entry)."""
+        self._cancel_request(path.relay_release)
+        path.relay_release = None
+
+    def _on_release_ack(self, header: SignalHeader, msg: PathReleaseAck) -> None:
+        """The DC's answer to a relay-only Path Release."""
+        session = self._dc.session
+        pending = self._answered(session, header.txid) if session is not None else None
+        if pending is None or not isinstance(pending.tag, RelayReleaseTag) or pending.tag.path_id != msg.path_id:
+            self.stats["drop_unexpected"] += 1
+            return
+        path = self._paths.get(msg.path_id)
+        if path is not None and path.relay_release is pending:
+            path.relay_release = None
+        self.stats["relay_release_acked" if header.status == Status.OK else "relay_release_refused"] += 1
 
     def _traversal_switch(self, path: _Path, mode: PathMode, sig: Channel, endpoint: Endpoint) -> None:
         """Same Path ID, keys, counters and VIPs; only the mode, the signalling channel and the endpoint
@@ -315,6 +354,7 @@ class NodeTunnels(CoreBase):
             # A punched (or probing) path the DC decided again: the new Route Direction says where the
             # path goes now, and brings a new offer if traversal is worth trying again.
             path.traversal.reset("re-directed")
+            self._cancel_relay_release(path)
             if mode is not PathMode.RS_S:
                 path.traversal = None
                 path.leg_watch = None
@@ -497,6 +537,7 @@ class NodeTunnels(CoreBase):
         if path.traversal_timer is not None:
             path.traversal_timer.cancel()
             path.traversal_timer = None
+        self._cancel_relay_release(path)
 
     def _close_path(self, path_id: bytes, reason: str) -> None:
         """Forget a path (its names, timers) and tell the runtime; the next packet to its VIP asks the

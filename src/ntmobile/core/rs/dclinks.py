@@ -349,10 +349,10 @@ class DcSignalling(CoreBase):
             self._reply(session, PathReleaseAck(path_id=msg.path_id), hdr.txid, addr, status=Status.NOT_AUTHORIZED)
             return
         if e is not None:
-            self._remove(e, "released")
+            self._remove(e, "released")  # the entry and its leg keys are forgotten with it
         else:
             self.stats["release_unknown_path"] += 1  # already gone: acknowledge (idempotent)
-        self._reply(session, PathReleaseAck(path_id=msg.path_id), hdr.txid, addr)
+        self._reply(session, PathReleaseAck(path_id=msg.path_id, load=len(self.table)), hdr.txid, addr)
 
     def _remove(self, e: AnyEntry, reason: str) -> None:
         if self.table.remove(e):
