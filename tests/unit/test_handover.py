@@ -220,6 +220,30 @@ def test_rss_leg_moves_and_relay_forwards_to_the_new_address() -> None:
     assert cn.path_info(pid).endpoint == RS_EP  # type: ignore[union-attr]
 
 
+def test_rss_capsules_sent_before_the_node_notices_its_move_are_not_lost() -> None:
+    """The kernel sends from the new address before the node has noticed the move: the relay holds
+    those capsules and forwards them once the node's announcement moves the leg (core/rs/hold.py)."""
+    w = World()
+    mn = w.node("mn", NAT_A)
+    w.node("cn", NAT_B)
+    pid = w.path("mn", "cn.a.example").path.path_id
+    w.net.run_until(lambda: bool(w.net.events_of("cn", PathReady)))
+    assert mn.path_info(pid).mode is PathMode.RS_S  # type: ignore[union-attr]
+    _direct_roundtrip(w, pid, b"via the relay")
+    h = w.net.hosts["mn"]
+    h.addr, h.public = NAT_C  # moved; the node has not noticed yet
+    early = [ipv4_udp(_vip4(mn), _vip4(w.nodes["cn"]), b"early %d" % i) for i in range(3)]
+    for p in early:
+        w.send_ip("mn", p)
+    w.net.run_until(lambda: w.rs.stats["data_held"] == 3)
+    assert not any(p in w.received("cn") for p in early)
+    mn.addresses_changed((NAT_C[0],), w.net.now)  # noticed: the announcement
+    w.net.run_until(lambda: all(p in w.received("cn") for p in early))
+    got = [p for p in w.received("cn") if p in early]
+    assert got == early and w.rs.stats["data_held_released"] == 3 and w.rs.stats["drop_data_unknown_source"] == 0
+    _direct_roundtrip(w, pid, b"after the move")
+
+
 # -- re-direction: both ends moving, path type changes -------------------------------------------------
 
 

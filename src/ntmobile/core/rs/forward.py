@@ -20,6 +20,7 @@ from ntmobile.wire.frame import GSO_CHUNK_OVERHEAD
 from ..common import CoreBase
 from .config import VNET_HDR_SIZE, RsConfig
 from .events import RelayEndpointChanged
+from .hold import MoveHold
 from .table import AnyEntry, EntryState, Leg, RelayEntry, RsnEntry, RssEntry
 
 # Plain ints for the data path: ``int & IntFlag`` goes through enum's Python-level __rand__ and
@@ -42,6 +43,8 @@ class DataPath(CoreBase):
     _by_vips: dict[tuple[bytes, bytes], RsnEntry]
     _tun: list[TunPacket]
     _gso_out: list[GsoSend]
+    #: RS-S capsules from legs' new sources, held while the legs move (hold.py).
+    _moving: MoveHold
 
     def relay_data(self, data: bytes | bytearray | memoryview, addr: Endpoint, now: float) -> Endpoint | None:
         """A data capsule datagram (the runtime's fast path; ``data`` may be a view of a receive
@@ -143,8 +146,11 @@ class DataPath(CoreBase):
             # GSO chunks are forwarded like any capsule: the far node reassembles and opens them.
             src, dst = (e.responder, e.initiator) if from_responder else (e.initiator, e.responder)
             if src.endpoint != addr:
-                e.drops += 1
-                self.stats["drop_data_unknown_source"] += 1
+                # Perhaps the leg's node moved and its announcement is on the way: held, forwarded
+                # only if the leg moves to ``addr`` on an authenticated datagram (hold.py).
+                if not self._moving.hold((e.path_id, bool(from_responder)), addr, data, now):
+                    e.drops += 1
+                    self.stats["drop_data_unknown_source"] += 1
                 return None
             if dst.endpoint is None:
                 e.drops += 1
@@ -204,17 +210,37 @@ class DataPath(CoreBase):
         e.packets_i2r += 1
         e.bytes_i2r += len(payload)
         if e.initiator.endpoint != addr:
-            self._learn(e, e.initiator, addr)
+            self._learn(e, e.initiator, addr, now)
         self._tun.append((payload, gso))
 
-    def _learn(self, e: RelayEntry, leg: Leg, addr: Endpoint) -> None:
-        """An authenticated ``addr`` for ``leg``: the entry is ACTIVE once every leg has one."""
+    def _learn(self, e: RelayEntry, leg: Leg, addr: Endpoint, now: float) -> None:
+        """An authenticated ``addr`` for ``leg``: the entry is ACTIVE once every leg has one. RS-S:
+        the capsules held from ``addr`` for this leg (it moved) go to the other leg now."""
         if leg.endpoint != addr:
             leg.endpoint = addr
             self.stats["endpoint_learned"] += 1
             if e.state is EntryState.WAITING and all(x.endpoint is not None for x in e.legs()):
                 e.move(EntryState.ACTIVE)
             self._emit(RelayEndpointChanged(e.path_id, leg.role, addr))
+            if isinstance(e, RssEntry) and self._moving:
+                self._release_held(e, leg is e.responder, addr, now)
+
+    def _release_held(self, e: RssEntry, from_responder: bool, addr: Endpoint, now: float) -> None:
+        """Forward what was held for a leg that just moved to ``addr`` (in arrival order)."""
+        dst = (e.initiator if from_responder else e.responder).endpoint
+        if dst is None:  # nowhere to forward to yet: dropped, as the capsules would have been
+            self._moving.discard_leg((e.path_id, from_responder))
+            return
+        held = self._moving.release((e.path_id, from_responder), addr, now)
+        for data in held:
+            self._send(data, dst)
+        if held:
+            e.last_active = now
+            sizes = sum(map(len, held))
+            if from_responder:
+                e.packets_r2i, e.bytes_r2i = e.packets_r2i + len(held), e.bytes_r2i + sizes
+            else:
+                e.packets_i2r, e.bytes_i2r = e.packets_i2r + len(held), e.bytes_i2r + sizes
 
 
 @lru_cache(maxsize=64)
