@@ -272,15 +272,24 @@ def _log_time(line: str) -> float | None:
 
 
 def timeline(m: Move, probes: Probes, logs: dict[str, Path], *, before: float = 0.05,
-             after: float = 0.2) -> list[dict[str, Any]]:
+             after: float = 0.2, marks: Sequence[dict[str, Any]] = ()) -> list[dict[str, Any]]:
     """What happened around one move, in ms from the new address being configured: the move itself, the
     daemons' log lines (mn's node: address change, registration, path ready; the peer's and the relays'),
-    and the probes: the last one delivered before, how many sent meanwhile were lost or delivered late
-    (late and none lost: a queue held them, e.g. the kernel's ARP queue), and the first one through."""
+    the daemons' trace marks (``marks``: runtime.trace, every signalling datagram read and sent, with
+    ``t`` already on time.time()'s scale and ``host``), and the probes: the last one delivered before, how
+    many sent meanwhile were lost or delivered late (late and none lost: a queue held them, e.g. the
+    kernel's ARP queue), and the first one through."""
     t0 = m.t_configured
     end = t0 + (m.gap_ms or RECOVERY_DEADLINE * 1000) / 1000 + after
     ev: list[dict[str, Any]] = [{"ms": round((m.t_start - t0) * 1000, 1), "who": "lab", "what": f"move to {m.to}"},
                                 {"ms": 0.0, "who": "lab", "what": "new address and default route configured"}]
+    for mk in marks:
+        tm = float(mk["t"])
+        if m.t_start - before <= tm <= end:
+            what = " ".join(str(mk[k]) for k in ("what", "type", "peer", "name", "mode") if k in mk)
+            if "ms" in mk:  # how long the marked step took (the DC's registry commit)
+                what += f" (took {mk['ms']} ms)"
+            ev.append({"ms": round((tm - t0) * 1000, 1), "who": f"{mk['host']}*", "what": what})
     for who, path in logs.items():
         for line in _lines(path):
             t = _log_time(line)
@@ -357,6 +366,26 @@ def topology_for(pt: PathType) -> Any:
         spec = topo.host(dc).daemons[0]
         topo = topo.with_host(dc, daemons=[DaemonSpec(kind="dc", config={**spec.config, "traversal": False})])
     return topo
+
+
+#: Daemons whose trace marks (NTM_TRACE=1, runtime.trace) go into the slowest move's timeline, besides
+#: the receiver's node: (host, status command).
+TRACED = (("mn", ("status",)), ("dca", ("dc", "status")), ("dcb", ("dc", "status")), ("rs1", ("rs", "status")),
+          ("rs2", ("rs", "status")))
+
+
+def trace_marks(lab: Any, receivers: Sequence[str] = ()) -> list[dict[str, Any]]:
+    """Every traced daemon's marks with ``host`` and ``t`` moved from CLOCK_MONOTONIC (one clock for
+    the lab's namespaces) to time.time() (the probes' and the moves' clock)."""
+    from .setup import _status
+
+    offset = time.time() - time.monotonic()
+    hosts = {h.name for h in lab.topology.hosts}
+    out = []
+    for host, cmd in (*TRACED, *((r, ("status",)) for r in receivers)):
+        if host in hosts:
+            out += [{**mk, "host": host, "t": mk["t"] + offset} for mk in _status(lab, host, *cmd).get("trace", [])]
+    return out
 
 
 def _node_status(lab: Any) -> dict[str, Any]:
@@ -462,7 +491,8 @@ def run_path_type(lab: Any, pt: PathType, moves: int, *, dwell: float = DWELL,
             logs = {h: Path(lab.workdir) / "logs" / f"{h}-{kind}.log"
                     for h, kind in (("mn", "node"), (pt.receiver, "node"), ("rs1", "rs"), ("rs2", "rs"))}
             result["slowest_move"] = {"move": done.index(slowest) + 1, "to": slowest.to, "gap_ms": slowest.gap_ms,
-                                      "timeline": timeline(slowest, probes, logs)}
+                                      "timeline": timeline(slowest, probes, logs,
+                                                           marks=trace_marks(lab, (pt.receiver,)))}
             log(f"  slowest move ({done.index(slowest) + 1}, to {slowest.to}, gap {slowest.gap_ms} ms):")
             for line in format_timeline(result["slowest_move"]["timeline"]):
                 log(line)
@@ -515,7 +545,9 @@ def run_bench(*, moves: int = 20, path_types: Sequence[str] = ("rs-n", "direct",
     NAT B, a second lab (``PREFIX`` + "s"). With ``attach`` the running lab ``prefix`` is used (left up)
     for the path types its cn placement allows."""
     from ntmobile.lab import Lab
+    from ntmobile.runtime.trace import ENV as TRACE_ENV
 
+    os.environ[TRACE_ENV] = "1"  # the lab's daemons keep the debug timing trace (the slowest move's timeline)
     results: list[dict[str, Any]] = []
     for behind in (False, True):
         group = [PATH_TYPES[n] for n in path_types if PATH_TYPES[n].cn_behind_nat is behind]
