@@ -237,11 +237,57 @@ def test_rss_capsules_sent_before_the_node_notices_its_move_are_not_lost() -> No
         w.send_ip("mn", p)
     w.net.run_until(lambda: w.rs.stats["data_held"] == 3)
     assert not any(p in w.received("cn") for p in early)
-    mn.addresses_changed((NAT_C[0],), w.net.now)  # noticed: the announcement
+    fwd = h.fwd
+    assert fwd is not None
+    fwd.moved()  # noticed (as the daemon does): the data plane keeps what it sends ...
+    mn.addresses_changed((NAT_C[0],), w.net.now)  # ... and the core announces itself
     w.net.run_until(lambda: all(p in w.received("cn") for p in early))
     got = [p for p in w.received("cn") if p in early]
     assert got == early and w.rs.stats["data_held_released"] == 3 and w.rs.stats["drop_data_unknown_source"] == 0
     _direct_roundtrip(w, pid, b"after the move")
+    # The leg just moved (no re-direction): the relay's answer confirmed the path, nothing is sent twice.
+    assert fwd.stats["tx_resent_after_move"] == 0 and all(fp.kept is None for fp in fwd.by_id.values())
+
+
+def _with_cn_behind_a_nat(w: World, mn_place: tuple[Ep, Ep | None]) -> tuple[NodeCore, NodeCore, bytes]:
+    """mn at ``mn_place``, cn behind a NAT of its own, and mn's path to cn, ready at both ends."""
+    mn = w.node("mn", mn_place)
+    cn = w.node("cn", (("10.2.0.20", 7412), ("192.0.2.101", 40004)))
+    pid = w.path("mn", "cn.a.example").path.path_id
+    w.net.run_until(lambda: bool(w.net.events_of("cn", PathReady)))
+    return mn, cn, pid
+
+
+def test_capsules_sent_on_the_old_addressing_are_sent_again_after_the_re_direction() -> None:
+    """mn (global) talks DIRECT to cn behind a NAT; mn moves behind NAT A, where cn's NAT lets nothing
+    of mn's new source through: what mn sends before the re-direction (RS-S now) is lost on the way
+    to cn's mapping, and the data plane sends it again through the relay once the path is confirmed
+    (dataplane/forwarder.py, "After a move"). The peer gets each packet once, in order."""
+    w = World()
+    mn, cn, pid = _with_cn_behind_a_nat(w, GLOBAL)
+    assert _modes(w, pid) == (PathMode.DIRECT, PathMode.DIRECT)
+    _direct_roundtrip(w, pid, b"direct")
+    w.net.drop = lambda src, dst, data: src == "mn" and dst == "cn"  # cn's NAT filters mn's new source
+    h = w.net.hosts["mn"]
+    h.addr, h.public = NAT_A
+    fwd = h.fwd
+    assert fwd is not None
+    fwd.moved()
+    mn.addresses_changed((NAT_A[0],), w.net.now)
+    lost_way = [ipv4_udp(_vip4(mn), _vip4(cn), b"before the re-direction %d" % i) for i in range(3)]
+    for p in lost_way:
+        w.send_ip("mn", p)
+    w.net.run_until(lambda: _modes(w, pid) == (PathMode.RS_S, PathMode.RS_S)
+                    and all(p in w.received("cn") for p in lost_way))
+    assert [p for p in w.received("cn") if p in lost_way] == lost_way
+    assert fwd.stats["tx_resent_after_move"] >= 3
+    _direct_roundtrip(w, pid, b"rs-s")
+    # Settling ends the keep (the daemon calls it MOVE_KEEP after the move); a stale token does not.
+    token = fwd.moved()
+    fwd.settle(token - 1)
+    assert all(fp.kept is not None for fp in fwd.by_id.values())
+    fwd.settle(token)
+    assert all(fp.kept is None for fp in fwd.by_id.values())
 
 
 # -- re-direction: both ends moving, path type changes -------------------------------------------------
@@ -274,10 +320,7 @@ def test_path_type_follows_the_moves_rss_direct_rss() -> None:
     its NAT is told mn's address and opens its NAT itself); mn going behind another NAT makes it RS-S
     again, through the same relay with the same relay key. One Path ID, one key, roles unchanged."""
     w = World()
-    mn = w.node("mn", NAT_A)
-    cn = w.node("cn", (("10.2.0.20", 7412), ("192.0.2.101", 40004)))
-    pid = w.path("mn", "cn.a.example").path.path_id
-    w.net.run_until(lambda: bool(w.net.events_of("cn", PathReady)))
+    mn, cn, pid = _with_cn_behind_a_nat(w, NAT_A)
     assert _modes(w, pid) == (PathMode.RS_S, PathMode.RS_S)
     roles = (mn.path_info(pid).role, cn.path_info(pid).role)  # type: ignore[union-attr]
     _direct_roundtrip(w, pid, b"rs-s")

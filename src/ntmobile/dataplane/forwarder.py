@@ -14,6 +14,14 @@ Two TUN modes (docs/dataplane.md):
   reassembled, opened once and written with their virtio_net_hdr in one TUN write.
 - **per-packet** (no vnet_hdr): one capsule per IP packet both ways; GSO capsules are dropped (a
   per-packet node never announces Capability.GSO).
+
+**After a move** (``moved``, issue 21) every path keeps the capsules it sends, as sent (sealed, so
+re-sending them uses no nonce again), until the core confirms the path (``PathConfirmed``: the far
+end answered at the path's endpoint) or ``settle``. If the path's endpoint or mode changed in
+between (a re-direction: the old addressing did not work from the new place), they are sent again
+to the confirmed endpoint: what went to the old one is not lost. A capsule that did arrive the first
+time is dropped by the peer's replay window (counted there as a replay). Bounded per path
+(``KEEP_MAX_DATAGRAMS``, ``KEEP_MAX_BYTES``); beyond that nothing more is kept.
 """
 
 from __future__ import annotations
@@ -24,7 +32,7 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Protocol
 
-from ntmobile.core.node import LegWatch, PathClosed, PathEndpointChanged, PathReady
+from ntmobile.core.node import LegWatch, PathClosed, PathConfirmed, PathEndpointChanged, PathReady
 from ntmobile.crypto import AuthError, CapsuleOpener, CapsuleSealer, ReassemblyRefused
 from ntmobile.wire import CodecError
 from ntmobile.wire.constants import TAG_SIZE, Capability, CapsuleFlags, PathMode
@@ -43,6 +51,9 @@ _GSO = int(CapsuleFlags.GSO)
 PATH_MTU = 1500
 #: Bytes a per-packet capsule adds on the wire, worst case (IPv6 outer): 40 + 8 + 36.
 WIRE_OVERHEAD = 40 + 8 + 36
+#: After a move, per path: capsule sends (datagrams or GSO blobs) and bytes kept at most (module docstring).
+KEEP_MAX_DATAGRAMS = 256
+KEEP_MAX_BYTES = 1 << 20
 
 
 def inner_mtu(path_mtu: int = PATH_MTU) -> int:
@@ -98,6 +109,17 @@ class FwdPath:
     #: NAT traversal (core.node.LegWatch, shared with the core): the relay's and the peer's candidate
     #: endpoints, never learnt across modes; where each delivered capsule came from.
     leg: LegWatch | None = None
+    #: After a move: what was sent since, as (datagram or GSO blob, chunk size or 0); None: not keeping.
+    kept: list[tuple[bytes, int]] | None = None
+    kept_bytes: int = 0
+    #: The endpoint or mode changed while keeping (a re-direction): re-send on confirmation.
+    redirected: bool = False
+
+    def keep(self, data: bytes, size: int) -> None:
+        kept = self.kept
+        if kept is not None and len(kept) < KEEP_MAX_DATAGRAMS and self.kept_bytes + len(data) <= KEEP_MAX_BYTES:
+            kept.append((data, size))
+            self.kept_bytes += len(data)
 
     def leg_knows(self, addr: Endpoint) -> bool:
         """Besides the learnt endpoint (checked inline first, the per-packet case), ``addr`` may hold
@@ -131,7 +153,8 @@ class NodeForwarder:
         self.stats = {"tun_no_path": 0, "rx_auth": 0, "rx_malformed": 0, "rx_unknown_path": 0, "rx_spoofed": 0,
                       "rx_gso_unsupported": 0, "tun_write_dropped": 0, "tun_write_errors": 0, "tx_gso_capsules": 0,
                       "tx_segmented": 0, "rx_gso_capsules": 0, "tun_bad_vnet": 0,
-                      "rx_chunk_unknown_source": 0}
+                      "rx_chunk_unknown_source": 0, "tx_resent_after_move": 0}
+        self._moves = 0
         #: Packets and bytes (tx packets, tx bytes, rx packets, rx bytes) by path mode of the paths
         #: gone or of the modes paths left: with the live paths', totals that never go down.
         self.retired: dict[str, list[int]] = {}
@@ -144,6 +167,9 @@ class NodeForwarder:
         old = self.by_id.get(path_id)
         if old is not None:
             fp.tx_packets, fp.tx_bytes, fp.rx_packets, fp.rx_bytes = old.counts()
+            if old.kept is not None:  # keeping since a move: goes on; another mode or endpoint is a re-direction
+                fp.kept, fp.kept_bytes = old.kept, old.kept_bytes
+                fp.redirected = old.redirected or old.mode != mode or old.endpoint != endpoint
             if old.mode != mode:
                 self._retire(old)
                 fp.base = old.counts()
@@ -176,7 +202,41 @@ class NodeForwarder:
     def set_endpoint(self, path_id: bytes, endpoint: Endpoint) -> None:
         fp = self.by_id.get(path_id)
         if fp is not None:
+            if fp.kept is not None and fp.endpoint != endpoint:
+                fp.redirected = True
             fp.endpoint = endpoint
+
+    # -- after a move ---------------------------------------------------------------------------
+    def moved(self) -> int:
+        """The node noticed that it moved: every path keeps what it sends from now on (module
+        docstring). Returns a token for ``settle``."""
+        self._moves += 1
+        for fp in self.by_id.values():
+            fp.kept, fp.kept_bytes, fp.redirected = [], 0, False
+        return self._moves
+
+    def settle(self, token: int) -> None:
+        """Stop keeping (the runtime calls this MOVE_KEEP after ``moved``; a later move's keep goes on)."""
+        if token == self._moves:
+            for fp in self.by_id.values():
+                fp.kept = None
+                fp.kept_bytes = 0
+
+    def confirmed(self, path_id: bytes, endpoint: Endpoint) -> None:
+        """The far end of ``path_id`` answered at ``endpoint``: if a re-direction moved the path since
+        the move, what it kept is sent again there; either way it stops keeping."""
+        fp = self.by_id.get(path_id)
+        if fp is None or fp.kept is None:
+            return
+        kept, fp.kept, fp.kept_bytes = fp.kept, None, 0
+        if not fp.redirected or fp.endpoint != endpoint:
+            return
+        for data, size in kept:
+            if size:
+                self.io.send_chunks(data, size, endpoint)
+            else:
+                self.io.send(data, endpoint)
+        self.stats["tx_resent_after_move"] += len(kept)
 
     def follow(self, ev: object) -> None:
         """Apply a node core event to the forwarding table: a ready path is installed (its peer's VIPs,
@@ -189,6 +249,8 @@ class NodeForwarder:
                      leg=p.leg)
         elif isinstance(ev, PathEndpointChanged):
             self.set_endpoint(ev.path_id, ev.endpoint)
+        elif isinstance(ev, PathConfirmed):
+            self.confirmed(ev.path_id, ev.endpoint)
         elif isinstance(ev, PathClosed):
             self.remove(ev.path_id)
 
@@ -220,18 +282,26 @@ class NodeForwarder:
                 continue
             try:
                 if not off:
-                    io.send(fp.sealer.seal(mv[:n]), ep)
+                    c = fp.sealer.seal(mv[:n])
+                    io.send(c, ep)
                     fp.tx_packets += 1
+                    if fp.kept is not None:
+                        fp.keep(c, 0)
                 elif fp.gso:
                     blob, size = fp.sealer.seal_gso(mv[:n], self.seg[socket.AF_INET6 if ":" in ep[0]
                                                                      else socket.AF_INET])
                     io.send_chunks(blob, size, ep)
                     self.stats["tx_gso_capsules"] += 1
                     fp.tx_packets += 1
+                    if fp.kept is not None:
+                        fp.keep(blob, size)
                 else:
                     for pkt in self._per_packet(mv, n):
-                        io.send(fp.sealer.seal(pkt), ep)
+                        c = fp.sealer.seal(pkt)
+                        io.send(c, ep)
                         fp.tx_packets += 1
+                        if fp.kept is not None:
+                            fp.keep(c, 0)
             except (vnet.VnetError, CodecError):
                 self.stats["tun_bad_vnet"] += 1
                 continue

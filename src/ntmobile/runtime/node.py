@@ -39,7 +39,14 @@ from ntmobile.core.node import (
     RegistrationFailed,
 )
 from ntmobile.core.stubpolicy import StubPolicy, failure_rcode, normalize
-from ntmobile.core.timing import DIRECTION_TIMEOUT, DISCOVERY_DEADLINE, FALLBACK_TTL, PATH_PROBE_TIMEOUT, TUNNEL_TIMEOUT
+from ntmobile.core.timing import (
+    DIRECTION_TIMEOUT,
+    DISCOVERY_DEADLINE,
+    FALLBACK_TTL,
+    MOVE_KEEP,
+    PATH_PROBE_TIMEOUT,
+    TUNNEL_TIMEOUT,
+)
 from ntmobile.crypto.channel import PROCESS_POOL, REASSEMBLY_TIMEOUT, reassembly_snapshot
 from ntmobile.dataplane.forwarder import PATH_MTU, FwdPath, NodeForwarder, gso_max_size, inner_mtu
 from ntmobile.dataplane.tun import Tun, open_tun
@@ -398,6 +405,9 @@ class NodeDaemon:
                         self._handover_started = now
                         log.info("addresses changed: %s (route to the DC via %s); announcing on every path and "
                                  "re-registering", ", ".join(a for a, _ in sorted(eps)), src)
+                        # The data plane keeps what it sends until each path is confirmed or re-directed
+                        # (sent again there: dataplane/forwarder.py, "After a move").
+                        loop.call_later(MOVE_KEEP, self.fwd.settle, self.fwd.moved())
                         self.core.addresses_changed(tuple(sorted(eps)), now)
                     elif src is not None:
                         log.info("route to the DC now via %s: sending what is pending", src)
