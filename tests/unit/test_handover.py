@@ -179,6 +179,30 @@ def test_direct_responder_moves_and_initiator_accepts_its_tunnel_request() -> No
     _direct_roundtrip(w, pid, b"after the responder moved")
 
 
+def test_capsules_the_kernel_refused_mid_move_go_out_once_the_node_noticed() -> None:
+    """Between the old address going and the new one's route coming the kernel refuses every send (no
+    route): the data plane remembers those capsules and sends them when the node notices the move.
+    They never left the host: the peer gets each once."""
+    w = World()
+    mn, cn, pid = _direct(w)
+    h = w.net.hosts["mn"]
+    assert h.dp is not None and h.fwd is not None
+    h.dp.udp.refuse = True  # mid-move: no route
+    held = [ipv4_udp(_vip4(mn), _vip4(cn), b"no route %d" % i) for i in range(3)]
+    for p in held:
+        w.send_ip("mn", p)
+    assert not any(p in w.received("cn") for p in held)
+    h.dp.udp.refuse = False
+    h.addr, h.public = NAT_B
+    h.fwd.moved()
+    mn.addresses_changed((NAT_B[0],), w.net.now)
+    w.net.run_until(lambda: all(p in w.received("cn") for p in held))
+    assert [p for p in w.received("cn") if p in held] == held and h.fwd.stats["tx_unsent_resent"] == 3
+    assert cn.stats["drop_data_replay"] == 0 and not any(
+        "replay" in k and v for k, v in w.net.hosts["cn"].fwd.stats.items())  # type: ignore[union-attr]
+    _direct_roundtrip(w, pid, b"after the move")
+
+
 def test_direct_endpoint_never_moves_on_unauthenticated_or_replayed_input() -> None:
     w = World()
     mn, cn, pid = _direct(w)
