@@ -150,3 +150,24 @@ def test_bounds_per_leg_per_relay_and_sources() -> None:
     assert h5.expire(1.0 + MOVE_HOLD) == n and h5.held_bytes == 0 and h5.deadline() is None
     h5.hold(key, ATTACKER, bytes(10), 5.0)
     assert h5.expire(4.0) == 1
+
+
+def test_capsules_to_a_leg_not_announced_yet_wait_for_it() -> None:
+    """A re-direction onto the relay: one node's capsules (from its learnt endpoint) arrive before the
+    other node's Tunnel Request; they go on once that leg is known, in order. From anywhere but the
+    learnt endpoint they stay unforwarded, as before."""
+    core, _dc, ini, resp = setup_rs_s(PID)
+    core.receive_datagram(resp.request(1), NODE_B, 2.0)
+    core.datagrams_to_send()
+    waiting = [resp.sealer.seal(b"to mn %d" % i) for i in range(3)]
+    for c in waiting:
+        core.receive_datagram(c, NODE_B, 2.01)
+    core.receive_datagram(foreign_capsule(b"y" * 40), ATTACKER, 2.02)  # as the initiator, from elsewhere
+    assert core.datagrams_to_send() == [] and core.stats["drop_no_leg"] == 0
+    core.receive_datagram(ini.request(2), NODE_A, 2.05)
+    out = core.datagrams_to_send()
+    assert [d for d in out if d.addr == NODE_A and d.data in waiting] == [Datagram(c, NODE_A) for c in waiting]
+    assert [d for d in out if d.addr == NODE_B and d.data[1] == 0x40] == []  # no data of the attacker's
+    assert core.stats["data_held_dropped"] == 1
+    assert [ini.opener.open(c) for c in waiting] == [b"to mn %d" % i for i in range(3)]
+    assert core._moving.held_bytes == 0

@@ -153,8 +153,11 @@ class DataPath(CoreBase):
                     self.stats["drop_data_unknown_source"] += 1
                 return None
             if dst.endpoint is None:
-                e.drops += 1
-                self.stats["drop_no_leg"] += 1
+                # From the leg's learnt endpoint, to a leg not announced yet (a re-direction onto this
+                # relay: the other node's Tunnel Request is on the way): held the same way.
+                if not self._moving.hold((e.path_id, bool(from_responder)), addr, data, now):
+                    e.drops += 1
+                    self.stats["drop_no_leg"] += 1
                 return None
             e.last_active = now
             if from_responder:
@@ -223,17 +226,21 @@ class DataPath(CoreBase):
                 e.move(EntryState.ACTIVE)
             self._emit(RelayEndpointChanged(e.path_id, leg.role, addr))
             if isinstance(e, RssEntry) and self._moving:
-                self._release_held(e, leg is e.responder, addr, now)
+                # Both ways: what the moved leg sent from ``addr``, and what the other leg sent
+                # from its endpoint while this one was not known yet.
+                for from_responder in (False, True):
+                    self._release_held(e, from_responder, now)
 
-    def _release_held(self, e: RssEntry, from_responder: bool, addr: Endpoint, now: float) -> None:
-        """Forward what was held for a leg that just moved to ``addr`` (in arrival order)."""
-        dst = (e.initiator if from_responder else e.responder).endpoint
-        if dst is None:  # nowhere to forward to yet: dropped, as the capsules would have been
-            self._moving.discard_leg((e.path_id, from_responder))
-            return
-        held = self._moving.release((e.path_id, from_responder), addr, now)
+    def _release_held(self, e: RssEntry, from_responder: bool, now: float) -> None:
+        """Forward what was held from one leg's current endpoint to the other leg's (in arrival
+        order), once both are known; capsules held from other sources go."""
+        src, dst = (e.responder, e.initiator) if from_responder else (e.initiator, e.responder)
+        if src.endpoint is None or dst.endpoint is None:
+            return  # still held (until MOVE_HOLD)
+        held = self._moving.release((e.path_id, from_responder), src.endpoint, now)
+        dst_ep = dst.endpoint
         for data in held:
-            self._send(data, dst)
+            self._send(data, dst_ep)
         if held:
             e.last_active = now
             sizes = sum(map(len, held))
