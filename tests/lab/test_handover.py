@@ -216,3 +216,19 @@ def test_bench_handover_measures_every_move(lab_factory: LabFactory) -> None:
     assert [m["to"] for m in result["per_move"]] == ["netb", "global", "neta"]
     assert all(m["gap_ms"] is not None and m["echo_gap_ms"] is not None for m in result["per_move"])
     assert result["tcp"]["ok"], result["tcp"]
+
+
+def test_bench_handover_nebula_path(lab_factory: LabFactory) -> None:
+    """The bench's Nebula path beside ntmobile's (issue 21): Nebula on rs1 (lighthouse), mn and cn; the
+    same moves recover over it and its TCP download checks out."""
+    from ntmobile.bench.handover import NEBULA_IPS, NEBULA_PORT
+    from ntmobile.bench.setup import start_nebula
+
+    lab = lab_factory("handover", bare=False)
+    start_nebula(lab, Path(lab.workdir), NEBULA_IPS, port=NEBULA_PORT, name="nebula-handover", dev="nbh")
+    result = run_path_type(lab, PATH_TYPES["nebula"], 3, dwell=0.3, log=lambda s: None)
+    assert "error" not in result, result.get("error")
+    assert result["mode"] == "NEBULA" and result["recovered"] == 3
+    assert all(m["gap_ms"] is not None and m["detect_ms"] is None for m in result["per_move"])
+    assert result["tcp"]["ok"], result["tcp"]
+    assert isinstance(result["tcp"]["retransmits"], int)

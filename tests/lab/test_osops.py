@@ -111,6 +111,10 @@ def test_netlink_helpers_configure_a_namespace(lab: Lab) -> None:
         netlink.add_address("ntmva", "fd31::1/64")
         netlink.add_route("default", gateway="10.31.0.254")
         netlink.add_route("10.40.0.0/16", dev="ntmva", src="10.31.0.1")
+        # The connected-UDP-socket lookup the node's handover watch uses agrees with `route get`.
+        assert netlink.source_toward("10.40.3.3") == netlink.route_source_for("10.40.3.3")
+        assert netlink.source_toward("fd31::9") == netlink.route_source_for("fd31::9")
+        assert sorted(netlink.addresses_now()) == sorted(netlink.addresses())
         return (netlink.route_source_for("10.40.3.3"), netlink.route_source_for("fd31::9"),
                 netlink.default_route(), netlink.addresses("ntmva"))
 
@@ -122,6 +126,7 @@ def test_netlink_helpers_configure_a_namespace(lab: Lab) -> None:
     # nothing of this leaked into the other namespace
     assert netns.call_in_netns(b, netlink.default_route) is None
     assert netns.call_in_netns(b, netlink.route_source_for, "10.40.3.3") is None
+    assert netns.call_in_netns(b, netlink.source_toward, "10.40.3.3") is None
 
     async def from_a_coroutine() -> str | None:
         # the plain function inside a running loop (finished on a helper thread in this namespace)

@@ -41,3 +41,15 @@ def test_timeline_counts_lost_probes() -> None:
     text = "\n".join(format_timeline(timeline(m, probes, {})))
     assert m.lost == 5
     assert "5 probes sent from here on were lost (#41..#45)" in text
+
+
+def test_timeline_merges_the_daemons_trace_marks() -> None:
+    probes = _probes({}, set())
+    m = Move("global", 1000.405, 1000.41)
+    analyse([m], probes, 1001.01)
+    marks = [{"t": 1000.412, "host": "mn", "what": "send", "type": "REGISTRATION_REQUEST", "peer": "192.0.2.10:7410"},
+             {"t": 1000.418, "host": "dca", "what": "commit", "ms": 5.5},
+             {"t": 999.0, "host": "mn", "what": "netlink"}]  # outside the window
+    text = "\n".join(format_timeline(timeline(m, probes, {}, marks=marks)))
+    assert "mn*      send REGISTRATION_REQUEST 192.0.2.10:7410" in text
+    assert "dca*     commit (took 5.5 ms)" in text and "netlink" not in text

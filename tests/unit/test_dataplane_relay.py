@@ -53,10 +53,12 @@ def test_rs_s_forwards_a_run_once_and_only_from_the_learnt_leg() -> None:
     # The peer opens exactly what was forwarded.
     out = [r for o in range(0, len(blob), size) if (r := resp.opener.open_chunk(blob[o:o + size], 3.0, learnt=True))]
     assert len(out) == 1
-    # From anywhere else: nothing is forwarded.
+    # From anywhere else: nothing is forwarded (held a moment for a leg move that never comes).
     blob2, _ = ini.sealer.seal_gso(os.urandom(5000), 1000)
     dest, k = core.relay_run(batch(blob2), size, ("192.0.2.66", 6666), 3.1)
-    assert dest is None and k == 1 and core.stats["drop_data_unknown_source"] == 1
+    assert dest is None and k == 1 and core.stats["data_held"] == 1
+    core.handle_timer(3.5)
+    assert core.datagrams_to_send() == [] and core.stats["data_held_dropped"] == 1
 
 
 def test_rs_n_opens_runs_and_checks_inner_addresses() -> None:

@@ -179,6 +179,30 @@ def test_direct_responder_moves_and_initiator_accepts_its_tunnel_request() -> No
     _direct_roundtrip(w, pid, b"after the responder moved")
 
 
+def test_capsules_the_kernel_refused_mid_move_go_out_once_the_node_noticed() -> None:
+    """Between the old address going and the new one's route coming the kernel refuses every send (no
+    route): the data plane remembers those capsules and sends them when the node notices the move.
+    They never left the host: the peer gets each once."""
+    w = World()
+    mn, cn, pid = _direct(w)
+    h = w.net.hosts["mn"]
+    assert h.dp is not None and h.fwd is not None
+    h.dp.udp.refuse = True  # mid-move: no route
+    held = [ipv4_udp(_vip4(mn), _vip4(cn), b"no route %d" % i) for i in range(3)]
+    for p in held:
+        w.send_ip("mn", p)
+    assert not any(p in w.received("cn") for p in held)
+    h.dp.udp.refuse = False
+    h.addr, h.public = NAT_B
+    h.fwd.moved()
+    mn.addresses_changed((NAT_B[0],), w.net.now)
+    w.net.run_until(lambda: all(p in w.received("cn") for p in held))
+    assert [p for p in w.received("cn") if p in held] == held and h.fwd.stats["tx_unsent_resent"] == 3
+    assert cn.stats["drop_data_replay"] == 0 and not any(
+        "replay" in k and v for k, v in w.net.hosts["cn"].fwd.stats.items())  # type: ignore[union-attr]
+    _direct_roundtrip(w, pid, b"after the move")
+
+
 def test_direct_endpoint_never_moves_on_unauthenticated_or_replayed_input() -> None:
     w = World()
     mn, cn, pid = _direct(w)
@@ -220,6 +244,76 @@ def test_rss_leg_moves_and_relay_forwards_to_the_new_address() -> None:
     assert cn.path_info(pid).endpoint == RS_EP  # type: ignore[union-attr]
 
 
+def test_rss_capsules_sent_before_the_node_notices_its_move_are_not_lost() -> None:
+    """The kernel sends from the new address before the node has noticed the move: the relay holds
+    those capsules and forwards them once the node's announcement moves the leg (core/rs/hold.py)."""
+    w = World()
+    mn = w.node("mn", NAT_A)
+    w.node("cn", NAT_B)
+    pid = w.path("mn", "cn.a.example").path.path_id
+    w.net.run_until(lambda: bool(w.net.events_of("cn", PathReady)))
+    assert mn.path_info(pid).mode is PathMode.RS_S  # type: ignore[union-attr]
+    _direct_roundtrip(w, pid, b"via the relay")
+    h = w.net.hosts["mn"]
+    h.addr, h.public = NAT_C  # moved; the node has not noticed yet
+    early = [ipv4_udp(_vip4(mn), _vip4(w.nodes["cn"]), b"early %d" % i) for i in range(3)]
+    for p in early:
+        w.send_ip("mn", p)
+    w.net.run_until(lambda: w.rs.stats["data_held"] == 3)
+    assert not any(p in w.received("cn") for p in early)
+    fwd = h.fwd
+    assert fwd is not None
+    fwd.moved()  # noticed (as the daemon does): the data plane keeps what it sends ...
+    mn.addresses_changed((NAT_C[0],), w.net.now)  # ... and the core announces itself
+    w.net.run_until(lambda: all(p in w.received("cn") for p in early))
+    got = [p for p in w.received("cn") if p in early]
+    assert got == early and w.rs.stats["data_held_released"] == 3 and w.rs.stats["drop_data_unknown_source"] == 0
+    _direct_roundtrip(w, pid, b"after the move")
+    # The leg just moved (no re-direction): the relay's answer confirmed the path, nothing is sent twice.
+    assert fwd.stats["tx_resent_after_move"] == 0 and all(fp.kept is None for fp in fwd.by_id.values())
+
+
+def _with_cn_behind_a_nat(w: World, mn_place: tuple[Ep, Ep | None]) -> tuple[NodeCore, NodeCore, bytes]:
+    """mn at ``mn_place``, cn behind a NAT of its own, and mn's path to cn, ready at both ends."""
+    mn = w.node("mn", mn_place)
+    cn = w.node("cn", (("10.2.0.20", 7412), ("192.0.2.101", 40004)))
+    pid = w.path("mn", "cn.a.example").path.path_id
+    w.net.run_until(lambda: bool(w.net.events_of("cn", PathReady)))
+    return mn, cn, pid
+
+
+def test_capsules_sent_on_the_old_addressing_are_sent_again_after_the_re_direction() -> None:
+    """mn (global) talks DIRECT to cn behind a NAT; mn moves behind NAT A, where cn's NAT lets nothing
+    of mn's new source through: what mn sends before the re-direction (RS-S now) is lost on the way
+    to cn's mapping, and the data plane sends it again through the relay once the path is confirmed
+    (dataplane/forwarder.py, "After a move"). The peer gets each packet once, in order."""
+    w = World()
+    mn, cn, pid = _with_cn_behind_a_nat(w, GLOBAL)
+    assert _modes(w, pid) == (PathMode.DIRECT, PathMode.DIRECT)
+    _direct_roundtrip(w, pid, b"direct")
+    w.net.drop = lambda src, dst, data: src == "mn" and dst == "cn"  # cn's NAT filters mn's new source
+    h = w.net.hosts["mn"]
+    h.addr, h.public = NAT_A
+    fwd = h.fwd
+    assert fwd is not None
+    fwd.moved()
+    mn.addresses_changed((NAT_A[0],), w.net.now)
+    lost_way = [ipv4_udp(_vip4(mn), _vip4(cn), b"before the re-direction %d" % i) for i in range(3)]
+    for p in lost_way:
+        w.send_ip("mn", p)
+    w.net.run_until(lambda: _modes(w, pid) == (PathMode.RS_S, PathMode.RS_S)
+                    and all(p in w.received("cn") for p in lost_way))
+    assert [p for p in w.received("cn") if p in lost_way] == lost_way
+    assert fwd.stats["tx_resent_after_move"] >= 3
+    _direct_roundtrip(w, pid, b"rs-s")
+    # Settling ends the keep (the daemon calls it MOVE_KEEP after the move); a stale token does not.
+    token = fwd.moved()
+    fwd.settle(token - 1)
+    assert all(fp.kept is not None for fp in fwd.by_id.values())
+    fwd.settle(token)
+    assert all(fp.kept is None for fp in fwd.by_id.values())
+
+
 # -- re-direction: both ends moving, path type changes -------------------------------------------------
 
 
@@ -250,10 +344,7 @@ def test_path_type_follows_the_moves_rss_direct_rss() -> None:
     its NAT is told mn's address and opens its NAT itself); mn going behind another NAT makes it RS-S
     again, through the same relay with the same relay key. One Path ID, one key, roles unchanged."""
     w = World()
-    mn = w.node("mn", NAT_A)
-    cn = w.node("cn", (("10.2.0.20", 7412), ("192.0.2.101", 40004)))
-    pid = w.path("mn", "cn.a.example").path.path_id
-    w.net.run_until(lambda: bool(w.net.events_of("cn", PathReady)))
+    mn, cn, pid = _with_cn_behind_a_nat(w, NAT_A)
     assert _modes(w, pid) == (PathMode.RS_S, PathMode.RS_S)
     roles = (mn.path_info(pid).role, cn.path_info(pid).role)  # type: ignore[union-attr]
     _direct_roundtrip(w, pid, b"rs-s")

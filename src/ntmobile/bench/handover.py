@@ -272,15 +272,24 @@ def _log_time(line: str) -> float | None:
 
 
 def timeline(m: Move, probes: Probes, logs: dict[str, Path], *, before: float = 0.05,
-             after: float = 0.2) -> list[dict[str, Any]]:
+             after: float = 0.2, marks: Sequence[dict[str, Any]] = ()) -> list[dict[str, Any]]:
     """What happened around one move, in ms from the new address being configured: the move itself, the
     daemons' log lines (mn's node: address change, registration, path ready; the peer's and the relays'),
-    and the probes: the last one delivered before, how many sent meanwhile were lost or delivered late
-    (late and none lost: a queue held them, e.g. the kernel's ARP queue), and the first one through."""
+    the daemons' trace marks (``marks``: runtime.trace, every signalling datagram read and sent, with
+    ``t`` already on time.time()'s scale and ``host``), and the probes: the last one delivered before, how
+    many sent meanwhile were lost or delivered late (late and none lost: a queue held them, e.g. the
+    kernel's ARP queue), and the first one through."""
     t0 = m.t_configured
     end = t0 + (m.gap_ms or RECOVERY_DEADLINE * 1000) / 1000 + after
     ev: list[dict[str, Any]] = [{"ms": round((m.t_start - t0) * 1000, 1), "who": "lab", "what": f"move to {m.to}"},
                                 {"ms": 0.0, "who": "lab", "what": "new address and default route configured"}]
+    for mk in marks:
+        tm = float(mk["t"])
+        if m.t_start - before <= tm <= end:
+            what = " ".join(str(mk[k]) for k in ("what", "type", "peer", "name", "mode") if k in mk)
+            if "ms" in mk:  # how long the marked step took (the DC's registry commit)
+                what += f" (took {mk['ms']} ms)"
+            ev.append({"ms": round((tm - t0) * 1000, 1), "who": f"{mk['host']}*", "what": what})
     for who, path in logs.items():
         for line in _lines(path):
             t = _log_time(line)
@@ -332,6 +341,14 @@ class PathType:
     serve_file: bool = False
     #: cn sits behind NAT B (10.2.0.20) instead of on the internet: mn <-> cn needs an RS-S.
     cn_behind_nat: bool = False
+    #: Not ntmobile: Nebula's tunnel mn <-> cn beside it (issue 21), to cn's Nebula address.
+    nebula: bool = False
+
+
+#: Nebula in the handover lab (issue 21): rs1 the lighthouse, mn and cn (global) its peers: a direct
+#: tunnel that roams with mn, beside ntmobile's DIRECT path (the same moves).
+NEBULA_IPS = {"rs1": "10.96.0.1", "mn": "10.96.0.2", "cn": "10.96.0.3"}
+NEBULA_PORT = 4244
 
 
 PATH_TYPES = {
@@ -339,6 +356,8 @@ PATH_TYPES = {
     "direct": PathType("direct", "cn", "cn.b.example", "http://cn.b.example:8080/big.bin", serve_file=True),
     "rs-s": PathType("rs-s", "cn", "cn.b.example", "http://cn.b.example:8080/big.bin", serve_file=True,
                      cn_behind_nat=True),
+    "nebula": PathType("nebula", "cn", NEBULA_IPS["cn"], f"http://{NEBULA_IPS['cn']}:8080/big.bin", serve_file=True,
+                       nebula=True),
 }
 #: cn's link when it sits behind NAT B.
 CN_BEHIND_NAT = [{"network": "netb", "ipv4": "10.2.0.20"}]
@@ -357,6 +376,37 @@ def topology_for(pt: PathType) -> Any:
         spec = topo.host(dc).daemons[0]
         topo = topo.with_host(dc, daemons=[DaemonSpec(kind="dc", config={**spec.config, "traversal": False})])
     return topo
+
+
+#: Daemons whose trace marks (NTM_TRACE=1, runtime.trace) go into the slowest move's timeline, besides
+#: the receiver's node: (host, status command).
+TRACED = (("mn", ("status",)), ("dca", ("dc", "status")), ("dcb", ("dc", "status")), ("rs1", ("rs", "status")),
+          ("rs2", ("rs", "status")))
+
+
+def trace_marks(lab: Any, receivers: Sequence[str] = ()) -> list[dict[str, Any]]:
+    """Every traced daemon's marks with ``host`` and ``t`` moved from CLOCK_MONOTONIC (one clock for
+    the lab's namespaces) to time.time() (the probes' and the moves' clock)."""
+    from .setup import _status
+
+    offset = time.time() - time.monotonic()
+    hosts = {h.name for h in lab.topology.hosts}
+    out = []
+    for host, cmd in (*TRACED, *((r, ("status",)) for r in receivers)):
+        if host in hosts:
+            out += [{**mk, "host": host, "t": mk["t"] + offset} for mk in _status(lab, host, *cmd).get("trace", [])]
+    return out
+
+
+def tcp_retransmits(lab: Any, hosts: Sequence[str]) -> int:
+    """TCP segments the hosts have retransmitted (RetransSegs of /proc/net/snmp, per namespace)."""
+    total = 0
+    for host in hosts:
+        lines = [ln.split() for ln in lab.exec(host, ["cat", "/proc/net/snmp"], check=False).stdout.splitlines()
+                 if ln.startswith("Tcp:")]
+        if len(lines) == 2 and "RetransSegs" in lines[0]:
+            total += int(lines[1][lines[0].index("RetransSegs")])
+    return total
 
 
 def _node_status(lab: Any) -> dict[str, Any]:
@@ -415,7 +465,8 @@ def run_path_type(lab: Any, pt: PathType, moves: int, *, dwell: float = DWELL,
             result["error"] = f"the probe sender stopped: {err or 'exit ' + str(sender.returncode)}"
             return result
         path = next((p for p in _node_status(lab).get("paths", []) if p.get("peer") == pt.target), None)
-        result["mode"] = path.get("mode") if path else None
+        result["mode"] = "NEBULA" if pt.nebula else path.get("mode") if path else None
+        retrans0 = tcp_retransmits(lab, ("mn", pt.receiver))
         # Long enough to span every move (about 1.2 s per move at most), 32 MiB.
         rate = max(200_000, int(33554432 / (moves * (dwell + 0.6) + 5)))
         tcp = lab.popen("mn", [py, "-m", "ntmobile.bench.handover", "fetch", pt.tcp_url, "--rate", str(rate),
@@ -438,9 +489,9 @@ def run_path_type(lab: Any, pt: PathType, moves: int, *, dwell: float = DWELL,
             ok = _wait(recovered, RECOVERY_DEADLINE)
             st = _node_status(lab)
             path = next((p for p in st.get("paths", []) if p.get("peer") == pt.target), None)
-            m.mode = path.get("mode") if path else None
-            at = st.get("handover_at")
-            if isinstance(at, (int, float)) and at >= m.t_start:
+            m.mode = "NEBULA" if pt.nebula else path.get("mode") if path else None
+            at = st.get("handover_at")  # (the NTM node's: nothing to do with Nebula's path)
+            if not pt.nebula and isinstance(at, (int, float)) and at >= m.t_start:
                 m.detect_ms = round((at - m.t_configured) * 1000, 1)
             if not ok:
                 log(f"  move {i + 1} to {to}: no probe came back within {RECOVERY_DEADLINE} s")
@@ -462,11 +513,13 @@ def run_path_type(lab: Any, pt: PathType, moves: int, *, dwell: float = DWELL,
             logs = {h: Path(lab.workdir) / "logs" / f"{h}-{kind}.log"
                     for h, kind in (("mn", "node"), (pt.receiver, "node"), ("rs1", "rs"), ("rs2", "rs"))}
             result["slowest_move"] = {"move": done.index(slowest) + 1, "to": slowest.to, "gap_ms": slowest.gap_ms,
-                                      "timeline": timeline(slowest, probes, logs)}
+                                      "timeline": timeline(slowest, probes, logs,
+                                                           marks=trace_marks(lab, (pt.receiver,)))}
             log(f"  slowest move ({done.index(slowest) + 1}, to {slowest.to}, gap {slowest.gap_ms} ms):")
             for line in format_timeline(result["slowest_move"]["timeline"]):
                 log(line)
-        result["tcp"] = {"url": pt.tcp_url, "sha256": digest, "ok": digest == lab.state.big_file.sha256}
+        result["tcp"] = {"url": pt.tcp_url, "sha256": digest, "ok": digest == lab.state.big_file.sha256,
+                         "retransmits": tcp_retransmits(lab, ("mn", pt.receiver)) - retrans0}
         result["modes"] = sorted({m.mode for m in done if m.mode})
         result.update(summary(done))
         result["probes_sent"] = len(probes.sent)
@@ -495,6 +548,8 @@ def to_markdown(report: dict[str, Any]) -> str:
             continue
         tcp = r.get("tcp")
         tcp_s = "–" if tcp is None else ("survived, sha256 ok" if tcp["ok"] else f"FAILED ({tcp['sha256']})")
+        if tcp is not None and tcp.get("retransmits") is not None:
+            tcp_s += f", {tcp['retransmits']} retransmits"
         modes = " → ".join(r.get("modes") or []) or "–"
         g, e, lo, d = r["gap_ms"], r["echo_gap_ms"], r["lost_probes"], r["detect_ms"]
         lines.append(f"| {r['path_type']} | {r.get('mode')} (seen: {modes}) | {r['moves']} | {r['recovered']} | "
@@ -515,7 +570,9 @@ def run_bench(*, moves: int = 20, path_types: Sequence[str] = ("rs-n", "direct",
     NAT B, a second lab (``PREFIX`` + "s"). With ``attach`` the running lab ``prefix`` is used (left up)
     for the path types its cn placement allows."""
     from ntmobile.lab import Lab
+    from ntmobile.runtime.trace import ENV as TRACE_ENV
 
+    os.environ[TRACE_ENV] = "1"  # the lab's daemons keep the debug timing trace (the slowest move's timeline)
     results: list[dict[str, Any]] = []
     for behind in (False, True):
         group = [PATH_TYPES[n] for n in path_types if PATH_TYPES[n].cn_behind_nat is behind]
@@ -529,13 +586,22 @@ def run_bench(*, moves: int = 20, path_types: Sequence[str] = ("rs-n", "direct",
                 continue
         else:
             lab = Lab.up(topology_for(group[0]), prefix=prefix + ("s" if behind else ""))
+        nebula: dict[str, Any] = {}
         try:
             if lab.network_of("mn") != "neta":
                 lab.move("mn", "neta")
             for pt in group:
+                if pt.nebula and not nebula:
+                    from .setup import start_nebula
+
+                    nebula = start_nebula(lab, Path(lab.workdir), NEBULA_IPS, port=NEBULA_PORT,
+                                          name="nebula-handover", dev="nbh")
                 log(f"{pt.name}: {moves} moves, probes mn -> {pt.target}")
                 results.append(run_path_type(lab, pt, moves, dwell=dwell, log=log))
         finally:
+            for rec in nebula.values():
+                with contextlib.suppress(Exception):
+                    lab.stop(rec)
             if not attach:
                 lab.down()
     cal = host_calibration()

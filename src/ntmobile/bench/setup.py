@@ -337,45 +337,53 @@ NEB_IPS = {"rs1": "10.98.0.1", "mn": "10.98.0.2", "gl": "10.98.0.3"}
 NEB_PORT = 4243
 
 
-def start_nebula(lab: Any, workdir: Path) -> dict[str, Any]:
-    """Nebula 1.6 on rs1 (lighthouse), mn and gl; certificates by nebula-cert; returns mn's process record."""
+def start_nebula(lab: Any, workdir: Path, ips: dict[str, str] | None = None, *, port: int = NEB_PORT,
+                 name: str = "nebula-setup", dev: str = "nbs") -> dict[str, Any]:
+    """Nebula 1.6 on ``ips``' hosts (default NEB_IPS: rs1 the lighthouse, mn and gl; the first host is
+    the lighthouse), certificates by nebula-cert in ``workdir``/``name``; waits until every other host
+    reaches the lighthouse through it; returns the process records by host. (``ntm bench handover``
+    uses it too, with cn for gl.)"""
     import subprocess
 
     from .throughput import NEBULA_NEVER, _ifname
 
-    d = workdir / "nebula-setup"
+    ips = ips or NEB_IPS
+    lighthouse = next(iter(ips))
+    d = workdir / name
     d.mkdir(parents=True, exist_ok=True)
     ca_crt, ca_key = d / "ca.crt", d / "ca.key"
-    subprocess.run(["nebula-cert", "ca", "-name", f"ntm-setup-{lab.prefix}", "-out-crt", str(ca_crt),
+    subprocess.run(["nebula-cert", "ca", "-name", f"ntm-{name}-{lab.prefix}", "-out-crt", str(ca_crt),
                     "-out-key", str(ca_key)], capture_output=True, check=True)
-    lh = lab.addr("rs1", 4)
+    lh = lab.addr(lighthouse, 4)
     recs = {}
-    for host, ip in NEB_IPS.items():
+    for host, ip in ips.items():
         crt, key = d / f"{host}.crt", d / f"{host}.key"
         subprocess.run(["nebula-cert", "sign", "-ca-crt", str(ca_crt), "-ca-key", str(ca_key), "-name", host,
                         "-ip", f"{ip}/24", "-out-crt", str(crt), "-out-key", str(key)], capture_output=True, check=True)
         any_rule = [{"port": "any", "proto": "any", "host": "any"}]
         conf = {
             "pki": {"ca": str(ca_crt), "cert": str(crt), "key": str(key)},
-            "static_host_map": {} if host == "rs1" else {NEB_IPS["rs1"]: [f"{lh}:{NEB_PORT}"]},
-            "lighthouse": {"am_lighthouse": host == "rs1", "interval": 60,
-                           "hosts": [] if host == "rs1" else [NEB_IPS["rs1"]],
+            "static_host_map": {} if host == lighthouse else {ips[lighthouse]: [f"{lh}:{port}"]},
+            "lighthouse": {"am_lighthouse": host == lighthouse, "interval": 60,
+                           "hosts": [] if host == lighthouse else [ips[lighthouse]],
                            "local_allow_list": {"interfaces": {"ntm.*": False}, **NEBULA_NEVER},
                            "remote_allow_list": dict(NEBULA_NEVER)},
-            "listen": {"host": "0.0.0.0", "port": NEB_PORT},
+            "listen": {"host": "0.0.0.0", "port": port},
             "punchy": {"punch": True},
-            "tun": {"dev": _ifname(lab.prefix, "nbs", host[0]), "mtu": 1400},
+            "tun": {"dev": _ifname(lab.prefix, dev, host[0]), "mtu": 1400},
             "firewall": {"outbound": any_rule, "inbound": any_rule},
             "logging": {"level": "info"},
         }
         cfg = d / f"{host}.yml"
         cfg.write_text(json.dumps(conf, indent=1) + "\n")  # JSON is YAML
-        recs[host] = lab.spawn(host, ["nebula", "-config", str(cfg)], f"nebula-setup-{host}")
-    def reaches(host: str) -> Callable[[], bool]:
-        return lambda: _echo_in(lab, host, NEB_IPS["rs1"], 1.0).get("ms") is not None
+        recs[host] = lab.spawn(host, ["nebula", "-config", str(cfg)], f"{name}-{host}")
 
-    for host in ("mn", "gl"):
-        _wait(reaches(host), 20, f"Nebula {host} -> lighthouse")
+    def reaches(host: str) -> Callable[[], bool]:
+        return lambda: _echo_in(lab, host, ips[lighthouse], 1.0).get("ms") is not None
+
+    for host in ips:
+        if host != lighthouse:
+            _wait(reaches(host), 20, f"Nebula {host} -> lighthouse")
     return recs
 
 

@@ -23,9 +23,10 @@ def _chosen(value: str, known: Collection[str], what: str) -> list[str]:
 
 @app.command("handover")
 def handover(moves: int = typer.Option(20, "--moves", min=1, help="moves of mn per path type"),
-             path_types: str = typer.Option("rs-n,direct,rs-s", "--paths",
+             path_types: str = typer.Option("rs-n,direct,rs-s,nebula", "--paths",
                                             help="comma-separated path types: rs-n (to the GN), direct (to cn), "
-                                                 "rs-s (to cn behind NAT B)"),
+                                                 "rs-s (to cn behind NAT B), nebula (Nebula mn -> cn, "
+                                                 "beside direct)"),
              name: str = typer.Option("hob", "--name", help="lab name prefix"),
              attach: bool = typer.Option(False, "--attach", help="use the running handover lab NAME (left up)"),
              dwell: float = typer.Option(0.6, "--dwell", help="seconds of traffic on each network after recovery"),

@@ -78,6 +78,16 @@ REGISTRATION_BACKOFF_INITIAL = 1.0
 REGISTRATION_BACKOFF_MAX = 30.0
 #: Keepalive exchanges in a row without an answer before the client registers again.
 KEEPALIVE_MISSES = 3
+#: RS-S: capsules from a leg's unknown source (the node moved and has not announced itself yet) are
+#: held this long for the leg's announcement (core/rs/hold.py): the node announces itself on noticing
+#: the move; below RTO_INITIAL, since an announcement that is lost is retransmitted only then, and
+#: capsules older than that are better left to the applications' own retransmission.
+MOVE_HOLD = 0.2
+#: After noticing a move the node's data plane keeps what it sends this long, to send it again if a
+#: re-direction moves a path meanwhile (dataplane/forwarder.py): a re-direction's whole exchange
+#: (re-registration, Direction Request, Peer Query, Route Directions, Tunnel Requests) takes 15-150 ms
+#: in the lab; past this the applications' own retransmissions are the better cure.
+MOVE_KEEP = 0.5
 #: The relay's keepalive interval towards a DC whose Registration Response says 0.
 RELAY_KEEPALIVE_DEFAULT = 10.0
 #: The relay gives up one keepalive exchange after min(interval, max), at least min: always before

@@ -14,17 +14,32 @@ Two TUN modes (docs/dataplane.md):
   reassembled, opened once and written with their virtio_net_hdr in one TUN write.
 - **per-packet** (no vnet_hdr): one capsule per IP packet both ways; GSO capsules are dropped (a
   per-packet node never announces Capability.GSO).
+
+**After a move** (``moved``, issue 21) every path keeps the capsules it sends, as sent (sealed, so
+re-sending them uses no nonce again), until the core confirms the path (``PathConfirmed``: the far
+end answered at the path's endpoint) or ``settle``. If the path's endpoint or mode changed in
+between (a re-direction: the old addressing did not work from the new place), they are sent again
+to the confirmed endpoint: what went to the old one is not lost. A capsule that did arrive the first
+time is dropped by the peer's replay window (counted there as a replay). Bounded per path
+(``KEEP_MAX_DATAGRAMS``, ``KEEP_MAX_BYTES``); beyond that nothing more is kept.
+
+**Refused by the kernel** (``send`` False: no route, as between the old address going and the new
+one's route coming; a full buffer): the last ``UNSENT_MAX`` capsules per path are remembered with the
+time, and sent again when the node notices the move (``moved``) and on the path's confirmation, if
+refused within ``MOVE_KEEP`` before. They never left the host, so this sends nothing twice.
 """
 
 from __future__ import annotations
 
 import ipaddress
 import socket
+import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Protocol
 
-from ntmobile.core.node import LegWatch, PathClosed, PathEndpointChanged, PathReady
+from ntmobile.core.node import LegWatch, PathClosed, PathConfirmed, PathEndpointChanged, PathReady
+from ntmobile.core.timing import MOVE_KEEP
 from ntmobile.crypto import AuthError, CapsuleOpener, CapsuleSealer, ReassemblyRefused
 from ntmobile.wire import CodecError
 from ntmobile.wire.constants import TAG_SIZE, Capability, CapsuleFlags, PathMode
@@ -43,6 +58,11 @@ _GSO = int(CapsuleFlags.GSO)
 PATH_MTU = 1500
 #: Bytes a per-packet capsule adds on the wire, worst case (IPv6 outer): 40 + 8 + 36.
 WIRE_OVERHEAD = 40 + 8 + 36
+#: After a move, per path: capsule sends (datagrams or GSO blobs) and bytes kept at most (module docstring).
+KEEP_MAX_DATAGRAMS = 256
+KEEP_MAX_BYTES = 1 << 20
+#: Capsule sends the kernel refused, remembered per path (the oldest go first; module docstring).
+UNSENT_MAX = 64
 
 
 def inner_mtu(path_mtu: int = PATH_MTU) -> int:
@@ -74,8 +94,8 @@ class TunDevice(Protocol):
 class DatagramOut(Protocol):
     """What the forwarder needs of the UDP side: ``udpio.UdpIo`` in the daemon, ``memory.MemoryUdp`` in tests."""
 
-    def send(self, data: bytes | bytearray | memoryview, addr: Endpoint) -> None: ...
-    def send_chunks(self, data: bytes | bytearray | memoryview, size: int, addr: Endpoint) -> None: ...
+    def send(self, data: bytes | bytearray | memoryview, addr: Endpoint) -> bool: ...
+    def send_chunks(self, data: bytes | bytearray | memoryview, size: int, addr: Endpoint) -> bool: ...
 
 
 @dataclass(slots=True)
@@ -98,6 +118,26 @@ class FwdPath:
     #: NAT traversal (core.node.LegWatch, shared with the core): the relay's and the peer's candidate
     #: endpoints, never learnt across modes; where each delivered capsule came from.
     leg: LegWatch | None = None
+    #: After a move: what was sent since, as (datagram or GSO blob, chunk size or 0); None: not keeping.
+    kept: list[tuple[bytes, int]] | None = None
+    kept_bytes: int = 0
+    #: The endpoint or mode changed while keeping (a re-direction): re-send on confirmation.
+    redirected: bool = False
+    #: Sends the kernel refused: (datagram or GSO blob, chunk size or 0, when).
+    unsent: list[tuple[bytes, int, float]] | None = None
+
+    def refused(self, data: bytes, size: int, now: float) -> None:
+        if self.unsent is None:
+            self.unsent = []
+        elif len(self.unsent) >= UNSENT_MAX:
+            del self.unsent[0]
+        self.unsent.append((data, size, now))
+
+    def keep(self, data: bytes, size: int) -> None:
+        kept = self.kept
+        if kept is not None and len(kept) < KEEP_MAX_DATAGRAMS and self.kept_bytes + len(data) <= KEEP_MAX_BYTES:
+            kept.append((data, size))
+            self.kept_bytes += len(data)
 
     def leg_knows(self, addr: Endpoint) -> bool:
         """Besides the learnt endpoint (checked inline first, the per-packet case), ``addr`` may hold
@@ -118,9 +158,12 @@ def _add_since_base(totals: list[int], fp: FwdPath) -> None:
 class NodeForwarder:
     def __init__(self, tun: TunDevice, io: DatagramOut, *, path_mtu: int = PATH_MTU,
                  on_miss: Callable[[bytes], None] | None = None,
-                 on_learn: Callable[[FwdPath, Endpoint], None] | None = None) -> None:
+                 on_learn: Callable[[FwdPath, Endpoint], None] | None = None,
+                 clock: Callable[[], float] = time.monotonic) -> None:
         self.tun = tun
         self.io = io
+        #: Read only when the kernel refuses a send (module docstring), never per packet.
+        self.clock = clock
         self.vnet = tun.vnet_hdr
         self.seg = {fam: chunk_size(path_mtu, fam) - GSO_CHUNK_OVERHEAD for fam in (socket.AF_INET, socket.AF_INET6)}
         self.on_miss = on_miss
@@ -131,7 +174,8 @@ class NodeForwarder:
         self.stats = {"tun_no_path": 0, "rx_auth": 0, "rx_malformed": 0, "rx_unknown_path": 0, "rx_spoofed": 0,
                       "rx_gso_unsupported": 0, "tun_write_dropped": 0, "tun_write_errors": 0, "tx_gso_capsules": 0,
                       "tx_segmented": 0, "rx_gso_capsules": 0, "tun_bad_vnet": 0,
-                      "rx_chunk_unknown_source": 0}
+                      "rx_chunk_unknown_source": 0, "tx_resent_after_move": 0, "tx_unsent_resent": 0}
+        self._moves = 0
         #: Packets and bytes (tx packets, tx bytes, rx packets, rx bytes) by path mode of the paths
         #: gone or of the modes paths left: with the live paths', totals that never go down.
         self.retired: dict[str, list[int]] = {}
@@ -144,6 +188,10 @@ class NodeForwarder:
         old = self.by_id.get(path_id)
         if old is not None:
             fp.tx_packets, fp.tx_bytes, fp.rx_packets, fp.rx_bytes = old.counts()
+            fp.unsent = old.unsent
+            if old.kept is not None:  # keeping since a move: goes on; another mode or endpoint is a re-direction
+                fp.kept, fp.kept_bytes = old.kept, old.kept_bytes
+                fp.redirected = old.redirected or old.mode != mode or old.endpoint != endpoint
             if old.mode != mode:
                 self._retire(old)
                 fp.base = old.counts()
@@ -176,7 +224,57 @@ class NodeForwarder:
     def set_endpoint(self, path_id: bytes, endpoint: Endpoint) -> None:
         fp = self.by_id.get(path_id)
         if fp is not None:
+            if fp.kept is not None and fp.endpoint != endpoint:
+                fp.redirected = True
             fp.endpoint = endpoint
+
+    # -- after a move ---------------------------------------------------------------------------
+    def moved(self) -> int:
+        """The node noticed that it moved: every path keeps what it sends from now on (module
+        docstring). Returns a token for ``settle``."""
+        self._moves += 1
+        for fp in self.by_id.values():
+            fp.kept, fp.kept_bytes, fp.redirected = [], 0, False
+            if fp.unsent and fp.endpoint is not None:
+                self._resend_unsent(fp, fp.endpoint)
+        return self._moves
+
+    def _send(self, fp: FwdPath, data: bytes, size: int, ep: Endpoint) -> None:
+        """Send (``size``: GSO chunks), keep after a move, remember a refusal."""
+        if not (self.io.send_chunks(data, size, ep) if size else self.io.send(data, ep)):
+            fp.refused(data, size, self.clock())
+        elif fp.kept is not None:
+            fp.keep(data, size)
+
+    def _resend_unsent(self, fp: FwdPath, ep: Endpoint) -> None:
+        """What the kernel refused on ``fp`` within MOVE_KEEP, sent again to ``ep`` (older: dropped)."""
+        unsent, fp.unsent = fp.unsent or [], None
+        since = self.clock() - MOVE_KEEP
+        again = [(d, size) for d, size, t in unsent if t >= since]
+        for data, size in again:
+            self._send(fp, data, size, ep)
+        self.stats["tx_unsent_resent"] += len(again)
+
+    def settle(self, token: int) -> None:
+        """Stop keeping (the runtime calls this MOVE_KEEP after ``moved``; a later move's keep goes on)."""
+        if token == self._moves:
+            for fp in self.by_id.values():
+                fp.kept = None
+                fp.kept_bytes = 0
+
+    def confirmed(self, path_id: bytes, endpoint: Endpoint) -> None:
+        """The far end of ``path_id`` answered at ``endpoint``: if a re-direction moved the path since
+        the move, what it kept is sent again there; either way it stops keeping."""
+        fp = self.by_id.get(path_id)
+        if fp is None:
+            return
+        kept, fp.kept, fp.kept_bytes = fp.kept, None, 0
+        if kept and fp.redirected and fp.endpoint == endpoint:
+            for data, size in kept:
+                self._send(fp, data, size, endpoint)
+            self.stats["tx_resent_after_move"] += len(kept)
+        if fp.unsent:
+            self._resend_unsent(fp, endpoint)
 
     def follow(self, ev: object) -> None:
         """Apply a node core event to the forwarding table: a ready path is installed (its peer's VIPs,
@@ -189,6 +287,8 @@ class NodeForwarder:
                      leg=p.leg)
         elif isinstance(ev, PathEndpointChanged):
             self.set_endpoint(ev.path_id, ev.endpoint)
+        elif isinstance(ev, PathConfirmed):
+            self.confirmed(ev.path_id, ev.endpoint)
         elif isinstance(ev, PathClosed):
             self.remove(ev.path_id)
 
@@ -220,17 +320,21 @@ class NodeForwarder:
                 continue
             try:
                 if not off:
-                    io.send(fp.sealer.seal(mv[:n]), ep)
+                    c = fp.sealer.seal(mv[:n])
+                    if not io.send(c, ep):
+                        fp.refused(c, 0, self.clock())
+                    elif fp.kept is not None:
+                        fp.keep(c, 0)
                     fp.tx_packets += 1
                 elif fp.gso:
                     blob, size = fp.sealer.seal_gso(mv[:n], self.seg[socket.AF_INET6 if ":" in ep[0]
                                                                      else socket.AF_INET])
-                    io.send_chunks(blob, size, ep)
+                    self._send(fp, blob, size, ep)
                     self.stats["tx_gso_capsules"] += 1
                     fp.tx_packets += 1
                 else:
                     for pkt in self._per_packet(mv, n):
-                        io.send(fp.sealer.seal(pkt), ep)
+                        self._send(fp, fp.sealer.seal(pkt), 0, ep)
                         fp.tx_packets += 1
             except (vnet.VnetError, CodecError):
                 self.stats["tun_bad_vnet"] += 1

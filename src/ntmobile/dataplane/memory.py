@@ -58,15 +58,19 @@ class MemoryUdp:
     def __init__(self) -> None:
         self.out: list[tuple[bytes, Endpoint]] = []
         self.stats: dict[str, int] = {"tx_datagrams": 0}
+        #: Refuse every send (tests: the host has no route, as in the middle of a move).
+        self.refuse = False
 
-    def send(self, data: bytes | bytearray | memoryview, addr: Endpoint) -> None:
+    def send(self, data: bytes | bytearray | memoryview, addr: Endpoint) -> bool:
+        if self.refuse:  # like a kernel without a route to anywhere (mid-move)
+            return False
         self.out.append((bytes(data), addr))
         self.stats["tx_datagrams"] += 1
+        return True
 
-    def send_chunks(self, data: bytes | bytearray | memoryview, size: int, addr: Endpoint) -> None:
+    def send_chunks(self, data: bytes | bytearray | memoryview, size: int, addr: Endpoint) -> bool:
         mv = memoryview(data)
-        for off in range(0, len(mv), size):
-            self.send(mv[off:off + size], addr)
+        return all([self.send(mv[off:off + size], addr) for off in range(0, len(mv), size)])
 
     def take(self) -> list[tuple[bytes, Endpoint]]:
         out, self.out = self.out, []

@@ -136,31 +136,34 @@ class UdpIo:
                 self.on_batch_end()
 
     # -- send -------------------------------------------------------------------------------------
-    def send(self, data: bytes | bytearray | memoryview, addr: Endpoint) -> None:
+    def send(self, data: bytes | bytearray | memoryview, addr: Endpoint) -> bool:
+        """False when the kernel refused it (no route, e.g. mid-move; full buffer): nothing left."""
         s = self.socks.get(socket.AF_INET6 if ":" in addr[0] else socket.AF_INET)
         if s is None:
             self.stats["tx_errors"] += 1
-            return
+            return False
         try:
             s.sendto(data, addr)
             self.stats["tx_datagrams"] += 1
+            return True
         except BlockingIOError:
             self.stats["tx_dropped"] += 1
         except OSError:
             self.stats["tx_errors"] += 1
+        return False
 
-    def send_chunks(self, data: bytes | bytearray | memoryview, size: int, addr: Endpoint) -> None:
+    def send_chunks(self, data: bytes | bytearray | memoryview, size: int, addr: Endpoint) -> bool:
         """Send back-to-back ``size``-byte datagrams (the last may be shorter) to ``addr``: one
-        UDP_SEGMENT sendmsg per 64 datagrams / 64 KB, or one sendto each without GSO."""
+        UDP_SEGMENT sendmsg per 64 datagrams / 64 KB, or one sendto each without GSO. False when the
+        kernel refused (some of) them."""
         fam = socket.AF_INET6 if ":" in addr[0] else socket.AF_INET
         s = self.socks.get(fam)
         if s is None:
             self.stats["tx_errors"] += 1
-            return
+            return False
         n = len(data)
         if n <= size:
-            self.send(data, addr)
-            return
+            return self.send(data, addr)
         mv = memoryview(data)
         per = min(GSO_MAX_SEGMENTS, GSO_MAX_BYTES // size) * size
         try:
@@ -177,6 +180,7 @@ class UdpIo:
             else:
                 send_segments(s, mv, size, addr)
             self.stats["tx_datagrams"] += -(-n // size)
+            return True
         except BlockingIOError:
             self.stats["tx_dropped"] += 1
         except OSError as exc:
@@ -184,6 +188,7 @@ class UdpIo:
                 self.stats["tx_dropped"] += 1
             else:
                 self.stats["tx_errors"] += 1
+        return False
 
 
 def chunk_size(path_mtu: int, family: int) -> int:

@@ -112,7 +112,7 @@ class RsDaemon:
         self.driver = CoreDriver(self.core, self.on_event, on_flush=self.flush_tun)
         self.fast = FastPaths(self.core, RsFastTable(f"{s.nft_table}_fast", s.port, s.address, s.address6),
                               self.driver.now,
-                              defer=lambda fn: self.driver.loop.call_soon(self.driver.errors.guard("demotion", fn)))
+                              spawn=lambda coro: self._spawn(coro, "demotion"))
         if s.fast_path:
             self.fast.start()
             self._spawn(self._poll_fast(), "fast path poll")

@@ -3,17 +3,19 @@ activity times true for the paths the kernel forwards (docs/dataplane.md, "RS-S 
 
 The decisions (``core.rs.fastpolicy.FastPolicy``) are pure: fed the Relay Table and counters, they
 return what to add and remove. ``FastPaths`` applies them with ``osops.nft.RsFastTable``, once a second
-(``poll``) and, synchronously, on Relay Table events (``on_endpoint``, ``on_removed``): an event
-handler runs before the daemon sends the answer that caused it, so a path that shares a leg
-endpoint with a fast path takes it out of the kernel before any of its data can arrive.
+(``poll``) and on Relay Table events (``on_endpoint``, ``on_removed``). A removed entry leaves the
+kernel synchronously, in the event handler. A moved leg's path (``on_endpoint``) leaves it beside the
+daemon (issue 21): its nft runs go to a worker thread, and the kernel meanwhile forwards only between
+the old endpoints (the moved leg's capsules reach the daemon, which relays them).
 """
 
 from __future__ import annotations
 
-import functools
+import asyncio
 import logging
 from collections import Counter
-from collections.abc import Callable
+from collections.abc import Callable, Coroutine
+from typing import Any
 
 from ntmobile.core.rs import RsCore
 from ntmobile.core.rs.fastpolicy import FastPolicy
@@ -31,10 +33,14 @@ class FastPaths:
     """Applies ``FastPolicy`` with an ``RsFastTable`` and feeds the kernel's counters to the core."""
 
     def __init__(self, core: RsCore, table: RsFastTable, clock: Callable[[], float], *,
-                 policy: FastPolicy | None = None, defer: Callable[[Callable[[], None]], object] | None = None) -> None:
+                 policy: FastPolicy | None = None,
+                 spawn: Callable[[Coroutine[Any, Any, None]], object] | None = None) -> None:
         self.core = core
-        #: Runs a demotion after the current flush (the daemon: loop.call_soon), else at once.
-        self.defer = defer
+        #: Runs a moved leg's demotion as a task (the daemon's), its two nft runs in a worker thread, so
+        #: the event loop goes on relaying meanwhile; without it, at once.
+        self.spawn = spawn
+        #: Paths whose demotion is running (never promoted meanwhile).
+        self.demoting: set[bytes] = set()
         self.clock = clock
         self.table = table
         self.policy = policy or FastPolicy(table.local4, table.local6)
@@ -77,21 +83,38 @@ class FastPaths:
 
     # -- Relay Table events (synchronous: before the daemon's answer leaves) ----------------------
     def on_endpoint(self, path_id: bytes, addr: Endpoint) -> None:
-        """A leg moved (handover): the paths it conflicts with leave the kernel. With ``defer`` that
-        happens right after the flush that sends the relay's answer (issue 21): the two nft runs of a
-        demotion (counters, removal) took ~35 ms on a loaded machine and held the moved node's Tunnel
-        Response, and the kernel forwards the old endpoints meanwhile either way."""
+        """A leg moved (handover): the paths it conflicts with leave the kernel. With ``spawn`` that
+        runs beside the daemon (issue 21): the two nft runs of a demotion (counters, removal) took
+        ~35 ms on a loaded machine; run in the event handler they held the moved node's Tunnel
+        Response, run after it on the loop they held every capsule the relay had to forward meanwhile
+        (the moved leg's first ones among them: 23 ms in a bench move). The kernel forwards only
+        between the old endpoints meanwhile either way; the moved leg's capsules reach the daemon."""
         if self.enabled:
             for pid in self.policy.conflicts(self.table.paths, path_id, addr):
-                if self.defer is None:
+                if self.spawn is None:
                     self._demote(pid, "leg endpoint changed or shared")
-                else:
+                elif pid not in self.demoting:
                     self.stats["demotions_deferred"] += 1
-                    self.defer(functools.partial(self._demote_if_fast, pid, "leg endpoint changed or shared"))
+                    self.demoting.add(pid)
+                    self.spawn(self._demote_beside(pid, "leg endpoint changed or shared"))
 
-    def _demote_if_fast(self, path_id: bytes, why: str) -> None:
-        if self.enabled and path_id in self.table:
-            self._demote(path_id, why)
+    async def _demote_beside(self, path_id: bytes, why: str) -> None:
+        """``_demote`` with its nft runs in a worker thread; the core hears of the counters on the loop."""
+        try:
+            if not (self.enabled and path_id in self.table):
+                return
+            try:
+                counts, _posted = await asyncio.to_thread(self.table.counters)
+                if not self.enabled:
+                    return  # closed or given up meanwhile (the table is gone)
+                self._account(counts, only=path_id)
+                await asyncio.to_thread(self.table.remove, path_id)
+            except NftError as exc:
+                self.disable(f"cannot remove path {path_id.hex()}: {exc}")
+                return
+            self._forget(path_id, why)
+        finally:
+            self.demoting.discard(path_id)
 
     def on_removed(self, path_id: bytes) -> None:
         if self.enabled and path_id in self.table:
@@ -104,6 +127,9 @@ class FastPaths:
         except NftError as exc:
             self.disable(f"cannot remove path {path_id.hex()}: {exc}")
             return
+        self._forget(path_id, why)
+
+    def _forget(self, path_id: bytes, why: str) -> None:
         self._counts.pop(path_id, None)
         self._idle.pop(path_id, None)
         self.stats["demoted"] += 1
@@ -118,8 +144,9 @@ class FastPaths:
             if not self.enabled:
                 return
             for pid in self.policy.idle(self._idle):
-                self._demote(pid, "idle")
-        fast = {p.path_id for p in self.table.paths}
+                if pid not in self.demoting:
+                    self._demote(pid, "idle")
+        fast = {p.path_id for p in self.table.paths} | self.demoting  # (a demotion running: not now)
         for p in self.policy.candidates(self.core.rs_s_entries(), self.core.entries, fast):
             try:
                 self.table.add(p)
@@ -141,20 +168,7 @@ class FastPaths:
         except NftError as exc:
             self.disable(f"cannot read counters: {exc}")
             return
-        when = self.clock()
-        pre = 0
-        for pid, c in counts.items():
-            if only is not None and pid != only:
-                continue
-            old = self._counts.get(pid, (0, 0, 0, 0))
-            d = tuple(x - y for x, y in zip(c, old, strict=True))
-            self._counts[pid] = c
-            pre += d[0] + d[2]
-            if d[0] or d[2]:
-                self._idle[pid] = 0
-                self.core.kernel_forwarded(pid, (d[0], d[1]), (d[2], d[3]), when)
-            elif pid in self._idle:
-                self._idle[pid] += 1
+        pre = self._account(counts, only)
         if only is None:
             sent, self._posted = posted - self._posted, posted
             if pre >= 8 and not sent:
@@ -162,6 +176,27 @@ class FastPaths:
                 # policy of drop, a missing route) eats them. The daemon relays those paths.
                 self.disable("datagrams rewritten for forwarding never left (does a forward-chain "
                              "policy drop them? see docs/operations.md)")
+
+    def _account(self, counts: dict[bytes, tuple[int, int, int, int]], only: bytes | None = None) -> int:
+        """Hand the kernel's counters' progress (of ``only``, or of every fast path) to the core;
+        returns the packets it forwarded since the last read."""
+        when = self.clock()
+        pre = 0
+        for pid, c in counts.items():
+            if only is not None and pid != only:
+                continue
+            old = self._counts.get(pid, (0, 0, 0, 0))
+            d = tuple(x - y for x, y in zip(c, old, strict=True))
+            if min(d) < 0:
+                continue  # read before a newer read was accounted (a demotion's, beside the poll)
+            self._counts[pid] = c
+            pre += d[0] + d[2]
+            if d[0] or d[2]:
+                self._idle[pid] = 0
+                self.core.kernel_forwarded(pid, (d[0], d[1]), (d[2], d[3]), when)
+            elif pid in self._idle:
+                self._idle[pid] += 1
+        return pre
 
     def snapshot(self) -> dict[str, object]:
         return {"enabled": self.enabled, "disabled_reason": self.disabled_reason, "table": self.table.name,

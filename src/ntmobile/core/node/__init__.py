@@ -14,6 +14,7 @@ from .events import (
     LookupFallback,
     NodeConfig,
     PathClosed,
+    PathConfirmed,
     PathEndpointChanged,
     PathFailed,
     PathInfo,
@@ -26,7 +27,7 @@ from .paths import PATH_TRANSITIONS, PathState, PathStateError
 
 __all__ = [
     "DcProbed", "EARLY_MAX", "LegWatch", "PATH_TRANSITIONS", "RETIRED_KEYS", "LookupFallback", "NodeConfig", "NodeCore",
-    "PathClosed",
+    "PathClosed", "PathConfirmed",
     "PathEndpointChanged", "PathFailed", "PathInfo", "PathProbed", "PathReady", "PathState", "PathStateError",
     "Registered",
     "RegistrationFailed",

@@ -110,6 +110,17 @@ class PathEndpointChanged(Event):
 
 
 @dataclass(frozen=True, slots=True)
+class PathConfirmed(Event):
+    """An established path's far end (the peer, or the relay once both legs are known) answered our
+    Tunnel Request at ``endpoint``, or (DIRECT) sent us one from there: capsules sent there arrive now.
+    The data plane re-sends there what it kept since a move if a re-direction moved the path
+    (dataplane/forwarder.py, ``NodeForwarder.moved``)."""
+
+    path_id: bytes
+    endpoint: Endpoint
+
+
+@dataclass(frozen=True, slots=True)
 class PathClosed(Event):
     path_id: bytes
     reason: str

@@ -21,7 +21,7 @@ from __future__ import annotations
 import functools
 from dataclasses import dataclass
 
-from ntmobile.wire import Keepalive, PathMode, PathRole, RouteDirection
+from ntmobile.wire import Endpoint, Keepalive, PathMode, PathRole, RouteDirection
 
 from ..common import Timer, _Pending, new_txid
 from ..timing import (
@@ -72,8 +72,8 @@ class NodeLiveness(NodeDirections):
             self._live_timer = self._call_at(self._now_hint + LIVENESS_SAMPLE, self._sample)
 
     # hooks: a path that becomes established or is re-directed may need the sampler
-    def _establish(self, path: _Path) -> None:
-        super()._establish(path)
+    def _establish(self, path: _Path, addr: Endpoint | None = None) -> None:
+        super()._establish(path, addr)
         self._ensure_sampler()
 
     def _redirected(self, path: _Path, rd: RouteDirection, role: PathRole, mode: PathMode, now: float) -> None:

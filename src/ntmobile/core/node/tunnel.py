@@ -42,7 +42,17 @@ from ntmobile.wire import (
 from ..common import CoreBase, new_txid
 from ..registration import RegistrationClient
 from ..timing import MOVED_GRACE, PATH_PROBE_TIMEOUT, RELAY_RELEASE_TIMEOUT, TUNNEL_TIMEOUT, node_keepalive_timeout
-from .events import LegWatch, NodeConfig, PathClosed, PathEndpointChanged, PathFailed, PathProbed, PathReady, Registered
+from .events import (
+    LegWatch,
+    NodeConfig,
+    PathClosed,
+    PathConfirmed,
+    PathEndpointChanged,
+    PathFailed,
+    PathProbed,
+    PathReady,
+    Registered,
+)
 from .paths import KeepaliveTag, PathProbeTag, PathState, RelayReleaseTag, TunnelTag, _Path
 from .traversal import (
     Action,
@@ -398,14 +408,14 @@ class NodeTunnels(CoreBase):
             path.peer_caps = msg.capabilities
             self._reply(path.sig, TunnelResponse(capabilities=self.config.capabilities, observed=addr), header.txid,
                         addr, flags=self._sig_flags(path))
-            self._establish(path)
+            self._establish(path, addr)
         elif isinstance(msg, TunnelResponse):
             if self._answered(path.sig, header.txid) is None:
                 self.stats["drop_late_response"] += 1
                 return
             self._learn(path, addr)
             path.peer_caps = msg.capabilities
-            self._establish(path)
+            self._establish(path, addr)
         elif isinstance(msg, Keepalive):
             self._learn(path, addr)
             self._reply(path.sig, KeepaliveAck(observed=addr), header.txid, addr, flags=self._sig_flags(path))
@@ -417,13 +427,15 @@ class NodeTunnels(CoreBase):
         else:
             self.stats["drop_unexpected"] += 1
 
-    def _establish(self, path: _Path) -> None:
+    def _establish(self, path: _Path, addr: Endpoint | None = None) -> None:
         first = not path.established
         if first:
             path.move(PathState.ESTABLISHED)
         if first or path.request_ids:
             self._emit(PathReady(path.info(), tuple(path.request_ids)))
             path.request_ids.clear()
+        elif addr is not None and addr == path.endpoint:
+            self._emit(PathConfirmed(path.path_id, addr))  # (after a move: the data plane's kept capsules)
         if first:
             self._start_path_keepalives(path)
         if first and path.mode is PathMode.RS_N:

@@ -20,6 +20,14 @@ MAX_PROBES = 256
 RETIRED_KEYS_MAX = 8
 #: Keys remembered as used by the whole relay (32 bytes each; beyond Relay Table size at default limits).
 USED_KEYS_MAX = 1 << 16
+#: RS-S capsules held from a leg's new source while the leg moves (hold.py): per leg, datagrams and
+#: bytes (about 20 ms of a 30 Mbit/s flow) and distinct sources ...
+HOLD_MAX_DATAGRAMS = 64
+HOLD_MAX_BYTES = 96 * 1024
+HOLD_SOURCES = 2
+#: ... and for the whole relay: bytes, and legs holding at once.
+HOLD_TOTAL_BYTES = 4 << 20
+HOLD_MAX_LEGS = 256
 
 
 @dataclass(frozen=True, slots=True)

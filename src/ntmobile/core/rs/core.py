@@ -38,6 +38,7 @@ from .config import ID_SIZE, RsConfig
 from .dclinks import DcSignalling, _Dc
 from .events import RelayRemoved
 from .forward import DataPath, GsoSend, TunPacket
+from .hold import MoveHold
 from .table import AnyEntry, Leg, RelayTable, RsnEntry, RssEntry, _ep
 
 
@@ -89,6 +90,7 @@ class RsCore(DcSignalling, DataPath):
         self._probing = {}
         self._probe_tokens = {}
         self._probe_token = 0
+        self._moving = MoveHold(self.stats)
 
     # -- API ---------------------------------------------------------------------------------------
     def register(self, now: float) -> None:
@@ -153,6 +155,9 @@ class RsCore(DcSignalling, DataPath):
         idle = self.table.next_expiry()
         if idle is not None:
             t = idle if t is None else min(t, idle)
+        held = self._moving.deadline()  # RS-S capsules held while a leg moves
+        if held is not None:
+            t = held if t is None else min(t, held)
         reasm = PROCESS_POOL.deadline()  # partial GSO capsules of the RS-N paths
         if reasm is not None:
             t = reasm if t is None else min(t, reasm)
@@ -164,6 +169,7 @@ class RsCore(DcSignalling, DataPath):
             self.stats["relays_idle"] += 1
             self.stats["relays_removed"] += 1
             self._emit(RelayRemoved(e, "idle"))
+        self._moving.expire(now)
         PROCESS_POOL.expire(now)
 
     def kernel_forwarded(self, path_id: bytes, i2r: tuple[int, int], r2i: tuple[int, int], now: float) -> bool:
@@ -243,13 +249,13 @@ class RsCore(DcSignalling, DataPath):
             e.drops += 1
             self.stats["drop_unexpected"] += 1
             return
-        handler(self, e, leg, hdr, msg, addr)
+        handler(self, e, leg, hdr, msg, addr, now)
 
     def _on_tunnel_request(self, e: AnyEntry, leg: Leg, hdr: SignalHeader, msg: TunnelRequest,
-                           addr: Endpoint) -> None:
+                           addr: Endpoint, now: float) -> None:
         self.stats["tunnel_requests"] += 1
         leg.capabilities = msg.capabilities
-        self._learn(e, leg, addr)
+        self._learn(e, leg, addr, now)
         if isinstance(e, RsnEntry):
             self._reply(leg.channel, TunnelResponse(capabilities=self.config.capabilities,
                                                     observed=_observed(addr)),
@@ -259,9 +265,10 @@ class RsCore(DcSignalling, DataPath):
             if not self._answer_legs(e):
                 self.stats["tunnel_wait_other_leg"] += 1
 
-    def _on_path_keepalive(self, e: AnyEntry, leg: Leg, hdr: SignalHeader, msg: Keepalive, addr: Endpoint) -> None:
+    def _on_path_keepalive(self, e: AnyEntry, leg: Leg, hdr: SignalHeader, msg: Keepalive, addr: Endpoint,
+                           now: float) -> None:
         self.stats["path_keepalives"] += 1
-        self._learn(e, leg, addr)
+        self._learn(e, leg, addr, now)
         self._reply(leg.channel, KeepaliveAck(observed=_observed(addr)), hdr.txid, addr, flags=leg.reply_flags)
         if isinstance(e, RssEntry):
             self._answer_legs(e)
@@ -288,7 +295,7 @@ class RsCore(DcSignalling, DataPath):
 
 
 #: What a node may send on a path's leg, by message type (anything else is counted and dropped).
-_LEG_MESSAGES: dict[type[Message], Callable[[RsCore, AnyEntry, Leg, SignalHeader, Any, Endpoint], None]] = {
+_LEG_MESSAGES: dict[type[Message], Callable[[RsCore, AnyEntry, Leg, SignalHeader, Any, Endpoint, float], None]] = {
     TunnelRequest: RsCore._on_tunnel_request,
     Keepalive: RsCore._on_path_keepalive,
 }

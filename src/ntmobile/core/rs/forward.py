@@ -20,6 +20,7 @@ from ntmobile.wire.frame import GSO_CHUNK_OVERHEAD
 from ..common import CoreBase
 from .config import VNET_HDR_SIZE, RsConfig
 from .events import RelayEndpointChanged
+from .hold import MoveHold
 from .table import AnyEntry, EntryState, Leg, RelayEntry, RsnEntry, RssEntry
 
 # Plain ints for the data path: ``int & IntFlag`` goes through enum's Python-level __rand__ and
@@ -42,6 +43,8 @@ class DataPath(CoreBase):
     _by_vips: dict[tuple[bytes, bytes], RsnEntry]
     _tun: list[TunPacket]
     _gso_out: list[GsoSend]
+    #: RS-S capsules from legs' new sources, held while the legs move (hold.py).
+    _moving: MoveHold
 
     def relay_data(self, data: bytes | bytearray | memoryview, addr: Endpoint, now: float) -> Endpoint | None:
         """A data capsule datagram (the runtime's fast path; ``data`` may be a view of a receive
@@ -143,12 +146,18 @@ class DataPath(CoreBase):
             # GSO chunks are forwarded like any capsule: the far node reassembles and opens them.
             src, dst = (e.responder, e.initiator) if from_responder else (e.initiator, e.responder)
             if src.endpoint != addr:
-                e.drops += 1
-                self.stats["drop_data_unknown_source"] += 1
+                # Perhaps the leg's node moved and its announcement is on the way: held, forwarded
+                # only if the leg moves to ``addr`` on an authenticated datagram (hold.py).
+                if not self._moving.hold((e.path_id, bool(from_responder)), addr, data, now):
+                    e.drops += 1
+                    self.stats["drop_data_unknown_source"] += 1
                 return None
             if dst.endpoint is None:
-                e.drops += 1
-                self.stats["drop_no_leg"] += 1
+                # From the leg's learnt endpoint, to a leg not announced yet (a re-direction onto this
+                # relay: the other node's Tunnel Request is on the way): held the same way.
+                if not self._moving.hold((e.path_id, bool(from_responder)), addr, data, now):
+                    e.drops += 1
+                    self.stats["drop_no_leg"] += 1
                 return None
             e.last_active = now
             if from_responder:
@@ -204,17 +213,41 @@ class DataPath(CoreBase):
         e.packets_i2r += 1
         e.bytes_i2r += len(payload)
         if e.initiator.endpoint != addr:
-            self._learn(e, e.initiator, addr)
+            self._learn(e, e.initiator, addr, now)
         self._tun.append((payload, gso))
 
-    def _learn(self, e: RelayEntry, leg: Leg, addr: Endpoint) -> None:
-        """An authenticated ``addr`` for ``leg``: the entry is ACTIVE once every leg has one."""
+    def _learn(self, e: RelayEntry, leg: Leg, addr: Endpoint, now: float) -> None:
+        """An authenticated ``addr`` for ``leg``: the entry is ACTIVE once every leg has one. RS-S:
+        the capsules held from ``addr`` for this leg (it moved) go to the other leg now."""
         if leg.endpoint != addr:
             leg.endpoint = addr
             self.stats["endpoint_learned"] += 1
             if e.state is EntryState.WAITING and all(x.endpoint is not None for x in e.legs()):
                 e.move(EntryState.ACTIVE)
             self._emit(RelayEndpointChanged(e.path_id, leg.role, addr))
+            if isinstance(e, RssEntry) and self._moving:
+                # Both ways: what the moved leg sent from ``addr``, and what the other leg sent
+                # from its endpoint while this one was not known yet.
+                for from_responder in (False, True):
+                    self._release_held(e, from_responder, now)
+
+    def _release_held(self, e: RssEntry, from_responder: bool, now: float) -> None:
+        """Forward what was held from one leg's current endpoint to the other leg's (in arrival
+        order), once both are known; capsules held from other sources go."""
+        src, dst = (e.responder, e.initiator) if from_responder else (e.initiator, e.responder)
+        if src.endpoint is None or dst.endpoint is None:
+            return  # still held (until MOVE_HOLD)
+        held = self._moving.release((e.path_id, from_responder), src.endpoint, now)
+        dst_ep = dst.endpoint
+        for data in held:
+            self._send(data, dst_ep)
+        if held:
+            e.last_active = now
+            sizes = sum(map(len, held))
+            if from_responder:
+                e.packets_r2i, e.bytes_r2i = e.packets_r2i + len(held), e.bytes_r2i + sizes
+            else:
+                e.packets_i2r, e.bytes_i2r = e.packets_i2r + len(held), e.bytes_i2r + sizes
 
 
 @lru_cache(maxsize=64)
