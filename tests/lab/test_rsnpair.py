@@ -18,6 +18,7 @@ import time
 
 import pytest
 
+from ntmobile.bench.failover import _restart, _Session
 from ntmobile.lab import Lab
 
 from .conftest import LabFactory, wait_for
@@ -152,28 +153,9 @@ def standby_ready(lab: Lab, rs: str) -> dict | None:
     return None
 
 
-class SshLines:
-    """An interactive ssh session from mn to the GN printing a line every 0.1 s; arrival times at mn."""
-
-    def __init__(self, lab: Lab) -> None:
-        self.proc = lab.popen("mn", ["ssh", "-4", "-o", "ConnectTimeout=10", "root@www.gn.example",
-                                     "while :; do echo tick; sleep 0.1; done"], name="ssh",
-                              stdout=subprocess.PIPE, stderr=subprocess.DEVNULL)
-        self.arrivals: list[float] = []
-        threading.Thread(target=self._read, daemon=True).start()
-
-    def _read(self) -> None:
-        assert self.proc.stdout is not None
-        for _ in self.proc.stdout:
-            self.arrivals.append(time.monotonic())
-
-    def gap_after(self, t0: float) -> float:
-        seen = list(self.arrivals)
-        return max(b - max(a, t0) for a, b in zip(seen, seen[1:], strict=False) if b > t0)
-
-    def back_after(self, t0: float) -> bool:
-        seen = self.arrivals
-        return bool(seen) and time.monotonic() - 0.5 < seen[-1] and seen[-1] > t0 + 0.5
+#: An interactive ssh session from mn to the GN printing a line every 50 ms, arrival times at mn (the
+#: bench's own: the same measurement).
+SshLines = _Session
 
 
 def kill_and_measure(lab: Lab, ssh: SshLines, active: str, other: str) -> float:
@@ -229,8 +211,6 @@ def test_second_kill_after_the_relay_returns_is_as_fast(lab_factory: LabFactory)
     """After the first kill and switch, the killed relay starts again; the DC installs a new standby
     leg there (mn asked for it after switching), so a kill -9 of the new active relay (rs2) switches
     as fast, back to rs1, and the same ssh session carries on."""
-    from ntmobile.bench.failover import _restart
-
     lab = lab_factory("rsnpair", bare=False)
     one_holder(lab, "rs1")
     wait_for(lambda: status(lab).get("registered"), 15, "mn registered")
