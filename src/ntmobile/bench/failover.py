@@ -53,6 +53,8 @@ class Kill:
     rebuilt_s: float | None = None
     survived: bool = False
     new_relay: str | None = None
+    #: The path had a ready standby leg at the kill (the pair with rsn_pairs: the node switches to it).
+    standby: bool = False
 
 
 def _logged(log: Path, text: str, since: float) -> float | None:
@@ -146,7 +148,7 @@ def _restart(lab: Any, rec: Any, pair: bool) -> None:
 
 def _one_kill(lab: Any, session: _Session, path: dict[str, Any], pair: bool, node_log: Path) -> tuple[Kill, Any]:
     """Kill the relay of ``path``; measure until traffic is back. Returns the kill and the relay's record."""
-    k = Kill(path["rs"])
+    k = Kill(path["rs"], standby=bool((path.get("standby") or {}).get("ready")))
     rec = next(r for r in lab.state.processes if r.host == k.relay and r.name == "rs")
     vip = path["peer_vip4"]
     t0, wall0 = time.monotonic(), time.time()
@@ -172,7 +174,8 @@ def _one_kill(lab: Any, session: _Session, path: dict[str, Any], pair: bool, nod
         ready = _logged(node_log, f"ready: RS_N via {k.new_relay}", wall0)
         if ready is not None:
             k.rebuilt_s = round(ready - wall0, 3)
-    seen = _wait(lambda: _logged(node_log, "closed: the relay stopped answering", wall0 - 0.5), 5, 0.2)
+    seen = _wait(lambda: _logged(node_log, "closed: the relay stopped answering", wall0 - 0.5)
+                 or _logged(node_log, "switched to its standby leg", wall0 - 0.5), 5, 0.2)
     if seen:
         k.noticed_s = round(seen - wall0, 3)
     return k, rec
@@ -202,11 +205,15 @@ def run_case(lab: Any, case: str, kills: int, log: Callable[[str], None] = print
             k, rec = _one_kill(lab, session, path, pair, node_log)
             done.append(k)
             log(f"  kill {i + 1:2d} of {k.relay}: gap {k.gap_s} s, noticed {k.noticed_s} s, "
-                f"via {k.new_relay} by {k.rebuilt_s} s, flow {'survived' if k.survived else 'broken'}")
+                f"via {k.new_relay} by {k.rebuilt_s} s{' (standby leg)' if k.standby else ''}, "
+                f"flow {'survived' if k.survived else 'broken'}")
             if not pair:
                 _stop(session.proc)  # (its TCP connection is gone: a new session for the next kill)
                 session = None
             _restart(lab, rec, pair)
+            if pair:
+                # the DC installs a new standby leg at the restarted relay (rsn_pairs): ready before the next kill
+                _wait(lambda: bool(((_path(lab) or {}).get("standby") or {}).get("ready")), 10, 0.1)
     finally:
         if session is not None and session.proc.poll() is None:
             _stop(session.proc)
@@ -220,7 +227,7 @@ def summary(kills: Sequence[Kill]) -> dict[str, Any]:
         return {"median": round(statistics.median(xs), 2) if xs else None, "max": max(xs) if xs else None}
 
     return {"kills": len(kills), "recovered": sum(k.gap_s is not None for k in kills),
-            "survived": sum(k.survived for k in kills),
+            "survived": sum(k.survived for k in kills), "standby": sum(k.standby for k in kills),
             "gap_s": stat([k.gap_s for k in kills if k.gap_s is not None]),
             "noticed_s": stat([k.noticed_s for k in kills if k.noticed_s is not None]),
             "rebuilt_s": stat([k.rebuilt_s for k in kills if k.rebuilt_s is not None])}

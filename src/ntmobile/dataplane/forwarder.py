@@ -27,6 +27,14 @@ time is dropped by the peer's replay window (counted there as a replay). Bounded
 one's route coming; a full buffer): the last ``UNSENT_MAX`` capsules per path are remembered with the
 time, and sent again when the node notices the move (``moved``) and on the path's confirmation, if
 refused within ``MOVE_KEEP`` before. They never left the host, so this sends nothing twice.
+
+**Standby legs** (RS-N pair, issue 20; core/node/standby.py): a path's standby leg (``StandbyReady``)
+is a path of its own here (its Path ID, sealer and opener) that only receives: nothing is sent on it
+and it holds none of the path's VIPs. The first capsule authenticated on it (the shared address moved
+to its relay) makes it the path at once: the VIPs go to it (``on_standby`` tells the core, which
+switches too and closes the old path). When the core switches first (the relay's death noticed), its
+``PathReady`` of the leg does the same. What the old path kept or could not send is its own: sealed
+under the old path's key for a relay that is gone, never re-sent on the leg (TCP sends it again).
 """
 
 from __future__ import annotations
@@ -38,7 +46,16 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Protocol
 
-from ntmobile.core.node import LegWatch, PathClosed, PathConfirmed, PathEndpointChanged, PathReady
+from ntmobile.core.node import (
+    LegWatch,
+    PathClosed,
+    PathConfirmed,
+    PathEndpointChanged,
+    PathInfo,
+    PathReady,
+    StandbyGone,
+    StandbyReady,
+)
 from ntmobile.core.timing import MOVE_KEEP
 from ntmobile.crypto import AuthError, CapsuleOpener, CapsuleSealer, ReassemblyRefused
 from ntmobile.wire import CodecError
@@ -125,6 +142,8 @@ class FwdPath:
     redirected: bool = False
     #: Sends the kernel refused: (datagram or GSO blob, chunk size or 0, when).
     unsent: list[tuple[bytes, int, float]] | None = None
+    #: A standby leg (module docstring): the Path ID of the path it stands by for; None once it is one.
+    standby_of: bytes | None = None
 
     def refused(self, data: bytes, size: int, now: float) -> None:
         if self.unsent is None:
@@ -159,6 +178,7 @@ class NodeForwarder:
     def __init__(self, tun: TunDevice, io: DatagramOut, *, path_mtu: int = PATH_MTU,
                  on_miss: Callable[[bytes], None] | None = None,
                  on_learn: Callable[[FwdPath, Endpoint], None] | None = None,
+                 on_standby: Callable[[FwdPath], None] | None = None,
                  clock: Callable[[], float] = time.monotonic) -> None:
         self.tun = tun
         self.io = io
@@ -168,13 +188,15 @@ class NodeForwarder:
         self.seg = {fam: chunk_size(path_mtu, fam) - GSO_CHUNK_OVERHEAD for fam in (socket.AF_INET, socket.AF_INET6)}
         self.on_miss = on_miss
         self.on_learn = on_learn
+        self.on_standby = on_standby
         self.by_dst: dict[bytes, FwdPath] = {}
         self.by_id: dict[bytes, FwdPath] = {}
         self.buf = bytearray(MAX_PACKET)
         self.stats = {"tun_no_path": 0, "rx_auth": 0, "rx_malformed": 0, "rx_unknown_path": 0, "rx_spoofed": 0,
                       "rx_gso_unsupported": 0, "tun_write_dropped": 0, "tun_write_errors": 0, "tx_gso_capsules": 0,
                       "tx_segmented": 0, "rx_gso_capsules": 0, "tun_bad_vnet": 0,
-                      "rx_chunk_unknown_source": 0, "tx_resent_after_move": 0, "tx_unsent_resent": 0}
+                      "rx_chunk_unknown_source": 0, "tx_resent_after_move": 0, "tx_unsent_resent": 0,
+                      "rx_standby_switches": 0}
         self._moves = 0
         #: Packets and bytes (tx packets, tx bytes, rx packets, rx bytes) by path mode of the paths
         #: gone or of the modes paths left: with the live paths', totals that never go down.
@@ -201,6 +223,27 @@ class NodeForwarder:
         for v in packed:
             self.by_dst[v] = fp
         return fp
+
+    def add_standby(self, active_id: bytes, leg: PathInfo) -> FwdPath:
+        """The standby leg ``leg`` of path ``active_id``: it receives only, until it is the path (module
+        docstring). Replaces the path's previous standby leg."""
+        for old in [f for f in self.by_id.values() if f.standby_of == active_id and f.path_id != leg.path_id]:
+            self.remove(old.path_id)
+        packed = frozenset(ipaddress.ip_address(v).packed for v in (leg.peer_vip4, leg.peer_vip6) if v)
+        fp = FwdPath(leg.path_id, leg.sealer, leg.opener, packed, leg.endpoint, learn=True,
+                     gso=bool(leg.capabilities & Capability.GSO) and self.vnet, mode=leg.mode.name,
+                     standby_of=active_id)
+        self.by_id[leg.path_id] = fp
+        return fp
+
+    def _take_over(self, fp: FwdPath) -> None:
+        """Standby leg ``fp`` authenticated a capsule: it is the path now (its VIPs go to it)."""
+        fp.standby_of = None
+        for v in fp.peer_vips:
+            self.by_dst[v] = fp
+        self.stats["rx_standby_switches"] += 1
+        if self.on_standby is not None:
+            self.on_standby(fp)
 
     def remove(self, path_id: bytes) -> None:
         fp = self.by_id.pop(path_id, None)
@@ -291,6 +334,12 @@ class NodeForwarder:
             self.confirmed(ev.path_id, ev.endpoint)
         elif isinstance(ev, PathClosed):
             self.remove(ev.path_id)
+        elif isinstance(ev, StandbyReady):
+            self.add_standby(ev.path_id, ev.standby)
+        elif isinstance(ev, StandbyGone):
+            fp = self.by_id.get(ev.standby_id)
+            if fp is not None and fp.standby_of is not None:
+                self.remove(ev.standby_id)
 
     # -- TUN → UDP -------------------------------------------------------------------------------
     def on_tun_readable(self) -> None:
@@ -426,6 +475,8 @@ class NodeForwarder:
             return
         fp.rx_packets += 1
         fp.rx_bytes += len(inner) - off
+        if fp.standby_of is not None:
+            self._take_over(fp)
         leg = fp.leg
         if leg is not None:
             if addr == leg.relay:

@@ -86,7 +86,8 @@ class MemoryNode:
     def __init__(self, core: NodeCore, *, vnet_hdr: bool = False) -> None:
         self.core = core
         self.tun, self.udp = MemoryTun(vnet_hdr=vnet_hdr), MemoryUdp()
-        self.fwd = NodeForwarder(self.tun, self.udp, on_learn=self._learnt)
+        self.fwd = NodeForwarder(self.tun, self.udp, on_learn=self._learnt,
+                                 on_standby=lambda fp: core.standby_used(fp.path_id, self._now))
         # The forwarder's plain dict first: the core's Counter answers 0 for any key.
         self.stats: ChainMap[str, int] = ChainMap(self.fwd.stats, core.stats)
         self._now = 0.0

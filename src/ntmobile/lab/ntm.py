@@ -144,6 +144,7 @@ def build_dc(ctx: DaemonContext) -> DaemonLaunch:
         keepalive=int(c.get("keepalive", 15)), idle_timeout=int(c.get("idle_timeout", 120)),
         pools=PoolSettings(vip4=c.get("vip4", "100.64.1.0/24"), vip6=c.get("vip6", "fd00:6e74:1::/64")),
         rsn_allow=_rsn_allow(c), metrics=_metrics("dc"), traversal=bool(c.get("traversal", True)),
+        rsn_pairs=[[str(a), str(b)] for a, b in c.get("rsn_pairs", [])],
     )
     path = ctx.workdir / "dc.toml"
     dump(settings, path)

@@ -194,12 +194,26 @@ class DcSettings(_Model):
     replicas: list[ReplicaSettings] = Field([], description="the other replicas of this domain's DC (shared "
                                             "PostgreSQL database); enrolled credentials list them")
     rsn_allow: list[str] = _RSN_ALLOW
+    rsn_pairs: list[list[str]] = Field([], description="RS-N pairs (docs/operations.md \"RS-N pair\"): each two relay "
+                                       "names; an RS-N path at one gets a standby leg at the other")
     traversal: bool = Field(True, description="NAT traversal: RS-S paths between nodes whose NATs allow it also get "
                             "punch candidates and become DIRECT once probes succeed (false: every such path stays "
                             "relayed)")
 
     _a = field_validator("address")(_addr)
     _allow = field_validator("rsn_allow")(_prefixes)
+
+    @field_validator("rsn_pairs")
+    @classmethod
+    def _pairs(cls, v: list[list[str]]) -> list[list[str]]:
+        seen: set[str] = set()
+        for pair in v:
+            if len(pair) != 2 or pair[0] == pair[1] or not all(pair):
+                raise ValueError(f"{pair!r}: an RS-N pair is two different relay names, like [\"rs1\", \"rs2\"]")
+            if seen & set(pair):
+                raise ValueError(f"{pair!r}: a relay is in at most one RS-N pair")
+            seen.update(pair)
+        return v
 
     @field_validator("ns_addresses", "resolvers")
     @classmethod

@@ -165,7 +165,7 @@ class DcDaemon:
         cfg = DcConfig(s.domain, self.dc_id, keepalive=s.keepalive, relay_keepalive=s.relay_keepalive,
                        idle_timeout=s.idle_timeout, extra_domains=tuple(s.extra_domains), secret=self.secret,
                        peers=tuple((p.domain.rstrip(".").lower(), p.key_bytes) for p in s.peers), probe=probe,
-                       rsn_allow=tuple(s.rsn_allow),
+                       rsn_allow=tuple(s.rsn_allow), rsn_pairs=tuple((a, b) for a, b in s.rsn_pairs),
                        rsn_refuse=rsn_refused((s.pools.vip4, s.pools.vip6, s.pools.gn_vip4, s.pools.gn_vip6),
                                               (s.address, *s.ns_addresses)), address=s.address, port=s.port,
                        traversal=s.traversal,

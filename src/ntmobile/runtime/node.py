@@ -37,6 +37,8 @@ from ntmobile.core.node import (
     PathReady,
     Registered,
     RegistrationFailed,
+    StandbyGone,
+    StandbyReady,
 )
 from ntmobile.core.stubpolicy import StubPolicy, failure_rcode, normalize
 from ntmobile.core.timing import (
@@ -165,7 +167,8 @@ class NodeDaemon:
         self.udpio = UdpIo(self.driver.sockets(), self.on_capsule, self.driver.on_datagram, on_run=self.on_run)
         errors = self.driver.errors
         self.fwd = NodeForwarder(self.tun, self.udpio, path_mtu=PATH_MTU, on_miss=errors.guard("on_miss", self.on_miss),
-                                 on_learn=errors.guard("on_learn", self.on_learn))
+                                 on_learn=errors.guard("on_learn", self.on_learn),
+                                 on_standby=errors.guard("on_standby", self.on_standby))
         self.udpio.start(loop, self.driver.transports.values())
         loop.add_reader(self.tun.fileno(), errors.guard("TUN read", self.fwd.on_tun_readable))
         self.stub = stub = StubServer(self.on_dns_query, self.on_dns_query_held)
@@ -479,6 +482,11 @@ class NodeDaemon:
         elif isinstance(ev, PathClosed):
             self.paths.pop(ev.path_id, None)
             log.info("path %s closed: %s", ev.path_id.hex(), ev.reason)
+        elif isinstance(ev, StandbyReady):
+            log.info("path %s has a standby leg %s via %s", ev.path_id.hex(), ev.standby.path_id.hex(),
+                     ev.standby.rs_name)
+        elif isinstance(ev, StandbyGone):
+            log.info("path %s: standby leg %s gone", ev.path_id.hex(), ev.standby_id.hex())
         elif isinstance(ev, PathProbed | DcProbed):
             fut = self._probe_waiters.pop(("path" if isinstance(ev, PathProbed) else "dc", ev.probe_id), None)
             if fut is not None and not fut.done():
@@ -544,6 +552,11 @@ class NodeDaemon:
 
     def on_run(self, data: memoryview, size: int, addr: tuple[str, int], now: float) -> int:
         return self.fwd.on_run(data, size, addr, now)
+
+    def on_standby(self, fp: FwdPath) -> None:
+        """Data arrived on a path's standby leg (RS-N pair): the core switches the path to it."""
+        self.core.standby_used(fp.path_id, self.driver.now())
+        self.driver.flush()
 
     def on_learn(self, fp: FwdPath, addr: tuple[str, int]) -> None:
         self.core.note_data(fp.path_id, addr, self.driver.now())

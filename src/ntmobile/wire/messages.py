@@ -85,6 +85,10 @@ class DirectionRequest(Message):
     path_id: bytes | None = _f(Attr.PATH_ID, Kind.ID8)
     #: 1: a direct (punched) path failed: direct this path as plain RS-S, no punch candidates.
     no_punch: int | None = _f(Attr.NO_PUNCH, Kind.U8)
+    #: 1, with ``path_id`` of an RS-N path (issue 20, RS-N pair): this node now sends on that path
+    #: (it switched to it as its standby leg, or its standby leg was lost): install a new standby leg
+    #: at the other relay of the pair once it is up.
+    standby: int | None = _f(Attr.STANDBY, Kind.U8)
 
 
 @dataclass(frozen=True, slots=True)
@@ -110,6 +114,9 @@ class RelayDirection(Message):
     node_endpoint: Endpoint | None = _f(Attr.NODE_ENDPOINT, Kind.ENDPOINT)
     responder_endpoint: Endpoint | None = _f(Attr.RESPONDER_ENDPOINT, Kind.ENDPOINT)
     capabilities: int = _f(Attr.CAPABILITIES, Kind.U32, default=0)
+    #: 1 (RS-N): the standby leg of an RS-N pair (issue 20): accepted while this relay is the pair's
+    #: standby (the shared address at the other relay), which refuses other new RS-N paths.
+    standby: int | None = _f(Attr.STANDBY, Kind.U8)
 
 
 @dataclass(frozen=True, slots=True)
@@ -151,6 +158,12 @@ class RouteDirection(Message):
     #: milliseconds after this message until the node starts probing them.
     punch_endpoints: tuple[Endpoint, ...] = _rep(Attr.PUNCH_ENDPOINT, Kind.ENDPOINT)
     punch_delay: int | None = _f(Attr.PUNCH_DELAY, Kind.U16)
+    #: RS-N pair (issue 20): the path's standby leg at the pair's other relay, with its own Path ID
+    #: and its own key (never the path's): where the node switches by itself if the relay dies.
+    standby_path_id: bytes | None = _f(Attr.STANDBY_PATH_ID, Kind.ID8)
+    standby_key: bytes | None = _f(Attr.STANDBY_KEY, Kind.KEY32)
+    standby_rs_endpoint: Endpoint | None = _f(Attr.STANDBY_RS_ENDPOINT, Kind.ENDPOINT)
+    standby_rs_name: str | None = _f(Attr.STANDBY_RS_NAME, Kind.STR)
 
 
 @dataclass(frozen=True, slots=True)

@@ -74,6 +74,11 @@ class Attr(IntEnum):
     NO_PUNCH = 0x2E
     RECV_FLOOR = 0x2F
     RELAY_ONLY = 0x30
+    STANDBY_PATH_ID = 0x31
+    STANDBY_KEY = 0x32
+    STANDBY_RS_ENDPOINT = 0x33
+    STANDBY_RS_NAME = 0x34
+    STANDBY = 0x35
 
 
 class Kind(IntEnum):

@@ -28,6 +28,9 @@ class DcConfig:
     #: always refused (the VIP and GN-VIP pools, the DC's own addresses). docs/security.md "RS-N targets".
     rsn_allow: tuple[str, ...] = ()
     rsn_refuse: tuple[str, ...] = ()
+    #: RS-N pairs (issue 20, docs/operations.md "RS-N pair"): relay names two by two. An RS-N path
+    #: directed at one gets a standby leg at the other (its own Path ID and key).
+    rsn_pairs: tuple[tuple[str, str], ...] = ()
     #: The DC's public signalling endpoint, as joined nodes' credentials name it (core/join.py).
     address: str = ""
     port: int = DC_PORT
@@ -45,6 +48,15 @@ class DcConfig:
     def replica_name(self) -> str:
         """This replica's "address:port" (what the registry records as the holder of its sessions)."""
         return f"[{self.address}]:{self.port}" if ":" in self.address else f"{self.address}:{self.port}"
+
+    def pair_partner(self, rs: str | None) -> str | None:
+        """The other relay of ``rs``'s RS-N pair, or None."""
+        for a, b in self.rsn_pairs:
+            if rs == a:
+                return b
+            if rs == b:
+                return a
+        return None
 
     def own_domain(self, fqdn: str) -> str | None:
         """The domain of this DC that ``fqdn`` belongs to, or None."""

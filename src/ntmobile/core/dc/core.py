@@ -51,6 +51,7 @@ from .redirect import Redirects
 from .registration import Registration
 from .replicas import ReplicaRelays
 from .sessions import SessionTable, _Session
+from .standby import Standbys
 
 #: A handler of one message type on a session: (session, header, message, address, now).
 _Handler = Callable[..., None]
@@ -80,6 +81,8 @@ class DcCore(CoreBase):
         self.replica_relays = ReplicaRelays(self)
         self.peering = Peering(self)
         self.redirects = Redirects(self)
+        #: Standby legs of RS-N paths through an RS-N pair (standby.py).
+        self.standbys = Standbys(self)
         #: Nodes joining with a token (core/join.py).
         self.joins = JoinDesk(JoinDeskConfig(config.dc_id, config.address, config.port, config.domain,
                                                   tuple(r for r in config.replicas if r != config.replica_name)), store,
@@ -281,5 +284,6 @@ class DcCore(CoreBase):
                 self.redirects.move_paths_off(s.record.name, now)
         self.redirects.sweep(now)
         self.directions.sweep(now)
+        self.standbys.sweep(now)
         self.peering.sweep(now)
         self._call_at(now + self.config.relay_keepalive, self._sweep)

@@ -78,6 +78,7 @@ from .paths import (
 )
 from .replicas import ProxyTag, is_proxy
 from .sessions import _Session
+from .standby import StandbyTag
 
 if TYPE_CHECKING:
     from .core import DcCore
@@ -121,6 +122,9 @@ class Directions:
     def on_request(self, node: _Session, header: SignalHeader, msg: DirectionRequest, addr: Endpoint,
                    now: float) -> None:
         core = self._core
+        if msg.path_id is not None and msg.standby and node.record.role is Role.NODE:
+            core.standbys.on_request(node, header, msg, now)  # a new standby leg (standby.py)
+            return
         key = (node.record.client_id, header.txid)
         existing = self._asked.get(key)
         if existing is not None:
@@ -481,6 +485,9 @@ class Directions:
         if isinstance(tag, ProxyTag):  # the Relay Direction of another replica, given to our relay
             core.replica_relays.relay_answered(tag, header, msg, now)
             return
+        if isinstance(tag, StandbyTag):  # a standby leg of an RS-N pair (standby.py)
+            core.standbys.relay_answered(rs, tag, header, msg, now)
+            return
         if not isinstance(tag, RelayTag) or tag.flow.state is not S.RELAYING or tag.flow.path_id != msg.path_id:
             return
         f, leg = tag.flow, tag.leg
@@ -601,6 +608,8 @@ class Directions:
             paths.rsn_by_gn[(node.record.name, gn_map)] = pid
             if superseded is not None and superseded != pid:
                 paths.release(superseded, now)  # (its relay has dropped it already if it is this one)
+            if isinstance(f, GnDirection) and f.leg.rs is not None and not is_proxy(f.leg.rs):
+                core.standbys.directed(node, route, f.leg.msg, rs_name, now)  # an RS-N pair: its standby leg
         core.stats["paths_directed"] += 1
         core._emit(DirectionDecision(node.record.name, f.fqdn, Status.OK, PathMode(route.mode), rs_name, pid,
                                      tuple(f.evidence), now - f.started))

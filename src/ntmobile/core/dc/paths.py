@@ -121,10 +121,11 @@ class PathTable:
 
     def release(self, path_id: bytes, now: float) -> None:
         """Forget a path and tell its relay (if any) to drop it."""
+        core = self._core
+        core.standbys.released(path_id, now)  # (its standby leg, if it has one: standby.py)
         rec = self.records.pop(path_id, None)
         if rec is None or rec.rs is None:
             return
-        core = self._core
         rs = core.clients.relay_named(rec.rs)
         if rs is not None:
             core._request(rs.channel, PathRelease(path_id=path_id), new_txid(core._rand), rs.endpoint, now,

@@ -145,6 +145,8 @@ class Registration:
             self._batch.append((session, data_out, lt, header.txid, addr))
         core.stats["registrations"] += 1
         core._emit(ClientRegistered(record.name, record.role, record.vip4, record.vip6, addr, nat))
+        if record.role is Role.RELAY:
+            core.standbys.relay_up(record.name, now)  # (an RS-N pair's standby legs: core/dc/standby.py)
 
     def _response(self, s: _Session, addr: Endpoint) -> RegistrationResponse:
         rec, config = s.record, self._core.config

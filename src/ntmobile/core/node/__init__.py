@@ -22,6 +22,8 @@ from .events import (
     PathReady,
     Registered,
     RegistrationFailed,
+    StandbyGone,
+    StandbyReady,
 )
 from .paths import PATH_TRANSITIONS, PathState, PathStateError
 
@@ -30,5 +32,5 @@ __all__ = [
     "PathClosed", "PathConfirmed",
     "PathEndpointChanged", "PathFailed", "PathInfo", "PathProbed", "PathReady", "PathState", "PathStateError",
     "Registered",
-    "RegistrationFailed",
+    "RegistrationFailed", "StandbyGone", "StandbyReady",
 ]

@@ -60,8 +60,8 @@ from .events import (
     RegistrationFailed,
     status_of,
 )
-from .liveness import NodeLiveness
 from .paths import DcProbeTag, NatProbeTag
+from .standby import NodeStandby
 
 #: Tunnel Requests held for a path we do not know yet (for EARLY_HOLD seconds): at most this many.
 EARLY_MAX = 16
@@ -78,7 +78,7 @@ _REGISTRATION_POLICY = RegistrationPolicy(
     bad_key_reason=None)
 
 
-class NodeCore(NodeLiveness):
+class NodeCore(NodeStandby):
     """An NTM node. See the module docstring and docs/protocol.md."""
 
     def __init__(self, config: NodeConfig, now: float, *, seq_base: int = 1, counter: CounterFloor | None = None,
@@ -134,6 +134,7 @@ class NodeCore(NodeLiveness):
         #: starts again under a key, whatever the DC sends (docs/security.md §3).
         self._used_keys = UsedKeys(RETIRED_KEYS)
         self._init_liveness(now)  # busy relayed paths: a dead relay within 2 s (liveness.py)
+        self._init_standby()  # RS-N pairs: standby legs (standby.py)
 
     # -- registration with the DC (core.registration) ------------------------------------------
     def _registration_request(self, ephemeral: bytes) -> RegistrationRequest:
@@ -206,6 +207,9 @@ class NodeCore(NodeLiveness):
                 "tx_packets": p.tx_packets, "tx_bytes": p.tx_bytes, "rx_packets": p.rx_packets,
                 "rx_bytes": p.rx_bytes, "created": p.created,
                 "traversal": p.traversal.snapshot(p.created) if p.traversal is not None else None,
+                "standby": ({"path_id": p.standby.path_id.hex(), "rs": p.standby.rd.rs_name,
+                             "endpoint": list(p.standby.endpoint) if p.standby.endpoint else None,
+                             "ready": p.standby.established} if p.standby is not None else None),
             })
         return out
 
@@ -271,6 +275,8 @@ class NodeCore(NodeLiveness):
             self._on_dc(header, data, addr, now)
         elif header.sender in self._paths:
             self._on_tunnel(self._paths[header.sender], header, data, addr, now)
+        elif header.sender in self._standby_legs:
+            self._on_standby_signal(self._standby_legs[header.sender], header, data, addr, now)
         elif header.type is MessageType.TUNNEL_REQUEST and len(data) <= MAX_SIGNAL_SIZE:
             # Unauthenticated until its path arrives: at most EARLY_MAX of at most MAX_SIGNAL_SIZE
             # bytes, for EARLY_HOLD seconds.

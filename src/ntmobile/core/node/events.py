@@ -155,3 +155,21 @@ class DcProbed(Event):
 
     probe_id: int
     rtt: float | None
+
+
+@dataclass(frozen=True, slots=True)
+class StandbyReady(Event):
+    """An RS-N path ``path_id`` has a standby leg (issue 20, RS-N pair): the data plane opens what
+    arrives on it (``standby.path_id``, its own key) and, on the first authenticated capsule, sends the
+    path's traffic there. Replaces the path's previous standby leg, if any."""
+
+    path_id: bytes
+    standby: PathInfo
+
+
+@dataclass(frozen=True, slots=True)
+class StandbyGone(Event):
+    """The standby leg ``standby_id`` of path ``path_id`` is gone (lost, replaced, its path closed)."""
+
+    path_id: bytes
+    standby_id: bytes

@@ -97,6 +97,13 @@ class RedirectTag:
 
 
 @dataclass(frozen=True, slots=True)
+class StandbyAskTag:
+    """A Direction Request asking for a new standby leg of an RS-N path (issue 20)."""
+
+    path_id: bytes
+
+
+@dataclass(frozen=True, slots=True)
 class RelayReleaseTag:
     """A relay-only Path Release of a punched path (issue 16)."""
 
@@ -143,6 +150,11 @@ class _Path:
     leg_watch: LegWatch | None = None
     #: The relay-only Path Release in flight (after the relay leg's grace period), if any.
     relay_release: _Pending | None = None
+    #: RS-N pair (issue 20, core/node/standby.py): the path's standby leg at the pair's other relay (a
+    #: path record of its own: Path ID, key, sealer and opener), and on a standby leg the Path ID of the
+    #: path it stands by for.
+    standby: _Path | None = None
+    standby_of: bytes | None = None
 
     @property
     def established(self) -> bool:

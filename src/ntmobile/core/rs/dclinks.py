@@ -271,7 +271,11 @@ class DcSignalling(CoreBase):
             self.stats["relay_direction_bad"] += 1
             self._direction_response(session, pid, hdr.txid, addr, Status.BAD_REQUEST)
             return
-        if msg.rs_type == RsType.N and self.standby:
+        if msg.rs_type == RsType.N and msg.standby:
+            # A path's standby leg (issue 20, RS-N pair): the GN's answers come here only once the shared
+            # address does, and then the node switches to this leg. Accepted whichever relay holds it.
+            self.stats["relay_direction_standby_leg"] += 1
+        elif msg.rs_type == RsType.N and self.standby:
             # The pair's shared address is at the other relay: the GN's answers would not come here.
             self.stats["relay_direction_standby"] += 1
             self._direction_response(session, pid, hdr.txid, addr, Status.BUSY)
