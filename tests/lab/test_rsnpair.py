@@ -78,15 +78,23 @@ def test_shared_ipv6_address_is_usable_at_once_after_a_takeover(lab_factory: Lab
     from it; the GN's neighbour entry for it follows (keepalived's unsolicited NA)."""
     lab = lab_factory("rsnpair", bare=False)
     one_holder(lab, "rs1")
+
+    def mac(host: str) -> str:
+        link = lab.exec(host, ["ip", "-j", "link", "show", "internet"], timeout=10).stdout
+        return str(json.loads(link)[0]["address"])
+
+    def gn_neighbour() -> str | None:
+        neigh = json.loads(lab.exec("gn", ["ip", "-6", "-j", "neigh", "show", SHARED6], timeout=10).stdout)
+        return neigh[0].get("lladdr") if neigh else None
+    lab.exec("gn", ["ping", "-6", "-c", "1", "-W", "2", SHARED6], timeout=10)
+    assert gn_neighbour() == mac("rs1")
     os.kill(proc(lab, "rs1", "rs"), signal.SIGKILL)
     one_holder(lab, "rs2")
     line = next(ln for ln in lab.exec("rs2", ["ip", "-6", "-o", "addr", "show"], timeout=10).stdout.splitlines()
                 if f" {SHARED6}/" in ln)
     assert "tentative" not in line and "nodad" in line and "deprecated" in line, line
-    rs2_mac = json.loads(lab.exec("rs2", ["ip", "-j", "link", "show", "internet"], timeout=10).stdout)[0]["address"]
-    lab.exec("gn", ["ping", "-6", "-c", "1", "-W", "2", SHARED6], timeout=10)
-    neigh = json.loads(lab.exec("gn", ["ip", "-6", "-j", "neigh", "show", SHARED6], timeout=10).stdout)
-    assert neigh and neigh[0].get("lladdr") == rs2_mac, neigh
+    # The GN's entry follows without the GN sending anything (keepalived's unsolicited NA, override).
+    wait_for(lambda: gn_neighbour() == mac("rs2"), 3, "the GN's neighbour entry for the shared address at rs2")
 
 
 def test_relay_death_moves_the_shared_address(lab_factory: LabFactory) -> None:
