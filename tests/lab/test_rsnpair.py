@@ -27,14 +27,15 @@ pytestmark = [pytest.mark.root, pytest.mark.lab]
 
 NTM = [sys.executable, "-m", "ntmobile"]
 SHARED = "192.0.2.25"
+SHARED6 = "2001:db8:1::25"
 PAIR = ("rs1", "rs2")
 
 
-def holders(lab: Lab) -> list[str]:
+def holders(lab: Lab, shared: str = SHARED) -> list[str]:
     out = []
     for h in PAIR:
-        cp = lab.exec(h, ["ip", "-4", "-o", "addr", "show"], timeout=10)
-        if f" {SHARED}/" in cp.stdout:
+        cp = lab.exec(h, ["ip", "-o", "addr", "show"], timeout=10)
+        if f" {shared}/" in cp.stdout:
             out.append(h)
     return out
 
@@ -45,7 +46,9 @@ def proc(lab: Lab, host: str, name: str) -> int:
 
 
 def one_holder(lab: Lab, host: str, timeout: float = 10) -> None:
-    wait_for(lambda: holders(lab) == [host], timeout, f"{SHARED} only on {host}")
+    """Both shared addresses (IPv4 and IPv6: one VRRP instance) on ``host`` only."""
+    wait_for(lambda: holders(lab) == [host] and holders(lab, SHARED6) == [host], timeout,
+             f"{SHARED} and {SHARED6} only on {host}")
 
 
 def test_vrrp_moves_the_shared_address_on_kill(lab_factory: LabFactory) -> None:
@@ -65,7 +68,33 @@ def test_vrrp_moves_the_shared_address_on_kill(lab_factory: LabFactory) -> None:
     # kill -9 of the now active relay daemon: rs2's track_script fails, rs2 gives the address up; with
     # rs1's keepalived gone nobody holds it (rs1's relay is alive, but its keepalived is dead).
     os.kill(proc(lab, "rs2", "rs"), signal.SIGKILL)
-    wait_for(lambda: holders(lab) == [], 5, f"{SHARED} released by rs2 (its relay died)")
+    wait_for(lambda: holders(lab) == [] and holders(lab, SHARED6) == [], 5,
+             f"{SHARED} and {SHARED6} released by rs2 (its relay died)")
+
+
+def test_shared_ipv6_address_is_usable_at_once_after_a_takeover(lab_factory: LabFactory) -> None:
+    """The shared IPv6 address moves with the IPv4 one and is never tentative at the new holder (no
+    DAD: keepalived adds its VIPs with nodad), deprecated so the relay's own traffic never leaves
+    from it; the GN's neighbour entry for it follows (keepalived's unsolicited NA)."""
+    lab = lab_factory("rsnpair", bare=False)
+    one_holder(lab, "rs1")
+
+    def mac(host: str) -> str:
+        link = lab.exec(host, ["ip", "-j", "link", "show", "internet"], timeout=10).stdout
+        return str(json.loads(link)[0]["address"])
+
+    def gn_neighbour() -> str | None:
+        neigh = json.loads(lab.exec("gn", ["ip", "-6", "-j", "neigh", "show", SHARED6], timeout=10).stdout)
+        return neigh[0].get("lladdr") if neigh else None
+    lab.exec("gn", ["ping", "-6", "-c", "1", "-W", "2", SHARED6], timeout=10)
+    assert gn_neighbour() == mac("rs1")
+    os.kill(proc(lab, "rs1", "rs"), signal.SIGKILL)
+    one_holder(lab, "rs2")
+    line = next(ln for ln in lab.exec("rs2", ["ip", "-6", "-o", "addr", "show"], timeout=10).stdout.splitlines()
+                if f" {SHARED6}/" in ln)
+    assert "tentative" not in line and "nodad" in line and "deprecated" in line, line
+    # The GN's entry follows without the GN sending anything (keepalived's unsolicited NA, override).
+    wait_for(lambda: gn_neighbour() == mac("rs2"), 3, "the GN's neighbour entry for the shared address at rs2")
 
 
 def test_relay_death_moves_the_shared_address(lab_factory: LabFactory) -> None:
@@ -158,7 +187,7 @@ def standby_ready(lab: Lab, rs: str) -> dict | None:
 SshLines = _Session
 
 
-def kill_and_measure(lab: Lab, ssh: SshLines, active: str, other: str) -> float:
+def kill_and_measure(lab: Lab, ssh: SshLines, active: str, other: str, *, label: str = "ssh session") -> float:
     """kill -9 of the relay ``active`` under the session: mn switches its path to the standby leg via
     ``other`` by itself; returns the session's longest time without a line."""
     t0, wall0 = time.monotonic(), time.time()
@@ -171,7 +200,7 @@ def kill_and_measure(lab: Lab, ssh: SshLines, active: str, other: str) -> float:
     gap = ssh.gap_after(t0)
     closed_at = closed_after(lab, wall0 - 1)
     assert closed_at is not None, "mn did not log the switch to the standby leg"
-    print(f"ssh session: kill -9 of {active}: mn switched to the standby leg via {other} "
+    print(f"{label}: kill -9 of {active}: mn switched to the standby leg via {other} "
           f"{closed_at - wall0:.2f} s after (path via {other} seen by {switched:.2f} s), {gap:.2f} s without a line")
     assert ssh.proc.poll() is None  # the same session, not a new one
     n = len(ssh.arrivals)
@@ -184,21 +213,35 @@ def kill_and_measure(lab: Lab, ssh: SshLines, active: str, other: str) -> float:
 STANDBY_GAP = 2.3
 
 
-def test_ssh_session_survives_kill_of_the_active_relay(lab_factory: LabFactory) -> None:
+@pytest.mark.parametrize("family", ["-4", "-6"], ids=["ipv4", "ipv6"])
+def test_ssh_session_survives_kill_of_the_active_relay(lab_factory: LabFactory, family: str) -> None:
     """An interactive ssh session through RS-N carries on after kill -9 of the active relay: the shared
     address moves to rs2, conntrackd has already put the session's NAT binding there, and the node
     switches its path to the standby leg the DC installed at rs2 (its own Path ID and key) by itself,
     without asking the DC. Nothing in the test looks the name up again or sends anything: mn's ssh only
-    acknowledges the session's lines. The gap is measured at mn (arrival times of the session's lines)."""
+    acknowledges the session's lines. The gap is measured at mn (arrival times of the session's lines).
+    IPv6: the session goes to the GN's IPv6 address (its GN VIP6), SNAT to the shared IPv6 address,
+    whose conntrack entry conntrackd syncs to rs2 as the IPv4 one."""
     lab = lab_factory("rsnpair", bare=False)
     one_holder(lab, "rs1")
     wait_for(lambda: status(lab).get("registered"), 15, "mn registered")
-    ssh = SshLines(lab)
+    if family == "-6":
+        cp = lab.exec("mn", ["ssh", "-6", "-o", "ConnectTimeout=10", "root@www.gn.example", "echo $SSH_CONNECTION"],
+                      timeout=30)
+        assert cp.stdout.split()[0] == SHARED6  # the GN sees the pair's shared address, not rs1's own
+    ssh = SshLines(lab, family=family)
     try:
         wait_for(lambda: len(ssh.arrivals) > 10, 20, "the ssh session's first lines")
         path = wait_for(lambda: standby_ready(lab, "rs2"), 10, "mn's path with a standby leg at rs2")
         assert path["rs"] == "rs1" and path["standby"]["path_id"] != path["path_id"]
-        gap = kill_and_measure(lab, ssh, "rs1", "rs2")
+        if family == "-6":
+            def synced() -> bool:
+                cp = lab.exec("rs2", ["conntrack", "-L", "-f", "ipv6", "-p", "tcp", "--dport", "22"], check=False,
+                              timeout=10)
+                return any("ESTABLISHED" in ln and f"src=2001:db8:1::40 dst={SHARED6} sport=22" in ln
+                           for ln in cp.stdout.splitlines())
+            wait_for(synced, 10, "the IPv6 session's entry synced to rs2")
+        gap = kill_and_measure(lab, ssh, "rs1", "rs2", label=f"ssh session ({family})")
         st = status(lab)["stats"]
         assert st.get("rsn_standby_switches") == 1 and not st.get("rsn_rebuilds")
         assert gap < STANDBY_GAP, gap
@@ -235,7 +278,8 @@ def test_second_kill_after_the_relay_returns_is_as_fast(lab_factory: LabFactory)
 BIG = 200_000_000
 
 
-def test_200mb_download_survives_kill_of_the_active_relay(lab_factory: LabFactory) -> None:
+@pytest.mark.parametrize("family", ["-4", "-6"], ids=["ipv4", "ipv6"])
+def test_200mb_download_survives_kill_of_the_active_relay(lab_factory: LabFactory, family: str) -> None:
     """A 200 MB HTTP download from the GN through RS-N (curl at mn, busybox httpd at the GN) carries on
     after kill -9 of the active relay, a quarter of the way in: the node notices on the busy path and
     switches to its standby leg via rs2 by itself, the shared address and the synced NAT binding are on rs2, and
@@ -256,10 +300,10 @@ def test_200mb_download_survives_kill_of_the_active_relay(lab_factory: LabFactor
         f.write(tail)
     os.chmod(www / "big200.bin", 0o644)
     # (One request first, so the path via rs1 is up and the download itself starts at full speed.)
-    lab.exec("mn", ["curl", "-sS", "-4", "-m", "10", "-o", "/dev/null", "http://www.gn.example/"], timeout=20)
+    lab.exec("mn", ["curl", "-sS", family, "-m", "10", "-o", "/dev/null", "http://www.gn.example/"], timeout=20)
     path = wait_for(lambda: standby_ready(lab, "rs2"), 10, "mn's path with a standby leg at rs2")
     assert path["rs"] == "rs1"
-    curl = lab.popen("mn", ["curl", "-sS", "-4", "-m", "50", "http://www.gn.example/big200.bin"], name="curl",
+    curl = lab.popen("mn", ["curl", "-sS", family, "-m", "50", "http://www.gn.example/big200.bin"], name="curl",
                      stdout=subprocess.PIPE, stderr=subprocess.DEVNULL)
     got = hashlib.sha256()
     arrivals: list[tuple[float, int]] = []  # (monotonic time, bytes so far)
@@ -289,7 +333,11 @@ def test_200mb_download_survives_kill_of_the_active_relay(lab_factory: LabFactor
         assert closed_at is not None, "mn did not log the switch to the standby leg"
         st = status(lab)
         [new] = st["paths"]
-        print(f"200 MB download: relay killed at {at_kill / 1e6:.0f} MB, mn switched to the standby leg "
+        if family == "-6":  # the download went by the GN's IPv6 address, SNAT to the shared one
+            entry = f"src=2001:db8:1::40 dst={SHARED6} sport=80"
+            assert entry in lab.exec("rs2", ["conntrack", "-L", "-f", "ipv6"], check=False, timeout=10).stdout
+        fam = "IPv6" if family == "-6" else "IPv4"
+        print(f"200 MB download ({fam}): relay killed at {at_kill / 1e6:.0f} MB, mn switched to the standby leg "
               f"{closed_at - wall0:.2f} s later, {gap:.2f} s without a byte, complete {done:.2f} s after the kill, "
               f"sha256 right; now via {new['rs']}")
         assert new["rs"] == "rs2" and st["stats"].get("rsn_standby_switches") == 1
@@ -301,3 +349,52 @@ def test_200mb_download_survives_kill_of_the_active_relay(lab_factory: LabFactor
             curl.kill()
             curl.wait(10)
         (www / "big200.bin").unlink(missing_ok=True)
+
+
+def leg_endpoint(lab: Lab, rs: str, path_id: str) -> str | None:
+    """Where relay ``rs`` sends the path's (or leg's) traffic for mn."""
+    for e in rs_status(lab, rs).get("entries", []):
+        if e.get("path_id") == path_id:
+            return str(e.get("initiator"))
+    return None
+
+
+@pytest.mark.parametrize("family", ["-4", "-6"], ids=["ipv4", "ipv6"])
+def test_session_survives_a_move_then_a_kill_of_the_active_relay(lab_factory: LabFactory, family: str) -> None:
+    """mn moves (behind NAT A -> global address) while an ssh session runs through its RS-N path with a
+    standby leg: it announces its new address on the path and on the leg, so both relays send to the
+    new address (the leg before its next keepalive); then kill -9 of the active relay: the same session
+    carries on via the leg, from the new address."""
+    lab = lab_factory("rsnpair", bare=False)
+    one_holder(lab, "rs1")
+    wait_for(lambda: status(lab).get("registered"), 15, "mn registered")
+    ssh = SshLines(lab, family=family)
+    try:
+        wait_for(lambda: len(ssh.arrivals) > 10, 20, "the ssh session's first lines")
+        path = wait_for(lambda: standby_ready(lab, "rs2"), 10, "mn's path with a standby leg at rs2")
+        pid, leg = path["path_id"], path["standby"]["path_id"]
+        assert leg_endpoint(lab, "rs2", leg) == "192.0.2.100:7412"  # behind NAT A
+        t_move = time.monotonic()
+        lab.move("mn", "global")
+        new = f"{lab.addr('mn')}:7412"
+        wait_for(lambda: leg_endpoint(lab, "rs1", pid) == new, 5, "rs1 to learn mn's new address")
+        wait_for(lambda: leg_endpoint(lab, "rs2", leg) == new, 5, "rs2 to learn it on the standby leg")
+        learnt = time.monotonic() - t_move
+        st = status(lab)
+        assert st["stats"].get("standby_announcements", 0) >= 1
+        [p] = st["paths"]
+        assert p["path_id"] == pid and p["standby"]["path_id"] == leg  # the same path and leg (keys, counters)
+        wait_for(lambda: ssh.back_after(t_move), 15, "the session's lines after the move")
+        move_gap = ssh.gap_after(t_move)
+        print(f"move to global: both relays knew the new address {learnt:.2f} s after, "
+              f"{move_gap:.2f} s without a line")
+        gap = kill_and_measure(lab, ssh, "rs1", "rs2", label=f"after the move ({family})")
+        st = status(lab)
+        assert st["stats"].get("rsn_standby_switches") == 1 and not st["stats"].get("rsn_rebuilds")
+        assert leg_endpoint(lab, "rs2", leg) == new
+        # (A kill within 6 s of a move: the busy-path probe's loss is not yet believed, the switch is
+        # on data arriving on the leg, or the probe after the grace.)
+        assert gap < STANDBY_GAP + 2 * 3.0, gap
+    finally:
+        ssh.proc.kill()
+        ssh.proc.wait(10)

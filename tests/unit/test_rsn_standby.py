@@ -8,15 +8,16 @@ from __future__ import annotations
 import dataclasses
 from typing import Any
 
-from ntmobile.core.node import PathClosed, PathReady, StandbyReady
+from ntmobile.core.node import PathClosed, PathReady, Registered, StandbyReady
 from ntmobile.core.rs import RsCore
+from ntmobile.core.timing import MOVED_GRACE
 from ntmobile.wire import PathMode
 
 from .harness import ipv4_udp, seeded_bytes
 from .nonce_ledger import nonce_ledger
 from .test_liveness import BOUND, busy
 from .test_relay_failure import RS2_EP, TwoRelays
-from .test_rsn_sequence import RS_EP
+from .test_rsn_sequence import MN_PUB, RS_EP
 
 PAIR = (("rs1", "rs2"),)
 
@@ -178,3 +179,82 @@ def test_a_standby_relay_that_refuses_leaves_the_path_as_without_a_pair() -> Non
     kill(w, "rs")
     busy(w, first.path_id, 5.0, replies=False)
     assert w.mn.stats["rsn_rebuilds"] == 1 and w.mn.stats["rsn_standby_switches"] == 0
+
+
+# -- a node move while the path has a standby leg -------------------------------------------------------
+
+NAT_B = (("10.2.0.10", 7412), ("192.0.2.101", 40002))  # (as test_handover: behind NAT B)
+GLOBAL = (("192.0.2.60", 7412), None)
+
+
+def roundtrip(w: TwoRelays, relay: RsCore, gn_vip: str, tag: bytes) -> None:
+    """A packet from mn reaches ``relay``'s TUN and the GN's answer, from that relay's TUN, reaches mn
+    (at wherever mn is now: the relay seals it to the node endpoint it learnt)."""
+    assert goes_by(w, relay, gn_vip, b"up " + tag)
+    down = ipv4_udp(gn_vip, w.mn.registration.vip4, b"down " + tag)  # type: ignore[arg-type, union-attr]
+    relay.tun_packet(down, w.net.now)
+    w.net.run_until(lambda: down in w.received("mn"), max_time=2)
+
+
+def test_a_move_announces_the_node_on_the_standby_leg_too() -> None:
+    """mn moves (NAT A -> NAT B) while its RS-N path via rs1 has a standby leg at rs2: it announces its
+    new address on both (authenticated Tunnel Requests), so rs2 knows where mn is before rs1 dies and
+    the GN's traffic that reaches rs2 with the shared address goes to mn's new address, not the old."""
+    w = pair_world()
+    first = w.setup_path().path
+    sb = standby(w, first.path_id)
+    assert w.rs2.entry(sb.path_id).node_endpoint == MN_PUB  # type: ignore[union-attr]
+    w.net.drop = lambda src, dst, data: "dc" in (src, dst)  # the DC out of reach: the node alone
+    w.move("mn", NAT_B)
+    w.net.run_until(lambda: w.rs2.entry(sb.path_id).node_endpoint == NAT_B[1]  # type: ignore[union-attr]
+                    and w.rs.entry(first.path_id).node_endpoint == NAT_B[1], max_time=2)  # type: ignore[union-attr]
+    assert w.mn.stats["standby_announcements"] == 1
+    assert w.mn.standby_of(first.path_id) is sb  # the same leg: its Path ID, key and counters
+    roundtrip(w, w.rs, first.peer_vip4, b"after the move, via rs1")  # type: ignore[arg-type]
+    # The shared address moved to rs2 before the node noticed: the GN's answer by rs2 reaches mn at
+    # its new address and switches the path there.
+    reply = ipv4_udp(first.peer_vip4, w.mn.registration.vip4, b"by rs2")  # type: ignore[arg-type, union-attr]
+    w.rs2.tun_packet(reply, w.net.now)
+    w.net.run_until(lambda: reply in w.received("mn"), max_time=2)
+    assert w.mn.stats["rsn_standby_switched_by_data"] == 1 and sb.path_id in w.mn._paths
+
+
+def test_relay_killed_after_a_move_keeps_the_flow_and_no_key_nonce_twice() -> None:
+    """After moves (NAT A -> NAT B -> global) with a standby leg, a kill of the active relay switches
+    the path to the leg, which works both ways from the node's newest address; the new standby leg
+    the DC installs at the restarted relay is announced from there too on the next move. No (key,
+    nonce) pair is sealed twice on either leg (nor at any relay) across the moves and the switch."""
+    with nonce_ledger() as ledger:
+        w = pair_world()
+        first = w.setup_path().path
+        sb = standby(w, first.path_id)
+        vip4 = w.mn.registration.vip4  # type: ignore[union-attr]
+        for i, place in enumerate((NAT_B, GLOBAL)):
+            w.move("mn", place)
+            w.net.run_until(lambda: w.rs2.entry(sb.path_id).node_endpoint == w.seen_as("mn"),  # type: ignore[union-attr]
+                            max_time=2)
+            regs = i + 2
+            w.net.run_until(lambda: len(w.net.events_of("mn", Registered)) == regs, max_time=5)  # noqa: B023
+            roundtrip(w, w.rs, first.peer_vip4, b"move %d" % i)  # type: ignore[arg-type]
+        busy(w, first.path_id, 0.5, replies=True)
+        dead_at = w.net.now
+        kill(w, "rs")
+        # (Within MOVED_GRACE of a move a lost probe is not yet a dead relay: its answer may have gone
+        # to the address the node left; liveness.py.)
+        busy(w, first.path_id, MOVED_GRACE + BOUND, replies=False)
+        assert first.path_id not in w.mn._paths and sb.path_id in w.mn._paths
+        assert w.net.now - dead_at <= MOVED_GRACE + BOUND
+        assert w.mn.stats["rsn_standby_switches"] == 1 and w.mn.stats["rsn_rebuilds"] == 0
+        assert w.rs2.entry(sb.path_id).node_endpoint == GLOBAL[0]  # type: ignore[union-attr]
+        roundtrip(w, w.rs2, first.peer_vip4, b"after the kill, via rs2")  # type: ignore[arg-type]
+        # rs1 comes back; the DC installs a new standby leg there; another move announces it too.
+        restart(w, "rs", seq_base=10 ** 16 * 3, seed=77)
+        sb2 = standby(w, sb.path_id, max_time=10.0)
+        assert sb2 is not None and sb2.rd.rs_name == "rs1"
+        w.move("mn", NAT_B)
+        w.net.run_until(lambda: w.rs.entry(sb2.path_id).node_endpoint == NAT_B[1], max_time=2)  # type: ignore[union-attr]
+        roundtrip(w, w.rs2, first.peer_vip4, b"after the second move")  # type: ignore[arg-type]
+        for _ in range(3):
+            w.send_ip("mn", ipv4_udp(vip4, first.peer_vip4, b"z" * 100))  # type: ignore[arg-type]
+        w.net.step()
+        assert ledger.seals > 0 and ledger.reused == []

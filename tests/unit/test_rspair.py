@@ -72,3 +72,20 @@ def test_standby_relay_refuses_new_rsn_paths_and_the_dc_takes_the_other() -> Non
     w.rs.standby, w.rs2.standby = False, True  # the address moved to rs1
     other = w.path("mn", "ftp.gn.example").path  # (another name of the world's GN address: the path again)
     assert other.rs_name == "rs1" and w.rs2.stats["relay_direction_standby"] == 1
+
+
+def test_the_shared_ipv6_address_moves_with_the_ipv4_one_without_dad(tmp_path: Path) -> None:
+    """One VRRP instance for both families: the IPv6 address is an excluded address of the IPv4
+    instance. keepalived adds IPv6 VIPs with nodad unless told ``-nodad`` (which turns DAD back on):
+    never rendered. conntrackd leaves the relays' own IPv6 addresses out of the sync."""
+    m = PairMember(interface="eth0", address="192.0.2.20", peer="192.0.2.21", priority=150,
+                   shared4="192.0.2.25/24", relay_pidfile=str(tmp_path / "rs.pid"), workdir=str(tmp_path),
+                   shared6="2001:db8:1::25/128", address6="2001:db8:1::20", peer6="2001:db8:1::21")
+    text = keepalived_conf(m)
+    assert text.count("vrrp_instance") == 1
+    assert "virtual_ipaddress_excluded {\n        2001:db8:1::25/128 dev eth0\n" in text and "nodad" not in text
+    ct = conntrackd_conf(m)
+    assert all(f"IPv6_address {a}" in ct for a in ("::1", "2001:db8:1::20", "2001:db8:1::21"))
+    with pytest.raises(ValueError):
+        PairMember(interface="eth0", address="192.0.2.20", peer="192.0.2.21", priority=150, shared4="192.0.2.25/24",
+                   relay_pidfile=str(tmp_path / "rs.pid"), workdir=str(tmp_path), address6="192.0.2.20")

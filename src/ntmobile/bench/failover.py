@@ -99,9 +99,9 @@ def _stop(p: subprocess.Popen[Any]) -> None:
 class _Session:
     """An ssh session from mn to the GN printing a line every TICK s; arrival times at mn."""
 
-    def __init__(self, lab: Any) -> None:
+    def __init__(self, lab: Any, family: str = "-4") -> None:
         self.arrivals: list[float] = []
-        self.proc = lab.popen("mn", ["ssh", "-4", "-o", "ConnectTimeout=10", f"root@{GN_NAME}",
+        self.proc = lab.popen("mn", ["ssh", family, "-o", "ConnectTimeout=10", f"root@{GN_NAME}",
                                      f"while :; do echo tick; sleep {TICK}; done"], name="fo-ssh",
                               stdout=subprocess.PIPE, stderr=subprocess.DEVNULL)
         threading.Thread(target=self._read, daemon=True).start()

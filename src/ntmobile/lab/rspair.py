@@ -1,10 +1,11 @@
 """Lab daemon kinds for the RS-N pair (issue 20): Debian's keepalived (VRRP) and conntrackd (FTFW).
 
 `[[hosts.daemons]] kind = "keepalived"` with config ``peer`` (the other relay's host), ``shared4``
-("192.0.2.25/24"), ``priority`` and optionally ``link`` (the GN-facing link, default the host's first)
-and ``vrid``; kind ``conntrackd`` with ``peer`` and optionally ``link``. Both must come after the
-host's ``rs`` daemon: keepalived's track_script checks the relay's PID, which the builder writes to a
-PID file from the lab's process records. The lab starts them like any daemon and tears them down by
+("192.0.2.25/24"), ``priority`` and optionally ``shared6`` ("2001:db8:1::25/128", moved with the
+IPv4 address, without DAD), ``link`` (the GN-facing link, default the host's first) and ``vrid``;
+kind ``conntrackd`` with ``peer`` and optionally ``link``. Both must come after the host's ``rs``
+daemon: keepalived's track_script checks the relay's PID, which the builder writes to a PID file
+from the lab's process records. The lab starts them like any daemon and tears them down by
 PID with the lab (also on a failed start).
 """
 
@@ -25,10 +26,17 @@ def _member(ctx: DaemonContext) -> PairMember:
         raise RuntimeError(f"hosts.{ctx.host}.daemons: {ctx.spec.kind} needs the host's rs daemon before it")
     pidfile = ctx.workdir / "rs.pid"
     pidfile.write_text(f"{relays[-1].pid}\n")
+
+    def addr6(host: str) -> str | None:
+        try:
+            return lab.addr(host, 6, link)
+        except Exception:
+            return None
     return PairMember(interface=link, address=lab.addr(ctx.host, 4, link), peer=lab.addr(peer, 4, link),
                       priority=int(c.get("priority", 100)), shared4=str(c["shared4"]) if "shared4" in c
                       else "192.0.2.25/24", relay_pidfile=str(pidfile), workdir=str(ctx.workdir),
-                      vrid=int(c.get("vrid", 51)))
+                      vrid=int(c.get("vrid", 51)), shared6=str(c["shared6"]) if "shared6" in c else None,
+                      address6=addr6(ctx.host), peer6=addr6(peer))
 
 
 def build_keepalived(ctx: DaemonContext) -> DaemonLaunch:

@@ -39,16 +39,24 @@ class PairMember:
     relay_pidfile: str  # the relay daemon's PID file (track_script)
     workdir: str  # where conntrackd's lock and socket live
     vrid: int = 51
+    #: The shared IPv6 address ("2001:db8:1::25/128"): moved with the IPv4 one, by the same instance.
     shared6: str | None = None
+    #: This relay's and the peer's own IPv6 addresses on the interface (conntrackd leaves their
+    #: entries out of the sync, as for the IPv4 ones).
+    address6: str | None = None
+    peer6: str | None = None
 
     def __post_init__(self) -> None:
         if not _IF_RE.match(self.interface):
             raise ValueError(f"bad interface name {self.interface!r}")
-        ipaddress.ip_address(self.address)
-        ipaddress.ip_address(self.peer)
+        ipaddress.IPv4Address(self.address)
+        ipaddress.IPv4Address(self.peer)
         ipaddress.IPv4Interface(self.shared4)
         if self.shared6 is not None:
             ipaddress.IPv6Interface(self.shared6)
+        for a in (self.address6, self.peer6):
+            if a is not None:
+                ipaddress.IPv6Address(a)
         if not 1 <= self.priority <= 254 or not 1 <= self.vrid <= 255:
             raise ValueError("VRRP priority must be 1..254 and vrid 1..255")
         for p in (self.relay_pidfile, self.workdir):
@@ -57,8 +65,18 @@ class PairMember:
 
 
 def keepalived_conf(m: PairMember) -> str:
-    """keepalived.conf for one relay: VRRP v3, 0.1 s adverts, the relay daemon tracked by PID."""
-    # IPv6 rides on the IPv4 instance (keepalived wants one family per instance's adverts).
+    """keepalived.conf for one relay: VRRP v3, 0.1 s adverts, the relay daemon tracked by PID.
+
+    The shared IPv6 address rides on the IPv4 instance as an excluded address (keepalived wants one
+    family among an instance's advertised addresses; excluded ones move with the instance, so both
+    addresses are always on the same relay, with no second state machine to disagree). keepalived
+    adds an IPv6 VIP with IFA_F_NODAD by default (its ``-nodad`` keyword *turns DAD back on*: never
+    render it), so the address is usable at once after every takeover: no Duplicate Address
+    Detection keeping it tentative for about a second, during which the relay could not bind it
+    and the kernel would not answer neighbour solicitations for it. keepalived sends an unsolicited
+    Neighbour Advertisement for it on taking over, as it sends gratuitous ARP for the IPv4 one. A
+    /128 is added deprecated (preferred_lft 0, keepalived's default for a /128), so the relay never
+    picks it as the source of its own traffic; SNAT uses it all the same."""
     v6 = (f"    virtual_ipaddress_excluded {{\n        {m.shared6} dev {m.interface}\n    }}\n"
           if m.shared6 else "")
     return (
@@ -77,7 +95,12 @@ def keepalived_conf(m: PairMember) -> str:
 
 
 def conntrackd_conf(m: PairMember, port: int = 3780) -> str:
-    """conntrackd.conf for one relay: FTFW over UDP to the peer, no external cache, expectations."""
+    """conntrackd.conf for one relay: FTFW over UDP to the peer, no external cache, expectations.
+
+    Every family's entries are synced (conntrackd's default: the sync channel itself is IPv4); the
+    relays' own addresses (their own connections, e.g. to the DC, and the sync itself) are left
+    out, IPv4 and IPv6."""
+    ignore6 = "".join(f"            IPv6_address {a}\n" for a in ("::1", m.address6, m.peer6) if a)
     return (
         "Sync {\n    Mode FTFW {\n        DisableExternalCache On\n        ResendQueueSize 131072\n"
         "        ACKWindowSize 300\n    }\n"
@@ -93,7 +116,7 @@ def conntrackd_conf(m: PairMember, port: int = 3780) -> str:
         "    NetlinkEventsReliable On\n"
         "    Filter From Kernelspace {\n        Address Ignore {\n"
         f"            IPv4_address 127.0.0.1\n            IPv4_address {m.address}\n"
-        f"            IPv4_address {m.peer}\n        }}\n    }}\n}}\n")
+        f"            IPv4_address {m.peer}\n{ignore6}        }}\n    }}\n}}\n")
 
 
 def holds_address(address: str) -> bool:

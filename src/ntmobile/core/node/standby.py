@@ -100,12 +100,32 @@ class NodeStandby(NodeLiveness):
         self.stats["rsn_standby_legs"] += 1
         self._emit(StandbyReady(path.path_id, sb.info()))
         # The relay learns our endpoint from the leg's authenticated Tunnel Request (and keepalives).
-        sb.tunnel_req = self._request(sb.sig, TunnelRequest(capabilities=self.config.capabilities,
-                                                            vip4=self.registration.vip4 if self.registration else None,
-                                                            vip6=self.registration.vip6 if self.registration else None),
-                                      new_txid(self._rand), ep, now, timeout=TUNNEL_TIMEOUT,
-                                      tag=TunnelTag(sb_id))
+        self._announce_standby(sb, now)
+        self.stats["standby_announcements"] -= 1  # (the set-up, not an announcement after a move)
         self._standby_keepalives(sb, now)
+
+    def _refresh_path(self, path: _Path, now: float) -> None:
+        """A move (or re-registration, or a route change): the path announces the node's new address
+        and so does its standby leg, else the standby relay would send the GN's answers to the old
+        address once the shared address moved there (until the leg's next keepalive)."""
+        super()._refresh_path(path, now)
+        sb = path.standby
+        if sb is not None and self._standby_legs.get(sb.path_id) is sb:
+            self._announce_standby(sb, now)
+
+    def _announce_standby(self, sb: _Path, now: float) -> None:
+        """An authenticated Tunnel Request on the leg, from wherever the node is now (the relay learns
+        the leg's endpoint from it). Sealed by the leg's own channel: its counter goes on."""
+        if sb.endpoint is None:
+            return
+        self._cancel_request(sb.tunnel_req)
+        reg = self.registration
+        sb.tunnel_req = self._request(sb.sig, TunnelRequest(capabilities=self.config.capabilities,
+                                                            vip4=reg.vip4 if reg else None,
+                                                            vip6=reg.vip6 if reg else None),
+                                      new_txid(self._rand), sb.endpoint, now, timeout=TUNNEL_TIMEOUT,
+                                      tag=TunnelTag(sb.path_id))
+        self.stats["standby_announcements"] += 1
 
     def _standby_keepalives(self, sb: _Path, now: float) -> None:
         interval = self._path_keepalive_interval(sb)
