@@ -79,3 +79,65 @@ def test_answers_leave_during_a_batch_until_something_must_be_committed(queries:
     asyncio.run(main())
     assert [f"{k} {d.decode()}" for k, d in log] == expected
     assert committed  # the batch's flush ran once the batch was read
+
+
+class EventCore(EchoCore):
+    """An EchoCore that also emits one event per datagram."""
+
+    def __init__(self, log: list[tuple[str, bytes]]) -> None:
+        super().__init__(log)
+        self.events: list[bytes] = []
+
+    def receive_datagram(self, data: bytes, addr: tuple[str, int], now: float) -> None:
+        super().receive_datagram(data, addr, now)
+        self.events.append(data)
+
+    def next_event(self) -> Any:
+        return self.events.pop(0) if self.events else None
+
+
+@pytest.mark.parametrize(("sends_first", "query", "expected"), [
+    (False, b"dir1", ["recv dir1", "event dir1", "send dir1", "send late-dir1"]),
+    (True, b"dir1", ["recv dir1", "send dir1", "event dir1", "send late-dir1"]),
+    (True, b"reg1", ["recv reg1", "commit", "send reg1", "event reg1", "send late-reg1"]),
+])
+def test_sends_first_answers_before_the_event_handlers_run(sends_first: bool, query: bytes,
+                                                          expected: list[str]) -> None:
+    """The DC's driver (``sends_first``) sends a request's answer before its events are handled (they
+    only log and count), still after the commit; what a handler makes the core say leaves after."""
+    log: list[tuple[str, bytes]] = []
+    core = EventCore(log)
+    tx = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+    tx.bind(("127.0.0.1", 0))
+    tx.settimeout(5)
+
+    async def main() -> None:
+        def commit() -> None:
+            log.append(("commit", b""))
+            core.pending = False
+
+        def on_event(ev: bytes) -> None:
+            log.append(("event", ev))
+            core.out.append(_Dg(b"late-" + ev, tx.getsockname()))
+
+        drv = CoreDriver(core, on_event, batch_reads=True, on_flush=commit,
+                         can_send_early=lambda: not core.pending, sends_first=sends_first)
+        sent = drv.send
+
+        def send(data: bytes, addr: tuple[str, int]) -> None:
+            log.append(("send", data))
+            sent(data, addr)
+        drv.send = send  # type: ignore[method-assign]
+        await drv.start(0, host4="127.0.0.1", host6=None)
+        port = drv.sockets()[0].getsockname()[1]
+        try:
+            tx.sendto(query, ("127.0.0.1", port))
+            rx = asyncio.get_running_loop().run_in_executor
+            assert [await rx(None, tx.recv, 64), await rx(None, tx.recv, 64)] == [query, b"late-" + query]
+        finally:
+            tx.close()
+            drv.close()
+
+    asyncio.run(main())
+    got = [f"{k} {d.decode()}".strip() for k, d in log if (k, d) != ("commit", b"") or "commit" in expected]
+    assert got[:len(expected)] == expected

@@ -168,7 +168,8 @@ def _query(names: Sequence[str], timeout: float, echo: bool = False) -> list[dic
                     break
             t1 = time.monotonic()
             rc, addr = first_a(resp)
-            res: dict[str, Any] = {"name": name, "ms": (t1 - t0) * 1000, "rcode": dns.rcode.to_text(rc),
+            res: dict[str, Any] = {"name": name, "ms": (t1 - t0) * 1000,
+                                   "rcode": dns.rcode.to_text(dns.rcode.Rcode(rc)),
                                    "answer": [addr] if addr else [], "t0": t0, "t_answer": t1}
             if echo and addr:
                 t2 = _echo(addr, timeout, sock=raw)

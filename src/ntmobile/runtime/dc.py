@@ -181,7 +181,7 @@ class DcDaemon:
         self.driver = CoreDriver(self.core, self.on_event, batch_reads=True, on_batch_start=self._begin_batch,
                                  on_flush=self._commit,
                                  on_batch_read=self.store.prefetch if is_postgres(s.database) else None,
-                                 can_send_early=self._nothing_to_commit)
+                                 can_send_early=self._nothing_to_commit, sends_first=True)
         self._summary_at = loop.time()
         await self.driver.start(s.port, host4=s.listen4, host6=s.listen6)
         self.probe_transports: dict[tuple[bool, int], asyncio.DatagramTransport] = {}

@@ -161,8 +161,12 @@ class CoreDriver:
                  on_flush: Callable[[], None] | None = None, batch_reads: bool = False,
                  on_batch_start: Callable[[], None] | None = None, mark_signalling: bool = False,
                  on_batch_read: Callable[[list[bytes]], None] | None = None,
-                 can_send_early: Callable[[], bool] | None = None) -> None:
+                 can_send_early: Callable[[], bool] | None = None, sends_first: bool = False) -> None:
         self.core = core
+        #: With ``sends_first`` the core's datagrams leave before its events are handled (after
+        #: ``on_flush``): for a daemon whose event handlers only log, count and start tasks (the DC),
+        #: so that no log line or metric sits between a request and its answer.
+        self.sends_first = sends_first
         #: With ``batch_reads``: after each datagram of a read batch, when this says the batch holds
         #: nothing that must be committed before its answers leave (the DC: no registration yet), the
         #: events and datagrams so far are handled and sent at once, not after the whole batch.
@@ -295,8 +299,14 @@ class CoreDriver:
         self.flush()
 
     def _send_now(self) -> None:
-        """Mid-batch: the core's events, then its datagrams (the flush's order, without on_flush)."""
+        """Mid-batch: the core's events, then its datagrams (the flush's order, without on_flush);
+        with ``sends_first``, the datagrams, then the events, then what handling them made the core say."""
+        if self.sends_first:
+            self._send_datagrams()
         self._drain_events()
+        self._send_datagrams()
+
+    def _send_datagrams(self) -> None:
         for dg in self.core.datagrams_to_send():
             self.send(dg.data, dg.addr)
 
@@ -308,8 +318,10 @@ class CoreDriver:
                 self.errors.record(f"on_event({type(ev).__name__})", exc)
 
     def flush(self) -> None:
-        """Process events, then send datagrams, then re-arm the timer."""
-        self._drain_events()
+        """Process events, then send datagrams, then re-arm the timer (``sends_first``: on_flush,
+        datagrams, events)."""
+        if not self.sends_first:
+            self._drain_events()
         if self.on_flush is not None:
             try:
                 self.on_flush()

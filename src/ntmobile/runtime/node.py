@@ -534,9 +534,12 @@ class NodeDaemon:
             self._refreshing.discard(normalize(p.peer_name))
         if prev is None or prev.mode is not p.mode or prev.endpoint != p.endpoint or ev.request_ids:
             tr = self.core.traversal_of(p.path_id)
-            log.info("path %s to %s ready: %s%s, peer %s%s", p.path_id.hex(), p.peer_name, p.mode.name,
-                     f" via {p.rs_name}" if p.rs_name and p.mode is not PathMode.DIRECT else "", ", ".join(vips),
-                     f" (traversal: {tr['status']}, endpoint {p.endpoint})" if tr else "")
+            # The line is written after this flush's datagrams left (the responder's Tunnel Response
+            # waits for this handler): logging is not on a path's set-up.
+            self.driver.loop.call_soon(
+                log.info, "path %s to %s ready: %s%s, peer %s%s", p.path_id.hex(), p.peer_name, p.mode.name,
+                f" via {p.rs_name}" if p.rs_name and p.mode is not PathMode.DIRECT else "", ", ".join(vips),
+                f" (traversal: {tr['status']}, endpoint {p.endpoint})" if tr else "")
         self._answered(ev.request_ids, p.mode.name)
         self._wake(ev.request_ids, p)
 
