@@ -19,6 +19,9 @@ is allocated inside a transaction that holds a PostgreSQL advisory lock:
   reserved by one UPDATE ... RETURNING on the ``counters`` row (``DbCounterFloor``); each replica
   takes values only from blocks the database handed to it, committed before the first is used, so
   a replica killed with ``kill -9`` and restarted gets a fresh block above every other.
+- path records (``paths``, core.registry.PathStore): any replica re-directs an NTM-peer path; a
+  re-direction first takes the row's lease (``claim_path``: one UPDATE that only a free, expired or
+  own lease lets through, so of two replicas one wins), its final write gives it back.
 
 Replicas share the domain's DC identity (``dc_id`` and static key in ``settings``): the first
 replica to start creates it (INSERT ... ON CONFLICT DO NOTHING), the others read it.
