@@ -144,3 +144,32 @@ def test_replica_killed_node_moves_transfer_survives_replica_returns(lab_factory
     cp = lab.exec("mn", ["curl", "-sS", "-4", "-m", "60", "-o", "/dev/null", "-w", "%{http_code}",
                          "http://www.gn.example/big.bin"], timeout=90)
     assert cp.stdout == "200"
+
+
+def test_mn_moves_after_its_failover_and_the_other_replica_redirects_its_path(lab_factory: LabFactory) -> None:
+    """mn (behind nata, at dca) has a path to cn.b.example, directed by dca; dca is killed; mn
+    re-registers at dca2 and then moves to the global leg (handover): dca2, which never directed the
+    path, re-directs it from the shared registry (same Path ID and key, through b.example's DC), and
+    mn reaches cn on it from its new address."""
+    lab = lab_factory("replicas", bare=False)
+    registered_at(lab, "mn", DCA, 20)
+    reaches(lab, "cn.b.example")
+    [path] = [p for p in status(lab)["paths"] if p["peer"] == "cn.b.example"]
+    kill9(lab, daemon(lab, "dca", "dc"))
+    registered_at(lab, "mn", DCA2, FAILOVER)
+    assert dc_status(lab, "dca2")["stats"].get("paths_redirected", 0) == 0
+    refused = status(lab)["stats"].get("redirect_refused", 0)
+    lab.move("mn", "global")
+    wait_for(lambda: (status(lab).get("observed") or [None])[0] == "192.0.2.70", 20,
+             "mn to re-register from its global address")
+    wait_for(lambda: dc_status(lab, "dca2")["stats"].get("paths_redirected", 0) >= 1, 20,
+             "dca2 to re-direct mn's path to cn.b.example")
+    st = status(lab)
+    assert st["stats"].get("redirect_refused", 0) == refused, st["stats"]
+    stats = dc_status(lab, "dca2")["stats"]
+    assert stats.get("path_claims", 0) >= 1 and stats.get("path_store_errors", 0) == 0, stats
+    [after] = [p for p in st["paths"] if p["peer"] == "cn.b.example"]
+    assert after["path_id"] == path["path_id"]  # the same path, re-directed
+    reaches(lab, "cn.b.example")
+    [again] = [p for p in status(lab)["paths"] if p["peer"] == "cn.b.example"]
+    assert again["path_id"] == path["path_id"]

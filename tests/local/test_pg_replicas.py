@@ -9,6 +9,7 @@ import tempfile
 import threading
 from collections.abc import Callable, Iterator
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -46,7 +47,7 @@ def server() -> Iterator[PostgresServer]:
 def stores(server: PostgresServer) -> Iterator[tuple[PgStore, PgStore]]:
     a = PgStore(server.dsn(), POOLS)
     with a._tx() as cur:  # a fresh registry for every test
-        cur.execute("TRUNCATE clients, gn_vips, settings, joins, counters")
+        cur.execute("TRUNCATE clients, gn_vips, settings, joins, counters, paths")
     b = PgStore(server.dsn(), POOLS)
     yield a, b
     a.close()
@@ -289,7 +290,9 @@ class _ReplicaWorld(World):
     probe sockets; mn registered at dca, cn at dcb, relay rs1 at dcb only."""
 
     def __init__(self, a: PgStore, b: PgStore, mn_nat: str, cn_nat: str, *, replicas: tuple[str, ...] = REPLICAS,
-                 relay: bool = True) -> None:
+                 relay: bool = True, cn_at: tuple[str, int] = REP_B, failover: bool = False) -> None:
+        """``cn_at``: the replica cn registers with; ``failover``: both nodes' credentials list the
+        other replica (NodeConfig.dc_replicas), so they move there when theirs stops answering."""
         super().__init__(nat=True, seq_base=REP_CLOCK)
         self.mn_rec = ClientRecord(b"\x01" * 8, "mn.a.example", Role.NODE, b"\x11" * 32)
         self.cn_rec = ClientRecord(b"\x03" * 8, "cn.a.example", Role.NODE, b"\x33" * 32)
@@ -309,11 +312,12 @@ class _ReplicaWorld(World):
             self.add_relay("rs", RsConfig("rs1", self.rs_rec.client_id, [link], local_endpoints=[REP_RS],
                                           rsn_allow=TEST_NETS), REP_RS, seed=3).register(self.net.now)
         for host, rec, ep, kind, lan, pub, seed in (("mn", self.mn_rec, REP_A, mn_nat, "10.1.0.", "192.0.2.100", 4),
-                                                    ("cn", self.cn_rec, REP_B, cn_nat, "10.2.0.", "192.0.2.101", 5)):
+                                                    ("cn", self.cn_rec, cn_at, cn_nat, "10.2.0.", "192.0.2.101", 5)):
             addr = ("192.0.2.60" if host == "mn" else "192.0.2.70", 7412) if kind == "none" else (lan + "10", 7412)
             nat = None if kind == "none" else Nat(kind, pub, lan)
-            node = self.add_node(host, NodeConfig(rec.name, rec.client_id, rec.psk, dc_id, ep), addr, nat=nat,
-                                 seed=seed)
+            others = tuple(r for r in (REP_A, REP_B) if r != ep) if failover else ()
+            node = self.add_node(host, NodeConfig(rec.name, rec.client_id, rec.psk, dc_id, ep, dc_replicas=others),
+                                 addr, nat=nat, seed=seed)
             node.register((addr,), self.net.now)
         self.net.run_until(lambda: self.mn.registered and self.cn.registered
                            and (bool(self.dcb.relays()) or not relay))
@@ -446,6 +450,17 @@ def test_prefetch_looks_up_a_batchs_registering_clients_in_one_round_trip(
     assert rec is not None and rec.last_seq == 50
 
 
+def replica_path(a: PgStore, b: PgStore, mn_nat: str, cn_nat: str, mode: PathMode,
+                 **kw: Any) -> tuple[_ReplicaWorld, bytes]:
+    """A _ReplicaWorld (``kw``: its options) whose mn has a path of ``mode`` to cn, data exchanged
+    on it both ways: the world and the Path ID."""
+    w = _ReplicaWorld(a, b, mn_nat, cn_nat, **kw)
+    ready = w.connect(w.mn, "mn", "cn.a.example")
+    assert isinstance(ready, PathReady) and ready.path.mode is mode
+    PeerWorld.exchange_data(w, ready.path.path_id)  # type: ignore[arg-type]
+    return w, ready.path.path_id
+
+
 @pytest.mark.parametrize(("mover", "mn_nat", "cn_nat", "mode"), [
     ("mn", "none", "none", PathMode.DIRECT),   # the asking side moves: dca re-directs through dcb
     ("cn", "none", "none", PathMode.DIRECT),   # the answering side moves: dcb re-directs through dca
@@ -456,12 +471,7 @@ def test_a_path_between_replicas_is_redirected_after_a_move(stores: tuple[PgStor
                                                             mn_nat: str, cn_nat: str, mode: PathMode) -> None:
     """mn (at dca) and cn (at dcb) share a path; one of them moves: its replica re-directs the path
     through the other replica (a Peer Query with the path's ID and key), same Path ID, data flows."""
-    a, b = stores
-    w = _ReplicaWorld(a, b, mn_nat, cn_nat)
-    ready = w.connect(w.mn, "mn", "cn.a.example")
-    assert isinstance(ready, PathReady) and ready.path.mode is mode
-    pid = ready.path.path_id
-    PeerWorld.exchange_data(w, pid)  # type: ignore[arg-type]
+    w, pid = replica_path(*stores, mn_nat, cn_nat, mode)
     node, dc = (w.mn, w.dca) if mover == "mn" else (w.cn, w.dcb)
     queries = w.dca.stats["replica_queries_sent"] + w.dcb.stats["replica_queries_sent"]
     failed = dc.stats["redirects_failed"]

@@ -44,6 +44,64 @@ class JoinRecord:
     answer: bytes | None = None
 
 
+@dataclass(slots=True)
+class PathRow:
+    """A path record as the shared registry of DC replicas stores it (docs/architecture.md, "DC
+    replicas"): what any replica needs to re-direct an NTM-peer path it did not direct. The two ends
+    in name order (``end_a`` < ``end_b``), so that the replica of each end writes its own node's
+    process instance into the same row; ``role_a``: the PathRole of ``end_a``. No relay key: every
+    re-direction through a relay makes a fresh one (docs/security.md §3)."""
+
+    path_id: bytes
+    end_a: str
+    end_b: str
+    role_a: int
+    #: The process instance of each end that got the path key (None: not known here, e.g. a node of
+    #: another DC, or the row of the replica that holds only the other end so far).
+    inst_a: bytes | None
+    inst_b: bytes | None
+    mode: int
+    rs: str | None
+    path_key: bytes
+    #: A relay of this domain (some replica) sent the relay its Relay Direction.
+    relay_ours: bool
+    #: Wall clock (µs) of the path's last (re-)direction.
+    directed_us: int
+    #: Bumped by every write and every claim (a re-direction's lease).
+    version: int = 0
+
+
+class PathStore(Protocol):
+    """What a registry shared by DC replicas offers for path records (runtime/pgstore.py). A store
+    has it when its ``shares_paths`` is True; the DC core then keeps its NTM-peer path records there
+    too (core/dc/paths.py)."""
+
+    shares_paths: bool
+
+    def save_path(self, row: PathRow, owner: str) -> None:
+        """Insert or update ``row`` (never a row of another path under the same ID: its key differs);
+        the instances it does not know are kept; a re-direction lease ``owner`` holds is released."""
+        ...
+
+    def load_path(self, path_id: bytes) -> PathRow | None: ...
+
+    def claim_path(self, path_id: bytes, owner: str, lease: float) -> tuple[bool, PathRow | None]:
+        """Take the path's re-direction lease for ``lease`` seconds (the database's clock), if nobody
+        else holds one that is still running: (won, the row as claimed or as it is); (False, None):
+        no such path."""
+        ...
+
+    def unclaim_path(self, path_id: bytes, owner: str) -> None: ...
+    def drop_path(self, path_id: bytes) -> None: ...
+    def paths_via(self, rs: str) -> list[PathRow]:
+        """The relayed (RS-S) paths through relay ``rs``."""
+        ...
+
+    def expire_paths(self, ttl: float) -> int:
+        """Delete the rows not written for ``ttl`` seconds; how many."""
+        ...
+
+
 class Store(Protocol):
     def get_client(self, client_id: bytes) -> ClientRecord | None: ...
     def client_by_name(self, name: str) -> ClientRecord | None: ...

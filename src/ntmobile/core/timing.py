@@ -133,6 +133,14 @@ UNREACHABLE_METRIC_TTL = 10.0
 #: One re-direction of a path runs at a time; one older than this is taken as stuck and overtaken:
 #: longer than a re-direction whose every step ran into its timeout.
 REDIRECT_STALE = 10.0
+#: DC replicas (shared registry): a re-direction whose path another replica is re-directing (its
+#: lease, REDIRECT_STALE long, is taken) asks for the lease again this often, until it gets it.
+REDIRECT_CLAIM_RETRY = 0.25
+#: ... and gives up (PEER_UNREACHABLE) after this long: a lease has run out by then.
+REDIRECT_CLAIM_WAIT = 2 * REDIRECT_STALE
+#: A path row of the shared registry not (re-)directed for this long is deleted (docs/operations.md,
+#: "DC replicas on PostgreSQL"): what bounds the table besides the rows deleted with their paths.
+PATH_ROW_TTL = 24 * 3600.0
 #: A relay not heard from for this many of its keepalive intervals is considered down.
 RELAY_DEAD_AFTER = 3
 #: NAT traversal (issue 16): a punched path keeps its relay leg as a standby this long after the

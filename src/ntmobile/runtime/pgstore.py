@@ -19,6 +19,9 @@ is allocated inside a transaction that holds a PostgreSQL advisory lock:
   reserved by one UPDATE ... RETURNING on the ``counters`` row (``DbCounterFloor``); each replica
   takes values only from blocks the database handed to it, committed before the first is used, so
   a replica killed with ``kill -9`` and restarted gets a fresh block above every other.
+- path records (``paths``, core.registry.PathStore): any replica re-directs an NTM-peer path; a
+  re-direction first takes the row's lease (``claim_path``: one UPDATE that only a free, expired or
+  own lease lets through, so of two replicas one wins), its final write gives it back.
 
 Replicas share the domain's DC identity (``dc_id`` and static key in ``settings``): the first
 replica to start creates it (INSERT ... ON CONFLICT DO NOTHING), the others read it.
@@ -38,9 +41,9 @@ from typing import Any
 
 import psycopg
 
-from ntmobile.core.registry import ClientRecord, JoinRecord, Pools, StoreError, VipPool
+from ntmobile.core.registry import ClientRecord, JoinRecord, PathRow, Pools, StoreError, VipPool
 from ntmobile.crypto import CounterFloor
-from ntmobile.wire import SIGNAL_HEADER_SIZE, CodecError, MessageType, Role, SignalFlags
+from ntmobile.wire import SIGNAL_HEADER_SIZE, CodecError, MessageType, PathMode, Role, SignalFlags
 
 from .store import SeqBatch, is_postgres
 
@@ -80,15 +83,46 @@ SCHEMA = [
     # The replica that accepted the client's last registration ("address:port"): where a Peer Query
     # for a path to it goes (written with the registration's sequence number: no round trip more).
     "ALTER TABLE clients ADD COLUMN IF NOT EXISTS holder TEXT",
+    # NTM-peer path records (DIRECT, RS-S), so that any replica re-directs a path it did not direct
+    # (PathRow; docs/architecture.md "DC replicas"): written once per (re-)direction, never on a
+    # registration. ``lease_*``: the re-direction that runs (one at a time across the replicas).
+    """CREATE TABLE IF NOT EXISTS paths (
+        path_id BYTEA PRIMARY KEY,
+        end_a TEXT NOT NULL,
+        end_b TEXT NOT NULL,
+        role_a SMALLINT NOT NULL,
+        inst_a BYTEA,
+        inst_b BYTEA,
+        mode SMALLINT NOT NULL,
+        rs TEXT,
+        path_key BYTEA NOT NULL,
+        relay_ours BOOLEAN NOT NULL,
+        directed_us BIGINT NOT NULL,
+        version BIGINT NOT NULL DEFAULT 1,
+        updated TIMESTAMPTZ NOT NULL DEFAULT now(),
+        lease_owner TEXT,
+        lease_until TIMESTAMPTZ)""",
+    "CREATE INDEX IF NOT EXISTS paths_rs ON paths (rs) WHERE rs IS NOT NULL",
+    "CREATE INDEX IF NOT EXISTS paths_updated ON paths (updated)",
 ]
 
 _ROLES = {int(r): r for r in Role}
 _COLS = "client_id, name, role, psk, vip4, vip6, last_seq"
+_PATH_COLS = "path_id, end_a, end_b, role_a, inst_a, inst_b, mode, rs, path_key, relay_ours, directed_us, version"
+
+
+def _path_row(row: tuple[Any, ...]) -> PathRow:
+    return PathRow(bytes(row[0]), row[1], row[2], int(row[3]), None if row[4] is None else bytes(row[4]),
+                   None if row[5] is None else bytes(row[5]), int(row[6]), row[7], bytes(row[8]), bool(row[9]),
+                   int(row[10]), int(row[11]))
 
 
 
 class PgStore(SeqBatch):
     """One replica's connection to the shared registry."""
+
+    #: NTM-peer path records live here too (core.registry.PathStore), shared by the replicas.
+    shares_paths = True
 
     def __init__(self, dsn: str, pools: Pools, *, connect_timeout: float = 3.0) -> None:
         self.dsn = dsn
@@ -359,6 +393,59 @@ class PgStore(SeqBatch):
         secret = self.setting("dc_key", os.urandom(32))
         assert dc_id is not None and secret is not None
         return dc_id, secret
+
+    # -- path records (core.registry.PathStore): one statement, one round trip each --------------
+    def save_path(self, row: PathRow, owner: str) -> None:
+        """Upsert: another path's row under the same ID (its key differs) is never touched; an
+        instance the writer does not know (NULL) keeps the stored one; ``owner``'s lease ends."""
+        self._rows(
+            f"INSERT INTO paths ({_PATH_COLS}) VALUES (%s,%s,%s,%s,%s,%s,%s,%s,%s,%s,%s,1) "
+            "ON CONFLICT (path_id) DO UPDATE SET end_a = EXCLUDED.end_a, end_b = EXCLUDED.end_b, "
+            "role_a = EXCLUDED.role_a, inst_a = COALESCE(EXCLUDED.inst_a, paths.inst_a), "
+            "inst_b = COALESCE(EXCLUDED.inst_b, paths.inst_b), mode = EXCLUDED.mode, rs = EXCLUDED.rs, "
+            "relay_ours = EXCLUDED.relay_ours, directed_us = EXCLUDED.directed_us, "
+            "version = paths.version + 1, updated = now(), "
+            "lease_until = CASE WHEN paths.lease_owner = %s THEN NULL ELSE paths.lease_until END, "
+            "lease_owner = CASE WHEN paths.lease_owner = %s THEN NULL ELSE paths.lease_owner END "
+            "WHERE paths.path_key = EXCLUDED.path_key",
+            (row.path_id, row.end_a, row.end_b, row.role_a, row.inst_a, row.inst_b, row.mode, row.rs, row.path_key,
+             row.relay_ours, row.directed_us, owner, owner))
+
+    def load_path(self, path_id: bytes) -> PathRow | None:
+        row = self._read(f"SELECT {_PATH_COLS} FROM paths WHERE path_id = %s", (path_id,))
+        return None if row is None else _path_row(row)
+
+    def claim_path(self, path_id: bytes, owner: str, lease: float) -> tuple[bool, PathRow | None]:
+        """One statement: the UPDATE takes the lease if it is free, expired or ``owner``'s own (a
+        replica restarted under the same name: its flows died with it); of two replicas racing, the
+        second UPDATE waits for the first's row lock and then re-checks the lease (READ COMMITTED),
+        so exactly one wins. Otherwise the row as it is (False), or nothing (no such path)."""
+        rows = self._rows(
+            f"WITH c AS (UPDATE paths SET lease_owner = %s, lease_until = now() + make_interval(secs => %s), "
+            "version = version + 1 WHERE path_id = %s AND (lease_owner IS NULL OR lease_owner = %s "
+            f"OR lease_until < now()) RETURNING {_PATH_COLS}) "
+            f"SELECT {_PATH_COLS}, TRUE FROM c UNION ALL "
+            f"SELECT {_PATH_COLS}, FALSE FROM paths WHERE path_id = %s AND NOT EXISTS (SELECT 1 FROM c)",
+            (owner, lease, path_id, owner, path_id))
+        if not rows:
+            return False, None
+        return bool(rows[0][-1]), _path_row(rows[0])
+
+    def unclaim_path(self, path_id: bytes, owner: str) -> None:
+        self._rows("UPDATE paths SET lease_owner = NULL, lease_until = NULL WHERE path_id = %s AND lease_owner = %s",
+                   (path_id, owner))
+
+    def drop_path(self, path_id: bytes) -> None:
+        self._rows("DELETE FROM paths WHERE path_id = %s", (path_id,))
+
+    def paths_via(self, rs: str) -> list[PathRow]:
+        return [_path_row(r) for r in self._rows(f"SELECT {_PATH_COLS} FROM paths WHERE rs = %s AND mode = %s",
+                                                  (rs, int(PathMode.RS_S)))]
+
+    def expire_paths(self, ttl: float) -> int:
+        rows = self._rows("WITH d AS (DELETE FROM paths WHERE updated < now() - make_interval(secs => %s) "
+                          "RETURNING 1) SELECT COUNT(*) FROM d", (ttl,))
+        return int(rows[0][0]) if rows else 0
 
     # -- send counters ---------------------------------------------------------------------------
     def reserve_counters(self, name: str, block: int) -> tuple[int, int]:

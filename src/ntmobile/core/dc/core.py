@@ -219,7 +219,7 @@ class DcCore(CoreBase):
         16). A relay, or a node naming another's path, gets NOT_AUTHORIZED and nothing changes. Unknown
         paths and repeated releases are acknowledged OK (idempotent)."""
         ack = PathReleaseAck(path_id=msg.path_id)
-        rec = self.path_table.records.get(msg.path_id)
+        rec = self.path_table.lookup(msg.path_id, now)
         name = session.record.name
         if session.record.role is not Role.NODE or (rec is not None and name not in (rec.initiator, rec.peer)):
             self.stats["path_release_not_owner"] += 1
@@ -283,6 +283,7 @@ class DcCore(CoreBase):
                 self._emit(RelayLost(s.record.name))
                 self.redirects.move_paths_off(s.record.name, now)
         self.redirects.sweep(now)
+        self.path_table.expire(now)
         self.directions.sweep(now)
         self.standbys.sweep(now)
         self.peering.sweep(now)

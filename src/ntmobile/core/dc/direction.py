@@ -597,12 +597,16 @@ class Directions:
         paths = core.path_table
         previous = paths.records.get(pid)
         responder = f.responder if isinstance(f, LocalPeerDirection) else None
-        paths.records[pid] = PathRecord(
+        if r is not None:
+            r.claimed = False  # (the write below ends this replica's re-direction lease)
+        paths.put(PathRecord(
             pid, node.record.name, f.fqdn, PathMode(route.mode), rs_name, now, gn_map, route.path_key,
             requester_role=PathRole(route.path_role),
             relay_key=route.relay_key or (previous.relay_key if previous else b""),
             holders=tuple((s.record.name, s.instance) for s in (node, responder) if s is not None),
-            relay_ours=not isinstance(f, PeerQueryOut))
+            # (a path through another replica: that replica gave the relay its Relay Direction, a
+            # relay of this domain; through a peer DC: that DC's)
+            relay_ours=not isinstance(f, PeerQueryOut) or core.peering.is_replica(f.dc)), now)
         if route.mode == PathMode.RS_N and gn_map:
             superseded = paths.rsn_by_gn.get((node.record.name, gn_map))
             paths.rsn_by_gn[(node.record.name, gn_map)] = pid

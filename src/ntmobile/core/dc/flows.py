@@ -212,6 +212,10 @@ class Redirect(_Flow):
     #: For a path with a node of another DC: the path's key and a fresh relay key for the Peer Query.
     path_key: bytes = b""
     relay_key: bytes = b""
+    #: DC replicas: when it first asked for the path's re-direction lease (-1: not yet), and whether
+    #: it holds it (given back if it fails; a success's write of the path ends it).
+    claim_since: float = -1.0
+    claimed: bool = False
 
 
 @dataclass(slots=True, kw_only=True)

@@ -10,7 +10,8 @@ from typing import TYPE_CHECKING
 from ntmobile.wire import Endpoint, NatKind, PathMode, PathRelease, PathRole, RelayDirection, RouteDirection, RsType
 
 from ..common import new_txid
-from ..timing import RELAY_DIRECTION_TIMEOUT, RELAY_RELEASE_MIN_AGE
+from ..registry import PathRow, PathStore, StoreError
+from ..timing import PATH_ROW_TTL, REDIRECT_STALE, RELAY_DIRECTION_TIMEOUT, RELAY_RELEASE_MIN_AGE
 from .config import DcConfig
 from .sessions import _Session
 
@@ -103,14 +104,141 @@ def rss_direction(config: DcConfig, path_id: bytes, relay_key: bytes | None, ini
                           node_endpoint=ini.endpoint, responder_endpoint=res.endpoint)
 
 
+#: What ``PathTable.claim`` answers while another replica re-directs the path.
+BUSY = "busy"
+
+
 class PathTable:
-    """The paths by Path ID, and the RS-N path of each (node, general-node mapping)."""
+    """The paths by Path ID, and the RS-N path of each (node, general-node mapping).
+
+    On a registry shared by DC replicas (``store.shares_paths``: PostgreSQL) the NTM-peer paths
+    (DIRECT, RS-S) are also kept there, one row per path (core.registry.PathRow), written at every
+    (re-)direction and deleted when the path is dropped; a replica reads a path from there whenever
+    it needs its current state (a re-direction, a peer's query, a release), so it re-directs paths
+    another replica directed. ``records`` stays this replica's cache (and the whole table otherwise)."""
 
     def __init__(self, core: DcCore) -> None:
         self._core = core
         self.records: dict[bytes, PathRecord] = {}
         #: RS-N path per (node name, GN mapping), for reuse without scanning every path.
         self.rsn_by_gn: dict[tuple[str, tuple[tuple[str, str], ...]], bytes] = {}
+        store = core.store
+        self.shared: PathStore | None = store if getattr(store, "shares_paths", False) else None  # type: ignore[assignment]
+        #: The name under which this DC holds re-direction leases (its replica name).
+        self.owner = core.config.replica_name
+        self._next_expiry = 0.0
+
+    # -- the shared rows (replicas) -----------------------------------------------------------------
+    def _row(self, rec: PathRecord, now: float) -> PathRow:
+        a, b = sorted((rec.initiator, rec.peer))
+        role_a = rec.requester_role if a == rec.initiator else (
+            PathRole.RESPONDER if rec.requester_role is PathRole.INITIATOR else PathRole.INITIATOR)
+        holders = dict(rec.holders)
+        wall = self._core.wall_us(now) - int((now - rec.created) * 1_000_000)
+        return PathRow(rec.path_id, a, b, int(role_a), holders.get(a), holders.get(b), int(rec.mode), rec.rs,
+                       rec.path_key, rec.relay_ours, wall)
+
+    def _record(self, row: PathRow, now: float) -> PathRecord:
+        created = now - max(0, self._core.wall_us(now) - row.directed_us) / 1_000_000
+        holders = tuple((n, i) for n, i in ((row.end_a, row.inst_a), (row.end_b, row.inst_b)) if i is not None)
+        old = self.records.get(row.path_id)
+        rec = PathRecord(row.path_id, row.end_a, row.end_b, PathMode(row.mode), row.rs, created, (), row.path_key,
+                         requester_role=PathRole(row.role_a), relay_key=old.relay_key if old is not None else b"",
+                         holders=holders, relay_ours=row.relay_ours)
+        self.records[row.path_id] = rec
+        return rec
+
+    def lookup(self, path_id: bytes, now: float) -> PathRecord | None:
+        """The path's current record: from the shared registry if there is one (this replica's own
+        if the registry has no row or cannot be read; an RS-N path stays local), else this DC's."""
+        local = self.records.get(path_id)
+        if self.shared is None or (local is not None and local.mode is PathMode.RS_N):
+            return local
+        core = self._core
+        try:
+            row = self.shared.load_path(path_id)
+        except StoreError:
+            core.stats["path_store_errors"] += 1
+            return local
+        core.stats["path_store_reads"] += 1
+        if row is None:
+            return local
+        return self._record(row, now)
+
+    def put(self, rec: PathRecord, now: float) -> None:
+        """Record a path this DC (re-)directed; an NTM-peer path goes to the shared registry too (the
+        lease this replica held for its re-direction ends there)."""
+        self.records[rec.path_id] = rec
+        if self.shared is None or rec.mode is PathMode.RS_N:
+            return
+        try:
+            self.shared.save_path(self._row(rec, now), self.owner)
+            self._core.stats["path_store_writes"] += 1
+        except StoreError:
+            self._core.stats["path_store_errors"] += 1
+
+    def claim(self, path_id: bytes, now: float) -> PathRecord | str | None:
+        """The record of a path to re-direct, with its re-direction lease taken (shared registry): one
+        re-direction of a path at a time across the replicas. BUSY: another replica's runs; None:
+        no such path. Raises StoreError (the registry is down: no lease, no re-direction)."""
+        local = self.records.get(path_id)
+        if self.shared is None or (local is not None and local.mode is PathMode.RS_N):
+            return local
+        won, row = self.shared.claim_path(path_id, self.owner, REDIRECT_STALE)
+        if row is None and local is not None:
+            # Known here only (its row expired, or its write failed): written again, then claimed.
+            self.shared.save_path(self._row(local, now), self.owner)
+            won, row = self.shared.claim_path(path_id, self.owner, REDIRECT_STALE)
+        self._core.stats["path_claims"] += 1
+        if row is None:
+            return None
+        if not won:
+            self._core.stats["path_claims_busy"] += 1
+            return BUSY
+        return self._record(row, now)
+
+    def unclaim(self, path_id: bytes) -> None:
+        """A re-direction that failed gives its lease back."""
+        if self.shared is None:
+            return
+        try:
+            self.shared.unclaim_path(path_id, self.owner)
+        except StoreError:
+            self._core.stats["path_store_errors"] += 1  # (the lease runs out by itself)
+
+    def via(self, rs: str, now: float) -> list[PathRecord]:
+        """The RS-S paths through relay ``rs`` (this DC's, and on a shared registry every replica's)."""
+        recs = {p: r for p, r in self.records.items() if r.mode is PathMode.RS_S and r.rs == rs}
+        if self.shared is not None:
+            try:
+                for row in self.shared.paths_via(rs):
+                    recs[row.path_id] = self._record(row, now)
+            except StoreError:
+                self._core.stats["path_store_errors"] += 1
+        return list(recs.values())
+
+    def _forget(self, path_id: bytes, rec: PathRecord | None) -> None:
+        if self.shared is None or (rec is not None and rec.mode is PathMode.RS_N):
+            return
+        try:
+            self.shared.drop_path(path_id)
+        except StoreError:
+            self._core.stats["path_store_errors"] += 1  # (the row expires: PATH_ROW_TTL)
+
+    def drop(self, path_id: bytes) -> None:
+        """Forget a path here and in the shared registry (no relay to tell)."""
+        self._forget(path_id, self.records.pop(path_id, None))
+
+    def expire(self, now: float) -> None:
+        """Rows of the shared registry not (re-)directed for PATH_ROW_TTL are deleted (every replica
+        asks, at most once per PATH_ROW_TTL / 24)."""
+        if self.shared is None or now < self._next_expiry:
+            return
+        self._next_expiry = now + PATH_ROW_TTL / 24
+        try:
+            self._core.stats["path_rows_expired"] += self.shared.expire_paths(PATH_ROW_TTL)
+        except StoreError:
+            self._core.stats["path_store_errors"] += 1
 
     def new_path_id(self) -> bytes:
         core = self._core
@@ -124,6 +252,10 @@ class PathTable:
         core = self._core
         core.standbys.released(path_id, now)  # (its standby leg, if it has one: standby.py)
         rec = self.records.pop(path_id, None)
+        if rec is None and self.shared is not None:
+            rec = self.lookup(path_id, now)  # (another replica's: its relay may be ours)
+            self.records.pop(path_id, None)
+        self._forget(path_id, rec)
         if rec is None or rec.rs is None:
             return
         rs = core.clients.relay_named(rec.rs)
@@ -139,7 +271,7 @@ class PathTable:
         another DC's relay (that DC's node releases it), and a path (re-)directed less than
         RELAY_RELEASE_MIN_AGE ago: the release was meant for its previous relay leg."""
         core = self._core
-        rec = self.records.get(path_id)
+        rec = self.lookup(path_id, now)
         if rec is None or rec.rs is None or rec.mode is not PathMode.RS_S:
             core.stats["relay_release_nothing"] += 1
             return
@@ -151,6 +283,7 @@ class PathTable:
             core.stats["relay_release_foreign_relay"] += 1
             return
         rec.rs = None
+        self.put(rec, now)
         core.stats["relay_releases"] += 1
         core._request(rs.channel, PathRelease(path_id=path_id), new_txid(core._rand), rs.endpoint, now,
                       timeout=RELAY_DIRECTION_TIMEOUT)

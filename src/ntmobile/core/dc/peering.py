@@ -146,6 +146,10 @@ class Peering:
             self.replica_ids.add(rid)
             self._core.replica_relays.add(name, peer, 0.0)
 
+    def is_replica(self, peer: PeerDc) -> bool:
+        """``peer`` is another replica of this DC."""
+        return peer.key.startswith(REPLICA_KEY)
+
     def _peer_for_key(self, key: bytes) -> PeerDc | None:
         peer = self.by_key.get(key)
         if peer is not None:
@@ -415,7 +419,7 @@ class Peering:
             self._send_query(q, now)
             return
         if status is Status.PATH_GONE and q.redirect is not None:
-            self._core.path_table.records.pop(q.path_id, None)  # the peer's node restarted: set up again
+            self._core.path_table.drop(q.path_id)  # the peer's node restarted: set up again
         self._core.directions.fail(q, status, f"peer DC: {reason or status.name}")
 
     def _answered(self, q: PeerQueryOut, msg: PeerAnswer, now: float) -> None:
@@ -489,7 +493,7 @@ class Peering:
             core.stats["drop_peer_replay"] += 1
             return
         peer.seen[(q.path_id, q.timestamp)] = now
-        config, paths = core.config, core.path_table.records
+        config = core.config
         target = core.store.client_by_name(fqdn) if config.own_domain(fqdn) else None
         if target is None or target.role is not Role.NODE:
             refuse(Status.NXDOMAIN, f"no node named {fqdn} is enrolled here")
@@ -498,14 +502,15 @@ class Peering:
         if node is None:
             refuse(Status.PEER_UNREACHABLE, f"{fqdn} is not registered")
             return
-        known = paths.get(q.path_id)
+        # (On a registry shared by replicas, the path's row: another replica may have directed it.)
+        known = core.path_table.lookup(q.path_id, now)
         redirect = (known is not None and known.path_key == q.path_key and known.mode is not PathMode.RS_N
                     and {known.initiator, known.peer} == {name, fqdn})
         if redirect and known is not None and not core.path_table.holds(known, node, now):
             # Our node restarted since it got this path's key: never send the key to it again.
             refuse(Status.PATH_GONE, f"{fqdn} restarted since it got path {q.path_id.hex()}: set it up again")
             return
-        if (q.path_id in paths and not redirect) or q.path_id == config.dc_id \
+        if (known is not None and not redirect) or q.path_id == config.dc_id \
                 or core.store.get_client(q.path_id) is not None:
             refuse(Status.PATH_ID_IN_USE, "path ID in use here")
             return
@@ -562,6 +567,10 @@ class Peering:
         core.stats["peer_queries"] += 1
         if mode is PathMode.RS_S:
             relays = core.clients.relays()
+            if not relays and self.is_replica(peer):
+                # Another replica asks and we have no relay: the replicas' relays, through them (as for
+                # a path of our own: replicas.py).
+                relays = core.replica_relays.candidates()
             if not relays:
                 core.directions.fail(f, Status.NO_RELAY, "a relay is needed and none is up")
                 return
@@ -593,12 +602,11 @@ class Peering:
         f.done_at = now
         f.dc.replies[f.txid] = (f.reply, now)
         f.dc.busy.discard(f.txid)
-        rs = f.leg.rs if f.leg is not None else None
-        rs_name = rs.record.name if rs is not None else None
-        core.path_table.records[f.path_id] = PathRecord(
+        rs_name = route.rs_name if f.leg is not None else None  # (a relay of another replica's: its own name)
+        core.path_table.put(PathRecord(
             f.path_id, f.requester, node.record.name, f.mode, rs_name, now, (), f.query.path_key,
             requester_role=f.requester_role, relay_key=f.query.relay_key,
-            holders=((node.record.name, node.instance),))
+            holders=((node.record.name, node.instance),)), now)
         core.stats["paths_directed_for_peer_dc"] += 1
         core._emit(DirectionDecision(f.requester, node.record.name, Status.OK, f.mode, rs_name, f.path_id,
                                      tuple(f.evidence)))

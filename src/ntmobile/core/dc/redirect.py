@@ -15,9 +15,11 @@ from ntmobile.wire import (
     Status,
 )
 
-from ..timing import REDIRECT_STALE
+from ..registry import StoreError
+from ..timing import REDIRECT_CLAIM_RETRY, REDIRECT_CLAIM_WAIT, REDIRECT_STALE
 from .flows import LocalPeerDirection, Redirect, RelayLeg, S, move
 from .paths import (
+    BUSY,
     PathRecord,
     candidates,
     decide_route,
@@ -74,7 +76,10 @@ class Redirects:
         pid, node = r.path_id, r.node
         r.started = now
         self.running[pid] = r
-        rec = core.path_table.records.get(pid)
+        got = self._claim(r, now)
+        if got is BUSY:
+            return
+        rec = got if isinstance(got, PathRecord) else None
         name = node.record.name
         if rec is None or rec.mode is PathMode.RS_N or name not in (rec.initiator, rec.peer):
             fail(r, Status.UNKNOWN_PATH, f"no NTM-peer path {pid.hex()} of {name} is known here")
@@ -156,6 +161,37 @@ class Redirects:
         core.directions.hand_on(r, f)
         core.directions.start_peer_setup(f, now)
 
+    def _claim(self, r: Redirect, now: float) -> PathRecord | str | None:
+        """The path's record, with its re-direction lease if the registry is shared by replicas: of
+        two replicas re-directing one path at once one wins; the other waits (polling the lease every
+        REDIRECT_CLAIM_RETRY) and then decides on the state the first left, as a local re-direction
+        queued behind another does. BUSY: waiting (or failed)."""
+        core = self._core
+        pid = r.path_id
+        try:
+            got = core.path_table.claim(pid, now)
+        except StoreError as exc:
+            core.directions.fail(r, Status.STORAGE_ERROR, f"cannot take path {pid.hex()}'s re-direction lease: {exc}")
+            return BUSY
+        if got is not BUSY:
+            r.claimed = got is not None and core.path_table.shared is not None
+            return got
+        if r.claim_since < 0:
+            r.claim_since = now
+            r.evidence.append(f"another replica is re-directing path {pid.hex()}: waiting for it")
+            core.stats["redirects_waiting_replica"] += 1
+            if r.state is S.NEW:
+                move(r, S.QUEUED)
+        if now - r.claim_since >= REDIRECT_CLAIM_WAIT:
+            core.directions.fail(r, Status.PEER_UNREACHABLE, f"another replica kept re-directing path {pid.hex()}")
+            return BUSY
+        core._call_at(now + REDIRECT_CLAIM_RETRY, functools.partial(self._reclaim, r))
+        return BUSY
+
+    def _reclaim(self, r: Redirect, now: float) -> None:
+        if not r.finished and self.running.get(r.path_id) is r:
+            self._start(r, now)
+
     def _still_held(self, r: Redirect, rec: PathRecord, s: _Session, now: float) -> bool:
         """Whether ``s`` still holds the path's sealers: it runs as the process instance that got the key.
         A node that restarted since has new counters: the key must never reach it again, so the path
@@ -172,6 +208,9 @@ class Redirects:
         pid = r.path_id
         if not r.finished:
             move(r, S.DONE if status is None else S.FAILED)
+        if r.claimed and status is not None:
+            r.claimed = False
+            self._core.path_table.unclaim(pid)
         if status is None:
             self.waiting_relay.discard(pid)
         elif status in (Status.NO_RELAY, Status.RELAY_FAILED) and pid in self._core.path_table.records:
@@ -219,7 +258,7 @@ class Redirects:
     def move_paths_off(self, rs_name: str, now: float) -> None:
         """Relay ``rs_name`` is dead: move the RS-S paths of our nodes through it to a live relay (or
         DIRECT, if the route table allows by now), keeping their Path ID and path key."""
-        for rec in [r for r in self._core.path_table.records.values() if r.mode is PathMode.RS_S and r.rs == rs_name]:
+        for rec in self._core.path_table.via(rs_name, now):
             self._move_path(rec, f"relay {rs_name} of path {rec.path_id.hex()} is dead: moving the path", now)
 
     def sweep(self, now: float) -> None:
