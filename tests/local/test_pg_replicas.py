@@ -145,7 +145,7 @@ def test_replay_floor_one_winner_and_never_lowered(stores: tuple[PgStore, PgStor
     # a batch from a replica that saw an older floor does not lower it
     b.begin_batch()
     b.set_last_seq(cid, 5)
-    b.end_batch()
+    assert b.end_batch() == {cid}  # lost: nothing written, the registration would be undone
     rec = a.get_client(cid)
     assert rec is not None and rec.last_seq == 20
 
@@ -274,6 +274,60 @@ def test_two_dc_cores_share_identity_vips_and_replay_floors(stores: tuple[PgStor
     node_d = _node(rec, dcb.config.dc_id, DC_B, 4)
     status, _ = _register(dcb, node_d, DC_B, 5.0)
     assert status == Status.OK and node_d.registered and (node_d.registration.vip4, node_d.registration.vip6) == vips
+
+
+def test_a_registration_replayed_at_two_replicas_in_the_same_instant_is_accepted_once(
+        stores: tuple[PgStore, PgStore]) -> None:
+    """A captured Registration Request sent to both replicas so that each reads the floor before the
+    other commits (each in its batch, as the DC daemon runs them): both cores accept it, and the
+    batch commit lets exactly one through; the other replica undoes it (no answer, no session, the
+    holder is the winner) and counts it."""
+    a, b = stores
+    rec = ClientRecord(b"\x0d" * 8, "race.a.example", Role.NODE, b"\x12" * 32)
+    a.add_client(rec)
+    a.holder, b.holder = "192.0.2.10:7410", "192.0.2.12:7410"
+    dca, dcb = _replica(a, 10**15), _replica(b, 2 * 10**15)
+    node = _node(rec, dca.config.dc_id, DC_A, 5)
+    node.register((NODE_EP,), 1.0)
+    [req] = node.datagrams_to_send()
+    attacker = ("203.0.113.9", 4444)
+    for dc, store, src in ((dca, a, NODE_EP), (dcb, b, attacker)):
+        store.begin_batch()
+        dc.begin_batch()
+        store.prefetch([req.data])
+        dc.receive_datagram(req.data, src, 1.0)
+        assert dc.stats["registrations"] == 1  # each accepted it on the floor it read
+    lost_a = a.end_batch()
+    dca.end_batch(None, 1.0, lost_a)
+    lost_b = b.end_batch()
+    dcb.end_batch(None, 1.0, lost_b)
+    assert lost_a == set() and lost_b == {rec.client_id}
+    out_a, out_b = dca.datagrams_to_send(), dcb.datagrams_to_send()
+    assert [d.addr for d in out_a] == [NODE_EP] and out_b == []
+    assert [s["name"] for s in dca.sessions()] == ["race.a.example"] and dcb.sessions() == []
+    assert dcb.stats["registrations"] == 0 and dcb.stats["registration_lost_race"] == 1
+    assert a.holder_of(rec.client_id) == "192.0.2.10:7410"
+    node.receive_datagram(out_a[0].data, DC_A, 1.0)
+    assert node.registered
+    # the order reversed (the replay's replica commits first): the node's own replica undoes it
+    node2 = _node(rec, dca.config.dc_id, DC_A, 6)
+    node2.register((NODE_EP,), 2.0)
+    [req2] = node2.datagrams_to_send()
+    for dc, store, src in ((dca, a, NODE_EP), (dcb, b, attacker)):
+        store.begin_batch()
+        dc.begin_batch()
+        store.prefetch([req2.data])
+        dc.receive_datagram(req2.data, src, 2.0)
+    lost_b = b.end_batch()
+    dcb.end_batch(None, 2.0, lost_b)
+    lost_a = a.end_batch()
+    dca.end_batch(None, 2.0, lost_a)
+    assert lost_b == set() and lost_a == {rec.client_id}
+    assert dca.datagrams_to_send() == [] and dca.stats["registration_lost_race"] == 1
+    # dca's session from the first registration is the one it keeps (the undone one replaced it)
+    kept = dca.session(rec.client_id)
+    assert kept is not None and kept.endpoint == NODE_EP and kept.reg_tag != 0
+    assert a.holder_of(rec.client_id) == "192.0.2.12:7410"
 
 
 # -- directions between nodes registered at different replicas ----------------------------------

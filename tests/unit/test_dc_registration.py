@@ -65,6 +65,28 @@ def test_failed_group_commit_answers_the_batch_with_storage_error_and_keeps_no_s
     assert dc.stats["registrations"] == 0 and dc.stats["registrations_rejected"] == 3
 
 
+def test_registrations_that_lost_the_floor_race_are_undone_without_an_answer() -> None:
+    """The store's commit reports clients whose replay floor another replica raised first: their
+    registrations are undone (no answer, counted), a session they replaced is put back, and the rest
+    of the batch is answered as usual."""
+    dc, _store, nodes = make(3)
+    dc.receive_datagram(request(nodes[2], 2, 0.5), ep(2), 0.5)  # n2 registered before the batch
+    [first] = dc.datagrams_to_send()
+    nodes[2].receive_datagram(first.data, DC_EP, 0.5)
+    before = dc.session(nodes[2].config.node_id)
+    assert before is not None
+    dc.begin_batch()
+    for i, node in enumerate(nodes):
+        dc.receive_datagram(request(node, i, 1.0), ep(i), 1.0)
+    lost = {nodes[1].config.node_id, nodes[2].config.node_id}
+    dc.end_batch(None, 1.0, lost)
+    out = dc.datagrams_to_send()
+    assert [d.addr for d in out] == [ep(0)]
+    assert dc.stats["registration_lost_race"] == 2 and dc.stats["registrations"] == 2
+    assert dc.session(nodes[1].config.node_id) is None
+    assert dc.session(nodes[2].config.node_id) is before
+
+
 def test_committed_batch_registers_everyone() -> None:
     dc, _store, nodes = make(3)
     dc.begin_batch()

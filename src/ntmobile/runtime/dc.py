@@ -284,12 +284,12 @@ class DcDaemon:
         tr = self.driver.trace
         t0 = time.monotonic() if tr is not None else 0.0
         try:
-            self.store.end_batch()
+            lost = self.store.end_batch()
         except StoreError as exc:
             self.commit_errors += 1
             self.core.end_batch(str(exc), self.driver.now())
         else:
-            self.core.end_batch(None, self.driver.now())
+            self.core.end_batch(None, self.driver.now(), lost)
         if tr is not None and (ms := (time.monotonic() - t0) * 1000) >= 0.2:
             tr.mark("commit", ms=round(ms, 3))
 

@@ -220,9 +220,9 @@ class PgStore(SeqBatch):
         for row in rows:
             self._ahead[bytes(row[0])] = row
 
-    def end_batch(self) -> None:
+    def end_batch(self) -> set[bytes]:
         self._ahead.clear()
-        super().end_batch()
+        return super().end_batch()
 
     def _all(self, sql: str, args: tuple[object, ...] = ()) -> list[tuple[Any, ...]]:
         with self._tx() as cur:
@@ -239,12 +239,20 @@ class PgStore(SeqBatch):
         return 0, 0
 
     # -- group commit (SeqBatch) ----------------------------------------------------------------
-    def _write_seqs(self, rows: list[tuple[int, bytes]]) -> None:
+    def _write_seqs(self, rows: list[tuple[int, bytes]]) -> set[bytes]:
         """A batch's replay floors in one statement: in autocommit a single UPDATE is its own
-        transaction (all rows or none), one round trip with no BEGIN/COMMIT around it."""
-        self._rows("UPDATE clients AS c SET last_seq = GREATEST(c.last_seq, v.seq), holder = %s "
-                   "FROM unnest(%s::bigint[], %s::bytea[]) AS v(seq, cid) WHERE c.client_id = v.cid",
-                   (self.holder, [seq for seq, _ in rows], [cid for _, cid in rows]))
+        transaction (all rows or none), one round trip with no BEGIN/COMMIT around it. A row is
+        written only where the stored floor is still below the batch's sequence number (row locks
+        serialise two replicas' updates of one client: of a registration accepted at both, only the
+        first commit wins); the clients whose row was not written are returned (their registrations
+        are undone: the floor was read before another replica's commit, or the client was removed)."""
+        won = self._rows("UPDATE clients AS c SET last_seq = v.seq, holder = %s "
+                         "FROM unnest(%s::bigint[], %s::bytea[]) AS v(seq, cid) "
+                         "WHERE c.client_id = v.cid AND c.last_seq < v.seq RETURNING c.client_id",
+                         (self.holder, [seq for seq, _ in rows], [cid for _, cid in rows]))
+        if len(won) == len(rows):
+            return set()
+        return {cid for _, cid in rows} - {bytes(r[0]) for r in won}
 
     def _write_seq(self, client_id: bytes, seq: int) -> None:
         with self._tx() as cur:

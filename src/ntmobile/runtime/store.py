@@ -85,14 +85,17 @@ class SeqBatch:
         writes commit at once, as outside a batch."""
         self._batching = True
 
-    def end_batch(self) -> None:
-        """Write the batch's sequence numbers. StoreError if that fails (none of them is written)."""
+    def end_batch(self) -> set[bytes]:
+        """Write the batch's sequence numbers. StoreError if that fails (none of them is written).
+        Returns the clients whose write lost: the stored floor was already at or above the batch's
+        sequence number (another replica accepted that registration, or a later one, since this
+        batch read the floor), or the client is gone; the caller undoes their registrations."""
         self._batching = False
         if not self._seqs:
-            return
+            return set()
         rows = [(seq, cid) for cid, seq in self._seqs.items()]
         self._seqs.clear()
-        self._write_seqs(rows)
+        return self._write_seqs(rows)
 
     def batch_pending(self) -> bool:
         """The current batch has sequence numbers to write (its answers must wait for end_batch)."""
@@ -107,7 +110,7 @@ class SeqBatch:
     def _write_seq(self, client_id: bytes, seq: int) -> None:
         raise NotImplementedError
 
-    def _write_seqs(self, rows: list[tuple[int, bytes]]) -> None:
+    def _write_seqs(self, rows: list[tuple[int, bytes]]) -> set[bytes]:
         raise NotImplementedError
 
 
@@ -159,7 +162,9 @@ class SqliteStore(SeqBatch):
         self.db.close()
 
     # -- group commit (SeqBatch) ------------------------------------------------------------------
-    def _write_seqs(self, rows: list[tuple[int, bytes]]) -> None:
+    def _write_seqs(self, rows: list[tuple[int, bytes]]) -> set[bytes]:
+        """One DC owns the file (no other writer can have raised a floor since the batch read it):
+        nothing loses."""
         try:
             self.db.execute("BEGIN")
             self.db.executemany("UPDATE clients SET last_seq = ? WHERE client_id = ?", rows)
@@ -170,6 +175,7 @@ class SqliteStore(SeqBatch):
             except sqlite3.Error:
                 pass
             raise StoreError(f"{self.path}: {exc}") from None
+        return set()
 
     def _write_seq(self, client_id: bytes, seq: int) -> None:
         self._write("UPDATE clients SET last_seq = ? WHERE client_id = ?", (seq, client_id))

@@ -268,11 +268,12 @@ class DcCore(CoreBase):
         """This batch has registrations whose answers wait for end_batch (the rest may leave now)."""
         return self.registration.batch_pending()
 
-    def end_batch(self, error: str | None, now: float) -> None:
+    def end_batch(self, error: str | None, now: float, lost: set[bytes] | frozenset[bytes] = frozenset()) -> None:
         """The batch's registry writes were committed (``error`` None) or failed: then the batch's
         registrations are undone and answered with STORAGE_ERROR instead (call this before sending
-        the datagrams)."""
-        self.registration.end_batch(error)
+        the datagrams). ``lost``: clients whose replay-floor write lost to another replica (the
+        store's ``end_batch``): their registrations are undone, unanswered."""
+        self.registration.end_batch(error, lost)
 
     # -- housekeeping -----------------------------------------------------------------------------
     def _sweep(self, now: float) -> None:

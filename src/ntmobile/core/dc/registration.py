@@ -43,8 +43,9 @@ class Registration:
         self._eph: Ephemeral | None = None
         self._eph_at = -1e9
         #: Between begin_batch and end_batch: the registrations answered (whose registry writes the
-        #: runtime commits at end_batch): session, response datagram, long-term channel, txid, address.
-        self._batch: list[tuple[_Session, bytes, Channel, int, Endpoint]] | None = None
+        #: runtime commits at end_batch): session, response datagram, long-term channel, txid, address,
+        #: and the client's session it replaced (put back if the registration is undone).
+        self._batch: list[tuple[_Session, bytes, Channel, int, Endpoint, _Session | None]] | None = None
 
     # -- group commit (the runtime brackets each batch of datagrams) -------------------------------
     def begin_batch(self) -> None:
@@ -53,17 +54,35 @@ class Registration:
     def batch_pending(self) -> bool:
         return bool(self._batch)
 
-    def end_batch(self, error: str | None) -> None:
+    def end_batch(self, error: str | None, lost: set[bytes] | frozenset[bytes] = frozenset()) -> None:
+        """The batch's registry writes were committed (``error`` None) or failed. A failed commit
+        undoes every registration of the batch and answers it STORAGE_ERROR. ``lost``: clients whose
+        replay-floor write lost to another replica (it accepted the same registration, or a later
+        one, after this batch read the floor: a captured request replayed to two replicas at once)
+        or that were removed meanwhile: their registrations are undone without an answer (counted
+        ``registration_lost_race``), the session they replaced, if any, kept."""
         batch, self._batch = self._batch, None
-        if error is None or not batch:
+        if not batch or (error is None and not lost):
             return
         core = self._core
-        failed = {id(data) for _s, data, _lt, _t, _a in batch}
+        undo = batch if error is not None else [b for b in batch if b[0].record.client_id in lost]
+        if not undo:
+            return
+        failed = {id(data) for _s, data, _lt, _t, _a, _p in undo}
         core._out = [dg for dg in core._out if id(dg.data) not in failed]
-        for session, _data, lt, txid, addr in batch:
-            core.clients.remove(session)
+        for session, _data, lt, txid, addr, previous in reversed(undo):
+            if core.clients.get(session.record.client_id) is session:
+                core.clients.remove(session)
+                if previous is not None:
+                    core.clients.add(previous)
             core.stats["registrations"] -= 1
-            self._reject(lt, session.record, txid, addr, Status.STORAGE_ERROR, f"registry cannot be written: {error}")
+            if error is not None:
+                self._reject(lt, session.record, txid, addr, Status.STORAGE_ERROR,
+                             f"registry cannot be written: {error}")
+            else:
+                core.stats["registration_lost_race"] += 1
+                core._emit(RegistrationRejected(session.record.name, Status.AUTH_FAILED,
+                                                "replayed: another replica accepted this registration first"))
 
     def _advance_counter(self, floor: int, now: float) -> None:
         """The client has accepted counters up to ``floor`` under our long-term key, from another
@@ -142,7 +161,7 @@ class Registration:
             core.natprobe.send_filter_probe(session, lt, addr)
         data_out = core._reply(lt, self._response(session, addr), header.txid, addr, flags=SignalFlags.LONG_TERM)
         if self._batch is not None:
-            self._batch.append((session, data_out, lt, header.txid, addr))
+            self._batch.append((session, data_out, lt, header.txid, addr, old))
         core.stats["registrations"] += 1
         core._emit(ClientRegistered(record.name, record.role, record.vip4, record.vip6, addr, nat))
         if record.role is Role.RELAY:
