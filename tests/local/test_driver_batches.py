@@ -141,3 +141,59 @@ def test_sends_first_answers_before_the_event_handlers_run(sends_first: bool, qu
     asyncio.run(main())
     got = [f"{k} {d.decode()}".strip() for k, d in log if (k, d) != ("commit", b"") or "commit" in expected]
     assert got[:len(expected)] == expected
+
+
+def test_read_ahead_shows_the_next_batch_to_the_commit_and_then_processes_it() -> None:
+    """With ``read_ahead`` the driver reads the next batch before flushing the current one: the flush
+    (the DC's commit) sees the next batch's datagrams in ``ahead``, the current batch's answers still
+    leave at that flush, before the next batch is processed, and nothing is lost or read twice."""
+    from ntmobile.runtime.driver import READ_BATCH
+
+    log: list[tuple[str, bytes]] = []
+    core = EchoCore(log)
+    seen_ahead: list[list[bytes]] = []
+    n = READ_BATCH + 5  # queued at once: a full batch, then a batch read ahead
+
+    async def main() -> None:
+        drv: CoreDriver
+
+        def commit() -> None:
+            seen_ahead.append(list(drv.ahead))
+            log.append(("commit", b""))
+            core.pending = False
+
+        drv = CoreDriver(core, lambda ev: None, batch_reads=True, on_flush=commit,
+                         can_send_early=lambda: not core.pending, read_ahead=True)
+        sent = drv.send
+
+        def send(data: bytes, addr: tuple[str, int]) -> None:
+            log.append(("send", data))
+            sent(data, addr)
+        drv.send = send  # type: ignore[method-assign]
+        await drv.start(0, host4="127.0.0.1", host6=None)
+        port = drv.sockets()[0].getsockname()[1]
+        tx = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+        tx.bind(("127.0.0.1", 0))
+        tx.settimeout(5)
+        queries = [b"reg%02d" % i for i in range(n)]
+        try:
+            drv.loop.remove_reader(drv._readers[0].fileno())  # queue them all before the first read
+            for q in queries:
+                tx.sendto(q, ("127.0.0.1", port))
+            drv.loop.add_reader(drv._readers[0].fileno(), drv._readable, drv._readers[0])
+            got = [await asyncio.get_running_loop().run_in_executor(None, tx.recv, 64) for _ in queries]
+            assert sorted(got) == queries
+        finally:
+            tx.close()
+            drv.close()
+        assert drv.ahead == []
+
+    asyncio.run(main())
+    assert seen_ahead[0] == [b"reg%02d" % i for i in range(READ_BATCH, n)]
+    assert seen_ahead[1] == []  # the second batch emptied the socket: nothing read ahead
+    kinds = [k for k, _ in log]
+    first_commit = kinds.index("commit")
+    assert kinds[:first_commit] == ["recv"] * READ_BATCH
+    # the first batch's answers leave at its commit, before the read-ahead batch is processed
+    assert kinds[first_commit + 1:first_commit + 1 + READ_BATCH] == ["send"] * READ_BATCH
+    assert [d for k, d in log if k == "recv"] == [b"reg%02d" % i for i in range(n)]
