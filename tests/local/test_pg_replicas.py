@@ -504,48 +504,6 @@ def test_prefetch_looks_up_a_batchs_registering_clients_in_one_round_trip(
     assert rec is not None and rec.last_seq == 50
 
 
-def test_a_batch_commit_reads_the_next_batchs_clients_in_the_same_round_trip(
-        stores: tuple[PgStore, PgStore]) -> None:
-    """The DC's driver reads the next batch before it commits the current one (read_ahead) and hands
-    it to end_batch: the committing statement also reads the clients that batch names, so the next
-    batch's prefetch needs no query; a client in both batches shows the floor just written, and a
-    lost write is still reported."""
-    from ntmobile.wire import VERSION, MessageType, SignalFlags
-    from ntmobile.wire.frame import SIGNAL_HEADER
-
-    a, b = stores
-    ids = [bytes([8, i]) * 4 for i in range(4)]
-    for i, cid in enumerate(ids):
-        a.add_client(ClientRecord(cid, f"q{i}.a.example", Role.NODE, bytes(32)))
-
-    def dgram(cid: bytes) -> bytes:
-        return SIGNAL_HEADER.pack(VERSION, MessageType.REGISTRATION_REQUEST, SignalFlags.LONG_TERM, 0, cid, 1, 7) + bytes(32)
-
-    a.set_last_seq(ids[3], 90)  # another replica accepted a later registration of q3
-    b.begin_batch()
-    b.prefetch([dgram(ids[0]), dgram(ids[1]), dgram(ids[3])])
-    b.set_last_seq(ids[0], 40)
-    b.set_last_seq(ids[1], 41)
-    b.set_last_seq(ids[3], 42)
-    before = b.round_trips
-    lost = b.end_batch([dgram(ids[1]), dgram(ids[2])])
-    assert lost == {ids[3]} and b.round_trips == before + 1
-    b.begin_batch()
-    b.prefetch([dgram(ids[1]), dgram(ids[2])])
-    assert b.round_trips == before + 1  # read by the commit
-    r1, r2 = b.get_client(ids[1]), b.get_client(ids[2])
-    assert r1 is not None and r1.last_seq == 41 and r2 is not None and r2.name == "q2.a.example"
-    assert b.round_trips == before + 1
-    assert b.end_batch() == set()
-    # a batch that names other clients than the read-ahead: its own query
-    b.begin_batch()
-    b.prefetch([dgram(ids[0])])
-    assert b.round_trips == before + 2
-    b.end_batch()
-    rows = {cid: a.get_client(cid) for cid in ids}
-    assert [rows[c].last_seq for c in ids] == [40, 41, 0, 90]  # type: ignore[union-attr]
-
-
 def replica_path(a: PgStore, b: PgStore, mn_nat: str, cn_nat: str, mode: PathMode,
                  **kw: Any) -> tuple[_ReplicaWorld, bytes]:
     """A _ReplicaWorld (``kw``: its options) whose mn has a path of ``mode`` to cn, data exchanged

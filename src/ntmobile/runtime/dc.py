@@ -181,8 +181,7 @@ class DcDaemon:
         self.driver = CoreDriver(self.core, self.on_event, batch_reads=True, on_batch_start=self._begin_batch,
                                  on_flush=self._commit,
                                  on_batch_read=self.store.prefetch if is_postgres(s.database) else None,
-                                 can_send_early=self._nothing_to_commit, sends_first=True,
-                                 read_ahead=is_postgres(s.database))
+                                 can_send_early=self._nothing_to_commit, sends_first=True)
         self._summary_at = loop.time()
         await self.driver.start(s.port, host4=s.listen4, host6=s.listen6)
         self.probe_transports: dict[tuple[bool, int], asyncio.DatagramTransport] = {}
@@ -285,7 +284,7 @@ class DcDaemon:
         tr = self.driver.trace
         t0 = time.monotonic() if tr is not None else 0.0
         try:
-            lost = self.store.end_batch(self.driver.ahead)
+            lost = self.store.end_batch()
         except StoreError as exc:
             self.commit_errors += 1
             self.core.end_batch(str(exc), self.driver.now())

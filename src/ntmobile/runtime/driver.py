@@ -34,9 +34,6 @@ log = logging.getLogger(__name__)
 Endpoint = tuple[str, int]
 #: Datagrams a batch-reading driver takes from a socket per readiness callback.
 READ_BATCH = 16
-#: With ``read_ahead``: batches read ahead in one readiness callback (then the loop's other work runs:
-#: timers, other sockets), so at most (1 + this) x READ_BATCH datagrams per callback.
-READ_AHEAD_ROUNDS = 7
 #: Kinds of handler error (where, exception type) whose traceback has been logged: at most this many
 #: are remembered (past that, every new kind is logged in one line).
 TRACEBACK_KINDS_MAX = 256
@@ -164,13 +161,8 @@ class CoreDriver:
                  on_flush: Callable[[], None] | None = None, batch_reads: bool = False,
                  on_batch_start: Callable[[], None] | None = None, mark_signalling: bool = False,
                  on_batch_read: Callable[[list[bytes]], None] | None = None,
-                 can_send_early: Callable[[], bool] | None = None, sends_first: bool = False,
-                 read_ahead: bool = False) -> None:
+                 can_send_early: Callable[[], bool] | None = None, sends_first: bool = False) -> None:
         self.core = core
-        #: With ``batch_reads``: read the next batch before flushing the current one; its datagrams
-        #: are in ``ahead`` during that flush (``on_flush`` may look ahead; they are processed next).
-        self.read_ahead = read_ahead
-        self.ahead: list[bytes] = []
         #: With ``sends_first`` the core's datagrams leave before its events are handled (after
         #: ``on_flush``): for a daemon whose event handlers only log, count and start tasks (the DC),
         #: so that no log line or metric sits between a request and its answer.
@@ -270,7 +262,11 @@ class CoreDriver:
             self.errors.record("receive_datagram", exc)
         self.flush()
 
-    def _recv_batch(self, sock: socket.socket) -> list[tuple[bytes, Any]]:
+    def _readable(self, sock: socket.socket) -> None:
+        if self.on_batch_start is not None:
+            self.on_batch_start()
+        core, hook = self.core, self.data_hook
+        now = self.loop.time()
         batch: list[tuple[bytes, Any]] = []
         for _ in range(READ_BATCH):
             try:
@@ -280,35 +276,6 @@ class CoreDriver:
             except OSError:
                 self.socket_errors += 1  # ICMP errors and the like: never fatal
                 continue
-        return batch
-
-    def _readable(self, sock: socket.socket) -> None:
-        """Read batches from ``sock`` until it is empty (at most READ_AHEAD_ROUNDS + 1 of them in
-        this callback). With ``read_ahead``, the next batch is read before the current one's flush,
-        and ``ahead`` holds its datagrams during that flush (the DC on PostgreSQL looks up its
-        clients in the statement that commits the current batch: one round trip instead of two)."""
-        batch = self._recv_batch(sock)
-        rounds = 0
-        while True:
-            self._one_batch(batch)
-            nxt: list[tuple[bytes, Any]] = []
-            if self.read_ahead and batch and rounds < READ_AHEAD_ROUNDS:
-                nxt = self._recv_batch(sock)
-                self.ahead = [d for d, _ in nxt]
-            try:
-                self.flush()
-            finally:
-                self.ahead = []
-            if not nxt:
-                return
-            batch = nxt
-            rounds += 1
-
-    def _one_batch(self, batch: list[tuple[bytes, Any]]) -> None:
-        if self.on_batch_start is not None:
-            self.on_batch_start()
-        core, hook = self.core, self.data_hook
-        now = self.loop.time()
         if self.on_batch_read is not None and batch:
             try:
                 self.on_batch_read([d for d, _ in batch])
@@ -329,6 +296,7 @@ class CoreDriver:
                 self.errors.record("receive_datagram", exc)
             if early is not None and i < last and early():
                 self._send_now()
+        self.flush()
 
     def _send_now(self) -> None:
         """Mid-batch: the core's events, then its datagrams (the flush's order, without on_flush);

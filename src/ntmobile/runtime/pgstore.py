@@ -143,8 +143,6 @@ class PgStore(SeqBatch):
         self._lock = threading.RLock()
         #: Rows looked up ahead for the current read batch (``prefetch``), cleared at its end.
         self._ahead: dict[bytes, tuple[Any, ...] | None] = {}
-        #: ``_ahead`` was read by the previous batch's commit (for the batch now starting).
-        self._ahead_read = False
         with self._tx() as cur:
             cur.execute("SELECT pg_advisory_xact_lock(%s, 0)", (SCHEMA_LOCK,))
             for stmt in SCHEMA:
@@ -201,23 +199,14 @@ class PgStore(SeqBatch):
         rows = self._rows(sql, args, one=True)
         return rows[0] if rows else None
 
-    @staticmethod
-    def _senders(datagrams: list[bytes]) -> set[bytes]:
-        """The client IDs that a batch's long-term signalling datagrams (Registration Requests) name."""
-        return {d[4:12] for d in datagrams
-                if len(d) >= SIGNAL_HEADER_SIZE and d[1] != MessageType.DATA and d[2] & SignalFlags.LONG_TERM}
-
     def prefetch(self, datagrams: list[bytes]) -> None:
         """Look up, in one query, the clients that the batch's long-term signalling datagrams
         (Registration Requests) name as sender: the core's ``get_client`` for them then needs no
         round trip of its own. Only clients the core would look up anyway (a long-term datagram's
-        sender), read at the batch's start; the batch's own replay floors still apply (``_seqs``).
-        No query if the previous batch's commit already read them (``end_batch`` with ``ahead``)."""
-        ids = self._senders(datagrams)
-        if self._ahead_read and ids <= self._ahead.keys():
-            return
+        sender), read at the batch's start; the batch's own replay floors still apply (``_seqs``)."""
+        ids = {d[4:12] for d in datagrams
+               if len(d) >= SIGNAL_HEADER_SIZE and d[1] != MessageType.DATA and d[2] & SignalFlags.LONG_TERM}
         self._ahead.clear()
-        self._ahead_read = False
         if not ids:
             return
         try:
@@ -231,19 +220,9 @@ class PgStore(SeqBatch):
         for row in rows:
             self._ahead[bytes(row[0])] = row
 
-    def end_batch(self, ahead: list[bytes] | None = None) -> set[bytes]:
-        """Commit the batch's replay floors (SeqBatch.end_batch). With ``ahead`` (the next read
-        batch's datagrams), the statement that commits them also reads the clients that batch names,
-        for its ``prefetch``: one round trip for both."""
+    def end_batch(self) -> set[bytes]:
         self._ahead.clear()
-        self._ahead_read = False
-        ids = self._senders(ahead) if ahead else set()
-        if not ids or not self._seqs:
-            return super().end_batch()
-        self._batching = False
-        rows = [(seq, cid) for cid, seq in self._seqs.items()]
-        self._seqs.clear()
-        return self._write_seqs(rows, ids)
+        return super().end_batch()
 
     def _all(self, sql: str, args: tuple[object, ...] = ()) -> list[tuple[Any, ...]]:
         with self._tx() as cur:
@@ -260,42 +239,20 @@ class PgStore(SeqBatch):
         return 0, 0
 
     # -- group commit (SeqBatch) ----------------------------------------------------------------
-    def _write_seqs(self, rows: list[tuple[int, bytes]], ahead: set[bytes] | None = None) -> set[bytes]:
+    def _write_seqs(self, rows: list[tuple[int, bytes]]) -> set[bytes]:
         """A batch's replay floors in one statement: in autocommit a single UPDATE is its own
         transaction (all rows or none), one round trip with no BEGIN/COMMIT around it. A row is
         written only where the stored floor is still below the batch's sequence number (row locks
         serialise two replicas' updates of one client: of a registration accepted at both, only the
         first commit wins); the clients whose row was not written are returned (their registrations
-        are undone: the floor was read before another replica's commit, or the client was removed).
-
-        ``ahead``: client IDs the next batch names; the same statement reads their rows (as
-        ``prefetch`` would). Its SELECT sees the rows as they were before its own UPDATE (one
-        snapshot per statement), so a row this batch raised gets the floor it wrote."""
-        seqs, cids = [seq for seq, _ in rows], [cid for _, cid in rows]
-        update = ("UPDATE clients AS c SET last_seq = v.seq, holder = %s "
-                  "FROM unnest(%s::bigint[], %s::bytea[]) AS v(seq, cid) "
-                  "WHERE c.client_id = v.cid AND c.last_seq < v.seq RETURNING c.client_id")
-        if not ahead:
-            won = {bytes(r[0]) for r in self._rows(update, (self.holder, seqs, cids))}
-        else:
-            out = self._rows(f"WITH u AS ({update}) SELECT true, client_id, NULL::text, NULL::integer, NULL::bytea, "
-                             f"NULL::text, NULL::text, NULL::bigint FROM u "
-                             f"UNION ALL SELECT false, {_COLS} FROM clients WHERE client_id = ANY(%s)",
-                             (self.holder, seqs, cids, list(ahead)))
-            won = {bytes(r[1]) for r in out if r[0]}
-            wrote = dict(zip(cids, seqs, strict=True))
-            self._ahead = dict.fromkeys(ahead)
-            for r in out:
-                if not r[0]:
-                    cid = bytes(r[1])
-                    row = r[1:]
-                    if cid in won:
-                        row = (*row[:6], max(int(row[6]), wrote[cid]))
-                    self._ahead[cid] = row
-            self._ahead_read = True
+        are undone: the floor was read before another replica's commit, or the client was removed)."""
+        won = self._rows("UPDATE clients AS c SET last_seq = v.seq, holder = %s "
+                         "FROM unnest(%s::bigint[], %s::bytea[]) AS v(seq, cid) "
+                         "WHERE c.client_id = v.cid AND c.last_seq < v.seq RETURNING c.client_id",
+                         (self.holder, [seq for seq, _ in rows], [cid for _, cid in rows]))
         if len(won) == len(rows):
             return set()
-        return set(cids) - won
+        return {cid for _, cid in rows} - {bytes(r[0]) for r in won}
 
     def _write_seq(self, client_id: bytes, seq: int) -> None:
         with self._tx() as cur:

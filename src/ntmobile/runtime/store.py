@@ -85,13 +85,11 @@ class SeqBatch:
         writes commit at once, as outside a batch."""
         self._batching = True
 
-    def end_batch(self, ahead: list[bytes] | None = None) -> set[bytes]:
+    def end_batch(self) -> set[bytes]:
         """Write the batch's sequence numbers. StoreError if that fails (none of them is written).
         Returns the clients whose write lost: the stored floor was already at or above the batch's
         sequence number (another replica accepted that registration, or a later one, since this
-        batch read the floor), or the client is gone; the caller undoes their registrations.
-        ``ahead``: the next read batch's datagrams (the driver's read-ahead), for a store that looks
-        up its clients in the same round trip (PgStore); ignored here."""
+        batch read the floor), or the client is gone; the caller undoes their registrations."""
         self._batching = False
         if not self._seqs:
             return set()
