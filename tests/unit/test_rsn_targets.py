@@ -240,3 +240,34 @@ def test_a_bad_dc_allow_list_is_refused_at_construction_not_on_input() -> None:
     w = World()
     with pytest.raises(ValueError, match="allow-list.*10.9.0.0/33"):
         DcCore(dataclasses.replace(w.dc.config, rsn_allow=("10.9.0.0/33",)), w.store, 0.0, seq_base=1)
+
+
+def test_a_gn_address_is_looked_up_as_a_vip_once_and_a_vip_of_an_earlier_pool_stays_refused() -> None:
+    """The VIP check of an RS-N target asks the registry once per address that is no VIP (a DC on
+    PostgreSQL would otherwise pay a round trip per set-up); an address that is a VIP, here one
+    assigned under an earlier pool configuration (outside today's pools, which the policy refuses),
+    is looked up and refused every time; the remembered addresses are bounded."""
+    from ntmobile.core.dc import direction as dcdirection
+
+    w = World()
+    vip = w.mn.registration.vip4  # type: ignore[union-attr]
+    assert vip is not None
+    # the pools moved: the old VIP range is no longer refused by the policy, only the look-up finds it
+    w.dc.config = dataclasses.replace(w.dc.config, rsn_allow=(*TEST_NETS, "100.64.0.0/10"), rsn_refuse=(DC_EP[0],))
+    store = w.dc.store
+    looked: list[str] = []
+    real = store.client_by_vip
+
+    def counted(addr: str) -> object:
+        looked.append(addr)
+        return real(addr)
+    store.client_by_vip = counted  # type: ignore[method-assign]
+    d = w.dc.directions
+    for _ in range(3):
+        refused: list[str] = []
+        assert d._rsn_target((GN,), refused) == GN and refused == []
+        assert d._rsn_target((vip,), refused) is None and refused == [f"{vip} is the VIP of {w.mn.config.name}"]
+    assert looked == [GN] + [vip] * 3
+    for i in range(dcdirection.NOT_VIP_CACHE + 10):
+        d._not_vip(f"198.51.100.{i % 250}.{i}")
+    assert len(d._not_vips) == dcdirection.NOT_VIP_CACHE

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import dataclasses
 import functools
+from collections import OrderedDict
 from typing import TYPE_CHECKING, Any, TypeVar
 
 from ntmobile.wire import (
@@ -90,6 +91,10 @@ def _replace(msg: _M, **changes: Any) -> _M:
     return dataclasses.replace(msg, **changes)
 
 
+#: General-node addresses remembered as no client's VIP (Directions._not_vip).
+NOT_VIP_CACHE = 4096
+
+
 def _target_policy(c: DcConfig) -> TargetPolicy:
     return TargetPolicy(c.rsn_allow, c.rsn_refuse + tuple(str(a) for a, _p in c.probe))
 
@@ -117,6 +122,8 @@ class Directions:
         #: RS-N target policy, for the configuration it was built from (rebuilt if that is replaced).
         #: Built now, so a bad prefix is a ValueError at construction, never an error on input.
         self._targets = (core.config, _target_policy(core.config))
+        #: General-node addresses looked up and found to be no client's VIP (``_not_vip``).
+        self._not_vips: OrderedDict[str, None] = OrderedDict()
 
     # -- the node's request ---------------------------------------------------------------------------
     def on_request(self, node: _Session, header: SignalHeader, msg: DirectionRequest, addr: Endpoint,
@@ -309,12 +316,26 @@ class Directions:
             own.extend(ep[0] for ep in rs.local_endpoints)
         for a in addrs:
             why = policy.refusal(a, own)
-            if why is None and (vip_of := core.store.client_by_vip(a)) is not None:
-                why = f"{a} is the VIP of {vip_of.name}"
+            if why is None and a not in self._not_vips:
+                if (vip_of := core.store.client_by_vip(a)) is not None:
+                    why = f"{a} is the VIP of {vip_of.name}"
+                else:
+                    self._not_vip(a)
             if why is None:
                 return a
             refused.append(why)
         return None
+
+    def _not_vip(self, addr: str) -> None:
+        """``addr`` is no client's VIP, and never becomes one while the policy lets it through: VIPs
+        are only assigned from the configured pools, which the policy refuses (DcConfig.rsn_refuse),
+        so only an address assigned under an earlier pool configuration is one (the registry look-up
+        finds those). Remembered, at most NOT_VIP_CACHE addresses, so that a busy DC on PostgreSQL
+        does not ask the database once per RS-N set-up to a popular general node."""
+        cache = self._not_vips
+        cache[addr] = None
+        if len(cache) > NOT_VIP_CACHE:
+            cache.popitem(last=False)
 
     def _metric_fresh(self, rs: str, gn_addr: str, now: float) -> bool:
         m = self._metrics.get((rs, gn_addr))
