@@ -135,6 +135,29 @@ def test_gn_vip_races_for_one_node_on_two_replicas(stores: tuple[PgStore, PgStor
     assert len(set(vips)) == len(vips)  # never the same GN VIP for two GN addresses
 
 
+def test_gn_vip_mappings_known_here_cost_no_round_trip_and_stay_right_across_replicas(
+        stores: tuple[PgStore, PgStore]) -> None:
+    """A replica remembers the GN VIP mappings it read or made (they never change): the same one
+    again costs no round trip, a new one for a known node one INSERT; a mapping the other replica made
+    meanwhile (unknown here) makes that INSERT insert nothing, and the fallback still gives a VIP of
+    its own; both replicas agree on every mapping."""
+    a, b = stores
+    node = b"\x0e" * 8
+    a.add_client(ClientRecord(node, "g.a.example", Role.NODE, bytes(32)))
+    t0 = a.round_trips
+    v1 = a.gn_vip(node, "198.51.100.1")
+    assert a.round_trips == t0 + 2  # node not known here: read its mappings, insert
+    assert a.gn_vip(node, "198.51.100.1") == v1 and a.round_trips == t0 + 2
+    v2 = a.gn_vip(node, "198.51.100.2")
+    assert a.round_trips == t0 + 3 and v2 != v1
+    v3 = b.gn_vip(node, "198.51.100.3")  # made at the other replica: a's cache does not know it
+    v4 = a.gn_vip(node, "198.51.100.4")  # a's first try takes v3's VIP, inserts nothing, then reads
+    assert len({v1, v2, v3, v4}) == 4
+    assert [b.gn_vip(node, f"198.51.100.{i}") for i in (1, 2, 3, 4)] == [v1, v2, v3, v4]
+    assert a.gn_vip(node, "198.51.100.3") == v3
+    assert a.gn_vip(node, "2001:db8::5").startswith("fd00:6e74:ff::")
+
+
 def test_replay_floor_one_winner_and_never_lowered(stores: tuple[PgStore, PgStore]) -> None:
     a, b = stores
     cid = b"\x09" * 8

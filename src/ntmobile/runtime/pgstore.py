@@ -35,6 +35,7 @@ from __future__ import annotations
 import os
 import threading
 import time
+from collections import OrderedDict
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from typing import Any
@@ -54,6 +55,8 @@ SCHEMA_LOCK = 17_000
 VIP_LOCK = 17_001
 #: Insert attempts for one GN VIP before giving up (each lost only to another replica's insert).
 GN_VIP_ATTEMPTS = 16
+#: Nodes whose GN VIP mappings a replica remembers (PgStore.gn_vip).
+GN_CACHE = 16384
 
 SCHEMA = [
     """CREATE TABLE IF NOT EXISTS clients (
@@ -143,6 +146,8 @@ class PgStore(SeqBatch):
         self._lock = threading.RLock()
         #: Rows looked up ahead for the current read batch (``prefetch``), cleared at its end.
         self._ahead: dict[bytes, tuple[Any, ...] | None] = {}
+        #: GN VIP mappings read or made here, by node (gn_vip): they never change once made.
+        self._gn: OrderedDict[bytes, dict[str, str]] = OrderedDict()
         with self._tx() as cur:
             cur.execute("SELECT pg_advisory_xact_lock(%s, 0)", (SCHEMA_LOCK,))
             for stmt in SCHEMA:
@@ -331,22 +336,45 @@ class PgStore(SeqBatch):
         return vip4, vip6
 
     def gn_vip(self, node_id: bytes, gn_addr: str) -> str:
-        """The node's VIP for ``gn_addr``, made on first use. Optimistic, two round trips and no
-        transaction block: read the node's mappings; if none is for ``gn_addr``, insert the first free
-        VIP with ON CONFLICT DO NOTHING (the table's keys make (node, GN address) and (node, VIP)
-        unique). A replica that lost a race to another (nothing inserted) reads again and gets the
-        winner's mapping, or the next free VIP."""
+        """The node's VIP for ``gn_addr``, made on first use. Optimistic, no transaction block:
+        mappings are never changed or removed once made, so those this replica has read or made are
+        remembered (``_gn``, at most GN_CACHE nodes) and answered with no round trip; a new one is
+        first tried with one INSERT of the first VIP free among the node's mappings known here (ON
+        CONFLICT DO NOTHING: the table's keys make (node, GN address) and (node, VIP) unique, so a
+        mapping made meanwhile by another replica, or one not known here, makes it insert nothing).
+        Then, and for a node not known here, the loop: read the node's mappings; if none is for
+        ``gn_addr``, insert the first free VIP; a replica that lost a race (nothing inserted) reads
+        again and gets the winner's mapping, or the next free VIP."""
         pool = VipPool.of(self.pools.gn_vip6 if ":" in gn_addr else self.pools.gn_vip4)
-        for _ in range(GN_VIP_ATTEMPTS):
-            rows = self._rows("SELECT gn_addr, vip FROM gn_vips WHERE node_id = %s", (node_id,))
-            for addr, vip in rows:
-                if addr == gn_addr:
-                    return str(vip)
-            vip = pool.first_free({r[1] for r in rows})
+        known = self._gn.get(node_id)
+        if known is not None:
+            self._gn.move_to_end(node_id)
+            vip = known.get(gn_addr)
+            if vip is not None:
+                return vip
+            vip = pool.first_free(set(known.values()))
             if self._read("INSERT INTO gn_vips (node_id, gn_addr, vip) VALUES (%s,%s,%s) ON CONFLICT DO NOTHING "
                           "RETURNING vip", (node_id, gn_addr, vip)) is not None:
+                known[gn_addr] = vip
+                return vip
+        for _ in range(GN_VIP_ATTEMPTS):
+            rows = self._rows("SELECT gn_addr, vip FROM gn_vips WHERE node_id = %s", (node_id,))
+            known = self._remember_gn(node_id, {str(a): str(v) for a, v in rows})
+            if gn_addr in known:
+                return known[gn_addr]
+            vip = pool.first_free(set(known.values()))
+            if self._read("INSERT INTO gn_vips (node_id, gn_addr, vip) VALUES (%s,%s,%s) ON CONFLICT DO NOTHING "
+                          "RETURNING vip", (node_id, gn_addr, vip)) is not None:
+                known[gn_addr] = vip
                 return vip
         raise StoreError(f"no GN VIP for {gn_addr}: {GN_VIP_ATTEMPTS} races lost in a row")
+
+    def _remember_gn(self, node_id: bytes, mappings: dict[str, str]) -> dict[str, str]:
+        self._gn[node_id] = mappings
+        self._gn.move_to_end(node_id)
+        if len(self._gn) > GN_CACHE:
+            self._gn.popitem(last=False)
+        return mappings
 
     # -- extras ----------------------------------------------------------------------------------
     def add_join(self, record: JoinRecord) -> None:
