@@ -173,6 +173,24 @@ def test_replay_floor_one_winner_and_never_lowered(stores: tuple[PgStore, PgStor
     assert rec is not None and rec.last_seq == 20
 
 
+def test_a_batchs_floors_are_written_exactly_whatever_their_size_and_order(stores: tuple[PgStore, PgStore]) -> None:
+    """The batch's floors travel packed (8-byte sequence number, 8-byte ID): large values, many
+    clients in any order, and one that is not enrolled (lost) come back exactly."""
+    a, b = stores
+    ids = [bytes([0x30, i]) + bytes(6) for i in range(40)]
+    for i, cid in enumerate(ids):
+        a.add_client(ClientRecord(cid, f"f{i}.a.example", Role.NODE, bytes(32)))
+    seqs = {cid: (1 << 62) + 977 * i + (1 << 40) for i, cid in enumerate(ids)}
+    b.begin_batch()
+    for cid in reversed(ids):
+        b.set_last_seq(cid, seqs[cid])
+    b.set_last_seq(b"\x31" * 8, 5)
+    assert b.end_batch() == {b"\x31" * 8}
+    for cid in ids:
+        rec = a.get_client(cid)
+        assert rec is not None and rec.last_seq == seqs[cid]
+
+
 def test_send_counter_blocks_are_disjoint_across_replicas_and_restarts(stores: tuple[PgStore, PgStore]) -> None:
     a, b = stores
     fa, fb = a.counter_floor(block=64), b.counter_floor(block=64)
