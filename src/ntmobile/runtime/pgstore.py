@@ -33,7 +33,6 @@ STORAGE_ERROR); the next call after it returns reconnects.
 from __future__ import annotations
 
 import os
-import struct
 import threading
 import time
 from collections import OrderedDict
@@ -113,19 +112,6 @@ SCHEMA = [
 _ROLES = {int(r): r for r in Role}
 _COLS = "client_id, name, role, psk, vip4, vip6, last_seq"
 _PATH_COLS = "path_id, end_a, end_b, role_a, inst_a, inst_b, mode, rs, path_key, relay_ours, directed_us, version"
-
-
-#: The clients of a read batch (PgStore.prefetch): the IDs as one bytea of 8-byte IDs, unpacked by
-#: the server (an array parameter costs the replica twice the CPU to send; the index is used either way).
-_BY_IDS = (f"SELECT {_COLS} FROM clients WHERE client_id = ANY(ARRAY("
-           "SELECT substring(%b FROM g * 8 + 1 FOR 8) FROM generate_series(0, %s - 1) AS g))")
-#: A batch's replay floors (PgStore._write_seqs): one bytea of (8-byte big-endian sequence number,
-#: 8-byte client ID) pairs, unpacked by the server.
-_FLOORS = ("UPDATE clients AS c SET last_seq = v.seq, holder = %s FROM ("
-           "SELECT ('x' || encode(substring(%b FROM g * 16 + 1 FOR 8), 'hex'))::bit(64)::bigint AS seq, "
-           "substring(%b FROM g * 16 + 9 FOR 8) AS cid FROM generate_series(0, %s - 1) AS g) AS v "
-           "WHERE c.client_id = v.cid AND c.last_seq < v.seq RETURNING c.client_id")
-_SEQ = struct.Struct(">q")
 
 
 def _path_row(row: tuple[Any, ...]) -> PathRow:
@@ -223,7 +209,7 @@ class PgStore(SeqBatch):
         (Registration Requests) name as sender: the core's ``get_client`` for them then needs no
         round trip of its own. Only clients the core would look up anyway (a long-term datagram's
         sender), read at the batch's start; the batch's own replay floors still apply (``_seqs``)."""
-        ids = {d[4:12] for d in datagrams  # (8 bytes each: SIGNAL_HEADER_SIZE covers the ID)
+        ids = {d[4:12] for d in datagrams
                if len(d) >= SIGNAL_HEADER_SIZE and d[1] != MessageType.DATA and d[2] & SignalFlags.LONG_TERM}
         self._ahead.clear()
         if not ids:
@@ -232,7 +218,7 @@ class PgStore(SeqBatch):
             with self._lock:
                 conn = self._db()
                 self.round_trips += 1
-                rows = conn.execute(_BY_IDS, (b"".join(ids), len(ids))).fetchall()
+                rows = conn.execute(f"SELECT {_COLS} FROM clients WHERE client_id = ANY(%s)", (list(ids),)).fetchall()
         except (psycopg.Error, StoreError):
             return  # the core's own look-ups report the failure
         self._ahead = dict.fromkeys(ids)
@@ -265,15 +251,17 @@ class PgStore(SeqBatch):
         serialise two replicas' updates of one client: of a registration accepted at both, only the
         first commit wins); the clients whose row was not written are returned (their registrations
         are undone: the floor was read before another replica's commit, or the client was removed)."""
-        rows = sorted(rows, key=lambda r: r[1])  # every replica locks rows in client-ID order: no deadlock
-        if all(len(cid) == 8 for _, cid in rows):
-            packed = b"".join(_SEQ.pack(seq) + cid for seq, cid in rows)
-            won = self._rows(_FLOORS, (self.holder, packed, packed, len(rows)))
-        else:  # (a client ID of another length: never made by ntm, but the column allows it)
-            won = self._rows("UPDATE clients AS c SET last_seq = v.seq, holder = %s "
-                             "FROM unnest(%s::bigint[], %s::bytea[]) AS v(seq, cid) "
-                             "WHERE c.client_id = v.cid AND c.last_seq < v.seq RETURNING c.client_id",
-                             (self.holder, [seq for seq, _ in rows], [cid for _, cid in rows]))
+        # In client-ID order: the plan (a nested loop over the list) then locks the rows in that order
+        # at every replica, so two replicas' batches do not deadlock (a deadlock would fail one batch
+        # with STORAGE_ERROR, which its nodes retry).
+        rows = sorted(rows, key=lambda r: r[1])
+        # (Arrays cost the replica about 60 µs more CPU per statement than one packed bytea unpacked
+        # by the server, measured; but the server then spends more, and its CPU is what replicas on
+        # several machines share: docs/operations.md, "DC replicas on PostgreSQL".)
+        won = self._rows("UPDATE clients AS c SET last_seq = v.seq, holder = %s "
+                         "FROM unnest(%s::bigint[], %s::bytea[]) AS v(seq, cid) "
+                         "WHERE c.client_id = v.cid AND c.last_seq < v.seq RETURNING c.client_id",
+                         (self.holder, [seq for seq, _ in rows], [cid for _, cid in rows]))
         if len(won) == len(rows):
             return set()
         return {cid for _, cid in rows} - {bytes(r[0]) for r in won}
