@@ -191,6 +191,26 @@ def test_a_batchs_floors_are_written_exactly_whatever_their_size_and_order(store
         assert rec is not None and rec.last_seq == seqs[cid]
 
 
+def test_path_ids_are_checked_against_the_clients_in_one_query_and_never_a_clients_id(
+        stores: tuple[PgStore, PgStore]) -> None:
+    """On PostgreSQL the DC checks PATH_ID_POOL candidate Path IDs in one query (not a round trip per
+    path); a candidate that is an enrolled client's ID or the DC ID is never used."""
+    from ntmobile.core.dc import paths as dcpaths
+
+    a, _b = stores
+    client = b"\x5a" * 8
+    a.add_client(ClientRecord(client, "c.a.example", Role.NODE, bytes(32)))
+    dc = _replica(a, 10**15)
+    draws = iter([client, dc.config.dc_id] + [bytes([0x70, i]) + bytes(6) for i in range(200)])
+    dc._rand = lambda n: next(draws)  # type: ignore[method-assign]
+    t0 = a.round_trips
+    got = [dc.path_table.new_path_id() for _ in range(dcpaths.PATH_ID_POOL - 2)]
+    assert a.round_trips == t0 + 1
+    assert client not in got and dc.config.dc_id not in got and len(set(got)) == len(got)
+    nxt = dc.path_table.new_path_id()  # the pool is used up: one more query
+    assert a.round_trips == t0 + 2 and nxt not in got
+
+
 def test_send_counter_blocks_are_disjoint_across_replicas_and_restarts(stores: tuple[PgStore, PgStore]) -> None:
     a, b = stores
     fa, fb = a.counter_floor(block=64), b.counter_floor(block=64)

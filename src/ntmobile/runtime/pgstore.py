@@ -299,6 +299,11 @@ class PgStore(SeqBatch):
             return self._record(self._ahead[client_id])
         return self._lookup(("id", client_id), "client_id = %s", (client_id,))
 
+    def not_clients(self, ids: list[bytes]) -> list[bytes]:
+        """Those of ``ids`` that are no enrolled client's ID (one query; the DC's Path ID candidates)."""
+        taken = {bytes(r[0]) for r in self._rows("SELECT client_id FROM clients WHERE client_id = ANY(%s)", (ids,))}
+        return [i for i in ids if i not in taken]
+
     def client_by_name(self, name: str) -> ClientRecord | None:
         name = name.rstrip(".").lower()
         return self._lookup(("name", name), "name = %s", (name,))

@@ -19,6 +19,10 @@ if TYPE_CHECKING:
     from .core import DcCore
 
 
+#: Candidate Path IDs checked against the registry in one query (PathTable.new_path_id).
+PATH_ID_POOL = 32
+
+
 @dataclass(slots=True)
 class PathRecord:
     path_id: bytes
@@ -120,6 +124,8 @@ class PathTable:
     def __init__(self, core: DcCore) -> None:
         self._core = core
         self.records: dict[bytes, PathRecord] = {}
+        #: Path IDs checked to be no client's ID, not yet used (new_path_id with a ``not_clients`` store).
+        self._id_pool: list[bytes] = []
         #: RS-N path per (node name, GN mapping), for reuse without scanning every path.
         self.rsn_by_gn: dict[tuple[str, tuple[tuple[str, str], ...]], bytes] = {}
         store = core.store
@@ -241,10 +247,21 @@ class PathTable:
             self._core.stats["path_store_errors"] += 1
 
     def new_path_id(self) -> bytes:
+        """8 random bytes, no active path's ID, not the DC ID and no enrolled client's ID (protocol.md,
+        "Path ID"). A store that checks many IDs in one query (``not_clients``: PgStore, where each
+        look-up is a round trip) gets PATH_ID_POOL candidates checked at once, taken one by one."""
         core = self._core
+        check = getattr(core.store, "not_clients", None)
         while True:
-            pid = core._rand(8)
-            if pid not in self.records and pid != core.config.dc_id and core.store.get_client(pid) is None:
+            if check is None:
+                pid = core._rand(8)
+                if pid in self.records or pid == core.config.dc_id or core.store.get_client(pid) is not None:
+                    continue
+                return pid
+            if not self._id_pool:
+                self._id_pool = check([core._rand(8) for _ in range(PATH_ID_POOL)])
+            pid = self._id_pool.pop()
+            if pid not in self.records and pid != core.config.dc_id:
                 return pid
 
     def release(self, path_id: bytes, now: float) -> None:
