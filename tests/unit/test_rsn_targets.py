@@ -269,5 +269,5 @@ def test_a_gn_address_is_looked_up_as_a_vip_once_and_a_vip_of_an_earlier_pool_st
         assert d._rsn_target((vip,), refused) is None and refused == [f"{vip} is the VIP of {w.mn.config.name}"]
     assert looked == [GN] + [vip] * 3
     for i in range(dcdirection.NOT_VIP_CACHE + 10):
-        d._not_vip(f"198.51.100.{i % 250}.{i}")
+        d._not_vip(f"2001:db8::{i:x}")
     assert len(d._not_vips) == dcdirection.NOT_VIP_CACHE

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import dataclasses
 import functools
+import ipaddress
 from collections import OrderedDict
 from typing import TYPE_CHECKING, Any, TypeVar
 
@@ -327,11 +328,19 @@ class Directions:
         return None
 
     def _not_vip(self, addr: str) -> None:
-        """``addr`` is no client's VIP, and never becomes one while the policy lets it through: VIPs
-        are only assigned from the configured pools, which the policy refuses (DcConfig.rsn_refuse),
-        so only an address assigned under an earlier pool configuration is one (the registry look-up
-        finds those). Remembered, at most NOT_VIP_CACHE addresses, so that a busy DC on PostgreSQL
-        does not ask the database once per RS-N set-up to a popular general node."""
+        """``addr`` is no client's VIP now. Remembered (at most NOT_VIP_CACHE addresses), so that a busy
+        DC on PostgreSQL does not ask the database once per RS-N set-up to a popular general node,
+        unless it lies in the registry's VIP pools: VIPs are only ever assigned from those, so an
+        address outside them never becomes one (one assigned under an earlier pool configuration
+        already is one, and the look-up finds it). (The daemon's policy refuses the pools anyway.)"""
+        try:
+            ip = ipaddress.ip_address(addr)
+        except ValueError:
+            return
+        pools = getattr(self._core.store, "pools", None)
+        for net in (pools.vip4, pools.vip6) if pools is not None else ("0.0.0.0/0", "::/0"):
+            if net and ip.version == ipaddress.ip_network(net).version and ip in ipaddress.ip_network(net):
+                return
         cache = self._not_vips
         cache[addr] = None
         if len(cache) > NOT_VIP_CACHE:
