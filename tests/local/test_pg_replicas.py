@@ -211,6 +211,21 @@ def test_path_ids_are_checked_against_the_clients_in_one_query_and_never_a_clien
     assert a.round_trips == t0 + 2 and nxt not in got
 
 
+def test_the_records_kept_for_a_database_outage_are_bounded(stores: tuple[PgStore, PgStore],
+                                                             monkeypatch: pytest.MonkeyPatch) -> None:
+    from ntmobile.runtime import pgstore
+
+    a, b = stores
+    monkeypatch.setattr(pgstore, "RECORD_CACHE", 12)
+    ids = [bytes([0x40, i]) + bytes(6) for i in range(10)]
+    for i, cid in enumerate(ids):
+        a.add_client(ClientRecord(cid, f"k{i}.a.example", Role.NODE, bytes(32)))
+    for cid in ids:
+        assert b.get_client(cid) is not None
+    assert len(b._cache) == 12  # 2 keys (ID, name) per record read: the last 6 records
+    assert ("id", ids[-1]) in b._cache and ("id", ids[0]) not in b._cache
+
+
 def test_send_counter_blocks_are_disjoint_across_replicas_and_restarts(stores: tuple[PgStore, PgStore]) -> None:
     a, b = stores
     fa, fb = a.counter_floor(block=64), b.counter_floor(block=64)

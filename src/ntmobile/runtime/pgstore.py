@@ -57,6 +57,9 @@ VIP_LOCK = 17_001
 GN_VIP_ATTEMPTS = 16
 #: Nodes whose GN VIP mappings a replica remembers (PgStore.gn_vip).
 GN_CACHE = 16384
+#: Keys (client ID, name, VIP) of the records a replica keeps for answering while the database is
+#: down (PgStore._cache): about 16,000 clients; the others get no answer then (they retry).
+RECORD_CACHE = 65536
 
 SCHEMA = [
     """CREATE TABLE IF NOT EXISTS clients (
@@ -137,7 +140,8 @@ class PgStore(SeqBatch):
         self.holder: str | None = None
         #: Records read so far (client ID, name, VIP -> record): answers when the database is
         #: unreachable, so that the DC can still seal a STORAGE_ERROR reply to a known client.
-        self._cache: dict[object, ClientRecord] = {}
+        #: At most RECORD_CACHE keys (least recently read dropped first).
+        self._cache: OrderedDict[object, ClientRecord] = OrderedDict()
         #: Statements sent to the server (the bench's round trips per registration).
         self.round_trips = 0
         #: Transaction blocks (and savepoints) opened: each adds two round trips (BEGIN/COMMIT).
@@ -282,6 +286,9 @@ class PgStore(SeqBatch):
         for key in (("id", cid), ("name", rec.name), ("vip", rec.vip4), ("vip", rec.vip6)):
             if key[1] is not None:
                 self._cache[key] = rec
+                self._cache.move_to_end(key)
+        while len(self._cache) > RECORD_CACHE:
+            self._cache.popitem(last=False)
         return rec
 
     def _lookup(self, key: tuple[str, object], sql: str, args: tuple[object, ...]) -> ClientRecord | None:
