@@ -151,3 +151,31 @@ def test_dc_ephemeral_lives_at_most_one_second() -> None:
     assert s[2].dc_eph != s[0].dc_eph
     assert len({x.channel.keys.send for x in s}) == 3  # every session has its own keys
     assert all(parse_signal_header(d.data).type is MessageType.REGISTRATION_RESPONSE for d in dc.datagrams_to_send())
+
+
+def test_a_relay_whose_registration_is_undone_brings_no_standby_leg_up() -> None:
+    """A relay's registration in a batch brings its RS-N pair's standby legs up only once the batch
+    is committed: not when the commit fails, nor when another replica won the floor."""
+    from .test_rsn_sequence import DC_EP as WORLD_DC_EP
+    from .test_rsn_sequence import RS_EP, World
+
+    w = World()
+    ups: list[str] = []
+    w.dc.standbys.relay_up = lambda name, now: ups.append(name)  # type: ignore[method-assign]
+    rs_id = w.rs_rec.client_id
+    for outcome in ("failed", "committed", "lost"):
+        now = w.net.now + 1.0
+        w.rs.register(now)
+        [req] = [d for d in w.rs.datagrams_to_send()
+                 if parse_signal_header(d.data).type is MessageType.REGISTRATION_REQUEST]
+        w.dc.begin_batch()
+        w.dc.receive_datagram(req.data, RS_EP, now)
+        assert ups == ([] if outcome != "lost" else ["rs1"])
+        if outcome == "lost":
+            w.dc.end_batch(None, now, {rs_id})
+        else:
+            w.dc.end_batch("disk I/O error" if outcome == "failed" else None, now)
+        for dg in w.dc.datagrams_to_send():
+            if dg.addr == RS_EP:
+                w.rs.receive_datagram(dg.data, WORLD_DC_EP, now)
+        assert ups == ([] if outcome == "failed" else ["rs1"]), outcome

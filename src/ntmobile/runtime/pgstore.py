@@ -372,9 +372,7 @@ class PgStore(SeqBatch):
             if vip is not None:
                 return vip
             vip = pool.first_free(set(known.values()))
-            if self._read("INSERT INTO gn_vips (node_id, gn_addr, vip) VALUES (%s,%s,%s) ON CONFLICT DO NOTHING "
-                          "RETURNING vip", (node_id, gn_addr, vip)) is not None:
-                known[gn_addr] = vip
+            if self._insert_gn(node_id, gn_addr, vip, known):
                 return vip
         for _ in range(GN_VIP_ATTEMPTS):
             rows = self._rows("SELECT gn_addr, vip FROM gn_vips WHERE node_id = %s", (node_id,))
@@ -382,11 +380,17 @@ class PgStore(SeqBatch):
             if gn_addr in known:
                 return known[gn_addr]
             vip = pool.first_free(set(known.values()))
-            if self._read("INSERT INTO gn_vips (node_id, gn_addr, vip) VALUES (%s,%s,%s) ON CONFLICT DO NOTHING "
-                          "RETURNING vip", (node_id, gn_addr, vip)) is not None:
-                known[gn_addr] = vip
+            if self._insert_gn(node_id, gn_addr, vip, known):
                 return vip
         raise StoreError(f"no GN VIP for {gn_addr}: {GN_VIP_ATTEMPTS} races lost in a row")
+
+    def _insert_gn(self, node_id: bytes, gn_addr: str, vip: str, known: dict[str, str]) -> bool:
+        """Insert the mapping unless its node already has one for ``gn_addr`` or ``vip`` (then False)."""
+        if self._read("INSERT INTO gn_vips (node_id, gn_addr, vip) VALUES (%s,%s,%s) ON CONFLICT DO NOTHING "
+                      "RETURNING vip", (node_id, gn_addr, vip)) is None:
+            return False
+        known[gn_addr] = vip
+        return True
 
     def _remember_gn(self, node_id: bytes, mappings: dict[str, str]) -> dict[str, str]:
         self._gn[node_id] = mappings

@@ -46,6 +46,9 @@ class Registration:
         #: runtime commits at end_batch): session, response datagram, long-term channel, txid, address,
         #: and the client's session it replaced (put back if the registration is undone).
         self._batch: list[tuple[_Session, bytes, Channel, int, Endpoint, _Session | None]] | None = None
+        #: Relays registered in the batch, and when: their standby legs are installed once it is
+        #: committed (an undone registration brings no relay up).
+        self._relays_up: list[tuple[_Session, float]] = []
 
     # -- group commit (the runtime brackets each batch of datagrams) -------------------------------
     def begin_batch(self) -> None:
@@ -62,10 +65,17 @@ class Registration:
         or that were removed meanwhile: their registrations are undone without an answer (counted
         ``registration_lost_race``), the session they replaced, if any, kept."""
         batch, self._batch = self._batch, None
-        if not batch or (error is None and not lost):
-            return
+        relays, self._relays_up = self._relays_up, []
         core = self._core
-        undo = batch if error is not None else [b for b in batch if b[0].record.client_id in lost]
+        if not batch:
+            undo = []
+        elif error is not None:
+            undo = batch
+        else:
+            undo = [b for b in batch if b[0].record.client_id in lost]
+        for session, at in relays:
+            if error is None and session.record.client_id not in lost:
+                core.standbys.relay_up(session.record.name, at)  # (an RS-N pair's standby legs: standby.py)
         if not undo:
             return
         failed = {id(data) for _s, data, _lt, _t, _a, _p in undo}
@@ -165,7 +175,10 @@ class Registration:
         core.stats["registrations"] += 1
         core._emit(ClientRegistered(record.name, record.role, record.vip4, record.vip6, addr, nat))
         if record.role is Role.RELAY:
-            core.standbys.relay_up(record.name, now)  # (an RS-N pair's standby legs: core/dc/standby.py)
+            if self._batch is not None:
+                self._relays_up.append((session, now))  # once the batch is committed (end_batch)
+            else:
+                core.standbys.relay_up(record.name, now)  # (an RS-N pair's standby legs: core/dc/standby.py)
 
     def _response(self, s: _Session, addr: Endpoint) -> RegistrationResponse:
         rec, config = s.record, self._core.config
